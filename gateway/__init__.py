@@ -1,0 +1,3 @@
+"""Payment-provider routing gateway."""
+
+__version__ = "0.1.0"

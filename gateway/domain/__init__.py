@@ -1,0 +1,1 @@
+"""Domain types: money, the checkout request, sessions and the API error table."""

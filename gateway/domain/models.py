@@ -1,0 +1,255 @@
+"""The checkout-session request, exactly as merchants send it (seed 003).
+
+Parsing is two-step: :func:`parse_checkout_request` turns raw JSON into a model with every
+amount an exact ``Decimal`` (JSON numbers are never read as floats), then
+:func:`semantic_problems` checks what needs several fields at once (decimal places per currency,
+the order total). Both report every problem with its field path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import iso3166
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from gateway.domain.money import exponent, is_active_currency, scale_of
+
+__all__ = [
+    "PAYMENT_METHODS",
+    "Address",
+    "Amount",
+    "CheckoutRequest",
+    "Customer",
+    "OrderItem",
+    "RedirectUrls",
+    "RequestProblems",
+    "ShippingInfo",
+    "parse_checkout_request",
+    "semantic_problems",
+]
+
+PAYMENT_METHODS = ("card", "paypal", "apple_pay", "google_pay", "ideal", "klarna", "sepa_debit")
+PaymentMethod = Literal["card", "paypal", "apple_pay", "google_pay", "ideal", "klarna", "sepa_debit"]
+TOTAL_MISMATCH = "amount.total does not match the sum of line items, shipping, and tax"
+
+_LOCALE = re.compile(r"^[a-z]{2}(?:[_-][A-Z]{2})?$")
+_LOCALHOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def _non_negative(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+Money = Annotated[Decimal, AfterValidator(_non_negative)]
+Text = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+def _country(value: str) -> str:
+    if value not in iso3166.countries_by_alpha2:
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code")
+    return value
+
+
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$"), AfterValidator(_country)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Amount(_Strict):
+    """Order amounts in major units; ``total`` must equal items + shipping + tax exactly."""
+
+    total: Money
+    shipping: Money = Decimal(0)
+    tax: Money = Decimal(0)
+
+
+class OrderItem(_Strict):
+    """One order line."""
+
+    name: Text
+    sku: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    quantity: Annotated[StrictInt, Field(gt=0, le=1_000_000)]
+    unitPrice: Money
+
+
+class Address(_Strict):
+    """A postal address; ``country`` is ISO 3166-1 alpha-2."""
+
+    line1: Text
+    line2: Annotated[str, Field(max_length=255)] | None = None
+    city: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    state: Annotated[str, Field(max_length=128)] | None = None
+    postalCode: Annotated[str, Field(max_length=32)] | None = None
+    country: Country
+
+
+class Customer(_Strict):
+    """The paying customer. Personal data: never logged, never a metric label."""
+
+    firstName: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    lastName: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    email: EmailStr | None = None
+    phone: Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$")] | None = None
+    billingAddress: Address | None = None
+    shippingAddress: Address | None = None
+
+
+class ShippingInfo(_Strict):
+    """How the order ships."""
+
+    type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    method: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class RedirectUrls(_Strict):
+    """Where the hosted checkout sends the customer back to."""
+
+    success: Annotated[str, Field(min_length=1, max_length=2048)]
+    failure: Annotated[str, Field(min_length=1, max_length=2048)]
+
+    @field_validator("success", "failure")
+    @classmethod
+    def _absolute_https(cls, value: str, info: ValidationInfo) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        allow_http_local = bool(info.context and info.context.get("allow_http_localhost"))
+        if parts.scheme == "https" and parts.netloc:
+            return value
+        if (
+            parts.scheme == "http"
+            and allow_http_local
+            and (parts.hostname or "") in {"localhost", "127.0.0.1", "::1"}
+        ):
+            return value
+        if parts.scheme == "http" and parts.netloc:
+            raise ValueError("must be an absolute https URL (http is allowed for localhost in sandbox mode)")
+        raise ValueError("must be an absolute https URL")
+
+
+class CheckoutRequest(_Strict):
+    """``POST /api/v1/sessions`` body."""
+
+    orderReference: Annotated[str, Field(min_length=1, max_length=128)]
+    paymentMethod: PaymentMethod
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    locale: Annotated[str, Field(pattern=_LOCALE.pattern)] | None = None
+    amount: Amount
+    orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=100)]
+    customer: Customer | None = None
+    shipping: ShippingInfo | None = None
+    additionalInformation: Annotated[
+        dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=512)]],
+        Field(max_length=50),
+    ] | None = None
+    redirectUrls: RedirectUrls
+    expiresIn: Annotated[StrictInt, Field(ge=300, le=86_400)] = 3600
+    captureMethod: Literal["automatic", "manual"] = "automatic"
+
+    @field_validator("currency")
+    @classmethod
+    def _active_currency(cls, value: str) -> str:
+        if not is_active_currency(value):
+            raise ValueError("must be an active ISO 4217 currency code")
+        return value
+
+    @property
+    def billing_country(self) -> str | None:
+        """The billing country, falling back to the shipping country."""
+        if self.customer is None:
+            return None
+        for address in (self.customer.billingAddress, self.customer.shippingAddress):
+            if address is not None:
+                return address.country
+        return None
+
+
+class RequestProblems(Exception):
+    """Every validation problem of a request, each prefixed with its field path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{_path(loc)}: unknown field"
+    msg = str(error["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"{_path(loc)}: {msg}" if loc else msg
+
+
+def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) -> CheckoutRequest:
+    """Parse and validate a request body; raises :class:`RequestProblems` listing every problem."""
+    try:
+        data = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestProblems([f"body: malformed JSON ({_json_reason(exc)})"]) from None
+    if not isinstance(data, dict):
+        raise RequestProblems(["body: must be a JSON object"])
+    try:
+        request = CheckoutRequest.model_validate(
+            data, context={"allow_http_localhost": allow_http_localhost}
+        )
+    except ValidationError as exc:
+        raise RequestProblems([_describe(err) for err in exc.errors()]) from None
+    problems = semantic_problems(request)
+    if problems:
+        raise RequestProblems(problems)
+    return request
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _json_reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return str(exc)
+
+
+def semantic_problems(request: CheckoutRequest) -> list[str]:
+    """Checks that need several fields: decimal places per currency and the exact total."""
+    problems: list[str] = []
+    exp = exponent(request.currency)
+    places = f"no more than {exp} decimal places for {request.currency}"
+    amount = request.amount
+    for name in ("total", "shipping", "tax"):
+        if scale_of(getattr(amount, name)) > exp:
+            problems.append(f"amount.{name}: must have {places}")
+    for index, item in enumerate(request.orderItems):
+        if scale_of(item.unitPrice) > exp:
+            problems.append(f"orderItems.{index}.unitPrice: must have {places}")
+    items = sum((item.unitPrice * item.quantity for item in request.orderItems), Decimal(0))
+    if items + amount.shipping + amount.tax != amount.total:
+        problems.append(TOTAL_MISMATCH)
+    return problems

@@ -1,0 +1,142 @@
+"""The stored checkout session and its lifecycle states."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "FINAL_STATUSES",
+    "Attempt",
+    "RoutingSummary",
+    "SessionAmount",
+    "SessionRecord",
+    "SessionStatus",
+    "Transition",
+    "isoformat",
+    "utcnow",
+]
+
+
+class SessionStatus(StrEnum):
+    """Where a checkout session is in its lifecycle."""
+
+    PENDING = "PENDING"
+    REQUIRES_ACTION = "REQUIRES_ACTION"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+
+
+FINAL_STATUSES = frozenset(
+    {SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.EXPIRED, SessionStatus.CANCELLED}
+)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def isoformat(moment: datetime) -> str:
+    """ISO 8601 UTC with a ``Z`` suffix and millisecond precision."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Attempt(_Record):
+    """One try at creating the session at a provider."""
+
+    provider: str
+    outcome: str
+    durationMs: float
+    error: str | None = None
+
+
+class RoutingSummary(_Record):
+    """What the client sees of the routing decision."""
+
+    selectedProvider: str
+    score: float
+    rulesVersion: str
+    decisionId: str
+    attempts: list[Attempt]
+    matchedRules: list[str] = Field(default_factory=list)
+
+
+class SessionAmount(_Record):
+    total: Decimal
+    shipping: Decimal
+    tax: Decimal
+
+
+class Transition(_Record):
+    """A status change, kept on the session for audit."""
+
+    status: SessionStatus
+    at: datetime
+    source: str
+    eventId: str | None = None
+
+
+class SessionRecord(_Record):
+    """A checkout session as the gateway stores it."""
+
+    sessionId: str
+    merchantId: str
+    orderReference: str
+    status: SessionStatus
+    provider: str
+    providerSessionId: str
+    checkoutUrl: str
+    currency: str
+    amount: SessionAmount
+    paymentMethod: str
+    captureMethod: str
+    routing: RoutingSummary
+    createdAt: datetime
+    updatedAt: datetime
+    expiresAt: datetime
+    transitions: list[Transition] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """The representation answered by ``GET /api/v1/sessions/{id}``."""
+        return {
+            "sessionId": self.sessionId,
+            "orderReference": self.orderReference,
+            "status": self.status.value,
+            "checkoutUrl": self.checkoutUrl,
+            "provider": self.provider,
+            "providerSessionId": self.providerSessionId,
+            "currency": self.currency,
+            "amount": {
+                "total": str(self.amount.total),
+                "shipping": str(self.amount.shipping),
+                "tax": str(self.amount.tax),
+            },
+            "paymentMethod": self.paymentMethod,
+            "captureMethod": self.captureMethod,
+            "routing": self.routing.model_dump(mode="json"),
+            "createdAt": isoformat(self.createdAt),
+            "updatedAt": isoformat(self.updatedAt),
+            "expiresAt": isoformat(self.expiresAt),
+            "transitions": [
+                {
+                    "status": t.status.value,
+                    "at": isoformat(t.at),
+                    "source": t.source,
+                    **({"eventId": t.eventId} if t.eventId else {}),
+                }
+                for t in self.transitions
+            ],
+        }

@@ -1,0 +1,1 @@
+"""Routing: rules (YAML -> frozen models -> compiled predicates), the pure engine, statistics."""

@@ -1,0 +1,213 @@
+"""Every knob of the gateway, read from ``GATEWAY_*`` environment variables (and an optional
+``.env`` file); precedence env > file > defaults. The README's configuration table lists them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "DEV_JWT_SECRET",
+    "PROVIDER_NAMES",
+    "SANDBOX_SECRETS",
+    "ProviderConfig",
+    "Settings",
+    "SettingsError",
+]
+
+PROVIDER_NAMES = ("stripe", "adyen", "paypal")
+
+#: Used only in sandbox mode when no key is configured; start-up warns loudly.
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0123456789"  # noqa: S105
+
+#: Credentials the built-in sandbox accepts and signs webhooks with (sandbox mode only).
+SANDBOX_SECRETS: dict[str, dict[str, str]] = {
+    "stripe": {"api_key": "sk_test_sandbox", "webhook_secret": "whsec_sandbox"},
+    "adyen": {
+        "api_key": "adyen_test_sandbox_key",
+        "merchant_account": "SandboxMerchantECOM",
+        # 32 bytes, hex: Adyen HMAC keys are hex strings
+        "hmac_key": "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
+    },
+    "paypal": {
+        "client_id": "sandbox-client-id",
+        "client_secret": "sandbox-client-secret",
+        "webhook_id": "WH-SANDBOX-0001",
+    },
+}
+
+
+class SettingsError(ValueError):
+    """A configuration that must stop start-up, with a message saying what to set."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """Resolved settings of one provider adapter."""
+
+    name: str
+    base_url: str
+    api_key: str | None = None
+    merchant_account: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    webhook_secret: str | None = None
+    hmac_key: str | None = None
+    webhook_id: str | None = None
+    sandbox: bool = False
+
+
+class Settings(BaseSettings):
+    """Gateway configuration. Every field maps to ``GATEWAY_<FIELD_NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["sandbox", "production"] = "sandbox"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        None, description="Base URL clients and providers reach the gateway at"
+    )
+    workers: int = Field(1, ge=1, le=64)
+    log_level: str = "INFO"
+
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "gw:"
+
+    rules_path: Path = Path("routing_rules.yaml")
+    rules_watch_interval_seconds: float = Field(2.0, gt=0)
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_private_key_file: Path | None = Field(
+        None, description="Only for `gateway token` with RS256/ES256"
+    )
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+
+    idempotency_ttl_seconds: int = Field(86_400, ge=60)
+    idempotency_lease_seconds: int = Field(60, ge=5)
+    order_reference_guard: bool = True
+
+    provider_timeout_seconds: float = Field(5.0, gt=0)
+    request_deadline_seconds: float = Field(15.0, gt=0)
+    failover_on_rejection: bool = False
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    session_retention_seconds: int = Field(30 * 86_400, ge=3600)
+
+    sandbox_embedded: bool = Field(
+        True, description="Serve the built-in sandbox providers under /sandbox (sandbox mode)"
+    )
+
+    provider_stripe_base_url: str | None = None
+    provider_stripe_api_key: SecretStr | None = None
+    provider_stripe_webhook_secret: SecretStr | None = None
+
+    provider_adyen_base_url: str | None = None
+    provider_adyen_api_key: SecretStr | None = None
+    provider_adyen_merchant_account: str | None = None
+    provider_adyen_hmac_key: SecretStr | None = None
+
+    provider_paypal_base_url: str | None = None
+    provider_paypal_client_id: str | None = None
+    provider_paypal_client_secret: SecretStr | None = None
+    provider_paypal_webhook_id: str | None = None
+
+    @model_validator(mode="after")
+    def _deadline_covers_a_call(self) -> Settings:
+        if self.request_deadline_seconds < self.provider_timeout_seconds:
+            raise ValueError("request_deadline_seconds must be >= provider_timeout_seconds")
+        if self.idempotency_lease_seconds < self.request_deadline_seconds:
+            raise ValueError("idempotency_lease_seconds must be >= request_deadline_seconds")
+        return self
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.env == "sandbox"
+
+    @property
+    def base_url(self) -> str:
+        """Where clients, browsers and the sandbox reach this gateway."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    def provider(self, name: str) -> ProviderConfig:
+        """The resolved config of provider ``name``; raises SettingsError when incomplete."""
+
+        def secret(field: str) -> str | None:
+            value = getattr(self, f"provider_{name}_{field}", None)
+            if isinstance(value, SecretStr):
+                return value.get_secret_value() or None
+            return value or None
+
+        base_url = secret("base_url")
+        if base_url is None:
+            if not self.is_sandbox:
+                raise SettingsError(
+                    f"GATEWAY_PROVIDER_{name.upper()}_BASE_URL is required in production "
+                    f"(provider {name!r} is enabled in the routing rules)"
+                )
+            defaults = SANDBOX_SECRETS[name]
+            return ProviderConfig(
+                name=name,
+                base_url=f"{self.base_url}/sandbox/{name}",
+                api_key=defaults.get("api_key"),
+                merchant_account=defaults.get("merchant_account"),
+                client_id=defaults.get("client_id"),
+                client_secret=defaults.get("client_secret"),
+                webhook_secret=defaults.get("webhook_secret"),
+                hmac_key=defaults.get("hmac_key"),
+                webhook_id=defaults.get("webhook_id"),
+                sandbox=True,
+            )
+        config = ProviderConfig(
+            name=name,
+            base_url=base_url.rstrip("/"),
+            api_key=secret("api_key"),
+            merchant_account=secret("merchant_account"),
+            client_id=secret("client_id"),
+            client_secret=secret("client_secret"),
+            webhook_secret=secret("webhook_secret"),
+            hmac_key=secret("hmac_key"),
+            webhook_id=secret("webhook_id"),
+        )
+        required = {
+            "stripe": ("api_key", "webhook_secret"),
+            "adyen": ("api_key", "merchant_account", "hmac_key"),
+            "paypal": ("client_id", "client_secret", "webhook_id"),
+        }[name]
+        missing = [f for f in required if getattr(config, f) is None]
+        if missing and not self.is_sandbox:
+            names = ", ".join(f"GATEWAY_PROVIDER_{name.upper()}_{f.upper()}" for f in missing)
+            raise SettingsError(f"provider {name!r} is enabled but {names} is not set")
+        if missing:
+            defaults = SANDBOX_SECRETS[name]
+            config = ProviderConfig(
+                **{**config.__dict__, **{f: defaults.get(f) for f in missing}}
+            )
+        return config
+
+    def jwt_key_problem(self) -> str | None:
+        """Why the JWT configuration cannot start, or None."""
+        if self.jwt_secret is None and self.jwt_public_key_file is None and not self.is_sandbox:
+            return (
+                "production needs GATEWAY_JWT_SECRET (HS256) or GATEWAY_JWT_PUBLIC_KEY_FILE "
+                "(RS256/ES256)"
+            )
+        if self.jwt_secret is not None and self.jwt_public_key_file is not None:
+            return "set only one of GATEWAY_JWT_SECRET and GATEWAY_JWT_PUBLIC_KEY_FILE"
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            return "GATEWAY_JWT_SECRET must be at least 32 characters"
+        if self.jwt_public_key_file is not None and not self.jwt_public_key_file.is_file():
+            return f"GATEWAY_JWT_PUBLIC_KEY_FILE {self.jwt_public_key_file} does not exist"
+        return None

@@ -1,0 +1,148 @@
+"""The embedded default store: one process, zero set-up, same semantics as Redis."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.domain.session import SessionRecord
+from gateway.store.base import Claim, ClaimKind, StoredResponse
+
+__all__ = ["MemoryStore"]
+
+_CLAIM_PREFIX = "claim:"
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: Any
+    expires: float
+
+
+class _TTLDict:
+    """A dict whose entries vanish at their deadline (checked lazily, swept on growth)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, _Entry] = {}
+        self._next_sweep = 1024
+
+    def get(self, key: str) -> Any:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= time.monotonic():
+            del self._data[key]
+            return None
+        return entry.value
+
+    def set(self, key: str, value: Any, ttl_s: float) -> None:
+        self._data[key] = _Entry(value, time.monotonic() + ttl_s)
+        if len(self._data) >= self._next_sweep:
+            self._sweep()
+
+    def pop(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, e in self._data.items() if e.expires <= now]:
+            del self._data[key]
+        self._next_sweep = max(1024, len(self._data) * 2)
+
+
+@dataclass(slots=True)
+class _IdemRecord:
+    fingerprint: str
+    token: str | None
+    response: StoredResponse | None
+
+
+class MemoryStore:
+    """All state in this process's memory. Operations never await, so each one is atomic."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._idem = _TTLDict()
+        self._orders = _TTLDict()
+        self._sessions = _TTLDict()
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # idempotency
+    async def claim(
+        self, scope: str, key: str, fingerprint: str, *, token: str, lease_ms: int
+    ) -> Claim:
+        slot = f"{scope}\x00{key}"
+        record: _IdemRecord | None = self._idem.get(slot)
+        if record is None:
+            self._idem.set(slot, _IdemRecord(fingerprint, token, None), lease_ms / 1000)
+            return Claim(ClaimKind.CLAIMED, token=token)
+        if record.fingerprint != fingerprint:
+            return Claim(ClaimKind.MISMATCH)
+        if record.response is not None:
+            return Claim(ClaimKind.REPLAY, response=record.response)
+        entry = self._idem._data[slot]
+        remaining = max(1, int((entry.expires - time.monotonic()) * 1000))
+        return Claim(ClaimKind.IN_FLIGHT, retry_after_ms=remaining)
+
+    async def complete(
+        self, scope: str, key: str, token: str, response: StoredResponse, *, ttl_s: int
+    ) -> bool:
+        slot = f"{scope}\x00{key}"
+        record: _IdemRecord | None = self._idem.get(slot)
+        if record is None or record.token != token:
+            return False
+        self._idem.set(slot, _IdemRecord(record.fingerprint, None, response), ttl_s)
+        return True
+
+    async def release(self, scope: str, key: str, token: str) -> None:
+        slot = f"{scope}\x00{key}"
+        record: _IdemRecord | None = self._idem.get(slot)
+        if record is not None and record.token == token:
+            self._idem.pop(slot)
+
+    # order guard
+    async def reserve_order(
+        self, scope: str, order_ref: str, token: str, *, lease_ms: int
+    ) -> str | None:
+        slot = f"{scope}\x00{order_ref}"
+        current: str | None = self._orders.get(slot)
+        if current is not None:
+            return current
+        self._orders.set(slot, _CLAIM_PREFIX + token, lease_ms / 1000)
+        return None
+
+    async def replace_order(
+        self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
+    ) -> bool:
+        slot = f"{scope}\x00{order_ref}"
+        if self._orders.get(slot) != expected:
+            return False
+        self._orders.set(slot, _CLAIM_PREFIX + token, lease_ms / 1000)
+        return True
+
+    async def bind_order(
+        self, scope: str, order_ref: str, token: str, session_id: str, *, ttl_s: int
+    ) -> None:
+        slot = f"{scope}\x00{order_ref}"
+        if self._orders.get(slot) == _CLAIM_PREFIX + token:
+            self._orders.set(slot, session_id, ttl_s)
+
+    async def release_order(self, scope: str, order_ref: str, token: str) -> None:
+        slot = f"{scope}\x00{order_ref}"
+        if self._orders.get(slot) == _CLAIM_PREFIX + token:
+            self._orders.pop(slot)
+
+    # sessions
+    async def put_session(self, record: SessionRecord, *, ttl_s: int) -> None:
+        self._sessions.set(record.sessionId, record, ttl_s)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        record: SessionRecord | None = self._sessions.get(session_id)
+        return record

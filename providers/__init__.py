@@ -1,0 +1,1 @@
+"""Provider adapters: one module per payment provider behind the :mod:`providers.base` seam."""

@@ -1,0 +1,187 @@
+"""The adapter seam every payment provider implements, and the one error tree they raise.
+
+Errors are mapped once, at the adapter boundary, from aiohttp/asyncio failures::
+
+    ProviderError                     (provider: str)
+     ├── ProviderTimeout              no answer within the per-call timeout
+     ├── ProviderUnavailable          connection refused/reset, or a 5xx answer
+     ├── ProviderRateLimited          429; ``retry_after`` seconds when the provider said so
+     ├── ProviderRejected             4xx: the provider refused *our* request
+     ├── FlowNotSupported             the adapter cannot do what was asked
+     └── WebhookVerificationError     a webhook whose signature or form is not valid
+
+Timeouts, unavailability and rate limits are *retryable at another provider*; a rejection is not
+(the request is wrong), unless the gateway is configured otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from gateway.domain.models import CheckoutRequest
+    from gateway.domain.session import SessionStatus
+
+__all__ = [
+    "Capabilities",
+    "CreateSessionInput",
+    "FlowNotSupported",
+    "ProviderAdapter",
+    "ProviderError",
+    "ProviderEvent",
+    "ProviderRateLimited",
+    "ProviderRejected",
+    "ProviderSession",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "WebhookAnswer",
+    "WebhookVerificationError",
+]
+
+
+class ProviderError(Exception):
+    """Base of every error an adapter raises."""
+
+    retryable: bool = False
+    outcome: str = "error"
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.reason = message
+
+
+class ProviderTimeout(ProviderError):
+    retryable, outcome = True, "timeout"
+
+
+class ProviderUnavailable(ProviderError):
+    retryable, outcome = True, "unavailable"
+
+    def __init__(self, provider: str, message: str, status: int | None = None) -> None:
+        super().__init__(provider, message)
+        self.status = status
+
+
+class ProviderRateLimited(ProviderError):
+    retryable, outcome = True, "rate_limited"
+
+    def __init__(self, provider: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(provider, message)
+        self.retry_after = retry_after
+
+
+class ProviderRejected(ProviderError):
+    retryable, outcome = False, "rejected"
+
+    def __init__(
+        self, provider: str, message: str, status: int, code: str | None = None
+    ) -> None:
+        super().__init__(provider, message)
+        self.status = status
+        self.code = code
+
+
+class FlowNotSupported(ProviderError):
+    retryable, outcome = False, "not_supported"
+
+
+class WebhookVerificationError(ProviderError):
+    outcome = "bad_signature"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an adapter can take. ``None`` means "any"."""
+
+    payment_methods: frozenset[str]
+    currencies: frozenset[str] | None = None
+    countries: frozenset[str] | None = None
+    min_amount: Decimal | None = None
+    max_amount: Decimal | None = None
+    capture_methods: frozenset[str] = frozenset({"automatic", "manual"})
+    session_types: frozenset[str] = frozenset({"one_time"})
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSessionInput:
+    """Everything an adapter needs to open a hosted checkout session."""
+
+    session_id: str
+    merchant_id: str
+    #: derived from (merchant, Idempotency-Key, provider): the same on every retry.
+    idempotency_key: str
+    request: CheckoutRequest
+    expires_at: datetime
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSession:
+    """The provider's answer to a create call."""
+
+    provider: str
+    reference: str
+    checkout_url: str
+    expires_at: datetime | None = None
+    raw_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """A verified provider webhook event mapped onto the gateway's lifecycle.
+
+    ``status`` is ``None`` when the event does not move the session; an ambiguous provider
+    status maps to ``PENDING``/``PROCESSING``, never to ``COMPLETED``.
+    """
+
+    provider: str
+    event_id: str
+    event_type: str
+    reference: str | None
+    session_id: str | None
+    status: SessionStatus | None
+    occurred_at: datetime | None = None
+    failure_reason: str | None = None
+    customer_id: str | None = None
+    payment_method_id: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAnswer:
+    """What the gateway answers a provider's webhook call, in the form the provider expects."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+@runtime_checkable
+class ProviderAdapter(Protocol):
+    """One payment provider behind the gateway."""
+
+    name: str
+    capabilities: Capabilities
+
+    async def create_session(self, data: CreateSessionInput, *, timeout: float) -> ProviderSession:
+        """Open a hosted checkout session; idempotent on ``data.idempotency_key``."""
+        ...
+
+    async def cancel_session(self, reference: str, *, timeout: float) -> None:
+        """Expire/cancel the provider's session so it can no longer be paid."""
+        ...
+
+    async def parse_webhook(
+        self, headers: Mapping[str, str], raw_body: bytes
+    ) -> list[ProviderEvent]:
+        """Verify a webhook call and map it to events; raises WebhookVerificationError."""
+        ...
+
+    def webhook_answer(self) -> WebhookAnswer:
+        """The acknowledgement body this provider expects."""
+        ...
