@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(5.0, gt=0)
     request_deadline_seconds: float = Field(15.0, gt=0)
     failover_on_rejection: bool = False
+    circuit_failure_threshold: int = Field(5, ge=1)
+    circuit_window_seconds: float = Field(30.0, gt=0)
+    circuit_open_seconds: float = Field(30.0, gt=0)
+    circuit_half_open_probes: int = Field(2, ge=1)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     session_retention_seconds: int = Field(30 * 86_400, ge=3600)
 

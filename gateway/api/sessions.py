@@ -1,0 +1,77 @@
+"""``/api/v1/sessions``: create (idempotent) and read checkout sessions."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from aiohttp import web
+
+from gateway.appkeys import SERVICES, SETTINGS
+from gateway.auth import require
+from gateway.domain.errors import BadRequest, NotFound, UnsupportedMediaType
+from gateway.domain.models import RequestProblems, parse_checkout_request
+from gateway.idempotency import validate_idempotency_key
+from gateway.middleware import LOG_CONTEXT, REQUEST_ID
+from gateway.sessions import SessionService
+
+__all__ = ["setup_session_routes"]
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """``POST /api/v1/sessions``."""
+    merchant = await require(request, "sessions:write")
+    context = request[LOG_CONTEXT]
+    context["merchant"] = merchant.merchant_id
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+    key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
+    raw = await request.read()
+    settings = request.app[SETTINGS]
+    try:
+        checkout = parse_checkout_request(raw, allow_http_localhost=settings.is_sandbox)
+    except RequestProblems as exc:
+        raise BadRequest(exc.problems) from None
+    service: SessionService = request.app[SERVICES]
+    outcome = await service.create(merchant, key, checkout, request_id=request[REQUEST_ID])
+    response = web.Response(
+        status=outcome.status, body=outcome.body, content_type="application/json"
+    )
+    if outcome.location:
+        response.headers["Location"] = outcome.location
+    if outcome.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+        context["replayed"] = True
+    context.update(
+        {
+            k: v
+            for k, v in (
+                ("provider", outcome.provider),
+                ("decision_id", outcome.decision_id),
+                ("attempts", outcome.attempts or None),
+            )
+            if v is not None
+        }
+    )
+    return response
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """``GET /api/v1/sessions/{sessionId}``."""
+    merchant = await require(request, "sessions:read")
+    request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
+    session_id = request.match_info["sessionId"]
+    try:
+        uuid.UUID(session_id)
+    except ValueError:
+        raise NotFound("Session not found") from None
+    service: SessionService = request.app[SERVICES]
+    record = await service.get(merchant, session_id)
+    if record is None:
+        raise NotFound("Session not found")
+    return web.Response(body=orjson.dumps(record.public()), content_type="application/json")
+
+
+def setup_session_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/sessions", create_session)
+    app.router.add_get("/api/v1/sessions/{sessionId}", get_session)

@@ -1,0 +1,103 @@
+"""Per-provider circuit breakers whose state lives in the store, shared by every process.
+
+Closed: calls flow; ``threshold`` failures within ``window`` open the circuit. Open: the provider
+is excluded from routing for ``open_seconds``. Half-open: a few probe requests go through; a
+success closes the circuit, a failure opens it again. Each process reads the shared state at most
+once per ``refresh_seconds``; successes in the closed state cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from gateway.store.base import CircuitState, CircuitStore, StoreUnavailable
+
+__all__ = ["CircuitBreakers", "CircuitPolicy"]
+
+log = logging.getLogger("gateway.circuit")
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    threshold: int = 5
+    window_seconds: float = 30.0
+    open_seconds: float = 30.0
+    half_open_probes: int = 2
+    refresh_seconds: float = 1.0
+
+
+class CircuitBreakers:
+    """The gateway's view of every provider's circuit."""
+
+    def __init__(self, store: CircuitStore, providers: list[str], policy: CircuitPolicy) -> None:
+        self._store = store
+        self._providers = list(providers)
+        self._policy = policy
+        self._states: dict[str, CircuitState] = {p: CircuitState("closed") for p in providers}
+        self._fetched_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def states(self) -> dict[str, CircuitState]:
+        return dict(self._states)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Re-read the shared state when the cached copy is older than the refresh interval."""
+        now = time.monotonic()
+        if not force and now - self._fetched_at < self._policy.refresh_seconds:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._fetch())
+        await asyncio.shield(self._refreshing)
+
+    async def _fetch(self) -> None:
+        try:
+            self._states = await self._store.circuit_states(self._providers, now=time.time())
+        except StoreUnavailable:
+            log.warning("circuit states unavailable; keeping the last known states")
+        self._fetched_at = time.monotonic()
+
+    def unavailable(self) -> dict[str, str]:
+        """Providers routing must skip, with the reason."""
+        now = time.time()
+        out: dict[str, str] = {}
+        for provider, state in self._states.items():
+            if state.state == "open" and (state.open_until is None or state.open_until > now):
+                out[provider] = "circuit open"
+        return out
+
+    async def admit(self, provider: str) -> bool:
+        """May a call go to ``provider`` now? In half-open only the probe quota passes."""
+        state = self._states.get(provider)
+        if state is None or state.state == "closed":
+            return True
+        now = time.time()
+        if state.state == "open" and state.open_until is not None and state.open_until > now:
+            return False
+        return await self._store.circuit_acquire_probe(
+            provider,
+            now=now,
+            max_probes=self._policy.half_open_probes,
+            probe_ttl_s=max(1.0, self._policy.open_seconds),
+        )
+
+    async def success(self, provider: str) -> None:
+        state = self._states.get(provider)
+        if state is not None and state.state != "closed":
+            self._states[provider] = await self._store.circuit_success(provider, now=time.time())
+
+    async def failure(self, provider: str) -> None:
+        policy = self._policy
+        new = await self._store.circuit_failure(
+            provider,
+            now=time.time(),
+            window_s=policy.window_seconds,
+            threshold=policy.threshold,
+            open_s=policy.open_seconds,
+        )
+        if new.state != self._states.get(provider, CircuitState("closed")).state:
+            log.warning("circuit for %s is now %s", provider, new.state)
+        self._states[provider] = new

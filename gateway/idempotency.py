@@ -1,0 +1,65 @@
+"""Idempotency: the request fingerprint, the header rules and the keys derived from them.
+
+The store does the atomic part (:meth:`gateway.store.base.IdempotencyStore.claim`); this module
+decides *what* is compared: a hash of the canonical request, so key order, whitespace and
+``140.760`` vs ``140.76`` do not make two equal orders look different.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from gateway.domain.errors import BadRequest
+from gateway.domain.models import CheckoutRequest
+
+__all__ = [
+    "derived_provider_key",
+    "fingerprint",
+    "session_id_for",
+    "validate_idempotency_key",
+]
+
+_SESSION_NAMESPACE = uuid.UUID("5f0c1c4e-5a2e-4f4b-9a57-7c8c1f0a9b11")
+MISSING_KEY = "Missing required header: Idempotency-Key"
+
+
+def validate_idempotency_key(value: str | None) -> str:
+    """The header value, or a 400 in the seed's words when missing or malformed."""
+    if value is None or value == "":
+        raise BadRequest(MISSING_KEY)
+    if len(value) > 255 or not all(" " <= ch <= "~" for ch in value):
+        raise BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def fingerprint(request: CheckoutRequest) -> str:
+    """SHA-256 of the canonical request: sorted keys, normalised decimals, nulls dropped."""
+    canonical = _canonical(request.model_dump(mode="python"))
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def session_id_for(merchant_id: str, idempotency_key: str) -> str:
+    """The gateway session id of (merchant, key): stable, so a retry after a crash reuses it
+    and matches the metadata a provider already holds."""
+    return str(uuid.uuid5(_SESSION_NAMESPACE, f"{merchant_id}\x00{idempotency_key}"))
+
+
+def derived_provider_key(merchant_id: str, idempotency_key: str, provider: str) -> str:
+    """The idempotency key sent to ``provider``: 64 hex characters (fits Adyen's limit)."""
+    raw = f"{merchant_id}\x00{idempotency_key}\x00{provider}".encode()
+    return hashlib.sha256(raw).hexdigest()

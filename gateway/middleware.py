@@ -1,0 +1,105 @@
+"""The outermost layer: request id, the error envelope for every failure, and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from gateway.domain.errors import (
+    ApiError,
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from gateway.store.base import StoreUnavailable
+
+__all__ = ["LOG_CONTEXT", "REQUEST_ID", "error_response", "request_context_middleware"]
+
+log = logging.getLogger("gateway.access")
+errors_log = logging.getLogger("gateway.errors")
+
+REQUEST_ID = "gateway.request_id"
+#: handlers put provider / decision id / attempts here for the access log line
+LOG_CONTEXT = "gateway.log_context"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: ApiError, request_id: str) -> web.Response:
+    """The JSON envelope of ``error`` as a response."""
+    response = web.Response(
+        status=error.status,
+        body=orjson.dumps(error.body(request_id)),
+        content_type="application/json",
+    )
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound()
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge()
+    if isinstance(exc, web.HTTPUnsupportedMediaType):
+        return UnsupportedMediaType()
+    if 400 <= exc.status < 500:
+        return BadRequest(exc.reason)
+    return InternalError()
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Assign the request id, turn every failure into the envelope, log one line."""
+    supplied = request.headers.get("X-Request-ID")
+    request_id = supplied if supplied and _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    request[LOG_CONTEXT] = {}
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(_from_http_exception(exc), request_id)
+    except StoreUnavailable:
+        errors_log.error("store unavailable", extra={"request_id": request_id})
+        response = error_response(ServiceUnavailable(), request_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        errors_log.exception("unhandled error", extra={"request_id": request_id})
+        response = error_response(InternalError(), request_id)
+    response.headers["X-Request-ID"] = request_id
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    log.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": request.method,
+            "route": route,
+            "status": response.status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            **request[LOG_CONTEXT],
+        },
+    )
+    return response

@@ -1,0 +1,367 @@
+"""Creating and reading checkout sessions: the one straight path of DESIGN.md.
+
+claim the Idempotency-Key -> guard the order reference -> route -> try providers in rank order
+(circuit- and deadline-aware) -> store the session -> complete the key. Every exit either
+completes the claim with the final answer or releases it, so no key is left blocked and no
+retry can create a second provider session (each provider call carries a key derived from
+(merchant, Idempotency-Key, provider)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.auth import Merchant
+from gateway.circuit import CircuitBreakers
+from gateway.domain.errors import (
+    ApiError,
+    BadGateway,
+    Conflict,
+    GatewayTimeout,
+    Unprocessable,
+)
+from gateway.domain.models import CheckoutRequest
+from gateway.domain.session import (
+    Attempt,
+    RoutingSummary,
+    SessionAmount,
+    SessionRecord,
+    SessionStatus,
+    Transition,
+    isoformat,
+    utcnow,
+)
+from gateway.idempotency import derived_provider_key, fingerprint, session_id_for
+from gateway.routing.decision import RoutingDecision
+from gateway.settings import Settings
+from gateway.store.base import ClaimKind, Store, StoredResponse, StoreUnavailable
+from providers.base import (
+    CreateSessionInput,
+    FlowNotSupported,
+    ProviderAdapter,
+    ProviderError,
+    ProviderRejected,
+    ProviderSession,
+    ProviderTimeout,
+)
+
+__all__ = ["CreateOutcome", "RouterLike", "SessionService"]
+
+log = logging.getLogger("gateway.sessions")
+_CLAIM_PREFIX = "claim:"
+
+
+class RouterLike(Protocol):
+    def decide(
+        self, request: CheckoutRequest, merchant_id: str, *, unavailable: dict[str, str]
+    ) -> RoutingDecision: ...
+
+    async def record_creation(
+        self, provider: str, outcome: str, latency_ms: float, request: CheckoutRequest
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class CreateOutcome:
+    """The HTTP answer to a create call, plus what the access log wants to know."""
+
+    status: int
+    body: bytes
+    location: str | None = None
+    replayed: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    provider: str | None = None
+    decision_id: str | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Attempts:
+    made: list[Attempt] = field(default_factory=list)
+    rejected: ProviderRejected | None = None
+    timed_out: bool = False
+
+
+class SessionService:
+    """Creates and reads sessions; owns no HTTP and no Redis, only the seams."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        router: RouterLike,
+        adapters: dict[str, ProviderAdapter],
+        circuits: CircuitBreakers,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.router = router
+        self.adapters = adapters
+        self.circuits = circuits
+        self._lease_ms = settings.idempotency_lease_seconds * 1000
+
+    async def create(
+        self,
+        merchant: Merchant,
+        idempotency_key: str,
+        request: CheckoutRequest,
+        *,
+        request_id: str,
+    ) -> CreateOutcome:
+        """Create a session, or replay / refuse per the idempotency rules."""
+        scope = merchant.merchant_id
+        token = session_id_for(scope, idempotency_key) + ":" + request_id
+        claim = await self.store.claim(
+            scope, idempotency_key, fingerprint(request), token=token, lease_ms=self._lease_ms
+        )
+        if claim.kind is ClaimKind.REPLAY:
+            assert claim.response is not None
+            stored = claim.response
+            return CreateOutcome(stored.status, stored.body, stored.location, replayed=True)
+        if claim.kind is ClaimKind.MISMATCH:
+            raise Unprocessable.idempotency_mismatch()
+        if claim.kind is ClaimKind.IN_FLIGHT:
+            retry = max(1, math.ceil((claim.retry_after_ms or 1000) / 1000))
+            raise Conflict(
+                details="A request with this Idempotency-Key is still being processed",
+                headers={"Retry-After": str(retry)},
+            )
+        try:
+            outcome = await self._create_claimed(merchant, idempotency_key, request, token)
+        except BaseException:
+            await self._release_quietly(scope, idempotency_key, token)
+            raise
+        stored = StoredResponse(outcome.status, outcome.body, outcome.location)
+        if not await self.store.complete(
+            scope, idempotency_key, token, stored, ttl_s=self.settings.idempotency_ttl_seconds
+        ):
+            log.error("idempotency lease lost before completion", extra={"merchant": scope})
+        return outcome
+
+    async def _release_quietly(self, scope: str, key: str, token: str) -> None:
+        try:
+            await asyncio.shield(self.store.release(scope, key, token))
+        except (StoreUnavailable, asyncio.CancelledError):
+            log.warning("could not release an idempotency claim; its lease will expire")
+
+    async def _create_claimed(
+        self, merchant: Merchant, idempotency_key: str, request: CheckoutRequest, token: str
+    ) -> CreateOutcome:
+        scope = merchant.merchant_id
+        guard = self.settings.order_reference_guard
+        if guard:
+            await self._reserve_order(scope, request.orderReference, token)
+        try:
+            outcome = await self._route_and_create(merchant, idempotency_key, request, token)
+        except BaseException:
+            if guard:
+                await self._release_order_quietly(scope, request.orderReference, token)
+            raise
+        return outcome
+
+    async def _release_order_quietly(self, scope: str, order_ref: str, token: str) -> None:
+        try:
+            await asyncio.shield(self.store.release_order(scope, order_ref, token))
+        except (StoreUnavailable, asyncio.CancelledError):
+            log.warning("could not release an order reservation; its lease will expire")
+
+    async def _reserve_order(self, scope: str, order_ref: str, token: str) -> None:
+        holder = await self.store.reserve_order(scope, order_ref, token, lease_ms=self._lease_ms)
+        if holder is None:
+            return
+        if holder.startswith(_CLAIM_PREFIX):
+            raise Conflict(
+                details="Another request is creating a session for this orderReference",
+                headers={"Retry-After": "1"},
+            )
+        existing = await self.store.get_session(holder)
+        now = utcnow()
+        if existing is not None and existing.status is SessionStatus.PENDING and existing.expiresAt > now:
+            raise Conflict(details="Resource already exists", extra={"sessionId": existing.sessionId})
+        if not await self.store.replace_order(
+            scope, order_ref, holder, token, lease_ms=self._lease_ms
+        ):
+            raise Conflict(
+                details="Another request is creating a session for this orderReference",
+                headers={"Retry-After": "1"},
+            )
+
+    async def _route_and_create(
+        self, merchant: Merchant, idempotency_key: str, request: CheckoutRequest, token: str
+    ) -> CreateOutcome:
+        settings = self.settings
+        started = time.monotonic()
+        deadline = started + settings.request_deadline_seconds
+        await self.circuits.refresh()
+        decision = self.router.decide(
+            request, merchant.merchant_id, unavailable=self.circuits.unavailable()
+        )
+        if not decision.ranked:
+            raise Unprocessable.no_available_provider(
+                [{"provider": e.provider, "reason": e.reason} for e in decision.excluded]
+            )
+        session_id = session_id_for(merchant.merchant_id, idempotency_key)
+        created_at = utcnow()
+        expires_at = created_at + timedelta(seconds=request.expiresIn)
+        tries = _Attempts()
+        for candidate in decision.ranked:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                tries.timed_out = True
+                break
+            provider = candidate.provider
+            adapter = self.adapters[provider]
+            if not await self.circuits.admit(provider):
+                tries.made.append(Attempt(provider=provider, outcome="circuit_open", durationMs=0.0))
+                continue
+            data = CreateSessionInput(
+                session_id=session_id,
+                merchant_id=merchant.merchant_id,
+                idempotency_key=derived_provider_key(merchant.merchant_id, idempotency_key, provider),
+                request=request,
+                expires_at=expires_at,
+            )
+            result = await self._attempt(adapter, data, min(settings.provider_timeout_seconds, remaining), tries, request)
+            if result is not None:
+                return await self._finish(
+                    merchant, request, token, decision, candidate.score, result, tries,
+                    session_id, created_at, expires_at,
+                )
+            if tries.rejected is not None and not settings.failover_on_rejection:
+                break
+        raise self._all_failed(decision, tries, deadline)
+
+    async def _attempt(
+        self,
+        adapter: ProviderAdapter,
+        data: CreateSessionInput,
+        timeout: float,
+        tries: _Attempts,
+        request: CheckoutRequest,
+    ) -> ProviderSession | None:
+        provider = adapter.name
+        began = time.perf_counter()
+        try:
+            result = await adapter.create_session(data, timeout=timeout)
+        except ProviderError as exc:
+            elapsed = (time.perf_counter() - began) * 1000
+            tries.made.append(
+                Attempt(provider=provider, outcome=exc.outcome, durationMs=round(elapsed, 2), error=exc.reason[:200])
+            )
+            if isinstance(exc, ProviderTimeout):
+                tries.timed_out = True
+            if isinstance(exc, ProviderRejected):
+                tries.rejected = exc
+            if exc.retryable:
+                await self.circuits.failure(provider)
+            if not isinstance(exc, FlowNotSupported):
+                await self.router.record_creation(provider, exc.outcome, elapsed, request)
+            log.warning("provider attempt failed", extra={"provider": provider, "outcome": exc.outcome})
+            return None
+        elapsed = (time.perf_counter() - began) * 1000
+        tries.made.append(Attempt(provider=provider, outcome="created", durationMs=round(elapsed, 2)))
+        await self.circuits.success(provider)
+        await self.router.record_creation(provider, "created", elapsed, request)
+        return result
+
+    async def _finish(
+        self,
+        merchant: Merchant,
+        request: CheckoutRequest,
+        token: str,
+        decision: RoutingDecision,
+        score: float,
+        result: ProviderSession,
+        tries: _Attempts,
+        session_id: str,
+        created_at: Any,
+        expires_at: Any,
+    ) -> CreateOutcome:
+        routing = RoutingSummary(
+            selectedProvider=result.provider,
+            score=round(score, 2),
+            rulesVersion=decision.rules_version,
+            decisionId=decision.decision_id,
+            attempts=tries.made,
+            matchedRules=list(decision.matched_rules),
+        )
+        record = SessionRecord(
+            sessionId=session_id,
+            merchantId=merchant.merchant_id,
+            orderReference=request.orderReference,
+            status=SessionStatus.PENDING,
+            provider=result.provider,
+            providerSessionId=result.reference,
+            checkoutUrl=result.checkout_url,
+            currency=request.currency,
+            amount=SessionAmount(
+                total=request.amount.total, shipping=request.amount.shipping, tax=request.amount.tax
+            ),
+            paymentMethod=request.paymentMethod,
+            captureMethod=request.captureMethod,
+            routing=routing,
+            createdAt=created_at,
+            updatedAt=created_at,
+            expiresAt=expires_at,
+            transitions=[Transition(status=SessionStatus.PENDING, at=created_at, source="gateway")],
+        )
+        await self.store.put_session(record, ttl_s=self.settings.session_retention_seconds)
+        if self.settings.order_reference_guard:
+            await self.store.bind_order(
+                merchant.merchant_id,
+                request.orderReference,
+                token,
+                session_id,
+                ttl_s=max(1, request.expiresIn),
+            )
+        body = {
+            "sessionId": session_id,
+            "checkoutUrl": result.checkout_url,
+            "status": SessionStatus.PENDING.value,
+            "routing": routing.model_dump(mode="json"),
+            "expiresAt": isoformat(expires_at),
+            "createdAt": isoformat(created_at),
+        }
+        return CreateOutcome(
+            201,
+            orjson.dumps(body),
+            location=f"/api/v1/sessions/{session_id}",
+            provider=result.provider,
+            decision_id=decision.decision_id,
+            attempts=len(tries.made),
+        )
+
+    @staticmethod
+    def _all_failed(decision: RoutingDecision, tries: _Attempts, deadline: float) -> ApiError:
+        """504 when the deadline passed or every try timed out; 502 otherwise."""
+        details: dict[str, Any] = {
+            "decisionId": decision.decision_id,
+            "attempts": [a.model_dump(mode="json") for a in tries.made],
+        }
+        if tries.rejected is not None:
+            details["providerError"] = {
+                "provider": tries.rejected.provider,
+                "status": tries.rejected.status,
+                "code": tries.rejected.code,
+            }
+        timed_out_only = tries.timed_out and all(
+            a.outcome in ("timeout", "circuit_open") for a in tries.made
+        )
+        if time.monotonic() >= deadline or timed_out_only:
+            return GatewayTimeout(details=details)
+        return BadGateway(details=details)
+
+    async def get(self, merchant: Merchant, session_id: str) -> SessionRecord | None:
+        """The merchant's own session, or None (another merchant's reads as unknown)."""
+        record = await self.store.get_session(session_id)
+        if record is None or record.merchantId != merchant.merchant_id:
+            return None
+        return record
