@@ -1,0 +1,54 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.appkeys import ROUTER, STORE
+from gateway.store.base import StoreUnavailable
+
+__all__ = ["setup_health_routes"]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the event loop answers."""
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the store answers and routing rules are loaded (503 with details otherwise)."""
+    checks: dict[str, Any] = {}
+    ready = True
+    store = request.app.get(STORE)
+    if store is None:
+        checks["store"] = {"ok": False, "error": "not opened"}
+        ready = False
+    else:
+        try:
+            await store.ping()
+            checks["store"] = {"ok": True, "backend": store.name}
+        except StoreUnavailable as exc:
+            checks["store"] = {"ok": False, "backend": store.name, "error": str(exc)[:200]}
+            ready = False
+    router = request.app.get(ROUTER)
+    if router is None:
+        checks["rules"] = {"ok": False, "error": "not loaded"}
+        ready = False
+    else:
+        rules: dict[str, Any] = {"ok": True, "version": router.rules_version}
+        error = getattr(router, "last_reload_error", None)
+        if error:
+            rules["lastReloadError"] = error
+        checks["rules"] = rules
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    return web.Response(
+        status=200 if ready else 503, body=orjson.dumps(body), content_type="application/json"
+    )
+
+
+def setup_health_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

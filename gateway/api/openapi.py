@@ -1,0 +1,211 @@
+"""The OpenAPI 3.1 document, built once from the pydantic models the handlers use.
+
+``tests/api/test_openapi.py`` keeps it in step with the routes and with real responses.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import __version__
+from gateway.domain.models import CheckoutRequest
+from gateway.domain.session import RoutingSummary
+
+__all__ = ["ErrorBody", "SessionCreated", "SessionView", "openapi_document", "setup_openapi_routes"]
+
+
+class ErrorBody(BaseModel):
+    """The error envelope (seed 003)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str
+    message: str | list[str]
+    statusCode: int
+    code: int | str | None = None
+    details: Any = None
+    requestId: str
+
+
+class SessionCreated(BaseModel):
+    """201 answer of ``POST /api/v1/sessions``."""
+
+    model_config = ConfigDict(extra="forbid")
+    sessionId: str = Field(json_schema_extra={"format": "uuid"})
+    checkoutUrl: str
+    status: str
+    routing: RoutingSummary
+    expiresAt: str = Field(json_schema_extra={"format": "date-time"})
+    createdAt: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class AmountView(BaseModel):
+    total: str
+    shipping: str
+    tax: str
+
+
+class TransitionView(BaseModel):
+    status: str
+    at: str
+    source: str
+    eventId: str | None = None
+
+
+class SessionView(BaseModel):
+    """``GET /api/v1/sessions/{sessionId}`` answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    sessionId: str
+    orderReference: str
+    status: str
+    checkoutUrl: str
+    provider: str
+    providerSessionId: str
+    currency: str
+    amount: AmountView
+    paymentMethod: str
+    captureMethod: str
+    routing: RoutingSummary
+    createdAt: str
+    updatedAt: str
+    expiresAt: str
+    transitions: list[TransitionView]
+
+
+_MODELS: tuple[type[BaseModel], ...] = (CheckoutRequest, SessionCreated, SessionView, ErrorBody)
+#: Extra component models registered by other API modules (routing, webhooks, ...).
+EXTRA_MODELS: list[type[BaseModel]] = []
+#: Extra path items registered by other API modules.
+EXTRA_PATHS: dict[str, dict[str, Any]] = {}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": _DESCRIPTIONS[s],
+            "content": {"application/json": {"schema": _ref("ErrorBody")}},
+        }
+        for s in statuses
+    }
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request: every problem listed with its field path",
+    401: "Missing or invalid bearer token",
+    403: "Token lacks the required scope",
+    404: "Unknown resource (or another merchant's)",
+    409: "Idempotency-Key in flight (Retry-After) or a pending session exists for the order",
+    413: "Body too large",
+    415: "Content-Type is not application/json",
+    422: "IDEMPOTENCY_KEY_MISMATCH or NO_AVAILABLE_PROVIDER",
+    500: "Internal server error",
+    502: "Every provider failed",
+    503: "A dependency (the store) is unavailable",
+    504: "The request deadline passed before any provider created the session",
+}
+
+_BEARER = [{"bearerAuth": []}]
+
+
+def _base_paths() -> dict[str, Any]:
+    idem = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "description": "Client-generated key; same key + same body replays the first answer",
+    }
+    return {
+        "/api/v1/sessions": {
+            "post": {
+                "operationId": "createSession",
+                "summary": "Create a hosted checkout session",
+                "security": _BEARER,
+                "x-scope": "sessions:write",
+                "parameters": [idem],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CheckoutRequest")}},
+                },
+                "responses": {
+                    "201": {
+                        "description": "Session created (or replayed: Idempotent-Replayed: true)",
+                        "headers": {
+                            "Location": {"schema": {"type": "string"}},
+                            "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}},
+                            "X-Request-ID": {"schema": {"type": "string"}},
+                        },
+                        "content": {"application/json": {"schema": _ref("SessionCreated")}},
+                    },
+                    **_errors(400, 401, 403, 409, 413, 415, 422, 500, 502, 503, 504),
+                },
+            }
+        },
+        "/api/v1/sessions/{sessionId}": {
+            "get": {
+                "operationId": "getSession",
+                "summary": "Read a checkout session",
+                "security": _BEARER,
+                "x-scope": "sessions:read",
+                "parameters": [
+                    {"name": "sessionId", "in": "path", "required": True,
+                     "schema": {"type": "string", "format": "uuid"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The session",
+                        "content": {"application/json": {"schema": _ref("SessionView")}},
+                    },
+                    **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness",
+                             "responses": {"200": {"description": "Alive"}}}},
+        "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness (store, rules)",
+                            "responses": {"200": {"description": "Ready"},
+                                          "503": {"description": "Not ready, with details"}}}},
+        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    }
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> bytes:
+    """The serialized document (built on first use, then cached)."""
+    schemas: dict[str, Any] = {}
+    for model in (*_MODELS, *EXTRA_MODELS):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    doc = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Payment routing gateway",
+            "version": __version__,
+            "description": "One checkout-session API in front of Stripe, Adyen and PayPal.",
+        },
+        "paths": {**_base_paths(), **EXTRA_PATHS},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
+    return orjson.dumps(doc)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
+def setup_openapi_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/openapi.json", get_openapi)

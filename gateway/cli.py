@@ -1,0 +1,177 @@
+"""The ``gateway`` command: serve, token, sandbox and the routing-rules tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from gateway.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+log = logging.getLogger("gateway.cli")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return
+    uvloop.install()
+
+
+def _serve_one(settings: Settings, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    _install_uvloop()
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        reuse_port=reuse_port,
+        shutdown_timeout=settings.request_deadline_seconds + 5,
+        print=None,
+        handle_signals=True,
+    )
+
+
+def _worker(overrides: dict[str, object]) -> None:
+    _serve_one(Settings(**overrides), reuse_port=True)  # type: ignore[arg-type]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        from gateway.app import check_startup
+
+        check_startup(settings)
+    except (SettingsError, ValueError) as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"gateway: serving on {settings.base_url} (env={settings.env}, store={settings.store}, "
+        f"workers={settings.workers})",
+        file=sys.stderr,
+        flush=True,
+    )
+    if settings.workers == 1:
+        _serve_one(settings, reuse_port=False)
+        return 0
+    return _serve_many(settings, overrides)
+
+
+def _serve_many(settings: Settings, overrides: dict[str, object]) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_worker, args=(overrides,), name=f"gateway-worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth import SCOPES, Authenticator
+
+    scopes = args.scope or ["sessions:write", "sessions:read"]
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        print(f"gateway: unknown scope(s) {', '.join(unknown)}; known: {' '.join(SCOPES)}",
+              file=sys.stderr)
+        return 2
+    logging.disable(logging.WARNING)
+    try:
+        token = Authenticator(Settings()).issue(args.merchant, scopes, args.ttl)
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateway.logs import configure_logging
+    from providers.sandbox.app import SandboxConfig, create_sandbox_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    _install_uvloop()
+    public = args.public_url or f"http://{args.host}:{args.port}"
+    root = web.Application()
+    root.add_subapp(
+        "/sandbox",
+        create_sandbox_app(SandboxConfig(public_url=public, gateway_base_url=args.gateway_url)),
+    )
+    print(f"sandbox: serving on {public}/sandbox (webhooks to {args.gateway_url})",
+          file=sys.stderr, flush=True)
+    web.run_app(root, host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="processes sharing the port (needs Redis)")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a JWT this gateway accepts")
+    token.add_argument("--merchant", required=True)
+    token.add_argument("--scope", action="append", help="repeatable; default sessions:write+read")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(func=cmd_token)
+
+    sandbox = sub.add_parser("sandbox", help="run the sandbox providers alone")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8090)
+    sandbox.add_argument("--public-url")
+    sandbox.add_argument("--gateway-url", default="http://127.0.0.1:8080")
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    try:
+        from gateway.routing.cli import add_rules_commands
+    except ImportError:
+        pass
+    else:
+        add_rules_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
