@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import Claim, ClaimKind, StoredResponse
+from gateway.store.base import CircuitState, Claim, ClaimKind, StoredResponse
+from gateway.store.keys import circuit_ttl_s
 
 __all__ = ["MemoryStore"]
 
@@ -52,6 +53,23 @@ class _TTLDict:
 
 
 @dataclass(slots=True)
+class _Circuit:
+    """Stored circuit: ``open`` reads as half-open once ``open_until`` has passed."""
+
+    is_open: bool = False
+    open_until: float = 0.0
+    failures: int = 0
+    window: list[float] = field(default_factory=list)  # failure timestamps (closed)
+    probes: list[float] = field(default_factory=list)  # probe timestamps (half-open)
+
+    def view(self, now: float) -> CircuitState:
+        if not self.is_open:
+            return CircuitState("closed", self.failures)
+        state = "open" if now < self.open_until else "half_open"
+        return CircuitState(state, self.failures, self.open_until)
+
+
+@dataclass(slots=True)
 class _IdemRecord:
     fingerprint: str
     token: str | None
@@ -67,6 +85,7 @@ class MemoryStore:
         self._idem = _TTLDict()
         self._orders = _TTLDict()
         self._sessions = _TTLDict()
+        self._circuits = _TTLDict()
 
     async def ping(self) -> None:
         return None
@@ -146,3 +165,60 @@ class MemoryStore:
     async def get_session(self, session_id: str) -> SessionRecord | None:
         record: SessionRecord | None = self._sessions.get(session_id)
         return record
+
+    # circuit breaker
+    async def circuit_states(self, providers: list[str], *, now: float) -> dict[str, CircuitState]:
+        states: dict[str, CircuitState] = {}
+        for provider in providers:
+            circuit: _Circuit | None = self._circuits.get(provider)
+            states[provider] = circuit.view(now) if circuit else CircuitState("closed")
+        return states
+
+    async def circuit_failure(
+        self, provider: str, *, now: float, window_s: float, threshold: int, open_s: float
+    ) -> CircuitState:
+        circuit: _Circuit = self._circuits.get(provider) or _Circuit()
+        if circuit.is_open:
+            if now < circuit.open_until:
+                return circuit.view(now)  # already open: a late failure changes nothing
+            circuit.open_until = now + open_s  # a failure while half-open reopens at once
+            circuit.failures += 1
+            circuit.probes.clear()
+        else:
+            cutoff = now - window_s
+            circuit.window = [t for t in circuit.window if t > cutoff]
+            circuit.window.append(now)
+            circuit.failures = len(circuit.window)
+            if circuit.failures >= threshold:
+                circuit.is_open = True
+                circuit.open_until = now + open_s
+                circuit.window.clear()
+                circuit.probes.clear()
+        open_until = circuit.open_until if circuit.is_open else None
+        ttl = circuit_ttl_s(now=now, window_s=window_s, open_until=open_until)
+        self._circuits.set(provider, circuit, ttl)
+        return circuit.view(now)
+
+    async def circuit_success(self, provider: str, *, now: float) -> CircuitState:
+        circuit: _Circuit | None = self._circuits.get(provider)
+        if circuit is None:
+            return CircuitState("closed")
+        if circuit.is_open and now >= circuit.open_until:
+            self._circuits.pop(provider)
+            return CircuitState("closed")
+        return circuit.view(now)
+
+    async def circuit_acquire_probe(
+        self, provider: str, *, now: float, max_probes: int, probe_ttl_s: float
+    ) -> bool:
+        circuit: _Circuit | None = self._circuits.get(provider)
+        if circuit is None or not circuit.is_open:
+            return True
+        if now < circuit.open_until:
+            return False
+        cutoff = now - probe_ttl_s
+        circuit.probes = [t for t in circuit.probes if t > cutoff]
+        if len(circuit.probes) >= max_probes:
+            return False
+        circuit.probes.append(now)
+        return True

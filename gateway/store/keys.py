@@ -1,0 +1,117 @@
+"""Every Redis key the gateway writes, built in one place from one root prefix.
+
+The root is ``Settings.redis_prefix`` (default ``gw:``), so several gateways (or test runs) can
+share one Redis database without touching each other's keys. Layout::
+
+    {root}idem:{scope}:{key}                 hash    idempotency record: lease, then ttl_s
+    {root}order:{scope}:{order_ref}          string  order-guard reservation: lease, then ttl_s
+    {root}session:{session_id}               string  SessionRecord JSON, ttl_s
+    {root}circuit:{{provider}}               hash    circuit state (state, open_until, failures)
+    {root}circuit:{{provider}}:fails         zset    failure timestamps inside the window
+    {root}circuit:{{provider}}:probes        zset    half-open probes handed out
+    {root}stats:{provider}                   reserved: routing statistics
+    {root}webhook:{provider}:{event_id}      reserved: webhook de-duplication
+    {root}outbox                             reserved: notification outbox
+
+Every variable part is escaped (``%``, ``:``, ``{``, ``}`` become ``%25``, ``%3A``, ``%7B``,
+``%7D``), so ``scope="a:b", key="c"`` and ``scope="a", key="b:c"`` can never collide. The
+circuit keys of one provider share a ``{hash tag}`` so a Lua script touching all three stays
+within one Redis Cluster slot.
+
+Every key carries a TTL; :data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
+window (memory and Redis stores share it so both forget a circuit at the same moment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CIRCUIT",
+    "CIRCUIT_IDLE_S",
+    "IDEMPOTENCY",
+    "ORDER",
+    "OUTBOX",
+    "ROUTING_STATS",
+    "SESSION",
+    "WEBHOOK_DEDUP",
+    "RedisKeys",
+    "circuit_ttl_s",
+]
+
+IDEMPOTENCY = "idem:"
+ORDER = "order:"
+SESSION = "session:"
+CIRCUIT = "circuit:"
+ROUTING_STATS = "stats:"
+WEBHOOK_DEDUP = "webhook:"
+OUTBOX = "outbox"
+
+#: How long a circuit's keys live past the end of its window / open period when nothing
+#: touches them. A half-open circuit nobody probes for this long is forgotten (reads closed).
+CIRCUIT_IDLE_S = 300.0
+
+_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+def _part(value: str) -> str:
+    return value.translate(_ESCAPES)
+
+
+def circuit_ttl_s(*, now: float, window_s: float, open_until: float | None) -> float:
+    """How long a circuit's state must be kept: its open period, then its window, then
+    :data:`CIRCUIT_IDLE_S`."""
+    remaining_open = max(0.0, open_until - now) if open_until is not None else 0.0
+    return remaining_open + window_s + CIRCUIT_IDLE_S
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """Builds the keys under one root prefix (``Settings.redis_prefix``)."""
+
+    root: str = "gw:"
+
+    def __post_init__(self) -> None:
+        if "{" in self.root or "}" in self.root:
+            raise ValueError("the Redis key prefix must not contain '{' or '}' (hash tags)")
+
+    def idempotency(self, scope: str, key: str) -> str:
+        """The idempotency record of ``key`` within ``scope`` (the merchant)."""
+        return f"{self.root}{IDEMPOTENCY}{_part(scope)}:{_part(key)}"
+
+    def order(self, scope: str, order_ref: str) -> str:
+        """The order-guard reservation of ``order_ref`` within ``scope``."""
+        return f"{self.root}{ORDER}{_part(scope)}:{_part(order_ref)}"
+
+    def session(self, session_id: str) -> str:
+        """A stored checkout session."""
+        return f"{self.root}{SESSION}{_part(session_id)}"
+
+    def circuit(self, provider: str) -> str:
+        """The circuit-state hash of ``provider``."""
+        return f"{self.root}{CIRCUIT}{{{_part(provider)}}}"
+
+    def circuit_failures(self, provider: str) -> str:
+        """The sliding window of failure timestamps of ``provider``."""
+        return self.circuit(provider) + ":fails"
+
+    def circuit_probes(self, provider: str) -> str:
+        """The half-open probes handed out for ``provider``."""
+        return self.circuit(provider) + ":probes"
+
+    def routing_stats(self, provider: str) -> str:
+        """Routing statistics of ``provider`` (reserved for the stats module)."""
+        return f"{self.root}{ROUTING_STATS}{_part(provider)}"
+
+    def webhook_dedup(self, provider: str, event_id: str) -> str:
+        """The marker of an already processed webhook event (reserved)."""
+        return f"{self.root}{WEBHOOK_DEDUP}{_part(provider)}:{_part(event_id)}"
+
+    def outbox(self) -> str:
+        """The notification outbox (reserved)."""
+        return f"{self.root}{OUTBOX}"
+
+    def match_all(self) -> str:
+        """A ``SCAN MATCH`` pattern for every key under this root, glob characters escaped."""
+        return self.root.translate(_GLOB_SPECIAL) + "*"
