@@ -1,0 +1,280 @@
+"""Adyen wire types and conversions: the ``POST /v71/sessions`` body, amounts in Adyen's own
+minor units, metadata within Adyen's limits, and standard-notification HMAC signatures.
+
+Pure functions only: no I/O, so the sandbox emulation and the tests use the same conversions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from gateway.domain.money import exponent, scale_of, to_minor
+
+if TYPE_CHECKING:
+    from gateway.domain.models import Address, CheckoutRequest
+    from providers.base import CreateSessionInput
+
+__all__ = [
+    "ADYEN_EXPONENT_OVERRIDES",
+    "ADYEN_PAYMENT_METHODS",
+    "IDEMPOTENCY_KEY_MAX",
+    "METADATA_KEY_MAX",
+    "METADATA_MAX_PAIRS",
+    "METADATA_VALUE_MAX",
+    "adyen_exponent",
+    "amount_problem",
+    "build_metadata",
+    "build_session_request",
+    "from_adyen_minor",
+    "hmac_signature",
+    "shopper_locale",
+    "signing_string",
+    "to_adyen_minor",
+    "verify_hmac",
+]
+
+#: Where Adyen's decimals table differs from ISO 4217 (docs.adyen.com currency codes).
+ADYEN_EXPONENT_OVERRIDES: dict[str, int] = {"CLP": 2, "CVE": 0, "ISK": 2}
+
+#: Gateway payment method -> Adyen payment method type (``allowedPaymentMethods``).
+ADYEN_PAYMENT_METHODS: dict[str, str] = {
+    "card": "scheme",
+    "ideal": "ideal",
+    "klarna": "klarna",
+    "sepa_debit": "sepadirectdebit",
+    "apple_pay": "applepay",
+    "google_pay": "googlepay",
+}
+
+IDEMPOTENCY_KEY_MAX = 64
+METADATA_MAX_PAIRS = 20
+METADATA_KEY_MAX = 20
+METADATA_VALUE_MAX = 80
+
+#: Fields of a NotificationRequestItem signed by its ``hmacSignature``, in signing order.
+_SIGNED_FIELDS = (
+    "pspReference",
+    "originalReference",
+    "merchantAccountCode",
+    "merchantReference",
+    "amount.value",
+    "amount.currency",
+    "eventCode",
+    "success",
+)
+
+
+def adyen_exponent(currency: str) -> int:
+    """The number of decimals Adyen uses for ``currency`` (ISO 4217 unless overridden)."""
+    return ADYEN_EXPONENT_OVERRIDES.get(currency, exponent(currency))
+
+
+def to_adyen_minor(amount: Decimal, currency: str) -> int:
+    """A major-unit amount in Adyen's minor units (1000 CLP -> 100000); refuses to round."""
+    return to_minor(amount, adyen_exponent(currency))
+
+
+def from_adyen_minor(value: int, currency: str) -> Decimal:
+    """Adyen minor units back to an exact major-unit ``Decimal``."""
+    return Decimal(value).scaleb(-adyen_exponent(currency))
+
+
+def amount_problem(request: CheckoutRequest) -> str | None:
+    """Why the request's amounts cannot be expressed in Adyen's decimals, or None.
+
+    Only currencies where Adyen uses *fewer* decimals than ISO 4217 (CVE) can fail: an
+    amount with a fraction there would have to be rounded, which the gateway never does.
+    """
+    places = adyen_exponent(request.currency)
+    amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
+    amounts += [item.unitPrice for item in request.orderItems]
+    if any(scale_of(value) > places for value in amounts):
+        return f"Adyen accepts {request.currency} amounts with at most {places} decimal places"
+    return None
+
+
+def shopper_locale(locale: str | None) -> str | None:
+    """The gateway locale (``en_AU``) as Adyen's language tag (``en-AU``)."""
+    return locale.replace("_", "-") if locale else None
+
+
+def build_metadata(data: CreateSessionInput) -> dict[str, str]:
+    """Session metadata within Adyen's limits (20 pairs, keys <= 20, values <= 80 chars).
+
+    The gateway's identifiers come first and are never truncated (a clipped identifier would
+    point at something else): one that does not fit is left out. The merchant's
+    ``additionalInformation`` fills the remaining pairs in order; keys that are too long or
+    that clash with the gateway's are skipped, values longer than 80 characters are clipped.
+    """
+    metadata: dict[str, str] = {}
+    identifiers = (
+        ("gatewaySessionId", data.session_id),
+        ("orderReference", data.request.orderReference),
+        ("merchantId", data.merchant_id),
+    )
+    for key, value in identifiers:
+        if len(value) <= METADATA_VALUE_MAX:
+            metadata[key] = value
+    reserved = {key for key, _ in identifiers}
+    for key, value in (data.request.additionalInformation or {}).items():
+        if len(metadata) >= METADATA_MAX_PAIRS:
+            break
+        if len(key) > METADATA_KEY_MAX or key in reserved:
+            continue
+        metadata[key] = value[:METADATA_VALUE_MAX]
+    return metadata
+
+
+def _line_item(item_id: str, description: str, quantity: int, net: int, tax: int) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "description": description,
+        "quantity": quantity,
+        "amountExcludingTax": net,
+        "taxAmount": tax,
+        "amountIncludingTax": net + tax,
+    }
+
+
+def _line_items(request: CheckoutRequest) -> list[dict[str, Any]]:
+    """Order lines whose ``amountIncludingTax * quantity`` add up to the session amount.
+
+    The gateway's order carries one tax amount for the whole order, so items are sent net of
+    tax and shipping and tax travel as lines of their own.
+    """
+    cur = request.currency
+    lines: list[dict[str, Any]] = []
+    for index, item in enumerate(request.orderItems, start=1):
+        line = _line_item(
+            item.sku or f"item-{index}",
+            item.name,
+            item.quantity,
+            to_adyen_minor(item.unitPrice, cur),
+            0,
+        )
+        if item.sku:
+            line["sku"] = item.sku
+        lines.append(line)
+    if request.amount.shipping:
+        lines.append(
+            _line_item("shipping", "Shipping", 1, to_adyen_minor(request.amount.shipping, cur), 0)
+        )
+    if request.amount.tax:
+        lines.append(_line_item("tax", "Tax", 1, 0, to_adyen_minor(request.amount.tax, cur)))
+    return lines
+
+
+def _address(address: Address) -> dict[str, str] | None:
+    """An Adyen address, or None when Adyen's required city/postal code are unknown."""
+    if not address.city or not address.postalCode:
+        return None
+    street = address.line1 if not address.line2 else f"{address.line1}, {address.line2}"
+    result = {
+        "street": street,
+        "houseNumberOrName": "",
+        "city": address.city,
+        "postalCode": address.postalCode,
+        "country": address.country,
+    }
+    if address.state:
+        result["stateOrProvince"] = address.state
+    return result
+
+
+def _expires_at(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def build_session_request(data: CreateSessionInput, merchant_account: str) -> dict[str, Any]:
+    """The ``POST /v71/sessions`` body for a hosted checkout of ``data``.
+
+    The shopper returns to ``returnUrl`` (the merchant's success URL) whatever the outcome;
+    Adyen appends ``sessionId`` and ``sessionResult`` to it. The failure URL has no Adyen
+    counterpart: the merchant's return page must read the gateway session's status.
+    """
+    request = data.request
+    body: dict[str, Any] = {
+        "merchantAccount": merchant_account,
+        "mode": "hosted",
+        "amount": {
+            "value": to_adyen_minor(request.amount.total, request.currency),
+            "currency": request.currency,
+        },
+        "reference": request.orderReference,
+        "returnUrl": request.redirectUrls.success,
+        "expiresAt": _expires_at(data.expires_at),
+        "channel": "Web",
+        "shopperInteraction": "Ecommerce",
+        "allowedPaymentMethods": [ADYEN_PAYMENT_METHODS[request.paymentMethod]],
+        "lineItems": _line_items(request),
+        "metadata": build_metadata(data),
+    }
+    if request.captureMethod == "manual":
+        # captureDelayHours schedules an *automatic* capture; manual capture is the
+        # AdditionalDataCommon flag.
+        body["additionalData"] = {"manualCapture": "true"}
+    country = request.billing_country
+    if country:
+        body["countryCode"] = country
+    locale = shopper_locale(request.locale)
+    if locale:
+        body["shopperLocale"] = locale
+    customer = request.customer
+    if customer is not None:
+        if customer.email:
+            body["shopperEmail"] = str(customer.email)
+        if customer.firstName and customer.lastName:
+            body["shopperName"] = {
+                "firstName": customer.firstName[:80],
+                "lastName": customer.lastName[:80],
+            }
+        if customer.phone:
+            body["telephoneNumber"] = customer.phone
+        for field, address in (
+            ("billingAddress", customer.billingAddress),
+            ("deliveryAddress", customer.shippingAddress),
+        ):
+            converted = _address(address) if address is not None else None
+            if converted is not None:
+                body[field] = converted
+    return body
+
+
+def _field(item: Mapping[str, Any], dotted: str) -> str:
+    value: Any = item
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def signing_string(item: Mapping[str, Any]) -> str:
+    """The ':'-joined string an item's ``hmacSignature`` covers (missing fields are empty)."""
+    return ":".join(_field(item, name) for name in _SIGNED_FIELDS)
+
+
+def hmac_signature(item: Mapping[str, Any], hex_key: str) -> str:
+    """Base64 HMAC-SHA256 of :func:`signing_string` with the hex-decoded key."""
+    key = binascii.a2b_hex(hex_key)
+    digest = hmac.new(key, signing_string(item).encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_hmac(item: Mapping[str, Any], hex_key: str) -> bool:
+    """True when the item carries a valid ``additionalData.hmacSignature`` (constant time)."""
+    additional = item.get("additionalData")
+    given = additional.get("hmacSignature") if isinstance(additional, Mapping) else None
+    if not isinstance(given, str) or not given:
+        return False
+    expected = hmac_signature(item, hex_key)
+    return hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8", "replace"))

@@ -1,0 +1,262 @@
+"""PayPal Orders v2 wire types and conversions: the ``POST /v2/checkout/orders`` body with
+decimal-string amounts in PayPal's decimals, and webhook events mapped onto the lifecycle.
+
+Pure functions only: the adapter, the sandbox emulation and the tests share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from gateway.domain.money import exponent, format_major, scale_of
+from gateway.domain.session import SessionStatus
+from providers.base import ProviderEvent
+
+if TYPE_CHECKING:
+    from gateway.domain.models import Address, CheckoutRequest, Customer
+    from providers.base import CreateSessionInput
+
+__all__ = [
+    "PAYPAL_CURRENCIES",
+    "PAYPAL_ZERO_DECIMAL",
+    "REQUEST_ID_MAX",
+    "amount_problem",
+    "build_order_request",
+    "event_from_paypal",
+    "paypal_decimals",
+    "paypal_locale",
+    "paypal_value",
+]
+
+#: Currencies PayPal accepts for payments (developer.paypal.com currency codes).
+PAYPAL_CURRENCIES = frozenset(
+    {
+        "AUD", "BRL", "CAD", "CNY", "CZK", "DKK", "EUR", "HKD", "HUF", "ILS", "JPY", "MYR",
+        "MXN", "TWD", "NZD", "NOK", "PHP", "PLN", "GBP", "SGD", "SEK", "CHF", "THB", "USD",
+    }
+)  # fmt: skip
+#: PayPal takes no decimals for these (HUF and TWD have 2 in ISO 4217).
+PAYPAL_ZERO_DECIMAL = frozenset({"HUF", "JPY", "TWD"})
+REQUEST_ID_MAX = 108
+_NAME_MAX = 127
+_ID_MAX = 127
+
+
+def paypal_decimals(currency: str) -> int:
+    """The number of decimals PayPal accepts for ``currency``."""
+    return 0 if currency in PAYPAL_ZERO_DECIMAL else exponent(currency)
+
+
+def paypal_value(amount: Decimal, currency: str) -> str:
+    """``amount`` as PayPal's decimal string ("140.76", "1000"); refuses to round."""
+    places = paypal_decimals(currency)
+    if scale_of(amount) > places:
+        raise ValueError(f"{amount} has more than {places} decimal places for PayPal {currency}")
+    return format_major(amount, places)
+
+
+def _money(amount: Decimal, currency: str) -> dict[str, str]:
+    return {"currency_code": currency, "value": paypal_value(amount, currency)}
+
+
+def amount_problem(request: CheckoutRequest) -> str | None:
+    """Why PayPal cannot take the request's amounts, or None.
+
+    PayPal refuses currencies outside its list, a zero total, and fractions in HUF/TWD (whole
+    amounts in those currencies are fine: they are sent without decimals).
+    """
+    currency = request.currency
+    if currency not in PAYPAL_CURRENCIES:
+        return f"PayPal does not accept {currency}"
+    if request.amount.total <= 0:
+        return "PayPal needs an amount greater than zero"
+    places = paypal_decimals(currency)
+    amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
+    amounts += [item.unitPrice for item in request.orderItems]
+    if any(scale_of(value) > places for value in amounts):
+        return f"PayPal accepts {currency} amounts with at most {places} decimal places"
+    return None
+
+
+def paypal_locale(locale: str | None) -> str | None:
+    """The gateway locale (``en_AU``) as PayPal's BCP 47 tag (``en-AU``)."""
+    return locale.replace("_", "-") if locale else None
+
+
+def _shipping(customer: Customer | None) -> dict[str, Any] | None:
+    """The purchase unit's shipping block, when a complete shipping address is known."""
+    address: Address | None = customer.shippingAddress if customer else None
+    if address is None or not address.city or not address.postalCode:
+        return None
+    portable = {
+        "address_line_1": address.line1,
+        "admin_area_2": address.city,
+        "postal_code": address.postalCode,
+        "country_code": address.country,
+    }
+    if address.line2:
+        portable["address_line_2"] = address.line2
+    if address.state:
+        portable["admin_area_1"] = address.state
+    shipping: dict[str, Any] = {"address": portable}
+    if customer is not None and customer.firstName and customer.lastName:
+        shipping["name"] = {"full_name": f"{customer.firstName} {customer.lastName}"}
+    return shipping
+
+
+def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
+    """The ``POST /v2/checkout/orders`` body for a hosted PayPal checkout of ``data``.
+
+    ``custom_id`` and ``reference_id`` carry the gateway session id (capture events only echo
+    ``custom_id``); ``invoice_id`` carries the order reference when it fits PayPal's 127 chars.
+    """
+    request = data.request
+    cur = request.currency
+    amount = request.amount
+    item_total = sum((item.unitPrice * item.quantity for item in request.orderItems), Decimal(0))
+    unit: dict[str, Any] = {
+        "reference_id": data.session_id,
+        "custom_id": data.session_id,
+        "amount": {
+            **_money(amount.total, cur),
+            "breakdown": {
+                "item_total": _money(item_total, cur),
+                "shipping": _money(amount.shipping, cur),
+                "tax_total": _money(amount.tax, cur),
+            },
+        },
+        "items": [
+            {
+                "name": item.name[:_NAME_MAX],
+                "quantity": str(item.quantity),
+                "unit_amount": _money(item.unitPrice, cur),
+                **({"sku": item.sku} if item.sku and len(item.sku) <= _ID_MAX else {}),
+            }
+            for item in request.orderItems
+        ],
+    }
+    if len(request.orderReference) <= _ID_MAX:
+        unit["invoice_id"] = request.orderReference
+    shipping = _shipping(request.customer)
+    if shipping is not None:
+        unit["shipping"] = shipping
+    experience: dict[str, Any] = {
+        "return_url": request.redirectUrls.success,
+        "cancel_url": request.redirectUrls.failure,
+        "user_action": "PAY_NOW",
+        "shipping_preference": "SET_PROVIDED_ADDRESS" if shipping else "GET_FROM_FILE",
+    }
+    locale = paypal_locale(request.locale)
+    if locale:
+        experience["locale"] = locale
+    wallet: dict[str, Any] = {"experience_context": experience}
+    customer = request.customer
+    if customer is not None:
+        if customer.email:
+            wallet["email_address"] = str(customer.email)
+        if customer.firstName and customer.lastName:
+            wallet["name"] = {"given_name": customer.firstName, "surname": customer.lastName}
+    return {
+        "intent": "AUTHORIZE" if request.captureMethod == "manual" else "CAPTURE",
+        "purchase_units": [unit],
+        "payment_source": {"paypal": wallet},
+    }
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _order_payment_status(resource: Mapping[str, Any]) -> SessionStatus:
+    """The status a COMPLETED order's payments justify: success only when money is secured."""
+    statuses: list[tuple[str, str | None]] = []
+    for unit in resource.get("purchase_units") or []:
+        payments = unit.get("payments") if isinstance(unit, Mapping) else None
+        if not isinstance(payments, Mapping):
+            continue
+        for kind in ("captures", "authorizations"):
+            for entry in payments.get(kind) or []:
+                if isinstance(entry, Mapping):
+                    statuses.append((kind, _str(entry.get("status"))))
+    if any(s == ("captures", "COMPLETED") or s == ("authorizations", "CREATED") for s in statuses):
+        return SessionStatus.COMPLETED
+    if any(status in ("DECLINED", "DENIED", "FAILED") for _, status in statuses):
+        return SessionStatus.FAILED
+    return SessionStatus.PROCESSING
+
+
+def _status(event_type: str, resource: Mapping[str, Any]) -> SessionStatus | None:
+    """Lifecycle status of an event; approval is not payment, so it is PROCESSING only."""
+    state = _str(resource.get("status"))
+    if event_type == "CHECKOUT.ORDER.APPROVED":
+        return SessionStatus.PROCESSING
+    if event_type == "CHECKOUT.ORDER.COMPLETED":
+        return _order_payment_status(resource)
+    if event_type in ("CHECKOUT.ORDER.VOIDED", "PAYMENT.AUTHORIZATION.VOIDED"):
+        return SessionStatus.CANCELLED
+    if event_type == "CHECKOUT.PAYMENT-APPROVAL.REVERSED":
+        return SessionStatus.FAILED
+    if event_type == "PAYMENT.CAPTURE.COMPLETED":
+        return SessionStatus.COMPLETED if state == "COMPLETED" else SessionStatus.PROCESSING
+    if event_type == "PAYMENT.AUTHORIZATION.CREATED":
+        return SessionStatus.COMPLETED if state == "CREATED" else SessionStatus.PROCESSING
+    if event_type == "PAYMENT.CAPTURE.PENDING":
+        return SessionStatus.PROCESSING
+    if event_type in ("PAYMENT.CAPTURE.DENIED", "PAYMENT.CAPTURE.DECLINED"):
+        return SessionStatus.FAILED
+    return None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
+    """Map one (already verified) PayPal webhook event onto the gateway lifecycle.
+
+    Order events carry the order as ``resource``; capture and authorization events carry the
+    payment, which names its order in ``supplementary_data.related_ids.order_id``.
+    """
+    event_type = str(event.get("event_type", ""))
+    raw = event.get("resource")
+    resource: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    if event_type.startswith("CHECKOUT."):
+        order_id = _str(resource.get("id"))
+        units = resource.get("purchase_units")
+        first = units[0] if isinstance(units, list) and units else {}
+        session_id = _str(first.get("custom_id")) if isinstance(first, Mapping) else None
+    else:
+        supplementary = resource.get("supplementary_data")
+        related = supplementary.get("related_ids") if isinstance(supplementary, Mapping) else None
+        order_id = _str(related.get("order_id")) if isinstance(related, Mapping) else None
+        session_id = _str(resource.get("custom_id"))
+    status = _status(event_type, resource)
+    reason = None
+    if status is SessionStatus.FAILED:
+        details = resource.get("status_details")
+        detail = _str(details.get("reason")) if isinstance(details, Mapping) else None
+        reason = detail or _str(event.get("summary")) or event_type
+    extra = {"resourceStatus": _str(resource.get("status")) or ""}
+    amount = resource.get("amount")
+    if isinstance(amount, Mapping) and _str(amount.get("value")):
+        extra["amount"] = str(amount["value"])
+        extra["currency"] = str(amount.get("currency_code", ""))
+    return ProviderEvent(
+        provider="paypal",
+        event_id=str(event.get("id", "")),
+        event_type=event_type,
+        reference=order_id,
+        session_id=session_id,
+        status=status,
+        occurred_at=_parse_time(event.get("create_time")),
+        failure_reason=reason,
+        extra=extra,
+    )
