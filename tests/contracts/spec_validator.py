@@ -1,0 +1,389 @@
+"""Validate provider requests against the trimmed official API specs in ``tests/specs/``.
+
+Each spec file holds one operation: ``operation.request.schema`` (JSON Schema in the OpenAPI 3.0
+flavour: ``nullable``, ``readOnly``), ``operation.request.headers`` and the provider's
+idempotency rules (``x-idempotency``). :func:`validate_request` reports every problem it finds;
+an empty list means the request is valid.
+
+Stripe takes ``application/x-www-form-urlencoded`` bodies with bracketed keys;
+:func:`stripe_form_to_dict` turns such a body into the nested JSON the schema describes (integer
+and boolean leaves converted where the schema says so), so it can be validated the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from jsonschema import Draft7Validator, ValidationError, validators
+
+__all__ = [
+    "SEMANTIC_RULES",
+    "SPEC_FILES",
+    "load_spec",
+    "request_schema",
+    "stripe_form_to_dict",
+    "validate_body",
+    "validate_headers",
+    "validate_request",
+]
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
+SPEC_FILES = {
+    "stripe": "stripe_checkout_sessions.json",
+    "adyen": "adyen_sessions.json",
+    "paypal": "paypal_orders_v2.json",
+}
+
+
+@cache
+def load_spec(provider: str) -> dict[str, Any]:
+    """The parsed spec file of ``provider``."""
+    try:
+        name = SPEC_FILES[provider]
+    except KeyError:
+        raise ValueError(f"no spec for provider {provider!r}") from None
+    data: dict[str, Any] = json.loads((SPEC_DIR / name).read_text(encoding="utf-8"))
+    return data
+
+
+# schema normalisation (OAS 3.0 -> JSON Schema draft 7) ---------------------------------------
+
+
+def _normalise(schema: Any) -> Any:
+    """Rewrite ``nullable: true`` as a JSON Schema null type, recursively; keywords only."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if out.pop("nullable", False):
+        kind = out.get("type")
+        if isinstance(kind, str):
+            out["type"] = [kind, "null"]
+        elif isinstance(kind, list) and "null" not in kind:
+            out["type"] = [*kind, "null"]
+        if "enum" in out and None not in out["enum"]:
+            out["enum"] = [*out["enum"], None]
+        if "type" not in out and any(k in out for k in ("anyOf", "oneOf")):
+            key = "anyOf" if "anyOf" in out else "oneOf"
+            out[key] = [*out[key], {"type": "null"}]
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: _normalise(v) for k, v in out["properties"].items()}
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = _normalise(out[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [_normalise(s) for s in out[key]]
+    return out
+
+
+def _read_only(
+    validator: Any, value: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if value:
+        yield ValidationError("is read-only and must not be sent in a request")
+
+
+_RequestValidator = validators.extend(Draft7Validator, {"readOnly": _read_only})
+
+
+@cache
+def request_schema(provider: str) -> dict[str, Any]:
+    """The normalised request body schema of ``provider``."""
+    schema = copy.deepcopy(load_spec(provider)["operation"]["request"]["schema"])
+    normalised: dict[str, Any] = _normalise(schema)
+    if provider == "stripe":
+        # The listed top-level params are the closed set (the spec says so, made explicit).
+        normalised["additionalProperties"] = False
+    return normalised
+
+
+@cache
+def _validator(provider: str) -> Any:
+    return _RequestValidator(request_schema(provider))
+
+
+# headers ------------------------------------------------------------------------------------
+
+
+def _header_rules(provider: str) -> list[tuple[str, dict[str, Any], bool]]:
+    request = load_spec(provider)["operation"]["request"]
+    rules: list[tuple[str, dict[str, Any], bool]] = []
+    for key, spec in request.get("headers", {}).items():
+        name = spec.get("name", key)
+        schema = dict(spec.get("schema") or {})
+        for keyword in ("type", "const", "enum", "maxLength", "minLength", "pattern"):
+            if keyword in spec:
+                schema[keyword] = spec[keyword]
+        rules.append((name, schema, bool(spec.get("required", False))))
+    idem = load_spec(provider).get("x-idempotency", {})
+    limit = idem.get("max_length", idem.get("maxLength"))
+    if idem.get("header") and limit is not None:
+        for name, schema, _ in rules:
+            if name.lower() == idem["header"].lower():
+                schema["maxLength"] = min(int(limit), int(schema.get("maxLength", limit)))
+                break
+        else:
+            rules.append((idem["header"], {"type": "string", "maxLength": int(limit)}, False))
+    return rules
+
+
+def _auth_problem(provider: str, headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    if provider == "stripe" and not re.match(r"^(Bearer \S+|Basic \S+)$", auth):
+        return "header Authorization: must be 'Bearer <secret key>' (or Basic)"
+    if provider == "adyen" and not (headers.get("x-api-key") or auth.startswith("Basic ")):
+        return "header X-API-Key: required (or HTTP Basic authentication)"
+    if provider == "paypal" and not re.match(r"^Bearer \S+$", auth):
+        return "header Authorization: must be 'Bearer <OAuth2 access token>'"
+    return None
+
+
+def validate_headers(provider: str, headers: Mapping[str, str]) -> list[str]:
+    """Problems with the request headers: Content-Type, idempotency key length, auth."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    problems: list[str] = []
+    content_type = load_spec(provider)["operation"]["request"]["contentType"]
+    sent = lowered.get("content-type", "").split(";")[0].strip().lower()
+    if sent != content_type:
+        problems.append(f"header Content-Type: must be {content_type}, got {sent or 'nothing'}")
+    for name, schema, required in _header_rules(provider):
+        if name.lower() == "content-type":
+            continue  # checked above, parameters (charset) allowed
+        value = lowered.get(name.lower())
+        if value is None:
+            if required:
+                problems.append(f"header {name}: required")
+            continue
+        for error in Draft7Validator(schema).iter_errors(value):
+            # never echo the value: headers carry credentials
+            problems.append(f"header {name}: violates {error.validator} {error.validator_value!r}")
+    auth = _auth_problem(provider, lowered)
+    if auth:
+        problems.append(auth)
+    return problems
+
+
+# body ---------------------------------------------------------------------------------------
+
+
+def _path(provider: str, parts: Iterator[Any] | list[Any]) -> str:
+    items = list(parts)
+    if not items:
+        return "body"
+    if provider == "stripe":
+        head, *rest = items
+        return str(head) + "".join(f"[{p}]" for p in rest)
+    return ".".join(str(p) for p in items)
+
+
+def validate_body(
+    provider: str, body: Mapping[str, Any], *, now: datetime | None = None
+) -> list[str]:
+    """Schema problems plus the provider's semantic rules (:data:`SEMANTIC_RULES`)."""
+    problems = [
+        f"{_path(provider, error.absolute_path)}: {error.message}"
+        for error in sorted(_validator(provider).iter_errors(body), key=lambda e: list(e.path))
+    ]
+    rule = SEMANTIC_RULES.get(provider)
+    if rule is not None and not problems:
+        problems.extend(rule(body, now or datetime.now(UTC)))
+    return problems
+
+
+def validate_request(
+    provider: str,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any] | str | bytes,
+    *,
+    now: datetime | None = None,
+) -> list[str]:
+    """Every problem with one create request; an empty list means valid.
+
+    ``body`` is the parsed body, or the raw text (form-decoded for Stripe, JSON otherwise).
+    """
+    problems = validate_headers(provider, headers)
+    if isinstance(body, bytes | str):
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        if provider == "stripe":
+            parsed: Any = stripe_form_to_dict(text)
+        else:
+            try:
+                parsed = json.loads(text, parse_float=Decimal)
+            except ValueError as exc:
+                return [*problems, f"body: malformed JSON ({exc})"]
+        if not isinstance(parsed, dict):
+            return [*problems, "body: must be an object"]
+        body = parsed
+    return problems + validate_body(provider, body, now=now)
+
+
+# Stripe form bodies -------------------------------------------------------------------------
+
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_INT = re.compile(r"^-?\d+$")
+_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+
+
+def _insert(tree: dict[str, Any], parts: list[str], value: str) -> None:
+    node: Any = tree
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if part == "":  # "key[]": append
+            part = str(len(node))
+        if last:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+
+
+def _listify(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    converted = {k: _listify(v) for k, v in node.items()}
+    keys = list(converted)
+    if keys and all(k.isdigit() for k in keys):
+        indexes = sorted(int(k) for k in keys)
+        if indexes == list(range(len(indexes))):
+            return [converted[str(i)] for i in indexes]
+    return converted
+
+
+def _types(schema: Any) -> set[str]:
+    if not isinstance(schema, dict):
+        return set()
+    kind = schema.get("type")
+    found = {kind} if isinstance(kind, str) else set(kind or [])
+    for key in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(key, []):
+            found |= _types(branch)
+    return found
+
+
+def _branches(schema: Any) -> list[dict[str, Any]]:
+    if not isinstance(schema, dict):
+        return []
+    found = [schema]
+    for key in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(key, []):
+            found.extend(_branches(branch))
+    return found
+
+
+def _coerce(value: Any, schema: Any) -> Any:
+    if isinstance(value, str):
+        kinds = _types(schema)
+        if "integer" in kinds and _INT.match(value):
+            return int(value)
+        if "number" in kinds and _NUMBER.match(value):
+            return Decimal(value)
+        if "boolean" in kinds and value in ("true", "false"):
+            return value == "true"
+        return value
+    if isinstance(value, list):
+        items = next((b["items"] for b in _branches(schema) if "items" in b), None)
+        return [_coerce(v, items) for v in value]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub: Any = None
+            for branch in _branches(schema):
+                if key in branch.get("properties", {}):
+                    sub = branch["properties"][key]
+                    break
+                if isinstance(branch.get("additionalProperties"), dict):
+                    sub = branch["additionalProperties"]
+            out[key] = _coerce(item, sub)
+        return out
+    return value
+
+
+def stripe_form_to_dict(body: str, schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Decode a Stripe form body into nested dicts/lists, coercing leaves per ``schema``.
+
+    ``line_items[0][price_data][unit_amount]=1999`` becomes
+    ``{"line_items": [{"price_data": {"unit_amount": 1999}}]}``. Brackets may be percent-encoded.
+    Keys that are not well-formed keep their raw name (and then fail schema validation).
+    """
+    tree: dict[str, Any] = {}
+    for key, value in parse_qsl(body, keep_blank_values=True, strict_parsing=False):
+        match = _KEY.match(key)
+        if match is None:
+            tree[key] = value
+            continue
+        parts = [match.group(1), *re.findall(r"\[([^\[\]]*)\]", match.group(2))]
+        _insert(tree, parts, value)
+    listified: dict[str, Any] = _listify(tree)
+    result: dict[str, Any] = _coerce(listified, schema or request_schema("stripe"))
+    return result
+
+
+# semantic rules (the spec's x-conditional-requirements) ---------------------------------------
+
+
+def _stripe_rules(body: Mapping[str, Any], now: datetime) -> list[str]:
+    problems: list[str] = []
+    mode = body.get("mode")
+    items = body.get("line_items") or []
+    if mode in ("payment", "subscription") and not items:
+        problems.append(f"line_items: required in {mode} mode")
+    if mode == "payment" and len(items) > 100:
+        problems.append("line_items: at most 100 line items in payment mode")
+    currencies: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"line_items[{i}]"
+        if ("price" in item) == ("price_data" in item):
+            problems.append(f"{where}: exactly one of price or price_data is required")
+        if "quantity" not in item:
+            problems.append(f"{where}[quantity]: required")
+        data = item.get("price_data")
+        if isinstance(data, dict):
+            if ("product" in data) == ("product_data" in data):
+                problems.append(f"{where}[price_data]: exactly one of product or product_data")
+            if ("unit_amount" in data) == ("unit_amount_decimal" in data):
+                problems.append(
+                    f"{where}[price_data]: exactly one of unit_amount or unit_amount_decimal"
+                )
+            currencies.add(str(data.get("currency")))
+    for i, option in enumerate(body.get("shipping_options") or []):
+        fixed = (option.get("shipping_rate_data") or {}).get("fixed_amount")
+        if isinstance(fixed, dict):
+            currencies.add(str(fixed.get("currency")))
+        if ("shipping_rate" in option) == ("shipping_rate_data" in option):
+            problems.append(f"shipping_options[{i}]: exactly one of shipping_rate or data")
+    if "currency" in body:
+        currencies.add(str(body["currency"]))
+    for currency in sorted(currencies):
+        if not re.fullmatch(r"[a-z]{3}", currency):
+            problems.append(f"currency {currency!r}: must be a lowercase ISO 4217 code")
+    if len(currencies) > 1:
+        problems.append(f"currencies differ: {', '.join(sorted(currencies))}")
+    if body.get("ui_mode") in ("embedded_page", "elements"):
+        for key in ("success_url", "cancel_url"):
+            if key in body:
+                problems.append(f"{key}: not allowed when ui_mode is {body['ui_mode']}")
+    if "customer_update" in body and "customer" not in body:
+        problems.append("customer_update: only allowed together with customer")
+    expires_at = body.get("expires_at")
+    if isinstance(expires_at, int):
+        delta = expires_at - int(now.timestamp())
+        if not 30 * 60 <= delta <= 24 * 3600:
+            problems.append("expires_at: must be 30 minutes to 24 hours after creation")
+    return problems
+
+
+#: Per-provider rules the schema cannot express; called only when the schema validates.
+SEMANTIC_RULES: dict[str, Callable[[Mapping[str, Any], datetime], list[str]]] = {
+    "stripe": _stripe_rules,
+}

@@ -1,0 +1,183 @@
+"""The spec validator itself: it must accept the specs' own examples and catch real mistakes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.contracts.spec_validator import (
+    _normalise,
+    load_spec,
+    stripe_form_to_dict,
+    validate_body,
+    validate_headers,
+    validate_request,
+)
+from tests.contracts.strict_sandbox import StrictSandbox
+
+FORM = "application/x-www-form-urlencoded"
+STRIPE_HEADERS = {"Content-Type": FORM, "Authorization": "Bearer sk_test_x"}
+JSON_HEADERS = {"Content-Type": "application/json"}
+EXAMPLE_NOW = datetime.fromtimestamp(1_790_000_000 - 3600, UTC)
+
+
+def stripe_example() -> str:
+    body: str = load_spec("stripe")["operation"]["request"]["x-example-form-body"]
+    return body
+
+
+def test_form_decoding_nests_lists_and_coerces_by_schema() -> None:
+    body = (
+        "line_items%5B0%5D%5Bprice_data%5D%5Bunit_amount%5D=1999"
+        "&line_items[0][quantity]=2&line_items[1][quantity]=1"
+        "&metadata[order_id]=42&allow_promotion_codes=true&expand[]=line_items"
+    )
+    assert stripe_form_to_dict(body) == {
+        "line_items": [{"price_data": {"unit_amount": 1999}, "quantity": 2}, {"quantity": 1}],
+        "metadata": {"order_id": "42"},  # metadata values are strings in the schema
+        "allow_promotion_codes": True,
+        "expand": ["line_items"],
+    }
+
+
+def test_form_decoding_keeps_gapped_indexes_as_object_so_validation_fails() -> None:
+    decoded = stripe_form_to_dict("line_items[1][quantity]=1")
+    assert decoded == {"line_items": {"1": {"quantity": "1"}}}
+    assert any("line_items" in p for p in validate_body("stripe", decoded))
+
+
+def test_stripe_spec_example_is_valid() -> None:
+    assert validate_request("stripe", STRIPE_HEADERS, stripe_example(), now=EXAMPLE_NOW) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("&payment_method_types[0]=card", "'payment_method_types' was unexpected"),
+        ("&mode=subscriptions", "mode: 'subscriptions' is not one of"),
+        ("&line_items[0][quantity]=one", "line_items[0][quantity]: 'one' is not of type"),
+        ("&client_reference_id=" + "x" * 201, "client_reference_id: "),
+        ("&locale=en-AU", "locale: 'en-AU' is not one of"),
+        ("&line_items[0][price]=price_1", "exactly one of price or price_data"),
+        ("&line_items[1][price_data][currency]=usd&line_items[1][quantity]=1", "unit_amount"),
+    ],
+)
+def test_stripe_mistakes_are_reported(extra: str, expected: str) -> None:
+    problems = validate_request("stripe", STRIPE_HEADERS, stripe_example() + extra, now=EXAMPLE_NOW)
+    assert any(expected in p for p in problems), problems
+
+
+def test_stripe_expires_at_window_is_enforced() -> None:
+    too_late = datetime.fromtimestamp(1_790_000_000 - 25 * 3600, UTC)
+    problems = validate_request("stripe", STRIPE_HEADERS, stripe_example(), now=too_late)
+    assert problems == ["expires_at: must be 30 minutes to 24 hours after creation"]
+
+
+def test_stripe_currencies_must_be_lowercase_and_agree() -> None:
+    body = stripe_example().replace("currency]=eur", "currency]=EUR")
+    problems = validate_request("stripe", STRIPE_HEADERS, body, now=EXAMPLE_NOW)
+    assert any("lowercase" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("provider", "header", "limit", "base"),
+    [
+        ("stripe", "Idempotency-Key", 255, STRIPE_HEADERS),
+        ("adyen", "Idempotency-Key", 64, {**JSON_HEADERS, "X-API-Key": "k"}),
+        ("paypal", "PayPal-Request-Id", 108, {**JSON_HEADERS, "Authorization": "Bearer t"}),
+    ],
+)
+def test_idempotency_header_length_limits(
+    provider: str, header: str, limit: int, base: dict[str, str]
+) -> None:
+    assert validate_headers(provider, {**base, header: "k" * limit}) == []
+    problems = validate_headers(provider, {**base, header.lower(): "k" * (limit + 1)})
+    assert problems == [f"header {header}: violates maxLength {limit}"]
+
+
+def test_headers_content_type_and_auth() -> None:
+    assert (
+        validate_headers(
+            "stripe", {"Content-Type": f"{FORM}; charset=utf-8", "Authorization": "Bearer sk"}
+        )
+        == []
+    )
+    problems = validate_headers("stripe", {"Content-Type": "application/json"})
+    assert problems == [
+        f"header Content-Type: must be {FORM}, got application/json",
+        "header Authorization: must be 'Bearer <secret key>' (or Basic)",
+    ]
+    assert validate_headers("adyen", JSON_HEADERS) == [
+        "header X-API-Key: required (or HTTP Basic authentication)"
+    ]
+
+
+def _example(provider: str) -> dict[str, Any]:
+    request = load_spec(provider)["operation"]["request"]
+    example = (
+        request["examples"]["00.success"]
+        if provider == "adyen"
+        else request["example"]["order_request"]
+    )
+    value: dict[str, Any] = example["value"]
+    return value
+
+
+def test_adyen_and_paypal_examples_are_valid_and_required_fields_enforced() -> None:
+    adyen = _example("adyen")
+    assert validate_body("adyen", adyen) == []
+    broken = {k: v for k, v in adyen.items() if k != "merchantAccount"}
+    assert sorted(validate_body("adyen", {**broken, "unknown": 1})) == [
+        "body: 'merchantAccount' is a required property",
+        "body: Additional properties are not allowed ('unknown' was unexpected)",
+    ]
+    paypal = _example("paypal")
+    assert validate_body("paypal", paypal) == []
+    assert validate_body("paypal", {**paypal, "intent": "SALE"}) == [
+        "intent: 'SALE' is not one of ['CAPTURE', 'AUTHORIZE']"
+    ]
+
+
+def test_paypal_read_only_fields_are_refused() -> None:
+    paypal = _example("paypal")
+    problems = validate_body("paypal", {**paypal, "payer": {"payer_id": "QYR5Z8XDVJNXQ"}})
+    assert problems == ["payer.payer_id: is read-only and must not be sent in a request"]
+
+
+def test_nullable_becomes_a_null_type_but_property_names_are_not_keywords() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "string", "nullable": True, "enum": ["x"]},
+            "nullable": {"type": "boolean"},
+            "required": {"type": "string"},
+        },
+    }
+    assert _normalise(schema) == {
+        "type": "object",
+        "properties": {
+            "a": {"type": ["string", "null"], "enum": ["x", None]},
+            "nullable": {"type": "boolean"},
+            "required": {"type": "string"},
+        },
+    }
+
+
+async def test_strict_sandbox_refuses_a_non_conforming_create_call(
+    strict_sandbox: StrictSandbox,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            strict_sandbox.url("/sandbox/stripe/v1/checkout/sessions"),
+            data="mode=payment&bogus=1",
+            headers={**STRIPE_HEADERS, "Idempotency-Key": "k1"},
+        )
+        payload = await response.json()
+    assert response.status == 400
+    assert payload["error"]["code"] == "contract_violation"
+    assert any("'bogus' was unexpected" in p for p in payload["contractViolations"])
+    assert len(strict_sandbox.violations) == 1
+    assert strict_sandbox.state.sessions_created["stripe"] == 0
