@@ -25,7 +25,26 @@ def _install_uvloop() -> None:
     uvloop.install()
 
 
-def _serve_one(settings: Settings, reuse_port: bool) -> None:
+def example_curl(settings: Settings) -> str:
+    """A ready-to-paste curl creating the seed's example session with a fresh token."""
+    import uuid
+
+    from gateway.auth import Authenticator
+    from gateway.examples import SEED_REQUEST_JSON
+
+    token = Authenticator(settings).issue(
+        "demo-merchant", ["sessions:write", "sessions:read", "routing:read"], 24 * 3600
+    )
+    return (
+        f"curl -sS -X POST '{settings.base_url}/api/v1/sessions' \\\n"
+        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -H 'Idempotency-Key: {uuid.uuid4()}' \\\n"
+        f"  -H 'Authorization: Bearer {token}' \\\n"
+        f"  -d '{SEED_REQUEST_JSON}'"
+    )
+
+
+def _serve_one(settings: Settings, reuse_port: bool, print_curl: bool = False) -> None:
     from aiohttp import web
 
     from gateway.app import create_app
@@ -34,6 +53,16 @@ def _serve_one(settings: Settings, reuse_port: bool) -> None:
     configure_logging(settings.log_level)
     _install_uvloop()
     app = create_app(settings)
+
+    def announce(_message: str) -> None:
+        print(f"gateway: listening on {settings.base_url}", file=sys.stderr, flush=True)
+        if print_curl:
+            print(
+                "\nCreate a checkout session (then open its checkoutUrl in a browser):\n\n"
+                f"{example_curl(settings)}\n",
+                flush=True,
+            )
+
     web.run_app(
         app,
         host=settings.host,
@@ -41,7 +70,7 @@ def _serve_one(settings: Settings, reuse_port: bool) -> None:
         access_log=None,
         reuse_port=reuse_port,
         shutdown_timeout=settings.request_deadline_seconds + 5,
-        print=None,
+        print=announce,
         handle_signals=True,
     )
 
@@ -73,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     if settings.workers == 1:
-        _serve_one(settings, reuse_port=False)
+        _serve_one(settings, reuse_port=False, print_curl=args.print_curl)
         return 0
     return _serve_many(settings, overrides)
 
@@ -147,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="processes sharing the port (needs Redis)")
+    serve.add_argument(
+        "--print-curl", action="store_true", help="print a ready-to-paste example request"
+    )
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print a JWT this gateway accepts")

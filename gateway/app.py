@@ -1,0 +1,107 @@
+"""``create_app(settings)``: wiring only. Resources are opened and closed in ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.api.health import setup_health_routes
+from gateway.api.openapi import setup_openapi_routes
+from gateway.api.sessions import setup_session_routes
+from gateway.appkeys import ADAPTERS, AUTH, HTTP_CLIENT, ROUTER, SERVICES, SETTINGS, STORE
+from gateway.auth import Authenticator
+from gateway.circuit import CircuitBreakers, CircuitPolicy
+from gateway.middleware import request_context_middleware
+from gateway.routing.service import Router, enabled_providers
+from gateway.sessions import SessionService
+from gateway.settings import Settings, SettingsError
+from gateway.store.base import Store
+from providers.base import ProviderAdapter
+from providers.http import new_client_session
+from providers.registry import build_adapter
+
+__all__ = ["check_startup", "create_app", "open_store"]
+
+log = logging.getLogger("gateway.app")
+
+
+def check_startup(settings: Settings) -> list[str]:
+    """Validate everything that must stop start-up; returns the enabled providers.
+
+    Raises :class:`SettingsError` with a message that says what to set.
+    """
+    problem = settings.jwt_key_problem()
+    if problem:
+        raise SettingsError(problem)
+    providers = enabled_providers(settings.rules_path)
+    for name in providers:
+        settings.provider(name)
+    return providers
+
+
+def open_store(settings: Settings) -> Store:
+    """The configured store (not yet connected)."""
+    if settings.store == "redis":
+        from gateway.store.redis import RedisStore
+
+        return RedisStore(settings.redis_url, settings.redis_prefix)
+    from gateway.store.memory import MemoryStore
+
+    return MemoryStore()
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> web.Application:
+    """The gateway application. ``store`` overrides the configured one (tests)."""
+    providers = check_startup(settings)
+    app = web.Application(
+        middlewares=[request_context_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[AUTH] = Authenticator(settings)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        opened = store if store is not None else open_store(settings)
+        http = new_client_session()
+        app[STORE] = opened
+        app[HTTP_CLIENT] = http
+        adapters: dict[str, ProviderAdapter] = {
+            name: build_adapter(settings.provider(name), http) for name in providers
+        }
+        app[ADAPTERS] = adapters
+        router = Router.from_settings(settings, adapters, opened)
+        circuits = CircuitBreakers(
+            opened,
+            list(adapters),
+            CircuitPolicy(
+                threshold=settings.circuit_failure_threshold,
+                window_seconds=settings.circuit_window_seconds,
+                open_seconds=settings.circuit_open_seconds,
+                half_open_probes=settings.circuit_half_open_probes,
+            ),
+        )
+        app[SERVICES] = SessionService(settings, opened, router, adapters, circuits)
+        async with router.running():
+            app[ROUTER] = router
+            try:
+                yield
+            finally:
+                await http.close()
+                if store is None:
+                    await opened.close()
+
+    app.cleanup_ctx.append(resources)
+    setup_health_routes(app)
+    setup_openapi_routes(app)
+    setup_session_routes(app)
+    if settings.is_sandbox and settings.sandbox_embedded:
+        from providers.sandbox.app import SandboxConfig, create_sandbox_app
+
+        app.add_subapp(
+            "/sandbox",
+            create_sandbox_app(
+                SandboxConfig(public_url=settings.base_url, gateway_base_url=settings.base_url)
+            ),
+        )
+    return app

@@ -1,0 +1,185 @@
+"""The gateway as real OS processes: `gateway serve` (SIGTERM drains in-flight requests), the
+printed curl of `make run`, and two processes sharing one Redis under a request storm."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.api.conftest import JWT_SECRET, ROOT, SEED_BYTES, headers, sandbox_url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    full_env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1", **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", *(["--print-curl"] if "PRINT" in env else [])],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as http:
+        while asyncio.get_running_loop().time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"gateway exited: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as answer:
+                    if answer.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("gateway did not become ready")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def base_env(sandbox: Any) -> dict[str, str]:
+    base = sandbox_url(sandbox)
+    return {
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        "GATEWAY_SANDBOX_EMBEDDED": "false",
+        "GATEWAY_PROVIDER_STRIPE_BASE_URL": f"{base}/stripe",
+        "GATEWAY_PROVIDER_ADYEN_BASE_URL": f"{base}/adyen",
+        "GATEWAY_PROVIDER_PAYPAL_BASE_URL": f"{base}/paypal",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.mark.timeout(90)
+async def test_make_run_curl_creates_a_session_with_a_working_pay_page(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    port = free_port()
+    env = {"PRINT": "1", "GATEWAY_LOG_LEVEL": "WARNING"}
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_"):
+            env[name] = ""
+    proc = start_gateway(port, env)
+    processes.append(proc)
+    await wait_ready(port, proc)
+    assert proc.stdout is not None
+    printed = ""
+    while "-d '" not in printed:
+        printed += await asyncio.to_thread(proc.stdout.readline)
+    args = shlex.split(printed[printed.index("curl") :].replace("\\\n", " "))
+    completed = await asyncio.to_thread(
+        subprocess.run, args, capture_output=True, text=True, timeout=30
+    )
+    assert '"status":"PENDING"' in completed.stdout, completed.stdout + completed.stderr
+    url = re.search(r'"checkoutUrl":"([^"]+)"', completed.stdout)
+    assert url is not None
+    async with aiohttp.ClientSession() as http, http.get(url.group(1)) as page:
+        assert page.status == 200
+        assert 'id="pay"' in await page.text()
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_drains_in_flight_requests_then_exits_0(
+    sandbox: Any, processes: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    proc = start_gateway(port, base_env(sandbox))
+    processes.append(proc)
+    await wait_ready(port, proc)
+    async with aiohttp.ClientSession() as http:
+        await http.post(
+            str(sandbox.make_url("/sandbox/admin/faults")),
+            json={"provider": "stripe", "latencyMs": 1500},
+        )
+        url = f"http://127.0.0.1:{port}/api/v1/sessions"
+        in_flight = asyncio.create_task(http.post(url, data=SEED_BYTES, headers=headers("drain")))
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        response = await in_flight
+        assert response.status == 201, await response.text()
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+async def test_two_processes_sharing_redis_make_one_session(
+    sandbox: Any, redis_url: str, redis_prefix: str, processes: list[subprocess.Popen[str]]
+) -> None:
+    ports = [free_port(), free_port()]
+    env = {
+        **base_env(sandbox),
+        "GATEWAY_STORE": "redis",
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+    }
+    for port in ports:
+        processes.append(start_gateway(port, env))
+    for port, proc in zip(ports, processes, strict=True):
+        await wait_ready(port, proc)
+    async with aiohttp.ClientSession() as http:
+        await http.post(
+            str(sandbox.make_url("/sandbox/admin/faults")),
+            json={"provider": "stripe", "latencyMs": 100},
+        )
+
+        async def one(i: int) -> tuple[int, str | None]:
+            url = f"http://127.0.0.1:{ports[i % 2]}/api/v1/sessions"
+            async with http.post(url, data=SEED_BYTES, headers=headers("two-procs")) as answer:
+                body = await answer.json()
+                return answer.status, body.get("sessionId")
+
+        results = await asyncio.gather(*(one(i) for i in range(50)))
+        statuses = Counter(status for status, _ in results)
+        assert set(statuses) <= {201, 409}, statuses
+        assert len({sid for status, sid in results if status == 201}) == 1
+        stats = await (await http.get(str(sandbox.make_url("/sandbox/admin/stats")))).json()
+        assert sum(stats["sessionsCreated"].values()) == 1
+
+
+def test_python_dash_m_gateway_has_the_documented_commands() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, cwd=ROOT,
+        check=True,
+    ).stdout
+    for command in ("serve", "token", "sandbox", "rules"):
+        assert command in out
+    token = subprocess.run(
+        [sys.executable, "-m", "gateway", "token", "--merchant", "m-9", "--scope", "sessions:read"],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+        env={**os.environ, "GATEWAY_JWT_SECRET": JWT_SECRET},
+    ).stdout.strip()
+    from gateway.auth import Authenticator
+    from gateway.settings import Settings
+
+    merchant = Authenticator(Settings(_env_file=None, jwt_secret=JWT_SECRET)).verify(token)  # type: ignore[call-arg]
+    assert merchant.merchant_id == "m-9" and merchant.scopes == {"sessions:read"}
+    assert Path(ROOT / "routing_rules.yaml").is_file()

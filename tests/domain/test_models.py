@@ -1,0 +1,133 @@
+"""Request parsing: exact decimals, every problem listed with its path, currency exponents."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.domain.models import TOTAL_MISMATCH, RequestProblems, parse_checkout_request
+
+SEED_TEXT = (Path(__file__).resolve().parents[1] / "fixtures/seed_request.json").read_text()
+
+
+def problems_of(raw: str | bytes, **kw: Any) -> list[str]:
+    with pytest.raises(RequestProblems) as info:
+        parse_checkout_request(raw.encode() if isinstance(raw, str) else raw, **kw)
+    return info.value.problems
+
+
+def variant(**changes: Any) -> str:
+    body = json.loads(SEED_TEXT)
+    body.update(changes)
+    return json.dumps(body)
+
+
+def test_seed_parses_to_exact_decimals() -> None:
+    request = parse_checkout_request(SEED_TEXT.encode())
+    assert request.amount.total == Decimal("140.76")
+    assert request.amount.shipping == Decimal("9.95")
+    assert request.amount.tax == Decimal("11.81")
+    assert isinstance(request.orderItems[0].unitPrice, Decimal)
+    assert request.billing_country == "AU"
+
+
+def test_numbers_beyond_float_precision_stay_exact() -> None:
+    # 18 significant digits: a float would turn this into 1234567890123456.8
+    raw = variant(
+        amount={"total": 0, "shipping": 0, "tax": 0},
+        orderItems=[{"name": "x", "quantity": 1, "unitPrice": 0}],
+    )
+    raw = raw.replace('"total": 0', '"total": 1234567890123456.78').replace(
+        '"unitPrice": 0', '"unitPrice": 1234567890123456.78'
+    )
+    request = parse_checkout_request(raw.encode())
+    assert request.amount.total == Decimal("1234567890123456.78")
+    assert str(request.amount.total) == "1234567890123456.78"
+
+
+def test_total_mismatch_uses_the_seed_message() -> None:
+    raw = variant(amount={"total": 140.77, "shipping": 9.95, "tax": 11.81})
+    assert problems_of(raw) == [TOTAL_MISMATCH]
+
+
+@pytest.mark.parametrize(
+    ("currency", "total", "ok"),
+    [("JPY", "159", True), ("JPY", "159.5", False), ("USD", "1.5", True), ("USD", "1.505", False),
+     ("KWD", "1.505", True), ("KWD", "1.5055", False)],
+)
+def test_decimal_places_follow_the_currency_exponent(currency: str, total: str, ok: bool) -> None:
+    raw = variant(
+        currency=currency,
+        amount={"total": 0},
+        orderItems=[{"name": "x", "quantity": 1, "unitPrice": 0}],
+    ).replace('"total": 0', f'"total": {total}').replace('"unitPrice": 0', f'"unitPrice": {total}')
+    if ok:
+        assert parse_checkout_request(raw.encode()).amount.total == Decimal(total)
+    else:
+        found = problems_of(raw)
+        assert f"amount.total: must have no more than" in found[0]
+        assert f"orderItems.0.unitPrice: must have no more than" in found[1]
+
+
+def test_every_problem_is_listed_with_its_path() -> None:
+    body = json.loads(SEED_TEXT)
+    body["currency"] = "ABC"
+    body["orderItems"][0]["quantity"] = 0
+    body["customer"]["email"] = "not-an-email"
+    body["customer"]["phone"] = "0412345678"
+    body["customer"]["billingAddress"]["country"] = "ZZ"
+    body["redirectUrls"]["success"] = "http://merchant.example.com/ok"
+    body["surprise"] = True
+    del body["orderReference"]
+    found = problems_of(json.dumps(body))
+    paths = {p.split(":")[0] for p in found}
+    assert paths == {
+        "currency",
+        "orderItems.0.quantity",
+        "customer.email",
+        "customer.phone",
+        "customer.billingAddress.country",
+        "redirectUrls.success",
+        "surprise",
+        "orderReference",
+    }
+    assert "surprise: unknown field" in found
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "{", "[]", '"text"', '{"amount": NaN}', b"\xff\xfe"],
+)
+def test_malformed_bodies_are_problems_not_crashes(raw: str | bytes) -> None:
+    assert problems_of(raw)
+
+
+def test_amounts_reject_negatives_booleans_and_strings_of_junk() -> None:
+    body = json.loads(SEED_TEXT)
+    body["amount"] = {"total": True, "shipping": -1, "tax": "abc"}
+    paths = {p.split(":")[0] for p in problems_of(json.dumps(body))}
+    assert paths == {"amount.total", "amount.shipping", "amount.tax"}
+
+
+def test_http_redirects_only_for_localhost_in_sandbox() -> None:
+    raw = variant(redirectUrls={"success": "http://localhost:3000/ok", "failure": "https://x.io/f"})
+    assert problems_of(raw)
+    assert parse_checkout_request(raw.encode(), allow_http_localhost=True)
+    other = variant(redirectUrls={"success": "http://evil.io/ok", "failure": "https://x.io/f"})
+    assert problems_of(other, allow_http_localhost=True)
+
+
+def test_limits_on_items_expiry_and_additional_information() -> None:
+    assert problems_of(variant(orderItems=[]))[0].startswith("orderItems")
+    assert problems_of(variant(expiresIn=299))[0].startswith("expiresIn")
+    assert problems_of(variant(expiresIn=86401))[0].startswith("expiresIn")
+    too_many = {f"k{i}": "v" for i in range(51)}
+    assert problems_of(variant(additionalInformation=too_many))[0].startswith(
+        "additionalInformation"
+    )
+    assert problems_of(variant(captureMethod="later"))[0].startswith("captureMethod")
+    assert problems_of(variant(locale="english"))[0].startswith("locale")
