@@ -30,7 +30,8 @@ def free_port() -> int:
 
 
 def start_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
-    full_env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1", **env}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    full_env = {**inherited, "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1", **env}
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", *(["--print-curl"] if "PRINT" in env else [])],
         cwd=ROOT,
@@ -85,9 +86,6 @@ async def test_make_run_curl_creates_a_session_with_a_working_pay_page(
 ) -> None:
     port = free_port()
     env = {"PRINT": "1", "GATEWAY_LOG_LEVEL": "WARNING"}
-    for name in list(os.environ):
-        if name.startswith("GATEWAY_"):
-            env[name] = ""
     proc = start_gateway(port, env)
     processes.append(proc)
     await wait_ready(port, proc)
@@ -167,14 +165,20 @@ async def test_two_processes_sharing_redis_make_one_session(
 
 def test_python_dash_m_gateway_has_the_documented_commands() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-m", "gateway", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
         check=True,
     ).stdout
     for command in ("serve", "token", "sandbox", "rules"):
         assert command in out
     token = subprocess.run(
         [sys.executable, "-m", "gateway", "token", "--merchant", "m-9", "--scope", "sessions:read"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
         env={**os.environ, "GATEWAY_JWT_SECRET": JWT_SECRET},
     ).stdout.strip()
     from gateway.auth import Authenticator
