@@ -36,7 +36,8 @@ SANDBOX_SECRETS: dict[str, dict[str, str]] = {
     "paypal": {
         "client_id": "sandbox-client-id",
         "client_secret": "sandbox-client-secret",
-        "webhook_id": "WH-SANDBOX-0001",
+        # PayPal webhook ids are alphanumeric (verify-webhook-signature: ^[a-zA-Z0-9]+$)
+        "webhook_id": "WHSANDBOX0001",
     },
 }
 

@@ -240,6 +240,8 @@ class SandboxState:
         self.client: aiohttp.ClientSession | None = None
         #: each loaded provider module's ``notify``, registered by the sandbox app.
         self.notifiers: dict[str, Notifier] = {}
+        #: an emulator's own state beyond sessions (e.g. PayPal's tokens), keyed by provider.
+        self.extensions: dict[str, Any] = {}
         self.reset_faults()
 
     # sessions -------------------------------------------------------------------------------
