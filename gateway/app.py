@@ -96,7 +96,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     setup_openapi_routes(app)
     setup_session_routes(app)
     if settings.is_sandbox and settings.sandbox_embedded:
-        from providers.sandbox.app import SandboxConfig, create_sandbox_app
+        from providers.sandbox.app import create_sandbox_app
+        from providers.sandbox.state import SandboxConfig
 
         app.add_subapp(
             "/sandbox",

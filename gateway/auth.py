@@ -72,7 +72,10 @@ class Authenticator:
             self._key = secret
             self._signing_key = secret
             self._algorithm = "HS256"
-        self._options = {"require": ["exp", "sub"], "verify_aud": self._audience is not None}
+        self._options: jwt.types.Options = {
+            "require": ["exp", "sub"],
+            "verify_aud": self._audience is not None,
+        }
         self._cache: dict[str, tuple[Merchant, float]] = {}
 
     @property
@@ -113,9 +116,7 @@ class Authenticator:
     def issue(self, merchant_id: str, scopes: list[str], ttl_seconds: int) -> str:
         """Mint a token this authenticator accepts (for `gateway token` and tests)."""
         if self._signing_key is None:
-            raise SettingsError(
-                "minting RS256/ES256 tokens needs GATEWAY_JWT_PRIVATE_KEY_FILE"
-            )
+            raise SettingsError("minting RS256/ES256 tokens needs GATEWAY_JWT_PRIVATE_KEY_FILE")
         now = int(time.time())
         claims: dict[str, Any] = {
             "sub": merchant_id,

@@ -134,8 +134,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     scopes = args.scope or ["sessions:write", "sessions:read"]
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
-        print(f"gateway: unknown scope(s) {', '.join(unknown)}; known: {' '.join(SCOPES)}",
-              file=sys.stderr)
+        print(
+            f"gateway: unknown scope(s) {', '.join(unknown)}; known: {' '.join(SCOPES)}",
+            file=sys.stderr,
+        )
         return 2
     logging.disable(logging.WARNING)
     try:
@@ -151,7 +153,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from gateway.logs import configure_logging
-    from providers.sandbox.app import SandboxConfig, create_sandbox_app
+    from providers.sandbox.app import create_sandbox_app
+    from providers.sandbox.state import SandboxConfig
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -162,8 +165,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         "/sandbox",
         create_sandbox_app(SandboxConfig(public_url=public, gateway_base_url=args.gateway_url)),
     )
-    print(f"sandbox: serving on {public}/sandbox (webhooks to {args.gateway_url})",
-          file=sys.stderr, flush=True)
+    print(
+        f"sandbox: serving on {public}/sandbox (webhooks to {args.gateway_url})",
+        file=sys.stderr,
+        flush=True,
+    )
     web.run_app(root, host=args.host, port=args.port, access_log=None, print=None)
     return 0
 

@@ -113,7 +113,7 @@ _DESCRIPTIONS = {
     504: "The request deadline passed before any provider created the session",
 }
 
-_BEARER = [{"bearerAuth": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def _base_paths() -> dict[str, Any]:
@@ -157,8 +157,12 @@ def _base_paths() -> dict[str, Any]:
                 "security": _BEARER,
                 "x-scope": "sessions:read",
                 "parameters": [
-                    {"name": "sessionId", "in": "path", "required": True,
-                     "schema": {"type": "string", "format": "uuid"}}
+                    {
+                        "name": "sessionId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
                 ],
                 "responses": {
                     "200": {
@@ -169,13 +173,30 @@ def _base_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness",
-                             "responses": {"200": {"description": "Alive"}}}},
-        "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness (store, rules)",
-                            "responses": {"200": {"description": "Ready"},
-                                          "503": {"description": "Not ready, with details"}}}},
-        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
-                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness",
+                "responses": {"200": {"description": "Alive"}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness (store, rules)",
+                "responses": {
+                    "200": {"description": "Ready"},
+                    "503": {"description": "Not ready, with details"},
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1"}},
+            }
+        },
     }
 
 
@@ -197,7 +218,9 @@ def openapi_document() -> bytes:
         "paths": {**_base_paths(), **EXTRA_PATHS},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
         },
     }
     return orjson.dumps(doc)
