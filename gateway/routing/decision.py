@@ -16,6 +16,8 @@ class Candidate:
     provider: str
     score: float
     components: Mapping[str, float] = field(default_factory=dict)
+    #: the raw inputs behind the components (success rate, latency ms, fee, rule points)
+    details: Mapping[str, float | str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,10 @@ class RoutingDecision:
     matched_rules: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
+    def exclusion_details(self) -> list[dict[str, str]]:
+        """The exclusions as the ``details`` of a NO_AVAILABLE_PROVIDER answer."""
+        return [{"provider": e.provider, "reason": e.reason} for e in self.excluded]
+
     def explain(self) -> dict[str, Any]:
         """A JSON-ready explanation for the simulate endpoint, logs and the CLI."""
         return {
@@ -48,6 +54,7 @@ class RoutingDecision:
                     "provider": c.provider,
                     "score": round(c.score, 4),
                     "components": {k: round(v, 4) for k, v in c.components.items()},
+                    "details": dict(c.details),
                 }
                 for c in self.ranked
             ],

@@ -1,0 +1,134 @@
+"""Per-provider static eligibility: adapter capabilities narrowed by the rules file.
+
+Each provider is compiled once into frozen sets and bounds; a refusal always says which side
+refused (the adapter cannot, or the routing rules do not allow), so ops can tell a missing
+capability from their own configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from gateway.routing.decision import Exclusion
+from gateway.routing.rules import RulesFile
+from providers.base import Capabilities
+
+__all__ = ["CompiledProvider", "compile_providers"]
+
+_Limits = tuple[Decimal | None, Decimal | None]
+
+
+def _frozen(values: tuple[str, ...] | frozenset[str] | None) -> frozenset[str] | None:
+    return None if values is None else frozenset(values)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledProvider:
+    """One provider's fixed facts; see :meth:`static_exclusion` and :meth:`amount_exclusion`."""
+
+    name: str
+    enabled: bool
+    has_adapter: bool
+    preference: float
+    rank: int
+    cap_methods: frozenset[str] | None = None
+    cap_currencies: frozenset[str] | None = None
+    cap_countries: frozenset[str] | None = None
+    cap_captures: frozenset[str] | None = None
+    cap_limits: _Limits = (None, None)
+    methods: frozenset[str] | None = None
+    currencies: frozenset[str] | None = None
+    countries: frozenset[str] | None = None
+    captures: frozenset[str] | None = None
+    limits: _Limits = (None, None)
+    limits_per_currency: Mapping[str, _Limits] = field(default_factory=dict)
+    fee_percent: Decimal | None = None
+    fee_fixed: Mapping[str, Decimal] = field(default_factory=dict)
+
+    def static_exclusion(
+        self, currency: str | None, country: str | None, method: str | None, capture: str | None
+    ) -> str | None:
+        """Why this provider cannot take a request with these fields, or None."""
+        if not self.enabled:
+            return "disabled in the routing rules"
+        if not self.has_adapter:
+            return "no adapter is loaded for this provider"
+        checks = (
+            ("adapter does not support payment method", self.cap_methods, method),
+            ("adapter does not support currency", self.cap_currencies, currency),
+            ("adapter does not serve billing country", self.cap_countries, country),
+            ("adapter does not support capture method", self.cap_captures, capture),
+            ("routing rules do not allow payment method", self.methods, method),
+            ("routing rules do not allow currency", self.currencies, currency),
+            ("routing rules do not allow billing country", self.countries, country),
+            ("routing rules do not allow capture method", self.captures, capture),
+        )
+        for text, allowed, value in checks:
+            if allowed is not None and value not in allowed:
+                return f"{text} {value if value is not None else '(none given)'}"
+        return None
+
+    def amount_exclusion(self, currency: str, amount: Decimal) -> str | None:
+        """Why ``amount`` (major units of ``currency``) is out of bounds, or None."""
+        low, high = self.cap_limits
+        if low is not None and amount < low:
+            return f"amount {amount} {currency} is below the adapter's minimum {low}"
+        if high is not None and amount > high:
+            return f"amount {amount} {currency} is above the adapter's maximum {high}"
+        low, high = self.limits_per_currency.get(currency, self.limits)
+        if low is not None and amount < low:
+            return f"amount {amount} {currency} is below the minimum {low} of the routing rules"
+        if high is not None and amount > high:
+            return f"amount {amount} {currency} is above the maximum {high} of the routing rules"
+        return None
+
+    def fee(self, currency: str, amount: Decimal) -> Decimal | None:
+        """The provider's fee for ``amount`` (exact), or None when no fees are configured."""
+        if self.fee_percent is None:
+            return None
+        return amount * self.fee_percent / 100 + self.fee_fixed.get(currency, Decimal(0))
+
+
+def compile_providers(
+    model: RulesFile, capabilities: Mapping[str, Capabilities] | None
+) -> tuple[tuple[CompiledProvider, ...], tuple[Exclusion, ...]]:
+    """Compile every configured provider (sorted by name) and exclude unconfigured adapters."""
+    order = {name: index for index, name in enumerate(model.scoring.fallback_order)}
+    out: list[CompiledProvider] = []
+    for name in sorted(model.providers):
+        conf = model.providers[name]
+        caps = None if capabilities is None else capabilities.get(name)
+        limits: _Limits = (conf.amount.min, conf.amount.max) if conf.amount else (None, None)
+        fees = conf.fees
+        out.append(
+            CompiledProvider(
+                name=name,
+                enabled=conf.enabled,
+                has_adapter=capabilities is None or caps is not None,
+                preference=conf.preference,
+                rank=order.get(name, len(order)),
+                cap_methods=_frozen(caps.payment_methods) if caps else None,
+                cap_currencies=_frozen(caps.currencies) if caps else None,
+                cap_countries=_frozen(caps.countries) if caps else None,
+                cap_captures=_frozen(caps.capture_methods) if caps else None,
+                cap_limits=(caps.min_amount, caps.max_amount) if caps else (None, None),
+                methods=_frozen(conf.payment_methods),
+                currencies=_frozen(conf.currencies),
+                countries=_frozen(conf.countries),
+                captures=_frozen(conf.capture_methods),
+                limits=limits,
+                limits_per_currency={
+                    c: (lim.min, lim.max) for c, lim in conf.amount_per_currency.items()
+                },
+                fee_percent=fees.percent if fees is not None else None,
+                fee_fixed=dict(fees.fixed) if fees is not None else {},
+            )
+        )
+    unrouted = tuple(
+        Exclusion(name, "not configured in the routing rules")
+        for name in sorted(capabilities or {})
+        if name not in model.providers
+    )
+    return tuple(out), unrouted

@@ -1,0 +1,221 @@
+"""The routing engine: a pure function of (features, compiled rules, stats snapshot).
+
+:func:`decide` runs, in this order:
+
+1. **eligibility**: the plan's static exclusions (disabled, no adapter, capabilities and rule
+   limits on currency, country, method, capture), then amount limits, rule ``exclude`` actions
+   and the ``unavailable`` providers (open circuits), each with its reason;
+2. **scoring**: per candidate, four components each worth ``weight x raw`` points (raw in
+   0-1, weights normalised to 100), their sum the score (0-100);
+3. **ranking**: score descending; ties by the fallback order, then by name;
+4. **placement**: the highest-priority matching pin or split whose provider is eligible moves
+   it first (splits are stable per merchant and orderReference); otherwise, with
+   ``exploration`` set, a stable share of orders promotes a non-first candidate.
+
+The same inputs give the same decision, always; nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from decimal import Decimal
+from types import MappingProxyType
+
+from gateway.routing.compiled import CompiledRule, CompiledRules
+from gateway.routing.decision import Candidate, Exclusion, RoutingDecision
+from gateway.routing.eligibility import CompiledProvider
+from gateway.routing.features import Features
+from gateway.routing.stats import StatsSnapshot, estimate_latency, estimate_success
+
+__all__ = ["COMPONENTS", "decide", "derive_decision_id", "stable_unit"]
+
+#: the score components, in the order they are listed and added
+COMPONENTS = ("preference", "success_rate", "latency", "cost")
+_NONE: Mapping[str, str] = MappingProxyType({})
+_FEE_QUANTUM = Decimal("0.0001")
+_BUCKETS = 10_000
+
+
+def stable_unit(salt: str, f: Features) -> float:
+    """A number in [0, 1) fixed by (salt, merchant, orderReference): a retry gets the same."""
+    text = f"{salt}\x00{f.merchant}\x00{f.order_reference}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") / 2.0**64
+
+
+def derive_decision_id(f: Features, compiled: CompiledRules) -> str:
+    """A decision id fixed by the rules and the request's routing features."""
+    text = "\x00".join(
+        (
+            compiled.content_hash,
+            f.merchant,
+            f.order_reference,
+            f.currency,
+            str(f.amount),
+            f.payment_method,
+            f.country or "",
+            f.capture_method,
+        )
+    )
+    return "rd_" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _score(
+    p: CompiledProvider, f: Features, c: CompiledRules, stats: StatsSnapshot, points: float
+) -> Candidate:
+    w_pref, w_success, w_latency, w_cost = c.weights
+    preference = min(100.0, max(0.0, p.preference + points))
+    success = estimate_success(stats, p.name, f.currency, f.country, c.learning)
+    latency = estimate_latency(stats, p.name, c.latency)
+    fee = p.fee(f.currency, f.amount)
+    if fee is None:
+        cost = 0.5  # fees unknown: neutral
+    elif f.amount > 0:
+        cost = max(0.0, 1.0 - float(fee / f.amount / c.cost_max_fraction))
+    else:
+        cost = 1.0 if fee == 0 else 0.0
+    parts = (
+        w_pref * preference / 100.0,
+        w_success * success.rate,
+        w_latency * latency.score,
+        w_cost * cost,
+    )
+    return Candidate(
+        provider=p.name,
+        score=parts[0] + parts[1] + parts[2] + parts[3],
+        components=dict(zip(COMPONENTS, parts, strict=True)),
+        details={
+            "basePreference": p.preference,
+            "rulePoints": points,
+            "successRate": round(success.rate, 6),
+            "creationRate": round(success.creation, 6),
+            "paymentRate": round(success.payment, 6),
+            "successSamples": round(success.samples, 3),
+            "successSegment": success.segment,
+            "latencyMs": round(latency.ms, 3),
+            "latencySamples": round(latency.samples, 3),
+            "fee": None if fee is None else str(fee.quantize(_FEE_QUANTUM)),
+            "costScore": round(cost, 6),
+        },
+    )
+
+
+def _split_target(rule: CompiledRule, f: Features, eligible: set[str]) -> tuple[str | None, int]:
+    assert rule.split is not None
+    bucket = int(stable_unit("split:" + rule.id, f) * _BUCKETS)
+    for provider, upper in rule.split:
+        if bucket < upper:
+            if provider in eligible:
+                return provider, bucket
+            break
+    # the drawn provider cannot take it: share its part among the eligible ones, still stable
+    shares: list[tuple[str, int]] = []
+    lower = 0
+    for provider, upper in rule.split:
+        if provider in eligible:
+            shares.append((provider, upper - lower))
+        lower = upper
+    total = sum(s for _, s in shares)
+    if total == 0:
+        return None, bucket
+    point = bucket * total // _BUCKETS
+    for provider, share in shares:
+        if point < share:
+            return provider, bucket
+        point -= share
+    return shares[-1][0], bucket  # pragma: no cover - point < total always
+
+
+def _place(
+    ranked: list[Candidate], matched: list[CompiledRule], f: Features, notes: list[str]
+) -> str | None:
+    """Apply the first pin/split that can; returns the id of the rule that placed, if any."""
+    placed_by: str | None = None
+    names = {c.provider for c in ranked}
+    for rule in matched:
+        if not rule.places:
+            continue
+        if placed_by is not None:
+            notes.append(
+                f"rule {rule.id}: placement overridden by higher-priority rule {placed_by}"
+            )
+            continue
+        if rule.pin is not None:
+            target: str | None = rule.pin if rule.pin in names else None
+            how = f"pinned {rule.pin}"
+        else:
+            target, bucket = _split_target(rule, f, names)
+            how = f"split bucket {bucket}/{_BUCKETS} -> {target}"
+        if target is None:
+            notes.append(f"rule {rule.id}: no eligible provider to place, ignored")
+            continue
+        _to_front(ranked, target)
+        notes.append(f"rule {rule.id}: {how}")
+        placed_by = rule.id
+    return placed_by
+
+
+def _to_front(ranked: list[Candidate], provider: str) -> None:
+    for index, candidate in enumerate(ranked):
+        if candidate.provider == provider:
+            ranked.insert(0, ranked.pop(index))
+            return
+
+
+def decide(
+    features: Features,
+    compiled: CompiledRules,
+    stats: StatsSnapshot,
+    unavailable: Mapping[str, str] = _NONE,
+    *,
+    decision_id: str | None = None,
+) -> RoutingDecision:
+    """Rank the providers for one request; see the module docstring for the steps.
+
+    ``unavailable`` maps providers that must not be tried now (an open circuit) to the reason.
+    An empty ``ranked`` means no provider can take the request (``excluded`` says why).
+    """
+    f = features
+    plan = compiled.plan(f)
+    matched = [r for r in plan.rules if r.residual is None or r.residual(f)]
+    points: dict[str, float] = {}
+    ruled_out: dict[str, str] = {}
+    for rule in matched:
+        for provider, delta in rule.deltas:
+            points[provider] = points.get(provider, 0.0) + delta
+        for provider in rule.exclude:
+            ruled_out.setdefault(provider, rule.id)
+    excluded = list(plan.excluded)
+    scored: list[tuple[float, int, str, Candidate]] = []
+    for p in plan.providers:
+        reason = p.amount_exclusion(f.currency, f.amount)
+        if reason is None and p.name in ruled_out:
+            reason = f"excluded by rule {ruled_out[p.name]}"
+        if reason is None and p.name in unavailable:
+            reason = unavailable[p.name] or "unavailable"
+        if reason is not None:
+            excluded.append(Exclusion(p.name, reason))
+            continue
+        candidate = _score(p, f, compiled, stats, points.get(p.name, 0.0))
+        scored.append((-round(candidate.score, 9), p.rank, p.name, candidate))
+    scored.sort(key=lambda item: item[:3])
+    ranked = [item[3] for item in scored]
+    notes: list[str] = []
+    if ranked:
+        placed = _place(ranked, matched, f, notes)
+        explore = placed is None and len(ranked) > 1 and compiled.exploration > 0
+        if explore and stable_unit("explore", f) < compiled.exploration:
+            pick = 1 + int(stable_unit("explore-pick", f) * (len(ranked) - 1))
+            notes.append(
+                f"exploration: {ranked[pick].provider} promoted to keep its estimate fresh"
+            )
+            ranked.insert(0, ranked.pop(pick))
+    excluded.sort(key=lambda e: e.provider)
+    return RoutingDecision(
+        decision_id=decision_id or derive_decision_id(f, compiled),
+        rules_version=compiled.rules_version,
+        ranked=tuple(ranked),
+        excluded=tuple(excluded),
+        matched_rules=tuple(r.id for r in matched),
+        notes=tuple(notes),
+    )
