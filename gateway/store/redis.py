@@ -147,7 +147,7 @@ def _mapped(operation: str) -> Iterator[None]:
     try:
         yield
     except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"redis {operation} failed: {exc!r}") from exc
+        raise StoreUnavailable(f"redis {operation} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _ms(seconds: float) -> int:
@@ -213,7 +213,7 @@ class RedisStore:
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless Redis answers."""
-        with _mapped("PING"):
+        with _mapped("ping"):
             await self.client.ping()
 
     async def close(self) -> None:

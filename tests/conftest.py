@@ -1,0 +1,130 @@
+"""Fixtures shared by every test package.
+
+Redis: tests that use ``redis_url`` (directly or through ``redis_prefix``, ``redis_client``,
+``store_factory("redis")`` or the ``store[redis]`` parameter) or carry ``@pytest.mark.redis``
+run against database 13 of the Redis at ``GATEWAY_TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379/13``), each under its own key prefix, and delete only their own keys
+(never FLUSHDB: the server is shared). Redis is checked once per session; when it does not
+answer those tests are skipped, except under ``CI=true`` where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from gateway.store.base import Store
+from gateway.store.keys import RedisKeys
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+StoreFactory = Callable[..., Awaitable[Store]]
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def _redis_problem(url: str) -> str | None:
+    """Why Redis at ``url`` cannot be used, or None when it answers PING."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reaches Redis through a fixture with ``redis``."""
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis (db 13). Skips the test when Redis is down; fails it under CI=true."""
+    problem = _redis_problem(REDIS_URL)
+    if problem is not None:
+        message = f"Redis at {REDIS_URL} does not answer: {problem}"
+        if _under_ci():
+            pytest.fail(f"{message} (CI=true: a missing Redis is a failure)", pytrace=False)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture(autouse=True)
+def _redis_marker_gate(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``redis`` without using a Redis fixture get the same skip/fail check."""
+    if request.node.get_closest_marker("redis") is not None:
+        request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to this test; teardown deletes (SCAN + UNLINK) only its keys."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=RedisKeys(prefix).match_all(), count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A raw ``redis.asyncio`` client on the test database (bytes in, bytes out)."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """``await store_factory("memory" | "redis", **redis_store_kwargs)``; every store made is
+    closed at teardown. Redis stores of one test share its ``redis_prefix`` (like several
+    gateway processes sharing one Redis), so their keys are deleted with it."""
+    created: list[Store] = []
+
+    async def make(kind: str = "memory", **kwargs: Any) -> Store:
+        store: Store
+        if kind == "memory":
+            store = MemoryStore()
+        elif kind == "redis":
+            url: str = request.getfixturevalue("redis_url")
+            prefix: str = request.getfixturevalue("redis_prefix")
+            store = RedisStore(url, prefix, **kwargs)
+        else:
+            raise ValueError(f"unknown store kind {kind!r}")
+        created.append(store)
+        return store
+
+    yield make
+    for store in reversed(created):
+        await store.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> Store:
+    """The store under test, once per backend: memory and Redis."""
+    kind: str = request.param
+    return await store_factory(kind)
