@@ -57,6 +57,7 @@ __all__ = [
     "StripeAdapter",
     "event_from_payload",
     "sign_payload",
+    "verify_signature",
 ]
 
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -81,6 +82,28 @@ def sign_payload(secret: str, timestamp: int, raw_body: bytes) -> str:
     """The hex ``v1`` signature of ``raw_body`` sent at ``timestamp``."""
     signed = str(timestamp).encode() + b"." + raw_body
     return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def verify_signature(
+    secret: str,
+    signature_header: str,
+    raw_body: bytes,
+    *,
+    now: float,
+    tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
+) -> int:
+    """Check a ``Stripe-Signature`` header against ``raw_body``; returns its timestamp.
+
+    Accepts when any ``v1`` matches (constant-time compare) and the timestamp is within
+    ``tolerance`` seconds of ``now`` (either side); raises WebhookVerificationError otherwise.
+    """
+    timestamp, signatures = _parse_signature_header(signature_header)
+    if abs(now - timestamp) > tolerance:
+        raise WebhookVerificationError("stripe", "signature timestamp outside tolerance")
+    expected = sign_payload(secret, timestamp, raw_body)
+    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+        raise WebhookVerificationError("stripe", "no matching v1 signature")
+    return timestamp
 
 
 def _id_of(value: Any) -> str | None:
@@ -246,12 +269,7 @@ class StripeAdapter:
         value = header(headers, "Stripe-Signature")
         if not value:
             raise WebhookVerificationError(self.name, "missing Stripe-Signature header")
-        timestamp, signatures = _parse_signature_header(value)
-        if abs(self._clock() - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
-            raise WebhookVerificationError(self.name, "signature timestamp outside tolerance")
-        expected = sign_payload(secret, timestamp, raw_body)
-        if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
-            raise WebhookVerificationError(self.name, "no matching v1 signature")
+        verify_signature(secret, value, raw_body, now=self._clock())
         try:
             payload = orjson.loads(raw_body)
         except orjson.JSONDecodeError:

@@ -56,6 +56,9 @@ class FaultSettings:
     """
 
     latency_ms: int = 0
+    #: delay *inside* the provider's handler, after its idempotency claim (so a concurrent retry
+    #: with the same key meets an in-flight request).
+    processing_ms: int = 0
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
     retry_after_seconds: int = 1
@@ -68,6 +71,7 @@ class FaultSettings:
         allowed = {
             "provider",
             "latencyMs",
+            "processingMs",
             "errorRate",
             "rateLimitRate",
             "retryAfter",
@@ -80,6 +84,8 @@ class FaultSettings:
         settings = cls()
         if "latencyMs" in data:
             settings.latency_ms = _int(data["latencyMs"], "latencyMs", 0, 600_000)
+        if "processingMs" in data:
+            settings.processing_ms = _int(data["processingMs"], "processingMs", 0, 600_000)
         if "errorRate" in data:
             settings.error_rate = _rate(data["errorRate"], "errorRate")
         if "rateLimitRate" in data:
@@ -97,6 +103,7 @@ class FaultSettings:
         """The admin API representation (camelCase)."""
         return {
             "latencyMs": self.latency_ms,
+            "processingMs": self.processing_ms,
             "errorRate": self.error_rate,
             "rateLimitRate": self.rate_limit_rate,
             "retryAfter": self.retry_after_seconds,
@@ -108,6 +115,7 @@ class FaultSettings:
         """An independent copy (the admin API mutates the live settings, never the config's)."""
         return FaultSettings(
             self.latency_ms,
+            self.processing_ms,
             self.error_rate,
             self.rate_limit_rate,
             self.retry_after_seconds,
@@ -119,7 +127,12 @@ class FaultSettings:
     def active(self) -> bool:
         """True when any fault is set."""
         return bool(
-            self.latency_ms or self.error_rate or self.rate_limit_rate or self.timeout or self.down
+            self.latency_ms
+            or self.processing_ms
+            or self.error_rate
+            or self.rate_limit_rate
+            or self.timeout
+            or self.down
         )
 
 
@@ -334,6 +347,12 @@ class SandboxState:
     def set_fault(self, provider: str, settings: FaultSettings) -> None:
         """Replace the faults of ``provider``."""
         self.faults[provider] = settings
+
+    async def processing_delay(self, provider: str) -> None:
+        """Sleep for the provider's ``processing_ms`` fault; emulators call it mid-request."""
+        fault = self.faults.get(provider)
+        if fault is not None and fault.processing_ms:
+            await asyncio.sleep(fault.processing_ms / 1000)
 
     def reset_faults(self) -> None:
         """Back to the faults given at start-up (``SandboxConfig.faults``)."""

@@ -34,6 +34,7 @@ __all__ = [
     "validate_body",
     "validate_headers",
     "validate_request",
+    "validate_response",
 ]
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
@@ -224,6 +225,25 @@ def validate_request(
             return [*problems, "body: must be an object"]
         body = parsed
     return problems + validate_body(provider, body, now=now)
+
+
+@cache
+def _response_validator(provider: str, status: str) -> Any:
+    responses = load_spec(provider)["operation"]["responses"]
+    answer = responses.get(status) or responses["default"]
+    schema = answer.get("schema")
+    if schema is None:  # PayPal-style {"content": {"application/json": {"schema": ...}}}
+        schema = next(iter(answer["content"].values()))["schema"]
+    return Draft7Validator(_normalise(copy.deepcopy(schema)))
+
+
+def validate_response(provider: str, status: int, body: Any) -> list[str]:
+    """Problems of a response body against the spec's schema for ``status`` (or ``default``)."""
+    validator = _response_validator(provider, str(status))
+    return [
+        f"{_path(provider, error.absolute_path)}: {error.message}"
+        for error in sorted(validator.iter_errors(body), key=lambda e: list(e.path))
+    ]
 
 
 # Stripe form bodies -------------------------------------------------------------------------

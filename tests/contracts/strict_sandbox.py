@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -88,7 +89,10 @@ class StrictSandbox:
 
 
 def _create_path(provider: str) -> str:
-    return f"/sandbox/{provider}{load_spec(provider)['operation']['path']}"
+    spec = load_spec(provider)
+    # the server URL may carry a path of its own (Adyen: .../v71)
+    prefix = urlsplit(spec["servers"][0]["url"]).path.rstrip("/") if spec.get("servers") else ""
+    return f"/sandbox/{provider}{prefix}{spec['operation']['path']}"
 
 
 def strict_contract_middleware(sandbox: StrictSandbox) -> Any:

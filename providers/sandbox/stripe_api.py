@@ -1,0 +1,271 @@
+"""Stripe emulation: ``/stripe/v1/checkout/sessions`` close enough that the adapter cannot tell.
+
+Implements Bearer (or Basic) secret-key auth, bracketed form bodies, Stripe's idempotency rules
+(same key + same parameters replays the saved answer with ``Idempotent-Replayed: true``; other
+parameters -> 400 ``idempotency_error``; a concurrent request with the key -> 409; answers that
+failed validation are not saved), errors in Stripe's ``{"error": {...}}`` shape, the
+``checkout.session`` object, ``/expire``, and signed ``checkout.session.*`` webhooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+from providers.sandbox.state import SandboxSession, SandboxState
+from providers.sandbox.stripe_wire import (
+    StripeError,
+    create_object,
+    decode_form,
+    session_object,
+    token,
+    validate_params,
+)
+from providers.stripe import sign_payload
+from providers.stripe_transformers import STRIPE_API_VERSION, stripe_exponent
+
+__all__ = ["error_body", "notify", "register"]
+
+PROVIDER = "stripe"
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """Stripe's error body, for faults the sandbox injects."""
+    kind = "rate_limit_error" if status == 429 else "api_error"
+    code = "rate_limit" if status == 429 else None
+    body: dict[str, Any] = {"type": kind, "message": message}
+    if code:
+        body["code"] = code
+    return {"error": body}
+
+
+def _answer(status: int, payload: Any, extra: dict[str, str] | None = None) -> web.Response:
+    headers = {"Request-Id": token("req_", 14), "Stripe-Version": STRIPE_API_VERSION}
+    headers.update(extra or {})
+    return web.Response(
+        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+    )
+
+
+def _error(exc: StripeError) -> web.Response:
+    return _answer(exc.status, {"error": exc.body})
+
+
+def _authorised(request: web.Request, api_key: str) -> bool:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return secrets.compare_digest(auth[7:].strip(), api_key)
+    if auth.startswith("Basic "):
+        try:
+            user = base64.b64decode(auth[6:]).decode().partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return secrets.compare_digest(user, api_key)
+    return False
+
+
+def _fingerprint(request: web.Request, body: str) -> str:
+    pairs = sorted(parse_qsl(body, keep_blank_values=True))
+    canon = orjson.dumps([request.method, request.path, pairs])
+    return hashlib.sha256(canon).hexdigest()
+
+
+class _Api:
+    def __init__(self, state: SandboxState) -> None:
+        self.state = state
+
+    def _check_auth(self, request: web.Request) -> None:
+        if not _authorised(request, self.state.config.secret(PROVIDER, "api_key")):
+            raise StripeError(401, "Invalid API Key provided.", code="api_key_invalid")
+
+    async def create(self, request: web.Request) -> web.Response:
+        try:
+            self._check_auth(request)
+            if request.content_type != "application/x-www-form-urlencoded":
+                raise StripeError(400, "Request body must be application/x-www-form-urlencoded")
+            body = (await request.read()).decode("utf-8")
+        except StripeError as exc:
+            return _error(exc)
+        except UnicodeDecodeError:
+            return _error(StripeError(400, "Request body is not valid UTF-8"))
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return await self._create(request, body)
+        if len(key) > 255:
+            return _error(
+                StripeError(400, "Idempotency-Key is too long (max 255)", type_="idempotency_error")
+            )
+        fingerprint = _fingerprint(request, body)
+        record = self.state.idempotency_get(PROVIDER, key)
+        if record is not None:
+            if record.in_flight:
+                return _error(
+                    StripeError(
+                        409,
+                        "There is currently another in-progress request "
+                        "using this Idempotent Key (that probably means you submitted "
+                        "twice, and the other request is still going through): "
+                        f"{key}. Please try again later.",
+                        type_="idempotency_error",
+                        code="idempotency_key_in_use",
+                    )
+                )
+            if record.fingerprint != fingerprint:
+                return _error(
+                    StripeError(
+                        400,
+                        "Keys for idempotent requests can only be used "
+                        "with the same parameters they were first used with. Try using a "
+                        "key other than "
+                        f"'{key}' if you meant to execute a different request.",
+                        type_="idempotency_error",
+                    )
+                )
+            assert record.status is not None
+            assert record.body is not None
+            return web.Response(
+                status=record.status,
+                body=record.body,
+                content_type="application/json",
+                headers={**record.headers, "Idempotent-Replayed": "true"},
+            )
+        self.state.idempotency_begin(PROVIDER, key, fingerprint)
+        try:
+            response = await self._create(request, body)
+        except BaseException:
+            self.state.idempotency_abandon(PROVIDER, key)
+            raise
+        if response.status == 400:  # failed validation: nothing saved, may be retried
+            self.state.idempotency_abandon(PROVIDER, key)
+        else:
+            assert isinstance(response.body, bytes)
+            self.state.idempotency_finish(
+                PROVIDER,
+                key,
+                response.status,
+                response.body,
+                {
+                    "Request-Id": response.headers["Request-Id"],
+                    "Stripe-Version": STRIPE_API_VERSION,
+                    "Idempotency-Key": key,
+                },
+            )
+        response.headers["Idempotency-Key"] = key
+        return response
+
+    async def _create(self, request: web.Request, body: str) -> web.Response:
+        await self.state.processing_delay(PROVIDER)
+        now = int(time.time())
+        try:
+            params = decode_form(body)
+            validate_params(params, now)
+            session_id = token("cs_test_a1", 56)
+            url = self.state.checkout_url(request, PROVIDER, session_id)
+            obj = create_object(session_id, params, url, now)
+        except StripeError as exc:
+            return _error(exc)
+        self.state.add_session(
+            SandboxSession(
+                provider=PROVIDER,
+                id=session_id,
+                amount=obj["amount_total"],
+                currency=obj["currency"],
+                success_url=str(params["success_url"]),
+                failure_url=str(params.get("cancel_url") or params["success_url"]),
+                expires_at=datetime.fromtimestamp(obj["expires_at"], UTC),
+                order_reference=params.get("client_reference_id"),
+                metadata=dict(obj["metadata"]),
+                raw_request=params,
+                minor_exponent=stripe_exponent(obj["currency"]),
+                extra={"object": obj},
+            )
+        )
+        return _answer(200, obj)
+
+    def _session(self, request: web.Request) -> SandboxSession:
+        session = self.state.get_session(PROVIDER, request.match_info["id"])
+        if session is None:
+            raise StripeError(
+                404,
+                f"No such checkout.session: '{request.match_info['id']}'",
+                code="resource_missing",
+                param="session",
+            )
+        return session
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        try:
+            self._check_auth(request)
+            return _answer(200, session_object(self._session(request)))
+        except StripeError as exc:
+            return _error(exc)
+
+    async def expire(self, request: web.Request) -> web.Response:
+        try:
+            self._check_auth(request)
+            session = self._session(request)
+            if session.status != "open" or session.is_expired():
+                raise StripeError(
+                    400,
+                    'Only Checkout Sessions with a status in ["open"] can be expired.',
+                )
+        except StripeError as exc:
+            return _error(exc)
+        await self.state.finish(session, "expired")
+        return _answer(200, session_object(session))
+
+
+def register(app: web.Application, state: SandboxState) -> None:
+    """Add the Stripe routes under ``/stripe/v1/...``."""
+    api = _Api(state)
+    app.router.add_post("/stripe/v1/checkout/sessions", api.create)
+    app.router.add_get("/stripe/v1/checkout/sessions/{id}", api.retrieve)
+    app.router.add_post("/stripe/v1/checkout/sessions/{id}/expire", api.expire)
+
+
+_EVENT_TYPES = {
+    "paid": "checkout.session.completed",
+    "declined": "checkout.session.async_payment_failed",
+    "cancelled": "checkout.session.expired",
+    "expired": "checkout.session.expired",
+}
+
+
+def event_payload(session: SandboxSession, outcome: str) -> dict[str, Any]:
+    """The Stripe event the sandbox sends for ``outcome``."""
+    return {
+        "id": token("evt_test_"),
+        "object": "event",
+        "api_version": STRIPE_API_VERSION,
+        "created": int(time.time()),
+        "data": {"object": session_object(session)},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": _EVENT_TYPES[outcome],
+    }
+
+
+async def notify(state: SandboxState, session: SandboxSession, outcome: str) -> None:
+    """Sign (``Stripe-Signature``) and POST the event for ``outcome`` to the gateway.
+
+    Stripe has no "cancelled" session event: a cancelled (abandoned) session is expired, as a
+    merchant's cancel page would do with ``/expire``, and ``checkout.session.expired`` is sent.
+    """
+    body = orjson.dumps(event_payload(session, outcome))
+    timestamp = int(time.time())
+    signature = sign_payload(state.config.secret(PROVIDER, "webhook_secret"), timestamp, body)
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "Stripe-Signature": f"t={timestamp},v1={signature}",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+    }
+    await state.send_webhook(PROVIDER, body, headers)
