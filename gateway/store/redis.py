@@ -172,7 +172,7 @@ class RedisStore:
     root of every key (``Settings.redis_prefix``). Unless ``client`` is given, the store opens a
     blocking pool of ``max_connections`` connections (a request beyond them waits up to
     ``socket_timeout`` for a free one) and owns it: :meth:`close` closes it. A given ``client``
-    stays the caller's to close.
+    (``decode_responses=False``) stays the caller's to close.
     """
 
     name = "redis"
@@ -336,8 +336,8 @@ class RedisStore:
         states: dict[str, CircuitState] = {}
         for provider, (state, open_until, failures) in zip(providers, replies, strict=True):
             count = int(failures) if failures is not None else 0
-            if state == b"open" and open_until is not None:
-                until = float(open_until)
+            if state is not None and _text(state) == "open" and open_until is not None:
+                until = float(_text(open_until))
                 phase = "open" if now < until else "half_open"
                 states[provider] = CircuitState(phase, count, until)
             else:
