@@ -184,8 +184,14 @@ class SessionService:
             )
         existing = await self.store.get_session(holder)
         now = utcnow()
-        if existing is not None and existing.status is SessionStatus.PENDING and existing.expiresAt > now:
-            raise Conflict(details="Resource already exists", extra={"sessionId": existing.sessionId})
+        if (
+            existing is not None
+            and existing.status is SessionStatus.PENDING
+            and existing.expiresAt > now
+        ):
+            raise Conflict(
+                details="Resource already exists", extra={"sessionId": existing.sessionId}
+            )
         if not await self.store.replace_order(
             scope, order_ref, holder, token, lease_ms=self._lease_ms
         ):
@@ -220,20 +226,34 @@ class SessionService:
             provider = candidate.provider
             adapter = self.adapters[provider]
             if not await self.circuits.admit(provider):
-                tries.made.append(Attempt(provider=provider, outcome="circuit_open", durationMs=0.0))
+                tries.made.append(
+                    Attempt(provider=provider, outcome="circuit_open", durationMs=0.0)
+                )
                 continue
             data = CreateSessionInput(
                 session_id=session_id,
                 merchant_id=merchant.merchant_id,
-                idempotency_key=derived_provider_key(merchant.merchant_id, idempotency_key, provider),
+                idempotency_key=derived_provider_key(
+                    merchant.merchant_id, idempotency_key, provider
+                ),
                 request=request,
                 expires_at=expires_at,
             )
-            result = await self._attempt(adapter, data, min(settings.provider_timeout_seconds, remaining), tries, request)
+            result = await self._attempt(
+                adapter, data, min(settings.provider_timeout_seconds, remaining), tries, request
+            )
             if result is not None:
                 return await self._finish(
-                    merchant, request, token, decision, candidate.score, result, tries,
-                    session_id, created_at, expires_at,
+                    merchant,
+                    request,
+                    token,
+                    decision,
+                    candidate.score,
+                    result,
+                    tries,
+                    session_id,
+                    created_at,
+                    expires_at,
                 )
             if tries.rejected is not None and not settings.failover_on_rejection:
                 break
@@ -254,7 +274,12 @@ class SessionService:
         except ProviderError as exc:
             elapsed = (time.perf_counter() - began) * 1000
             tries.made.append(
-                Attempt(provider=provider, outcome=exc.outcome, durationMs=round(elapsed, 2), error=exc.reason[:200])
+                Attempt(
+                    provider=provider,
+                    outcome=exc.outcome,
+                    durationMs=round(elapsed, 2),
+                    error=exc.reason[:200],
+                )
             )
             if isinstance(exc, ProviderTimeout):
                 tries.timed_out = True
@@ -264,10 +289,14 @@ class SessionService:
                 await self.circuits.failure(provider)
             if not isinstance(exc, FlowNotSupported):
                 await self.router.record_creation(provider, exc.outcome, elapsed, request)
-            log.warning("provider attempt failed", extra={"provider": provider, "outcome": exc.outcome})
+            log.warning(
+                "provider attempt failed", extra={"provider": provider, "outcome": exc.outcome}
+            )
             return None
         elapsed = (time.perf_counter() - began) * 1000
-        tries.made.append(Attempt(provider=provider, outcome="created", durationMs=round(elapsed, 2)))
+        tries.made.append(
+            Attempt(provider=provider, outcome="created", durationMs=round(elapsed, 2))
+        )
         await self.circuits.success(provider)
         await self.router.record_creation(provider, "created", elapsed, request)
         return result

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -197,9 +197,7 @@ class Settings(BaseSettings):
             raise SettingsError(f"provider {name!r} is enabled but {names} is not set")
         if missing:
             defaults = SANDBOX_SECRETS[name]
-            config = ProviderConfig(
-                **{**config.__dict__, **{f: defaults.get(f) for f in missing}}
-            )
+            config = ProviderConfig(**{**config.__dict__, **{f: defaults.get(f) for f in missing}})
         return config
 
     def jwt_key_problem(self) -> str | None:

@@ -78,9 +78,7 @@ class ProviderRateLimited(ProviderError):
 class ProviderRejected(ProviderError):
     retryable, outcome = False, "rejected"
 
-    def __init__(
-        self, provider: str, message: str, status: int, code: str | None = None
-    ) -> None:
+    def __init__(self, provider: str, message: str, status: int, code: str | None = None) -> None:
         super().__init__(provider, message)
         self.status = status
         self.code = code

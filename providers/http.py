@@ -81,7 +81,9 @@ class ProviderHttp:
         except TimeoutError:
             raise ProviderTimeout(self.provider, f"no answer within {timeout:.3g}s") from None
         except aiohttp.ClientError as exc:
-            raise ProviderUnavailable(self.provider, f"connection failed: {type(exc).__name__}") from exc
+            raise ProviderUnavailable(
+                self.provider, f"connection failed: {type(exc).__name__}"
+            ) from exc
         return self.check(result, expected)
 
     def check(self, result: HttpResult, expected: tuple[int, ...]) -> HttpResult:

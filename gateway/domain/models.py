@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 PAYMENT_METHODS = ("card", "paypal", "apple_pay", "google_pay", "ideal", "klarna", "sepa_debit")
-PaymentMethod = Literal["card", "paypal", "apple_pay", "google_pay", "ideal", "klarna", "sepa_debit"]
+PaymentMethod = Literal[
+    "card", "paypal", "apple_pay", "google_pay", "ideal", "klarna", "sepa_debit"
+]
 TOTAL_MISMATCH = "amount.total does not match the sum of line items, shipping, and tax"
 
 _LOCALE = re.compile(r"^[a-z]{2}(?:[_-][A-Z]{2})?$")
@@ -143,7 +145,9 @@ class RedirectUrls(_Strict):
         ):
             return value
         if parts.scheme == "http" and parts.netloc:
-            raise ValueError("must be an absolute https URL (http is allowed for localhost in sandbox mode)")
+            raise ValueError(
+                "must be an absolute https URL (http is allowed for localhost in sandbox mode)"
+            )
         raise ValueError("must be an absolute https URL")
 
 
@@ -158,10 +162,16 @@ class CheckoutRequest(_Strict):
     orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=100)]
     customer: Customer | None = None
     shipping: ShippingInfo | None = None
-    additionalInformation: Annotated[
-        dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=512)]],
-        Field(max_length=50),
-    ] | None = None
+    additionalInformation: (
+        Annotated[
+            dict[
+                Annotated[str, Field(min_length=1, max_length=64)],
+                Annotated[str, Field(max_length=512)],
+            ],
+            Field(max_length=50),
+        ]
+        | None
+    ) = None
     redirectUrls: RedirectUrls
     expiresIn: Annotated[StrictInt, Field(ge=300, le=86_400)] = 3600
     captureMethod: Literal["automatic", "manual"] = "automatic"

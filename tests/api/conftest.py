@@ -64,9 +64,7 @@ def make_settings(sandbox: TestServer) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def gateway(
-    aiohttp_client: Any, make_settings: Callable[..., Settings]
-) -> GatewayFactory:
+def gateway(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> GatewayFactory:
     """Start a gateway on a real socket: ``await gateway(store=..., **setting_overrides)``."""
 
     async def factory(store: Store | None = None, **overrides: Any) -> TestClient[Any, Any]:

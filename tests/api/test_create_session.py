@@ -19,14 +19,16 @@ async def test_seed_request_creates_a_session_with_every_field(gateway: GatewayF
     assert set(body) == {"sessionId", "checkoutUrl", "status", "routing", "expiresAt", "createdAt"}
     uuid.UUID(body["sessionId"])
     assert body["status"] == "PENDING"
-    assert ISO_Z.match(body["createdAt"]) and ISO_Z.match(body["expiresAt"])
+    assert ISO_Z.match(body["createdAt"])
+    assert ISO_Z.match(body["expiresAt"])
     created = datetime.fromisoformat(body["createdAt"])
     expires = datetime.fromisoformat(body["expiresAt"])
     assert expires - created == timedelta(seconds=3600)
     routing = body["routing"]
     assert routing["selectedProvider"] in {"stripe", "adyen", "paypal"}
     assert 0 <= routing["score"] <= 100
-    assert routing["rulesVersion"] and routing["decisionId"]
+    assert routing["rulesVersion"]
+    assert routing["decisionId"]
     assert routing["attempts"][-1]["provider"] == routing["selectedProvider"]
     assert routing["attempts"][-1]["outcome"] == "created"
     assert response.headers["Location"] == f"/api/v1/sessions/{body['sessionId']}"
@@ -35,7 +37,9 @@ async def test_seed_request_creates_a_session_with_every_field(gateway: GatewayF
     page = await client.session.get(body["checkoutUrl"])
     html = await page.text()
     assert page.status == 200
-    assert 'id="pay"' in html and 'id="decline"' in html and 'id="cancel"' in html
+    assert 'id="pay"' in html
+    assert 'id="decline"' in html
+    assert 'id="cancel"' in html
 
 
 async def test_session_reads_back_for_its_merchant_only(gateway: GatewayFactory) -> None:
@@ -54,7 +58,8 @@ async def test_session_reads_back_for_its_merchant_only(gateway: GatewayFactory)
     assert view["currency"] == "AUD"
     assert view["orderReference"] == SEED["orderReference"]
     assert view["routing"] == created["routing"]
-    assert view["createdAt"] == created["createdAt"] and view["expiresAt"] == created["expiresAt"]
+    assert view["createdAt"] == created["createdAt"]
+    assert view["expiresAt"] == created["expiresAt"]
     assert [t["status"] for t in view["transitions"]] == ["PENDING"]
 
     other = await client.get(
@@ -64,7 +69,8 @@ async def test_session_reads_back_for_its_merchant_only(gateway: GatewayFactory)
     for response in (other, unknown):
         assert response.status == 404
         body = await response.json()
-        assert body["statusCode"] == 404 and body["error"] == "Not Found"
+        assert body["statusCode"] == 404
+        assert body["error"] == "Not Found"
     # the two 404s are indistinguishable apart from the request id
     a, b = await other.json(), await unknown.json()
     a.pop("requestId"), b.pop("requestId")

@@ -15,7 +15,8 @@ async def envelope(response: aiohttp.ClientResponse, status: int) -> dict[str, A
     assert response.status == status, await response.text()
     body: dict[str, Any] = await response.json()
     assert body["statusCode"] == status
-    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["error"], str)
+    assert body["error"]
     assert body["requestId"] == response.headers["X-Request-ID"]
     return body
 
@@ -56,7 +57,9 @@ async def test_401_without_or_with_a_bad_token(gateway: GatewayFactory) -> None:
             del hdrs["Authorization"]
         else:
             hdrs["Authorization"] = auth
-        body = await envelope(await client.post("/api/v1/sessions", data=SEED_BYTES, headers=hdrs), 401)
+        body = await envelope(
+            await client.post("/api/v1/sessions", data=SEED_BYTES, headers=hdrs), 401
+        )
         assert body["error"] == "Unauthorized"
         assert body["message"] == "Authentication required. Please provide a valid API token"
         assert body["code"] == 401
@@ -66,7 +69,8 @@ async def test_403_without_the_scope(gateway: GatewayFactory) -> None:
     client = await gateway()
     hdrs = headers("k403", scopes=["sessions:read"])
     body = await envelope(await client.post("/api/v1/sessions", data=SEED_BYTES, headers=hdrs), 403)
-    assert body["error"] == "Forbidden" and body["code"] == 403
+    assert body["error"] == "Forbidden"
+    assert body["code"] == 403
     assert "sessions:write" in body["message"]
 
 
@@ -94,10 +98,16 @@ async def test_409_guard_can_be_turned_off(gateway: GatewayFactory) -> None:
 
 async def test_422_idempotency_key_mismatch(gateway: GatewayFactory) -> None:
     client = await gateway()
-    assert (await client.post("/api/v1/sessions", data=SEED_BYTES, headers=headers("same"))).status == 201
+    assert (
+        await client.post("/api/v1/sessions", data=SEED_BYTES, headers=headers("same"))
+    ).status == 201
     other = seed(orderReference="ORD-OTHER")
-    body = await envelope(await client.post("/api/v1/sessions", json=other, headers=headers("same")), 422)
-    assert body["message"] == "This idempotency key was already used with different request parameters"
+    body = await envelope(
+        await client.post("/api/v1/sessions", json=other, headers=headers("same")), 422
+    )
+    assert (
+        body["message"] == "This idempotency key was already used with different request parameters"
+    )
     assert body["code"] == "IDEMPOTENCY_KEY_MISMATCH"
 
 
@@ -176,10 +186,12 @@ async def test_415_413_405_404(gateway: GatewayFactory) -> None:
     client = await gateway(max_body_bytes=2048)
     hdrs = headers("k415")
     hdrs["Content-Type"] = "text/plain"
-    assert (await envelope(await client.post("/api/v1/sessions", data=SEED_BYTES, headers=hdrs), 415))
+    assert await envelope(await client.post("/api/v1/sessions", data=SEED_BYTES, headers=hdrs), 415)
     big = b'{"orderReference": "' + b"x" * 4096 + b'"}'
     await envelope(await client.post("/api/v1/sessions", data=big, headers=headers("k413")), 413)
-    await envelope(await client.put("/api/v1/sessions", data=SEED_BYTES, headers=headers("k405")), 405)
+    await envelope(
+        await client.put("/api/v1/sessions", data=SEED_BYTES, headers=headers("k405")), 405
+    )
     await envelope(await client.get("/nope"), 404)
 
 

@@ -24,7 +24,8 @@ async def fault(sandbox: Any, **faults: Any) -> None:
     async with aiohttp.ClientSession() as http:
         for provider in ("stripe", "adyen", "paypal"):
             answer = await http.post(
-                str(sandbox.make_url("/sandbox/admin/faults")), json={"provider": provider, **faults}
+                str(sandbox.make_url("/sandbox/admin/faults")),
+                json={"provider": provider, **faults},
             )
             assert answer.status == 200
 
@@ -38,7 +39,8 @@ async def test_replay_returns_the_same_bytes(gateway: GatewayFactory, sandbox: A
     client = await gateway()
     first = await client.post("/api/v1/sessions", data=SEED_BYTES, headers=headers("replay"))
     first_bytes = await first.read()
-    assert first.status == 201 and "Idempotent-Replayed" not in first.headers
+    assert first.status == 201
+    assert "Idempotent-Replayed" not in first.headers
     # same body with other key order and whitespace is the same request
     reordered = b'{"currency":"AUD",' + SEED_BYTES.strip()[1:].replace(b'"currency": "AUD",', b"")
     second = await client.post("/api/v1/sessions", data=reordered, headers=headers("replay"))
@@ -80,7 +82,8 @@ async def test_in_flight_duplicate_gets_409_with_retry_after(
     assert second.status == 409
     assert int(second.headers["Retry-After"]) >= 1
     body = await second.json()
-    assert body["error"] == "Conflict" and "still being processed" in body["details"]
+    assert body["error"] == "Conflict"
+    assert "still being processed" in body["details"]
     assert (await first).status == 201
 
 
@@ -123,9 +126,11 @@ async def test_fifty_simultaneous_identical_requests_make_one_session(
     await fault(sandbox, latencyMs=50)
     statuses, session_ids = await _storm(client, 50, "storm")
     assert len(session_ids) == 1
-    assert statuses[201] >= 1 and statuses[201] + statuses[409] == 50
+    assert statuses[201] >= 1
+    assert statuses[201] + statuses[409] == 50
     assert sum((await sandbox_created(sandbox)).values()) == 1
     # after the dust settles, everyone gets the replay
     await clear_faults(sandbox)
     again, ids = await _storm(client, 10, "storm")
-    assert again == Counter({201: 10}) and ids == session_ids
+    assert again == Counter({201: 10})
+    assert ids == session_ids

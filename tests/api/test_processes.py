@@ -185,5 +185,6 @@ def test_python_dash_m_gateway_has_the_documented_commands() -> None:
     from gateway.settings import Settings
 
     merchant = Authenticator(Settings(_env_file=None, jwt_secret=JWT_SECRET)).verify(token)  # type: ignore[call-arg]
-    assert merchant.merchant_id == "m-9" and merchant.scopes == {"sessions:read"}
+    assert merchant.merchant_id == "m-9"
+    assert merchant.scopes == {"sessions:read"}
     assert Path(ROOT / "routing_rules.yaml").is_file()

@@ -56,21 +56,31 @@ def test_total_mismatch_uses_the_seed_message() -> None:
 
 @pytest.mark.parametrize(
     ("currency", "total", "ok"),
-    [("JPY", "159", True), ("JPY", "159.5", False), ("USD", "1.5", True), ("USD", "1.505", False),
-     ("KWD", "1.505", True), ("KWD", "1.5055", False)],
+    [
+        ("JPY", "159", True),
+        ("JPY", "159.5", False),
+        ("USD", "1.5", True),
+        ("USD", "1.505", False),
+        ("KWD", "1.505", True),
+        ("KWD", "1.5055", False),
+    ],
 )
 def test_decimal_places_follow_the_currency_exponent(currency: str, total: str, ok: bool) -> None:
-    raw = variant(
-        currency=currency,
-        amount={"total": 0},
-        orderItems=[{"name": "x", "quantity": 1, "unitPrice": 0}],
-    ).replace('"total": 0', f'"total": {total}').replace('"unitPrice": 0', f'"unitPrice": {total}')
+    raw = (
+        variant(
+            currency=currency,
+            amount={"total": 0},
+            orderItems=[{"name": "x", "quantity": 1, "unitPrice": 0}],
+        )
+        .replace('"total": 0', f'"total": {total}')
+        .replace('"unitPrice": 0', f'"unitPrice": {total}')
+    )
     if ok:
         assert parse_checkout_request(raw.encode()).amount.total == Decimal(total)
     else:
         found = problems_of(raw)
-        assert f"amount.total: must have no more than" in found[0]
-        assert f"orderItems.0.unitPrice: must have no more than" in found[1]
+        assert "amount.total: must have no more than" in found[0]
+        assert "orderItems.0.unitPrice: must have no more than" in found[1]
 
 
 def test_every_problem_is_listed_with_its_path() -> None:
