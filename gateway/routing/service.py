@@ -1,0 +1,388 @@
+"""The routing service: active rules behind one attribute, hot reload, learning from outcomes.
+
+:class:`Router` is what the rest of the gateway talks to. ``decide`` is synchronous and pure
+over two immutable objects held in attributes (the compiled rules and the stats snapshot); a
+reload or a stats refresh builds a new object and swaps the attribute, so a request in flight
+keeps the objects it started with and never sees half a change.
+
+Background work, started and stopped by :meth:`Router.running` (or ``app.cleanup_ctx``):
+
+- the rules file is polled every ``watch_interval_s``; a valid change swaps in, an invalid one
+  keeps the old rules, logs every problem and sets :attr:`Router.last_reload_error`;
+- the stats snapshot is refreshed from the store every ``refresh_interval_s``.
+
+Outcome writes are fire-and-forget: a slow or failing stats store never delays or fails a
+checkout (failures are counted in :attr:`Router.counters`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from gateway.routing.compiled import CompiledRules, compile_rules
+from gateway.routing.decision import RoutingDecision
+from gateway.routing.engine import decide
+from gateway.routing.features import extract_features
+from gateway.routing.rules import RulesError, load_rules_file, load_rules_text
+from gateway.routing.stats import (
+    MemoryStatsStore,
+    StatsSnapshot,
+    StatsStore,
+    creation_delta,
+    payment_delta,
+    segments_for,
+)
+from gateway.settings import SettingsError
+from providers.base import Capabilities
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.domain.models import CheckoutRequest
+    from gateway.settings import Settings
+    from gateway.store.base import Store
+
+__all__ = ["ReloadResult", "Router", "enabled_providers"]
+
+log = logging.getLogger("gateway.routing")
+_NONE: Mapping[str, str] = MappingProxyType({})
+_MAX_PENDING_WRITES = 1000
+
+
+def enabled_providers(path: str | Path) -> list[str]:
+    """The providers the rules file enables; :class:`SettingsError` when it is invalid."""
+    try:
+        loaded = load_rules_file(path)
+    except RulesError as exc:
+        raise SettingsError(f"the routing rules are invalid:\n{exc}") from None
+    return sorted(name for name, conf in loaded.rules.providers.items() if conf.enabled)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did. ``ok`` False: the file was refused and the old rules still route."""
+
+    ok: bool
+    changed: bool
+    rules_version: str
+    content_hash: str
+    errors: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the reload endpoint."""
+        return {
+            "ok": self.ok,
+            "changed": self.changed,
+            "rulesVersion": self.rules_version,
+            "contentHash": self.content_hash,
+            "errors": list(self.errors),
+        }
+
+
+def _capabilities(adapter: Any) -> Capabilities:
+    if isinstance(adapter, Capabilities):
+        return adapter
+    caps = adapter.capabilities
+    assert isinstance(caps, Capabilities)
+    return caps
+
+
+class Router:
+    """Routes checkouts with the active rules and learns from their outcomes.
+
+    ``adapters`` maps provider name to its adapter (or just its :class:`Capabilities`): the
+    router only ever ranks those; a configured provider without one is excluded with a reason.
+    Construction loads the file and raises :class:`RulesError` when it is invalid.
+    """
+
+    def __init__(
+        self,
+        rules_path: str | Path,
+        adapters: Mapping[str, Any],
+        stats_store: StatsStore | None = None,
+        *,
+        watch_interval_s: float = 2.0,
+        refresh_interval_s: float = 1.5,
+        owns_stats_store: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(rules_path)
+        self._caps = {name: _capabilities(a) for name, a in adapters.items()}
+        self._active: CompiledRules = compile_rules(load_rules_file(self.path), self._caps)
+        self._snapshot = StatsSnapshot()
+        self._stats: StatsStore = stats_store if stats_store is not None else MemoryStatsStore()
+        self._owns_stats = owns_stats_store or stats_store is None
+        self._watch_s = watch_interval_s
+        self._refresh_s = refresh_interval_s
+        self._clock = clock
+        self._reload_lock = asyncio.Lock()
+        self._failed_hash: str | None = None
+        self._file_missing = False
+        self._pending: set[asyncio.Task[None]] = set()
+        self._listeners: list[Callable[[ReloadResult], None]] = []
+        #: hook for metrics: reload_ok, reload_failed, stats_refresh_failed, stats_write_failed,
+        #: stats_write_dropped, outcome_not_counted, decisions
+        self.counters: Counter[str] = Counter()
+        self.loaded_at = clock()
+        self.last_reload_error: str | None = None
+        self.last_reload_at: float | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, adapters: Mapping[str, Any], store: Store | None = None
+    ) -> Router:
+        """The router of a gateway: Redis-shared statistics when the store is Redis."""
+        stats: StatsStore | None = None
+        owns = False
+        if settings.store == "redis":
+            from gateway.routing.stats_redis import RedisStatsStore
+
+            client = getattr(store, "client", None)
+            if client is not None:
+                stats = RedisStatsStore(client, settings.redis_prefix)
+            else:
+                stats, owns = (
+                    RedisStatsStore.from_url(settings.redis_url, settings.redis_prefix),
+                    True,
+                )
+        return cls(
+            settings.rules_path,
+            adapters,
+            stats,
+            watch_interval_s=settings.rules_watch_interval_seconds,
+            owns_stats_store=owns,
+        )
+
+    # -- what the rest of the gateway reads ------------------------------------------------
+    @property
+    def rules(self) -> CompiledRules:
+        """The active compiled rules (read once per use: a reload may swap them)."""
+        return self._active
+
+    @property
+    def rules_version(self) -> str:
+        """``version@hash8`` of the active rules: what every decision names."""
+        return self._active.rules_version
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the active rules file's bytes."""
+        return self._active.content_hash
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        """The current statistics snapshot."""
+        return self._snapshot
+
+    @property
+    def provider_names(self) -> frozenset[str]:
+        """Providers the active rules may route to (enabled, with an adapter)."""
+        return self._active.provider_names
+
+    def status(self) -> dict[str, Any]:
+        """Details for ``/readyz`` and the rules endpoint."""
+        return {
+            "rulesVersion": self.rules_version,
+            "contentHash": self.content_hash,
+            "loadedAt": self.loaded_at,
+            "lastReloadAt": self.last_reload_at,
+            "lastReloadError": self.last_reload_error,
+            "statsAsOf": self._snapshot.as_of or None,
+        }
+
+    def add_reload_listener(self, listener: Callable[[ReloadResult], None]) -> None:
+        """Call ``listener`` after every reload attempt (metrics, audit logs)."""
+        self._listeners.append(listener)
+
+    # -- deciding -------------------------------------------------------------------------
+    def decide(
+        self,
+        request: CheckoutRequest,
+        merchant_id: str,
+        *,
+        unavailable: Mapping[str, str] = _NONE,
+        decision_id: str | None = None,
+    ) -> RoutingDecision:
+        """Rank the providers for ``request``; ``unavailable`` maps provider -> reason."""
+        self.counters["decisions"] += 1
+        return decide(
+            extract_features(request, merchant_id),
+            self._active,
+            self._snapshot,
+            unavailable,
+            decision_id=decision_id or f"rd_{uuid.uuid4().hex}",
+        )
+
+    # -- learning -------------------------------------------------------------------------
+    async def record_creation(
+        self, provider: str, outcome: str, latency_ms: float, request: CheckoutRequest
+    ) -> None:
+        """Count one session-creation attempt (``"created"`` or ``ProviderError.outcome``)."""
+        delta = creation_delta(outcome, latency_ms)
+        if delta is None:
+            self.counters["outcome_not_counted"] += 1
+            return
+        segments = segments_for(provider, request.currency, request.billing_country)
+        self._write(self._stats.add(segments, delta, **self._stamp()))
+
+    async def record_payment(
+        self, provider: str, success: bool, currency: str | None, country: str | None
+    ) -> None:
+        """Count one payment outcome reported by a provider webhook."""
+        segments = segments_for(provider, currency, country)
+        self._write(self._stats.add(segments, payment_delta(success), **self._stamp()))
+
+    def _stamp(self) -> dict[str, float]:
+        return {"now": self._clock(), "half_life_s": self._active.learning.half_life_seconds}
+
+    def _write(self, work: Coroutine[Any, Any, None]) -> None:
+        if len(self._pending) >= _MAX_PENDING_WRITES:
+            work.close()
+            self.counters["stats_write_dropped"] += 1
+            return
+        task = asyncio.create_task(self._guarded_write(work))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _guarded_write(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception:  # a stats failure must never surface in a checkout
+            self.counters["stats_write_failed"] += 1
+            log.warning("routing statistics write failed", exc_info=True)
+
+    async def flush(self) -> None:
+        """Wait for the outcome writes in flight."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def refresh_stats(self) -> StatsSnapshot:
+        """Load the shared counters into a new snapshot (the old one stays on failure)."""
+        rules, now = self._active, self._clock()
+        try:
+            raw = await self._stats.load(
+                providers=sorted(p.name for p in rules.providers),
+                now=now,
+                half_life_s=rules.learning.half_life_seconds,
+            )
+        except Exception:
+            self.counters["stats_refresh_failed"] += 1
+            log.warning("routing statistics refresh failed", exc_info=True)
+            return self._snapshot
+        self._snapshot = StatsSnapshot.of(raw, now)
+        return self._snapshot
+
+    # -- reloading ------------------------------------------------------------------------
+    async def reload(self) -> ReloadResult:
+        """Re-read the rules file; swap it in when valid, keep the old rules when not."""
+        async with self._reload_lock:
+            try:
+                raw = await asyncio.to_thread(self.path.read_bytes)
+            except OSError as exc:
+                return self._refused(
+                    None, [f"{self.path}: cannot read the rules file: {exc.strerror}"]
+                )
+            digest = hashlib.sha256(raw).hexdigest()
+            if digest == self._active.content_hash:
+                result = ReloadResult(True, False, self.rules_version, self.content_hash)
+                self._recover()
+                return result
+            try:
+                compiled = await asyncio.to_thread(self._compile, raw)
+            except RulesError as exc:
+                return self._refused(digest, [p.format(exc.source) for p in exc.problems])
+            previous = self._active.rules_version
+            self._active = compiled
+            self.loaded_at = self.last_reload_at = self._clock()
+            self._recover()
+            self.counters["reload_ok"] += 1
+            log.info(
+                "routing rules reloaded",
+                extra={"previous": previous, "rules_version": compiled.rules_version},
+            )
+            result = ReloadResult(True, True, compiled.rules_version, compiled.content_hash)
+            self._notify(result)
+            return result
+
+    def _compile(self, raw: bytes) -> CompiledRules:
+        return compile_rules(load_rules_text(raw, source=str(self.path)), self._caps)
+
+    def _recover(self) -> None:
+        self.last_reload_error = None
+        self._failed_hash = None
+
+    def _refused(self, digest: str | None, errors: list[str]) -> ReloadResult:
+        self.counters["reload_failed"] += 1
+        self.last_reload_at = self._clock()
+        self.last_reload_error = "\n".join(errors)
+        self._failed_hash = digest
+        for error in errors:
+            log.error("routing rules refused, keeping %s: %s", self.rules_version, error)
+        result = ReloadResult(False, False, self.rules_version, self.content_hash, tuple(errors))
+        self._notify(result)
+        return result
+
+    def _notify(self, result: ReloadResult) -> None:
+        for listener in self._listeners:
+            try:
+                listener(result)
+            except Exception:
+                log.exception("routing reload listener failed")
+
+    async def check_file(self) -> ReloadResult | None:
+        """One watcher step: reload when the file's bytes differ from the active ones."""
+        try:
+            raw = await asyncio.to_thread(self.path.read_bytes)
+        except OSError:
+            if self._file_missing:
+                return None
+            self._file_missing = True  # report a vanished file once, keep routing
+            return await self.reload()
+        self._file_missing = False
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest in (self._active.content_hash, self._failed_hash):
+            return None
+        return await self.reload()
+
+    # -- background -----------------------------------------------------------------------
+    async def _every(self, seconds: float, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except Exception:
+                log.exception("routing background step failed")
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Router]:
+        """Watch the rules file and refresh statistics until the block exits."""
+        await self.refresh_stats()
+        tasks = [
+            asyncio.create_task(self._every(self._watch_s, self.check_file)),
+            asyncio.create_task(self._every(self._refresh_s, self.refresh_stats)),
+        ]
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.flush()
+            if self._owns_stats:
+                await self._stats.close()
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """``app.cleanup_ctx.append(router.cleanup_ctx)``: background work for the app's life."""
+        async with self.running():
+            yield
