@@ -247,7 +247,8 @@ def format_backtest(result: Backtest, source: str, against: str) -> str:
         lines.append(f"{p:<16}{old:>7.1f}%{new:>7.1f}%{new - old:>+8.1f}pp")
     lines += [
         "",
-        f"requests that move: {len(result.shifts)} of {total} ({_pct(len(result.shifts), total):.1f}%)",
+        f"requests that move: {len(result.shifts)} of {total} "
+        f"({_pct(len(result.shifts), total):.1f}%)",
     ]
     for (a, b), n in result.flows():
         lines.append(f"  {a} -> {b}: {n}")
