@@ -25,7 +25,6 @@ __all__ = ["SCOPES", "Authenticator", "Merchant", "require"]
 log = logging.getLogger("gateway.auth")
 
 SCOPES = ("sessions:write", "sessions:read", "routing:read", "routing:admin")
-_MERCHANT_KEY = "gateway.merchant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +33,9 @@ class Merchant:
 
     merchant_id: str
     scopes: frozenset[str]
+
+
+_MERCHANT_KEY: web.RequestKey[Merchant] = web.RequestKey("merchant", Merchant)
 
 
 def _algorithm_for(key: Any) -> str:

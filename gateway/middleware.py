@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -29,9 +30,9 @@ __all__ = ["LOG_CONTEXT", "REQUEST_ID", "error_response", "request_context_middl
 log = logging.getLogger("gateway.access")
 errors_log = logging.getLogger("gateway.errors")
 
-REQUEST_ID = "gateway.request_id"
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 #: handlers put provider / decision id / attempts here for the access log line
-LOG_CONTEXT = "gateway.log_context"
+LOG_CONTEXT: web.RequestKey[dict[str, Any]] = web.RequestKey("log_context", dict)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -91,15 +92,13 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     response.headers["X-Request-ID"] = request_id
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    log.info(
-        "request",
-        extra={
-            "request_id": request_id,
-            "method": request.method,
-            "route": route,
-            "status": response.status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            **request[LOG_CONTEXT],
-        },
-    )
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "method": request.method,
+        "route": route,
+        "status": response.status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+    fields.update(request[LOG_CONTEXT])
+    log.info("request", extra=fields)
     return response

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -197,7 +197,8 @@ class Settings(BaseSettings):
             raise SettingsError(f"provider {name!r} is enabled but {names} is not set")
         if missing:
             defaults = SANDBOX_SECRETS[name]
-            config = ProviderConfig(**{**config.__dict__, **{f: defaults.get(f) for f in missing}})
+            filled: dict[str, Any] = {f: defaults.get(f) for f in missing}
+            config = replace(config, **filled)
         return config
 
     def jwt_key_problem(self) -> str | None:

@@ -113,8 +113,8 @@ async def test_422_idempotency_key_mismatch(gateway: GatewayFactory) -> None:
 
 async def test_422_no_available_provider(gateway: GatewayFactory) -> None:
     client = await gateway()
-    # no provider takes Sudanese pounds by bank debit
-    request = seed(currency="SDG", paymentMethod="sepa_debit", orderReference="ORD-NONE")
+    # PayPal wallets are pinned to PayPal, and PayPal does not take Sudanese pounds
+    request = seed(currency="SDG", paymentMethod="paypal", orderReference="ORD-NONE")
     response = await client.post("/api/v1/sessions", json=request, headers=headers("none"))
     body = await envelope(response, 422)
     assert body["message"] == "No eligible providers found for the given request parameters"
