@@ -99,6 +99,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         "status": response.status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
     }
-    fields.update(request[LOG_CONTEXT])
+    context: dict[str, Any] = request[LOG_CONTEXT]
+    fields.update(context)
     log.info("request", extra=fields)
     return response
