@@ -1,0 +1,150 @@
+"""``/api/v1/routing``: the active rules, a dry-run decision, and a reload on demand.
+
+- ``GET  /api/v1/routing/rules``     (routing:read)  version, content hash, the rules
+- ``POST /api/v1/routing/simulate``  (routing:read)  a session request's full decision; creates
+  nothing, holds no idempotency key, counts no outcome
+- ``POST /api/v1/routing/reload``    (routing:admin) re-read the file now (422 RULES_INVALID
+  when it is refused: the previous rules stay active)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.api.openapi import EXTRA_PATHS
+from gateway.appkeys import ROUTER, SERVICES, SETTINGS
+from gateway.auth import require
+from gateway.domain.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from gateway.domain.models import RequestProblems, parse_checkout_request
+from gateway.routing.service import Router
+
+__all__ = ["setup_routing_routes"]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+async def get_rules(request: web.Request) -> web.Response:
+    """``GET /api/v1/routing/rules``."""
+    await require(request, "routing:read")
+    router: Router = request.app[ROUTER]
+    rules = router.rules  # one read: a reload may swap it
+    return _json(
+        {
+            "version": rules.version,
+            "rulesVersion": rules.rules_version,
+            "contentHash": rules.content_hash,
+            "loadedAt": _iso(router.loaded_at),
+            "lastReloadError": router.last_reload_error,
+            "rules": rules.model.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+    )
+
+
+async def simulate_route(request: web.Request) -> web.Response:
+    """``POST /api/v1/routing/simulate``: the decision a session request would get now."""
+    merchant = await require(request, "routing:read")
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+    raw = await request.read()
+    settings = request.app[SETTINGS]
+    try:
+        checkout = parse_checkout_request(raw, allow_http_localhost=settings.is_sandbox)
+    except RequestProblems as exc:
+        raise BadRequest(exc.problems) from None
+    unavailable: dict[str, str] = {}
+    circuits = getattr(request.app.get(SERVICES), "circuits", None)
+    if circuits is not None:
+        await circuits.refresh()
+        unavailable = dict(circuits.unavailable())
+    router: Router = request.app[ROUTER]
+    decision = router.decide(checkout, merchant.merchant_id, unavailable=unavailable)
+    if not decision.ranked:
+        raise Unprocessable.no_available_provider(decision.exclusion_details())
+    return _json({**decision.explain(), "simulated": True})
+
+
+async def reload_rules(request: web.Request) -> web.Response:
+    """``POST /api/v1/routing/reload``."""
+    await require(request, "routing:admin")
+    router: Router = request.app[ROUTER]
+    result = await router.reload()
+    if not result.ok:
+        raise Unprocessable(
+            "The routing rules file is invalid; the previous rules stay active",
+            code="RULES_INVALID",
+            details=list(result.errors),
+            extra={"rulesVersion": result.rules_version},
+        )
+    return _json(result.as_dict())
+
+
+def setup_routing_routes(app: web.Application) -> None:
+    """Mount the three routing endpoints."""
+    app.router.add_get("/api/v1/routing/rules", get_rules)
+    app.router.add_post("/api/v1/routing/simulate", simulate_route)
+    app.router.add_post("/api/v1/routing/reload", reload_rules)
+
+
+_BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "Error envelope", "content": _ERROR} for c in codes}
+
+
+_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+EXTRA_PATHS.update(
+    {
+        "/api/v1/routing/rules": {
+            "get": {
+                "operationId": "getRoutingRules",
+                "summary": "The active routing rules, their version and content hash",
+                "security": _BEARER,
+                "x-scope": "routing:read",
+                "responses": {"200": {"description": "Active rules", "content": _OBJECT}}
+                | _errors(401, 403),
+            }
+        },
+        "/api/v1/routing/simulate": {
+            "post": {
+                "operationId": "simulateRouting",
+                "summary": "The routing decision a session request would get; creates nothing",
+                "security": _BEARER,
+                "x-scope": "routing:read",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/CheckoutRequest"}
+                        }
+                    },
+                },
+                "responses": {"200": {"description": "The explained decision", "content": _OBJECT}}
+                | _errors(400, 401, 403, 415, 422),
+            }
+        },
+        "/api/v1/routing/reload": {
+            "post": {
+                "operationId": "reloadRoutingRules",
+                "summary": "Re-read the rules file now",
+                "security": _BEARER,
+                "x-scope": "routing:admin",
+                "responses": {"200": {"description": "Reload result", "content": _OBJECT}}
+                | _errors(401, 403, 422),
+            }
+        },
+    }
+)
