@@ -38,8 +38,12 @@ PROVIDER = "stripe"
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    """Stripe's error body, for faults the sandbox injects."""
-    kind = "rate_limit_error" if status == 429 else "api_error"
+    """Stripe's error body, for faults the sandbox injects.
+
+    The pinned spec's error ``type`` enum has no ``rate_limit_error``: a 429 is an
+    ``invalid_request_error`` with code ``rate_limit``.
+    """
+    kind = "invalid_request_error" if status == 429 else "api_error"
     code = "rate_limit" if status == 429 else None
     body: dict[str, Any] = {"type": kind, "message": message}
     if code:
