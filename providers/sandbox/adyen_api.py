@@ -128,7 +128,7 @@ def register(app: web.Application, state: SandboxState) -> None:
         if key is not None:
             record = state.idempotency_get(PROVIDER, key)
             if record is not None:
-                if record.fingerprint != fingerprint or record.body is None:
+                if record.in_flight or record.fingerprint != fingerprint or record.body is None:
                     return _error(422, "request already processed or in progress", "704")
                 return web.Response(
                     status=record.status or 201,
@@ -142,6 +142,14 @@ def register(app: web.Application, state: SandboxState) -> None:
             return _error(422, problem[1], problem[0])
         if body["merchantAccount"] != state.config.secret(PROVIDER, "merchant_account"):
             return _error(403, "Invalid Merchant Account", "901")
+        if key is not None:  # claimed before the work: a concurrent retry meets it in flight
+            state.idempotency_begin(PROVIDER, key, fingerprint)
+        try:
+            await state.processing_delay(PROVIDER)
+        except BaseException:
+            if key is not None:
+                state.idempotency_abandon(PROVIDER, key)
+            raise
         session_id = "CS" + secrets.token_hex(8).upper()
         expires = (
             datetime.fromisoformat(body["expiresAt"])
@@ -177,7 +185,6 @@ def register(app: web.Application, state: SandboxState) -> None:
         raw = orjson.dumps(answer)
         headers = {"Idempotency-Key": key} if key is not None else {}
         if key is not None:
-            state.idempotency_begin(PROVIDER, key, fingerprint)
             state.idempotency_finish(PROVIDER, key, 201, raw, headers)
         return web.Response(status=201, body=raw, content_type="application/json", headers=headers)
 

@@ -165,6 +165,9 @@ def register(app: web.Application, state: SandboxState) -> None:
             ).response()
         fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         record = state.idempotency_get(PROVIDER, key) if key is not None else None
+        if record is not None and record.in_flight:
+            detail = {"issue": "REQUEST_IN_PROGRESS", "description": "Retry shortly."}
+            return _json({**error_body(409), "name": "RESOURCE_CONFLICT", "details": [detail]}, 409)
         if record is not None:
             if record.fingerprint != fingerprint or record.body is None:
                 return PayPalError(
@@ -178,6 +181,14 @@ def register(app: web.Application, state: SandboxState) -> None:
             return_url, cancel_url = check_order(body)
         except PayPalError as exc:
             return exc.response()
+        if key is not None:  # claimed before the work: a concurrent retry meets it in flight
+            state.idempotency_begin(PROVIDER, key, fingerprint)
+        try:
+            await state.processing_delay(PROVIDER)
+        except BaseException:
+            if key is not None:
+                state.idempotency_abandon(PROVIDER, key)
+            raise
         order_id = _paypal_id()
         api = f"{state.public_base(request)}/sandbox/{PROVIDER}"
         action = "payer-action" if "payment_source" in body else "approve"
@@ -217,7 +228,6 @@ def register(app: web.Application, state: SandboxState) -> None:
         prefer = request.headers.get("Prefer", "return=minimal").strip().lower()
         raw = orjson.dumps(order if prefer == "return=representation" else minimal)
         if key is not None:
-            state.idempotency_begin(PROVIDER, key, fingerprint)
             state.idempotency_finish(PROVIDER, key, 201, raw)
         return web.Response(status=201, body=raw, content_type="application/json")
 

@@ -3,6 +3,7 @@ official spec, idempotency, error mapping, metadata limits and notification HMAC
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -156,6 +157,22 @@ async def test_same_key_with_another_body_is_refused(adapter: AdyenAdapter) -> N
     with pytest.raises(ProviderRejected) as caught:
         await adapter.create_session(checkout_input(request_from(data)), timeout=5)
     assert (caught.value.status, caught.value.code) == (422, "704")
+
+
+async def test_a_concurrent_retry_meets_the_request_in_flight(
+    sandbox: StrictSandbox, adapter: AdyenAdapter
+) -> None:
+    await set_fault(sandbox, "adyen", processingMs=200)
+    data = checkout_input(seed_request())
+    first, second = await asyncio.gather(
+        adapter.create_session(data, timeout=5),
+        adapter.create_session(data, timeout=5),
+        return_exceptions=True,
+    )
+    assert not isinstance(first, BaseException)
+    assert isinstance(second, ProviderRejected)
+    assert (second.status, second.code) == (422, "704")
+    assert sandbox.state.sessions_created["adyen"] == 1
 
 
 async def test_long_idempotency_key_becomes_a_stable_64_char_digest(
