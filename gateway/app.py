@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.api.health import setup_health_routes
 from gateway.api.openapi import setup_openapi_routes
+from gateway.api.routing import setup_routing_routes
 from gateway.api.sessions import setup_session_routes
 from gateway.appkeys import ADAPTERS, AUTH, HTTP_CLIENT, ROUTER, SERVICES, SETTINGS, STORE
 from gateway.auth import Authenticator
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     setup_health_routes(app)
     setup_openapi_routes(app)
     setup_session_routes(app)
+    setup_routing_routes(app)
     if settings.is_sandbox and settings.sandbox_embedded:
         from providers.sandbox.app import create_sandbox_app
         from providers.sandbox.state import SandboxConfig

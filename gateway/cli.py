@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from gateway.routing.cli import add_rules_commands
 from gateway.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -200,12 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--gateway-url", default="http://127.0.0.1:8080")
     sandbox.set_defaults(func=cmd_sandbox)
 
-    try:
-        from gateway.routing.cli import add_rules_commands
-    except ImportError:
-        pass
-    else:
-        add_rules_commands(sub)
+    add_rules_commands(sub)
     return parser
 
 
