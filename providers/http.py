@@ -111,6 +111,8 @@ class ProviderHttp:
                 return err.get("code") or err.get("type"), str(err.get("message", ""))
             if "errorCode" in payload:  # Adyen
                 return str(payload["errorCode"]), str(payload.get("message", ""))
+            if isinstance(err, str):  # OAuth2 token endpoints (PayPal /v1/oauth2/token)
+                return err, str(payload.get("error_description", ""))
             if "name" in payload:  # PayPal
                 return str(payload["name"]), str(payload.get("message", ""))
         return None, f"HTTP {result.status}"

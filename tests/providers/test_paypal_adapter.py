@@ -270,7 +270,8 @@ async def test_bad_client_credentials_are_a_rejection(
     config = sandbox.provider_config("paypal", client_secret="wrong")
     with pytest.raises(ProviderRejected) as caught:
         await PayPalAdapter(config, http).create_session(checkout_input(paypal_seed()), timeout=5)
-    assert caught.value.status == 401
+    assert (caught.value.status, caught.value.code) == (401, "invalid_client")
+    assert caught.value.reason == "Client Authentication failed"
     assert sandbox.requests == []
 
 
