@@ -140,7 +140,7 @@ class AdyenAdapter:
         self,
         data: CreateSessionInput,
         *,
-        timeout: float,  # noqa: ASYNC109 - the adapter protocol's signature
+        timeout: float,
     ) -> ProviderSession:
         """Create a hosted checkout session; idempotent through the ``Idempotency-Key`` header."""
         problem = self.eligibility_problem(data.request)
@@ -184,7 +184,7 @@ class AdyenAdapter:
         self,
         reference: str,
         *,
-        timeout: float,  # noqa: ASYNC109 - the adapter protocol's signature
+        timeout: float,
     ) -> None:
         """Adyen hosted sessions cannot be cancelled: always raises FlowNotSupported.
 

@@ -90,7 +90,7 @@ class TokenCache:
             return self._token
         return None
 
-    async def get(self, timeout: float) -> str:  # noqa: ASYNC109 - a per-call budget
+    async def get(self, timeout: float) -> str:
         """A valid access token, fetching one when none is cached (at most one fetch at once)."""
         token = self._current()
         if token is not None:
@@ -115,7 +115,7 @@ class TokenCache:
         if self._token == token:
             self._token = None
 
-    async def _fetch(self, timeout: float) -> str:  # noqa: ASYNC109 - a per-call budget
+    async def _fetch(self, timeout: float) -> str:
         result = await self._http.request(
             "POST",
             self._url,
@@ -196,7 +196,7 @@ class PayPalAdapter:
         url: str,
         body: bytes,
         headers: Mapping[str, str],
-        timeout: float,  # noqa: ASYNC109 - a budget spanning token fetch and retry
+        timeout: float,
     ) -> HttpResult:
         """POST with a bearer token; on a 401 refresh the token once and retry once."""
         deadline = time.monotonic() + timeout
@@ -227,7 +227,7 @@ class PayPalAdapter:
         self,
         data: CreateSessionInput,
         *,
-        timeout: float,  # noqa: ASYNC109 - the adapter protocol's signature
+        timeout: float,
     ) -> ProviderSession:
         """Create an order awaiting the payer's approval; idempotent via ``PayPal-Request-Id``."""
         problem = self.eligibility_problem(data.request)
@@ -262,7 +262,7 @@ class PayPalAdapter:
         self,
         reference: str,
         *,
-        timeout: float,  # noqa: ASYNC109 - the adapter protocol's signature
+        timeout: float,
     ) -> None:
         """PayPal orders cannot be cancelled before approval: always raises FlowNotSupported.
 
