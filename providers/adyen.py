@@ -12,7 +12,6 @@ from __future__ import annotations
 import binascii
 import contextlib
 from collections.abc import Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -38,7 +37,7 @@ from providers.base import (
     WebhookVerificationError,
 )
 from providers.http import ProviderHttp
-from providers.wire import bounded_key
+from providers.wire import bounded_key, json_object, parse_datetime
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -68,15 +67,6 @@ def _metadata(additional: Mapping[str, Any], key: str) -> str | None:
         nested = additional.get("metadata")
         value = nested.get(key) if isinstance(nested, Mapping) else None
     return value if isinstance(value, str) and value else None
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def event_from_item(item: Mapping[str, Any]) -> ProviderEvent:
@@ -114,7 +104,7 @@ def event_from_item(item: Mapping[str, Any]) -> ProviderEvent:
         reference=reference if isinstance(reference, str) and reference else None,
         session_id=_metadata(additional, "gatewaySessionId"),
         status=_STATUS.get((code, success)),
-        occurred_at=_parse_time(item.get("eventDate")),
+        occurred_at=parse_datetime(item.get("eventDate")),
         failure_reason=str(item.get("reason") or "refused") if not success else None,
         extra=extra,
     )
@@ -161,14 +151,7 @@ class AdyenAdapter:
             headers=headers,
             data=orjson.dumps(body),
         )
-        try:
-            payload = result.json()
-        except orjson.JSONDecodeError:
-            payload = None
-        if not isinstance(payload, dict):
-            raise ProviderUnavailable(
-                self.name, "session answer is not a JSON object", result.status
-            )
+        payload = json_object(result, self.name)
         session_id, url = payload.get("id"), payload.get("url")
         if not isinstance(session_id, str) or not isinstance(url, str):
             raise ProviderUnavailable(self.name, "session answer lacks id or url", result.status)
@@ -176,7 +159,7 @@ class AdyenAdapter:
             provider=self.name,
             reference=session_id,
             checkout_url=url,
-            expires_at=_parse_time(payload.get("expiresAt")) or data.expires_at,
+            expires_at=parse_datetime(payload.get("expiresAt")) or data.expires_at,
             raw_status=payload.get("status") if isinstance(payload.get("status"), str) else None,
         )
 

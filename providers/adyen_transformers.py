@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from gateway.domain.money import exponent, scale_of, to_minor
+from gateway.domain.money import exponent, to_minor
+from providers.wire import amount_places
 
 if TYPE_CHECKING:
     from gateway.domain.models import Address, CheckoutRequest
@@ -93,9 +94,7 @@ def amount_problem(request: CheckoutRequest) -> str | None:
     amount with a fraction there would have to be rounded, which the gateway never does.
     """
     places = adyen_exponent(request.currency)
-    amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
-    amounts += [item.unitPrice for item in request.orderItems]
-    if any(scale_of(value) > places for value in amounts):
+    if amount_places(request) > places:
         return f"Adyen accepts {request.currency} amounts with at most {places} decimal places"
     return None
 

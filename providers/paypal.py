@@ -37,7 +37,7 @@ from providers.paypal_transformers import (
     build_order_request,
     event_from_paypal,
 )
-from providers.wire import bounded_key, header
+from providers.wire import bounded_key, header, json_object
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -127,7 +127,7 @@ class TokenCache:
             },
             data=b"grant_type=client_credentials",
         )
-        payload = _json_object(result, self._http.provider)
+        payload = json_object(result, self._http.provider)
         token, expires_in = payload.get("access_token"), payload.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(expires_in, int):
             raise ProviderUnavailable(self._http.provider, "token answer is malformed", 200)
@@ -135,16 +135,6 @@ class TokenCache:
         self._token = token
         self._refresh_at = self._clock() + lifetime - min(300.0, lifetime * 0.1)
         return token
-
-
-def _json_object(result: HttpResult, provider: str) -> dict[str, Any]:
-    try:
-        payload = result.json()
-    except orjson.JSONDecodeError:
-        payload = None
-    if not isinstance(payload, dict):
-        raise ProviderUnavailable(provider, "answer is not a JSON object", result.status)
-    return payload
 
 
 def _checkout_url(payload: Mapping[str, Any]) -> str | None:
@@ -245,7 +235,7 @@ class PayPalAdapter:
             },
             timeout,
         )
-        payload = _json_object(result, self.name)
+        payload = json_object(result, self.name)
         order_id, url = payload.get("id"), _checkout_url(payload)
         if not isinstance(order_id, str) or not order_id or url is None:
             raise ProviderUnavailable(self.name, "order answer lacks id or approval link", 200)
@@ -307,7 +297,7 @@ class PayPalAdapter:
             raise WebhookVerificationError(
                 self.name, f"verification refused: {exc.reason}"
             ) from exc
-        verdict = _json_object(result, self.name).get("verification_status")
+        verdict = json_object(result, self.name).get("verification_status")
         if verdict != "SUCCESS":
             raise WebhookVerificationError(self.name, f"verification_status {verdict!r}")
         return [event_from_paypal(event)]

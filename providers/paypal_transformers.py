@@ -7,13 +7,13 @@ Pure functions only: the adapter, the sandbox emulation and the tests share them
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from gateway.domain.money import exponent, format_major, scale_of
 from gateway.domain.session import SessionStatus
 from providers.base import ProviderEvent
+from providers.wire import amount_places, parse_datetime
 
 if TYPE_CHECKING:
     from gateway.domain.models import Address, CheckoutRequest, Customer
@@ -74,9 +74,7 @@ def amount_problem(request: CheckoutRequest) -> str | None:
     if request.amount.total <= 0:
         return "PayPal needs an amount greater than zero"
     places = paypal_decimals(currency)
-    amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
-    amounts += [item.unitPrice for item in request.orderItems]
-    if any(scale_of(value) > places for value in amounts):
+    if amount_places(request) > places:
         return f"PayPal accepts {currency} amounts with at most {places} decimal places"
     return None
 
@@ -210,15 +208,6 @@ def _status(event_type: str, resource: Mapping[str, Any]) -> SessionStatus | Non
     return None
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
 def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
     """Map one (already verified) PayPal webhook event onto the gateway lifecycle.
 
@@ -256,7 +245,7 @@ def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
         reference=order_id,
         session_id=session_id,
         status=status,
-        occurred_at=_parse_time(event.get("create_time")),
+        occurred_at=parse_datetime(event.get("create_time")),
         failure_reason=reason,
         extra=extra,
     )

@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["bounded_key", "clip", "header"]
+import orjson
+
+from gateway.domain.money import scale_of
+from providers.base import ProviderUnavailable
+
+if TYPE_CHECKING:
+    from gateway.domain.models import CheckoutRequest
+    from providers.http import HttpResult
+
+__all__ = ["amount_places", "bounded_key", "clip", "header", "json_object", "parse_datetime"]
 
 
 def bounded_key(key: str, limit: int) -> str:
@@ -41,3 +52,31 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return candidate
     return None
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp from a provider's JSON, or None when absent or malformed."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def json_object(result: HttpResult, provider: str) -> dict[str, Any]:
+    """A 2xx answer's JSON object; anything else is the provider's fault (unavailable)."""
+    try:
+        payload = result.json()
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise ProviderUnavailable(provider, "answer is not a JSON object", result.status)
+    return payload
+
+
+def amount_places(request: CheckoutRequest) -> int:
+    """The most decimal places any amount of ``request`` has (totals and unit prices)."""
+    amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
+    amounts += [item.unitPrice for item in request.orderItems]
+    return max(scale_of(value) for value in amounts)
