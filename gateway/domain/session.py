@@ -108,6 +108,20 @@ class SessionRecord(_Record):
     expiresAt: datetime
     transitions: list[Transition] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: compare-and-set token: bumped by every lifecycle move (records written before it was
+    #: introduced read as 0)
+    version: int = 0
+    billingCountry: str | None = None
+    sessionType: str = "one_time"
+    savePaymentMethod: bool = False
+    customerReference: str | None = None
+    #: what the provider reported: its customer, the saved payment method (or mandate) and
+    #: the payment itself
+    customerId: str | None = None
+    paymentMethodId: str | None = None
+    paymentId: str | None = None
+    failureReason: str | None = None
+    cancellationReason: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The representation answered by ``GET /api/v1/sessions/{id}``."""
@@ -130,6 +144,15 @@ class SessionRecord(_Record):
             "createdAt": isoformat(self.createdAt),
             "updatedAt": isoformat(self.updatedAt),
             "expiresAt": isoformat(self.expiresAt),
+            "sessionType": self.sessionType,
+            "savePaymentMethod": self.savePaymentMethod,
+            "customerReference": self.customerReference,
+            "customerId": self.customerId,
+            "paymentMethodId": self.paymentMethodId,
+            "paymentId": self.paymentId,
+            "failureReason": self.failureReason,
+            "cancellationReason": self.cancellationReason,
+            "version": self.version,
             "transitions": [
                 {
                     "status": t.status.value,

@@ -7,9 +7,12 @@ did); a claim held by a crashed process expires with its lease.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from gateway.domain.session import SessionRecord
 
@@ -19,7 +22,10 @@ __all__ = [
     "Claim",
     "ClaimKind",
     "IdempotencyStore",
+    "LifecycleStore",
     "OrderGuardStore",
+    "OutboxItem",
+    "OutboxStore",
     "SessionStore",
     "Store",
     "StoreUnavailable",
@@ -100,13 +106,136 @@ class OrderGuardStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One merchant notification waiting in the outbox.
+
+    ``body`` is the exact JSON that is signed and POSTed; the URL and signing secret are looked
+    up at delivery time (never stored). ``lease`` is set on the copies :meth:`OutboxStore.
+    outbox_claim` hands out: only the holder of the current lease can finish the item.
+    """
+
+    id: str
+    merchant_id: str
+    event_type: str
+    body: bytes
+    created_at: float
+    attempts: int = 0
+    last_error: str | None = None
+    lease: str | None = None
+
+    def to_json(self) -> bytes:
+        """The stored form (without the lease)."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "merchant": self.merchant_id,
+            "type": self.event_type,
+            "body": self.body.decode(),
+            "created": self.created_at,
+            "attempts": self.attempts,
+            "error": self.last_error,
+        }
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, lease: str | None = None) -> OutboxItem:
+        data = orjson.loads(raw)
+        return cls(
+            id=data["id"],
+            merchant_id=data["merchant"],
+            event_type=data["type"],
+            body=data["body"].encode(),
+            created_at=float(data["created"]),
+            attempts=int(data["attempts"]),
+            last_error=data.get("error"),
+            lease=lease,
+        )
+
+    def failed(self, error: str) -> OutboxItem:
+        """This item after one more failed delivery."""
+        return replace(self, attempts=self.attempts + 1, last_error=error[:500])
+
+
 class SessionStore(Protocol):
-    async def put_session(self, record: SessionRecord, *, ttl_s: int) -> None:
-        """Insert or overwrite a session."""
+    async def put_session(
+        self,
+        record: SessionRecord,
+        *,
+        ttl_s: int,
+        expires_at: float | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> None:
+        """Insert or overwrite a session; atomically with it, index it for expiry at
+        ``expires_at`` (epoch seconds) when given and enqueue ``outbox`` (due now)."""
         ...
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None when unknown or expired from the store."""
+        ...
+
+
+class LifecycleStore(Protocol):
+    """Moving sessions through their lifecycle from several processes at once."""
+
+    async def update_session(
+        self, record: SessionRecord, *, expected_version: int, outbox: Sequence[OutboxItem] = ()
+    ) -> bool:
+        """Compare-and-set: write ``record`` (keeping the session's TTL) only when the stored
+        one still has ``expected_version``, and enqueue ``outbox`` with it; False otherwise
+        (changed meanwhile, or gone)."""
+        ...
+
+    async def mark_event(self, provider: str, event_id: str, *, ttl_s: int) -> bool:
+        """Remember a provider webhook event; True the first time, False for a duplicate."""
+        ...
+
+    async def forget_event(self, provider: str, event_id: str) -> None:
+        """Drop the marker again (processing failed, the provider's retry must run)."""
+        ...
+
+    async def schedule_expiry(self, session_id: str, at: float) -> None:
+        """(Re-)index a session for the expiry sweeper at ``at`` (epoch seconds)."""
+        ...
+
+    async def drop_expiry(self, session_id: str) -> None:
+        """Remove a session from the expiry index."""
+        ...
+
+    async def claim_expiries(self, *, now: float, lease_s: float, limit: int) -> list[str]:
+        """Up to ``limit`` session ids due at ``now``, each pushed ``lease_s`` into the future
+        so no other sweeper takes it meanwhile (a crashed sweeper's ids come back)."""
+        ...
+
+
+class OutboxStore(Protocol):
+    """The durable notification outbox: at-least-once, leased, with dead letters."""
+
+    async def outbox_add(self, items: Sequence[OutboxItem], *, due: float) -> None:
+        """Enqueue ``items``, due at ``due`` (epoch seconds)."""
+        ...
+
+    async def outbox_claim(self, *, now: float, lease_s: float, limit: int) -> list[OutboxItem]:
+        """Up to ``limit`` due items, each leased for ``lease_s`` (copies carry the lease)."""
+        ...
+
+    async def outbox_done(self, item: OutboxItem) -> bool:
+        """Delivered: remove the item if ``item.lease`` still holds it."""
+        ...
+
+    async def outbox_retry(self, item: OutboxItem, *, due: float) -> bool:
+        """Store ``item`` (its new attempts and error) and make it due at ``due``."""
+        ...
+
+    async def outbox_dead(self, item: OutboxItem, *, at: float, keep: int = 10_000) -> bool:
+        """Move ``item`` to the dead letters (the newest ``keep`` are kept)."""
+        ...
+
+    async def outbox_backlog(self) -> int:
+        """Items waiting or in delivery."""
+        ...
+
+    async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:
+        """The newest dead letters, newest first."""
         ...
 
 
@@ -148,7 +277,15 @@ class CircuitStore(Protocol):
         ...
 
 
-class Store(IdempotencyStore, OrderGuardStore, SessionStore, CircuitStore, Protocol):
+class Store(
+    IdempotencyStore,
+    OrderGuardStore,
+    SessionStore,
+    LifecycleStore,
+    OutboxStore,
+    CircuitStore,
+    Protocol,
+):
     """The whole store surface, opened and closed by the application."""
 
     name: str

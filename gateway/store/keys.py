@@ -10,15 +10,23 @@ share one Redis database without touching each other's keys. Layout::
     {root}circuit:{{provider}}:fails         zset    failure timestamps inside the window
     {root}circuit:{{provider}}:probes        zset    half-open probes handed out
     {root}stats:{provider}                   reserved: routing statistics
-    {root}webhook:{provider}:{event_id}      reserved: webhook de-duplication
-    {root}outbox                             reserved: notification outbox
+    {root}webhook:{provider}:{event_id}      string  processed webhook event marker, ttl_s
+    {root}expiry                             zset    expirable session ids by expiresAt
+    {root}outbox:due                         zset    notification ids by due time (or lease end)
+    {root}outbox:items                       hash    id -> notification JSON (payload, attempts)
+    {root}outbox:leases                      hash    id -> claim token of the worker holding it
+    {root}outbox:dead                        zset    dead-lettered ids by time of death
+    {root}outbox:dead_items                  hash    id -> dead-lettered notification JSON
 
 Every variable part is escaped (``%``, ``:``, ``{``, ``}`` become ``%25``, ``%3A``, ``%7B``,
 ``%7D``), so ``scope="a:b", key="c"`` and ``scope="a", key="b:c"`` can never collide. The
 circuit keys of one provider share a ``{hash tag}`` so a Lua script touching all three stays
 within one Redis Cluster slot.
 
-Every key carries a TTL; :data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
+Every key carries a TTL except the durable queues (``expiry``, ``outbox:*``): their entries are
+removed when handled, and the dead letters are capped in number. A session update enqueues its
+notifications in the same Lua script, so those scripts need the session and the outbox on one
+Redis node (a single primary, with replicas or Sentinel; not Redis Cluster). :data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
 window (memory and Redis stores share it so both forget a circuit at the same moment).
 """
 
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 __all__ = [
     "CIRCUIT",
     "CIRCUIT_IDLE_S",
+    "EXPIRY",
     "IDEMPOTENCY",
     "ORDER",
     "OUTBOX",
@@ -46,6 +55,7 @@ CIRCUIT = "circuit:"
 ROUTING_STATS = "stats:"
 WEBHOOK_DEDUP = "webhook:"
 OUTBOX = "outbox"
+EXPIRY = "expiry"
 
 #: How long a circuit's keys live past the end of its window / open period when nothing
 #: touches them. A half-open circuit nobody probes for this long is forgotten (reads closed).
@@ -109,8 +119,32 @@ class RedisKeys:
         return f"{self.root}{WEBHOOK_DEDUP}{_part(provider)}:{_part(event_id)}"
 
     def outbox(self) -> str:
-        """The notification outbox (reserved)."""
+        """The root of the notification outbox keys."""
         return f"{self.root}{OUTBOX}"
+
+    def outbox_due(self) -> str:
+        """Notification ids scored by when they are due (or when their lease ends)."""
+        return self.outbox() + ":due"
+
+    def outbox_items(self) -> str:
+        """Notification payloads by id."""
+        return self.outbox() + ":items"
+
+    def outbox_leases(self) -> str:
+        """The claim token of each notification a worker is delivering."""
+        return self.outbox() + ":leases"
+
+    def outbox_dead(self) -> str:
+        """Dead-lettered notification ids scored by time of death."""
+        return self.outbox() + ":dead"
+
+    def outbox_dead_items(self) -> str:
+        """Dead-lettered notification payloads by id."""
+        return self.outbox() + ":dead_items"
+
+    def expiry_index(self) -> str:
+        """Expirable session ids scored by ``expiresAt`` (epoch seconds)."""
+        return f"{self.root}{EXPIRY}"
 
     def match_all(self) -> str:
         """A ``SCAN MATCH`` pattern for every key under this root, glob characters escaped."""
