@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import CircuitState, Claim, ClaimKind, StoredResponse
+from gateway.store.base import CircuitState, Claim, ClaimKind, OutboxItem, StoredResponse
 from gateway.store.keys import circuit_ttl_s
 
 __all__ = ["MemoryStore"]
@@ -44,6 +46,10 @@ class _TTLDict:
 
     def pop(self, key: str) -> None:
         self._data.pop(key, None)
+
+    def replace(self, key: str, value: Any) -> None:
+        """Overwrite a live entry, keeping its deadline."""
+        self._data[key].value = value
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -86,6 +92,12 @@ class MemoryStore:
         self._orders = _TTLDict()
         self._sessions = _TTLDict()
         self._circuits = _TTLDict()
+        self._events = _TTLDict()
+        self._expiries: dict[str, float] = {}
+        self._outbox_due: dict[str, float] = {}
+        self._outbox_items: dict[str, OutboxItem] = {}
+        self._outbox_leases: dict[str, str] = {}
+        self._dead: dict[str, tuple[float, OutboxItem]] = {}
 
     async def ping(self) -> None:
         return None
@@ -159,12 +171,111 @@ class MemoryStore:
             self._orders.pop(slot)
 
     # sessions
-    async def put_session(self, record: SessionRecord, *, ttl_s: int) -> None:
+    async def put_session(
+        self,
+        record: SessionRecord,
+        *,
+        ttl_s: int,
+        expires_at: float | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> None:
         self._sessions.set(record.sessionId, record, ttl_s)
+        if expires_at is not None:
+            self._expiries[record.sessionId] = expires_at
+        await self.outbox_add(outbox, due=time.time())
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         record: SessionRecord | None = self._sessions.get(session_id)
         return record
+
+    # lifecycle
+    async def update_session(
+        self, record: SessionRecord, *, expected_version: int, outbox: Sequence[OutboxItem] = ()
+    ) -> bool:
+        current: SessionRecord | None = self._sessions.get(record.sessionId)
+        if current is None or current.version != expected_version:
+            return False
+        self._sessions.replace(record.sessionId, record)
+        await self.outbox_add(outbox, due=time.time())
+        return True
+
+    async def mark_event(self, provider: str, event_id: str, *, ttl_s: int) -> bool:
+        slot = f"{provider}\x00{event_id}"
+        if self._events.get(slot) is not None:
+            return False
+        self._events.set(slot, True, ttl_s)
+        return True
+
+    async def forget_event(self, provider: str, event_id: str) -> None:
+        self._events.pop(f"{provider}\x00{event_id}")
+
+    async def schedule_expiry(self, session_id: str, at: float) -> None:
+        self._expiries[session_id] = at
+
+    async def drop_expiry(self, session_id: str) -> None:
+        self._expiries.pop(session_id, None)
+
+    async def claim_expiries(self, *, now: float, lease_s: float, limit: int) -> list[str]:
+        due = sorted((at, sid) for sid, at in self._expiries.items() if at <= now)[:limit]
+        for _, session_id in due:
+            self._expiries[session_id] = now + lease_s
+        return [session_id for _, session_id in due]
+
+    # outbox
+    async def outbox_add(self, items: Sequence[OutboxItem], *, due: float) -> None:
+        for item in items:
+            self._outbox_items[item.id] = replace(item, lease=None)
+            self._outbox_due[item.id] = due
+
+    async def outbox_claim(self, *, now: float, lease_s: float, limit: int) -> list[OutboxItem]:
+        due = sorted((at, i) for i, at in self._outbox_due.items() if at <= now)[:limit]
+        claimed: list[OutboxItem] = []
+        for _, item_id in due:
+            token = uuid.uuid4().hex
+            self._outbox_due[item_id] = now + lease_s
+            self._outbox_leases[item_id] = token
+            claimed.append(replace(self._outbox_items[item_id], lease=token))
+        return claimed
+
+    def _holds(self, item: OutboxItem) -> bool:
+        return item.lease is not None and self._outbox_leases.get(item.id) == item.lease
+
+    def _remove(self, item_id: str) -> None:
+        self._outbox_due.pop(item_id, None)
+        self._outbox_items.pop(item_id, None)
+        self._outbox_leases.pop(item_id, None)
+
+    async def outbox_done(self, item: OutboxItem) -> bool:
+        if not self._holds(item):
+            return False
+        self._remove(item.id)
+        return True
+
+    async def outbox_retry(self, item: OutboxItem, *, due: float) -> bool:
+        if not self._holds(item):
+            return False
+        self._outbox_items[item.id] = replace(item, lease=None)
+        self._outbox_due[item.id] = due
+        del self._outbox_leases[item.id]
+        return True
+
+    async def outbox_dead(self, item: OutboxItem, *, at: float, keep: int = 10_000) -> bool:
+        if not self._holds(item):
+            return False
+        self._remove(item.id)
+        self._dead[item.id] = (at, replace(item, lease=None))
+        if len(self._dead) > keep:
+            oldest = sorted(self._dead, key=lambda i: self._dead[i][0])
+            for item_id in oldest[: len(self._dead) - keep]:
+                del self._dead[item_id]
+        return True
+
+    async def outbox_backlog(self) -> int:
+        return len(self._outbox_due)
+
+    async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:
+        newest = sorted(self._dead.values(), key=lambda entry: entry[0], reverse=True)
+        return [item for _, item in newest[:limit]]
 
     # circuit breaker
     async def circuit_states(self, providers: list[str], *, now: float) -> dict[str, CircuitState]:

@@ -213,7 +213,8 @@ async def test_flapping_providers_never_make_two_sessions_per_key(
         answer = await client.post(
             "/api/v1/sessions", json=card_order(f"ORD-FLAP-{i}"), headers=headers(key)
         )
-        assert answer.status == 201 and (await answer.json())["sessionId"] == session_of[key]
+        assert answer.status == 201
+        assert (await answer.json())["sessionId"] == session_of[key]
     # per provider, at most one provider session per gateway session (= per key); a call that
     # timed out may have left one at another provider, which the customer never sees
     state = sandbox_state(sandbox)
