@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.api.health import setup_health_routes
+from gateway.api.metrics import setup_metrics_routes
 from gateway.api.openapi import setup_openapi_routes
 from gateway.api.routing import setup_routing_routes
 from gateway.api.sessions import setup_session_routes
 from gateway.appkeys import ADAPTERS, AUTH, HTTP_CLIENT, ROUTER, SERVICES, SETTINGS, STORE
 from gateway.auth import Authenticator
 from gateway.circuit import CircuitBreakers, CircuitPolicy
+from gateway.metrics import configure_merchant_labels
 from gateway.middleware import request_context_middleware
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
@@ -61,6 +63,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     )
     app[SETTINGS] = settings
     app[AUTH] = Authenticator(settings)
+    configure_merchant_labels(m.strip() for m in settings.metrics_merchants.split(",") if m.strip())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         opened = store if store is not None else open_store(settings)
@@ -83,7 +86,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
             ),
         )
         app[SERVICES] = SessionService(settings, opened, router, adapters, circuits)
-        async with router.running():
+        async with router.running(), circuits.running():
             app[ROUTER] = router
             try:
                 yield
@@ -94,6 +97,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
 
     app.cleanup_ctx.append(resources)
     setup_health_routes(app)
+    setup_metrics_routes(app)
     setup_openapi_routes(app)
     setup_session_routes(app)
     setup_routing_routes(app)

@@ -4,15 +4,22 @@ Closed: calls flow; ``threshold`` failures within ``window`` open the circuit. O
 is excluded from routing for ``open_seconds``. Half-open: a few probe requests go through; a
 success closes the circuit, a failure opens it again. Each process reads the shared state at most
 once per ``refresh_seconds``; successes in the closed state cost nothing.
+
+Every state this process learns is published as ``gateway_circuit_state``; while
+:meth:`CircuitBreakers.running` is active the shared state is also re-read every
+``publish_seconds``, so the gauge follows the circuits when no checkout traffic flows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from gateway.metrics import CIRCUIT_STATE, CIRCUIT_STATE_VALUES
 from gateway.store.base import CircuitState, CircuitStore, StoreUnavailable
 
 __all__ = ["CircuitBreakers", "CircuitPolicy"]
@@ -27,6 +34,15 @@ class CircuitPolicy:
     open_seconds: float = 30.0
     half_open_probes: int = 2
     refresh_seconds: float = 1.0
+    publish_seconds: float = 5.0
+
+
+def _gauge_value(state: CircuitState, now: float) -> float:
+    """0 closed, 1 half-open, 2 open; an open circuit past ``open_until`` reads half-open."""
+    name = state.state
+    if name == "open" and state.open_until is not None and state.open_until <= now:
+        name = "half_open"
+    return CIRCUIT_STATE_VALUES.get(name, CIRCUIT_STATE_VALUES["closed"])
 
 
 class CircuitBreakers:
@@ -39,6 +55,31 @@ class CircuitBreakers:
         self._states: dict[str, CircuitState] = {p: CircuitState("closed") for p in providers}
         self._fetched_at = 0.0
         self._refreshing: asyncio.Task[None] | None = None
+        self._publish()
+
+    def _publish(self) -> None:
+        now = time.time()
+        for provider, state in self._states.items():
+            CIRCUIT_STATE.labels(provider).set(_gauge_value(state, now))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CircuitBreakers]:
+        """Re-read (and publish) the shared state every ``publish_seconds`` until exit."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self._policy.publish_seconds)
+                try:
+                    await self.refresh(force=True)
+                except Exception:
+                    log.warning("circuit state refresh failed", exc_info=True)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     @property
     def states(self) -> dict[str, CircuitState]:
@@ -59,6 +100,7 @@ class CircuitBreakers:
         except StoreUnavailable:
             log.warning("circuit states unavailable; keeping the last known states")
         self._fetched_at = time.monotonic()
+        self._publish()
 
     def unavailable(self) -> dict[str, str]:
         """Providers routing must skip, with the reason."""
@@ -88,6 +130,7 @@ class CircuitBreakers:
         state = self._states.get(provider)
         if state is not None and state.state != "closed":
             self._states[provider] = await self._store.circuit_success(provider, now=time.time())
+            self._publish()
 
     async def failure(self, provider: str) -> None:
         policy = self._policy
@@ -101,3 +144,4 @@ class CircuitBreakers:
         if new.state != self._states.get(provider, CircuitState("closed")).state:
             log.warning("circuit for %s is now %s", provider, new.state)
         self._states[provider] = new
+        self._publish()

@@ -58,6 +58,7 @@ __all__ = [
     "PROVIDER_REQUESTS",
     "ROUTING_DECISIONS",
     "ROUTING_DURATION",
+    "ROUTING_RULE_MATCHES",
     "ROUTING_SCORE",
     "RULES_INFO",
     "RULES_LAST_RELOAD",
@@ -138,6 +139,11 @@ ROUTING_DECISIONS = Counter(
     "matched rule ('default' when no rule matched).",
     ["provider", "rule"],
 )
+ROUTING_RULE_MATCHES = Counter(
+    "gateway_routing_rule_matches_total",
+    "Routing decisions in which a rule matched, by rule id (a decision can match several).",
+    ["rule"],
+)
 ROUTING_DURATION = Histogram(
     "gateway_routing_decision_duration_seconds",
     "Time the routing engine takes to rank the providers for one request.",
@@ -151,7 +157,8 @@ ROUTING_SCORE = Histogram(
 )
 RULES_RELOADS = Counter(
     "gateway_rules_reloads_total",
-    "Routing rules (re)loads by outcome: success, error (file invalid, old rules kept).",
+    "Routing rules reloads by outcome: success (new rules active), unchanged (same bytes), "
+    "error (file unreadable or invalid; the old rules keep routing).",
     ["outcome"],
 )
 RULES_INFO = Gauge(

@@ -23,6 +23,7 @@ from gateway.domain.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from gateway.metrics import HTTP_DURATION, HTTP_REQUESTS
 from gateway.store.base import StoreUnavailable
 
 __all__ = ["LOG_CONTEXT", "REQUEST_ID", "error_response", "request_context_middleware"]
@@ -34,6 +35,8 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 #: handlers put provider / decision id / attempts here for the access log line
 LOG_CONTEXT: web.RequestKey[dict[str, Any]] = web.RequestKey("log_context", dict)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+#: methods kept as metric label values; anything else is counted as "OTHER"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,12 +95,16 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     response.headers["X-Request-ID"] = request_id
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
+    elapsed = time.perf_counter() - started
+    method = request.method if request.method in _METHODS else "OTHER"
+    HTTP_REQUESTS.labels(route, method, str(response.status)).inc()
+    HTTP_DURATION.labels(route, method).observe(elapsed)
     fields: dict[str, Any] = {
         "request_id": request_id,
-        "method": request.method,
+        "method": method,
         "route": route,
         "status": response.status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "duration_ms": round(elapsed * 1000, 3),
     }
     context: dict[str, Any] = request[LOG_CONTEXT]
     fields.update(context)

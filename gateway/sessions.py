@@ -40,6 +40,13 @@ from gateway.domain.session import (
     utcnow,
 )
 from gateway.idempotency import derived_provider_key, fingerprint, session_id_for
+from gateway.metrics import (
+    FAILOVERS,
+    IDEMPOTENCY,
+    SESSION_CREATE_OVERHEAD,
+    SESSIONS_CREATED,
+    merchant_label,
+)
 from gateway.routing.decision import RoutingDecision
 from gateway.settings import Settings
 from gateway.store.base import ClaimKind, Store, StoredResponse, StoreUnavailable
@@ -81,6 +88,8 @@ class CreateOutcome:
     provider: str | None = None
     decision_id: str | None = None
     attempts: int = 0
+    #: seconds spent waiting on providers (the rest of a create is the gateway's own time)
+    provider_wait_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -88,6 +97,7 @@ class _Attempts:
     made: list[Attempt] = field(default_factory=list)
     rejected: ProviderRejected | None = None
     timed_out: bool = False
+    waited_s: float = 0.0
 
 
 class SessionService:
@@ -117,25 +127,32 @@ class SessionService:
         request_id: str,
     ) -> CreateOutcome:
         """Create a session, or replay / refuse per the idempotency rules."""
+        started = time.perf_counter()
         scope = merchant.merchant_id
         token = session_id_for(scope, idempotency_key) + ":" + request_id
         claim = await self.store.claim(
             scope, idempotency_key, fingerprint(request), token=token, lease_ms=self._lease_ms
         )
         if claim.kind is ClaimKind.REPLAY:
+            IDEMPOTENCY.labels("replay").inc()
             assert claim.response is not None
             stored = claim.response
             return CreateOutcome(stored.status, stored.body, stored.location, replayed=True)
         if claim.kind is ClaimKind.MISMATCH:
+            IDEMPOTENCY.labels("mismatch").inc()
             raise Unprocessable.idempotency_mismatch()
         if claim.kind is ClaimKind.IN_FLIGHT:
+            IDEMPOTENCY.labels("in_flight").inc()
             retry = max(1, math.ceil((claim.retry_after_ms or 1000) / 1000))
             raise Conflict(
                 details="A request with this Idempotency-Key is still being processed",
                 headers={"Retry-After": str(retry)},
             )
+        IDEMPOTENCY.labels("new").inc()
         try:
-            outcome = await self._create_claimed(merchant, idempotency_key, request, token)
+            outcome = await self._create_claimed(
+                merchant, idempotency_key, request, token, request_id
+            )
         except BaseException:
             await self._release_quietly(scope, idempotency_key, token)
             raise
@@ -144,6 +161,9 @@ class SessionService:
             scope, idempotency_key, token, stored, ttl_s=self.settings.idempotency_ttl_seconds
         ):
             log.error("idempotency lease lost before completion", extra={"merchant": scope})
+        SESSION_CREATE_OVERHEAD.observe(
+            max(0.0, time.perf_counter() - started - outcome.provider_wait_s)
+        )
         return outcome
 
     async def _release_quietly(self, scope: str, key: str, token: str) -> None:
@@ -153,14 +173,21 @@ class SessionService:
             log.warning("could not release an idempotency claim; its lease will expire")
 
     async def _create_claimed(
-        self, merchant: Merchant, idempotency_key: str, request: CheckoutRequest, token: str
+        self,
+        merchant: Merchant,
+        idempotency_key: str,
+        request: CheckoutRequest,
+        token: str,
+        request_id: str,
     ) -> CreateOutcome:
         scope = merchant.merchant_id
         guard = self.settings.order_reference_guard
         if guard:
             await self._reserve_order(scope, request.orderReference, token)
         try:
-            outcome = await self._route_and_create(merchant, idempotency_key, request, token)
+            outcome = await self._route_and_create(
+                merchant, idempotency_key, request, token, request_id
+            )
         except BaseException:
             if guard:
                 await self._release_order_quietly(scope, request.orderReference, token)
@@ -201,7 +228,12 @@ class SessionService:
             )
 
     async def _route_and_create(
-        self, merchant: Merchant, idempotency_key: str, request: CheckoutRequest, token: str
+        self,
+        merchant: Merchant,
+        idempotency_key: str,
+        request: CheckoutRequest,
+        token: str,
+        request_id: str,
     ) -> CreateOutcome:
         settings = self.settings
         started = time.monotonic()
@@ -225,6 +257,9 @@ class SessionService:
                 break
             provider = candidate.provider
             adapter = self.adapters[provider]
+            if tries.made:  # the previous candidate produced no session: fail over
+                failed = tries.made[-1]
+                FAILOVERS.labels(failed.provider, provider, failed.outcome).inc()
             if not await self.circuits.admit(provider):
                 tries.made.append(
                     Attempt(provider=provider, outcome="circuit_open", durationMs=0.0)
@@ -238,6 +273,7 @@ class SessionService:
                 ),
                 request=request,
                 expires_at=expires_at,
+                request_id=request_id,
             )
             result = await self._attempt(
                 adapter, data, min(settings.provider_timeout_seconds, remaining), tries, request
@@ -272,6 +308,7 @@ class SessionService:
         try:
             result = await adapter.create_session(data, timeout=timeout)
         except ProviderError as exc:
+            tries.waited_s += time.perf_counter() - began
             elapsed = (time.perf_counter() - began) * 1000
             tries.made.append(
                 Attempt(
@@ -293,6 +330,7 @@ class SessionService:
                 "provider attempt failed", extra={"provider": provider, "outcome": exc.outcome}
             )
             return None
+        tries.waited_s += time.perf_counter() - began
         elapsed = (time.perf_counter() - began) * 1000
         tries.made.append(
             Attempt(provider=provider, outcome="created", durationMs=round(elapsed, 2))
@@ -343,6 +381,9 @@ class SessionService:
             transitions=[Transition(status=SessionStatus.PENDING, at=created_at, source="gateway")],
         )
         await self.store.put_session(record, ttl_s=self.settings.session_retention_seconds)
+        SESSIONS_CREATED.labels(
+            result.provider, request.currency, merchant_label(merchant.merchant_id)
+        ).inc()
         if self.settings.order_reference_guard:
             await self.store.bind_order(
                 merchant.merchant_id,
@@ -366,6 +407,7 @@ class SessionService:
             provider=result.provider,
             decision_id=decision.decision_id,
             attempts=len(tries.made),
+            provider_wait_s=tries.waited_s,
         )
 
     @staticmethod

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64)
     log_level: str = "INFO"
+    metrics_merchants: str = Field(
+        "",
+        description="Comma-separated merchant ids that may appear as a metric label "
+        "(every other merchant is counted as 'other')",
+    )
 
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -150,6 +150,8 @@ class AdyenAdapter:
             timeout=timeout,
             headers=headers,
             data=orjson.dumps(body),
+            operation="create_session",
+            request_id=data.request_id,
         )
         payload = json_object(result, self.name)
         session_id, url = payload.get("id"), payload.get("url")

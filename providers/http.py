@@ -4,6 +4,7 @@ onto the :mod:`providers.base` error tree."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.metrics import PROVIDER_DURATION, PROVIDER_REQUESTS
 from providers.base import (
+    ProviderError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
@@ -51,10 +54,27 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def _outcome(exc: ProviderError | None) -> str:
+    """The ``outcome`` label of ``gateway_provider_requests_total`` for a call's result."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ProviderTimeout):
+        return "timeout"
+    if isinstance(exc, ProviderRateLimited):
+        return "rate_limited"
+    if isinstance(exc, ProviderRejected):
+        return "rejected"
+    if isinstance(exc, ProviderUnavailable) and exc.status is not None:
+        return "server_error"
+    return "connection_error"
+
+
 class ProviderHttp:
     """Sends one request for an adapter and maps every failure exactly once.
 
-    2xx returns an :class:`HttpResult`; everything else raises a ``ProviderError``.
+    2xx returns an :class:`HttpResult`; everything else raises a ``ProviderError``. Every call
+    is counted and timed per provider and ``operation`` (a fixed name such as
+    ``create_session``, never a URL); ``request_id`` goes out as ``X-Request-ID``.
     """
 
     def __init__(self, provider: str, session: aiohttp.ClientSession) -> None:
@@ -70,6 +90,31 @@ class ProviderHttp:
         headers: Mapping[str, str] | None = None,
         data: bytes | str | None = None,
         expected: tuple[int, ...] = (200, 201),
+        operation: str = "other",
+        request_id: str | None = None,
+    ) -> HttpResult:
+        if request_id:
+            headers = {**(headers or {}), "X-Request-ID": request_id}
+        started = time.perf_counter()
+        failure: ProviderError | None = None
+        try:
+            return self.check(await self._send(method, url, timeout, headers, data), expected)
+        except ProviderError as exc:
+            failure = exc
+            raise
+        finally:
+            PROVIDER_DURATION.labels(self.provider, operation).observe(
+                time.perf_counter() - started
+            )
+            PROVIDER_REQUESTS.labels(self.provider, operation, _outcome(failure)).inc()
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+        data: bytes | str | None,
     ) -> HttpResult:
         try:
             async with asyncio.timeout(timeout):
@@ -77,14 +122,13 @@ class ProviderHttp:
                     method, url, headers=headers, data=data, allow_redirects=False
                 ) as response:
                     body = await response.read()
-                    result = HttpResult(response.status, body, response.headers)
+                    return HttpResult(response.status, body, response.headers)
         except TimeoutError:
             raise ProviderTimeout(self.provider, f"no answer within {timeout:.3g}s") from None
         except aiohttp.ClientError as exc:
             raise ProviderUnavailable(
                 self.provider, f"connection failed: {type(exc).__name__}"
             ) from exc
-        return self.check(result, expected)
 
     def check(self, result: HttpResult, expected: tuple[int, ...]) -> HttpResult:
         status = result.status

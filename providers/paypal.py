@@ -126,6 +126,7 @@ class TokenCache:
                 "Accept": "application/json",
             },
             data=b"grant_type=client_credentials",
+            operation="access_token",
         )
         payload = json_object(result, self._http.provider)
         token, expires_in = payload.get("access_token"), payload.get("expires_in")
@@ -187,6 +188,9 @@ class PayPalAdapter:
         body: bytes,
         headers: Mapping[str, str],
         timeout: float,
+        *,
+        operation: str,
+        request_id: str | None = None,
     ) -> HttpResult:
         """POST with a bearer token; on a 401 refresh the token once and retry once."""
         deadline = time.monotonic() + timeout
@@ -206,6 +210,8 @@ class PayPalAdapter:
                     timeout=remaining(),
                     headers={**headers, "Authorization": f"Bearer {token}"},
                     data=body,
+                    operation=operation,
+                    request_id=request_id,
                 )
             except ProviderRejected as exc:
                 if exc.status != 401 or attempt == 2:
@@ -234,6 +240,8 @@ class PayPalAdapter:
                 "Prefer": "return=representation",
             },
             timeout,
+            operation="create_session",
+            request_id=data.request_id,
         )
         payload = json_object(result, self.name)
         order_id, url = payload.get("id"), _checkout_url(payload)
@@ -292,6 +300,7 @@ class PayPalAdapter:
                 body,
                 {"Content-Type": "application/json"},
                 self.verify_timeout,
+                operation="verify_webhook",
             )
         except ProviderRejected as exc:
             raise WebhookVerificationError(

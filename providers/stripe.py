@@ -227,6 +227,8 @@ class StripeAdapter:
             timeout=timeout,
             headers=self._headers(data.idempotency_key),
             data=encode_form(params),
+            operation="create_session",
+            request_id=data.request_id,
         )
         payload = self._object(result.body, result.status)
         session_id, url = payload.get("id"), payload.get("url")
@@ -257,6 +259,7 @@ class StripeAdapter:
             timeout=timeout,
             headers=self._headers(f"expire:{reference}"),
             data="",
+            operation="cancel_session",
         )
 
     async def parse_webhook(

@@ -69,7 +69,7 @@ async def simulate_route(request: web.Request) -> web.Response:
         await circuits.refresh()
         unavailable = dict(circuits.unavailable())
     router: Router = request.app[ROUTER]
-    decision = router.decide(checkout, merchant.merchant_id, unavailable=unavailable)
+    decision = router.decide(checkout, merchant.merchant_id, unavailable=unavailable, dry_run=True)
     if not decision.ranked:
         raise Unprocessable.no_available_provider(decision.exclusion_details())
     return _json({**decision.explain(), "simulated": True})

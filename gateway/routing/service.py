@@ -30,6 +30,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from gateway.metrics import (
+    ROUTING_DECISIONS,
+    ROUTING_DURATION,
+    ROUTING_RULE_MATCHES,
+    ROUTING_SCORE,
+    RULES_INFO,
+    RULES_LAST_RELOAD,
+    RULES_RELOADS,
+)
 from gateway.routing.compiled import CompiledRules, compile_rules
 from gateway.routing.decision import RoutingDecision
 from gateway.routing.engine import decide
@@ -98,6 +107,24 @@ def _capabilities(adapter: Any) -> Capabilities:
     return caps
 
 
+def _observe_decision(decision: RoutingDecision) -> None:
+    ranked = decision.ranked
+    rule = decision.matched_rules[0] if decision.matched_rules else "default"
+    ROUTING_DECISIONS.labels(ranked[0].provider if ranked else "none", rule).inc()
+    for matched in decision.matched_rules:
+        ROUTING_RULE_MATCHES.labels(matched).inc()
+    for rank, candidate in enumerate(ranked, 1):
+        ROUTING_SCORE.labels(candidate.provider, str(rank)).observe(candidate.score)
+
+
+def _publish_rules(previous: CompiledRules | None, active: CompiledRules) -> None:
+    """``gateway_rules_info``: 1 for the active version, 0 for the one it replaced."""
+    if previous is not None:
+        RULES_INFO.labels(previous.version, previous.content_hash[:12]).set(0)
+    RULES_INFO.labels(active.version, active.content_hash[:12]).set(1)
+    RULES_LAST_RELOAD.set_to_current_time()
+
+
 class Router:
     """Routes checkouts with the active rules and learns from their outcomes.
 
@@ -137,6 +164,7 @@ class Router:
         self.loaded_at = clock()
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
+        _publish_rules(None, self._active)
 
     @classmethod
     def from_settings(
@@ -213,16 +241,25 @@ class Router:
         *,
         unavailable: Mapping[str, str] = _NONE,
         decision_id: str | None = None,
+        dry_run: bool = False,
     ) -> RoutingDecision:
-        """Rank the providers for ``request``; ``unavailable`` maps provider -> reason."""
-        self.counters["decisions"] += 1
-        return decide(
+        """Rank the providers for ``request``; ``unavailable`` maps provider -> reason.
+
+        A ``dry_run`` (the simulate endpoint) is left out of the decision metrics.
+        """
+        started = time.perf_counter()
+        decision = decide(
             extract_features(request, merchant_id),
             self._active,
             self._snapshot,
             unavailable,
             decision_id=decision_id or f"rd_{uuid.uuid4().hex}",
         )
+        if not dry_run:
+            self.counters["decisions"] += 1
+            ROUTING_DURATION.observe(time.perf_counter() - started)
+            _observe_decision(decision)
+        return decision
 
     # -- learning -------------------------------------------------------------------------
     async def record_creation(
@@ -297,16 +334,19 @@ class Router:
             if digest == self._active.content_hash:
                 result = ReloadResult(True, False, self.rules_version, self.content_hash)
                 self._recover()
+                RULES_RELOADS.labels("unchanged").inc()
                 return result
             try:
                 compiled = await asyncio.to_thread(self._compile, raw)
             except RulesError as exc:
                 return self._refused(digest, [p.format(exc.source) for p in exc.problems])
             previous = self._active.rules_version
+            _publish_rules(self._active, compiled)
             self._active = compiled
             self.loaded_at = self.last_reload_at = self._clock()
             self._recover()
             self.counters["reload_ok"] += 1
+            RULES_RELOADS.labels("success").inc()
             log.info(
                 "routing rules reloaded",
                 extra={"previous": previous, "rules_version": compiled.rules_version},
@@ -324,6 +364,7 @@ class Router:
 
     def _refused(self, digest: str | None, errors: list[str]) -> ReloadResult:
         self.counters["reload_failed"] += 1
+        RULES_RELOADS.labels("error").inc()
         self.last_reload_at = self._clock()
         self.last_reload_error = "\n".join(errors)
         self._failed_hash = digest
