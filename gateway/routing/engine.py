@@ -101,29 +101,31 @@ def _score(
 
 
 def _split_target(rule: CompiledRule, f: Features, eligible: set[str]) -> tuple[str | None, int]:
+    """The split's provider for this order; an ineligible draw is re-shared proportionally."""
     assert rule.split is not None
     bucket = int(stable_unit("split:" + rule.id, f) * _BUCKETS)
+    lower, position = 0, 0.0
     for provider, upper in rule.split:
         if bucket < upper:
             if provider in eligible:
                 return provider, bucket
+            position = (bucket - lower) / (upper - lower)  # where in the drawn share it fell
             break
-    # the drawn provider cannot take it: share its part among the eligible ones, still stable
+        lower = upper
     shares: list[tuple[str, int]] = []
     lower = 0
     for provider, upper in rule.split:
         if provider in eligible:
             shares.append((provider, upper - lower))
         lower = upper
-    total = sum(s for _, s in shares)
-    if total == 0:
+    if not shares:
         return None, bucket
-    point = bucket * total // _BUCKETS
+    point = position * sum(share for _, share in shares)
     for provider, share in shares:
         if point < share:
             return provider, bucket
         point -= share
-    return shares[-1][0], bucket  # pragma: no cover - point < total always
+    return shares[-1][0], bucket
 
 
 def _place(

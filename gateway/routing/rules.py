@@ -312,6 +312,8 @@ def _problem(error: Any, marks: dict[Path, int]) -> RulesProblem:
     if error["type"] == "extra_forbidden":
         message = f"unknown key {loc[-1]!r}"
         path = loc
+    elif loc == ("schema_version",) and error["type"] == "literal_error":
+        message = f"unsupported schema_version {error['input']!r}: this gateway reads version 1"
     elif error["type"] == "missing":
         message = f"missing required key {loc[-1]!r}"
     return RulesProblem(message, line, readable_path(path))
