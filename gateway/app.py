@@ -21,6 +21,7 @@ from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
 from gateway.settings import Settings, SettingsError
 from gateway.store.base import Store
+from gateway.store.timing import instrument_store
 from providers.base import ProviderAdapter
 from providers.http import new_client_session
 from providers.registry import build_adapter
@@ -66,7 +67,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     configure_merchant_labels(m.strip() for m in settings.metrics_merchants.split(",") if m.strip())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        opened = store if store is not None else open_store(settings)
+        opened = instrument_store(store if store is not None else open_store(settings))
         http = new_client_session()
         app[STORE] = opened
         app[HTTP_CLIENT] = http

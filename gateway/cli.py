@@ -6,9 +6,12 @@ import argparse
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.routing.cli import add_rules_commands
 from gateway.settings import Settings, SettingsError
@@ -108,7 +111,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _serve_many(settings, overrides)
 
 
+def _metrics_dir() -> tuple[str, bool]:
+    """The prometheus-client multiprocess directory for the workers, and whether it is ours.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when set (emptied of a previous run's files, which would
+    otherwise be summed in), else a fresh temporary directory removed when serving ends.
+    """
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return configured, False
+    return tempfile.mkdtemp(prefix="gateway-metrics-"), True
+
+
 def _serve_many(settings: Settings, overrides: dict[str, object]) -> int:
+    # set before the workers start: prometheus_client picks its value class at import time
+    metrics_dir, owned = _metrics_dir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _run_workers(settings, overrides)
+    finally:
+        if owned:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_workers(settings: Settings, overrides: dict[str, object]) -> int:
+    from prometheus_client import multiprocess
+
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(target=_worker, args=(overrides,), name=f"gateway-worker-{i}")
@@ -126,6 +158,8 @@ def _serve_many(settings: Settings, overrides: dict[str, object]) -> int:
     signal.signal(signal.SIGINT, forward)
     for child in children:
         child.join()
+        if child.pid is not None:
+            multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
     return max((child.exitcode or 0) for child in children)
 
 
