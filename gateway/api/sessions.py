@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.appkeys import SERVICES, SETTINGS
 from gateway.auth import require
-from gateway.domain.errors import BadRequest, NotFound, UnsupportedMediaType
+from gateway.domain.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
 from gateway.domain.models import RequestProblems, parse_checkout_request
 from gateway.idempotency import validate_idempotency_key
 from gateway.middleware import LOG_CONTEXT, REQUEST_ID
@@ -33,7 +33,15 @@ async def create_session(request: web.Request) -> web.Response:
     except RequestProblems as exc:
         raise BadRequest(exc.problems) from None
     service: SessionService = request.app[SERVICES]
-    outcome = await service.create(merchant, key, checkout, request_id=request[REQUEST_ID])
+    try:
+        outcome = await service.create(merchant, key, checkout, request_id=request[REQUEST_ID])
+    except ApiError as exc:  # 502/504 name the decision and its attempts: log them too
+        details = exc.details if isinstance(exc.details, dict) else {}
+        if isinstance(details.get("decisionId"), str):
+            context["decision_id"] = details["decisionId"]
+        if isinstance(details.get("attempts"), list):
+            context["attempts"] = len(details["attempts"])
+        raise
     response = web.Response(
         status=outcome.status, body=outcome.body, content_type="application/json"
     )
