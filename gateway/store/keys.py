@@ -26,7 +26,9 @@ within one Redis Cluster slot.
 Every key carries a TTL except the durable queues (``expiry``, ``outbox:*``): their entries are
 removed when handled, and the dead letters are capped in number. A session update enqueues its
 notifications in the same Lua script, so those scripts need the session and the outbox on one
-Redis node (a single primary, with replicas or Sentinel; not Redis Cluster). :data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
+Redis node (a single primary, with replicas or Sentinel; not Redis Cluster).
+
+:data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
 window (memory and Redis stores share it so both forget a circuit at the same moment).
 """
 

@@ -12,16 +12,12 @@ Idempotency-Key is safe because every claim is leased.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
@@ -32,6 +28,8 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.keys import RedisKeys, circuit_ttl_s
+from gateway.store.redis_lifecycle import RedisLifecycle
+from gateway.store.redis_support import _mapped, _ms, _text
 
 __all__ = ["RedisStore"]
 
@@ -141,31 +139,13 @@ return 1
 """
 
 
-@contextmanager
-def _mapped(operation: str) -> Iterator[None]:
-    """Map every lower-layer failure of ``operation`` to :class:`StoreUnavailable`, once."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"redis {operation} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _ms(seconds: float) -> int:
-    """A positive whole number of milliseconds covering ``seconds``."""
-    return max(1, math.ceil(seconds * 1000))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _circuit(reply: list[Any]) -> CircuitState:
     state, failures, open_until = reply
     until = float(_text(open_until)) if open_until is not None else None
     return CircuitState(_text(state), int(failures), until)
 
 
-class RedisStore:
+class RedisStore(RedisLifecycle):
     """The :class:`~gateway.store.base.Store` on Redis (``redis.asyncio`` with hiredis).
 
     ``url`` is a redis URL (``redis://host:port/db``, ``rediss://`` for TLS); ``prefix`` is the
@@ -210,6 +190,7 @@ class RedisStore:
         self._circuit_failure = client.register_script(_CIRCUIT_FAILURE)
         self._circuit_success = client.register_script(_CIRCUIT_SUCCESS)
         self._circuit_probe = client.register_script(_CIRCUIT_PROBE)
+        self._register_lifecycle_scripts(client)
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless Redis answers."""
@@ -299,12 +280,6 @@ class RedisStore:
             )
 
     # sessions
-    async def put_session(self, record: SessionRecord, *, ttl_s: int) -> None:
-        """Insert or overwrite a session for ``ttl_s`` seconds."""
-        payload = record.model_dump_json().encode()
-        with _mapped("put_session"):
-            await self.client.set(self.keys.session(record.sessionId), payload, px=_ms(ttl_s))
-
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None when unknown or expired."""
         with _mapped("get_session"):

@@ -212,7 +212,7 @@ async def test_hot_path_is_one_round_trip_each(
     await store.claim("m", "hot", "fp", token="t2", lease_ms=5_000)
     await store.put_session(make_session(), ttl_s=60)
     await store.get_session("s_1")
-    assert commands == ["EVALSHA", "EVALSHA", "EVALSHA", "SET", "GET"]
+    assert commands == ["EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA", "GET"]
 
 
 async def test_pool_is_sized_bounded_and_uses_hiredis(store_factory: Any) -> None:

@@ -1,0 +1,294 @@
+"""The session-lifecycle half of :class:`gateway.store.redis.RedisStore`: compare-and-set
+session updates, webhook event markers, the expiry index and the notification outbox.
+
+Every multi-key operation is one Lua script, so it is atomic across gateway processes. A
+session write and the notifications it causes are enqueued by the same script: a crash can
+never keep the one without the other. Key layout: :mod:`gateway.store.keys`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from gateway.domain.session import SessionRecord
+from gateway.store.base import OutboxItem, StoreUnavailable
+from gateway.store.keys import RedisKeys
+from gateway.store.redis_support import _mapped, _ms, _text
+
+__all__ = ["RedisLifecycle"]
+
+# Enqueue (shared tail of the session scripts). Outbox keys at KEYS[o], KEYS[o+1] (due, items);
+# ARGV from a: due, then id/json pairs.
+_ENQUEUE = """
+local function enqueue(o, a)
+  for i = a + 1, #ARGV, 2 do
+    redis.call('HSET', KEYS[o + 1], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[o], ARGV[a], ARGV[i])
+  end
+end
+"""
+
+# KEYS session, expiry index, outbox due, outbox items; ARGV payload, ttl_ms, expiry_at ('' for
+# none), session id, due, id/json pairs
+_PUT_SESSION = (
+    _ENQUEUE
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
+enqueue(3, 5)
+return 1
+"""
+)
+
+# Compare-and-set on the record's ``version``. KEYS session, outbox due, outbox items;
+# ARGV expected version, payload, due, id/json pairs
+_UPDATE_SESSION = (
+    _ENQUEUE
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local version = cjson.decode(current)['version'] or 0
+if tonumber(version) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+enqueue(2, 3)
+return 1
+"""
+)
+
+# KEYS zset; ARGV now, lease_until, limit. Due members, each pushed to lease_until.
+_CLAIM_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+# KEYS due, items, leases; ARGV now, lease_until, limit, token prefix.
+# Returns id, json, token triples.
+_OUTBOX_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local out = {}
+for i, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if body then
+    local token = ARGV[4] .. i
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    redis.call('HSET', KEYS[3], id, token)
+    table.insert(out, id)
+    table.insert(out, body)
+    table.insert(out, token)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# KEYS due, items, leases, dead, dead_items; ARGV id, token, action ('done'|'retry'|'dead'),
+# json, score, keep
+_OUTBOX_FINISH = """
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[1])
+if ARGV[3] == 'retry' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
+  return 1
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[3] == 'dead' then
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[6])
+  if extra > 0 then
+    local old = redis.call('ZRANGE', KEYS[4], 0, extra - 1)
+    redis.call('ZREM', KEYS[4], unpack(old))
+    redis.call('HDEL', KEYS[5], unpack(old))
+  end
+end
+return 1
+"""
+
+
+class RedisLifecycle:
+    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``client``)."""
+
+    keys: RedisKeys
+    client: aioredis.Redis
+    _put_session: AsyncScript
+    _update_session: AsyncScript
+    _claim_due: AsyncScript
+    _outbox_claim: AsyncScript
+    _outbox_finish: AsyncScript
+
+    def _register_lifecycle_scripts(self, client: aioredis.Redis) -> None:
+        self._put_session = client.register_script(_PUT_SESSION)
+        self._update_session = client.register_script(_UPDATE_SESSION)
+        self._claim_due = client.register_script(_CLAIM_DUE)
+        self._outbox_claim = client.register_script(_OUTBOX_CLAIM)
+        self._outbox_finish = client.register_script(_OUTBOX_FINISH)
+
+    async def put_session(
+        self,
+        record: SessionRecord,
+        *,
+        ttl_s: int,
+        expires_at: float | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> None:
+        """Insert or overwrite a session for ``ttl_s`` seconds (one Lua script with its expiry
+        index entry and its notifications)."""
+        keys = [
+            self.keys.session(record.sessionId),
+            self.keys.expiry_index(),
+            self.keys.outbox_due(),
+            self.keys.outbox_items(),
+        ]
+        args: list[str | int | bytes] = [
+            record.model_dump_json().encode(),
+            _ms(ttl_s),
+            repr(expires_at) if expires_at is not None else "",
+            record.sessionId,
+            *self._enqueue_args(outbox),
+        ]
+        with _mapped("put_session"):
+            await self._put_session(keys=keys, args=args)
+
+    @staticmethod
+    def _enqueue_args(outbox: Sequence[OutboxItem]) -> list[str | int | bytes]:
+        args: list[str | int | bytes] = [repr(time.time())]
+        for item in outbox:
+            args += [item.id, item.to_json()]
+        return args
+
+    # lifecycle
+    async def update_session(
+        self, record: SessionRecord, *, expected_version: int, outbox: Sequence[OutboxItem] = ()
+    ) -> bool:
+        """Compare-and-set on ``version`` (Lua), keeping the TTL, enqueueing ``outbox``."""
+        keys = [
+            self.keys.session(record.sessionId),
+            self.keys.outbox_due(),
+            self.keys.outbox_items(),
+        ]
+        args: list[str | int | bytes] = [
+            expected_version,
+            record.model_dump_json().encode(),
+            *self._enqueue_args(outbox),
+        ]
+        with _mapped("update_session"):
+            done = await self._update_session(keys=keys, args=args)
+        return bool(done)
+
+    async def mark_event(self, provider: str, event_id: str, *, ttl_s: int) -> bool:
+        """``SET NX``: True the first time ``event_id`` is seen."""
+        with _mapped("mark_event"):
+            first = await self.client.set(
+                self.keys.webhook_dedup(provider, event_id), b"1", nx=True, px=_ms(ttl_s)
+            )
+        return bool(first)
+
+    async def forget_event(self, provider: str, event_id: str) -> None:
+        """Drop an event marker."""
+        with _mapped("forget_event"):
+            await self.client.delete(self.keys.webhook_dedup(provider, event_id))
+
+    async def schedule_expiry(self, session_id: str, at: float) -> None:
+        """Index ``session_id`` for the sweeper at ``at``."""
+        with _mapped("schedule_expiry"):
+            await self.client.zadd(self.keys.expiry_index(), {session_id: at})
+
+    async def drop_expiry(self, session_id: str) -> None:
+        """Remove ``session_id`` from the expiry index."""
+        with _mapped("drop_expiry"):
+            await self.client.zrem(self.keys.expiry_index(), session_id)
+
+    async def claim_expiries(self, *, now: float, lease_s: float, limit: int) -> list[str]:
+        """Due session ids, leased for ``lease_s`` (Lua)."""
+        with _mapped("claim_expiries"):
+            ids = await self._claim_due(
+                keys=[self.keys.expiry_index()], args=[repr(now), repr(now + lease_s), limit]
+            )
+        return [_text(i) for i in ids]
+
+    # outbox
+    def _outbox_keys(self) -> list[str]:
+        k = self.keys
+        return [
+            k.outbox_due(),
+            k.outbox_items(),
+            k.outbox_leases(),
+            k.outbox_dead(),
+            k.outbox_dead_items(),
+        ]
+
+    async def outbox_add(self, items: Sequence[OutboxItem], *, due: float) -> None:
+        """Enqueue ``items`` due at ``due`` (one transaction)."""
+        if not items:
+            return
+        with _mapped("outbox_add"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.outbox_items(), mapping={i.id: i.to_json() for i in items})
+                pipe.zadd(self.keys.outbox_due(), {i.id: due for i in items})
+                await pipe.execute()
+
+    async def outbox_claim(self, *, now: float, lease_s: float, limit: int) -> list[OutboxItem]:
+        """Due items, each leased for ``lease_s`` with a fresh token (Lua)."""
+        prefix = uuid.uuid4().hex + ":"
+        with _mapped("outbox_claim"):
+            reply = await self._outbox_claim(
+                keys=self._outbox_keys()[:3],
+                args=[repr(now), repr(now + lease_s), limit, prefix],
+            )
+        try:
+            return [
+                OutboxItem.from_json(bytes(reply[i + 1]), lease=_text(reply[i + 2]))
+                for i in range(0, len(reply), 3)
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreUnavailable(f"an outbox item is unreadable: {exc}") from exc
+
+    async def _finish(self, item: OutboxItem, action: str, score: float, keep: int = 0) -> bool:
+        if item.lease is None:
+            return False
+        args: list[str | int | bytes] = [
+            item.id,
+            item.lease,
+            action,
+            item.to_json(),
+            repr(score),
+            keep,
+        ]
+        with _mapped(f"outbox_{action}"):
+            done = await self._outbox_finish(keys=self._outbox_keys(), args=args)
+        return bool(done)
+
+    async def outbox_done(self, item: OutboxItem) -> bool:
+        """Remove a delivered item (only with its current lease)."""
+        return await self._finish(item, "done", 0.0)
+
+    async def outbox_retry(self, item: OutboxItem, *, due: float) -> bool:
+        """Store the item's new attempt count and make it due at ``due``."""
+        return await self._finish(item, "retry", due)
+
+    async def outbox_dead(self, item: OutboxItem, *, at: float, keep: int = 10_000) -> bool:
+        """Move the item to the dead letters, keeping the newest ``keep``."""
+        return await self._finish(item, "dead", at, keep)
+
+    async def outbox_backlog(self) -> int:
+        """Items waiting or being delivered."""
+        with _mapped("outbox_backlog"):
+            return int(await self.client.zcard(self.keys.outbox_due()))
+
+    async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:
+        """The newest dead letters first."""
+        with _mapped("outbox_dead_letters"):
+            ids = await self.client.zrevrange(self.keys.outbox_dead(), 0, limit - 1)
+            if not ids:
+                return []
+            raw = await self.client.hmget(self.keys.outbox_dead_items(), [_text(i) for i in ids])
+        return [OutboxItem.from_json(r) for r in raw if r is not None]
