@@ -15,8 +15,8 @@ Who records what:
 
 ================================================  =============================================
 ``HTTP_REQUESTS`` / ``HTTP_DURATION``             :mod:`gateway.middleware`
-``SESSIONS_CREATED``, ``FAILOVERS``,              :mod:`gateway.sessions`
-``IDEMPOTENCY``, ``SESSION_CREATE_OVERHEAD``
+``SESSIONS_CREATED``, ``FAILOVERS``,              :mod:`gateway.sessions` (creation counts as
+``IDEMPOTENCY``, ``SESSION_CREATE_OVERHEAD``      the transition none -> PENDING, source gateway)
 ``ROUTING_*``, ``RULES_*``                        :mod:`gateway.routing.service`
 ``PROVIDER_REQUESTS`` / ``PROVIDER_DURATION``     :mod:`providers.http`
 ``CIRCUIT_STATE``                                 :mod:`gateway.circuit`
@@ -63,6 +63,7 @@ __all__ = [
     "RULES_INFO",
     "RULES_LAST_RELOAD",
     "RULES_RELOADS",
+    "RULES_RELOAD_OK",
     "SESSIONS_CREATED",
     "SESSION_CREATE_OVERHEAD",
     "SESSION_TRANSITIONS",
@@ -167,6 +168,12 @@ RULES_INFO = Gauge(
     ["version", "hash"],
     multiprocess_mode="livemax",
 )
+RULES_RELOAD_OK = Gauge(
+    "gateway_rules_last_reload_success",
+    "1 when the last rules (re)load succeeded, 0 while the file on disk is refused (the "
+    "previous rules keep routing); min over processes.",
+    multiprocess_mode="livemin",
+)
 RULES_LAST_RELOAD = Gauge(
     "gateway_rules_last_reload_timestamp_seconds",
     "Unix time of the last successful rules load.",
@@ -218,8 +225,8 @@ WEBHOOKS_RECEIVED = Counter(
 )
 SESSION_TRANSITIONS = Counter(
     "gateway_session_transitions_total",
-    "Session status changes, by previous status, new status and source (webhook, merchant, "
-    "expiry, gateway).",
+    "Session status changes, by previous status ('none' for a new session), new status and "
+    "source (gateway, webhook, merchant, expiry).",
     ["from_status", "to_status", "source"],
 )
 NOTIFICATION_DELIVERIES = Counter(

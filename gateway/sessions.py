@@ -44,6 +44,7 @@ from gateway.metrics import (
     FAILOVERS,
     IDEMPOTENCY,
     SESSION_CREATE_OVERHEAD,
+    SESSION_TRANSITIONS,
     SESSIONS_CREATED,
     merchant_label,
 )
@@ -384,6 +385,7 @@ class SessionService:
         SESSIONS_CREATED.labels(
             result.provider, request.currency, merchant_label(merchant.merchant_id)
         ).inc()
+        SESSION_TRANSITIONS.labels("none", SessionStatus.PENDING.value, "gateway").inc()
         if self.settings.order_reference_guard:
             await self.store.bind_order(
                 merchant.merchant_id,

@@ -37,6 +37,7 @@ from gateway.metrics import (
     ROUTING_SCORE,
     RULES_INFO,
     RULES_LAST_RELOAD,
+    RULES_RELOAD_OK,
     RULES_RELOADS,
 )
 from gateway.routing.compiled import CompiledRules, compile_rules
@@ -165,6 +166,7 @@ class Router:
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
         _publish_rules(None, self._active)
+        RULES_RELOAD_OK.set(1)
 
     @classmethod
     def from_settings(
@@ -361,6 +363,7 @@ class Router:
     def _recover(self) -> None:
         self.last_reload_error = None
         self._failed_hash = None
+        RULES_RELOAD_OK.set(1)
 
     def _refused(self, digest: str | None, errors: list[str]) -> ReloadResult:
         self.counters["reload_failed"] += 1
@@ -368,6 +371,7 @@ class Router:
         self.last_reload_at = self._clock()
         self.last_reload_error = "\n".join(errors)
         self._failed_hash = digest
+        RULES_RELOAD_OK.set(0)
         for error in errors:
             log.error("routing rules refused, keeping %s: %s", self.rules_version, error)
         result = ReloadResult(False, False, self.rules_version, self.content_hash, tuple(errors))
@@ -392,6 +396,9 @@ class Router:
             return await self.reload()
         self._file_missing = False
         digest = hashlib.sha256(raw).hexdigest()
+        if digest == self._active.content_hash and self.last_reload_error is not None:
+            self._recover()  # the refused file was put back to the active rules
+            return None
         if digest in (self._active.content_hash, self._failed_hash):
             return None
         return await self.reload()
