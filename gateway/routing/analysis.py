@@ -10,7 +10,6 @@ as not implied.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -106,55 +105,65 @@ def _complement(name: str, i: Interval) -> list[Interval]:
     return [_normal(name, x) for x in out]
 
 
-def _expand(items: list[tuple[str, Any]], negate: bool) -> list[list[list[Atom]]]:
-    """Each conjunct as a list of alternatives (each a list of atoms); negated: De Morgan."""
-    out: list[list[list[Atom]]] = []
-    for kind, payload in items:
-        if kind == "locale":
-            out.append([[_UNKNOWN]])  # prefix semantics: not analysed
-        elif kind in ("currency", "country", "payment_method", "capture_method", "merchant"):
-            out.append([[(kind, "notin" if negate else "in", payload)]])
-        elif kind in ("amount", "items", "quantity"):
-            interval = _interval(kind, payload)
-            parts = _complement(kind, interval) if negate else [interval]
-            out.append([[(kind, "range", part)] for part in parts])
-        elif kind == "info":
-            out.append([[_UNKNOWN if negate else ("info", payload.key, payload.values)]])
-        elif kind == "any":
-            if negate:  # not (a or b) = not a and not b
-                for branch in payload:
-                    out.append(list(_alts_of_negation(branch)))
-            else:
-                out.append(list(_alts(list(payload))))
-        elif kind == "not":
-            if negate:
-                out.extend(_expand(conjuncts(payload), False))
-            else:
-                out.append(list(_alts_of_negation(payload)))
-    return out
+class _TooBig(Exception):
+    """The expansion passed the budget: the caller must answer "don't know"."""
 
 
-def _alts(branches: list[Condition]) -> Iterator[list[Atom]]:
-    for branch in branches:
-        yield from alternatives(branch) or [[_UNKNOWN]]
+def _product(parts: list[list[list[Atom]]]) -> list[list[Atom]]:
+    """AND of disjunctions, distributed into one disjunction."""
+    result: list[list[Atom]] = [[]]
+    for options in parts:
+        result = [done + more for done in result for more in options]
+        if len(result) > BUDGET:
+            raise _TooBig
+    return result
 
 
-def _alts_of_negation(cond: Condition) -> Iterator[list[Atom]]:
+def _positive(kind: str, payload: Any) -> list[list[Atom]]:
+    """One conjunct as a disjunction of atom lists."""
+    if kind == "locale":
+        return [[_UNKNOWN]]  # prefix semantics: not analysed
+    if kind in ("amount", "items", "quantity"):
+        return [[(kind, "range", _interval(kind, payload))]]
+    if kind == "info":
+        return [[("info", payload.key, payload.values)]]
+    if kind == "any":
+        return [alt for branch in payload for alt in _dnf(branch)]
+    if kind == "not":
+        return _negated(payload)
+    return [[(kind, "in", payload)]]  # the value-set tests
+
+
+def _negative(kind: str, payload: Any) -> list[list[Atom]]:
+    """The negation of one conjunct as a disjunction of atom lists."""
+    if kind in ("locale", "info"):
+        return [[_UNKNOWN]]
+    if kind in ("amount", "items", "quantity"):
+        return [[(kind, "range", part)] for part in _complement(kind, _interval(kind, payload))]
+    if kind == "any":  # not (a or b) = not a and not b
+        return _product([_negated(branch) for branch in payload])
+    if kind == "not":
+        return _dnf(payload)
+    return [[(kind, "notin", payload)]]
+
+
+def _dnf(cond: Condition) -> list[list[Atom]]:
+    return _product([_positive(kind, payload) for kind, payload in conjuncts(cond)])
+
+
+def _negated(cond: Condition) -> list[list[Atom]]:
     # not (a and b) = not a or not b
-    for part in _expand(conjuncts(cond), True):
-        yield from part
+    return [alt for kind, payload in conjuncts(cond) for alt in _negative(kind, payload)]
 
 
-def alternatives(cond: Condition | None, budget: int = BUDGET) -> list[list[Atom]] | None:
-    """The condition's DNF as lists of atoms; None when it exceeds ``budget`` alternatives."""
+def alternatives(cond: Condition | None) -> list[list[Atom]] | None:
+    """The condition's DNF as lists of atoms; None when it exceeds the budget."""
     if cond is None:
         return [[]]
-    result: list[list[Atom]] = [[]]
-    for options in _expand(conjuncts(cond), False):
-        result = [done + more for done in result for more in options]
-        if len(result) > budget:
-            return None
-    return result
+    try:
+        return _dnf(cond)
+    except _TooBig:
+        return None
 
 
 @dataclass(slots=True)

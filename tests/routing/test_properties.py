@@ -277,3 +277,18 @@ def test_decisions_are_sound_complete_and_deterministic(
             assert round(decision.ranked[0].score, 9) == max(
                 round(c.score, 9) for c in decision.ranked
             )
+
+
+@settings(max_examples=400, deadline=None)
+@given(conditions, conditions, st.lists(requests, min_size=1, max_size=20))
+def test_the_linter_analysis_is_sound(
+    narrow: dict[str, Any], wide: dict[str, Any], fs: list[Features]
+) -> None:
+    """'Never matches' and 'implies' are only claimed when no request contradicts them."""
+    from gateway.routing.analysis import implies, never_matches
+
+    a, b = Condition.model_validate(narrow), Condition.model_validate(wide)
+    if never_matches(a):
+        assert not any(matches(a, f) for f in fs)
+    if implies(a, b):
+        assert all(matches(b, f) for f in fs if matches(a, f))
