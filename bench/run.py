@@ -1,0 +1,320 @@
+"""`make bench`: the gateway under load next to a bare aiohttp baseline, in one invocation.
+
+Starts the sandbox providers (own process, no added latency), the gateway (Redis store, one
+worker, unless a scenario says otherwise) and a bare aiohttp + uvloop handler answering a fixed
+JSON body; drives each with wrk (32 connections) and prints, per scenario, requests/s, p50/p99
+latency, errors and the ratio to the baseline. Writes the whole run as JSON to bench/results/.
+Checks that the sandbox created exactly as many sessions as the gateway answered 201s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway.auth import Authenticator  # noqa: E402
+from gateway.examples import SEED_REQUEST_JSON  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+
+JWT_SECRET = "bench-secret-0123456789-0123456789-abcdef"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+CONNECTIONS = 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process for {url} exited with {proc.returncode}")
+        try:
+            if http("GET", url)[0] < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    try:
+        wait_until_up(ready_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Result:
+    scenario: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    statuses: dict[str, int]
+    ratio_to_baseline: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def wrk(url: str, script: str, env: dict[str, str], seconds: int, threads: int = 2) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s",
+         "-s", f"bench/lua/{script}", url],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True,
+    ).stdout
+    match = re.search(r"BENCH_JSON (\{.*\})", out)
+    if match is None:
+        raise SystemExit(f"wrk printed no summary:\n{out}")
+    data: dict[str, Any] = json.loads(match.group(1))
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    return data
+
+
+def summarize(name: str, data: dict[str, Any], ok: set[int]) -> Result:
+    statuses = {str(k): v for k, v in sorted(data["statuses"].items())}
+    bad = sum(v for k, v in data["statuses"].items() if int(k) not in ok)
+    return Result(
+        scenario=name,
+        requests_per_s=round(data["rps"], 1),
+        p50_ms=round(data["p50_us"] / 1000, 3),
+        p99_ms=round(data["p99_us"] / 1000, 3),
+        errors=data["errors"] + bad,
+        statuses=statuses,
+    )
+
+
+def sandbox_created(sandbox: str) -> int:
+    stats = json.loads(http("GET", f"{sandbox}/sandbox/admin/stats")[1])
+    return int(sum(stats["sessionsCreated"].values()))
+
+
+def overhead_quantiles(gateway: str) -> dict[str, float]:
+    """Median and p99 of gateway_session_create_overhead_seconds from /metrics (bucket bounds)."""
+    status, raw = http("GET", f"{gateway}/metrics")
+    if status != 200:
+        return {}
+    buckets: list[tuple[float, float]] = []
+    for line in raw.decode().splitlines():
+        m = re.match(r'gateway_session_create_overhead_seconds_bucket\{.*le="([^"]+)".*\} (\S+)', line)
+        if m:
+            buckets.append((float(m.group(1)), float(m.group(2))))
+    if not buckets or buckets[-1][1] == 0:
+        return {}
+    buckets.sort()
+    total = buckets[-1][1]
+
+    def quantile(q: float) -> float:
+        previous_bound, previous_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= q * total:
+                if bound == float("inf"):
+                    return previous_bound
+                share = (q * total - previous_count) / max(count - previous_count, 1e-9)
+                return previous_bound + (bound - previous_bound) * share
+            previous_bound, previous_count = bound, count
+        return previous_bound
+
+    return {"median_ms": round(quantile(0.5) * 1000, 3), "p99_ms": round(quantile(0.99) * 1000, 3),
+            "samples": int(total)}
+
+
+def metric_sum(gateway: str, name: str) -> float:
+    """Sum of every sample of ``name`` on the gateway's /metrics."""
+    status, raw = http("GET", f"{gateway}/metrics")
+    if status != 200:
+        raise SystemExit(f"bench: /metrics answered {status}")
+    total = 0.0
+    for line in raw.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cleanup_redis(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.unlink(*keys[i : i + 500])
+    client.close()
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "platform": platform.platform(), "commit": commit,
+            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=8, help="measured seconds per scenario")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench:{run_id}:"
+    py = sys.executable
+    ports = {name: free_port() for name in ("sandbox", "gateway", "baseline")}
+    sandbox = f"http://127.0.0.1:{ports['sandbox']}"
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
+    baseline = f"http://127.0.0.1:{ports['baseline']}"
+    settings = Settings(_env_file=None, jwt_secret=JWT_SECRET)  # type: ignore[call-arg]
+    token = Authenticator(settings).issue("bench-merchant", ["sessions:write", "sessions:read", "routing:read"], 3600)
+    text = SEED_REQUEST_JSON.replace('"ORD-2024-001"', '"__ORDER__"')
+    gw_env = {
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        "GATEWAY_PORT": str(ports["gateway"]),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_SANDBOX_EMBEDDED": "false",
+        "GATEWAY_REDIS_URL": REDIS_URL,
+        "GATEWAY_REDIS_PREFIX": prefix,
+        **{f"GATEWAY_PROVIDER_{p.upper()}_BASE_URL": f"{sandbox}/sandbox/{p}"
+           for p in ("stripe", "adyen", "paypal")},
+    }
+    results: list[Result] = []
+    common = {"BENCH_TOKEN": token, "BENCH_RUN": run_id}
+
+    def run(name: str, url: str, script: str, env: dict[str, str], ok: set[int]) -> Result:
+        warm = wrk(url, script, {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}, args.warmup)
+        data = wrk(url, script, {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}, args.seconds)
+        result = summarize(name, data, ok)
+        result.extra["answered_201"] = int(warm["statuses"].get("201", 0)) + int(
+            data["statuses"].get("201", 0)
+        )
+        results.append(result)
+        print(f"  {name:<34} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
+              f"p99 {result.p99_ms:>7.2f} ms  errors {result.errors}", flush=True)
+        return result
+
+    def create_scenario(name: str, extra_env: dict[str, str]) -> None:
+        before = sandbox_created(sandbox)
+        env = {**gw_env, **extra_env}
+        args_serve = [py, "-m", "gateway", "serve"]
+        with process(args_serve, env, f"{gateway}/readyz"):
+            result = run(name, gateway, "create.lua", {"BENCH_BODY": text}, {201})
+            # wrk stops with requests still in flight: let them finish, then compare what the
+            # gateway created (its own counter, all workers) with what the sandbox created
+            time.sleep(1.0)
+            result.extra["answered_201"] = int(metric_sum(gateway, "gateway_sessions_created_total"))
+            result.extra["sandbox_sessions_created"] = sandbox_created(sandbox) - before
+            result.extra["overhead"] = overhead_quantiles(gateway)
+
+    print(f"bench: run {run_id}, {CONNECTIONS} connections, {args.seconds}s per scenario", flush=True)
+    try:
+        with process([py, "-m", "gateway", "sandbox", "--port", str(ports["sandbox"]),
+                      "--gateway-url", gateway], {"GATEWAY_LOG_LEVEL": "WARNING"},
+                     f"{sandbox}/sandbox/admin/stats"), \
+             process([py, "bench/baseline_server.py", "--port", str(ports["baseline"])], {},
+                     f"{baseline}/"):
+            base = run("baseline (bare aiohttp, fixed JSON)", baseline, "fixed.lua",
+                       {"BENCH_METHOD": "POST", "BENCH_PATH": "/", "BENCH_BODY": text}, {200})
+            create_scenario("create session (redis, 1 worker)", {"GATEWAY_STORE": "redis"})
+            with process([py, "-m", "gateway", "serve"], {**gw_env, "GATEWAY_STORE": "redis"},
+                         f"{gateway}/readyz"):
+                headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                           "Idempotency-Key": f"replay-{run_id}"}
+                one = text.replace("__ORDER__", f"REPLAY-{run_id}").encode()
+                status, raw = http("POST", f"{gateway}/api/v1/sessions", one, headers)
+                assert status == 201, raw
+                session_id = json.loads(raw)["sessionId"]
+                run("idempotent replay (redis)", gateway, "fixed.lua",
+                    {"BENCH_METHOD": "POST", "BENCH_PATH": "/api/v1/sessions",
+                     "BENCH_BODY": one.decode(), "BENCH_KEY": f"replay-{run_id}"}, {201})
+                run("GET session (redis)", gateway, "fixed.lua",
+                    {"BENCH_METHOD": "GET", "BENCH_PATH": f"/api/v1/sessions/{session_id}"}, {200})
+                run("routing simulate", gateway, "fixed.lua",
+                    {"BENCH_METHOD": "POST", "BENCH_PATH": "/api/v1/routing/simulate",
+                     "BENCH_BODY": one.decode()}, {200})
+            create_scenario("create session (memory store)", {"GATEWAY_STORE": "memory"})
+            create_scenario("create session (redis, 2 workers)",
+                            {"GATEWAY_STORE": "redis", "GATEWAY_WORKERS": "2"})
+    finally:
+        cleanup_redis(prefix)
+
+    for result in results:
+        result.ratio_to_baseline = round(result.requests_per_s / base.requests_per_s, 3)
+    duplicates_ok = True
+    print("\nscenario                             req/s   ratio   p50 ms   p99 ms  errors  notes")
+    for r in results:
+        notes = ""
+        if "sandbox_sessions_created" in r.extra:
+            created, answered = r.extra["sandbox_sessions_created"], r.extra["answered_201"]
+            same = created == answered
+            duplicates_ok = duplicates_ok and same
+            notes = f"201s {answered} / sandbox sessions {created} {'OK' if same else 'MISMATCH'}"
+            if r.extra.get("overhead"):
+                notes += f"; own time median {r.extra['overhead'].get('median_ms')} ms"
+        print(f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
+              f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}  {notes}")
+    out = {
+        "run": run_id,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "connections": CONNECTIONS,
+        "seconds": args.seconds,
+        "results": [asdict(r) for r in results],
+    }
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"bench-{out['when'].replace(':', '')}-{run_id}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"\nbench: wrote {path.relative_to(ROOT)}")
+    return 0 if duplicates_ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
