@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from gateway.api.health import setup_health_routes
@@ -12,11 +15,26 @@ from gateway.api.metrics import setup_metrics_routes
 from gateway.api.openapi import setup_openapi_routes
 from gateway.api.routing import setup_routing_routes
 from gateway.api.sessions import setup_session_routes
-from gateway.appkeys import ADAPTERS, AUTH, HTTP_CLIENT, ROUTER, SERVICES, SETTINGS, STORE
+from gateway.api.webhooks import setup_webhook_routes
+from gateway.appkeys import (
+    ADAPTERS,
+    AUTH,
+    HTTP_CLIENT,
+    LIFECYCLE,
+    MERCHANTS,
+    ROUTER,
+    SERVICES,
+    SETTINGS,
+    STORE,
+)
 from gateway.auth import Authenticator
 from gateway.circuit import CircuitBreakers, CircuitPolicy
+from gateway.lifecycle import LifecycleService
 from gateway.metrics import configure_merchant_labels
 from gateway.middleware import request_context_middleware
+from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
+from gateway.notifications.events import Notifier
+from gateway.notifications.merchants import load_merchants
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
 from gateway.settings import Settings, SettingsError
@@ -86,7 +104,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
                 half_open_probes=settings.circuit_half_open_probes,
             ),
         )
-        app[SERVICES] = SessionService(settings, opened, router, adapters, circuits)
+        lifecycle = LifecycleService(settings, opened, adapters, router, Notifier(app[MERCHANTS]))
+        app[LIFECYCLE] = lifecycle
+        app[SERVICES] = SessionService(settings, opened, router, adapters, circuits, lifecycle)
         async with router.running(), circuits.running():
             app[ROUTER] = router
             try:
@@ -96,12 +116,19 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
                 if store is None:
                     await opened.close()
 
+    app[MERCHANTS] = load_merchants(
+        settings.merchants_path,
+        allow_http_localhost=settings.is_sandbox,
+        required="merchants_path" in settings.model_fields_set,
+    )
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(_lifecycle_tasks)
     setup_health_routes(app)
     setup_metrics_routes(app)
     setup_openapi_routes(app)
     setup_session_routes(app)
     setup_routing_routes(app)
+    setup_webhook_routes(app)
     if settings.is_sandbox and settings.sandbox_embedded:
         from providers.sandbox.app import create_sandbox_app
         from providers.sandbox.state import SandboxConfig
@@ -113,3 +140,30 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
             ),
         )
     return app
+
+
+async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
+    """The expiry sweeper and the notification delivery worker, for the app's life."""
+    settings = app[SETTINGS]
+    policy = DeliveryPolicy(
+        max_attempts=settings.notification_max_attempts,
+        backoff_base_s=settings.notification_backoff_base_seconds,
+        backoff_max_s=settings.notification_backoff_max_seconds,
+        timeout_s=settings.notification_timeout_seconds,
+        poll_interval_s=settings.notification_poll_interval_seconds,
+        lease_s=settings.notification_lease_seconds,
+    )
+    async with aiohttp.ClientSession() as http:
+        worker = DeliveryWorker(app[STORE], app[MERCHANTS], http, policy)
+        tasks = [
+            asyncio.create_task(app[LIFECYCLE].run_sweeper(), name="expiry-sweeper"),
+            asyncio.create_task(worker.run(), name="notification-delivery"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

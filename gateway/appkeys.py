@@ -10,11 +10,23 @@ if TYPE_CHECKING:
     import aiohttp
 
     from gateway.auth import Authenticator
+    from gateway.lifecycle import LifecycleService
+    from gateway.notifications.merchants import MerchantDirectory
     from gateway.settings import Settings
     from gateway.store.base import Store
     from providers.base import ProviderAdapter
 
-__all__ = ["ADAPTERS", "AUTH", "HTTP_CLIENT", "ROUTER", "SERVICES", "SETTINGS", "STORE"]
+__all__ = [
+    "ADAPTERS",
+    "AUTH",
+    "HTTP_CLIENT",
+    "LIFECYCLE",
+    "MERCHANTS",
+    "ROUTER",
+    "SERVICES",
+    "SETTINGS",
+    "STORE",
+]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -25,3 +37,7 @@ ADAPTERS: web.AppKey[dict[str, ProviderAdapter]] = web.AppKey("adapters")
 ROUTER: web.AppKey[Any] = web.AppKey("router")
 #: the session service (gateway.sessions.SessionService)
 SERVICES: web.AppKey[Any] = web.AppKey("services")
+#: the session lifecycle (webhook events, cancel, expiry)
+LIFECYCLE: web.AppKey[LifecycleService] = web.AppKey("lifecycle")
+#: merchants and their notification webhooks (GATEWAY_MERCHANTS_PATH)
+MERCHANTS: web.AppKey[MerchantDirectory] = web.AppKey("merchants")

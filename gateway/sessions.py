@@ -40,6 +40,7 @@ from gateway.domain.session import (
     utcnow,
 )
 from gateway.idempotency import derived_provider_key, fingerprint, session_id_for
+from gateway.lifecycle import LifecycleService
 from gateway.metrics import (
     FAILOVERS,
     IDEMPOTENCY,
@@ -111,12 +112,15 @@ class SessionService:
         router: RouterLike,
         adapters: dict[str, ProviderAdapter],
         circuits: CircuitBreakers,
+        lifecycle: LifecycleService | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.router = router
         self.adapters = adapters
         self.circuits = circuits
+        #: expiry on read and the ``payment_session.created`` notification (None: neither)
+        self.lifecycle = lifecycle
         self._lease_ms = settings.idempotency_lease_seconds * 1000
 
     async def create(
@@ -380,8 +384,17 @@ class SessionService:
             updatedAt=created_at,
             expiresAt=expires_at,
             transitions=[Transition(status=SessionStatus.PENDING, at=created_at, source="gateway")],
+            billingCountry=request.billing_country,
+            sessionType=request.sessionType,
+            savePaymentMethod=request.saves_payment_method,
+            customerReference=request.customerReference,
         )
-        await self.store.put_session(record, ttl_s=self.settings.session_retention_seconds)
+        await self.store.put_session(
+            record,
+            ttl_s=self.settings.session_retention_seconds,
+            expires_at=expires_at.timestamp(),
+            outbox=self.lifecycle.creation_outbox(record) if self.lifecycle else (),
+        )
         SESSIONS_CREATED.labels(
             result.provider, request.currency, merchant_label(merchant.merchant_id)
         ).inc()
@@ -437,4 +450,6 @@ class SessionService:
         record = await self.store.get_session(session_id)
         if record is None or record.merchantId != merchant.merchant_id:
             return None
+        if self.lifecycle is not None:
+            record = await self.lifecycle.expire_if_due(record)
         return record

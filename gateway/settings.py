@@ -113,6 +113,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     session_retention_seconds: int = Field(30 * 86_400, ge=3600)
 
+    merchants_path: Path = Field(
+        Path("merchants.yaml"), description="Merchants and their webhook (notification) settings"
+    )
+    webhook_dedup_ttl_seconds: int = Field(7 * 86_400, ge=60)
+    expiry_sweep_interval_seconds: float = Field(5.0, gt=0)
+    notification_max_attempts: int = Field(12, ge=1, le=100)
+    notification_backoff_base_seconds: float = Field(5.0, gt=0)
+    notification_backoff_max_seconds: float = Field(3600.0, gt=0)
+    notification_timeout_seconds: float = Field(10.0, gt=0)
+    notification_poll_interval_seconds: float = Field(1.0, gt=0)
+    notification_lease_seconds: float = Field(60.0, gt=0)
+
     sandbox_embedded: bool = Field(
         True, description="Serve the built-in sandbox providers under /sandbox (sandbox mode)"
     )

@@ -146,7 +146,10 @@ class ProviderEvent:
     occurred_at: datetime | None = None
     failure_reason: str | None = None
     customer_id: str | None = None
+    #: the saved payment method (or mandate / recurring detail) the provider reports
     payment_method_id: str | None = None
+    #: the provider's reference of the payment itself (PaymentIntent, pspReference, capture id)
+    payment_id: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
-from gateway.domain.models import CheckoutRequest
+from gateway.domain.models import CancelRequest, CheckoutRequest
 from gateway.domain.session import RoutingSummary
 
 __all__ = ["ErrorBody", "SessionCreated", "SessionView", "openapi_document", "setup_openapi_routes"]
@@ -74,10 +74,27 @@ class SessionView(BaseModel):
     createdAt: str
     updatedAt: str
     expiresAt: str
+    sessionType: str
+    savePaymentMethod: bool
+    customerReference: str | None
+    customerId: str | None = Field(description="The provider's customer holding a saved method")
+    paymentMethodId: str | None = Field(
+        description="The saved payment method or mandate reference the provider reported"
+    )
+    paymentId: str | None = Field(description="The provider's reference of the payment")
+    failureReason: str | None
+    cancellationReason: str | None
+    version: int = Field(description="Grows with every status change")
     transitions: list[TransitionView]
 
 
-_MODELS: tuple[type[BaseModel], ...] = (CheckoutRequest, SessionCreated, SessionView, ErrorBody)
+_MODELS: tuple[type[BaseModel], ...] = (
+    CheckoutRequest,
+    CancelRequest,
+    SessionCreated,
+    SessionView,
+    ErrorBody,
+)
 #: Extra component models registered by other API modules (routing, webhooks, ...).
 EXTRA_MODELS: list[type[BaseModel]] = []
 #: Extra path items registered by other API modules.
@@ -170,6 +187,36 @@ def _base_paths() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("SessionView")}},
                     },
                     **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/api/v1/sessions/{sessionId}/cancel": {
+            "post": {
+                "operationId": "cancelSession",
+                "summary": "Cancel a session at its provider and locally",
+                "description": "Only PENDING or REQUIRES_ACTION sessions can be cancelled; any "
+                "other status answers 409. When the provider cannot be reached the answer is "
+                "502 and the session is unchanged.",
+                "security": _BEARER,
+                "x-scope": "sessions:write",
+                "parameters": [
+                    {
+                        "name": "sessionId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CancelRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The cancelled session",
+                        "content": {"application/json": {"schema": _ref("SessionView")}},
+                    },
+                    **_errors(400, 401, 403, 404, 409, 415, 502, 503),
                 },
             }
         },

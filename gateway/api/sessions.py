@@ -1,4 +1,4 @@
-"""``/api/v1/sessions``: create (idempotent) and read checkout sessions."""
+"""``/api/v1/sessions``: create (idempotent), read and cancel checkout sessions."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import uuid
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
-from gateway.appkeys import SERVICES, SETTINGS
+from gateway.appkeys import LIFECYCLE, SERVICES, SETTINGS
 from gateway.auth import require
 from gateway.domain.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
-from gateway.domain.models import RequestProblems, parse_checkout_request
+from gateway.domain.models import CancelRequest, RequestProblems, parse_checkout_request
 from gateway.idempotency import validate_idempotency_key
 from gateway.middleware import LOG_CONTEXT, REQUEST_ID
 from gateway.sessions import SessionService
@@ -80,6 +81,32 @@ async def get_session(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(record.public()), content_type="application/json")
 
 
+async def cancel_session(request: web.Request) -> web.Response:
+    """``POST /api/v1/sessions/{sessionId}/cancel``: cancel at the provider, then locally."""
+    merchant = await require(request, "sessions:write")
+    request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+    session_id = request.match_info["sessionId"]
+    try:
+        uuid.UUID(session_id)
+    except ValueError:
+        raise NotFound("Session not found") from None
+    try:
+        body = CancelRequest.model_validate_json(await request.read())
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise BadRequest(problems) from None
+    record = await request.app[LIFECYCLE].cancel(
+        merchant.merchant_id, session_id, body.cancellationReason
+    )
+    request[LOG_CONTEXT]["provider"] = record.provider
+    return web.Response(body=orjson.dumps(record.public()), content_type="application/json")
+
+
 def setup_session_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/sessions", create_session)
     app.router.add_get("/api/v1/sessions/{sessionId}", get_session)
+    app.router.add_post("/api/v1/sessions/{sessionId}/cancel", cancel_session)

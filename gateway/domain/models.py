@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    StrictBool,
     StrictInt,
     ValidationError,
     ValidationInfo,
@@ -29,9 +30,11 @@ from pydantic import (
 from gateway.domain.money import exponent, is_active_currency, scale_of
 
 __all__ = [
+    "CANCELLATION_REASONS",
     "PAYMENT_METHODS",
     "Address",
     "Amount",
+    "CancelRequest",
     "CheckoutRequest",
     "Customer",
     "OrderItem",
@@ -175,6 +178,16 @@ class CheckoutRequest(_Strict):
     redirectUrls: RedirectUrls
     expiresIn: Annotated[StrictInt, Field(ge=300, le=86_400)] = 3600
     captureMethod: Literal["automatic", "manual"] = "automatic"
+    #: seed 002: ``one_time`` (customer present, optionally saving the method for later
+    #: customer-present use) or ``first_in_series`` (customer present, creates a mandate for
+    #: future customer-absent payments; routed only to providers that support it)
+    sessionType: Literal["one_time", "first_in_series"] = "one_time"
+    savePaymentMethod: StrictBool = False
+    #: the merchant's own id of the customer; saved methods are kept under it where the
+    #: provider supports a merchant-chosen reference (Adyen ``shopperReference``)
+    customerReference: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")] | None
+    ) = None
 
     @field_validator("currency")
     @classmethod
@@ -182,6 +195,11 @@ class CheckoutRequest(_Strict):
         if not is_active_currency(value):
             raise ValueError("must be an active ISO 4217 currency code")
         return value
+
+    @property
+    def saves_payment_method(self) -> bool:
+        """Whether the provider must keep the payment method (always for a series)."""
+        return self.sessionType == "first_in_series" or self.savePaymentMethod
 
     @property
     def billing_country(self) -> str | None:
@@ -192,6 +210,15 @@ class CheckoutRequest(_Strict):
             if address is not None:
                 return address.country
         return None
+
+
+CANCELLATION_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "abandoned")
+
+
+class CancelRequest(_Strict):
+    """``POST /api/v1/sessions/{sessionId}/cancel`` body (seed 000)."""
+
+    cancellationReason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"]
 
 
 class RequestProblems(Exception):

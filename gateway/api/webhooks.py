@@ -1,0 +1,105 @@
+"""``POST /api/v1/webhooks/{provider}``: verified provider events drive the session lifecycle.
+
+The adapter verifies the call (Stripe-Signature, Adyen's per-item HMAC, PayPal's
+verify-webhook-signature call) and maps it to events; each event is de-duplicated by its id,
+applied atomically and answered in the form the provider expects. A call that fails
+verification changes nothing and gets 400; an event for an unknown session is acknowledged
+(and logged) so the provider stops resending it; when the gateway cannot process an event
+(store down, PayPal's verification unreachable) it answers 503 and the provider retries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from gateway.api.openapi import EXTRA_PATHS
+from gateway.appkeys import ADAPTERS, LIFECYCLE, SETTINGS, STORE
+from gateway.domain.errors import BadRequest, NotFound, ServiceUnavailable
+from gateway.metrics import WEBHOOKS_RECEIVED
+from gateway.middleware import LOG_CONTEXT
+from providers.base import ProviderError, ProviderEvent, WebhookVerificationError
+
+__all__ = ["setup_webhook_routes"]
+
+log = logging.getLogger("gateway.webhooks")
+
+
+def _event_label(event: ProviderEvent) -> str:
+    """A bounded metric label: the lifecycle status the event maps to."""
+    return event.status.value.lower() if event.status is not None else "other"
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    """Verify, de-duplicate and apply a provider's webhook call."""
+    provider = request.match_info["provider"]
+    adapter = request.app[ADAPTERS].get(provider)
+    if adapter is None:
+        raise NotFound("Unknown provider")
+    request[LOG_CONTEXT]["provider"] = provider
+    raw = await request.read()
+    try:
+        events = await adapter.parse_webhook(request.headers, raw)
+    except WebhookVerificationError as exc:
+        WEBHOOKS_RECEIVED.labels(provider, "unknown", "invalid_signature").inc()
+        log.warning("webhook refused: %s", exc.reason, extra={"provider": provider})
+        raise BadRequest("Webhook verification failed") from None
+    except ProviderError as exc:
+        WEBHOOKS_RECEIVED.labels(provider, "unknown", "error").inc()
+        log.warning("webhook not verified now: %s", exc.outcome, extra={"provider": provider})
+        raise ServiceUnavailable() from None
+    store = request.app[STORE]
+    lifecycle = request.app[LIFECYCLE]
+    ttl = request.app[SETTINGS].webhook_dedup_ttl_seconds
+    for event in events:
+        if event.event_id and not await store.mark_event(provider, event.event_id, ttl_s=ttl):
+            WEBHOOKS_RECEIVED.labels(provider, _event_label(event), "duplicate").inc()
+            continue
+        try:
+            outcome = await lifecycle.handle_event(event)
+        except BaseException:
+            if event.event_id:
+                await store.forget_event(provider, event.event_id)
+            WEBHOOKS_RECEIVED.labels(provider, _event_label(event), "error").inc()
+            raise
+        WEBHOOKS_RECEIVED.labels(provider, _event_label(event), outcome).inc()
+    answer = adapter.webhook_answer()
+    return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+
+
+def setup_webhook_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/webhooks/{provider}", receive_webhook)
+
+
+EXTRA_PATHS.update(
+    {
+        "/api/v1/webhooks/{provider}": {
+            "post": {
+                "operationId": "receiveProviderWebhook",
+                "summary": "Provider webhook (Stripe, Adyen, PayPal), verified by its signature",
+                "description": "Not for merchants: each provider is configured to call "
+                "`/api/v1/webhooks/stripe`, `/adyen` or `/paypal`. Authenticated by the "
+                "provider's signature (Stripe-Signature; Adyen HMAC; PayPal verification call).",
+                "parameters": [
+                    {
+                        "name": "provider",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["stripe", "adyen", "paypal"]},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": {"description": "Accepted, in the provider's expected form"},
+                    "400": {"description": "Signature or body not valid: nothing changed"},
+                    "404": {"description": "Unknown provider"},
+                    "503": {"description": "Not processed now; the provider should retry"},
+                },
+            }
+        }
+    }
+)

@@ -1,0 +1,319 @@
+"""Moving stored sessions through their lifecycle: provider events, merchant cancels, expiry.
+
+Every change goes through :meth:`LifecycleService.move`: read the session, apply the pure state
+machine (:mod:`gateway.domain.lifecycle`), write it back with a compare-and-set on its
+``version`` together with the merchant notification it causes, and retry from a fresh read when
+another process won the race. So concurrent webhooks, cancels and sweepers in any number of
+gateway processes can never lose a transition or move a session backwards.
+
+After a change: the transition is counted, a provider's COMPLETED/FAILED verdict feeds the
+routing statistics (payment success per provider, currency and billing country), and a final
+session leaves the expiry index (except an expiry: the sweeper still has to cancel it at the
+provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from gateway.domain.errors import BadGateway, Conflict, NotFound
+from gateway.domain.lifecycle import CANCELLABLE, EXPIRABLE, apply, is_expired
+from gateway.domain.session import FINAL_STATUSES, SessionRecord, SessionStatus, utcnow
+from gateway.metrics import SESSION_TRANSITIONS
+from gateway.notifications.events import CREATED, UPDATED, Notifier
+from gateway.settings import Settings
+from gateway.store.base import OutboxItem, Store, StoreUnavailable
+from providers.base import (
+    FlowNotSupported,
+    ProviderAdapter,
+    ProviderError,
+    ProviderEvent,
+    ProviderRejected,
+)
+
+__all__ = ["EXPIRY", "MERCHANT", "LifecycleService", "Moved", "PaymentRecorder"]
+
+log = logging.getLogger("gateway.lifecycle")
+
+MERCHANT = "merchant"
+EXPIRY = "expiry"
+_CAS_TRIES = 16
+_SWEEP_LEASE_S = 60.0
+_SWEEP_BATCH = 100
+_PROVIDER_CANCEL_RETRY_S = 30.0
+#: after this long past expiresAt the sweeper stops trying to cancel at the provider
+_PROVIDER_CANCEL_GIVE_UP = timedelta(days=1)
+
+
+class PaymentRecorder(Protocol):
+    """What the lifecycle tells routing (:class:`gateway.routing.service.Router`)."""
+
+    async def record_payment(
+        self, provider: str, success: bool, currency: str | None, country: str | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The outcome of one move: the session as it now is (None: unknown) and whether it moved."""
+
+    record: SessionRecord | None
+    applied: bool
+    previous: SessionStatus | None = None
+
+
+def _source_kind(source: str) -> str:
+    return source.partition(":")[0]
+
+
+class LifecycleService:
+    """Webhook events, cancels and expiry, applied atomically to stored sessions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        adapters: Mapping[str, ProviderAdapter],
+        router: PaymentRecorder,
+        notifier: Notifier,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.adapters = adapters
+        self.router = router
+        self.notifier = notifier
+        self._clock = clock
+
+    def creation_outbox(self, record: SessionRecord) -> list[OutboxItem]:
+        """The ``payment_session.created`` notification of a new session."""
+        return self.notifier.items(record, CREATED, at=record.createdAt)
+
+    async def move(
+        self,
+        session_id: str,
+        status: SessionStatus,
+        *,
+        source: str,
+        event_id: str | None = None,
+        changes: Mapping[str, Any] | None = None,
+    ) -> Moved:
+        """Apply one transition with compare-and-set, retrying on a concurrent change."""
+        for _ in range(_CAS_TRIES):
+            record = await self.store.get_session(session_id)
+            if record is None:
+                return Moved(None, False)
+            now = self._clock()
+            moved = apply(record, status, now, source, event_id, changes=changes)
+            if moved is None:
+                return Moved(record, False)
+            outbox = self.notifier.items(moved, UPDATED, at=now, previous=record.status)
+            if await self.store.update_session(
+                moved, expected_version=record.version, outbox=outbox
+            ):
+                await self._after(record, moved, source)
+                return Moved(moved, True, record.status)
+        raise StoreUnavailable(f"session {session_id} kept changing; gave up after retries")
+
+    async def _after(self, before: SessionRecord, after: SessionRecord, source: str) -> None:
+        kind = _source_kind(source)
+        SESSION_TRANSITIONS.labels(before.status.value, after.status.value, kind).inc()
+        log.info(
+            "session status changed",
+            extra={
+                "session_id": after.sessionId,
+                "from_status": before.status.value,
+                "to_status": after.status.value,
+                "source": source,
+            },
+        )
+        if kind == "webhook" and after.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+            await self.router.record_payment(
+                after.provider,
+                after.status is SessionStatus.COMPLETED,
+                after.currency,
+                after.billingCountry,
+            )
+        if after.status in FINAL_STATUSES and kind != EXPIRY:
+            await self.store.drop_expiry(after.sessionId)
+
+    # provider webhooks ---------------------------------------------------------------------
+    async def handle_event(self, event: ProviderEvent) -> str:
+        """Apply one verified provider event: ``applied``, ``ignored`` or ``unknown_session``."""
+        context = {"provider": event.provider, "event_id": event.event_id}
+        if event.status is None:
+            return "ignored"
+        record = await self.store.get_session(event.session_id) if event.session_id else None
+        if record is None:
+            log.info("webhook event for an unknown session acknowledged", extra=context)
+            return "unknown_session"
+        context["session_id"] = record.sessionId
+        foreign = record.provider != event.provider or (
+            event.reference is not None and event.reference != record.providerSessionId
+        )
+        if foreign:
+            log.warning(
+                "webhook event does not match the session's provider session", extra=context
+            )
+            return "ignored"
+        changes = {
+            key: value
+            for key, value in (
+                ("customerId", event.customer_id),
+                ("paymentMethodId", event.payment_method_id),
+                ("paymentId", event.payment_id),
+                (
+                    "failureReason",
+                    event.failure_reason if event.status is SessionStatus.FAILED else None,
+                ),
+            )
+            if value
+        }
+        moved = await self.move(
+            record.sessionId,
+            event.status,
+            source=f"webhook:{event.provider}",
+            event_id=event.event_id or None,
+            changes=changes,
+        )
+        if moved.applied:
+            return "applied"
+        current = moved.record
+        if (
+            current is not None
+            and event.status is SessionStatus.COMPLETED
+            and current.status in (SessionStatus.EXPIRED, SessionStatus.CANCELLED)
+        ):
+            log.error(
+                "provider reports a payment for a session that is already %s; "
+                "reconcile (refund) at the provider",
+                current.status.value,
+                extra=context,
+            )
+        return "ignored"
+
+    # expiry --------------------------------------------------------------------------------
+    async def expire_if_due(self, record: SessionRecord) -> SessionRecord:
+        """``record``, moved to EXPIRED first when it is past ``expiresAt`` (expire on read)."""
+        if not is_expired(record, self._clock()):
+            return record
+        moved = await self.move(record.sessionId, SessionStatus.EXPIRED, source=EXPIRY)
+        return moved.record or record
+
+    async def sweep_once(self) -> int:
+        """Expire the due sessions (and cancel them at their provider); returns how many."""
+        now = self._clock()
+        ids = await self.store.claim_expiries(
+            now=now.timestamp(), lease_s=_SWEEP_LEASE_S, limit=_SWEEP_BATCH
+        )
+        for session_id in ids:
+            await self._sweep(session_id, now)
+        return len(ids)
+
+    async def _sweep(self, session_id: str, now: datetime) -> None:
+        record = await self.store.get_session(session_id)
+        if record is None:
+            await self.store.drop_expiry(session_id)
+            return
+        if record.status in EXPIRABLE:
+            if record.expiresAt > now:
+                await self.store.schedule_expiry(session_id, record.expiresAt.timestamp())
+                return
+            moved = await self.move(session_id, SessionStatus.EXPIRED, source=EXPIRY)
+            record = moved.record or record
+        last = record.transitions[-1] if record.transitions else None
+        expired_here = record.status is SessionStatus.EXPIRED and last and last.source == EXPIRY
+        if expired_here and not await self._cancel_at_provider(record, now):
+            retry_at = now.timestamp() + _PROVIDER_CANCEL_RETRY_S
+            await self.store.schedule_expiry(session_id, retry_at)
+            return
+        await self.store.drop_expiry(session_id)
+
+    async def _cancel_at_provider(self, record: SessionRecord, now: datetime) -> bool:
+        """True when nothing more is to be done at the provider for this expired session."""
+        adapter = self.adapters.get(record.provider)
+        if adapter is None:
+            return True
+        try:
+            await adapter.cancel_session(
+                record.providerSessionId, timeout=self.settings.provider_timeout_seconds
+            )
+        except (FlowNotSupported, ProviderRejected):
+            return True  # nothing to cancel there, or the provider's session is closed already
+        except ProviderError as exc:
+            give_up = now > record.expiresAt + _PROVIDER_CANCEL_GIVE_UP
+            log.warning(
+                "could not expire the provider's session%s",
+                "; giving up" if give_up else "; will retry",
+                extra={
+                    "session_id": record.sessionId,
+                    "provider": record.provider,
+                    "outcome": exc.outcome,
+                },
+            )
+            return give_up
+        return True
+
+    async def run_sweeper(self) -> None:
+        """Sweep every ``expiry_sweep_interval_seconds`` until cancelled."""
+        while True:
+            try:
+                while await self.sweep_once() >= _SWEEP_BATCH:
+                    pass
+            except StoreUnavailable:
+                log.warning("expiry sweep skipped: store unavailable")
+            except Exception:
+                log.exception("expiry sweep failed")
+            await asyncio.sleep(self.settings.expiry_sweep_interval_seconds)
+
+    # merchant cancel -----------------------------------------------------------------------
+    async def cancel(self, merchant_id: str, session_id: str, reason: str) -> SessionRecord:
+        """Cancel at the provider, then locally. 404 unknown, 409 not cancellable, 502 when the
+        provider could not be reached (the session is left as it was)."""
+        record = await self.store.get_session(session_id)
+        if record is None or record.merchantId != merchant_id:
+            raise NotFound("Session not found")
+        record = await self.expire_if_due(record)
+        if record.status not in CANCELLABLE:
+            raise _not_cancellable(record)
+        adapter = self.adapters.get(record.provider)
+        if adapter is not None:
+            try:
+                await adapter.cancel_session(
+                    record.providerSessionId, timeout=self.settings.provider_timeout_seconds
+                )
+            except FlowNotSupported:
+                pass  # the provider's session cannot be cancelled; it lapses on its own
+            except ProviderRejected as exc:
+                raise Conflict(
+                    details="The provider refused to cancel this session; it may have been "
+                    "paid or closed meanwhile",
+                    extra={"sessionId": session_id, "providerStatus": exc.status},
+                ) from None
+            except ProviderError as exc:
+                raise BadGateway(
+                    details={"provider": record.provider, "outcome": exc.outcome}
+                ) from None
+        moved = await self.move(
+            session_id,
+            SessionStatus.CANCELLED,
+            source=MERCHANT,
+            changes={"cancellationReason": reason},
+        )
+        if not moved.applied:
+            raise _not_cancellable(moved.record or record)
+        assert moved.record is not None
+        return moved.record
+
+
+def _not_cancellable(record: SessionRecord) -> Conflict:
+    return Conflict(
+        details=f"The session is {record.status.value} and can no longer be cancelled",
+        extra={"sessionId": record.sessionId, "status": record.status.value},
+    )

@@ -1,0 +1,106 @@
+"""The ``payment_session.*`` events merchants receive (seed 002), as outbox items.
+
+Body of every event (``Content-Type: application/json``)::
+
+    {
+      "id": "evt_…",                      # unique; the same on every delivery attempt
+      "object": "event",
+      "type": "payment_session.created" | "payment_session.updated",
+      "createdAt": "2026-11-21T11:00:00.000Z",
+      "data": {"payment_session": {…}}    # see session_payload()
+    }
+
+Deliveries are at least once and may arrive out of order: de-duplicate on ``id`` and order by
+``data.payment_session.version`` (it grows with every status change).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from gateway.domain.session import SessionRecord, SessionStatus, isoformat
+from gateway.notifications.merchants import MerchantDirectory
+from gateway.store.base import OutboxItem
+
+__all__ = ["CREATED", "UPDATED", "Notifier", "session_payload"]
+
+CREATED = "payment_session.created"
+UPDATED = "payment_session.updated"
+
+
+def session_payload(record: SessionRecord, previous: SessionStatus | None = None) -> dict[str, Any]:
+    """The ``payment_session`` object of an event.
+
+    ``customerId`` and ``paymentMethodId`` (the saved method or mandate reference) are set when
+    the provider reported them; with ``provider`` they are what a later customer-absent
+    (``next_in_series``) payment needs. ``paymentId`` is the provider's payment reference.
+    """
+    return {
+        "sessionId": record.sessionId,
+        "orderReference": record.orderReference,
+        "status": record.status.value,
+        "previousStatus": previous.value if previous is not None else None,
+        "version": record.version,
+        "provider": record.provider,
+        "providerSessionId": record.providerSessionId,
+        "paymentId": record.paymentId,
+        "sessionType": record.sessionType,
+        "savePaymentMethod": record.savePaymentMethod,
+        "customerReference": record.customerReference,
+        "customerId": record.customerId,
+        "paymentMethodId": record.paymentMethodId,
+        "currency": record.currency,
+        "amount": {
+            "total": str(record.amount.total),
+            "shipping": str(record.amount.shipping),
+            "tax": str(record.amount.tax),
+        },
+        "paymentMethod": record.paymentMethod,
+        "captureMethod": record.captureMethod,
+        "failureReason": record.failureReason,
+        "cancellationReason": record.cancellationReason,
+        "createdAt": isoformat(record.createdAt),
+        "updatedAt": isoformat(record.updatedAt),
+        "expiresAt": isoformat(record.expiresAt),
+    }
+
+
+class Notifier:
+    """Turns session changes into outbox items for the merchants that subscribed to them."""
+
+    def __init__(self, directory: MerchantDirectory) -> None:
+        self.directory = directory
+
+    def items(
+        self,
+        record: SessionRecord,
+        event_type: str,
+        *,
+        at: datetime,
+        previous: SessionStatus | None = None,
+    ) -> list[OutboxItem]:
+        """The outbox items for one event (none when the merchant did not subscribe)."""
+        if self.directory.webhook_for(record.merchantId, event_type) is None:
+            return []
+        event_id = f"evt_{uuid.uuid4().hex}"
+        body = {
+            "id": event_id,
+            "object": "event",
+            "type": event_type,
+            "createdAt": isoformat(at),
+            "data": {"payment_session": session_payload(record, previous)},
+        }
+        return [
+            OutboxItem(
+                id=event_id,
+                merchant_id=record.merchantId,
+                event_type=event_type,
+                body=orjson.dumps(body),
+                created_at=time.time(),
+            )
+        ]
