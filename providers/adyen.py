@@ -106,6 +106,7 @@ def event_from_item(item: Mapping[str, Any]) -> ProviderEvent:
         status=_STATUS.get((code, success)),
         occurred_at=parse_datetime(item.get("eventDate")),
         failure_reason=str(item.get("reason") or "refused") if not success else None,
+        payment_id=psp if code == "AUTHORISATION" and psp else None,
         extra=extra,
     )
 

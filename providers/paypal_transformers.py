@@ -247,5 +247,6 @@ def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
         status=status,
         occurred_at=parse_datetime(event.get("create_time")),
         failure_reason=reason,
+        payment_id=None if event_type.startswith("CHECKOUT.") else _str(resource.get("id")),
         extra=extra,
     )

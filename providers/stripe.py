@@ -160,6 +160,7 @@ def event_from_payload(payload: Mapping[str, Any]) -> ProviderEvent:
         occurred_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
         failure_reason=failure,
         customer_id=_id_of(obj.get("customer")),
+        payment_id=_id_of(intent),
         payment_method_id=payment_method,
         extra=extra,
     )
