@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck alerts pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ run: install
 	$(BIN)/gateway serve --print-curl
 
 ## Everything CI runs: lint, types, the whole test suite.
-test: install lint typecheck pytest
+test: install lint typecheck alerts pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -27,6 +27,18 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+## Prometheus alert rules: syntax check and unit tests (promtool, Debian package `prometheus`).
+## Missing promtool fails under CI=true and is skipped with a note otherwise.
+alerts:
+	@if command -v promtool >/dev/null 2>&1; then \
+		promtool check rules grafana/alerts/*.yml && \
+		promtool test rules grafana/alerts/tests/*.yml; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "make alerts: promtool is not installed (CI=true)"; exit 1; \
+	else \
+		echo "make alerts: promtool not installed (apt-get install prometheus); skipped"; \
+	fi
 
 pytest: install
 	$(BIN)/pytest -q
