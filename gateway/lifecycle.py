@@ -48,6 +48,8 @@ _SWEEP_BATCH = 100
 _PROVIDER_CANCEL_RETRY_S = 30.0
 #: after this long past expiresAt the sweeper stops trying to cancel at the provider
 _PROVIDER_CANCEL_GIVE_UP = timedelta(days=1)
+#: what a provider reports after the gateway cancelled its session there
+_CLOSED_AT_PROVIDER = frozenset({SessionStatus.EXPIRED, SessionStatus.CANCELLED})
 
 
 class PaymentRecorder(Protocol):
@@ -162,6 +164,9 @@ class LifecycleService:
                 "webhook event does not match the session's provider session", extra=context
             )
             return "ignored"
+        status = event.status
+        if status in _CLOSED_AT_PROVIDER and record.cancellationReason is not None:
+            status = SessionStatus.CANCELLED  # the provider confirms the merchant's cancel
         changes = {
             key: value
             for key, value in (
@@ -177,7 +182,7 @@ class LifecycleService:
         }
         moved = await self.move(
             record.sessionId,
-            event.status,
+            status,
             source=f"webhook:{event.provider}",
             event_id=event.event_id or None,
             changes=changes,
@@ -284,19 +289,23 @@ class LifecycleService:
             raise _not_cancellable(record)
         adapter = self.adapters.get(record.provider)
         if adapter is not None:
+            # Mark the intent first: the provider's "expired"/"cancelled" webhook that our
+            # cancel call triggers may arrive before the call returns, and must mean CANCELLED.
+            record = await self._annotate(record, {"cancellationReason": reason})
             try:
                 await adapter.cancel_session(
                     record.providerSessionId, timeout=self.settings.provider_timeout_seconds
                 )
             except FlowNotSupported:
                 pass  # the provider's session cannot be cancelled; it lapses on its own
-            except ProviderRejected as exc:
-                raise Conflict(
-                    details="The provider refused to cancel this session; it may have been "
-                    "paid or closed meanwhile",
-                    extra={"sessionId": session_id, "providerStatus": exc.status},
-                ) from None
             except ProviderError as exc:
+                await self._annotate(record, {"cancellationReason": None})
+                if isinstance(exc, ProviderRejected):
+                    raise Conflict(
+                        details="The provider refused to cancel this session; it may have been "
+                        "paid or closed meanwhile",
+                        extra={"sessionId": session_id, "providerStatus": exc.status},
+                    ) from None
                 raise BadGateway(
                     details={"provider": record.provider, "outcome": exc.outcome}
                 ) from None
@@ -306,10 +315,23 @@ class LifecycleService:
             source=MERCHANT,
             changes={"cancellationReason": reason},
         )
-        if not moved.applied:
-            raise _not_cancellable(moved.record or record)
-        assert moved.record is not None
-        return moved.record
+        current = moved.record or record
+        if moved.applied or current.status is SessionStatus.CANCELLED:
+            return current
+        raise _not_cancellable(current)
+
+    async def _annotate(self, record: SessionRecord, changes: Mapping[str, Any]) -> SessionRecord:
+        """Set fields without a status change (compare-and-set; retried on a fresh read while
+        the session can still be cancelled)."""
+        for _ in range(_CAS_TRIES):
+            updated = record.model_copy(update={**changes, "version": record.version + 1})
+            if await self.store.update_session(updated, expected_version=record.version):
+                return updated
+            fresh = await self.store.get_session(record.sessionId)
+            if fresh is None or fresh.status not in CANCELLABLE:
+                raise _not_cancellable(fresh or record)
+            record = fresh
+        raise StoreUnavailable(f"session {record.sessionId} kept changing; gave up after retries")
 
 
 def _not_cancellable(record: SessionRecord) -> Conflict:

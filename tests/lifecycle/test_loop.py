@@ -85,6 +85,8 @@ async def test_decline_fails_and_counts_a_failure(lifecycle_env: EnvFactory, pro
     created = await env.create(**PROVIDERS[provider])
     status, location = await press(created["checkoutUrl"], "decline")
     assert status == 303
+    landing = "success" if provider == "adyen" else "failure"  # Adyen has one returnUrl
+    assert location.startswith(f"{env.receiver.url}/checkout/{landing}")
     view = await env.read(created["sessionId"])
     assert view["status"] == "FAILED"
     assert view["failureReason"]
