@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -170,9 +171,6 @@ async def test_the_sweeper_expires_sessions_nobody_reads(lifecycle_env: EnvFacto
     for _ in range(100):
         if await expired():
             break
-        await wait_for(lambda: True)
-        import asyncio
-
         await asyncio.sleep(0.05)
     assert await expired()
     await wait_for(
