@@ -32,7 +32,6 @@ import os
 from collections.abc import Iterable
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -76,7 +75,9 @@ __all__ = [
     "render",
 ]
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: what :func:`render` produces (legacy-escaped names): the classic text format every
+#: Prometheus 2.x and 3.x parses
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Buckets, in seconds. The gateway's own work is sub-millisecond; providers take 100s of ms.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
