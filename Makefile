@@ -32,6 +32,7 @@ typecheck: install
 ## Missing promtool fails under CI=true and is skipped with a note otherwise.
 alerts:
 	@if command -v promtool >/dev/null 2>&1; then \
+		promtool check config grafana/prometheus.yml && \
 		promtool check rules grafana/alerts/*.yml && \
 		promtool test rules grafana/alerts/tests/*.yml; \
 	elif [ "$$CI" = "true" ]; then \

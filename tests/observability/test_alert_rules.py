@@ -23,6 +23,19 @@ def test_promtool_check_rules() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_promtool_check_the_example_prometheus_config() -> None:
+    promtool = require_tool("promtool")
+    done = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "grafana/prometheus.yml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 rule files found" in done.stdout + done.stderr
+
+
 def test_promtool_unit_tests() -> None:
     promtool = require_tool("promtool")
     assert ALERT_TESTS
