@@ -1,23 +1,24 @@
-"""Rules compiled once into what a decision needs: closures, frozen sets and a plan cache.
+"""Rules compiled once into what a decision needs: frozen sets, a plan cache, generated code.
 
 Nothing here parses or validates at decision time. Each rule's top-level tests on the four
 *indexed* fields (currency, country, payment method, capture method) become frozen sets; the
-rest becomes one closure (its *residual*). For each combination of the indexed fields a
-:class:`Plan` is built on first use and cached: the rules that can still match it, in priority
-order, and the providers whose static limits admit it, with the reasons of those that do not.
+rest stay as its ``tests``. For each combination of the indexed fields a :class:`Plan` is built
+on first use and cached: the rules that can still match it (in priority order) with their tests
+compiled into generated functions (:mod:`gateway.routing.plan`), and the providers whose
+static limits admit it, with the reasons of those that do not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from gateway.routing.conditions import AmountRange, Condition, CountRange, InfoTest
+from gateway.routing.conditions import Condition
 from gateway.routing.decision import Exclusion
 from gateway.routing.eligibility import CompiledProvider, compile_providers
 from gateway.routing.features import Features
+from gateway.routing.plan import Plan
 from gateway.routing.rules import LatencyScoring, Learning, LoadedRules, RulesFile
 from providers.base import Capabilities
 
@@ -26,14 +27,10 @@ __all__ = [
     "CompiledRule",
     "CompiledRules",
     "Conjunct",
-    "Plan",
-    "Predicate",
-    "compile_condition",
     "compile_rules",
     "conjuncts",
 ]
 
-Predicate = Callable[[Features], bool]
 #: one test of a conjunction: (kind, payload); kinds are Condition keys plus "info".
 Conjunct = tuple[str, Any]
 INDEXED = ("currency", "country", "payment_method", "capture_method")
@@ -63,90 +60,6 @@ def conjuncts(cond: Condition) -> list[Conjunct]:
     return out
 
 
-def _bounded(get: Callable[[Features], Any], bounds: AmountRange | CountRange) -> Predicate:
-    gt, gte, lt, lte = bounds.gt, bounds.gte, bounds.lt, bounds.lte
-
-    def check(f: Features) -> bool:
-        v = get(f)
-        return (
-            (gt is None or v > gt)
-            and (gte is None or v >= gte)
-            and (lt is None or v < lt)
-            and (lte is None or v <= lte)
-        )
-
-    return check
-
-
-def _info(test: InfoTest) -> Predicate:
-    key, values = test.key, (frozenset(test.values) if test.values is not None else None)
-    if values is None:
-        return lambda f: key in f.info
-    return lambda f: f.info.get(key) in values
-
-
-def _locale(values: frozenset[str]) -> Predicate:
-    full = frozenset(v for v in values if len(v) > 2)
-    languages = frozenset(v for v in values if len(v) == 2)
-    return lambda f: f.locale is not None and (f.locale in full or f.locale[:2] in languages)
-
-
-def compile_conjunct(kind: str, payload: Any) -> Predicate:
-    """One test as a closure over :class:`Features`."""
-    if kind == "currency":
-        return lambda f: f.currency in payload
-    if kind == "country":
-        return lambda f: f.country in payload
-    if kind == "payment_method":
-        return lambda f: f.payment_method in payload
-    if kind == "capture_method":
-        return lambda f: f.capture_method in payload
-    if kind == "merchant":
-        return lambda f: f.merchant in payload
-    if kind == "locale":
-        return _locale(payload)
-    if kind == "amount":
-        return _bounded(lambda f: f.amount, payload)
-    if kind == "items":
-        return _bounded(lambda f: f.item_count, payload)
-    if kind == "quantity":
-        return _bounded(lambda f: f.quantity, payload)
-    if kind == "info":
-        return _info(payload)
-    if kind == "any":
-        branches = tuple(compile_condition(c) for c in payload)
-        return lambda f: any(b(f) for b in branches)
-    if kind == "not":
-        inner = compile_condition(payload)
-        return lambda f: not inner(f)
-    raise ValueError(f"unknown condition {kind!r}")
-
-
-def _conjoin(preds: Sequence[Predicate]) -> Predicate:
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        a, b = preds
-        return lambda f: a(f) and b(f)
-    if len(preds) == 3:
-        a, b, c = preds
-        return lambda f: a(f) and b(f) and c(f)
-    frozen = tuple(preds)
-
-    def every(f: Features) -> bool:
-        for p in frozen:  # noqa: SIM110 - a plain loop is faster than all() over a generator
-            if not p(f):
-                return False
-        return True
-
-    return every
-
-
-def compile_condition(cond: Condition) -> Predicate:
-    """A whole condition as one closure."""
-    return _conjoin([compile_conjunct(k, v) for k, v in conjuncts(cond)])
-
-
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A rule ready to run: index sets, residual closure and flattened actions."""
@@ -156,17 +69,16 @@ class CompiledRule:
     order: int
     #: per INDEXED field, the values the request must have (None: any)
     requires: tuple[frozenset[str] | None, ...]
-    residual: Predicate | None
+    #: the other top-level tests, all of which must hold (see :mod:`gateway.routing.plan`)
+    tests: tuple[Conjunct, ...]
     deltas: tuple[tuple[str, float], ...]
     exclude: tuple[str, ...]
     pin: str | None
     #: (provider, cumulative upper bound in basis points), in file order
     split: tuple[tuple[str, int], ...] | None
 
-    @property
-    def places(self) -> bool:
-        """True for a pin or a split: the rule decides who goes first."""
-        return self.pin is not None or self.split is not None
+    #: True for a pin or a split: the rule decides who goes first
+    places: bool
 
     def admits(self, key: tuple[str | None, ...]) -> bool:
         """Whether the indexed part of the condition holds for ``key``."""
@@ -178,12 +90,12 @@ class CompiledRule:
 
 def _compile_rule(rule: Any, order: int) -> CompiledRule:
     requires: dict[str, frozenset[str]] = {}
-    rest: list[Predicate] = []
+    rest: list[Conjunct] = []
     for kind, payload in conjuncts(rule.when) if rule.when is not None else []:
         if kind in INDEXED:
             requires[kind] = requires[kind] & payload if kind in requires else payload
         else:
-            rest.append(compile_conjunct(kind, payload))
+            rest.append((kind, payload))
     act = rule.then
     deltas = [(p, float(v)) for p, v in (act.boost or {}).items()]
     deltas += [(p, -float(v)) for p, v in (act.penalize or {}).items()]
@@ -199,21 +111,13 @@ def _compile_rule(rule: Any, order: int) -> CompiledRule:
         priority=rule.priority,
         order=order,
         requires=tuple(requires.get(name) for name in INDEXED),
-        residual=_conjoin(rest) if rest else None,
+        tests=tuple(rest),
         deltas=tuple(deltas),
         exclude=tuple(act.exclude or ()),
         pin=act.pin,
         split=split,
+        places=act.pin is not None or act.split is not None,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What is left to decide for one combination of the indexed fields."""
-
-    rules: tuple[CompiledRule, ...]
-    providers: tuple[CompiledProvider, ...]
-    excluded: tuple[Exclusion, ...]
 
 
 class CompiledRules:
@@ -244,7 +148,19 @@ class CompiledRules:
         self.exploration = model.scoring.exploration
         self.learning: Learning = model.scoring.learning
         self.latency: LatencyScoring = model.scoring.latency
-        self.cost_max_fraction: Decimal = model.scoring.cost.max_percent / 100
+        learn, lat = self.learning, self.latency
+        #: identifies the parameters the stats estimates depend on (a snapshot memo key)
+        self.stats_key = (
+            learn.creation_prior.mean,
+            learn.creation_prior.strength,
+            learn.payment_prior.mean,
+            learn.payment_prior.strength,
+            learn.min_segment_samples,
+            lat.good_ms,
+            lat.bad_ms,
+            lat.prior_weight,
+        )
+        self.inverse_cost_max = 1.0 / float(model.scoring.cost.max_percent / 100)
         self._plans: dict[tuple[str | None, ...], Plan] = {}
 
     def plan(self, f: Features) -> Plan:

@@ -54,7 +54,9 @@ class RoutingDecision:
                     "provider": c.provider,
                     "score": round(c.score, 4),
                     "components": {k: round(v, 4) for k, v in c.components.items()},
-                    "details": dict(c.details),
+                    "details": {
+                        k: round(v, 6) if isinstance(v, float) else v for k, v in c.details.items()
+                    },
                 }
                 for c in self.ranked
             ],

@@ -18,6 +18,7 @@ from providers.base import Capabilities
 __all__ = ["CompiledProvider", "compile_providers"]
 
 _Limits = tuple[Decimal | None, Decimal | None]
+_ZERO = Decimal(0)
 
 
 def _frozen(values: tuple[str, ...] | frozenset[str] | None) -> frozenset[str] | None:
@@ -45,6 +46,11 @@ class CompiledProvider:
     limits: _Limits = (None, None)
     limits_per_currency: Mapping[str, _Limits] = field(default_factory=dict)
     fee_percent: Decimal | None = None
+    #: ``fee_percent / 100``, exact
+    fee_rate: Decimal | None = None
+    #: the same fees as floats, only to score the fee's share of an amount (never money)
+    fee_rate_f: float = 0.0
+    fee_fixed_f: Mapping[str, float] = field(default_factory=dict)
     fee_fixed: Mapping[str, Decimal] = field(default_factory=dict)
 
     def static_exclusion(
@@ -86,9 +92,9 @@ class CompiledProvider:
 
     def fee(self, currency: str, amount: Decimal) -> Decimal | None:
         """The provider's fee for ``amount`` (exact), or None when no fees are configured."""
-        if self.fee_percent is None:
+        if self.fee_rate is None:
             return None
-        return amount * self.fee_percent / 100 + self.fee_fixed.get(currency, Decimal(0))
+        return amount * self.fee_rate + self.fee_fixed.get(currency, _ZERO)
 
 
 def compile_providers(
@@ -123,7 +129,10 @@ def compile_providers(
                     c: (lim.min, lim.max) for c, lim in conf.amount_per_currency.items()
                 },
                 fee_percent=fees.percent if fees is not None else None,
+                fee_rate=fees.percent / 100 if fees is not None else None,
                 fee_fixed=dict(fees.fixed) if fees is not None else {},
+                fee_rate_f=float(fees.percent / 100) if fees is not None else 0.0,
+                fee_fixed_f={c: float(v) for c, v in fees.fixed.items()} if fees else {},
             )
         )
     unrouted = tuple(

@@ -19,22 +19,30 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from decimal import Decimal
+from operator import itemgetter
 from types import MappingProxyType
+from typing import Any
 
 from gateway.routing.compiled import CompiledRule, CompiledRules
 from gateway.routing.decision import Candidate, Exclusion, RoutingDecision
 from gateway.routing.eligibility import CompiledProvider
 from gateway.routing.features import Features
-from gateway.routing.stats import StatsSnapshot, estimate_latency, estimate_success
+from gateway.routing.stats import (
+    LatencyEstimate,
+    StatsSnapshot,
+    SuccessEstimate,
+    estimate_latency,
+    estimate_success,
+)
 
 __all__ = ["COMPONENTS", "decide", "derive_decision_id", "stable_unit"]
 
 #: the score components, in the order they are listed and added
 COMPONENTS = ("preference", "success_rate", "latency", "cost")
 _NONE: Mapping[str, str] = MappingProxyType({})
-_FEE_QUANTUM = Decimal("0.0001")
 _BUCKETS = 10_000
+#: score (descending, rounded so float noise is not a preference), fallback rank, name
+_RANKING = itemgetter(0, 1, 2)
 
 
 def stable_unit(salt: str, f: Features) -> float:
@@ -60,42 +68,64 @@ def derive_decision_id(f: Features, compiled: CompiledRules) -> str:
     return "rd_" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+_Learnt = tuple[SuccessEstimate, LatencyEstimate]
+
+
+def _learnt(
+    name: str, f: Features, c: CompiledRules, stats: StatsSnapshot, table: dict[Any, Any]
+) -> _Learnt:
+    """The success and latency estimates of a provider for this segment, memoised."""
+    key = (name, f.currency, f.country)
+    found: _Learnt | None = table.get(key)
+    if found is None:
+        found = table[key] = (
+            estimate_success(stats, name, f.currency, f.country, c.learning),
+            estimate_latency(stats, name, c.latency),
+        )
+    return found
+
+
 def _score(
-    p: CompiledProvider, f: Features, c: CompiledRules, stats: StatsSnapshot, points: float
+    p: CompiledProvider,
+    f: Features,
+    c: CompiledRules,
+    learnt: _Learnt,
+    points: float,
+    amount_f: float,
 ) -> Candidate:
     w_pref, w_success, w_latency, w_cost = c.weights
-    preference = min(100.0, max(0.0, p.preference + points))
-    success = estimate_success(stats, p.name, f.currency, f.country, c.learning)
-    latency = estimate_latency(stats, p.name, c.latency)
-    fee = p.fee(f.currency, f.amount)
+    success, latency = learnt
+    preference = p.preference + points
+    preference = 0.0 if preference < 0.0 else 100.0 if preference > 100.0 else preference
+    fee = p.fee(f.currency, f.amount)  # exact, for the explanation
     if fee is None:
         cost = 0.5  # fees unknown: neutral
-    elif f.amount > 0:
-        cost = max(0.0, 1.0 - float(fee / f.amount / c.cost_max_fraction))
+    elif amount_f > 0:  # the fee's share of the amount: a score input, not money
+        share = p.fee_rate_f + p.fee_fixed_f.get(f.currency, 0.0) / amount_f
+        cost = 1.0 - share * c.inverse_cost_max
+        cost = 0.0 if cost < 0.0 else cost
     else:
         cost = 1.0 if fee == 0 else 0.0
-    parts = (
-        w_pref * preference / 100.0,
-        w_success * success.rate,
-        w_latency * latency.score,
-        w_cost * cost,
-    )
+    a = w_pref * preference / 100.0
+    b = w_success * success.rate
+    d = w_latency * latency.score
+    e = w_cost * cost
     return Candidate(
-        provider=p.name,
-        score=parts[0] + parts[1] + parts[2] + parts[3],
-        components=dict(zip(COMPONENTS, parts, strict=True)),
-        details={
+        p.name,
+        a + b + d + e,
+        {"preference": a, "success_rate": b, "latency": d, "cost": e},
+        {
             "basePreference": p.preference,
             "rulePoints": points,
-            "successRate": round(success.rate, 6),
-            "creationRate": round(success.creation, 6),
-            "paymentRate": round(success.payment, 6),
-            "successSamples": round(success.samples, 3),
+            "successRate": success.rate,
+            "creationRate": success.creation,
+            "paymentRate": success.payment,
+            "successSamples": success.samples,
             "successSegment": success.segment,
-            "latencyMs": round(latency.ms, 3),
-            "latencySamples": round(latency.samples, 3),
-            "fee": None if fee is None else str(fee.quantize(_FEE_QUANTUM)),
-            "costScore": round(cost, 6),
+            "latencyMs": latency.ms,
+            "latencySamples": latency.samples,
+            "fee": None if fee is None else str(fee),
+            "costScore": cost,
         },
     )
 
@@ -129,14 +159,12 @@ def _split_target(rule: CompiledRule, f: Features, eligible: set[str]) -> tuple[
 
 
 def _place(
-    ranked: list[Candidate], matched: list[CompiledRule], f: Features, notes: list[str]
+    ranked: list[Candidate], placing: list[CompiledRule], f: Features, notes: list[str]
 ) -> str | None:
     """Apply the first pin/split that can; returns the id of the rule that placed, if any."""
     placed_by: str | None = None
     names = {c.provider for c in ranked}
-    for rule in matched:
-        if not rule.places:
-            continue
+    for rule in placing:
         if placed_by is not None:
             notes.append(
                 f"rule {rule.id}: placement overridden by higher-priority rule {placed_by}"
@@ -179,15 +207,22 @@ def decide(
     """
     f = features
     plan = compiled.plan(f)
-    matched = [r for r in plan.rules if r.residual is None or r.residual(f)]
+    matched = plan.match(f)
     points: dict[str, float] = {}
     ruled_out: dict[str, str] = {}
+    placing: list[CompiledRule] = []
     for rule in matched:
-        for provider, delta in rule.deltas:
-            points[provider] = points.get(provider, 0.0) + delta
-        for provider in rule.exclude:
-            ruled_out.setdefault(provider, rule.id)
+        if rule.deltas:
+            for provider, delta in rule.deltas:
+                points[provider] = points.get(provider, 0.0) + delta
+        if rule.exclude:
+            for provider in rule.exclude:
+                ruled_out.setdefault(provider, rule.id)
+        if rule.places:
+            placing.append(rule)
     excluded = list(plan.excluded)
+    table = stats.estimates(compiled.stats_key)
+    amount_f = float(f.amount)
     scored: list[tuple[float, int, str, Candidate]] = []
     for p in plan.providers:
         reason = p.amount_exclusion(f.currency, f.amount)
@@ -198,13 +233,14 @@ def decide(
         if reason is not None:
             excluded.append(Exclusion(p.name, reason))
             continue
-        candidate = _score(p, f, compiled, stats, points.get(p.name, 0.0))
+        learnt = _learnt(p.name, f, compiled, stats, table)
+        candidate = _score(p, f, compiled, learnt, points.get(p.name, 0.0), amount_f)
         scored.append((-round(candidate.score, 9), p.rank, p.name, candidate))
-    scored.sort(key=lambda item: item[:3])
+    scored.sort(key=_RANKING)
     ranked = [item[3] for item in scored]
     notes: list[str] = []
     if ranked:
-        placed = _place(ranked, matched, f, notes)
+        placed = _place(ranked, placing, f, notes) if placing else None
         explore = placed is None and len(ranked) > 1 and compiled.exploration > 0
         if explore and stable_unit("explore", f) < compiled.exploration:
             pick = 1 + int(stable_unit("explore-pick", f) * (len(ranked) - 1))

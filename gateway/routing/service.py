@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -250,18 +250,30 @@ class Router:
         A ``dry_run`` (the simulate endpoint) is left out of the decision metrics.
         """
         started = time.perf_counter()
+        unsupported = self.session_type_exclusions(request.sessionType)
+        if unsupported:
+            unavailable = {**unsupported, **unavailable}
         decision = decide(
             extract_features(request, merchant_id),
             self._active,
             self._snapshot,
             unavailable,
-            decision_id=decision_id or f"rd_{uuid.uuid4().hex}",
+            decision_id=decision_id or f"rd_{os.urandom(12).hex()}",
         )
         if not dry_run:
             self.counters["decisions"] += 1
             ROUTING_DURATION.observe(time.perf_counter() - started)
             _observe_decision(decision)
         return decision
+
+    def session_type_exclusions(self, session_type: str) -> dict[str, str]:
+        """Providers whose adapter cannot open a ``session_type`` session, with the reason
+        (seed 002: a ``first_in_series`` mandate only where the provider supports one)."""
+        return {
+            name: f"adapter does not support session type {session_type}"
+            for name, caps in self._caps.items()
+            if session_type not in caps.session_types
+        }
 
     # -- learning -------------------------------------------------------------------------
     async def record_creation(

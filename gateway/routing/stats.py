@@ -16,11 +16,11 @@ Only the provider's own failures count against it: see :func:`classify_outcome`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.routing.rules import LatencyScoring, Learning, Prior
 
@@ -43,6 +43,7 @@ __all__ = [
     "segments_for",
 ]
 
+_MEMO_LIMIT = 50_000
 #: (provider, kind, value): kind is "all" (value ""), "currency" or "country"
 SegmentKey = tuple[str, str, str]
 
@@ -154,6 +155,17 @@ class StatsSnapshot:
 
     segments: Mapping[SegmentKey, Counters] = field(default_factory=lambda: MappingProxyType({}))
     as_of: float = 0.0
+    #: estimates derived from these counters, per scoring parameters, filled on first use
+    memo: dict[Any, dict[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+
+    def estimates(self, params: Hashable) -> dict[Any, Any]:
+        """The memo table of one set of scoring parameters (bounded)."""
+        table = self.memo.get(params)
+        if table is None or len(table) > _MEMO_LIMIT:
+            if len(self.memo) > 8:
+                self.memo.clear()
+            table = self.memo[params] = {}
+        return table
 
     @classmethod
     def of(cls, segments: Mapping[SegmentKey, Counters], as_of: float) -> StatsSnapshot:
