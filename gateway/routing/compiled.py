@@ -165,7 +165,7 @@ class CompiledRules:
 
     def plan(self, f: Features) -> Plan:
         """The cached :class:`Plan` for the indexed fields of ``f``."""
-        key = (f.currency, f.country, f.payment_method, f.capture_method)
+        key = (f.currency, f.country, f.payment_method, f.capture_method, f.session_type)
         found = self._plans.get(key)
         if found is None:
             if len(self._plans) >= _PLAN_CACHE_LIMIT:
@@ -174,7 +174,7 @@ class CompiledRules:
         return found
 
     def _build_plan(self, key: tuple[str | None, ...]) -> Plan:
-        rules = tuple(r for r in self.rules if r.admits(key))
+        rules = tuple(r for r in self.rules if r.admits(key[: len(INDEXED)]))
         eligible: list[CompiledProvider] = []
         excluded = list(self.unrouted)
         for provider in self.providers:

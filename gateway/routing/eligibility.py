@@ -38,6 +38,7 @@ class CompiledProvider:
     cap_currencies: frozenset[str] | None = None
     cap_countries: frozenset[str] | None = None
     cap_captures: frozenset[str] | None = None
+    cap_session_types: frozenset[str] | None = None
     cap_limits: _Limits = (None, None)
     methods: frozenset[str] | None = None
     currencies: frozenset[str] | None = None
@@ -54,7 +55,12 @@ class CompiledProvider:
     fee_fixed: Mapping[str, Decimal] = field(default_factory=dict)
 
     def static_exclusion(
-        self, currency: str | None, country: str | None, method: str | None, capture: str | None
+        self,
+        currency: str | None,
+        country: str | None,
+        method: str | None,
+        capture: str | None,
+        session_type: str | None = "one_time",
     ) -> str | None:
         """Why this provider cannot take a request with these fields, or None."""
         if not self.enabled:
@@ -66,6 +72,7 @@ class CompiledProvider:
             ("adapter does not support currency", self.cap_currencies, currency),
             ("adapter does not serve billing country", self.cap_countries, country),
             ("adapter does not support capture method", self.cap_captures, capture),
+            ("adapter does not support session type", self.cap_session_types, session_type),
             ("routing rules do not allow payment method", self.methods, method),
             ("routing rules do not allow currency", self.currencies, currency),
             ("routing rules do not allow billing country", self.countries, country),
@@ -119,6 +126,7 @@ def compile_providers(
                 cap_currencies=_frozen(caps.currencies) if caps else None,
                 cap_countries=_frozen(caps.countries) if caps else None,
                 cap_captures=_frozen(caps.capture_methods) if caps else None,
+                cap_session_types=_frozen(caps.session_types) if caps else None,
                 cap_limits=(caps.min_amount, caps.max_amount) if caps else (None, None),
                 methods=_frozen(conf.payment_methods),
                 currencies=_frozen(conf.currencies),

@@ -25,6 +25,7 @@ class Features:
     amount: Decimal
     country: str | None = None
     capture_method: str = "automatic"
+    session_type: str = "one_time"
     locale: str | None = None
     item_count: int = 1
     quantity: int = 1
@@ -48,6 +49,7 @@ def extract_features(request: CheckoutRequest, merchant_id: str) -> Features:
         amount=request.amount.total,
         country=request.billing_country,
         capture_method=request.captureMethod,
+        session_type=request.sessionType,
         locale=locale,
         item_count=len(request.orderItems),
         quantity=sum(item.quantity for item in request.orderItems),

@@ -44,15 +44,9 @@ from gateway.routing.compiled import CompiledRules, compile_rules
 from gateway.routing.decision import RoutingDecision
 from gateway.routing.engine import decide
 from gateway.routing.features import extract_features
+from gateway.routing.learning import OutcomeFeed
 from gateway.routing.rules import RulesError, load_rules_file, load_rules_text
-from gateway.routing.stats import (
-    MemoryStatsStore,
-    StatsSnapshot,
-    StatsStore,
-    creation_delta,
-    payment_delta,
-    segments_for,
-)
+from gateway.routing.stats import StatsSnapshot, StatsStore
 from gateway.settings import SettingsError
 from providers.base import Capabilities
 
@@ -67,7 +61,6 @@ __all__ = ["ReloadResult", "Router", "enabled_providers"]
 
 log = logging.getLogger("gateway.routing")
 _NONE: Mapping[str, str] = MappingProxyType({})
-_MAX_PENDING_WRITES = 1000
 
 
 def enabled_providers(path: str | Path) -> list[str]:
@@ -148,20 +141,19 @@ class Router:
         self.path = Path(rules_path)
         self._caps = {name: _capabilities(a) for name, a in adapters.items()}
         self._active: CompiledRules = compile_rules(load_rules_file(self.path), self._caps)
-        self._snapshot = StatsSnapshot()
-        self._stats: StatsStore = stats_store if stats_store is not None else MemoryStatsStore()
-        self._owns_stats = owns_stats_store or stats_store is None
         self._watch_s = watch_interval_s
         self._refresh_s = refresh_interval_s
         self._clock = clock
         self._reload_lock = asyncio.Lock()
         self._failed_hash: str | None = None
         self._file_missing = False
-        self._pending: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[ReloadResult], None]] = []
         #: hook for metrics: reload_ok, reload_failed, stats_refresh_failed, stats_write_failed,
         #: stats_write_dropped, outcome_not_counted, decisions
         self.counters: Counter[str] = Counter()
+        self._feed = OutcomeFeed(
+            stats_store, owns_store=owns_stats_store, clock=clock, counters=self.counters
+        )
         self.loaded_at = clock()
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
@@ -213,7 +205,7 @@ class Router:
     @property
     def stats(self) -> StatsSnapshot:
         """The current statistics snapshot."""
-        return self._snapshot
+        return self._feed.snapshot
 
     @property
     def provider_names(self) -> frozenset[str]:
@@ -228,7 +220,7 @@ class Router:
             "loadedAt": self.loaded_at,
             "lastReloadAt": self.last_reload_at,
             "lastReloadError": self.last_reload_error,
-            "statsAsOf": self._snapshot.as_of or None,
+            "statsAsOf": self._feed.snapshot.as_of or None,
         }
 
     def add_reload_listener(self, listener: Callable[[ReloadResult], None]) -> None:
@@ -250,13 +242,10 @@ class Router:
         A ``dry_run`` (the simulate endpoint) is left out of the decision metrics.
         """
         started = time.perf_counter()
-        unsupported = self.session_type_exclusions(request.sessionType)
-        if unsupported:
-            unavailable = {**unsupported, **unavailable}
         decision = decide(
             extract_features(request, merchant_id),
             self._active,
-            self._snapshot,
+            self._feed.snapshot,
             unavailable,
             decision_id=decision_id or f"rd_{os.urandom(12).hex()}",
         )
@@ -266,73 +255,32 @@ class Router:
             _observe_decision(decision)
         return decision
 
-    def session_type_exclusions(self, session_type: str) -> dict[str, str]:
-        """Providers whose adapter cannot open a ``session_type`` session, with the reason
-        (seed 002: a ``first_in_series`` mandate only where the provider supports one)."""
-        return {
-            name: f"adapter does not support session type {session_type}"
-            for name, caps in self._caps.items()
-            if session_type not in caps.session_types
-        }
-
     # -- learning -------------------------------------------------------------------------
     async def record_creation(
         self, provider: str, outcome: str, latency_ms: float, request: CheckoutRequest
     ) -> None:
-        """Count one session-creation attempt (``"created"`` or ``ProviderError.outcome``)."""
-        delta = creation_delta(outcome, latency_ms)
-        if delta is None:
-            self.counters["outcome_not_counted"] += 1
-            return
-        segments = segments_for(provider, request.currency, request.billing_country)
-        self._write(self._stats.add(segments, delta, **self._stamp()))
+        """Count one session-creation attempt (``"created"`` or ``ProviderError.outcome``);
+        returns at once, the write runs in the background."""
+        half_life = self._active.learning.half_life_seconds
+        country = request.billing_country
+        self._feed.creation(provider, outcome, latency_ms, request.currency, country, half_life)
 
     async def record_payment(
         self, provider: str, success: bool, currency: str | None, country: str | None
     ) -> None:
         """Count one payment outcome reported by a provider webhook."""
-        segments = segments_for(provider, currency, country)
-        self._write(self._stats.add(segments, payment_delta(success), **self._stamp()))
-
-    def _stamp(self) -> dict[str, float]:
-        return {"now": self._clock(), "half_life_s": self._active.learning.half_life_seconds}
-
-    def _write(self, work: Coroutine[Any, Any, None]) -> None:
-        if len(self._pending) >= _MAX_PENDING_WRITES:
-            work.close()
-            self.counters["stats_write_dropped"] += 1
-            return
-        task = asyncio.create_task(self._guarded_write(work))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _guarded_write(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except Exception:  # a stats failure must never surface in a checkout
-            self.counters["stats_write_failed"] += 1
-            log.warning("routing statistics write failed", exc_info=True)
+        half_life = self._active.learning.half_life_seconds
+        self._feed.payment(provider, success, currency, country, half_life)
 
     async def flush(self) -> None:
         """Wait for the outcome writes in flight."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._feed.flush()
 
     async def refresh_stats(self) -> StatsSnapshot:
         """Load the shared counters into a new snapshot (the old one stays on failure)."""
-        rules, now = self._active, self._clock()
-        try:
-            raw = await self._stats.load(
-                providers=sorted(p.name for p in rules.providers),
-                now=now,
-                half_life_s=rules.learning.half_life_seconds,
-            )
-        except Exception:
-            self.counters["stats_refresh_failed"] += 1
-            log.warning("routing statistics refresh failed", exc_info=True)
-            return self._snapshot
-        self._snapshot = StatsSnapshot.of(raw, now)
-        return self._snapshot
+        rules = self._active
+        providers = sorted(p.name for p in rules.providers)
+        return await self._feed.refresh(providers, rules.learning.half_life_seconds)
 
     # -- reloading ------------------------------------------------------------------------
     async def reload(self) -> ReloadResult:
@@ -438,9 +386,7 @@ class Router:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self.flush()
-            if self._owns_stats:
-                await self._stats.close()
+            await self._feed.close()
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """``app.cleanup_ctx.append(router.cleanup_ctx)``: background work for the app's life."""

@@ -212,3 +212,18 @@ def test_repository_rules_route_the_seed_request_with_an_explanation() -> None:
         assert math.fsum(c.components.values()) == pytest.approx(c.score, abs=1e-9)
     assert explained["selectedProvider"] == decision.ranked[0].provider
     assert any(n.startswith("rule au-cards-split: split bucket") for n in explained["notes"])
+
+
+def test_session_type_is_a_capability() -> None:
+    caps = {
+        "stripe": Capabilities(payment_methods=frozenset({"card"})),
+        "adyen": Capabilities(
+            payment_methods=frozenset({"card"}),
+            session_types=frozenset({"one_time", "first_in_series"}),
+        ),
+    }
+    rules = compiled({"stripe": {}, "adyen": {}}, capabilities=caps)
+    d = route(rules, features(sessionType="first_in_series"))
+    assert [c.provider for c in d.ranked] == ["adyen"]
+    assert reasons(d) == {"stripe": "adapter does not support session type first_in_series"}
+    assert len(route(rules).ranked) == 2
