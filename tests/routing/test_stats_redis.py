@@ -101,3 +101,34 @@ async def test_routers_in_two_processes_learn_from_each_other(
         adyen = next(c for c in after.ranked if c.provider == "adyen")
         assert adyen.details["successSamples"] == pytest.approx(60.0, rel=1e-3)
     assert writer.counters["outcome_not_counted"] == 60
+
+
+async def test_from_settings_shares_the_redis_store_connection(
+    tmp_path, redis_url: str, redis_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    from gateway.settings import Settings
+    from gateway.store.redis import RedisStore
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules_yaml({"stripe": {}, "adyen": {}}))
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        store="redis",
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        rules_path=path,
+    )
+    store = RedisStore(redis_url, redis_prefix)
+    try:
+        router = Router.from_settings(settings, {"stripe": OPEN, "adyen": OPEN}, store)
+        async with router.running():
+            await router.record_creation("stripe", "created", 120.0, request())
+            await router.record_payment("stripe", False, "AUD", "AU")
+            await router.flush()
+            snapshot = await router.refresh_stats()
+        counters = snapshot.segments[("stripe", "country", "AU")]
+        assert counters.creation_ok == pytest.approx(1.0, rel=1e-3)
+        assert counters.payment_fail == pytest.approx(1.0, rel=1e-3)
+        await store.ping()  # the router closed nothing it does not own
+    finally:
+        await store.close()
