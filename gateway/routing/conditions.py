@@ -37,6 +37,7 @@ __all__ = [
     "FrozenModel",
     "InfoTest",
     "ProviderName",
+    "as_text",
     "check_country",
     "one_or_many",
 ]
@@ -51,6 +52,16 @@ class FrozenModel(BaseModel):
 def one_or_many(value: Any) -> Any:
     """Accept ``X`` wherever ``[X]`` is meant."""
     return [value] if isinstance(value, str | int | Decimal) else value
+
+
+def as_text(value: Any) -> Any:
+    """Numbers where text is meant (``version: 2024.1``, ``merchant: 12345``) become text,
+    spelled as written (decimals are read exactly, so ``1.10`` stays ``1.10``)."""
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list):
+        return [as_text(v) for v in value]
+    return value
 
 
 def _currency(value: str) -> str:
@@ -93,7 +104,12 @@ Currencies = Annotated[tuple[CurrencyCode, ...], _ONE_OR_MANY, _NON_EMPTY]
 Countries = Annotated[tuple[Country, ...], _ONE_OR_MANY, _NON_EMPTY]
 Methods = Annotated[tuple[Method, ...], _ONE_OR_MANY, _NON_EMPTY]
 CaptureMethods = Annotated[tuple[Literal["automatic", "manual"], ...], _ONE_OR_MANY, _NON_EMPTY]
-Merchants = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], _ONE_OR_MANY, _NON_EMPTY]
+Merchants = Annotated[
+    tuple[Annotated[str, Field(min_length=1)], ...],
+    BeforeValidator(as_text),
+    _ONE_OR_MANY,
+    _NON_EMPTY,
+]
 Locales = Annotated[tuple[Locale, ...], _ONE_OR_MANY, _NON_EMPTY]
 
 

@@ -38,6 +38,7 @@ from gateway.routing.conditions import (
     CurrencyCode,
     FrozenModel,
     ProviderName,
+    as_text,
     one_or_many,
 )
 from gateway.routing.yamlsource import Path, YamlProblem, line_for, parse_yaml, readable_path
@@ -144,7 +145,9 @@ class Action(FrozenModel):
 class Rule(FrozenModel):
     """``when`` the request matches, ``then`` act. Higher ``priority`` is applied first."""
 
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    id: Annotated[
+        str, BeforeValidator(as_text), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    ]
     description: str = ""
     priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
     enabled: bool = True
@@ -225,7 +228,7 @@ class RulesFile(FrozenModel):
     """The whole ``routing_rules.yaml``."""
 
     schema_version: Literal[1]
-    version: Annotated[str, Field(pattern=r"^\S{1,64}$")]
+    version: Annotated[str, BeforeValidator(as_text), Field(pattern=r"^\S{1,64}$")]
     description: str = ""
     providers: Annotated[dict[ProviderName, ProviderRules], Field(min_length=1)]
     scoring: Scoring = Scoring()

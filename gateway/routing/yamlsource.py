@@ -20,6 +20,7 @@ __all__ = ["Path", "YamlProblem", "line_for", "parse_yaml", "readable_path"]
 Path = tuple[str | int, ...]
 
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 _MAX_DEPTH = 64
 
 
@@ -92,6 +93,8 @@ def _build(loader: _Loader, node: yaml.Node, path: Path, marks: dict[Path, int],
 
 
 def _scalar(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    if node.tag == _BOOL_TAG and str(node.value).lower() not in ("true", "false"):
+        return str(node.value)  # YAML 1.1 reads NO (Norway), on, y... as booleans: keep the text
     if node.tag == _FLOAT_TAG:
         text = str(node.value).replace("_", "")
         try:

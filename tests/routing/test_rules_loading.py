@@ -183,3 +183,26 @@ def test_single_values_are_accepted_where_lists_are_meant() -> None:
     assert when is not None
     assert when.country == ("NL",)
     assert rules.rules[0].then.exclude == ("stripe",)
+
+
+def test_yaml_1_1_pitfalls_are_read_as_written() -> None:
+    text = """schema_version: 1
+version: 2024.10
+providers:
+  stripe: {countries: [NO, SE, DK]}
+rules:
+  - id: 42
+    when: {merchant: 12345, country: NO}
+    then: {boost: {stripe: 1}}
+"""
+    rules = load_rules_text(text).rules
+    assert rules.version == "2024.10"
+    assert rules.providers["stripe"].countries == ("NO", "SE", "DK")
+    assert rules.rules[0].id == "42"
+    when = rules.rules[0].when
+    assert when is not None
+    assert when.merchant == ("12345",)
+    assert when.country == ("NO",)
+    assert load_rules_text(
+        text.replace("{countries: [NO, SE, DK]}", "{enabled: no}")
+    ).rules.providers["stripe"].enabled in (False, "no")
