@@ -11,8 +11,9 @@ Background work, started and stopped by :meth:`Router.running` (or ``app.cleanup
   keeps the old rules, logs every problem and sets :attr:`Router.last_reload_error`;
 - the stats snapshot is refreshed from the store every ``refresh_interval_s``.
 
-Outcome writes are fire-and-forget: a slow or failing stats store never delays or fails a
-checkout (failures are counted in :attr:`Router.counters`).
+Outcome writes go through :class:`gateway.routing.learning.OutcomeFeed`: fire-and-forget, so
+a slow or failing stats store never delays or fails a checkout (failures are counted in
+:attr:`Router.counters`, the hook for metrics, next to the reload outcomes).
 """
 
 from __future__ import annotations
