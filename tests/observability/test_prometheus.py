@@ -187,13 +187,14 @@ class Load:
 
     async def in_flight_conflict(self) -> None:
         """Two requests with one key at once: the second gets 409 while the first waits."""
-        await self.fault("stripe", latencyMs=800)
         body = seed(orderReference="ORD-in-flight")
+        provider = await self.first_choice(body)
+        await self.fault(provider, latencyMs=800)
         first = asyncio.create_task(self.create("in-flight", body, 201))
         await asyncio.sleep(0.3)
         await self.create("in-flight", body, 409)
         await first
-        await self.fault("stripe", latencyMs=0)
+        await self.fault(provider, latencyMs=0)
 
     async def first_choice(self, body: dict[str, Any]) -> str:
         async with self.http.post(
@@ -343,7 +344,8 @@ async def test_every_dashboard_query_and_alert_works_against_real_prometheus(
             await wait_until(refused)
             await prometheus.wait_for(http, created, load.created)
             await prometheus.wait_for(http, "min(gateway_rules_last_reload_success)", 0)
-            await prometheus.wait_for(http, 'max(gateway_circuit_state{provider="stripe"})', 2)
+            circuit = f'max(gateway_circuit_state{{provider="{failing}"}})'
+            await prometheus.wait_for(http, circuit, 2)
             await prometheus.wait_for(http, 'max(gateway_rules_info{version="obs-test.2"})', 1)
             for counter in (
                 "webhooks_received",
