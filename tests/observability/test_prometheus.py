@@ -143,17 +143,14 @@ class Load:
         ) as answer:
             assert answer.status == 200, await answer.text()
 
-    async def clear_faults(self) -> None:
-        async with self.http.delete(f"{self.sandbox}/admin/faults") as answer:
-            assert answer.status == 200
-
     async def pay(self, checkout_url: str) -> None:
         """The payer pays on the hosted page; the sandbox then sends the provider webhook."""
         async with self.http.post(f"{checkout_url}/pay", allow_redirects=False) as answer:
             assert answer.status == 303, await answer.text()
 
     async def phase(self, n: int) -> None:
-        """Creates at every provider, a replay, a mismatch, a 401, a 404 and a 502."""
+        """Card, PayPal and iDEAL creates, a payment (webhook, notification), a replay, a
+        mismatch, a read, a 401, a 404 and a 502."""
         first: dict[str, Any] = {}
         for i in range(4):
             body = seed(orderReference=f"ORD-{n}-{i}")
