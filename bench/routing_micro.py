@@ -129,8 +129,12 @@ def snapshot(n_providers: int, seed: int = 2) -> StatsSnapshot:
         def counters() -> Counters:
             ok = rng.uniform(20, 2000)
             return Counters(
-                ok, ok * rng.uniform(0.01, 0.1), ok * rng.uniform(150, 900), ok,
-                ok * 0.7, ok * 0.3,
+                ok,
+                ok * rng.uniform(0.01, 0.1),
+                ok * rng.uniform(150, 900),
+                ok,
+                ok * 0.7,
+                ok * 0.3,
             )
 
         data[(name, "all", "")] = counters()
@@ -213,8 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     growth = []
     print(f"\n{'providers':>9} {'rules':>6} {'median us':>10} {'p99 us':>8} {'compile ms':>11}")
-    for n_providers, n_rules in [(2, 200), (5, 200), (10, 200), (20, 200), (50, 200),
-                                 (10, 10), (10, 100), (10, 500), (10, 1000)]:
+    for n_providers, n_rules in [
+        (2, 200),
+        (5, 200),
+        (10, 200),
+        (20, 200),
+        (50, 200),
+        (10, 10),
+        (10, 100),
+        (10, 500),
+        (10, 1000),
+    ]:
         row = measure(n_providers, n_rules, calls)
         growth.append(row)
         print(
