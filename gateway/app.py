@@ -155,14 +155,18 @@ async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
     )
     async with aiohttp.ClientSession() as http:
         worker = DeliveryWorker(app[STORE], app[MERCHANTS], http, policy)
+        stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(app[LIFECYCLE].run_sweeper(), name="expiry-sweeper"),
-            asyncio.create_task(worker.run(), name="notification-delivery"),
+            asyncio.create_task(app[LIFECYCLE].run_sweeper(stop), name="expiry-sweeper"),
+            asyncio.create_task(worker.run(stop), name="notification-delivery"),
         ]
         try:
             yield
         finally:
-            for task in tasks:
+            # let a round in progress finish (never cut a store call in half), then stop
+            stop.set()
+            _, late = await asyncio.wait(tasks, timeout=policy.timeout_s + 5)
+            for task in late:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):

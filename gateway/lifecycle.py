@@ -15,6 +15,7 @@ provider).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -265,9 +266,9 @@ class LifecycleService:
             return give_up
         return True
 
-    async def run_sweeper(self) -> None:
-        """Sweep every ``expiry_sweep_interval_seconds`` until cancelled."""
-        while True:
+    async def run_sweeper(self, stop: asyncio.Event) -> None:
+        """Sweep every ``expiry_sweep_interval_seconds`` until ``stop`` is set."""
+        while not stop.is_set():
             try:
                 while await self.sweep_once() >= _SWEEP_BATCH:
                     pass
@@ -275,7 +276,11 @@ class LifecycleService:
                 log.warning("expiry sweep skipped: store unavailable")
             except Exception:
                 log.exception("expiry sweep failed")
-            await asyncio.sleep(self.settings.expiry_sweep_interval_seconds)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a client library swallowed our cancellation
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.expiry_sweep_interval_seconds)
 
     # merchant cancel -----------------------------------------------------------------------
     async def cancel(self, merchant_id: str, session_id: str, reason: str) -> SessionRecord:

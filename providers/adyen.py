@@ -60,6 +60,15 @@ _STATUS: dict[tuple[str, bool], SessionStatus] = {
 }
 
 
+def _text(additional: Mapping[str, Any], *keys: str) -> str | None:
+    """The first non-empty string among ``additionalData[key]``."""
+    for key in keys:
+        value = additional.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _metadata(additional: Mapping[str, Any], key: str) -> str | None:
     """A session metadata value as notifications carry it: ``metadata.<key>`` (or nested)."""
     value = additional.get(f"metadata.{key}")
@@ -107,6 +116,12 @@ def event_from_item(item: Mapping[str, Any]) -> ProviderEvent:
         occurred_at=parse_datetime(item.get("eventDate")),
         failure_reason=str(item.get("reason") or "refused") if not success else None,
         payment_id=psp if code == "AUTHORISATION" and psp else None,
+        customer_id=_text(
+            additional, "tokenization.shopperReference", "recurring.shopperReference"
+        ),
+        payment_method_id=_text(
+            additional, "tokenization.storedPaymentMethodId", "recurring.recurringDetailReference"
+        ),
         extra=extra,
     )
 

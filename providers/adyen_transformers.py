@@ -215,6 +215,13 @@ def build_session_request(data: CreateSessionInput, merchant_account: str) -> di
         "lineItems": _line_items(request),
         "metadata": build_metadata(data),
     }
+    if request.saves_payment_method:
+        # a token kept under shopperReference: for customer-absent charges (Subscription) or
+        # for the shopper's next visits (CardOnFile, with the shopper's consent)
+        series = request.sessionType == "first_in_series"
+        body["shopperReference"] = request.customerReference or f"gw-{data.session_id}"
+        body["recurringProcessingModel"] = "Subscription" if series else "CardOnFile"
+        body["storePaymentMethodMode"] = "enabled" if series else "askForConsent"
     if request.captureMethod == "manual":
         # captureDelayHours schedules an *automatic* capture; manual capture is the
         # AdditionalDataCommon flag.

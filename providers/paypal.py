@@ -48,6 +48,8 @@ __all__ = ["PAYPAL_CAPABILITIES", "TRANSMISSION_HEADERS", "PayPalAdapter", "Toke
 PAYPAL_CAPABILITIES = Capabilities(
     payment_methods=frozenset({"paypal"}),
     currencies=PAYPAL_CURRENCIES,
+    #: both through PayPal's vault (``payment_source.paypal.attributes.vault``)
+    session_types=frozenset({"one_time", "first_in_series"}),
 )
 
 #: Webhook header -> field of the verify-webhook-signature request.

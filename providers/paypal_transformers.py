@@ -151,6 +151,18 @@ def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
     if locale:
         experience["locale"] = locale
     wallet: dict[str, Any] = {"experience_context": experience}
+    if request.saves_payment_method:
+        # vault the wallet once the payment succeeds: for the customer's next visits
+        # (IMMEDIATE) or for merchant-initiated charges of a series (RECURRING_POSTPAID)
+        series = request.sessionType == "first_in_series"
+        wallet["attributes"] = {
+            "vault": {
+                "store_in_vault": "ON_SUCCESS",
+                "usage_type": "MERCHANT",
+                "usage_pattern": "RECURRING_POSTPAID" if series else "IMMEDIATE",
+                "customer_type": "CONSUMER",
+            }
+        }
     customer = request.customer
     if customer is not None:
         if customer.email:
@@ -208,6 +220,17 @@ def _status(event_type: str, resource: Mapping[str, Any]) -> SessionStatus | Non
     return None
 
 
+def _vault(resource: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``payment_source.paypal.attributes.vault`` of a resource (empty when absent)."""
+    node: Any = resource
+    for key in ("payment_source", "paypal", "attributes", "vault"):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    if not isinstance(node, Mapping):
+        return {}
+    customer = node.get("customer")
+    return {**node, "customer": customer if isinstance(customer, Mapping) else {}}
+
+
 def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
     """Map one (already verified) PayPal webhook event onto the gateway lifecycle.
 
@@ -248,5 +271,7 @@ def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
         occurred_at=parse_datetime(event.get("create_time")),
         failure_reason=reason,
         payment_id=None if event_type.startswith("CHECKOUT.") else _str(resource.get("id")),
+        customer_id=_str(_vault(resource).get("customer", {}).get("id")),
+        payment_method_id=_str(_vault(resource).get("id")),
         extra=extra,
     )

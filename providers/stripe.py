@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -143,6 +144,7 @@ def event_from_payload(payload: Mapping[str, Any]) -> ProviderEvent:
             ("payment_status", obj.get("payment_status")),
             ("payment_intent", _id_of(intent)),
             ("order_reference", metadata.get("order_reference")),
+            ("saved_method", metadata.get("gateway_saved_method")),
             ("livemode", payload.get("livemode")),
         )
         if value is not None
@@ -171,6 +173,8 @@ class StripeAdapter:
 
     name = "stripe"
     capabilities = STRIPE_CAPABILITIES
+    #: bounds the PaymentIntent lookup a saved-method webhook needs
+    webhook_lookup_timeout = 10.0
 
     def __init__(
         self,
@@ -280,7 +284,29 @@ class StripeAdapter:
             raise WebhookVerificationError(self.name, "body is not JSON") from None
         if not isinstance(payload, dict):
             raise WebhookVerificationError(self.name, "body is not a JSON object")
-        return [event_from_payload(payload)]
+        event = event_from_payload(payload)
+        wanted = event.extra.get("saved_method") and event.customer_id
+        if wanted and event.payment_method_id is None and event.payment_id:
+            method = await self._payment_method_of(event.payment_id)
+            event = replace(event, payment_method_id=method)
+        return [event]
+
+    async def _payment_method_of(self, intent_id: str) -> str | None:
+        """``GET /v1/payment_intents/{id}``: the (saved) payment method of a PaymentIntent.
+
+        Checkout Session events name the PaymentIntent only; a failure here is retryable
+        (the webhook answers 503 and Stripe sends it again).
+        """
+        result = await self._http.request(
+            "GET",
+            f"{self.config.base_url}/v1/payment_intents/{quote(intent_id, safe='')}",
+            timeout=self.webhook_lookup_timeout,
+            headers={
+                "Authorization": f"Bearer {self.config.api_key}",
+                "Stripe-Version": STRIPE_API_VERSION,
+            },
+        )
+        return _id_of(self._object(result.body, result.status).get("payment_method"))
 
     def webhook_answer(self) -> WebhookAnswer:
         """Stripe only needs a 2xx; it shows the body in the dashboard."""

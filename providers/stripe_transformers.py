@@ -193,6 +193,14 @@ def build_create_params(data: CreateSessionInput, now: datetime) -> dict[str, An
         ]
     if request.captureMethod == "manual":
         params["payment_intent_data"]["capture_method"] = "manual"
+    if request.saves_payment_method:
+        # first_in_series: a mandate for customer-absent charges; one_time: saved for later
+        # customer-present use. A Stripe customer holds the saved method.
+        usage = "off_session" if request.sessionType == "first_in_series" else "on_session"
+        params["payment_intent_data"]["setup_future_usage"] = usage
+        params["customer_creation"] = "always"
+        metadata["gateway_saved_method"] = usage
+        params["payment_intent_data"]["metadata"]["gateway_saved_method"] = usage
     if request.customer is not None and request.customer.email:
         params["customer_email"] = str(request.customer.email)
     total = sum(i["price_data"]["unit_amount"] * i["quantity"] for i in items) + shipping

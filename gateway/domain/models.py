@@ -186,7 +186,7 @@ class CheckoutRequest(_Strict):
     #: the merchant's own id of the customer; saved methods are kept under it where the
     #: provider supports a merchant-chosen reference (Adyen ``shopperReference``)
     customerReference: (
-        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")] | None
+        Annotated[str, Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")] | None
     ) = None
 
     @field_validator("currency")

@@ -18,6 +18,7 @@ Redirects are not followed: a merchant endpoint must answer 2xx itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -40,6 +41,13 @@ from gateway.store.base import OutboxItem, Store, StoreUnavailable
 __all__ = ["DeliveryPolicy", "DeliveryWorker"]
 
 log = logging.getLogger("gateway.notifications")
+
+
+def _reraise_cancellation() -> None:
+    """A client library may turn our cancellation into an error we caught: honour it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +100,10 @@ class DeliveryWorker:
         NOTIFICATION_BACKLOG.set(await self.store.outbox_backlog())
         return len(items)
 
-    async def run(self) -> None:
-        """Deliver until cancelled; a full batch is followed at once by the next one."""
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set (a round in progress finishes first); a full batch is
+        followed at once by the next one."""
+        while not stop.is_set():
             try:
                 handled = await self.run_once()
             except StoreUnavailable:
@@ -103,8 +112,10 @@ class DeliveryWorker:
             except Exception:
                 log.exception("notification delivery round failed")
                 handled = 0
+            _reraise_cancellation()
             if handled < self.policy.batch_size:
-                await asyncio.sleep(self.policy.poll_interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.policy.poll_interval_s)
 
     async def _handle(self, item: OutboxItem) -> None:
         hook = self.directory.webhook_for(item.merchant_id, item.event_type)

@@ -227,6 +227,14 @@ def notification_for(state: SandboxState, session: SandboxSession, outcome: str)
         item["reason"] = reason
     additional = {f"metadata.{key}": value for key, value in session.metadata.items()}
     additional["checkoutSessionId"] = session.id
+    request = session.raw_request or {}
+    stored = request.get("storePaymentMethodMode") in ("enabled", "askForConsent")
+    if code == "AUTHORISATION" and success and stored and request.get("shopperReference"):
+        # the shopper agreed to store the card: the token Adyen reports for later payments
+        token = session.extra.setdefault("storedPaymentMethodId", _psp_reference())
+        additional["tokenization.storedPaymentMethodId"] = token
+        additional["tokenization.shopperReference"] = str(request["shopperReference"])
+        additional["recurringProcessingModel"] = str(request.get("recurringProcessingModel", ""))
     item["additionalData"] = additional
     additional["hmacSignature"] = hmac_signature(item, state.config.secret(PROVIDER, "hmac_key"))
     return orjson.dumps({"live": "false", "notificationItems": [{"NotificationRequestItem": item}]})

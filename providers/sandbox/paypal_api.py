@@ -290,6 +290,19 @@ def _payment(session: SandboxSession, kind: str, status: str) -> dict[str, Any]:
             resource[name] = unit[name]
     if kind == "capture":
         resource["final_capture"] = True
+    source = (session.raw_request or {}).get("payment_source") or {}
+    vault = ((source.get("paypal") or {}).get("attributes") or {}).get("vault")
+    if status in ("COMPLETED", "CREATED") and vault:
+        # ON_SUCCESS: the wallet is vaulted with the successful payment
+        token = session.extra.setdefault("vault_id", _paypal_id(7).lower())
+        customer = session.extra.setdefault("vault_customer", _paypal_id(10))
+        resource["payment_source"] = {
+            "paypal": {
+                "attributes": {
+                    "vault": {"id": token, "status": "VAULTED", "customer": {"id": customer}}
+                }
+            }
+        }
     return resource
 
 

@@ -25,6 +25,7 @@ from providers.sandbox.stripe_wire import (
     StripeError,
     create_object,
     decode_form,
+    payment_intent_object,
     session_object,
     token,
     validate_params,
@@ -212,6 +213,23 @@ class _Api:
         except StripeError as exc:
             return _error(exc)
 
+    async def payment_intent(self, request: web.Request) -> web.Response:
+        """``GET /v1/payment_intents/{id}`` of a paid or declined checkout session."""
+        try:
+            self._check_auth(request)
+            wanted = request.match_info["id"]
+            for session in self.state.sessions.get(PROVIDER, {}).values():
+                if session.extra.get("payment_intent") == wanted:
+                    return _answer(200, payment_intent_object(session))
+            raise StripeError(
+                404,
+                f"No such payment_intent: '{wanted}'",
+                code="resource_missing",
+                param="intent",
+            )
+        except StripeError as exc:
+            return _error(exc)
+
     async def expire(self, request: web.Request) -> web.Response:
         try:
             self._check_auth(request)
@@ -230,6 +248,7 @@ class _Api:
 def register(app: web.Application, state: SandboxState) -> None:
     """Add the Stripe routes under ``/stripe/v1/...``."""
     api = _Api(state)
+    app.router.add_get("/stripe/v1/payment_intents/{id}", api.payment_intent)
     app.router.add_post("/stripe/v1/checkout/sessions", api.create)
     app.router.add_get("/stripe/v1/checkout/sessions/{id}", api.retrieve)
     app.router.add_post("/stripe/v1/checkout/sessions/{id}/expire", api.expire)

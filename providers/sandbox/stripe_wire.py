@@ -20,6 +20,7 @@ __all__ = [
     "StripeError",
     "create_object",
     "decode_form",
+    "payment_intent_object",
     "session_object",
     "token",
     "validate_params",
@@ -221,12 +222,36 @@ def session_object(session: SandboxSession) -> dict[str, Any]:
     elif session.status == "paid":
         obj["status"], obj["payment_status"] = "complete", "paid"
         obj["payment_intent"] = session.extra.setdefault("payment_intent", token("pi_"))
+        if (session.raw_request or {}).get("customer_creation") == "always":
+            obj["customer"] = session.extra.setdefault("customer", token("cus_"))
     elif session.status == "declined":
         obj["status"], obj["payment_status"] = "complete", "unpaid"
         obj["payment_intent"] = session.extra.setdefault("payment_intent", token("pi_"))
     else:  # cancelled or expired: Stripe has no "cancelled", the session is expired
         obj["status"], obj["payment_status"], obj["url"] = "expired", "unpaid", None
     return obj
+
+
+def payment_intent_object(session: SandboxSession) -> dict[str, Any]:
+    """The ``payment_intent`` of a paid or declined session (a saved method when asked for)."""
+    params = session.raw_request or {}
+    intent_data = params.get("payment_intent_data") or {}
+    usage = intent_data.get("setup_future_usage")
+    paid = session.status == "paid"
+    return {
+        "id": session.extra["payment_intent"],
+        "object": "payment_intent",
+        "amount": session.amount,
+        "currency": session.currency,
+        "status": "succeeded" if paid else "requires_payment_method",
+        "customer": session.extra.get("customer"),
+        "payment_method": session.extra.setdefault("payment_method", token("pm_"))
+        if paid
+        else None,
+        "setup_future_usage": usage,
+        "metadata": intent_data.get("metadata") or {},
+        "livemode": False,
+    }
 
 
 def create_object(session_id: str, params: dict[str, Any], url: str, now: int) -> dict[str, Any]:

@@ -143,7 +143,7 @@ async def test_two_workers_deliver_each_item_once(aiohttp_server: Any, store: St
 
 @pytest.mark.redis
 async def test_redis_outbox_is_delivered_by_the_next_gateway(
-    lifecycle_env: EnvFactory, store_factory: StoreFactory, aiohttp_client: Any
+    store_factory: StoreFactory, lifecycle_env: EnvFactory, aiohttp_client: Any
 ) -> None:
     first_store = await store_factory("redis")
     env = await lifecycle_env("stripe", store=first_store, notification_poll_interval_seconds=3600)
@@ -157,12 +157,13 @@ async def test_redis_outbox_is_delivered_by_the_next_gateway(
     await env.client.close()  # the first gateway stops with the item undelivered
 
     second_store = await store_factory("redis")
-    await aiohttp_client(
+    second = await aiohttp_client(
         create_app(settings, store=second_store), server_kwargs={"port": unused_port()}
     )
     events = await wait_for(lambda: env.receiver.of_session(created["sessionId"]))
     assert [e["type"] for e in events] == ["payment_session.created"]
     assert await second_store.outbox_backlog() == 0
+    await second.close()  # before its store is closed
 
 
 # the merchants file ---------------------------------------------------------------------------
