@@ -21,10 +21,11 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,10 +46,12 @@ def free_port() -> int:
         return port
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -69,7 +72,9 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) 
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], env: dict[str, str], ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     try:
         wait_until_up(ready_url, proc)
@@ -95,11 +100,26 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def wrk(url: str, script: str, env: dict[str, str], seconds: int, threads: int = 2) -> dict[str, Any]:
+def wrk(
+    url: str, script: str, env: dict[str, str], seconds: int, threads: int = 2
+) -> dict[str, Any]:
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", f"bench/lua/{script}", url],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{CONNECTIONS}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            f"bench/lua/{script}",
+            url,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"BENCH_JSON (\{.*\})", out)
     if match is None:
@@ -134,7 +154,9 @@ def overhead_quantiles(gateway: str) -> dict[str, float]:
         return {}
     buckets: list[tuple[float, float]] = []
     for line in raw.decode().splitlines():
-        m = re.match(r'gateway_session_create_overhead_seconds_bucket\{.*le="([^"]+)".*\} (\S+)', line)
+        m = re.match(
+            r'gateway_session_create_overhead_seconds_bucket\{.*le="([^"]+)".*\} (\S+)', line
+        )
         if m:
             buckets.append((float(m.group(1)), float(m.group(2))))
     if not buckets or buckets[-1][1] == 0:
@@ -153,8 +175,11 @@ def overhead_quantiles(gateway: str) -> dict[str, float]:
             previous_bound, previous_count = bound, count
         return previous_bound
 
-    return {"median_ms": round(quantile(0.5) * 1000, 3), "p99_ms": round(quantile(0.99) * 1000, 3),
-            "samples": int(total)}
+    return {
+        "median_ms": round(quantile(0.5) * 1000, 3),
+        "p99_ms": round(quantile(0.99) * 1000, 3),
+        "samples": int(total),
+    }
 
 
 def metric_sum(gateway: str, name: str) -> float:
@@ -188,11 +213,17 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "commit": commit,
-            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit,
+        "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
+    }
 
 
 def main() -> int:
@@ -212,7 +243,9 @@ def main() -> int:
     gateway = f"http://127.0.0.1:{ports['gateway']}"
     baseline = f"http://127.0.0.1:{ports['baseline']}"
     settings = Settings(_env_file=None, jwt_secret=JWT_SECRET)  # type: ignore[call-arg]
-    token = Authenticator(settings).issue("bench-merchant", ["sessions:write", "sessions:read", "routing:read"], 3600)
+    token = Authenticator(settings).issue(
+        "bench-merchant", ["sessions:write", "sessions:read", "routing:read"], 3600
+    )
     text = SEED_REQUEST_JSON.replace('"ORD-2024-001"', '"__ORDER__"')
     gw_env = {
         "GATEWAY_JWT_SECRET": JWT_SECRET,
@@ -222,22 +255,31 @@ def main() -> int:
         "GATEWAY_SANDBOX_EMBEDDED": "false",
         "GATEWAY_REDIS_URL": REDIS_URL,
         "GATEWAY_REDIS_PREFIX": prefix,
-        **{f"GATEWAY_PROVIDER_{p.upper()}_BASE_URL": f"{sandbox}/sandbox/{p}"
-           for p in ("stripe", "adyen", "paypal")},
+        **{
+            f"GATEWAY_PROVIDER_{p.upper()}_BASE_URL": f"{sandbox}/sandbox/{p}"
+            for p in ("stripe", "adyen", "paypal")
+        },
     }
     results: list[Result] = []
     common = {"BENCH_TOKEN": token, "BENCH_RUN": run_id}
 
     def run(name: str, url: str, script: str, env: dict[str, str], ok: set[int]) -> Result:
-        warm = wrk(url, script, {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}, args.warmup)
-        data = wrk(url, script, {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}, args.seconds)
+        warm = wrk(
+            url, script, {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}, args.warmup
+        )
+        data = wrk(
+            url, script, {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}, args.seconds
+        )
         result = summarize(name, data, ok)
         result.extra["answered_201"] = int(warm["statuses"].get("201", 0)) + int(
             data["statuses"].get("201", 0)
         )
         results.append(result)
-        print(f"  {name:<34} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
-              f"p99 {result.p99_ms:>7.2f} ms  errors {result.errors}", flush=True)
+        print(
+            f"  {name:<34} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
+            f"p99 {result.p99_ms:>7.2f} ms  errors {result.errors}",
+            flush=True,
+        )
         return result
 
     def create_scenario(name: str, extra_env: dict[str, str]) -> None:
@@ -249,39 +291,94 @@ def main() -> int:
             # wrk stops with requests still in flight: let them finish, then compare what the
             # gateway created (its own counter, all workers) with what the sandbox created
             time.sleep(1.0)
-            result.extra["answered_201"] = int(metric_sum(gateway, "gateway_sessions_created_total"))
+            result.extra["answered_201"] = int(
+                metric_sum(gateway, "gateway_sessions_created_total")
+            )
             result.extra["sandbox_sessions_created"] = sandbox_created(sandbox) - before
             result.extra["overhead"] = overhead_quantiles(gateway)
 
-    print(f"bench: run {run_id}, {CONNECTIONS} connections, {args.seconds}s per scenario", flush=True)
+    print(
+        f"bench: run {run_id}, {CONNECTIONS} connections, {args.seconds}s per scenario", flush=True
+    )
     try:
-        with process([py, "-m", "gateway", "sandbox", "--port", str(ports["sandbox"]),
-                      "--gateway-url", gateway], {"GATEWAY_LOG_LEVEL": "WARNING"},
-                     f"{sandbox}/sandbox/admin/stats"), \
-             process([py, "bench/baseline_server.py", "--port", str(ports["baseline"])], {},
-                     f"{baseline}/"):
-            base = run("baseline (bare aiohttp, fixed JSON)", baseline, "fixed.lua",
-                       {"BENCH_METHOD": "POST", "BENCH_PATH": "/", "BENCH_BODY": text}, {200})
+        with (
+            process(
+                [
+                    py,
+                    "-m",
+                    "gateway",
+                    "sandbox",
+                    "--port",
+                    str(ports["sandbox"]),
+                    "--gateway-url",
+                    gateway,
+                ],
+                {"GATEWAY_LOG_LEVEL": "WARNING"},
+                f"{sandbox}/sandbox/admin/stats",
+            ),
+            process(
+                [py, "bench/baseline_server.py", "--port", str(ports["baseline"])],
+                {},
+                f"{baseline}/",
+            ),
+        ):
+            base = run(
+                "baseline (bare aiohttp, fixed JSON)",
+                baseline,
+                "fixed.lua",
+                {"BENCH_METHOD": "POST", "BENCH_PATH": "/", "BENCH_BODY": text},
+                {200},
+            )
             create_scenario("create session (redis, 1 worker)", {"GATEWAY_STORE": "redis"})
-            with process([py, "-m", "gateway", "serve"], {**gw_env, "GATEWAY_STORE": "redis"},
-                         f"{gateway}/readyz"):
-                headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                           "Idempotency-Key": f"replay-{run_id}"}
+            with process(
+                [py, "-m", "gateway", "serve"],
+                {**gw_env, "GATEWAY_STORE": "redis"},
+                f"{gateway}/readyz",
+            ):
+                headers = {
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": f"replay-{run_id}",
+                }
                 one = text.replace("__ORDER__", f"REPLAY-{run_id}").encode()
                 status, raw = http("POST", f"{gateway}/api/v1/sessions", one, headers)
                 assert status == 201, raw
                 session_id = json.loads(raw)["sessionId"]
-                run("idempotent replay (redis)", gateway, "fixed.lua",
-                    {"BENCH_METHOD": "POST", "BENCH_PATH": "/api/v1/sessions",
-                     "BENCH_BODY": one.decode(), "BENCH_KEY": f"replay-{run_id}"}, {201})
-                run("GET session (redis)", gateway, "fixed.lua",
-                    {"BENCH_METHOD": "GET", "BENCH_PATH": f"/api/v1/sessions/{session_id}"}, {200})
-                run("routing simulate", gateway, "fixed.lua",
-                    {"BENCH_METHOD": "POST", "BENCH_PATH": "/api/v1/routing/simulate",
-                     "BENCH_BODY": one.decode()}, {200})
+                run(
+                    "idempotent replay (redis)",
+                    gateway,
+                    "fixed.lua",
+                    {
+                        "BENCH_METHOD": "POST",
+                        "BENCH_PATH": "/api/v1/sessions",
+                        "BENCH_BODY": one.decode(),
+                        "BENCH_KEY": f"replay-{run_id}",
+                    },
+                    {201},
+                )
+                run(
+                    "GET session (redis)",
+                    gateway,
+                    "fixed.lua",
+                    {"BENCH_METHOD": "GET", "BENCH_PATH": f"/api/v1/sessions/{session_id}"},
+                    {200},
+                )
+                run(
+                    "routing simulate",
+                    gateway,
+                    "fixed.lua",
+                    {
+                        "BENCH_METHOD": "POST",
+                        "BENCH_PATH": "/api/v1/routing/simulate",
+                        "BENCH_BODY": one.decode(),
+                    },
+                    {200},
+                )
             create_scenario("create session (memory store)", {"GATEWAY_STORE": "memory"})
-            create_scenario("create session (redis, 2 workers)",
-                            {"GATEWAY_STORE": "redis", "GATEWAY_WORKERS": "2"})
+            create_scenario(
+                "create session (redis, 2 workers)",
+                {"GATEWAY_STORE": "redis", "GATEWAY_WORKERS": "2"},
+            )
     finally:
         cleanup_redis(prefix)
 
@@ -298,8 +395,10 @@ def main() -> int:
             notes = f"201s {answered} / sandbox sessions {created} {'OK' if same else 'MISMATCH'}"
             if r.extra.get("overhead"):
                 notes += f"; own time median {r.extra['overhead'].get('median_ms')} ms"
-        print(f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
-              f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}  {notes}")
+        print(
+            f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}  {notes}"
+        )
     out = {
         "run": run_id,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
