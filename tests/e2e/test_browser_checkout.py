@@ -1,0 +1,139 @@
+"""The whole loop in a real browser: headless Chromium on the sandbox pay page.
+
+Create a session through the API, open its ``checkoutUrl``, press a button, land on the
+merchant's page; then the session's status, the merchant's signed notifications and the
+routing statistics must all agree. Needs Debian's ``chromium`` (``.ci/run`` installs it) driven
+by playwright (no browser download: ``executable_path``). Under ``CI=true`` a missing browser
+fails the test; elsewhere it is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lifecycle.conftest import Env, EnvFactory
+from tests.lifecycle.test_cancel_expiry import backdate
+from tests.lifecycle.test_loop import payment_counts, settled, wait_for
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str:
+    path = os.environ.get("GATEWAY_TEST_CHROMIUM") or shutil.which("chromium")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        path = None
+    if path is None:
+        message = "headless Chromium (Debian package chromium) and playwright are needed"
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"{message} (CI=true: a missing browser is a failure)", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh Chromium profile; yields a playwright browser context."""
+    executable = _chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def _press(browser: Any, env: Env, checkout_url: str, button: str) -> str:
+    page = await browser.new_page()
+    await page.goto(checkout_url)
+    assert "sandbox checkout" in (await page.title())
+    async with page.expect_navigation(url=f"{env.receiver.url}/checkout/**"):
+        await page.click(f"#{button}")
+    outcome = await page.text_content("#outcome")
+    await page.close()
+    assert outcome is not None
+    return outcome
+
+
+async def test_pay_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
+    env = await lifecycle_env("stripe")
+    created = await env.create()
+    assert await _press(browser, env, created["checkoutUrl"], "pay") == "success"
+    view = await env.read(created["sessionId"])
+    assert view["status"] == "COMPLETED"
+    events = await settled(env, created["sessionId"], 2)  # signatures verified by the helper
+    assert [e["type"] for e in events] == ["payment_session.created", "payment_session.updated"]
+    assert events[1]["data"]["payment_session"]["status"] == "COMPLETED"
+    ok, fail = await payment_counts(env, "stripe")
+    assert (ok, fail) == pytest.approx((1.0, 0.0), abs=1e-3)
+
+
+async def test_saved_card_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
+    env = await lifecycle_env("stripe")
+    created = await env.create(sessionType="first_in_series")
+    assert await _press(browser, env, created["checkoutUrl"], "pay") == "success"
+    events = await settled(env, created["sessionId"], 2)
+    payload = events[1]["data"]["payment_session"]
+    assert payload["customerId"].startswith("cus_")
+    assert payload["paymentMethodId"].startswith("pm_")
+    assert payload["provider"] == "stripe"
+
+
+async def test_decline_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
+    env = await lifecycle_env("stripe")
+    created = await env.create()
+    assert await _press(browser, env, created["checkoutUrl"], "decline") == "failure"
+    assert (await env.read(created["sessionId"]))["status"] == "FAILED"
+    events = await settled(env, created["sessionId"], 2)
+    assert events[1]["data"]["payment_session"]["status"] == "FAILED"
+    ok, fail = await payment_counts(env, "stripe")
+    assert (ok, fail) == pytest.approx((0.0, 1.0), abs=1e-3)
+
+
+async def test_expired_session_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
+    env = await lifecycle_env("stripe")  # the sweeper runs every 0.1 s
+    created = await env.create()
+    await backdate(env, created["sessionId"])
+    events = await wait_for(
+        lambda: [
+            e
+            for e in env.receiver.of_session(created["sessionId"])
+            if e["data"]["payment_session"]["status"] == "EXPIRED"
+        ]
+    )
+    assert events[0]["type"] == "payment_session.updated"
+    page = await browser.new_page()
+    response = await page.goto(created["checkoutUrl"])
+    assert response is not None
+    assert response.status == 410  # the sweeper expired it at Stripe too
+    assert await page.is_visible("#expired")
+    assert not await page.is_visible("#pay")
+    await page.close()
+    assert (await env.read(created["sessionId"]))["status"] == "EXPIRED"
+    assert await payment_counts(env, "stripe") == (0.0, 0.0)
