@@ -236,3 +236,29 @@ def test_missing_merchants_file(tmp_path: Path) -> None:
     assert set(load_merchants(local, allow_http_localhost=True, required=True).webhooks) == {"m"}
     with pytest.raises(SettingsError, match="https"):
         load_merchants(local, allow_http_localhost=False, required=True)
+
+
+def test_the_shipped_example_merchants_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.api.conftest import ROOT
+
+    monkeypatch.setenv("MERCHANT_1_WEBHOOK_SECRET", "e" * 32)
+    directory = load_merchants(
+        ROOT / "merchants.example.yaml", allow_http_localhost=False, required=True
+    )
+    assert set(directory.webhooks) == {"merchant-1"}
+
+
+def test_the_readme_recipe_verifies_what_the_gateway_signs() -> None:
+    from tests.api.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python\nimport hashlib, hmac, time")
+    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    recipe = namespace["verify_signature"]
+    header = signature_header([MERCHANT_SECRET], int(time.time()), BODY)
+    assert recipe(MERCHANT_SECRET, header, BODY) is True
+    assert recipe(MERCHANT_SECRET, header, BODY + b"x") is False
+    stale = signature_header([MERCHANT_SECRET], int(time.time()) - 600, BODY)
+    assert recipe(MERCHANT_SECRET, stale, BODY) is False
