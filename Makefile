@@ -44,7 +44,10 @@ alerts:
 pytest: install
 	$(BIN)/pytest -q
 
+## Load benchmark (wrk vs a bare aiohttp baseline) and the routing micro benchmark.
 bench: install
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/routing_micro.py
 	$(BIN)/python bench/run.py
 
 clean:
