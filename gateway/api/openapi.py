@@ -84,7 +84,7 @@ class SessionView(BaseModel):
     paymentId: str | None = Field(description="The provider's reference of the payment")
     failureReason: str | None
     cancellationReason: str | None
-    version: int = Field(description="Grows with every status change")
+    version: int = Field(description="Grows with every change of the session")
     transitions: list[TransitionView]
 
 

@@ -11,7 +11,7 @@ Body of every event (``Content-Type: application/json``)::
     }
 
 Deliveries are at least once and may arrive out of order: de-duplicate on ``id`` and order by
-``data.payment_session.version`` (it grows with every status change).
+``data.payment_session.version`` (it grows with every change of the session).
 """
 
 from __future__ import annotations
