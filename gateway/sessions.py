@@ -51,7 +51,7 @@ from gateway.metrics import (
 )
 from gateway.routing.decision import RoutingDecision
 from gateway.settings import Settings
-from gateway.store.base import ClaimKind, Store, StoredResponse, StoreUnavailable
+from gateway.store.base import ClaimKind, Completion, Store, StoredResponse, StoreUnavailable
 from providers.base import (
     CreateSessionInput,
     FlowNotSupported,
@@ -135,9 +135,16 @@ class SessionService:
         started = time.perf_counter()
         scope = merchant.merchant_id
         token = session_id_for(scope, idempotency_key) + ":" + request_id
-        claim = await self.store.claim(
-            scope, idempotency_key, fingerprint(request), token=token, lease_ms=self._lease_ms
+        guarded = request.orderReference if self.settings.order_reference_guard else None
+        begun = await self.store.begin_create(
+            scope,
+            idempotency_key,
+            fingerprint(request),
+            token=token,
+            lease_ms=self._lease_ms,
+            order_ref=guarded,
         )
+        claim = begun.claim
         if claim.kind is ClaimKind.REPLAY:
             IDEMPOTENCY.labels("replay").inc()
             assert claim.response is not None
@@ -155,17 +162,18 @@ class SessionService:
             )
         IDEMPOTENCY.labels("new").inc()
         try:
-            outcome = await self._create_claimed(
+            if begun.order_holder is not None:
+                await self._take_over_order(
+                    scope, request.orderReference, begun.order_holder, token
+                )
+            outcome = await self._route_and_create(
                 merchant, idempotency_key, request, token, request_id
             )
         except BaseException:
+            if guarded is not None:
+                await self._release_order_quietly(scope, guarded, token)
             await self._release_quietly(scope, idempotency_key, token)
             raise
-        stored = StoredResponse(outcome.status, outcome.body, outcome.location)
-        if not await self.store.complete(
-            scope, idempotency_key, token, stored, ttl_s=self.settings.idempotency_ttl_seconds
-        ):
-            log.error("idempotency lease lost before completion", extra={"merchant": scope})
         SESSION_CREATE_OVERHEAD.observe(
             max(0.0, time.perf_counter() - started - outcome.provider_wait_s)
         )
@@ -177,38 +185,15 @@ class SessionService:
         except (StoreUnavailable, asyncio.CancelledError):
             log.warning("could not release an idempotency claim; its lease will expire")
 
-    async def _create_claimed(
-        self,
-        merchant: Merchant,
-        idempotency_key: str,
-        request: CheckoutRequest,
-        token: str,
-        request_id: str,
-    ) -> CreateOutcome:
-        scope = merchant.merchant_id
-        guard = self.settings.order_reference_guard
-        if guard:
-            await self._reserve_order(scope, request.orderReference, token)
-        try:
-            outcome = await self._route_and_create(
-                merchant, idempotency_key, request, token, request_id
-            )
-        except BaseException:
-            if guard:
-                await self._release_order_quietly(scope, request.orderReference, token)
-            raise
-        return outcome
-
     async def _release_order_quietly(self, scope: str, order_ref: str, token: str) -> None:
         try:
             await asyncio.shield(self.store.release_order(scope, order_ref, token))
         except (StoreUnavailable, asyncio.CancelledError):
             log.warning("could not release an order reservation; its lease will expire")
 
-    async def _reserve_order(self, scope: str, order_ref: str, token: str) -> None:
-        holder = await self.store.reserve_order(scope, order_ref, token, lease_ms=self._lease_ms)
-        if holder is None:
-            return
+    async def _take_over_order(self, scope: str, order_ref: str, holder: str, token: str) -> None:
+        """The order is reserved by ``holder``: a request in flight or an earlier session.
+        Conflict while that session is pending; otherwise take the reservation over."""
         if holder.startswith(_CLAIM_PREFIX):
             raise Conflict(
                 details="Another request is creating a session for this orderReference",
@@ -287,6 +272,7 @@ class SessionService:
                 return await self._finish(
                     merchant,
                     request,
+                    idempotency_key,
                     token,
                     decision,
                     candidate.score,
@@ -348,6 +334,7 @@ class SessionService:
         self,
         merchant: Merchant,
         request: CheckoutRequest,
+        idempotency_key: str,
         token: str,
         decision: RoutingDecision,
         score: float,
@@ -389,36 +376,46 @@ class SessionService:
             savePaymentMethod=request.saves_payment_method,
             customerReference=request.customerReference,
         )
-        await self.store.put_session(
+        body = orjson.dumps(
+            {
+                "sessionId": session_id,
+                "checkoutUrl": result.checkout_url,
+                "status": SessionStatus.PENDING.value,
+                "routing": routing.model_dump(mode="json"),
+                "expiresAt": isoformat(expires_at),
+                "createdAt": isoformat(created_at),
+            }
+        )
+        location = f"/api/v1/sessions/{session_id}"
+        guarded = self.settings.order_reference_guard
+        completed = await self.store.commit_create(
             record,
+            Completion(
+                scope=merchant.merchant_id,
+                key=idempotency_key,
+                token=token,
+                response=StoredResponse(201, body, location),
+                ttl_s=self.settings.idempotency_ttl_seconds,
+                order_ref=request.orderReference if guarded else None,
+                order_ttl_s=max(1, request.expiresIn),
+            ),
             ttl_s=self.settings.session_retention_seconds,
             expires_at=expires_at.timestamp(),
             outbox=self.lifecycle.creation_outbox(record) if self.lifecycle else (),
         )
+        if not completed:
+            log.error(
+                "idempotency lease lost before completion",
+                extra={"merchant": merchant.merchant_id, "session_id": session_id},
+            )
         SESSIONS_CREATED.labels(
             result.provider, request.currency, merchant_label(merchant.merchant_id)
         ).inc()
         SESSION_TRANSITIONS.labels("none", SessionStatus.PENDING.value, "gateway").inc()
-        if self.settings.order_reference_guard:
-            await self.store.bind_order(
-                merchant.merchant_id,
-                request.orderReference,
-                token,
-                session_id,
-                ttl_s=max(1, request.expiresIn),
-            )
-        body = {
-            "sessionId": session_id,
-            "checkoutUrl": result.checkout_url,
-            "status": SessionStatus.PENDING.value,
-            "routing": routing.model_dump(mode="json"),
-            "expiresAt": isoformat(expires_at),
-            "createdAt": isoformat(created_at),
-        }
         return CreateOutcome(
             201,
-            orjson.dumps(body),
-            location=f"/api/v1/sessions/{session_id}",
+            body,
+            location=location,
             provider=result.provider,
             decision_id=decision.decision_id,
             attempts=len(tries.made),

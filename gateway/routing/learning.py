@@ -4,18 +4,26 @@
 an immutable :class:`~gateway.routing.stats.StatsSnapshot` fresh. Writes are fire-and-forget
 (tracked, bounded): a slow or failing store never delays or fails a checkout; every failure is
 counted in the shared ``counters`` (the metrics hook) and logged.
+
+Outcomes are summed in memory per set of segments and written together every
+``batch_seconds`` (one store call per set instead of one per checkout); with half-lives of
+minutes to hours, stamping a batch with its write time changes the decayed counts by a factor
+of at most ``0.5 ** (batch_seconds / half_life)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from gateway.routing.stats import (
+    Counters,
     MemoryStatsStore,
+    SegmentKey,
     StatsSnapshot,
     StatsStore,
     creation_delta,
@@ -39,8 +47,13 @@ class OutcomeFeed:
         owns_store: bool,
         clock: Callable[[], float],
         counters: Counter[str],
+        batch_seconds: float = 0.25,
     ) -> None:
         self.store: StatsStore = store if store is not None else MemoryStatsStore()
+        self._batch_s = batch_seconds
+        self._batch: dict[tuple[tuple[SegmentKey, ...], float], Counters] = {}
+        self._batch_task: asyncio.Task[None] | None = None
+        self._flush_now = asyncio.Event()
         self._owns = owns_store or store is None
         self._clock = clock
         self._counters = counters
@@ -62,8 +75,7 @@ class OutcomeFeed:
         if delta is None:
             self._counters["outcome_not_counted"] += 1
             return
-        segments = segments_for(provider, currency, country)
-        self._write(self.store.add(segments, delta, now=self._clock(), half_life_s=half_life_s))
+        self._add(segments_for(provider, currency, country), delta, half_life_s)
 
     def payment(
         self,
@@ -74,9 +86,23 @@ class OutcomeFeed:
         half_life_s: float,
     ) -> None:
         """Count one payment outcome reported by a provider webhook."""
-        segments = segments_for(provider, currency, country)
-        delta = payment_delta(success)
-        self._write(self.store.add(segments, delta, now=self._clock(), half_life_s=half_life_s))
+        self._add(segments_for(provider, currency, country), payment_delta(success), half_life_s)
+
+    def _add(self, segments: list[SegmentKey], delta: Counters, half_life_s: float) -> None:
+        slot = (tuple(segments), half_life_s)
+        current = self._batch.get(slot)
+        self._batch[slot] = delta if current is None else current.plus(delta)
+        if self._batch_task is None or self._batch_task.done():
+            self._batch_task = asyncio.create_task(self._write_batch_later())
+
+    async def _write_batch_later(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flush_now.wait(), self._batch_s)
+        self._flush_now.clear()
+        batch, self._batch = self._batch, {}
+        now = self._clock()
+        for (segments, half_life_s), delta in batch.items():
+            self._write(self.store.add(list(segments), delta, now=now, half_life_s=half_life_s))
 
     def _write(self, work: Coroutine[Any, Any, None]) -> None:
         if len(self._pending) >= _MAX_PENDING_WRITES:
@@ -95,7 +121,10 @@ class OutcomeFeed:
             log.warning("routing statistics write failed", exc_info=True)
 
     async def flush(self) -> None:
-        """Wait for the writes in flight."""
+        """Write the current batch now and wait for the writes in flight."""
+        if self._batch_task is not None and not self._batch_task.done():
+            self._flush_now.set()
+            await self._batch_task
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 

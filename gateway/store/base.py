@@ -17,10 +17,13 @@ import orjson
 from gateway.domain.session import SessionRecord
 
 __all__ = [
+    "Begun",
     "CircuitState",
     "CircuitStore",
     "Claim",
     "ClaimKind",
+    "Completion",
+    "CreationStore",
     "IdempotencyStore",
     "LifecycleStore",
     "OrderGuardStore",
@@ -277,10 +280,69 @@ class CircuitStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """The outcome of :meth:`CreationStore.begin_create`.
+
+    ``order_holder`` is set when the caller got the idempotency claim but the order reference
+    is reserved by someone else (a session id, or ``claim:<token>``); the caller still holds
+    its claim and must release it if it gives up.
+    """
+
+    claim: Claim
+    order_holder: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What :meth:`CreationStore.commit_create` finishes besides writing the session."""
+
+    scope: str
+    key: str
+    token: str
+    response: StoredResponse
+    ttl_s: int
+    order_ref: str | None = None
+    order_ttl_s: int = 0
+
+
+class CreationStore(Protocol):
+    """The create path in two round trips: one before the provider call, one after."""
+
+    async def begin_create(
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        *,
+        token: str,
+        lease_ms: int,
+        order_ref: str | None,
+    ) -> Begun:
+        """:meth:`IdempotencyStore.claim`, then, when claimed and ``order_ref`` is given,
+        :meth:`OrderGuardStore.reserve_order` for the same token, atomically."""
+        ...
+
+    async def commit_create(
+        self,
+        record: SessionRecord,
+        completion: Completion,
+        *,
+        ttl_s: int,
+        expires_at: float | None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> bool:
+        """Atomically: :meth:`SessionStore.put_session`, point the order reservation held by
+        the token at the session, and :meth:`IdempotencyStore.complete`. False when the
+        idempotency lease was lost (the session is written regardless)."""
+        ...
+
+
 class Store(
     IdempotencyStore,
     OrderGuardStore,
     SessionStore,
+    CreationStore,
     LifecycleStore,
     OutboxStore,
     CircuitStore,

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import CircuitState, Claim, ClaimKind, OutboxItem, StoredResponse
+from gateway.store.base import (
+    Begun,
+    CircuitState,
+    Claim,
+    ClaimKind,
+    Completion,
+    OutboxItem,
+    StoredResponse,
+)
 from gateway.store.keys import circuit_ttl_s
 
 __all__ = ["MemoryStore"]
@@ -183,6 +191,40 @@ class MemoryStore:
         if expires_at is not None:
             self._expiries[record.sessionId] = expires_at
         await self.outbox_add(outbox, due=time.time())
+
+    # the create path: no await suspends between the steps, so each call is atomic
+    async def begin_create(
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        *,
+        token: str,
+        lease_ms: int,
+        order_ref: str | None,
+    ) -> Begun:
+        claim = await self.claim(scope, key, fingerprint, token=token, lease_ms=lease_ms)
+        if claim.kind is not ClaimKind.CLAIMED or order_ref is None:
+            return Begun(claim)
+        holder = await self.reserve_order(scope, order_ref, token, lease_ms=lease_ms)
+        return Begun(claim, holder)
+
+    async def commit_create(
+        self,
+        record: SessionRecord,
+        completion: Completion,
+        *,
+        ttl_s: int,
+        expires_at: float | None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> bool:
+        c = completion
+        await self.put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
+        if c.order_ref is not None:
+            await self.bind_order(
+                c.scope, c.order_ref, c.token, record.sessionId, ttl_s=c.order_ttl_s
+            )
+        return await self.complete(c.scope, c.key, c.token, c.response, ttl_s=c.ttl_s)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         record: SessionRecord | None = self._sessions.get(session_id)

@@ -28,6 +28,7 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.keys import RedisKeys, circuit_ttl_s
+from gateway.store.redis_create import RedisCreate
 from gateway.store.redis_lifecycle import RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
 
@@ -145,7 +146,7 @@ def _circuit(reply: list[Any]) -> CircuitState:
     return CircuitState(_text(state), int(failures), until)
 
 
-class RedisStore(RedisLifecycle):
+class RedisStore(RedisLifecycle, RedisCreate):
     """The :class:`~gateway.store.base.Store` on Redis (``redis.asyncio`` with hiredis).
 
     ``url`` is a redis URL (``redis://host:port/db``, ``rediss://`` for TLS); ``prefix`` is the
@@ -191,6 +192,7 @@ class RedisStore(RedisLifecycle):
         self._circuit_success = client.register_script(_CIRCUIT_SUCCESS)
         self._circuit_probe = client.register_script(_CIRCUIT_PROBE)
         self._register_lifecycle_scripts(client)
+        self._register_create_scripts(client)
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless Redis answers."""

@@ -1,0 +1,99 @@
+"""The two-round-trip create path (begin_create / commit_create), against memory and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.store.base import ClaimKind, Completion, Store, StoredResponse
+from tests.store.samples import make_session
+
+FP = "fp-1"
+
+
+def completion(token: str, order_ref: str | None = "ORD-1") -> Completion:
+    return Completion(
+        scope="m1",
+        key="k1",
+        token=token,
+        response=StoredResponse(201, b'{"sessionId":"s_1"}', "/api/v1/sessions/s_1"),
+        ttl_s=60,
+        order_ref=order_ref,
+        order_ttl_s=60,
+    )
+
+
+async def test_begin_claims_and_reserves_the_order(store: Store) -> None:
+    begun = await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref="ORD-1")
+    assert begun.claim.kind is ClaimKind.CLAIMED
+    assert begun.order_holder is None
+    # the order is now held by t1's claim, the key is in flight
+    assert await store.reserve_order("m1", "ORD-1", "t2", lease_ms=5000) == "claim:t1"
+    again = await store.begin_create("m1", "k1", FP, token="t2", lease_ms=5000, order_ref="ORD-1")
+    assert again.claim.kind is ClaimKind.IN_FLIGHT
+    assert again.order_holder is None
+
+
+async def test_begin_reports_the_order_holder_but_keeps_the_claim(store: Store) -> None:
+    await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref="ORD-1")
+    other = await store.begin_create("m1", "k2", FP, token="t2", lease_ms=5000, order_ref="ORD-1")
+    assert other.claim.kind is ClaimKind.CLAIMED
+    assert other.order_holder == "claim:t1"
+    # k2 is claimed by t2 until released
+    third = await store.begin_create("m1", "k2", FP, token="t3", lease_ms=5000, order_ref=None)
+    assert third.claim.kind is ClaimKind.IN_FLIGHT
+
+
+async def test_begin_without_order_guard_touches_no_reservation(store: Store) -> None:
+    begun = await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref=None)
+    assert begun.claim.kind is ClaimKind.CLAIMED
+    assert await store.reserve_order("m1", "ORD-1", "t2", lease_ms=5000) is None
+
+
+async def test_begin_mismatch_and_replay(store: Store) -> None:
+    await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref="ORD-1")
+    mismatch = await store.begin_create(
+        "m1", "k1", "fp-2", token="t2", lease_ms=5000, order_ref="ORD-1"
+    )
+    assert mismatch.claim.kind is ClaimKind.MISMATCH
+    assert await store.commit_create(
+        make_session("s_1"), completion("t1"), ttl_s=60, expires_at=None
+    )
+    replay = await store.begin_create("m1", "k1", FP, token="t3", lease_ms=5000, order_ref="ORD-1")
+    assert replay.claim.kind is ClaimKind.REPLAY
+    assert replay.claim.response == StoredResponse(
+        201, b'{"sessionId":"s_1"}', "/api/v1/sessions/s_1"
+    )
+
+
+async def test_commit_writes_session_binds_order_and_completes(store: Store) -> None:
+    await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref="ORD-1")
+    record = make_session("s_1")
+    assert await store.commit_create(record, completion("t1"), ttl_s=60, expires_at=None)
+    assert await store.get_session("s_1") == record
+    assert await store.reserve_order("m1", "ORD-1", "t9", lease_ms=5000) == "s_1"
+
+
+async def test_commit_with_a_lost_lease_still_writes_the_session(store: Store) -> None:
+    await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref="ORD-1")
+    await store.release("m1", "k1", "t1")
+    await store.release_order("m1", "ORD-1", "t1")
+    record = make_session("s_1")
+    assert not await store.commit_create(record, completion("t1"), ttl_s=60, expires_at=None)
+    assert await store.get_session("s_1") == record
+    # nobody else's reservation or claim was touched
+    assert await store.reserve_order("m1", "ORD-1", "t9", lease_ms=5000) is None
+    fresh = await store.begin_create("m1", "k1", FP, token="t2", lease_ms=5000, order_ref=None)
+    assert fresh.claim.kind is ClaimKind.CLAIMED
+
+
+async def test_fifty_concurrent_begins_exactly_one_claims(store: Store) -> None:
+    results = await asyncio.gather(
+        *(
+            store.begin_create("m1", "k1", FP, token=f"t{i}", lease_ms=5000, order_ref="ORD-1")
+            for i in range(50)
+        )
+    )
+    claimed = [r for r in results if r.claim.kind is ClaimKind.CLAIMED]
+    assert len(claimed) == 1
+    assert claimed[0].order_holder is None
+    assert all(r.claim.kind is ClaimKind.IN_FLIGHT for r in results if r is not claimed[0])
