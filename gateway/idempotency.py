@@ -37,20 +37,17 @@ def validate_idempotency_key(value: str | None) -> str:
     return value
 
 
-def _canonical(value: Any) -> Any:
+def _decimal(value: Any) -> str:
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
-    return value
+    raise TypeError(f"not canonical JSON: {type(value).__name__}")
 
 
 def fingerprint(request: CheckoutRequest) -> str:
     """SHA-256 of the canonical request: sorted keys, normalised decimals, nulls dropped."""
-    canonical = _canonical(request.model_dump(mode="python"))
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    canonical = request.model_dump(mode="python", exclude_none=True)
+    raw = orjson.dumps(canonical, default=_decimal, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def session_id_for(merchant_id: str, idempotency_key: str) -> str:

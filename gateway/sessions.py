@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -134,7 +135,7 @@ class SessionService:
         """Create a session, or replay / refuse per the idempotency rules."""
         started = time.perf_counter()
         scope = merchant.merchant_id
-        token = session_id_for(scope, idempotency_key) + ":" + request_id
+        token = uuid.uuid4().hex  # unique per attempt: only its holder completes or releases
         guarded = request.orderReference if self.settings.order_reference_guard else None
         begun = await self.store.begin_create(
             scope,
