@@ -182,6 +182,33 @@ def overhead_quantiles(gateway: str) -> dict[str, float]:
     }
 
 
+def _stat(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its live descendants (the gateway's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+            except OSError:
+                continue
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = _stat(current)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        todo += children.get(current, [])
+    return total
+
+
 def metric_sum(gateway: str, name: str) -> float:
     """Sum of every sample of ``name`` on the gateway's /metrics."""
     status, raw = http("GET", f"{gateway}/metrics")
@@ -263,14 +290,22 @@ def main() -> int:
     results: list[Result] = []
     common = {"BENCH_TOKEN": token, "BENCH_RUN": run_id}
 
-    def run(name: str, url: str, script: str, env: dict[str, str], ok: set[int]) -> Result:
+    def run(
+        name: str, url: str, script: str, env: dict[str, str], ok: set[int], server: int
+    ) -> Result:
         warm = wrk(
             url, script, {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}, args.warmup
         )
+        cpu_before = cpu_seconds(server)
         data = wrk(
             url, script, {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}, args.seconds
         )
+        cpu_used = cpu_seconds(server) - cpu_before
         result = summarize(name, data, ok)
+        # CPU the server itself spent per answered request: steadier than req/s on a busy box
+        result.extra["server_cpu_ms_per_request"] = round(
+            1000 * cpu_used / max(data["requests"], 1), 3
+        )
         result.extra["answered_201"] = int(warm["statuses"].get("201", 0)) + int(
             data["statuses"].get("201", 0)
         )
@@ -286,8 +321,8 @@ def main() -> int:
         before = sandbox_created(sandbox)
         env = {**gw_env, **extra_env}
         args_serve = [py, "-m", "gateway", "serve"]
-        with process(args_serve, env, f"{gateway}/readyz"):
-            result = run(name, gateway, "create.lua", {"BENCH_BODY": text}, {201})
+        with process(args_serve, env, f"{gateway}/readyz") as served:
+            result = run(name, gateway, "create.lua", {"BENCH_BODY": text}, {201}, served.pid)
             # wrk stops with requests still in flight: let them finish, then compare what the
             # gateway created (its own counter, all workers) with what the sandbox created
             time.sleep(1.0)
@@ -320,7 +355,7 @@ def main() -> int:
                 [py, "bench/baseline_server.py", "--port", str(ports["baseline"])],
                 {},
                 f"{baseline}/",
-            ),
+            ) as baseline_proc,
         ):
             base = run(
                 "baseline (bare aiohttp, fixed JSON)",
@@ -328,13 +363,14 @@ def main() -> int:
                 "fixed.lua",
                 {"BENCH_METHOD": "POST", "BENCH_PATH": "/", "BENCH_BODY": text},
                 {200},
+                baseline_proc.pid,
             )
             create_scenario("create session (redis, 1 worker)", {"GATEWAY_STORE": "redis"})
             with process(
                 [py, "-m", "gateway", "serve"],
                 {**gw_env, "GATEWAY_STORE": "redis"},
                 f"{gateway}/readyz",
-            ):
+            ) as served:
                 headers = {
                     "Authorization": f"Bearer {token}",
                     "Content-Type": "application/json",
@@ -355,6 +391,7 @@ def main() -> int:
                         "BENCH_KEY": f"replay-{run_id}",
                     },
                     {201},
+                    served.pid,
                 )
                 run(
                     "GET session (redis)",
@@ -362,6 +399,7 @@ def main() -> int:
                     "fixed.lua",
                     {"BENCH_METHOD": "GET", "BENCH_PATH": f"/api/v1/sessions/{session_id}"},
                     {200},
+                    served.pid,
                 )
                 run(
                     "routing simulate",
@@ -373,6 +411,7 @@ def main() -> int:
                         "BENCH_BODY": one.decode(),
                     },
                     {200},
+                    served.pid,
                 )
             create_scenario("create session (memory store)", {"GATEWAY_STORE": "memory"})
             create_scenario(
@@ -385,7 +424,10 @@ def main() -> int:
     for result in results:
         result.ratio_to_baseline = round(result.requests_per_s / base.requests_per_s, 3)
     duplicates_ok = True
-    print("\nscenario                             req/s   ratio   p50 ms   p99 ms  errors  notes")
+    print(
+        "\nscenario                             req/s   ratio   p50 ms   p99 ms  errors"
+        "  cpu ms/req  notes"
+    )
     for r in results:
         notes = ""
         if "sandbox_sessions_created" in r.extra:
@@ -397,7 +439,8 @@ def main() -> int:
                 notes += f"; own time median {r.extra['overhead'].get('median_ms')} ms"
         print(
             f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
-            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}  {notes}"
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
+            f"  {r.extra['server_cpu_ms_per_request']:>10.3f}  {notes}"
         )
     out = {
         "run": run_id,
