@@ -101,13 +101,14 @@ class Result:
 
 
 def wrk(
-    url: str, script: str, env: dict[str, str], seconds: int, threads: int = 2
+    url: str, script: str, env: dict[str, str], seconds: int, connections: int = CONNECTIONS
 ) -> dict[str, Any]:
+    threads = min(2, connections)
     out = subprocess.run(
         [
             "wrk",
             f"-t{threads}",
-            f"-c{CONNECTIONS}",
+            f"-c{connections}",
             f"-d{seconds}s",
             "--timeout",
             "5s",
@@ -291,24 +292,26 @@ def main() -> int:
     common = {"BENCH_TOKEN": token, "BENCH_RUN": run_id}
 
     def run(
-        name: str, url: str, script: str, env: dict[str, str], ok: set[int], server: int
+        name: str,
+        url: str,
+        script: str,
+        env: dict[str, str],
+        ok: set[int],
+        server: int,
+        connections: int = CONNECTIONS,
     ) -> Result:
-        warm = wrk(
-            url, script, {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}, args.warmup
-        )
+        warm_env = {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}
+        wrk(url, script, warm_env, args.warmup, connections)
         cpu_before = cpu_seconds(server)
-        data = wrk(
-            url, script, {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}, args.seconds
-        )
+        measured_env = {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}
+        data = wrk(url, script, measured_env, args.seconds, connections)
         cpu_used = cpu_seconds(server) - cpu_before
         result = summarize(name, data, ok)
         # CPU the server itself spent per answered request: steadier than req/s on a busy box
         result.extra["server_cpu_ms_per_request"] = round(
             1000 * cpu_used / max(data["requests"], 1), 3
         )
-        result.extra["answered_201"] = int(warm["statuses"].get("201", 0)) + int(
-            data["statuses"].get("201", 0)
-        )
+        result.extra["connections"] = connections
         results.append(result)
         print(
             f"  {name:<34} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
@@ -317,12 +320,16 @@ def main() -> int:
         )
         return result
 
-    def create_scenario(name: str, extra_env: dict[str, str]) -> None:
+    def create_scenario(
+        name: str, extra_env: dict[str, str], connections: int = CONNECTIONS
+    ) -> None:
         before = sandbox_created(sandbox)
         env = {**gw_env, **extra_env}
         args_serve = [py, "-m", "gateway", "serve"]
         with process(args_serve, env, f"{gateway}/readyz") as served:
-            result = run(name, gateway, "create.lua", {"BENCH_BODY": text}, {201}, served.pid)
+            result = run(
+                name, gateway, "create.lua", {"BENCH_BODY": text}, {201}, served.pid, connections
+            )
             # wrk stops with requests still in flight: let them finish, then compare what the
             # gateway created (its own counter, all workers) with what the sandbox created
             time.sleep(1.0)
@@ -366,6 +373,9 @@ def main() -> int:
                 baseline_proc.pid,
             )
             create_scenario("create session (redis, 1 worker)", {"GATEWAY_STORE": "redis"})
+            create_scenario(
+                "create session (redis, 1 connection)", {"GATEWAY_STORE": "redis"}, connections=1
+            )
             with process(
                 [py, "-m", "gateway", "serve"],
                 {**gw_env, "GATEWAY_STORE": "redis"},
