@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -75,9 +76,19 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) 
 def process(
     args: list[str], env: dict[str, str], ready_url: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    # logs go to a file, not the console: the gateway logs one JSON line per request at INFO,
+    # as in production, and that cost belongs in the figures
+    log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log
+    )
     try:
-        wait_until_up(ready_url, proc)
+        try:
+            wait_until_up(ready_url, proc)
+        except SystemExit:
+            log.flush()
+            print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+            raise
         yield proc
     finally:
         proc.terminate()
@@ -86,6 +97,8 @@ def process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -279,7 +292,6 @@ def main() -> int:
         "GATEWAY_JWT_SECRET": JWT_SECRET,
         "GATEWAY_PORT": str(ports["gateway"]),
         "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_LOG_LEVEL": "WARNING",
         "GATEWAY_SANDBOX_EMBEDDED": "false",
         "GATEWAY_REDIS_URL": REDIS_URL,
         "GATEWAY_REDIS_PREFIX": prefix,
