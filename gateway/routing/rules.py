@@ -2,7 +2,7 @@
 
 ``load_rules_file`` / ``load_rules_text`` return :class:`LoadedRules` (the models, the content
 hash, and the line of every key) or raise :class:`RulesError` listing *every* problem with its
-line number. ``docs/routing_rules.md`` is the reference of the format, one example per construct.
+line number. The README's "Routing rules reference" documents the format, one example per construct.
 
 The shape::
 
