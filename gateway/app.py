@@ -143,7 +143,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
 
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
-    """The expiry sweeper and the notification delivery worker, for the app's life."""
+    """The expiry sweeper (which also retries owed captures) and the notification delivery
+    worker, for the app's life; on the way out, running capture calls may finish."""
     settings = app[SETTINGS]
     policy = DeliveryPolicy(
         max_attempts=settings.notification_max_attempts,
@@ -165,6 +166,7 @@ async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
         finally:
             # let a round in progress finish (never cut a store call in half), then stop
             stop.set()
+            await app[LIFECYCLE].completions.close(settings.provider_timeout_seconds)
             _, late = await asyncio.wait(tasks, timeout=policy.timeout_s + 5)
             for task in late:
                 task.cancel()

@@ -6,10 +6,14 @@ machine (:mod:`gateway.domain.lifecycle`), write it back with a compare-and-set 
 another process won the race. So concurrent webhooks, cancels and sweepers in any number of
 gateway processes can never lose a transition or move a session backwards.
 
-After a change: the transition is counted, a provider's COMPLETED/FAILED verdict feeds the
-routing statistics (payment success per provider, currency and billing country), and a final
-session leaves the expiry index (except an expiry: the sweeper still has to cancel it at the
-provider).
+After a change: the transition is counted, a provider's COMPLETED/FAILED verdict (a webhook, or
+the answer of a capture the gateway made) feeds the routing statistics (payment success per
+provider, currency and billing country), and a final session leaves the expiry index (except an
+expiry: the sweeper still has to cancel it at the provider).
+
+An approval that moves no money by itself (PayPal) is completed by the gateway
+(:mod:`gateway.completion`): recorded with the move to PROCESSING, called in the background,
+retried by the sweeper.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from gateway.completion import COMPLETION_SOURCES, Completions
 from gateway.domain.errors import BadGateway, Conflict, NotFound
 from gateway.domain.lifecycle import CANCELLABLE, EXPIRABLE, apply, is_expired
 from gateway.domain.session import FINAL_STATUSES, SessionRecord, SessionStatus, utcnow
@@ -93,6 +98,8 @@ class LifecycleService:
         self.router = router
         self.notifier = notifier
         self._clock = clock
+        #: the capture/authorize calls owed after a payer's approval
+        self.completions = Completions(settings, store, adapters, self.move, clock)
 
     def creation_outbox(self, record: SessionRecord) -> list[OutboxItem]:
         """The ``payment_session.created`` notification of a new session."""
@@ -136,7 +143,8 @@ class LifecycleService:
                 "source": source,
             },
         )
-        if kind == "webhook" and after.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+        verdict = kind == "webhook" or source in COMPLETION_SOURCES
+        if verdict and after.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
             await self.router.record_payment(
                 after.provider,
                 after.status is SessionStatus.COMPLETED,
@@ -168,7 +176,7 @@ class LifecycleService:
         status = event.status
         if status in _CLOSED_AT_PROVIDER and record.cancellationReason is not None:
             status = SessionStatus.CANCELLED  # the provider confirms the merchant's cancel
-        changes = {
+        changes: dict[str, Any] = {
             key: value
             for key, value in (
                 ("customerId", event.customer_id),
@@ -181,6 +189,14 @@ class LifecycleService:
             )
             if value
         }
+        if status in FINAL_STATUSES:
+            changes["pendingCompletion"] = None  # the provider decided: nothing more is owed
+        owed = self.completions.owed_for(record, event)
+        if owed is not None:
+            # durable before the move (and so before the webhook's answer): a crash from here
+            # on leaves the call to the sweeper of any gateway process
+            await self.completions.schedule(record.sessionId)
+            changes["pendingCompletion"] = owed
         moved = await self.move(
             record.sessionId,
             status,
@@ -189,6 +205,8 @@ class LifecycleService:
             changes=changes,
         )
         if moved.applied:
+            if owed is not None:
+                self.completions.start(record.sessionId)
             return "applied"
         current = moved.record
         if (
@@ -226,6 +244,9 @@ class LifecycleService:
         record = await self.store.get_session(session_id)
         if record is None:
             await self.store.drop_expiry(session_id)
+            return
+        if self.completions.owes(record):
+            await self.completions.attempt(record)  # reschedules itself or leaves the index
             return
         if record.status in EXPIRABLE:
             if record.expiresAt > now:

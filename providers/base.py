@@ -6,12 +6,18 @@ Errors are mapped once, at the adapter boundary, from aiohttp/asyncio failures::
      ├── ProviderTimeout              no answer within the per-call timeout
      ├── ProviderUnavailable          connection refused/reset, or a 5xx answer
      ├── ProviderRateLimited          429; ``retry_after`` seconds when the provider said so
-     ├── ProviderRejected             4xx: the provider refused *our* request
+     ├── ProviderRejected             4xx: the provider refused *our* request (``code``, and
+     │                                ``issue`` when the provider gives a finer reason)
      ├── FlowNotSupported             the adapter cannot do what was asked
      └── WebhookVerificationError     a webhook whose signature or form is not valid
 
 Timeouts, unavailability and rate limits are *retryable at another provider*; a rejection is not
 (the request is wrong), unless the gateway is configured otherwise.
+
+Most providers charge the payer during their hosted checkout. Some only record the payer's
+*approval* there and move no money until the merchant's server asks (PayPal Orders v2: capture
+or authorize the approved order). Their adapters also implement the optional
+:class:`ApprovalCompleter`; the gateway calls it after an event with ``awaits_completion``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ if TYPE_CHECKING:
     from gateway.domain.session import SessionStatus
 
 __all__ = [
+    "AUTHORIZE",
+    "CAPTURE",
+    "ApprovalCompleter",
     "Capabilities",
     "CreateSessionInput",
     "FlowNotSupported",
@@ -78,10 +87,19 @@ class ProviderRateLimited(ProviderError):
 class ProviderRejected(ProviderError):
     retryable, outcome = False, "rejected"
 
-    def __init__(self, provider: str, message: str, status: int, code: str | None = None) -> None:
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        status: int,
+        code: str | None = None,
+        issue: str | None = None,
+    ) -> None:
         super().__init__(provider, message)
         self.status = status
         self.code = code
+        #: the provider's finer reason beside ``code`` (PayPal: ``details[0].issue``)
+        self.issue = issue
 
 
 class FlowNotSupported(ProviderError):
@@ -151,6 +169,9 @@ class ProviderEvent:
     #: the provider's reference of the payment itself (PaymentIntent, pspReference, capture id)
     payment_id: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: the payer approved, but no money moves until the gateway completes the approval through
+    #: :meth:`ApprovalCompleter.complete_approved` (PayPal's ``CHECKOUT.ORDER.APPROVED``)
+    awaits_completion: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,4 +206,35 @@ class ProviderAdapter(Protocol):
 
     def webhook_answer(self) -> WebhookAnswer:
         """The acknowledgement body this provider expects."""
+        ...
+
+
+#: :meth:`ApprovalCompleter.complete_approved` intents: take the money now (``captureMethod``
+#: automatic), or only reserve it for a later capture by the merchant (``captureMethod`` manual).
+CAPTURE = "capture"
+AUTHORIZE = "authorize"
+
+
+@runtime_checkable
+class ApprovalCompleter(Protocol):
+    """Optional: an adapter whose provider moves no money on the payer's approval alone.
+
+    Only adapters that need it implement it (PayPal); the gateway checks with ``isinstance`` and
+    calls it once a verified event says ``awaits_completion``. Stripe and Adyen charge during
+    their hosted checkout and do not implement it.
+    """
+
+    async def complete_approved(
+        self, reference: str, *, intent: str, idempotency_key: str, timeout: float
+    ) -> ProviderEvent | None:
+        """Capture (:data:`CAPTURE`) or authorize (:data:`AUTHORIZE`) the approved payment of
+        the provider session ``reference``.
+
+        Idempotent on ``idempotency_key``: a retry with the same key never moves money twice.
+        Returns the outcome as an event (``COMPLETED``; ``PROCESSING`` while the provider's
+        status is pending or ambiguous, never success; ``FAILED`` when declined), or ``None``
+        when the answer settles nothing and the provider's webhooks will. Raises the
+        :class:`ProviderError` tree: a retryable error means "retry later with the same key",
+        a rejection that the call cannot succeed as asked.
+        """
         ...

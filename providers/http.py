@@ -141,7 +141,19 @@ class ProviderHttp:
         if status >= 500:
             raise ProviderUnavailable(self.provider, f"HTTP {status}", status)
         code, message = self._error_detail(result)
-        raise ProviderRejected(self.provider, message, status, code)
+        raise ProviderRejected(self.provider, message, status, code, self._issue(result))
+
+    @staticmethod
+    def _issue(result: HttpResult) -> str | None:
+        """PayPal's finer reason of a refusal (``details[0].issue``), when the body has one."""
+        try:
+            payload = result.json()
+        except orjson.JSONDecodeError:
+            return None
+        details = payload.get("details") if isinstance(payload, dict) else None
+        first = details[0] if isinstance(details, list) and details else None
+        issue = first.get("issue") if isinstance(first, dict) else None
+        return issue if isinstance(issue, str) and issue else None
 
     @staticmethod
     def _error_detail(result: HttpResult) -> tuple[str | None, str]:

@@ -1,6 +1,7 @@
 """The PayPal adapter: Orders v2 hosted approval (``POST /v2/checkout/orders``) behind an
-OAuth2 client-credentials token, and webhooks verified through PayPal's
-``POST /v1/notifications/verify-webhook-signature``.
+OAuth2 client-credentials token, webhooks verified through PayPal's
+``POST /v1/notifications/verify-webhook-signature``, and the capture (or authorization) of an
+approved order (``POST /v2/checkout/orders/{id}/capture`` | ``/authorize``) that moves the money.
 
 Tokens are cached until shortly before ``expires_in``; concurrent callers share one in-flight
 fetch, and a 401 from the API refreshes the token once and retries the call once.
@@ -13,11 +14,14 @@ import base64
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from providers.base import (
+    AUTHORIZE,
+    CAPTURE,
     Capabilities,
     CreateSessionInput,
     FlowNotSupported,
@@ -31,10 +35,13 @@ from providers.base import (
 )
 from providers.http import HttpResult, ProviderHttp
 from providers.paypal_transformers import (
+    DECLINE_ISSUES,
     PAYPAL_CURRENCIES,
     REQUEST_ID_MAX,
     amount_problem,
     build_order_request,
+    completion_event,
+    declined_event,
     event_from_paypal,
 )
 from providers.wire import bounded_key, header, json_object
@@ -59,6 +66,12 @@ TRANSMISSION_HEADERS = {
     "PAYPAL-TRANSMISSION-ID": "transmission_id",
     "PAYPAL-TRANSMISSION-SIG": "transmission_sig",
     "PAYPAL-TRANSMISSION-TIME": "transmission_time",
+}
+
+#: completion intent -> the Orders v2 action and the 422 issue saying it was done already
+_COMPLETIONS = {
+    CAPTURE: ("capture", "ORDER_ALREADY_CAPTURED"),
+    AUTHORIZE: ("authorize", "ORDER_ALREADY_AUTHORIZED"),
 }
 
 
@@ -187,14 +200,15 @@ class PayPalAdapter:
     async def _call(
         self,
         url: str,
-        body: bytes,
+        body: bytes | None,
         headers: Mapping[str, str],
         timeout: float,
         *,
         operation: str,
         request_id: str | None = None,
+        method: str = "POST",
     ) -> HttpResult:
-        """POST with a bearer token; on a 401 refresh the token once and retry once."""
+        """Call with a bearer token; on a 401 refresh the token once and retry once."""
         deadline = time.monotonic() + timeout
 
         def remaining() -> float:
@@ -207,7 +221,7 @@ class PayPalAdapter:
             token = await self._tokens.get(remaining())
             try:
                 return await self._http.request(
-                    "POST",
+                    method,
                     url,
                     timeout=remaining(),
                     headers={**headers, "Authorization": f"Bearer {token}"},
@@ -269,6 +283,68 @@ class PayPalAdapter:
         An unapproved order simply lapses; the gateway marks the session cancelled locally.
         """
         raise FlowNotSupported(self.name, "PayPal has no call to cancel an unapproved order")
+
+    async def complete_approved(
+        self, reference: str, *, intent: str, idempotency_key: str, timeout: float
+    ) -> ProviderEvent | None:
+        """Capture (intent ``capture``) or authorize (``authorize``) the order ``reference``
+        the payer approved: the call that moves the money (:class:`providers.base.
+        ApprovalCompleter`). ``timeout`` bounds the whole call, an order read included.
+
+        ``PayPal-Request-Id`` is ``idempotency_key`` (a digest when longer than PayPal's 108
+        characters): a retry after a timeout or a 5xx gets PayPal's first answer again and never
+        captures twice. The answer maps through :func:`completion_event` (capture COMPLETED ->
+        COMPLETED, PENDING -> PROCESSING, DECLINED/FAILED -> FAILED; authorization CREATED ->
+        COMPLETED). 422s: ORDER_ALREADY_CAPTURED / ORDER_ALREADY_AUTHORIZED (done under another
+        request id) reads the order (``GET /v2/checkout/orders/{id}``) and maps the payment it
+        holds, None when it holds none; a decline (:data:`DECLINE_ISSUES`) is a FAILED event;
+        ORDER_COMPLETION_IN_PROGRESS and a 409 (the same request id still in flight) are
+        ProviderUnavailable, to be retried; any other refusal (ORDER_NOT_APPROVED,
+        ACTION_DOES_NOT_MATCH_INTENT, ...) is raised as ProviderRejected.
+        """
+        known = _COMPLETIONS.get(intent)
+        if known is None:
+            raise FlowNotSupported(self.name, f"unknown completion intent {intent!r}")
+        if not self.config.client_id or not self.config.client_secret:
+            raise FlowNotSupported(self.name, "client id and secret are not configured")
+        action, already = known
+        deadline = time.monotonic() + timeout
+        request_id = bounded_key(idempotency_key, REQUEST_ID_MAX)
+        order_url = f"{self.config.base_url}/v2/checkout/orders/{quote(reference, safe='')}"
+        try:
+            result = await self._call(
+                f"{order_url}/{action}",
+                b"{}",
+                {
+                    "Content-Type": "application/json",
+                    "PayPal-Request-Id": request_id,
+                    "Prefer": "return=representation",
+                },
+                timeout,
+                operation=f"{action}_order",
+            )
+        except ProviderRejected as exc:
+            if exc.status == 409 or exc.issue == "ORDER_COMPLETION_IN_PROGRESS":
+                raise ProviderUnavailable(
+                    self.name, f"{action} still in progress at PayPal: {exc.reason}", exc.status
+                ) from exc
+            if exc.issue in DECLINE_ISSUES:
+                return declined_event(
+                    reference, intent=intent, issue=exc.issue or "", request_id=request_id
+                )
+            if exc.issue != already:
+                raise
+            result = await self._call(
+                order_url,
+                None,
+                {"Accept": "application/json"},
+                max(0.001, deadline - time.monotonic()),
+                operation="get_order",
+                method="GET",
+            )
+        return completion_event(
+            json_object(result, self.name), intent=intent, request_id=request_id
+        )
 
     async def parse_webhook(
         self, headers: Mapping[str, str], raw_body: bytes

@@ -1,5 +1,6 @@
 """PayPal Orders v2 wire types and conversions: the ``POST /v2/checkout/orders`` body with
-decimal-string amounts in PayPal's decimals, and webhook events mapped onto the lifecycle.
+decimal-string amounts in PayPal's decimals, webhook events mapped onto the lifecycle, and the
+answers of ``POST /v2/checkout/orders/{id}/capture`` and ``/authorize`` mapped the same way.
 
 Pure functions only: the adapter, the sandbox emulation and the tests share them.
 """
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.domain.money import exponent, format_major, scale_of
 from gateway.domain.session import SessionStatus
-from providers.base import ProviderEvent
+from providers.base import CAPTURE, ProviderEvent
 from providers.wire import amount_places, parse_datetime
 
 if TYPE_CHECKING:
@@ -20,11 +21,14 @@ if TYPE_CHECKING:
     from providers.base import CreateSessionInput
 
 __all__ = [
+    "DECLINE_ISSUES",
     "PAYPAL_CURRENCIES",
     "PAYPAL_ZERO_DECIMAL",
     "REQUEST_ID_MAX",
     "amount_problem",
     "build_order_request",
+    "completion_event",
+    "declined_event",
     "event_from_paypal",
     "paypal_decimals",
     "paypal_locale",
@@ -41,6 +45,24 @@ PAYPAL_CURRENCIES = frozenset(
 #: PayPal takes no decimals for these (HUF and TWD have 2 in ISO 4217).
 PAYPAL_ZERO_DECIMAL = frozenset({"HUF", "JPY", "TWD"})
 REQUEST_ID_MAX = 108
+#: 422 issues of a capture/authorize call that mean "the payer's money cannot be had": the
+#: payment failed (the payer has left PayPal's page; a new checkout is needed).
+DECLINE_ISSUES = frozenset(
+    {
+        "INSTRUMENT_DECLINED",
+        "TRANSACTION_REFUSED",
+        "PAYER_CANNOT_PAY",
+        "PAYEE_BLOCKED_TRANSACTION",
+        "MAX_NUMBER_OF_PAYMENT_ATTEMPTS_EXCEEDED",
+        "REDIRECT_PAYER_FOR_ALTERNATE_FUNDING",
+        "CARD_EXPIRED",
+        "COMPLIANCE_VIOLATION",
+        "PAYER_ACCOUNT_LOCKED_OR_CLOSED",
+        "PAYER_ACCOUNT_RESTRICTED",
+        "TRANSACTION_LIMIT_EXCEEDED",
+        "TRANSACTION_RECEIVING_LIMIT_EXCEEDED",
+    }
+)
 _NAME_MAX = 127
 _ID_MAX = 127
 
@@ -274,4 +296,96 @@ def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
         customer_id=_str(_vault(resource).get("customer", {}).get("id")),
         payment_method_id=_str(_vault(resource).get("id")),
         extra=extra,
+        awaits_completion=event_type == "CHECKOUT.ORDER.APPROVED",
+    )
+
+
+def _first_payment(order: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The first ``purchase_units[].payments.<kind>[]`` entry of an order, or None."""
+    for unit in order.get("purchase_units") or []:
+        payments = unit.get("payments") if isinstance(unit, Mapping) else None
+        entries = payments.get(kind) if isinstance(payments, Mapping) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, Mapping):
+                return entry
+    return None
+
+
+def _custom_id(order: Mapping[str, Any]) -> str | None:
+    units = order.get("purchase_units")
+    first = units[0] if isinstance(units, list) and units else None
+    return _str(first.get("custom_id")) if isinstance(first, Mapping) else None
+
+
+def _completion_status(kind: str, state: str | None) -> SessionStatus:
+    """A capture's or authorization's status as the session sees it; success only when the
+    money is taken (capture COMPLETED) or reserved (authorization CREATED or captured since)."""
+    if kind == "captures":
+        if state == "COMPLETED":
+            return SessionStatus.COMPLETED
+        if state in ("DECLINED", "FAILED"):
+            return SessionStatus.FAILED
+        return SessionStatus.PROCESSING  # PENDING and anything unknown: never success
+    if state in ("CREATED", "CAPTURED", "PARTIALLY_CAPTURED"):
+        return SessionStatus.COMPLETED
+    if state == "DENIED":
+        return SessionStatus.FAILED
+    return SessionStatus.PROCESSING
+
+
+def completion_event(
+    order: Mapping[str, Any], *, intent: str, request_id: str
+) -> ProviderEvent | None:
+    """The outcome of capturing (or authorizing) ``order``, from the order PayPal answers.
+
+    Judged by ``purchase_units[0].payments.captures[0]`` (``authorizations[0]`` for the
+    ``authorize`` intent); None when the order carries no such payment (nothing is settled).
+    An authorization counts as COMPLETED: for a manual-capture session the checkout is done
+    once the money is reserved; capturing it later is the merchant's business.
+    """
+    kind = "captures" if intent == CAPTURE else "authorizations"
+    payment = _first_payment(order, kind)
+    if payment is None:
+        return None
+    state = _str(payment.get("status"))
+    status = _completion_status(kind, state)
+    reason = None
+    if status is SessionStatus.FAILED:
+        details = payment.get("status_details")
+        detail = _str(details.get("reason")) if isinstance(details, Mapping) else None
+        reason = detail or f"{kind[:-1]} {state}".lower()
+    payment_id = _str(payment.get("id"))
+    vault = _vault(order) or _vault(payment)
+    extra = {"resourceStatus": state or ""}
+    amount = payment.get("amount")
+    if isinstance(amount, Mapping) and _str(amount.get("value")):
+        extra["amount"] = str(amount["value"])
+        extra["currency"] = str(amount.get("currency_code", ""))
+    return ProviderEvent(
+        provider="paypal",
+        event_id=payment_id or request_id,
+        event_type=f"ORDER.{intent.upper()}",
+        reference=_str(order.get("id")),
+        session_id=_custom_id(order),
+        status=status,
+        occurred_at=parse_datetime(payment.get("create_time")),
+        failure_reason=reason,
+        payment_id=payment_id,
+        customer_id=_str(vault.get("customer", {}).get("id")),
+        payment_method_id=_str(vault.get("id")),
+        extra=extra,
+    )
+
+
+def declined_event(order_id: str, *, intent: str, issue: str, request_id: str) -> ProviderEvent:
+    """A capture/authorize call PayPal refused with one of :data:`DECLINE_ISSUES`."""
+    return ProviderEvent(
+        provider="paypal",
+        event_id=request_id,
+        event_type=f"ORDER.{intent.upper()}",
+        reference=order_id,
+        session_id=None,
+        status=SessionStatus.FAILED,
+        failure_reason=issue,
+        extra={"issue": issue},
     )

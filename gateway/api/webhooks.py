@@ -6,6 +6,8 @@ applied atomically and answered in the form the provider expects. A call that fa
 verification changes nothing and gets 400; an event for an unknown session is acknowledged
 (and logged) so the provider stops resending it; when the gateway cannot process an event
 (store down, PayPal's verification unreachable) it answers 503 and the provider retries.
+A PayPal approval is answered once the capture it calls for is stored with the session; the
+capture itself runs in the background (:mod:`gateway.completion`).
 """
 
 from __future__ import annotations

@@ -122,6 +122,9 @@ class SessionRecord(_Record):
     paymentId: str | None = None
     failureReason: str | None = None
     cancellationReason: str | None = None
+    #: internal, never shown: the call (``capture`` | ``authorize``) the gateway still owes the
+    #: provider to move the money of an approved payment (:mod:`gateway.completion`)
+    pendingCompletion: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The representation answered by ``GET /api/v1/sessions/{id}``."""

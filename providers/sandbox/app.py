@@ -132,10 +132,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        pending = list(state.background)
         if sweeper is not None:
-            sweeper.cancel()
+            pending.append(sweeper)
+        for task in pending:
+            task.cancel()
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+                await task
         await state.client.close()
         state.client = None
 

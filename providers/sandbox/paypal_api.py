@@ -1,26 +1,31 @@
-"""Emulated PayPal REST API: OAuth2 tokens, Orders v2 create/get and webhook verification,
-close enough that :class:`providers.paypal.PayPalAdapter` cannot tell.
+"""Emulated PayPal REST API: OAuth2 tokens, Orders v2 create/get/capture/authorize and webhook
+verification, close enough that :class:`providers.paypal.PayPalAdapter` cannot tell.
 
 - ``POST /paypal/v1/oauth2/token``: Basic client credentials, ``grant_type=client_credentials``.
 - ``POST /paypal/v2/checkout/orders``: Bearer token (401 with issue INVALID_TOKEN otherwise);
   ``PayPal-Request-Id`` answers 201 first and 200 with the same order on a replay; the same id
   with a different body is refused (422 DUPLICATE_REQUEST_ID).
+- ``POST /paypal/v2/checkout/orders/{id}/capture`` and ``/authorize``: Bearer token, body ``{}``
+  (or empty), ``PayPal-Request-Id`` idempotency as above (a replay answers 200 with the first
+  answer, a decline included); the order rules are :func:`~providers.sandbox.paypal_payments.
+  complete_order`'s. After a capture PayPal's payment webhook follows (in the background,
+  ``PayPalSandbox.payment_webhook_delay_seconds`` later).
 - ``POST /paypal/v1/notifications/verify-webhook-signature``: SUCCESS only for a transmission
   this sandbox really sent, with the same headers, webhook id and event.
 
-``notify`` sends the events PayPal would; for a paid order the sandbox also performs the
-merchant's capture (or authorization) itself, so CHECKOUT.ORDER.APPROVED is followed by
-PAYMENT.CAPTURE.COMPLETED (or PAYMENT.AUTHORIZATION.CREATED).
+``notify`` sends what PayPal sends when the payer acts on the pay page: Pay and Decline both
+*approve* the order (CHECKOUT.ORDER.APPROVED; no money moves until the merchant captures, and a
+payer who declined gets a declined capture), Cancel and expiry void it (CHECKOUT.ORDER.VOIDED).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import secrets
-import string
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ import orjson
 from aiohttp import web
 
 from providers.paypal_transformers import REQUEST_ID_MAX
+from providers.sandbox.paypal_payments import complete_order, now_iso, paypal_id
 from providers.sandbox.paypal_rules import (
     PayPalError,
     check_order,
@@ -44,7 +50,6 @@ __all__ = ["PayPalSandbox", "error_body", "notify", "paypal_sandbox", "register"
 
 PROVIDER = "paypal"
 _ORDER_LIFETIME = timedelta(hours=3)
-_ID_CHARS = string.ascii_uppercase + string.digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +64,33 @@ class Transmission:
     event: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class CompletionCall:
+    """A capture or authorization the emulator really made (replays are not counted)."""
+
+    order_id: str
+    action: str
+    request_id: str | None
+    status: str
+
+
 @dataclass(slots=True)
 class PayPalSandbox:
-    """The emulator's own state: issued tokens and sent transmissions."""
+    """The emulator's own state: issued tokens, sent transmissions, captures and authorizations
+    made, and test knobs for the capture/authorize calls."""
 
     token_lifetime_seconds: int = 32_400
     tokens: dict[str, datetime] = field(default_factory=dict)
     token_requests: int = 0
     transmissions: dict[str, Transmission] = field(default_factory=dict)
+    completions: list[CompletionCall] = field(default_factory=list)
+    #: the next this-many capture/authorize calls answer 500 without doing anything
+    fail_completions: int = 0
+    #: the next this-many capture/authorize calls do their work, then answer 500 (the answer
+    #: is lost; a retry with the same PayPal-Request-Id gets the first answer again)
+    lose_completion_answers: int = 0
+    #: how long after a capture/authorization its webhook is sent
+    payment_webhook_delay_seconds: float = 0.2
 
     def revoke_tokens(self) -> None:
         """Invalidate every issued token (as if they had expired)."""
@@ -85,14 +109,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
-def _paypal_id(length: int = 17) -> str:
-    return "".join(secrets.choice(_ID_CHARS) for _ in range(length))
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _bearer_problem(request: web.Request, pp: PayPalSandbox) -> web.Response | None:
     auth = request.headers.get("Authorization", "")
     token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
@@ -101,6 +117,60 @@ def _bearer_problem(request: web.Request, pp: PayPalSandbox) -> web.Response | N
         return None
     detail = {"issue": "INVALID_TOKEN", "description": "The access token is invalid or expired."}
     return _json(error_body(401, details=[detail]), 401)
+
+
+async def _complete(
+    state: SandboxState,
+    session: SandboxSession,
+    action: str,
+    key: str | None,
+    representation: bool,
+) -> tuple[int, bytes]:
+    """Capture or authorize under the idempotency claim of ``key`` (taken by the caller):
+    the (status, body) answer.
+
+    A refusal before anything was done (order not approved, ...) keeps no record of ``key``;
+    a made payment or a decline is final and replayed to a retry with the same key.
+    """
+    pp = paypal_sandbox(state)
+    try:
+        await state.processing_delay(PROVIDER)
+        done = complete_order(session, action)
+    except BaseException as exc:
+        if key is not None:
+            state.idempotency_abandon(PROVIDER, key)
+        if isinstance(exc, PayPalError):
+            return exc.status, exc.body()
+        raise
+    if done.refusal is not None:
+        status, answer = done.refusal.status, done.refusal.body()
+    else:
+        status = 201
+        answer = orjson.dumps(done.order if representation else _minimal(done.order))
+    if key is not None:
+        state.idempotency_finish(PROVIDER, key, status, answer)
+    pp.completions.append(CompletionCall(session.id, action, key, done.status))
+    state.send_later(
+        PROVIDER, lambda: _send_all(state, session, done.events), pp.payment_webhook_delay_seconds
+    )
+    return status, answer
+
+
+def _order_not_found() -> web.Response:
+    detail = {"issue": "INVALID_RESOURCE_ID", "description": "Order not found."}
+    return _json({**error_body(404), "name": "RESOURCE_NOT_FOUND", "details": [detail]}, 404)
+
+
+def _minimal(order: dict[str, Any]) -> dict[str, Any]:
+    """A completed order as ``Prefer: return=minimal`` shows it: its payments, not its items."""
+    units = [
+        {"reference_id": unit.get("reference_id"), "payments": unit.get("payments", {})}
+        for unit in order["purchase_units"]
+    ]
+    minimal = {"id": order["id"], "status": order["status"], "purchase_units": units}
+    if "payment_source" in order:
+        minimal["payment_source"] = order["payment_source"]
+    return {**minimal, "links": order["links"]}
 
 
 def _with_query(url: str, **params: str) -> str:
@@ -144,7 +214,7 @@ def register(app: web.Application, state: SandboxState) -> None:
                 "token_type": "Bearer",
                 "app_id": "APP-SANDBOX",
                 "expires_in": pp.token_lifetime_seconds,
-                "nonce": f"{_now()}{secrets.token_urlsafe(12)}",
+                "nonce": f"{now_iso()}{secrets.token_urlsafe(12)}",
             }
         )
 
@@ -189,7 +259,7 @@ def register(app: web.Application, state: SandboxState) -> None:
             if key is not None:
                 state.idempotency_abandon(PROVIDER, key)
             raise
-        order_id = _paypal_id()
+        order_id = paypal_id()
         api = f"{state.public_base(request)}/sandbox/{PROVIDER}"
         action = "payer-action" if "payment_source" in body else "approve"
         order = {
@@ -198,7 +268,7 @@ def register(app: web.Application, state: SandboxState) -> None:
             "status": "PAYER_ACTION_REQUIRED" if action == "payer-action" else "CREATED",
             **({"payment_source": {"paypal": {}}} if action == "payer-action" else {}),
             "purchase_units": body["purchase_units"],
-            "create_time": _now(),
+            "create_time": now_iso(),
             "links": [
                 {"href": f"{api}/v2/checkout/orders/{order_id}", "rel": "self", "method": "GET"},
                 {
@@ -215,7 +285,7 @@ def register(app: web.Application, state: SandboxState) -> None:
                 id=order_id,
                 amount=str(unit["amount"]["value"]),
                 currency=str(unit["amount"]["currency_code"]),
-                success_url=_with_query(return_url, token=order_id, PayerID=_paypal_id(13)),
+                success_url=_with_query(return_url, token=order_id, PayerID=paypal_id(13)),
                 failure_url=_with_query(cancel_url, token=order_id),
                 expires_at=datetime.now(UTC) + _ORDER_LIFETIME,
                 order_reference=unit.get("invoice_id"),
@@ -237,11 +307,63 @@ def register(app: web.Application, state: SandboxState) -> None:
             return refused
         session = state.get_session(PROVIDER, request.match_info["id"])
         if session is None:
-            detail = {"issue": "INVALID_RESOURCE_ID", "description": "Order not found."}
-            return _json(
-                {**error_body(404), "name": "RESOURCE_NOT_FOUND", "details": [detail]}, 404
-            )
+            return _order_not_found()
         return _json(session.extra["order"])
+
+    async def complete(request: web.Request) -> web.Response:
+        refused = _bearer_problem(request, pp)
+        if refused is not None:
+            return refused
+        session = state.get_session(PROVIDER, request.match_info["id"])
+        if session is None:
+            return _order_not_found()
+        action = request.match_info["action"]
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            return PayPalError(400, "MALFORMED_REQUEST_JSON", "/", "Not JSON.").response()
+        if not isinstance(body, dict):
+            return PayPalError(400, "MALFORMED_REQUEST_JSON", "/", "Not an object.").response()
+        key = request.headers.get("PayPal-Request-Id")
+        if key is not None and not 0 < len(key) <= REQUEST_ID_MAX:
+            return PayPalError(
+                400, "INVALID_STRING_LENGTH", "PayPal-Request-Id", f"1 to {REQUEST_ID_MAX}."
+            ).response()
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        fingerprint = hashlib.sha256(f"{action}:{session.id}:".encode() + canonical).hexdigest()
+        record = state.idempotency_get(PROVIDER, key) if key is not None else None
+        if record is not None and record.in_flight:
+            detail = {"issue": "REQUEST_IN_PROGRESS", "description": "Retry shortly."}
+            return _json({**error_body(409), "name": "RESOURCE_CONFLICT", "details": [detail]}, 409)
+        if record is not None:
+            if record.fingerprint != fingerprint or record.body is None:
+                return PayPalError(
+                    422,
+                    "DUPLICATE_REQUEST_ID",
+                    "PayPal-Request-Id",
+                    "The PayPal-Request-Id was already used with a different request.",
+                ).response()
+            replayed = 200 if record.status == 201 else record.status or 200
+            return web.Response(status=replayed, body=record.body, content_type="application/json")
+        if pp.fail_completions > 0:
+            pp.fail_completions -= 1
+            return _json(error_body(500), 500)
+        prefer = request.headers.get("Prefer", "return=minimal").strip().lower()
+        if key is not None:  # claimed before the work: a concurrent retry meets it in flight
+            state.idempotency_begin(PROVIDER, key, fingerprint)
+        # PayPal finishes a capture whose caller gave up waiting: the work is not cancelled
+        # with this handler, and a retry with the same request id meets it or its answer
+        work = asyncio.ensure_future(
+            _complete(state, session, action, key, prefer == "return=representation")
+        )
+        state.background.add(work)
+        work.add_done_callback(state.background.discard)
+        status, answer = await asyncio.shield(work)
+        if pp.lose_completion_answers > 0:
+            pp.lose_completion_answers -= 1
+            return _json(error_body(500), 500)
+        return web.Response(status=status, body=answer, content_type="application/json")
 
     async def verify(request: web.Request) -> web.Response:
         refused = _bearer_problem(request, pp)
@@ -271,67 +393,25 @@ def register(app: web.Application, state: SandboxState) -> None:
     app.router.add_post(f"/{PROVIDER}/v1/oauth2/token", token)
     app.router.add_post(f"/{PROVIDER}/v2/checkout/orders", create_order)
     app.router.add_get(f"/{PROVIDER}/v2/checkout/orders/{{id}}", get_order)
+    app.router.add_post(
+        f"/{PROVIDER}/v2/checkout/orders/{{id}}/{{action:capture|authorize}}", complete
+    )
     app.router.add_post(f"/{PROVIDER}/v1/notifications/verify-webhook-signature", verify)
-
-
-def _payment(session: SandboxSession, kind: str, status: str) -> dict[str, Any]:
-    order = session.extra["order"]
-    unit = order["purchase_units"][0]
-    resource: dict[str, Any] = {
-        "id": _paypal_id(),
-        "status": status,
-        "amount": {"currency_code": session.currency, "value": session.amount},
-        "supplementary_data": {"related_ids": {"order_id": order["id"]}},
-        "create_time": _now(),
-        "update_time": _now(),
-    }
-    for name in ("custom_id", "invoice_id"):
-        if unit.get(name):
-            resource[name] = unit[name]
-    if kind == "capture":
-        resource["final_capture"] = True
-    source = (session.raw_request or {}).get("payment_source") or {}
-    vault = ((source.get("paypal") or {}).get("attributes") or {}).get("vault")
-    if status in ("COMPLETED", "CREATED") and vault:
-        # ON_SUCCESS: the wallet is vaulted with the successful payment
-        token = session.extra.setdefault("vault_id", _paypal_id(7).lower())
-        customer = session.extra.setdefault("vault_customer", _paypal_id(10))
-        resource["payment_source"] = {
-            "paypal": {
-                "attributes": {
-                    "vault": {"id": token, "status": "VAULTED", "customer": {"id": customer}}
-                }
-            }
-        }
-    return resource
 
 
 def events_for(session: SandboxSession, outcome: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(event_type, resource_type, resource) PayPal sends for ``outcome``, in order.
 
-    Updates the stored order's status as PayPal would.
+    Updates the stored order's status as PayPal would. Pay and Decline only approve the order:
+    the merchant's capture (or authorization) call moves the money, or fails for a payer who
+    declined (:func:`~providers.sandbox.paypal_payments.complete_order`).
     """
     order = session.extra["order"]
     if outcome in ("cancelled", "expired"):
         order["status"] = "VOIDED"
         return [("CHECKOUT.ORDER.VOIDED", "checkout-order", dict(order))]
     order["status"] = "APPROVED"
-    events = [("CHECKOUT.ORDER.APPROVED", "checkout-order", dict(order))]
-    if outcome == "paid" and order["intent"] == "AUTHORIZE":
-        events.append(
-            ("PAYMENT.AUTHORIZATION.CREATED", "authorization", _payment(session, "auth", "CREATED"))
-        )
-    elif outcome == "paid":
-        capture = _payment(session, "capture", "COMPLETED")
-        events.append(("PAYMENT.CAPTURE.COMPLETED", "capture", capture))
-    elif order["intent"] == "AUTHORIZE":
-        events.append(("CHECKOUT.PAYMENT-APPROVAL.REVERSED", "checkout-order", dict(order)))
-    else:
-        capture = _payment(session, "capture", "DECLINED")
-        events.append(("PAYMENT.CAPTURE.DENIED", "capture", capture))
-    if outcome == "paid":
-        order["status"] = "COMPLETED"
-    return events
+    return [("CHECKOUT.ORDER.APPROVED", "checkout-order", dict(order))]
 
 
 async def send_event(
@@ -339,11 +419,11 @@ async def send_event(
 ) -> None:
     """Sign, remember and POST one webhook event to the gateway."""
     api = session.extra.get("api", "")
-    event_id = f"WH-{_paypal_id()}-{_paypal_id()}"
+    event_id = f"WH-{paypal_id()}-{paypal_id()}"
     event = {
         "id": event_id,
         "event_version": "1.0",
-        "create_time": _now(),
+        "create_time": now_iso(),
         "resource_type": kind,
         "resource_version": "2.0",
         "event_type": event_type,
@@ -356,7 +436,7 @@ async def send_event(
     body = orjson.dumps(event)
     webhook_id = state.config.secret(PROVIDER, "webhook_id")
     transmission_id = str(uuid.uuid4())
-    sent_at = _now()
+    sent_at = now_iso()
     message = f"{transmission_id}|{sent_at}|{webhook_id}|{zlib.crc32(body)}"
     key = state.config.secret(PROVIDER, "client_secret").encode()
     signature = hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
@@ -375,7 +455,13 @@ async def send_event(
     await state.send_webhook(PROVIDER, body, headers)
 
 
+async def _send_all(
+    state: SandboxState, session: SandboxSession, events: list[tuple[str, str, dict[str, Any]]]
+) -> None:
+    for event_type, kind, resource in events:
+        await send_event(state, session, event_type, kind, resource)
+
+
 async def notify(state: SandboxState, session: SandboxSession, outcome: str) -> None:
     """POST PayPal's webhook events for ``outcome`` of ``session`` to the gateway, in order."""
-    for event_type, kind, resource in events_for(session, outcome):
-        await send_event(state, session, event_type, kind, resource)
+    await _send_all(state, session, events_for(session, outcome))

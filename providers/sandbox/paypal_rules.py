@@ -78,19 +78,19 @@ class PayPalError(Exception):
         self.field = field
         self.description = description
 
-    def response(self) -> web.Response:
-        """The error as PayPal answers it."""
+    def body(self) -> bytes:
+        """The error document as PayPal sends it."""
         detail = {
             "field": self.field,
             "location": "body",
             "issue": self.issue,
             "description": self.description,
         }
-        return web.Response(
-            status=self.status,
-            body=orjson.dumps(error_body(self.status, details=[detail])),
-            content_type="application/json",
-        )
+        return orjson.dumps(error_body(self.status, details=[detail]))
+
+    def response(self) -> web.Response:
+        """The error as PayPal answers it."""
+        return web.Response(status=self.status, body=self.body(), content_type="application/json")
 
 
 def _money(node: Any, field: str, currency: str | None = None) -> tuple[str, Decimal]:

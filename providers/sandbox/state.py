@@ -255,6 +255,8 @@ class SandboxState:
         self.notifiers: dict[str, Notifier] = {}
         #: an emulator's own state beyond sessions (e.g. PayPal's tokens), keyed by provider.
         self.extensions: dict[str, Any] = {}
+        #: work running in the background (webhook deliveries, see :meth:`send_later`).
+        self.background: set[asyncio.Task[Any]] = set()
         self.reset_faults()
 
     # sessions -------------------------------------------------------------------------------
@@ -295,6 +297,31 @@ class SandboxState:
                 type(exc).__name__,
             )
         return True
+
+    def send_later(
+        self, provider: str, send: Callable[[], Awaitable[None]], delay: float = 0.0
+    ) -> None:
+        """Run ``send`` (webhook deliveries) in the background after ``delay`` seconds, the way
+        a provider notifies some time after answering the API call that caused the events.
+
+        Failures are logged and counted like :meth:`finish`'s; the sandbox app's cleanup
+        cancels deliveries still pending.
+        """
+
+        async def run() -> None:
+            try:
+                await asyncio.sleep(delay)
+                async with asyncio.timeout(self.config.webhook_timeout_seconds):
+                    await send()
+            except Exception as exc:
+                self.webhooks_failed[provider] += 1
+                _log.warning(
+                    "sandbox webhook failed provider=%s error=%s", provider, type(exc).__name__
+                )
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"sandbox-{provider}-webhook")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def due_for_expiry(self, now: datetime | None = None) -> list[SandboxSession]:
         """Open sessions whose ``expires_at`` has passed."""

@@ -19,7 +19,7 @@ import pytest
 
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_cancel_expiry import backdate
-from tests.lifecycle.test_loop import payment_counts, settled, wait_for
+from tests.lifecycle.test_loop import payment_counts, read_when, settled, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -91,6 +91,27 @@ async def test_pay_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> No
     assert [e["type"] for e in events] == ["payment_session.created", "payment_session.updated"]
     assert events[1]["data"]["payment_session"]["status"] == "COMPLETED"
     ok, fail = await payment_counts(env, "stripe")
+    assert (ok, fail) == pytest.approx((1.0, 0.0), abs=1e-3)
+
+
+async def test_paypal_in_the_browser_is_captured_by_the_gateway(
+    lifecycle_env: EnvFactory, browser: Any
+) -> None:
+    """PayPal's Pay only approves the order; the gateway's capture moves the money."""
+    env = await lifecycle_env("paypal")
+    created = await env.create(paymentMethod="paypal")
+    assert await _press(browser, env, created["checkoutUrl"], "pay") == "success"
+    view = await read_when(env, created["sessionId"], "COMPLETED")
+    assert [t["source"] for t in view["transitions"]] == [
+        "gateway",
+        "webhook:paypal",
+        "gateway:capture",
+    ]
+    events = await settled(env, created["sessionId"], 3)
+    payloads = sorted((e["data"]["payment_session"] for e in events), key=lambda p: p["version"])
+    assert [p["status"] for p in payloads] == ["PENDING", "PROCESSING", "COMPLETED"]
+    assert payloads[-1]["paymentId"] == view["paymentId"]
+    ok, fail = await payment_counts(env, "paypal")
     assert (ok, fail) == pytest.approx((1.0, 0.0), abs=1e-3)
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
 from gateway.app import create_app
 from gateway.appkeys import LIFECYCLE, ROUTER, STORE
@@ -25,7 +26,7 @@ from gateway.notifications import verify_signature
 from gateway.settings import Settings
 from gateway.store.base import Store
 from providers.sandbox.app import create_sandbox_root
-from providers.sandbox.state import SandboxConfig
+from providers.sandbox.state import SANDBOX_STATE, SandboxConfig, SandboxState
 from tests.api.conftest import JWT_SECRET, ROOT, headers, seed
 from tests.providers.hosted_inputs import WebhookSink, start_sink
 
@@ -138,6 +139,14 @@ class Env:
     @property
     def router(self) -> Any:
         return self.client.app[ROUTER]
+
+    @property
+    def sandbox_state(self) -> SandboxState:
+        """The running sandbox's state (sessions, PayPal's captures and test knobs)."""
+        for resource in self.sandbox.app.router.resources():
+            if isinstance(resource, PrefixedSubAppResource):
+                return resource._app[SANDBOX_STATE]
+        raise AssertionError("no sandbox sub-app")
 
     async def create(self, key: str = "k1", **changes: Any) -> dict[str, Any]:
         body = seed(

@@ -20,7 +20,7 @@ from tests.api.conftest import ROOT, headers, seed
 from tests.contracts.spec_validator import validate_request
 from tests.contracts.strict_sandbox import ServerFactory
 from tests.lifecycle.conftest import EnvFactory
-from tests.lifecycle.test_loop import PROVIDERS, settled
+from tests.lifecycle.test_loop import PROVIDERS, read_when, settled
 from tests.providers.hosted_inputs import (
     checkout_input,
     press,
@@ -134,8 +134,7 @@ async def test_the_saved_method_comes_back_with_its_provider(
     )
     status, _ = await press(created["checkoutUrl"], "pay")
     assert status == 303
-    view = await env.read(created["sessionId"])
-    assert view["status"] == "COMPLETED"
+    view = await read_when(env, created["sessionId"], "COMPLETED")
     assert view["sessionType"] == "first_in_series"
     assert view["savePaymentMethod"] is True
     assert view["customerId"]

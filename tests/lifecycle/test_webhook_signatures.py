@@ -7,16 +7,21 @@ copies) to the gateway itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
 
 import orjson
 
+from gateway.appkeys import ADAPTERS
 from gateway.settings import SANDBOX_SECRETS
 from providers.adyen_transformers import hmac_signature
+from providers.base import CAPTURE, ApprovalCompleter
+from providers.sandbox.paypal_api import paypal_sandbox
 from providers.stripe import sign_payload
 from tests.lifecycle.conftest import Env, EnvFactory
+from tests.lifecycle.test_loop import read_when, wait_for
 from tests.providers.hosted_inputs import Received, press
 
 _HOP = {"host", "content-length", "transfer-encoding", "connection"}
@@ -141,11 +146,25 @@ async def test_adyen_valid_tampered_and_stale(lifecycle_env: EnvFactory) -> None
 # PayPal ---------------------------------------------------------------------------------------
 
 
+async def captured_elsewhere(env: Env, approved: Received) -> Received:
+    """Capture the approved order directly (not through the gateway) and return PayPal's
+    signed PAYMENT.CAPTURE.COMPLETED webhook, as the sink received it."""
+    assert env.sink is not None
+    order_id = orjson.loads(approved.body)["resource"]["id"]
+    adapter = env.client.app[ADAPTERS]["paypal"]
+    assert isinstance(adapter, ApprovalCompleter)
+    await adapter.complete_approved(order_id, intent=CAPTURE, idempotency_key="test", timeout=5)
+    sink = env.sink
+    await wait_for(lambda: len(sink.calls) >= 2)
+    return sink.calls[1]
+
+
 async def test_paypal_valid_tampered_and_stale(lifecycle_env: EnvFactory) -> None:
     env = await lifecycle_env("paypal", sink=True)
-    session_id, calls = await paid(env, paymentMethod="paypal")
-    approved, captured = calls
+    session_id, [approved] = await paid(env, paymentMethod="paypal")
+    captured = await captured_elsewhere(env, approved)
     event = orjson.loads(captured.body)
+    assert event["event_type"] == "PAYMENT.CAPTURE.COMPLETED"
     event["resource"]["amount"]["value"] = "0.01"
     assert (await deliver(env, "paypal", orjson.dumps(event), captured.headers))[0] == 400
     stale = {**captured.headers, "PAYPAL-TRANSMISSION-TIME": "2020-01-01T00:00:00Z"}
@@ -163,14 +182,26 @@ async def test_paypal_valid_tampered_and_stale(lifecycle_env: EnvFactory) -> Non
     assert await deliver(env, "paypal", captured.body, captured.headers) == (200, b"")
     view = await env.read(session_id)
     assert [t["status"] for t in view["transitions"]] == ["PENDING", "COMPLETED"]
+    await asyncio.sleep(0.3)
+    # the late approval of a paid session is not captured a second time
+    assert len(paypal_sandbox(env.sandbox_state).completions) == 1
+    assert env.sink is not None
+    assert len(env.sink.calls) == 2
 
 
 async def test_in_order_events_walk_through_processing(lifecycle_env: EnvFactory) -> None:
+    """The approval moves the session to PROCESSING; the gateway's capture completes it, and
+    PayPal's capture webhook that follows is then a duplicate in effect."""
     env = await lifecycle_env("paypal", sink=True)
-    session_id, (approved, captured) = await paid(env, paymentMethod="paypal")
+    session_id, [approved] = await paid(env, paymentMethod="paypal")
     assert (await deliver(env, "paypal", approved.body, approved.headers))[0] == 200
-    assert await status_of(env, session_id) == ("PROCESSING", 1)
-    assert (await deliver(env, "paypal", captured.body, captured.headers))[0] == 200
-    view = await env.read(session_id)
+    view = await read_when(env, session_id, "COMPLETED")
     assert [t["status"] for t in view["transitions"]] == ["PENDING", "PROCESSING", "COMPLETED"]
-    assert [t["source"] for t in view["transitions"][1:]] == ["webhook:paypal"] * 2
+    assert [t["source"] for t in view["transitions"][1:]] == ["webhook:paypal", "gateway:capture"]
+    assert env.sink is not None
+    sink = env.sink
+    await wait_for(lambda: len(sink.calls) >= 2)
+    captured = sink.calls[1]
+    assert orjson.loads(captured.body)["event_type"] == "PAYMENT.CAPTURE.COMPLETED"
+    assert (await deliver(env, "paypal", captured.body, captured.headers))[0] == 200
+    assert await status_of(env, session_id) == ("COMPLETED", view["version"])

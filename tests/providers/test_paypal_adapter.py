@@ -17,6 +17,8 @@ import pytest
 from gateway.domain.session import SessionStatus
 from gateway.settings import SANDBOX_SECRETS, ProviderConfig
 from providers.base import (
+    AUTHORIZE,
+    CAPTURE,
     FlowNotSupported,
     ProviderRateLimited,
     ProviderRejected,
@@ -30,6 +32,7 @@ from providers.paypal_transformers import event_from_paypal
 from providers.sandbox.paypal_api import paypal_sandbox
 from tests.contracts.spec_validator import validate_request
 from tests.contracts.strict_sandbox import ServerFactory, StrictSandbox
+from tests.lifecycle.test_loop import wait_for
 from tests.providers.hosted_inputs import (
     WebhookSink,
     checkout_input,
@@ -312,8 +315,15 @@ async def test_cancel_is_not_supported(adapter: PayPalAdapter) -> None:
 
 
 async def _events_after(
-    env: tuple[StrictSandbox, WebhookSink], adapter: PayPalAdapter, action: str, **changes: Any
+    env: tuple[StrictSandbox, WebhookSink],
+    adapter: PayPalAdapter,
+    action: str,
+    *,
+    complete: bool = False,
+    **changes: Any,
 ) -> tuple[str, WebhookSink]:
+    """Create an order and press ``action`` on its page; with ``complete`` also capture (or
+    authorize) it, as the gateway does after the approval, and wait for PayPal's webhook."""
     _sandbox, sink = env
     data = checkout_input(paypal_seed(**changes))
     session = await adapter.create_session(data, timeout=5)
@@ -321,6 +331,12 @@ async def _events_after(
     assert status == 303
     target = "success" if action == "pay" else "failure"
     assert location.startswith(f"https://merchant.example.com/checkout/{target}?token=")
+    if complete:
+        intent = AUTHORIZE if data.request.captureMethod == "manual" else CAPTURE
+        await adapter.complete_approved(
+            session.reference, intent=intent, idempotency_key=f"k-{intent}", timeout=5
+        )
+        await wait_for(lambda: len(sink.calls) >= 2)
     return session.reference, sink
 
 
@@ -348,7 +364,15 @@ async def _events_after(
             {},
             [
                 ("CHECKOUT.ORDER.APPROVED", SessionStatus.PROCESSING),
-                ("PAYMENT.CAPTURE.DENIED", SessionStatus.FAILED),
+                ("PAYMENT.CAPTURE.DECLINED", SessionStatus.FAILED),
+            ],
+        ),
+        (
+            "decline",
+            {"captureMethod": "manual"},
+            [
+                ("CHECKOUT.ORDER.APPROVED", SessionStatus.PROCESSING),
+                ("CHECKOUT.PAYMENT-APPROVAL.REVERSED", SessionStatus.FAILED),
             ],
         ),
         ("cancel", {}, [("CHECKOUT.ORDER.VOIDED", SessionStatus.CANCELLED)]),
@@ -362,12 +386,25 @@ async def test_sandbox_webhooks_verify_and_map(
     expected: list[tuple[str, SessionStatus]],
 ) -> None:
     reference, sink = await _events_after(env, adapter, action, **changes)
+    # the payer's button only approves (or voids) the order: no money has moved yet
+    [first] = sink.calls
+    [approval] = await adapter.parse_webhook(first.headers, first.body)
+    assert approval.awaits_completion is (action != "cancel")
+    if action != "cancel":
+        await adapter.complete_approved(
+            reference,
+            intent=AUTHORIZE if changes.get("captureMethod") == "manual" else CAPTURE,
+            idempotency_key=f"k-{reference}",
+            timeout=5,
+        )
+        await wait_for(lambda: len(sink.calls) == len(expected))
     seen = []
     for call in sink.calls:
         [event] = await adapter.parse_webhook(call.headers, call.body)
         assert event.reference == reference
         assert event.session_id == "ses_01HTESTSESSION0001"
         assert event.event_id == orjson.loads(call.body)["id"]
+        assert event.awaits_completion is (event.event_type == "CHECKOUT.ORDER.APPROVED")
         seen.append((event.event_type, event.status))
     assert seen == expected
     answer = adapter.webhook_answer()
@@ -377,7 +414,7 @@ async def test_sandbox_webhooks_verify_and_map(
 async def test_tampered_event_fails_verification(
     env: tuple[StrictSandbox, WebhookSink], adapter: PayPalAdapter
 ) -> None:
-    _, sink = await _events_after(env, adapter, "decline")
+    _, sink = await _events_after(env, adapter, "decline", complete=True)
     denied = sink.calls[1]
     event = orjson.loads(denied.body)
     event["event_type"] = "PAYMENT.CAPTURE.COMPLETED"
@@ -389,7 +426,7 @@ async def test_tampered_event_fails_verification(
 async def test_headers_of_one_transmission_do_not_vouch_for_another_event(
     env: tuple[StrictSandbox, WebhookSink], adapter: PayPalAdapter
 ) -> None:
-    _, sink = await _events_after(env, adapter, "pay")
+    _, sink = await _events_after(env, adapter, "pay", complete=True)
     approved, captured = sink.calls
     with pytest.raises(WebhookVerificationError, match="FAILURE"):
         await adapter.parse_webhook(approved.headers, captured.body)
@@ -398,7 +435,7 @@ async def test_headers_of_one_transmission_do_not_vouch_for_another_event(
 async def test_unknown_transmission_fails_verification(
     env: tuple[StrictSandbox, WebhookSink], adapter: PayPalAdapter
 ) -> None:
-    _, sink = await _events_after(env, adapter, "pay")
+    _, sink = await _events_after(env, adapter, "pay", complete=True)
     call = sink.calls[1]
     forged = {**call.headers, "PAYPAL-TRANSMISSION-ID": "6f2b4c7e-0000-11ef-9c5a-forged00000"}
     with pytest.raises(WebhookVerificationError, match="FAILURE"):
