@@ -53,11 +53,20 @@ async def receive_webhook(request: web.Request) -> web.Response:
         raise ServiceUnavailable() from None
     store = request.app[STORE]
     lifecycle = request.app[LIFECYCLE]
-    ttl = request.app[SETTINGS].webhook_dedup_ttl_seconds
+    settings = request.app[SETTINGS]
+    ttl = settings.webhook_dedup_ttl_seconds
+    # an event is leased while it is applied and marked done only afterwards: a process that
+    # dies in between leaves the lease to run out, and the provider's resend is applied then
+    lease = settings.request_deadline_seconds * 2
     for event in events:
-        if event.event_id and not await store.mark_event(provider, event.event_id, ttl_s=ttl):
-            WEBHOOKS_RECEIVED.labels(provider, _event_label(event), "duplicate").inc()
-            continue
+        if event.event_id:
+            state = await store.claim_event(provider, event.event_id, lease_s=lease)
+            if state == "done":
+                WEBHOOKS_RECEIVED.labels(provider, _event_label(event), "duplicate").inc()
+                continue
+            if state == "processing":
+                WEBHOOKS_RECEIVED.labels(provider, _event_label(event), "in_progress").inc()
+                raise ServiceUnavailable(details="event is being processed; retry later")
         try:
             outcome = await lifecycle.handle_event(event)
         except BaseException:
@@ -65,6 +74,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
                 await store.forget_event(provider, event.event_id)
             WEBHOOKS_RECEIVED.labels(provider, _event_label(event), "error").inc()
             raise
+        if event.event_id:
+            await store.finish_event(provider, event.event_id, ttl_s=ttl)
         WEBHOOKS_RECEIVED.labels(provider, _event_label(event), outcome).inc()
     answer = adapter.webhook_answer()
     return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)

@@ -188,8 +188,14 @@ class LifecycleStore(Protocol):
         (changed meanwhile, or gone)."""
         ...
 
-    async def mark_event(self, provider: str, event_id: str, *, ttl_s: int) -> bool:
-        """Remember a provider webhook event; True the first time, False for a duplicate."""
+    async def claim_event(self, provider: str, event_id: str, *, lease_s: float) -> str:
+        """Start processing a provider webhook event: ``"new"`` (claimed for ``lease_s``),
+        ``"processing"`` (another call holds the lease) or ``"done"`` (already applied).
+        A process that dies while holding the lease frees the event when it runs out."""
+        ...
+
+    async def finish_event(self, provider: str, event_id: str, *, ttl_s: int) -> None:
+        """The event was applied: remember it as done for ``ttl_s``."""
         ...
 
     async def forget_event(self, provider: str, event_id: str) -> None:

@@ -241,12 +241,16 @@ class MemoryStore:
         await self.outbox_add(outbox, due=time.time())
         return True
 
-    async def mark_event(self, provider: str, event_id: str, *, ttl_s: int) -> bool:
+    async def claim_event(self, provider: str, event_id: str, *, lease_s: float) -> str:
         slot = f"{provider}\x00{event_id}"
-        if self._events.get(slot) is not None:
-            return False
-        self._events.set(slot, True, ttl_s)
-        return True
+        state: str | None = self._events.get(slot)
+        if state is not None:
+            return state
+        self._events.set(slot, "processing", lease_s)
+        return "new"
+
+    async def finish_event(self, provider: str, event_id: str, *, ttl_s: int) -> None:
+        self._events.set(f"{provider}\x00{event_id}", "done", ttl_s)
 
     async def forget_event(self, provider: str, event_id: str) -> None:
         self._events.pop(f"{provider}\x00{event_id}")

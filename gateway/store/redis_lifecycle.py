@@ -60,6 +60,14 @@ return 1
 """
 )
 
+# KEYS marker; ARGV lease_ms. The marker's state ('processing' | 'done'), or 'new' once leased.
+_CLAIM_EVENT = """
+local state = redis.call('GET', KEYS[1])
+if state then return state end
+redis.call('SET', KEYS[1], 'processing', 'PX', ARGV[1])
+return 'new'
+"""
+
 # KEYS zset; ARGV now, lease_until, limit. Due members, each pushed to lease_until.
 _CLAIM_DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
@@ -122,6 +130,7 @@ class RedisLifecycle:
     _put_session: AsyncScript
     _update_session: AsyncScript
     _claim_due: AsyncScript
+    _claim_event: AsyncScript
     _outbox_claim: AsyncScript
     _outbox_finish: AsyncScript
 
@@ -129,6 +138,7 @@ class RedisLifecycle:
         self._put_session = client.register_script(_PUT_SESSION)
         self._update_session = client.register_script(_UPDATE_SESSION)
         self._claim_due = client.register_script(_CLAIM_DUE)
+        self._claim_event = client.register_script(_CLAIM_EVENT)
         self._outbox_claim = client.register_script(_OUTBOX_CLAIM)
         self._outbox_finish = client.register_script(_OUTBOX_FINISH)
 
@@ -184,13 +194,21 @@ class RedisLifecycle:
             done = await self._update_session(keys=keys, args=args)
         return bool(done)
 
-    async def mark_event(self, provider: str, event_id: str, *, ttl_s: int) -> bool:
-        """``SET NX``: True the first time ``event_id`` is seen."""
-        with _mapped("mark_event"):
-            first = await self.client.set(
-                self.keys.webhook_dedup(provider, event_id), b"1", nx=True, px=_ms(ttl_s)
+    async def claim_event(self, provider: str, event_id: str, *, lease_s: float) -> str:
+        """One script: the marker's state, or a new processing lease."""
+        with _mapped("claim_event"):
+            state = await self._claim_event(
+                keys=[self.keys.webhook_dedup(provider, event_id)],
+                args=[max(1, int(lease_s * 1000))],
             )
-        return bool(first)
+        return _text(state)
+
+    async def finish_event(self, provider: str, event_id: str, *, ttl_s: int) -> None:
+        """Mark the event done for ``ttl_s``."""
+        with _mapped("finish_event"):
+            await self.client.set(
+                self.keys.webhook_dedup(provider, event_id), b"done", px=_ms(ttl_s)
+            )
 
     async def forget_event(self, provider: str, event_id: str) -> None:
         """Drop an event marker."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.appkeys import ADAPTERS
+from gateway.appkeys import ADAPTERS, STORE
 from gateway.settings import SANDBOX_SECRETS
 from providers.adyen_transformers import hmac_signature
 from providers.base import CAPTURE, ApprovalCompleter
@@ -205,3 +205,21 @@ async def test_in_order_events_walk_through_processing(lifecycle_env: EnvFactory
     assert orjson.loads(captured.body)["event_type"] == "PAYMENT.CAPTURE.COMPLETED"
     assert (await deliver(env, "paypal", captured.body, captured.headers))[0] == 200
     assert await status_of(env, session_id) == ("COMPLETED", view["version"])
+
+
+async def test_an_event_whose_processor_died_is_applied_on_the_resend(
+    lifecycle_env: EnvFactory,
+) -> None:
+    env = await lifecycle_env("stripe", sink=True)
+    session_id, [call] = await paid(env)
+    event_id = orjson.loads(call.body)["id"]
+    store = env.client.app[STORE]
+    # another process took the event and died before applying it (its lease runs out)
+    assert await store.claim_event("stripe", event_id, lease_s=0.5) == "new"
+    status, _ = await deliver(env, "stripe", call.body, call.headers)
+    assert status == 503  # not acknowledged: the provider keeps resending
+    assert await status_of(env, session_id) == ("PENDING", 0)
+    await asyncio.sleep(0.6)
+    assert await deliver(env, "stripe", call.body, call.headers) == (200, b'{"received":true}')
+    assert await status_of(env, session_id) == ("COMPLETED", 1)
+    assert await store.claim_event("stripe", event_id, lease_s=60) == "done"

@@ -94,23 +94,29 @@ async def test_put_session_indexes_expiry_and_enqueues(store: Store) -> None:
 # webhook event markers -----------------------------------------------------------------------
 
 
-async def test_mark_event_is_true_once_per_provider_and_event(store: Store) -> None:
-    assert await store.mark_event("stripe", "evt_1", ttl_s=60) is True
-    assert await store.mark_event("stripe", "evt_1", ttl_s=60) is False
-    assert await store.mark_event("adyen", "evt_1", ttl_s=60) is True
-    await store.forget_event("stripe", "evt_1")
-    assert await store.mark_event("stripe", "evt_1", ttl_s=60) is True
+async def test_event_is_leased_then_done_per_provider(store: Store) -> None:
+    assert await store.claim_event("stripe", "evt_1", lease_s=60) == "new"
+    assert await store.claim_event("stripe", "evt_1", lease_s=60) == "processing"
+    assert await store.claim_event("adyen", "evt_1", lease_s=60) == "new"
+    await store.finish_event("stripe", "evt_1", ttl_s=60)
+    assert await store.claim_event("stripe", "evt_1", lease_s=60) == "done"
+    await store.forget_event("adyen", "evt_1")
+    assert await store.claim_event("adyen", "evt_1", lease_s=60) == "new"
 
 
-async def test_concurrent_marks_have_one_winner(store: Store) -> None:
-    results = await asyncio.gather(*(store.mark_event("p", "e", ttl_s=60) for _ in range(20)))
-    assert results.count(True) == 1
+async def test_concurrent_claims_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim_event("p", "e", lease_s=60) for _ in range(20)))
+    assert results.count("new") == 1
+    assert results.count("processing") == 19
 
 
-async def test_event_markers_expire(store: Store) -> None:
-    assert await store.mark_event("stripe", "evt_ttl", ttl_s=1)
+async def test_a_lost_lease_frees_the_event_and_done_markers_expire(store: Store) -> None:
+    assert await store.claim_event("stripe", "evt_crash", lease_s=0.3) == "new"
+    await asyncio.sleep(0.4)  # the process holding it died: the resend is applied
+    assert await store.claim_event("stripe", "evt_crash", lease_s=60) == "new"
+    await store.finish_event("stripe", "evt_crash", ttl_s=1)
     await asyncio.sleep(1.1)
-    assert await store.mark_event("stripe", "evt_ttl", ttl_s=1) is True
+    assert await store.claim_event("stripe", "evt_crash", lease_s=60) == "new"
 
 
 # expiry index --------------------------------------------------------------------------------
