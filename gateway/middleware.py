@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -71,7 +71,9 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Assign the request id, turn every failure into the envelope, log one line."""
     supplied = request.headers.get("X-Request-ID")
-    request_id = supplied if supplied and _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    request_id = (
+        supplied if supplied and _VALID_REQUEST_ID.match(supplied) else os.urandom(16).hex()
+    )
     request[REQUEST_ID] = request_id
     request[LOG_CONTEXT] = {}
     started = time.perf_counter()

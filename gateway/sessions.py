@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -135,7 +135,7 @@ class SessionService:
         """Create a session, or replay / refuse per the idempotency rules."""
         started = time.perf_counter()
         scope = merchant.merchant_id
-        token = uuid.uuid4().hex  # unique per attempt: only its holder completes or releases
+        token = os.urandom(16).hex()  # unique per attempt: only its holder completes or releases
         guarded = request.orderReference if self.settings.order_reference_guard else None
         begun = await self.store.begin_create(
             scope,

@@ -14,11 +14,11 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import iso3166
+from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     StrictBool,
     StrictInt,
@@ -73,6 +73,29 @@ def _country(value: str) -> str:
     return value
 
 
+# RFC 5321/5322 dot-atom addresses in ASCII, the common case, checked by one compiled pattern;
+# anything else (internationalised addresses) goes through email-validator.
+_ASCII_EMAIL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+
+
+def _email(value: str) -> str:
+    if len(value) > 254:
+        raise ValueError("value is not a valid email address: too long")
+    local = value.partition("@")[0]
+    if value.isascii():
+        if len(local) > 64 or not _ASCII_EMAIL.match(value):
+            raise ValueError("value is not a valid email address")
+        return value
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"value is not a valid email address: {exc}") from None
+
+
+Email = Annotated[str, AfterValidator(_email)]
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$"), AfterValidator(_country)]
 
 
@@ -113,7 +136,7 @@ class Customer(_Strict):
 
     firstName: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     lastName: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    email: EmailStr | None = None
+    email: Email | None = None
     phone: Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$")] | None = None
     billingAddress: Address | None = None
     shippingAddress: Address | None = None

@@ -141,3 +141,38 @@ def test_limits_on_items_expiry_and_additional_information() -> None:
     )
     assert problems_of(variant(captureMethod="later"))[0].startswith("captureMethod")
     assert problems_of(variant(locale="english"))[0].startswith("locale")
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["jane.smith@example.com", "a+tag@sub.example.co.uk", "o'neil@example.org", "jöhn@exämple.de"],
+)
+def test_valid_emails_are_accepted(email: str) -> None:
+    body = json.loads(SEED_TEXT)
+    body["customer"]["email"] = email
+    assert parse_checkout_request(json.dumps(body).encode()).customer is not None
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "plain",
+        "a@b",
+        "a@@b.com",
+        ".a@b.com",
+        "a..b@c.com",
+        "a@-b.com",
+        "a@b.c",
+        "a b@c.com",
+        "a@b.com.",
+        "@b.com",
+        "x" * 65 + "@b.com",
+        "jöhn@@exämple.de",
+    ],
+)
+def test_invalid_emails_are_refused(email: str) -> None:
+    body = json.loads(SEED_TEXT)
+    body["customer"]["email"] = email
+    found = problems_of(json.dumps(body))
+    assert len(found) == 1
+    assert found[0].startswith("customer.email: value is not a valid email address")
