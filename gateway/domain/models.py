@@ -95,7 +95,7 @@ def _email(value: str) -> str:
         raise ValueError(f"value is not a valid email address: {exc}") from None
 
 
-Email = Annotated[str, AfterValidator(_email)]
+Email = Annotated[str, AfterValidator(_email), Field(json_schema_extra={"format": "email"})]
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$"), AfterValidator(_country)]
 
 
