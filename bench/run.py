@@ -311,19 +311,27 @@ def main() -> int:
         ok: set[int],
         server: int,
         connections: int = CONNECTIONS,
+        provider: int | None = None,
     ) -> Result:
         warm_env = {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}
         wrk(url, script, warm_env, args.warmup, connections)
         cpu_before = cpu_seconds(server)
+        provider_before = cpu_seconds(provider) if provider else 0.0
         measured_env = {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}
         data = wrk(url, script, measured_env, args.seconds, connections)
         cpu_used = cpu_seconds(server) - cpu_before
+        if provider:
+            used = cpu_seconds(provider) - provider_before
+            result_provider_cpu = round(1000 * used / max(data["requests"], 1), 3)
         result = summarize(name, data, ok)
         # CPU the server itself spent per answered request: steadier than req/s on a busy box
         result.extra["server_cpu_ms_per_request"] = round(
             1000 * cpu_used / max(data["requests"], 1), 3
         )
         result.extra["connections"] = connections
+        if provider:
+            # the sandbox shares this machine's two cores with the gateway, wrk and Redis
+            result.extra["sandbox_cpu_ms_per_request"] = result_provider_cpu
         results.append(result)
         print(
             f"  {name:<34} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
@@ -340,7 +348,14 @@ def main() -> int:
         args_serve = [py, "-m", "gateway", "serve"]
         with process(args_serve, env, f"{gateway}/readyz") as served:
             result = run(
-                name, gateway, "create.lua", {"BENCH_BODY": text}, {201}, served.pid, connections
+                name,
+                gateway,
+                "create.lua",
+                {"BENCH_BODY": text},
+                {201},
+                served.pid,
+                connections,
+                provider=sandbox_proc.pid,
             )
             # wrk stops with requests still in flight: let them finish, then compare what the
             # gateway created (its own counter, all workers) with what the sandbox created
@@ -369,7 +384,7 @@ def main() -> int:
                 ],
                 {"GATEWAY_LOG_LEVEL": "WARNING"},
                 f"{sandbox}/sandbox/admin/stats",
-            ),
+            ) as sandbox_proc,
             process(
                 [py, "bench/baseline_server.py", "--port", str(ports["baseline"])],
                 {},
@@ -459,6 +474,7 @@ def main() -> int:
             notes = f"201s {answered} / sandbox sessions {created} {'OK' if same else 'MISMATCH'}"
             if r.extra.get("overhead"):
                 notes += f"; own time median {r.extra['overhead'].get('median_ms')} ms"
+            notes += f"; sandbox cpu {r.extra.get('sandbox_cpu_ms_per_request')} ms/req"
         print(
             f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
