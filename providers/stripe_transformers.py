@@ -8,11 +8,13 @@ in it ``payment_method_types`` is gone from create, so the payment method is exp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 from gateway.domain.money import exponent as iso_exponent
 from gateway.domain.money import scale_of, to_minor
@@ -226,6 +228,24 @@ def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
         raise TypeError(f"cannot form-encode {type(value).__name__} at {prefix}")
 
 
+_FORM_SAFE = re.compile(r"[A-Za-z0-9_.\-~]*")
+
+
+@lru_cache(maxsize=1024)
+def _quote_key(key: str) -> str:
+    return quote_plus(key)
+
+
+def _quote_value(value: str) -> str:
+    return value if _FORM_SAFE.fullmatch(value) else quote_plus(value)
+
+
 def encode_form(params: Mapping[str, Any]) -> str:
-    """Stripe's form encoding: nested keys in brackets, arrays indexed, booleans lowercase."""
-    return urlencode(list(_flatten("", params)))
+    """Stripe's form encoding: nested keys in brackets, arrays indexed, booleans lowercase.
+
+    The same as ``urllib.parse.urlencode`` of the flattened pairs; keys (a small, repeating set)
+    are quoted once and values that need no quoting are passed through.
+    """
+    return "&".join(
+        f"{_quote_key(key)}={_quote_value(value)}" for key, value in _flatten("", params)
+    )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
+from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import iso3166
 from email_validator import EmailNotValidError, validate_email
@@ -52,7 +54,7 @@ PaymentMethod = Literal[
 TOTAL_MISMATCH = "amount.total does not match the sum of line items, shipping, and tax"
 
 _LOCALE = re.compile(r"^[a-z]{2}(?:[_-][A-Z]{2})?$")
-_LOCALHOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _non_negative(value: Decimal) -> Decimal:
@@ -158,23 +160,27 @@ class RedirectUrls(_Strict):
     @field_validator("success", "failure")
     @classmethod
     def _absolute_https(cls, value: str, info: ValidationInfo) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(value)
         allow_http_local = bool(info.context and info.context.get("allow_http_localhost"))
-        if parts.scheme == "https" and parts.netloc:
-            return value
-        if (
-            parts.scheme == "http"
-            and allow_http_local
-            and (parts.hostname or "") in {"localhost", "127.0.0.1", "::1"}
-        ):
-            return value
-        if parts.scheme == "http" and parts.netloc:
-            raise ValueError(
-                "must be an absolute https URL (http is allowed for localhost in sandbox mode)"
-            )
-        raise ValueError("must be an absolute https URL")
+        problem = _redirect_problem(value, allow_http_local)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+@lru_cache(maxsize=4096)
+def _redirect_problem(value: str, allow_http_local: bool) -> str | None:
+    """Why ``value`` is not an acceptable redirect URL (merchants reuse a handful of URLs, so
+    the answers are cached)."""
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        return "must be an absolute https URL without spaces or control characters"
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and allow_http_local and parts.hostname in _LOCAL_HOSTS:
+        return None
+    if parts.scheme == "http" and parts.netloc:
+        return "must be an absolute https URL (http is allowed for localhost in sandbox mode)"
+    return "must be an absolute https URL"
 
 
 class CheckoutRequest(_Strict):

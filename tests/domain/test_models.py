@@ -176,3 +176,12 @@ def test_invalid_emails_are_refused(email: str) -> None:
     found = problems_of(json.dumps(body))
     assert len(found) == 1
     assert found[0].startswith("customer.email: value is not a valid email address")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://x.io/ok\n", "https://x .io/", "https:///path", "ftp://x.io/", "//x.io/", "https://"],
+)
+def test_malformed_redirect_urls_are_refused(url: str) -> None:
+    raw = variant(redirectUrls={"success": url, "failure": "https://x.io/f"})
+    assert problems_of(raw)[0].startswith("redirectUrls.success: must be an absolute https URL")
