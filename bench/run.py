@@ -366,6 +366,42 @@ def main() -> int:
             result.extra["sandbox_sessions_created"] = sandbox_created(sandbox) - before
             result.extra["overhead"] = overhead_quantiles(gateway)
 
+    def read_scenarios(workers: int, *, with_reads: bool) -> None:
+        """Replay (and GET, simulate): the gateway and Redis only, no provider call."""
+        suffix = "redis" if workers == 1 else f"redis, {workers} workers"
+        with process(
+            [py, "-m", "gateway", "serve"],
+            {**gw_env, "GATEWAY_STORE": "redis", "GATEWAY_WORKERS": str(workers)},
+            f"{gateway}/readyz",
+        ) as served:
+            key = f"replay-{run_id}-{workers}"
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+            }
+            one = text.replace("__ORDER__", f"REPLAY-{run_id}-{workers}").encode()
+            status, raw = http("POST", f"{gateway}/api/v1/sessions", one, headers)
+            assert status == 201, raw
+            session_id = json.loads(raw)["sessionId"]
+            replay = {
+                "BENCH_METHOD": "POST",
+                "BENCH_PATH": "/api/v1/sessions",
+                "BENCH_BODY": one.decode(),
+                "BENCH_KEY": key,
+            }
+            run(f"idempotent replay ({suffix})", gateway, "fixed.lua", replay, {201}, served.pid)
+            if not with_reads:
+                return
+            get = {"BENCH_METHOD": "GET", "BENCH_PATH": f"/api/v1/sessions/{session_id}"}
+            run(f"GET session ({suffix})", gateway, "fixed.lua", get, {200}, served.pid)
+            simulate = {
+                "BENCH_METHOD": "POST",
+                "BENCH_PATH": "/api/v1/routing/simulate",
+                "BENCH_BODY": one.decode(),
+            }
+            run("routing simulate", gateway, "fixed.lua", simulate, {200}, served.pid)
+
     print(
         f"bench: run {run_id}, {CONNECTIONS} connections, {args.seconds}s per scenario", flush=True
     )
@@ -403,58 +439,13 @@ def main() -> int:
             create_scenario(
                 "create session (redis, 1 connection)", {"GATEWAY_STORE": "redis"}, connections=1
             )
-            with process(
-                [py, "-m", "gateway", "serve"],
-                {**gw_env, "GATEWAY_STORE": "redis"},
-                f"{gateway}/readyz",
-            ) as served:
-                headers = {
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/json",
-                    "Idempotency-Key": f"replay-{run_id}",
-                }
-                one = text.replace("__ORDER__", f"REPLAY-{run_id}").encode()
-                status, raw = http("POST", f"{gateway}/api/v1/sessions", one, headers)
-                assert status == 201, raw
-                session_id = json.loads(raw)["sessionId"]
-                run(
-                    "idempotent replay (redis)",
-                    gateway,
-                    "fixed.lua",
-                    {
-                        "BENCH_METHOD": "POST",
-                        "BENCH_PATH": "/api/v1/sessions",
-                        "BENCH_BODY": one.decode(),
-                        "BENCH_KEY": f"replay-{run_id}",
-                    },
-                    {201},
-                    served.pid,
-                )
-                run(
-                    "GET session (redis)",
-                    gateway,
-                    "fixed.lua",
-                    {"BENCH_METHOD": "GET", "BENCH_PATH": f"/api/v1/sessions/{session_id}"},
-                    {200},
-                    served.pid,
-                )
-                run(
-                    "routing simulate",
-                    gateway,
-                    "fixed.lua",
-                    {
-                        "BENCH_METHOD": "POST",
-                        "BENCH_PATH": "/api/v1/routing/simulate",
-                        "BENCH_BODY": one.decode(),
-                    },
-                    {200},
-                    served.pid,
-                )
+            read_scenarios(1, with_reads=True)
             create_scenario("create session (memory store)", {"GATEWAY_STORE": "memory"})
             create_scenario(
                 "create session (redis, 2 workers)",
                 {"GATEWAY_STORE": "redis", "GATEWAY_WORKERS": "2"},
             )
+            read_scenarios(2, with_reads=False)
     finally:
         cleanup_redis(prefix)
 
