@@ -8,9 +8,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -34,9 +32,9 @@ from providers.base import (
     ProviderUnavailable,
     WebhookVerificationError,
 )
-from providers.http import new_client_session
 from tests.contracts.spec_validator import load_spec, validate_request
-from tests.contracts.strict_sandbox import ServerFactory, StrictSandbox
+from tests.contracts.strict_sandbox import StrictSandbox
+from tests.providers.conftest import last_sent
 from tests.providers.hosted_inputs import (
     WebhookSink,
     checkout_input,
@@ -46,7 +44,6 @@ from tests.providers.hosted_inputs import (
     seed_data,
     seed_request,
     set_fault,
-    start_sandbox_with_sink,
 )
 
 ADYEN_SECRETS = SANDBOX_SECRETS["adyen"]
@@ -54,30 +51,8 @@ HMAC_KEY = ADYEN_SECRETS["hmac_key"]
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    client = new_client_session()
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def env(aiohttp_server: ServerFactory) -> tuple[StrictSandbox, WebhookSink]:
-    return await start_sandbox_with_sink(aiohttp_server)
-
-
-@pytest.fixture
-def sandbox(env: tuple[StrictSandbox, WebhookSink]) -> StrictSandbox:
-    return env[0]
-
-
-@pytest.fixture
 def adapter(sandbox: StrictSandbox, http: aiohttp.ClientSession) -> AdyenAdapter:
     return AdyenAdapter(sandbox.provider_config("adyen"), http)
-
-
-def _sent(sandbox: StrictSandbox) -> tuple[dict[str, str], dict[str, Any]]:
-    recorded = sandbox.requests[-1]
-    return recorded.headers, json.loads(recorded.body)
 
 
 async def test_seed_request_is_valid_per_spec_and_served(
@@ -93,7 +68,7 @@ async def test_seed_request_is_valid_per_spec_and_served(
     async with http.get(session.checkout_url) as page:
         assert page.status == 200
         assert "140.76 AUD" in await page.text()
-    headers, body = _sent(sandbox)
+    headers, body = last_sent(sandbox)
     assert validate_request("adyen", headers, body) == []
     assert headers["X-API-Key"] == SANDBOX_SECRETS["adyen"]["api_key"]
     assert headers["Idempotency-Key"] == data.idempotency_key
@@ -134,7 +109,7 @@ async def test_manual_capture_uses_the_manual_capture_flag(
     data = seed_data()
     data["captureMethod"] = "manual"
     await adapter.create_session(checkout_input(request_from(data)), timeout=5)
-    _, body = _sent(sandbox)
+    _, body = last_sent(sandbox)
     assert body["additionalData"] == {"manualCapture": "true"}
     assert "captureDelayHours" not in body
     assert sandbox.violations == []
@@ -181,13 +156,13 @@ async def test_long_idempotency_key_becomes_a_stable_64_char_digest(
     long_key = "merchant-1:" + "k" * 200 + ":adyen"
     data = checkout_input(seed_request(), key=long_key)
     first = await adapter.create_session(data, timeout=5)
-    headers, _ = _sent(sandbox)
+    headers, _ = last_sent(sandbox)
     expected = hashlib.sha256(long_key.encode()).hexdigest()
     assert headers["Idempotency-Key"] == expected
     assert len(expected) == 64
     again = await adapter.create_session(data, timeout=5)
     assert again.reference == first.reference
-    assert _sent(sandbox)[0]["Idempotency-Key"] == expected
+    assert last_sent(sandbox)[0]["Idempotency-Key"] == expected
     assert sandbox.violations == []
 
 
@@ -223,7 +198,7 @@ async def test_sandbox_accepts_the_limited_metadata(
     data = seed_data()
     data["additionalInformation"] = {f"key{index}": "x" * 500 for index in range(50)}
     await adapter.create_session(checkout_input(request_from(data)), timeout=5)
-    _, body = _sent(sandbox)
+    _, body = last_sent(sandbox)
     assert len(body["metadata"]) == 20
     assert sandbox.violations == []
 

@@ -5,9 +5,7 @@ verification through the verify-webhook-signature API."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,13 +24,13 @@ from providers.base import (
     ProviderUnavailable,
     WebhookVerificationError,
 )
-from providers.http import new_client_session
 from providers.paypal import PayPalAdapter
 from providers.paypal_transformers import event_from_paypal
 from providers.sandbox.paypal_api import paypal_sandbox
 from tests.contracts.spec_validator import validate_request
-from tests.contracts.strict_sandbox import ServerFactory, StrictSandbox
+from tests.contracts.strict_sandbox import StrictSandbox
 from tests.lifecycle.test_loop import wait_for
+from tests.providers.conftest import last_sent
 from tests.providers.hosted_inputs import (
     WebhookSink,
     checkout_input,
@@ -41,7 +39,6 @@ from tests.providers.hosted_inputs import (
     request_from,
     seed_data,
     set_fault,
-    start_sandbox_with_sink,
 )
 
 PAYPAL_SECRETS = SANDBOX_SECRETS["paypal"]
@@ -55,30 +52,8 @@ def paypal_seed(**changes: Any) -> Any:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    client = new_client_session()
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def env(aiohttp_server: ServerFactory) -> tuple[StrictSandbox, WebhookSink]:
-    return await start_sandbox_with_sink(aiohttp_server)
-
-
-@pytest.fixture
-def sandbox(env: tuple[StrictSandbox, WebhookSink]) -> StrictSandbox:
-    return env[0]
-
-
-@pytest.fixture
 def adapter(sandbox: StrictSandbox, http: aiohttp.ClientSession) -> PayPalAdapter:
     return PayPalAdapter(sandbox.provider_config("paypal"), http)
-
-
-def _sent(sandbox: StrictSandbox) -> tuple[dict[str, str], dict[str, Any]]:
-    recorded = sandbox.requests[-1]
-    return recorded.headers, json.loads(recorded.body)
 
 
 async def test_seed_order_is_valid_per_spec_and_served(
@@ -94,7 +69,7 @@ async def test_seed_order_is_valid_per_spec_and_served(
     async with http.get(session.checkout_url) as page:
         assert page.status == 200
         assert "140.76 AUD" in await page.text()
-    headers, body = _sent(sandbox)
+    headers, body = last_sent(sandbox)
     assert validate_request("paypal", headers, body) == []
     assert headers["Authorization"].startswith("Bearer A21AA")
     assert headers["PayPal-Request-Id"] == data.idempotency_key
@@ -126,7 +101,7 @@ async def test_seed_order_is_valid_per_spec_and_served(
 
 async def test_manual_capture_authorizes(sandbox: StrictSandbox, adapter: PayPalAdapter) -> None:
     await adapter.create_session(checkout_input(paypal_seed(captureMethod="manual")), timeout=5)
-    assert _sent(sandbox)[1]["intent"] == "AUTHORIZE"
+    assert last_sent(sandbox)[1]["intent"] == "AUTHORIZE"
     assert sandbox.violations == []
 
 
@@ -138,7 +113,7 @@ async def test_zero_decimal_currencies_go_without_decimals(
 ) -> None:
     request = order(currency, unit, paymentMethod="paypal")
     await adapter.create_session(checkout_input(request), timeout=5)
-    amount = _sent(sandbox)[1]["purchase_units"][0]["amount"]
+    amount = last_sent(sandbox)[1]["purchase_units"][0]["amount"]
     assert amount["value"] == wire
     assert amount["breakdown"]["shipping"]["value"] == "0"
     assert sandbox.violations == []
@@ -171,7 +146,7 @@ async def test_emulator_answers_201_then_200_on_replay(
     sandbox: StrictSandbox, adapter: PayPalAdapter, http: aiohttp.ClientSession
 ) -> None:
     await adapter.create_session(checkout_input(paypal_seed()), timeout=5)
-    headers, body = _sent(sandbox)
+    headers, body = last_sent(sandbox)
     url = sandbox.url("/sandbox/paypal/v2/checkout/orders")
     fresh = {**headers, "PayPal-Request-Id": "raw-replay-1"}
     fresh.pop("Content-Length", None)
@@ -214,11 +189,11 @@ async def test_long_request_id_becomes_a_stable_digest(
 ) -> None:
     key = "m:" + "x" * 150
     first = await adapter.create_session(checkout_input(paypal_seed(), key=key), timeout=5)
-    sent = _sent(sandbox)[0]["PayPal-Request-Id"]
+    sent = last_sent(sandbox)[0]["PayPal-Request-Id"]
     assert len(sent) == 64
     again = await adapter.create_session(checkout_input(paypal_seed(), key=key), timeout=5)
     assert again.reference == first.reference
-    assert _sent(sandbox)[0]["PayPal-Request-Id"] == sent
+    assert last_sent(sandbox)[0]["PayPal-Request-Id"] == sent
 
 
 # tokens ---------------------------------------------------------------------------------------

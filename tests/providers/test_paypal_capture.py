@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,12 +24,11 @@ from providers.base import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.http import new_client_session
 from providers.paypal import PayPalAdapter
 from providers.paypal_transformers import completion_event
 from providers.sandbox.paypal_api import PayPalSandbox, paypal_sandbox
 from providers.stripe import StripeAdapter
-from tests.contracts.strict_sandbox import ServerFactory, StrictSandbox
+from tests.contracts.strict_sandbox import StrictSandbox
 from tests.lifecycle.test_loop import wait_for
 from tests.providers.hosted_inputs import (
     WebhookSink,
@@ -39,25 +37,7 @@ from tests.providers.hosted_inputs import (
     request_from,
     seed_data,
     set_fault,
-    start_sandbox_with_sink,
 )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    client = new_client_session()
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def env(aiohttp_server: ServerFactory) -> tuple[StrictSandbox, WebhookSink]:
-    return await start_sandbox_with_sink(aiohttp_server)
-
-
-@pytest.fixture
-def sandbox(env: tuple[StrictSandbox, WebhookSink]) -> StrictSandbox:
-    return env[0]
 
 
 @pytest.fixture
