@@ -12,21 +12,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from gateway.api.bodies import json_response, read_checkout_request, require_json
 from gateway.api.openapi import EXTRA_PATHS
-from gateway.appkeys import ROUTER, SERVICES, SETTINGS
+from gateway.appkeys import ROUTER, SERVICES
 from gateway.auth import require
-from gateway.domain.errors import BadRequest, Unprocessable, UnsupportedMediaType
-from gateway.domain.models import RequestProblems, parse_checkout_request
+from gateway.domain.errors import Unprocessable
 from gateway.routing.service import Router
 
 __all__ = ["setup_routing_routes"]
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -40,7 +35,7 @@ async def get_rules(request: web.Request) -> web.Response:
     await require(request, "routing:read")
     router: Router = request.app[ROUTER]
     rules = router.rules  # one read: a reload may swap it
-    return _json(
+    return json_response(
         {
             "version": rules.version,
             "rulesVersion": rules.rules_version,
@@ -55,14 +50,8 @@ async def get_rules(request: web.Request) -> web.Response:
 async def simulate_route(request: web.Request) -> web.Response:
     """``POST /api/v1/routing/simulate``: the decision a session request would get now."""
     merchant = await require(request, "routing:read")
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType()
-    raw = await request.read()
-    settings = request.app[SETTINGS]
-    try:
-        checkout = parse_checkout_request(raw, allow_http_localhost=settings.is_sandbox)
-    except RequestProblems as exc:
-        raise BadRequest(exc.problems) from None
+    require_json(request)
+    checkout = await read_checkout_request(request)
     unavailable: dict[str, str] = {}
     circuits = getattr(request.app.get(SERVICES), "circuits", None)
     if circuits is not None:
@@ -72,7 +61,7 @@ async def simulate_route(request: web.Request) -> web.Response:
     decision = router.decide(checkout, merchant.merchant_id, unavailable=unavailable, dry_run=True)
     if not decision.ranked:
         raise Unprocessable.no_available_provider(decision.exclusion_details())
-    return _json({**decision.explain(), "simulated": True})
+    return json_response({**decision.explain(), "simulated": True})
 
 
 async def reload_rules(request: web.Request) -> web.Response:
@@ -87,7 +76,7 @@ async def reload_rules(request: web.Request) -> web.Response:
             details=list(result.errors),
             extra={"rulesVersion": result.rules_version},
         )
-    return _json(result.as_dict())
+    return json_response(result.as_dict())
 
 
 def setup_routing_routes(app: web.Application) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.appkeys import LIFECYCLE, SERVICES, SETTINGS
+from gateway.api.bodies import json_response, read_checkout_request, require_json
+from gateway.appkeys import LIFECYCLE, SERVICES
 from gateway.auth import require
-from gateway.domain.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
-from gateway.domain.models import CancelRequest, RequestProblems, parse_checkout_request
+from gateway.domain.errors import ApiError, BadRequest, NotFound
+from gateway.domain.models import CancelRequest
 from gateway.idempotency import validate_idempotency_key
 from gateway.middleware import LOG_CONTEXT, REQUEST_ID
 from gateway.sessions import SessionService
@@ -24,15 +24,9 @@ async def create_session(request: web.Request) -> web.Response:
     merchant = await require(request, "sessions:write")
     context = request[LOG_CONTEXT]
     context["merchant"] = merchant.merchant_id
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType()
+    require_json(request)
     key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
-    raw = await request.read()
-    settings = request.app[SETTINGS]
-    try:
-        checkout = parse_checkout_request(raw, allow_http_localhost=settings.is_sandbox)
-    except RequestProblems as exc:
-        raise BadRequest(exc.problems) from None
+    checkout = await read_checkout_request(request)
     service: SessionService = request.app[SERVICES]
     try:
         outcome = await service.create(merchant, key, checkout, request_id=request[REQUEST_ID])
@@ -78,15 +72,14 @@ async def get_session(request: web.Request) -> web.Response:
     record = await service.get(merchant, session_id)
     if record is None:
         raise NotFound("Session not found")
-    return web.Response(body=orjson.dumps(record.public()), content_type="application/json")
+    return json_response(record.public())
 
 
 async def cancel_session(request: web.Request) -> web.Response:
     """``POST /api/v1/sessions/{sessionId}/cancel``: cancel at the provider, then locally."""
     merchant = await require(request, "sessions:write")
     request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType()
+    require_json(request)
     session_id = request.match_info["sessionId"]
     try:
         uuid.UUID(session_id)
@@ -103,7 +96,7 @@ async def cancel_session(request: web.Request) -> web.Response:
         merchant.merchant_id, session_id, body.cancellationReason
     )
     request[LOG_CONTEXT]["provider"] = record.provider
-    return web.Response(body=orjson.dumps(record.public()), content_type="application/json")
+    return json_response(record.public())
 
 
 def setup_session_routes(app: web.Application) -> None:

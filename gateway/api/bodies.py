@@ -1,0 +1,34 @@
+"""Request and response bodies shared by the API modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.appkeys import SETTINGS
+from gateway.domain.errors import BadRequest, UnsupportedMediaType
+from gateway.domain.models import CheckoutRequest, RequestProblems, parse_checkout_request
+
+__all__ = ["json_response", "read_checkout_request", "require_json"]
+
+
+def require_json(request: web.Request) -> None:
+    """415 unless the body is declared ``application/json``."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+
+
+async def read_checkout_request(request: web.Request) -> CheckoutRequest:
+    """The body as a validated checkout request; 400 listing every problem otherwise."""
+    raw = await request.read()
+    try:
+        return parse_checkout_request(raw, allow_http_localhost=request.app[SETTINGS].is_sandbox)
+    except RequestProblems as exc:
+        raise BadRequest(exc.problems) from None
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """``body`` serialised with orjson."""
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
