@@ -113,8 +113,10 @@ def _approved_at(record: SessionRecord) -> datetime:
     return record.updatedAt
 
 
-def _outcome_changes(event: ProviderEvent) -> dict[str, Any]:
-    changes: dict[str, Any] = {
+def event_changes(event: ProviderEvent) -> dict[str, Any]:
+    """What a provider event records on its session besides the status: the saved-method
+    references, the payment id and, for a failure, its reason."""
+    return {
         key: value
         for key, value in (
             ("customerId", event.customer_id),
@@ -127,8 +129,6 @@ def _outcome_changes(event: ProviderEvent) -> dict[str, Any]:
         )
         if value
     }
-    changes["pendingCompletion"] = None
-    return changes
 
 
 class Completions:
@@ -285,7 +285,7 @@ class Completions:
             )
             await self._settle(record.sessionId, {"pendingCompletion": None})
             return
-        changes = _outcome_changes(event)
+        changes = {**event_changes(event), "pendingCompletion": None}
         moved = await self._move(
             record.sessionId,
             event.status,

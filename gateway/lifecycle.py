@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from gateway.completion import COMPLETION_SOURCES, Completions
+from gateway.completion import COMPLETION_SOURCES, Completions, event_changes
 from gateway.domain.errors import BadGateway, Conflict, NotFound
 from gateway.domain.lifecycle import CANCELLABLE, EXPIRABLE, apply, is_expired
 from gateway.domain.session import FINAL_STATUSES, SessionRecord, SessionStatus, utcnow
@@ -176,19 +176,7 @@ class LifecycleService:
         status = event.status
         if status in _CLOSED_AT_PROVIDER and record.cancellationReason is not None:
             status = SessionStatus.CANCELLED  # the provider confirms the merchant's cancel
-        changes: dict[str, Any] = {
-            key: value
-            for key, value in (
-                ("customerId", event.customer_id),
-                ("paymentMethodId", event.payment_method_id),
-                ("paymentId", event.payment_id),
-                (
-                    "failureReason",
-                    event.failure_reason if event.status is SessionStatus.FAILED else None,
-                ),
-            )
-            if value
-        }
+        changes = event_changes(event)
         if status in FINAL_STATUSES:
             changes["pendingCompletion"] = None  # the provider decided: nothing more is owed
         owed = self.completions.owed_for(record, event)

@@ -177,6 +177,34 @@ def _with_query(url: str, **params: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
 
 
+def _request_id_answer(
+    state: SandboxState, key: str | None, fingerprint: str
+) -> web.Response | None:
+    """PayPal-Request-Id semantics: a bad id, a request still running (409), the same id with
+    another body (422), or the first answer again (a 201 replays as 200); None for a new id."""
+    if key is None:
+        return None
+    if not 0 < len(key) <= REQUEST_ID_MAX:
+        return PayPalError(
+            400, "INVALID_STRING_LENGTH", "PayPal-Request-Id", f"1 to {REQUEST_ID_MAX}."
+        ).response()
+    record = state.idempotency_get(PROVIDER, key)
+    if record is None:
+        return None
+    if record.in_flight:
+        detail = {"issue": "REQUEST_IN_PROGRESS", "description": "Retry shortly."}
+        return _json({**error_body(409), "name": "RESOURCE_CONFLICT", "details": [detail]}, 409)
+    if record.fingerprint != fingerprint or record.body is None:
+        return PayPalError(
+            422,
+            "DUPLICATE_REQUEST_ID",
+            "PayPal-Request-Id",
+            "The PayPal-Request-Id was already used with a different request.",
+        ).response()
+    replayed = 200 if record.status in (None, 201) else record.status
+    return web.Response(status=replayed, body=record.body, content_type="application/json")
+
+
 def register(app: web.Application, state: SandboxState) -> None:
     """Add PayPal's token, orders and webhook-verification routes to the sandbox app."""
     pp = paypal_sandbox(state)
@@ -229,24 +257,10 @@ def register(app: web.Application, state: SandboxState) -> None:
         if not isinstance(body, dict):
             return PayPalError(400, "MALFORMED_REQUEST_JSON", "/", "Not an object.").response()
         key = request.headers.get("PayPal-Request-Id")
-        if key is not None and not 0 < len(key) <= REQUEST_ID_MAX:
-            return PayPalError(
-                400, "INVALID_STRING_LENGTH", "PayPal-Request-Id", f"1 to {REQUEST_ID_MAX}."
-            ).response()
         fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        record = state.idempotency_get(PROVIDER, key) if key is not None else None
-        if record is not None and record.in_flight:
-            detail = {"issue": "REQUEST_IN_PROGRESS", "description": "Retry shortly."}
-            return _json({**error_body(409), "name": "RESOURCE_CONFLICT", "details": [detail]}, 409)
-        if record is not None:
-            if record.fingerprint != fingerprint or record.body is None:
-                return PayPalError(
-                    422,
-                    "DUPLICATE_REQUEST_ID",
-                    "PayPal-Request-Id",
-                    "The PayPal-Request-Id was already used with a different request.",
-                ).response()
-            return web.Response(status=200, body=record.body, content_type="application/json")
+        earlier = _request_id_answer(state, key, fingerprint)
+        if earlier is not None:
+            return earlier
         try:
             return_url, cancel_url = check_order(body)
         except PayPalError as exc:
@@ -326,26 +340,11 @@ def register(app: web.Application, state: SandboxState) -> None:
         if not isinstance(body, dict):
             return PayPalError(400, "MALFORMED_REQUEST_JSON", "/", "Not an object.").response()
         key = request.headers.get("PayPal-Request-Id")
-        if key is not None and not 0 < len(key) <= REQUEST_ID_MAX:
-            return PayPalError(
-                400, "INVALID_STRING_LENGTH", "PayPal-Request-Id", f"1 to {REQUEST_ID_MAX}."
-            ).response()
         canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         fingerprint = hashlib.sha256(f"{action}:{session.id}:".encode() + canonical).hexdigest()
-        record = state.idempotency_get(PROVIDER, key) if key is not None else None
-        if record is not None and record.in_flight:
-            detail = {"issue": "REQUEST_IN_PROGRESS", "description": "Retry shortly."}
-            return _json({**error_body(409), "name": "RESOURCE_CONFLICT", "details": [detail]}, 409)
-        if record is not None:
-            if record.fingerprint != fingerprint or record.body is None:
-                return PayPalError(
-                    422,
-                    "DUPLICATE_REQUEST_ID",
-                    "PayPal-Request-Id",
-                    "The PayPal-Request-Id was already used with a different request.",
-                ).response()
-            replayed = 200 if record.status == 201 else record.status or 200
-            return web.Response(status=replayed, body=record.body, content_type="application/json")
+        earlier = _request_id_answer(state, key, fingerprint)
+        if earlier is not None:
+            return earlier
         if pp.fail_completions > 0:
             pp.fail_completions -= 1
             return _json(error_body(500), 500)
