@@ -113,6 +113,15 @@ Merchants = Annotated[
 Locales = Annotated[tuple[Locale, ...], _ONE_OR_MANY, _NON_EMPTY]
 
 
+def _check_bounds(gt: object, gte: object, lt: object, lte: object) -> None:
+    if gt is None and gte is None and lt is None and lte is None:
+        raise ValueError("a range needs at least one of gt, gte, lt, lte")
+    if gt is not None and gte is not None:
+        raise ValueError("use gt or gte, not both")
+    if lt is not None and lte is not None:
+        raise ValueError("use lt or lte, not both")
+
+
 class AmountRange(FrozenModel):
     """Bounds on ``amount.total`` in major units of the request currency (exact decimals)."""
 
@@ -123,12 +132,7 @@ class AmountRange(FrozenModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> AmountRange:
-        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
-            raise ValueError("a range needs at least one of gt, gte, lt, lte")
-        if self.gt is not None and self.gte is not None:
-            raise ValueError("use gt or gte, not both")
-        if self.lt is not None and self.lte is not None:
-            raise ValueError("use lt or lte, not both")
+        _check_bounds(self.gt, self.gte, self.lt, self.lte)
         for bound in (self.gt, self.gte, self.lt, self.lte):
             if bound is not None and not bound.is_finite():
                 raise ValueError("bounds must be finite numbers")
@@ -145,12 +149,7 @@ class CountRange(FrozenModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> CountRange:
-        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
-            raise ValueError("a range needs at least one of gt, gte, lt, lte")
-        if self.gt is not None and self.gte is not None:
-            raise ValueError("use gt or gte, not both")
-        if self.lt is not None and self.lte is not None:
-            raise ValueError("use lt or lte, not both")
+        _check_bounds(self.gt, self.gte, self.lt, self.lte)
         return self
 
 
