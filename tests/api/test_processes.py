@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -19,43 +18,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.api.conftest import JWT_SECRET, ROOT, SEED_BYTES, headers, sandbox_url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    full_env = {**inherited, "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1", **env}
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", *(["--print-curl"] if "PRINT" in env else [])],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-async def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with aiohttp.ClientSession() as http:
-        while asyncio.get_running_loop().time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"gateway exited: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as answer:
-                    if answer.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("gateway did not become ready")
+from tests.api.conftest import JWT_SECRET, ROOT, SEED_BYTES, headers
+from tests.gateway_processes import (
+    base_env,
+    free_port,
+    start_gateway,
+    stop_process,
+    wait_ready,
+)
 
 
 @pytest.fixture
@@ -63,24 +33,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
     yield started
     for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def base_env(sandbox: Any) -> dict[str, str]:
-    base = sandbox_url(sandbox)
-    return {
-        "GATEWAY_JWT_SECRET": JWT_SECRET,
-        "GATEWAY_SANDBOX_EMBEDDED": "false",
-        "GATEWAY_PROVIDER_STRIPE_BASE_URL": f"{base}/stripe",
-        "GATEWAY_PROVIDER_ADYEN_BASE_URL": f"{base}/adyen",
-        "GATEWAY_PROVIDER_PAYPAL_BASE_URL": f"{base}/paypal",
-        "GATEWAY_LOG_LEVEL": "WARNING",
-    }
+        stop_process(proc)
 
 
 @pytest.mark.timeout(90)

@@ -24,7 +24,7 @@ from gateway.settings import SANDBOX_SECRETS
 from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import SandboxConfig
 from tests.api.conftest import JWT_SECRET, SEED, headers, seed, token
-from tests.api.test_processes import base_env, free_port, start_gateway, wait_ready
+from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
 
 MERCHANT_SECRET = "merchant-hook-secret-abcdefghijklmnop"
 PERSONAL = [
@@ -130,12 +130,7 @@ async def test_request_logs_are_structured_and_carry_no_personal_data_or_secrets
         assert proc.stderr is not None
         output = proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        stop_process(proc)
 
     records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     other = [line for line in output.splitlines() if line and not line.startswith("{")]

@@ -16,7 +16,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli import _metrics_dir
-from tests.api.test_processes import base_env, free_port, start_gateway
+from tests.gateway_processes import base_env, free_port, start_gateway, stop_process
 
 HEALTHZ = {"route": "/healthz", "method": "GET", "status": "200"}
 
@@ -102,12 +102,7 @@ async def test_two_workers_metrics_sum_to_the_requests_sent(sandbox: Any, tmp_pa
         # the dead workers' live-gauge files are removed on exit
         assert not list(directory.glob("gauge_live*.db"))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        stop_process(proc)
 
 
 def test_metrics_dir_is_fresh_or_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer
 from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import SandboxConfig
 from tests.api.conftest import headers, seed
-from tests.api.test_processes import base_env, free_port, start_gateway, wait_ready
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 from tests.observability.promtools import (
     ALERT_FILES,
     ROOT,
