@@ -57,6 +57,12 @@ def check_startup(settings: Settings) -> list[str]:
     problem = settings.jwt_key_problem()
     if problem:
         raise SettingsError(problem)
+    if settings.workers > 1 and settings.store == "memory":
+        # each process would hold its own idempotency records, sessions and circuits
+        raise SettingsError(
+            "GATEWAY_WORKERS > 1 needs the shared store: set GATEWAY_STORE=redis "
+            "(the memory store lives in one process)"
+        )
     providers = enabled_providers(settings.rules_path)
     for name in providers:
         settings.provider(name)

@@ -95,3 +95,12 @@ def test_gateway_serve_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "GATEWAY_PROVIDER_" in done.stderr
+
+
+def test_several_workers_need_the_shared_store() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, jwt_secret=JWT_SECRET, workers=2, rules_path=ROOT / "routing_rules.yaml"
+    )
+    with pytest.raises(SettingsError, match="GATEWAY_STORE=redis"):
+        check_startup(settings)
+    check_startup(settings.model_copy(update={"store": "redis"}))

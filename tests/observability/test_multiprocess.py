@@ -58,7 +58,9 @@ async def wait_for_listeners(proc: subprocess.Popen[str], count: int) -> None:
 
 
 @pytest.mark.timeout(90)
-async def test_two_workers_metrics_sum_to_the_requests_sent(sandbox: Any, tmp_path: Path) -> None:
+async def test_two_workers_metrics_sum_to_the_requests_sent(
+    sandbox: Any, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
     directory = tmp_path / "metrics"
     directory.mkdir()
     write_stale_file(directory)
@@ -66,6 +68,9 @@ async def test_two_workers_metrics_sum_to_the_requests_sent(sandbox: Any, tmp_pa
     env = {
         **base_env(sandbox),
         "GATEWAY_WORKERS": "2",
+        "GATEWAY_STORE": "redis",  # several workers share one store
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
         "PROMETHEUS_MULTIPROC_DIR": str(directory),
     }
     proc = start_gateway(port, env)
