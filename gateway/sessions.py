@@ -15,7 +15,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -194,19 +194,15 @@ class SessionService:
 
     async def _take_over_order(self, scope: str, order_ref: str, holder: str, token: str) -> None:
         """The order is reserved by ``holder``: a request in flight or an earlier session.
-        Conflict while that session is pending; otherwise take the reservation over."""
+        Conflict while that session can still be paid, is being paid or was paid; after a
+        failure, expiry or cancel take the reservation over (the order may be retried)."""
         if holder.startswith(_CLAIM_PREFIX):
             raise Conflict(
                 details="Another request is creating a session for this orderReference",
                 headers={"Retry-After": "1"},
             )
         existing = await self.store.get_session(holder)
-        now = utcnow()
-        if (
-            existing is not None
-            and existing.status is SessionStatus.PENDING
-            and existing.expiresAt > now
-        ):
+        if existing is not None and _holds_order(existing, utcnow()):
             raise Conflict(
                 details="Resource already exists", extra={"sessionId": existing.sessionId}
             )
@@ -398,7 +394,7 @@ class SessionService:
                 response=StoredResponse(201, body, location),
                 ttl_s=self.settings.idempotency_ttl_seconds,
                 order_ref=request.orderReference if guarded else None,
-                order_ttl_s=max(1, request.expiresIn),
+                order_ttl_s=self.settings.session_retention_seconds,
             ),
             ttl_s=self.settings.session_retention_seconds,
             expires_at=expires_at.timestamp(),
@@ -451,3 +447,15 @@ class SessionService:
         if self.lifecycle is not None:
             record = await self.lifecycle.expire_if_due(record)
         return record
+
+
+_PAID_OR_PAYING = frozenset({SessionStatus.PROCESSING, SessionStatus.COMPLETED})
+_OPEN = frozenset({SessionStatus.PENDING, SessionStatus.REQUIRES_ACTION})
+
+
+def _holds_order(session: SessionRecord, now: datetime) -> bool:
+    """Does ``session`` keep its order from getting another session? While it can still be
+    paid, and for good once a payment is under way or done: one order is paid at most once."""
+    if session.status in _PAID_OR_PAYING:
+        return True
+    return session.status in _OPEN and session.expiresAt > now
