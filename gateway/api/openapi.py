@@ -120,7 +120,7 @@ _DESCRIPTIONS = {
     401: "Missing or invalid bearer token",
     403: "Token lacks the required scope",
     404: "Unknown resource (or another merchant's)",
-    409: "Idempotency-Key in flight (Retry-After) or a pending session exists for the order",
+    409: "Key in flight (Retry-After), or the order has a pending, paying or paid session",
     413: "Body too large",
     415: "Content-Type is not application/json",
     422: "IDEMPOTENCY_KEY_MISMATCH or NO_AVAILABLE_PROVIDER",
