@@ -279,6 +279,8 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
         data = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestProblems([f"body: malformed JSON ({_json_reason(exc)})"]) from None
+    except RecursionError:
+        raise RequestProblems(["body: JSON nested too deeply"]) from None
     if not isinstance(data, dict):
         raise RequestProblems(["body: must be a JSON object"])
     try:

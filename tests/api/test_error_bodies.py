@@ -202,3 +202,11 @@ async def test_400_invalid_idempotency_key(gateway: GatewayFactory) -> None:
             await client.post("/api/v1/sessions", data=SEED_BYTES, headers=headers(bad)), 400
         )
         assert "Idempotency-Key" in body["message"]
+
+
+async def test_400_for_json_nested_too_deeply(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    for path in ("/api/v1/sessions", "/api/v1/routing/simulate"):
+        response = await client.post(path, data=b"[" * 100_000, headers=headers("deep"))
+        body = await envelope(response, 400)
+        assert body["message"] == ["body: JSON nested too deeply"]

@@ -110,7 +110,7 @@ def test_every_problem_is_listed_with_its_path() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "{", "[]", '"text"', '{"amount": NaN}', b"\xff\xfe"],
+    ["", "{", "[]", '"text"', '{"amount": NaN}', b"\xff\xfe", "[" * 100_000, '{"a":' * 50_000],
 )
 def test_malformed_bodies_are_problems_not_crashes(raw: str | bytes) -> None:
     assert problems_of(raw)
