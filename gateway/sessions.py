@@ -31,6 +31,7 @@ from gateway.domain.errors import (
 )
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import (
+    FINAL_STATUSES,
     Attempt,
     RoutingSummary,
     SessionAmount,
@@ -261,6 +262,7 @@ class SessionService:
                 request=request,
                 expires_at=expires_at,
                 request_id=request_id,
+                return_url=f"{settings.base_url}/api/v1/sessions/{session_id}/return",
             )
             result = await self._attempt(
                 adapter, data, min(settings.provider_timeout_seconds, remaining), tries, request
@@ -372,6 +374,8 @@ class SessionService:
             sessionType=request.sessionType,
             savePaymentMethod=request.saves_payment_method,
             customerReference=request.customerReference,
+            successUrl=request.redirectUrls.success,
+            failureUrl=request.redirectUrls.failure,
         )
         body = orjson.dumps(
             {
@@ -438,6 +442,32 @@ class SessionService:
         if time.monotonic() >= deadline or timed_out_only:
             return GatewayTimeout(details=details)
         return BadGateway(details=details)
+
+    async def returning(self, session_id: str, provider_session_id: str) -> str | None:
+        """Where the customer coming back from the provider's page goes: the merchant's
+        success URL once the session is COMPLETED, its failure URL once it FAILED, EXPIRED or
+        was CANCELLED. The outcome usually arrives (by webhook) before the customer does; the
+        page waits up to ``return_wait_seconds`` for it, then sends a still-open session to the
+        success URL, whose page must read the session's status (ambiguous is never success).
+        None when the session is unknown or the provider's session id does not match."""
+        deadline = time.monotonic() + self.settings.return_wait_seconds
+        while True:
+            record = await self.store.get_session(session_id)
+            if record is None or record.providerSessionId != provider_session_id:
+                return None
+            if self.lifecycle is not None:
+                record = await self.lifecycle.expire_if_due(record)
+            success = record.successUrl
+            failure = record.failureUrl or success
+            if success is None or failure is None:
+                return None
+            if record.status is SessionStatus.COMPLETED:
+                return success
+            if record.status in FINAL_STATUSES:
+                return failure
+            if time.monotonic() >= deadline:
+                return success
+            await asyncio.sleep(0.1)
 
     async def get(self, merchant: Merchant, session_id: str) -> SessionRecord | None:
         """The merchant's own session, or None (another merchant's reads as unknown)."""

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     )
     webhook_dedup_ttl_seconds: int = Field(7 * 86_400, ge=60)
     expiry_sweep_interval_seconds: float = Field(5.0, gt=0)
+    return_wait_seconds: float = Field(
+        5.0, ge=0, le=30, description="How long the return page waits for the payment outcome"
+    )
     notification_max_attempts: int = Field(12, ge=1, le=100)
     notification_backoff_base_seconds: float = Field(5.0, gt=0)
     notification_backoff_max_seconds: float = Field(3600.0, gt=0)

@@ -2,9 +2,9 @@
 notifications verified by their per-item HMAC signature.
 
 Return URL: Adyen's hosted checkout sends the shopper back to one ``returnUrl`` whatever the
-outcome (with ``sessionId`` and ``sessionResult`` appended). The adapter uses the merchant's
-success URL for it; the outcome itself is only known from the AUTHORISATION notification, so
-the merchant's return page must read the gateway session status rather than assume success.
+outcome (with ``sessionId`` and ``sessionResult`` appended). The adapter gives it the gateway's
+return page, which waits briefly for the AUTHORISATION notification and then sends the shopper
+to the merchant's success or failure URL.
 """
 
 from __future__ import annotations

@@ -194,9 +194,10 @@ def _expires_at(moment: datetime) -> str:
 def build_session_request(data: CreateSessionInput, merchant_account: str) -> dict[str, Any]:
     """The ``POST /v71/sessions`` body for a hosted checkout of ``data``.
 
-    The shopper returns to ``returnUrl`` (the merchant's success URL) whatever the outcome;
-    Adyen appends ``sessionId`` and ``sessionResult`` to it. The failure URL has no Adyen
-    counterpart: the merchant's return page must read the gateway session's status.
+    The shopper returns to ``returnUrl`` whatever the outcome; Adyen appends ``sessionId`` and
+    ``sessionResult`` to it. It is the gateway's return page (``data.return_url``), which sends
+    the shopper on to the merchant's success or failure URL by the session's status; without
+    one, the merchant's success URL.
     """
     request = data.request
     body: dict[str, Any] = {
@@ -207,7 +208,7 @@ def build_session_request(data: CreateSessionInput, merchant_account: str) -> di
             "currency": request.currency,
         },
         "reference": request.orderReference,
-        "returnUrl": request.redirectUrls.success,
+        "returnUrl": data.return_url or request.redirectUrls.success,
         "expiresAt": _expires_at(data.expires_at),
         "channel": "Web",
         "shopperInteraction": "Ecommerce",

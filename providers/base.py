@@ -134,6 +134,9 @@ class CreateSessionInput:
     request: CheckoutRequest
     expires_at: datetime
     request_id: str | None = None
+    #: the gateway's own return page for providers with a single return URL whatever the
+    #: outcome (Adyen); it sends the customer on to the merchant's success or failure URL
+    return_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,6 +220,36 @@ def _base_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/api/v1/sessions/{sessionId}/return": {
+            "get": {
+                "operationId": "returnFromProvider",
+                "summary": "Where a provider with a single return URL (Adyen) sends the customer",
+                "description": "Not called by merchants: the customer's browser arrives here "
+                "from the provider's page and is redirected (303) to the merchant's success "
+                "URL once the session is COMPLETED, to its failure URL once it FAILED, EXPIRED "
+                "or was CANCELLED. A session with no outcome yet after a short wait goes to "
+                "the success URL, whose page must read the session's status.",
+                "parameters": [
+                    {
+                        "name": "sessionId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    },
+                    {
+                        "name": "sessionId",
+                        "in": "query",
+                        "required": True,
+                        "description": "The provider's session id, appended by the provider",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "303": {"description": "On to the merchant's success or failure URL"},
+                    **_errors(404, 503),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "healthz",

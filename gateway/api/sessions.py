@@ -99,7 +99,24 @@ async def cancel_session(request: web.Request) -> web.Response:
     return json_response(record.public())
 
 
+async def return_from_provider(request: web.Request) -> web.Response:
+    """``GET /api/v1/sessions/{sessionId}/return``: the customer back from the provider's page
+    (unauthenticated: it only redirects, and only with the provider's own session id)."""
+    session_id = request.match_info["sessionId"]
+    provider_session_id = request.query.get("sessionId", "")
+    try:
+        uuid.UUID(session_id)
+    except ValueError:
+        raise NotFound("Session not found") from None
+    service: SessionService = request.app[SERVICES]
+    target = await service.returning(session_id, provider_session_id)
+    if target is None:
+        raise NotFound("Session not found")
+    return web.Response(status=303, headers={"Location": target})
+
+
 def setup_session_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/sessions", create_session)
     app.router.add_get("/api/v1/sessions/{sessionId}", get_session)
     app.router.add_post("/api/v1/sessions/{sessionId}/cancel", cancel_session)
+    app.router.add_get("/api/v1/sessions/{sessionId}/return", return_from_provider)

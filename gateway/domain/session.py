@@ -115,6 +115,9 @@ class SessionRecord(_Record):
     sessionType: str = "one_time"
     savePaymentMethod: bool = False
     customerReference: str | None = None
+    #: the merchant's redirect URLs, for providers that send the customer back to one URL
+    successUrl: str | None = None
+    failureUrl: str | None = None
     #: what the provider reported: its customer, the saved payment method (or mandate) and
     #: the payment itself
     customerId: str | None = None
