@@ -16,23 +16,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
+from gateway.attempts import Attempts, ProviderAttempts, RouterLike
 from gateway.auth import Merchant
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import (
-    ApiError,
-    BadGateway,
     Conflict,
-    GatewayTimeout,
     Unprocessable,
 )
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import (
     FINAL_STATUSES,
-    Attempt,
     RoutingSummary,
     SessionAmount,
     SessionRecord,
@@ -44,7 +41,6 @@ from gateway.domain.session import (
 from gateway.idempotency import derived_provider_key, fingerprint, session_id_for
 from gateway.lifecycle import LifecycleService
 from gateway.metrics import (
-    FAILOVERS,
     IDEMPOTENCY,
     SESSION_CREATE_OVERHEAD,
     SESSION_TRANSITIONS,
@@ -56,28 +52,14 @@ from gateway.settings import Settings
 from gateway.store.base import ClaimKind, Completion, Store, StoredResponse, StoreUnavailable
 from providers.base import (
     CreateSessionInput,
-    FlowNotSupported,
     ProviderAdapter,
-    ProviderError,
-    ProviderRejected,
     ProviderSession,
-    ProviderTimeout,
 )
 
-__all__ = ["CreateOutcome", "RouterLike", "SessionService"]
+__all__ = ["CreateOutcome", "SessionService"]
 
 log = logging.getLogger("gateway.sessions")
 _CLAIM_PREFIX = "claim:"
-
-
-class RouterLike(Protocol):
-    def decide(
-        self, request: CheckoutRequest, merchant_id: str, *, unavailable: dict[str, str]
-    ) -> RoutingDecision: ...
-
-    async def record_creation(
-        self, provider: str, outcome: str, latency_ms: float, request: CheckoutRequest
-    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -94,14 +76,6 @@ class CreateOutcome:
     attempts: int = 0
     #: seconds spent waiting on providers (the rest of a create is the gateway's own time)
     provider_wait_s: float = 0.0
-
-
-@dataclass(slots=True)
-class _Attempts:
-    made: list[Attempt] = field(default_factory=list)
-    rejected: ProviderRejected | None = None
-    timed_out: bool = False
-    waited_s: float = 0.0
 
 
 class SessionService:
@@ -121,6 +95,13 @@ class SessionService:
         self.router = router
         self.adapters = adapters
         self.circuits = circuits
+        self.attempts = ProviderAttempts(
+            adapters,
+            circuits,
+            router,
+            provider_timeout_s=settings.provider_timeout_seconds,
+            failover_on_rejection=settings.failover_on_rejection,
+        )
         #: expiry on read and the ``payment_session.created`` notification (None: neither)
         self.lifecycle = lifecycle
         self._lease_ms = settings.idempotency_lease_seconds * 1000
@@ -237,23 +218,9 @@ class SessionService:
         session_id = session_id_for(merchant.merchant_id, idempotency_key)
         created_at = utcnow()
         expires_at = created_at + timedelta(seconds=request.expiresIn)
-        tries = _Attempts()
-        for candidate in decision.ranked:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                tries.timed_out = True
-                break
-            provider = candidate.provider
-            adapter = self.adapters[provider]
-            if tries.made:  # the previous candidate produced no session: fail over
-                failed = tries.made[-1]
-                FAILOVERS.labels(failed.provider, provider, failed.outcome).inc()
-            if not await self.circuits.admit(provider):
-                tries.made.append(
-                    Attempt(provider=provider, outcome="circuit_open", durationMs=0.0)
-                )
-                continue
-            data = CreateSessionInput(
+
+        def inputs(provider: str) -> CreateSessionInput:
+            return CreateSessionInput(
                 session_id=session_id,
                 merchant_id=merchant.merchant_id,
                 idempotency_key=derived_provider_key(
@@ -264,70 +231,23 @@ class SessionService:
                 request_id=request_id,
                 return_url=f"{settings.base_url}/api/v1/sessions/{session_id}/return",
             )
-            result = await self._attempt(
-                adapter, data, min(settings.provider_timeout_seconds, remaining), tries, request
-            )
-            if result is not None:
-                return await self._finish(
-                    merchant,
-                    request,
-                    idempotency_key,
-                    token,
-                    decision,
-                    candidate.score,
-                    result,
-                    tries,
-                    session_id,
-                    created_at,
-                    expires_at,
-                )
-            if tries.rejected is not None and not settings.failover_on_rejection:
-                break
-        raise self._all_failed(decision, tries, deadline)
 
-    async def _attempt(
-        self,
-        adapter: ProviderAdapter,
-        data: CreateSessionInput,
-        timeout: float,
-        tries: _Attempts,
-        request: CheckoutRequest,
-    ) -> ProviderSession | None:
-        provider = adapter.name
-        began = time.perf_counter()
-        try:
-            result = await adapter.create_session(data, timeout=timeout)
-        except ProviderError as exc:
-            tries.waited_s += time.perf_counter() - began
-            elapsed = (time.perf_counter() - began) * 1000
-            tries.made.append(
-                Attempt(
-                    provider=provider,
-                    outcome=exc.outcome,
-                    durationMs=round(elapsed, 2),
-                    error=exc.reason[:200],
-                )
-            )
-            if isinstance(exc, ProviderTimeout):
-                tries.timed_out = True
-            if isinstance(exc, ProviderRejected):
-                tries.rejected = exc
-            if exc.retryable:
-                await self.circuits.failure(provider)
-            if not isinstance(exc, FlowNotSupported):
-                await self.router.record_creation(provider, exc.outcome, elapsed, request)
-            log.warning(
-                "provider attempt failed", extra={"provider": provider, "outcome": exc.outcome}
-            )
-            return None
-        tries.waited_s += time.perf_counter() - began
-        elapsed = (time.perf_counter() - began) * 1000
-        tries.made.append(
-            Attempt(provider=provider, outcome="created", durationMs=round(elapsed, 2))
+        tries = await self.attempts.run(decision, inputs, request, deadline)
+        if tries.created is None or tries.chosen is None:
+            raise tries.failure(decision, deadline)
+        return await self._finish(
+            merchant,
+            request,
+            idempotency_key,
+            token,
+            decision,
+            tries.chosen.score,
+            tries.created,
+            tries,
+            session_id,
+            created_at,
+            expires_at,
         )
-        await self.circuits.success(provider)
-        await self.router.record_creation(provider, "created", elapsed, request)
-        return result
 
     async def _finish(
         self,
@@ -338,7 +258,7 @@ class SessionService:
         decision: RoutingDecision,
         score: float,
         result: ProviderSession,
-        tries: _Attempts,
+        tries: Attempts,
         session_id: str,
         created_at: Any,
         expires_at: Any,
@@ -422,26 +342,6 @@ class SessionService:
             attempts=len(tries.made),
             provider_wait_s=tries.waited_s,
         )
-
-    @staticmethod
-    def _all_failed(decision: RoutingDecision, tries: _Attempts, deadline: float) -> ApiError:
-        """504 when the deadline passed or every try timed out; 502 otherwise."""
-        details: dict[str, Any] = {
-            "decisionId": decision.decision_id,
-            "attempts": [a.model_dump(mode="json") for a in tries.made],
-        }
-        if tries.rejected is not None:
-            details["providerError"] = {
-                "provider": tries.rejected.provider,
-                "status": tries.rejected.status,
-                "code": tries.rejected.code,
-            }
-        timed_out_only = tries.timed_out and all(
-            a.outcome in ("timeout", "circuit_open") for a in tries.made
-        )
-        if time.monotonic() >= deadline or timed_out_only:
-            return GatewayTimeout(details=details)
-        return BadGateway(details=details)
 
     async def returning(self, session_id: str, provider_session_id: str) -> str | None:
         """Where the customer coming back from the provider's page goes: the merchant's

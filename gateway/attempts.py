@@ -1,0 +1,177 @@
+"""Trying the ranked providers in order until one creates the session.
+
+A timeout, connection error, 5xx or 429 moves on to the next candidate; a rejection of our
+request (4xx) stops, unless the gateway is configured to fail over on rejections too. Every call
+has its own timeout and all of them share the request's deadline. Circuit breakers keep calls
+away from a provider that keeps failing, and every outcome that is the provider's doing feeds
+the routing statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.circuit import CircuitBreakers
+from gateway.domain.errors import ApiError, BadGateway, GatewayTimeout
+from gateway.domain.models import CheckoutRequest
+from gateway.domain.session import Attempt
+from gateway.metrics import FAILOVERS
+from gateway.routing.decision import Candidate, RoutingDecision
+from providers.base import (
+    CreateSessionInput,
+    FlowNotSupported,
+    ProviderAdapter,
+    ProviderError,
+    ProviderRejected,
+    ProviderSession,
+    ProviderTimeout,
+)
+
+__all__ = ["Attempts", "ProviderAttempts", "RouterLike"]
+
+log = logging.getLogger("gateway.sessions")
+
+
+class RouterLike(Protocol):
+    """What the create path needs of :class:`gateway.routing.service.Router`."""
+
+    def decide(
+        self, request: CheckoutRequest, merchant_id: str, *, unavailable: dict[str, str]
+    ) -> RoutingDecision: ...
+
+    async def record_creation(
+        self, provider: str, outcome: str, latency_ms: float, request: CheckoutRequest
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class Attempts:
+    """Every try of one create, and what came of them."""
+
+    made: list[Attempt] = field(default_factory=list)
+    rejected: ProviderRejected | None = None
+    timed_out: bool = False
+    #: seconds spent waiting on providers
+    waited_s: float = 0.0
+    created: ProviderSession | None = None
+    chosen: Candidate | None = None
+
+    def failure(self, decision: RoutingDecision, deadline: float) -> ApiError:
+        """504 when the deadline passed or every try timed out; 502 otherwise."""
+        details: dict[str, Any] = {
+            "decisionId": decision.decision_id,
+            "attempts": [a.model_dump(mode="json") for a in self.made],
+        }
+        if self.rejected is not None:
+            details["providerError"] = {
+                "provider": self.rejected.provider,
+                "status": self.rejected.status,
+                "code": self.rejected.code,
+            }
+        timed_out_only = self.timed_out and all(
+            a.outcome in ("timeout", "circuit_open") for a in self.made
+        )
+        if time.monotonic() >= deadline or timed_out_only:
+            return GatewayTimeout(details=details)
+        return BadGateway(details=details)
+
+
+class ProviderAttempts:
+    """Runs the failover loop over a routing decision's ranked candidates."""
+
+    def __init__(
+        self,
+        adapters: Mapping[str, ProviderAdapter],
+        circuits: CircuitBreakers,
+        router: RouterLike,
+        *,
+        provider_timeout_s: float,
+        failover_on_rejection: bool,
+    ) -> None:
+        self.adapters = adapters
+        self.circuits = circuits
+        self.router = router
+        self.provider_timeout_s = provider_timeout_s
+        self.failover_on_rejection = failover_on_rejection
+
+    async def run(
+        self,
+        decision: RoutingDecision,
+        inputs: Callable[[str], CreateSessionInput],
+        request: CheckoutRequest,
+        deadline: float,
+    ) -> Attempts:
+        """Try the candidates in rank order; ``created`` is set when one succeeded."""
+        tries = Attempts()
+        for candidate in decision.ranked:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                tries.timed_out = True
+                break
+            provider = candidate.provider
+            if tries.made:  # the previous candidate produced no session: fail over
+                failed = tries.made[-1]
+                FAILOVERS.labels(failed.provider, provider, failed.outcome).inc()
+            if not await self.circuits.admit(provider):
+                tries.made.append(
+                    Attempt(provider=provider, outcome="circuit_open", durationMs=0.0)
+                )
+                continue
+            timeout = min(self.provider_timeout_s, remaining)
+            created = await self._attempt(
+                self.adapters[provider], inputs(provider), timeout, tries, request
+            )
+            if created is not None:
+                tries.created, tries.chosen = created, candidate
+                return tries
+            if tries.rejected is not None and not self.failover_on_rejection:
+                break
+        return tries
+
+    async def _attempt(
+        self,
+        adapter: ProviderAdapter,
+        data: CreateSessionInput,
+        timeout: float,
+        tries: Attempts,
+        request: CheckoutRequest,
+    ) -> ProviderSession | None:
+        provider = adapter.name
+        began = time.perf_counter()
+        try:
+            result = await adapter.create_session(data, timeout=timeout)
+        except ProviderError as exc:
+            tries.waited_s += time.perf_counter() - began
+            elapsed = (time.perf_counter() - began) * 1000
+            tries.made.append(
+                Attempt(
+                    provider=provider,
+                    outcome=exc.outcome,
+                    durationMs=round(elapsed, 2),
+                    error=exc.reason[:200],
+                )
+            )
+            if isinstance(exc, ProviderTimeout):
+                tries.timed_out = True
+            if isinstance(exc, ProviderRejected):
+                tries.rejected = exc
+            if exc.retryable:
+                await self.circuits.failure(provider)
+            if not isinstance(exc, FlowNotSupported):
+                await self.router.record_creation(provider, exc.outcome, elapsed, request)
+            log.warning(
+                "provider attempt failed", extra={"provider": provider, "outcome": exc.outcome}
+            )
+            return None
+        tries.waited_s += time.perf_counter() - began
+        elapsed = (time.perf_counter() - began) * 1000
+        tries.made.append(
+            Attempt(provider=provider, outcome="created", durationMs=round(elapsed, 2))
+        )
+        await self.circuits.success(provider)
+        await self.router.record_creation(provider, "created", elapsed, request)
+        return result
