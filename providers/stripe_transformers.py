@@ -144,6 +144,28 @@ def _line_item(name: str, unit_amount: int, quantity: int, currency: str) -> dic
     }
 
 
+#: Stripe's metadata limits: 50 keys, keys up to 40 and values up to 500 characters; the
+#: gateway's own keys come first, room for one more is kept for ``gateway_saved_method``.
+_METADATA_KEYS, _METADATA_KEY_LEN, _METADATA_VALUE_LEN = 50, 40, 500
+_RESERVED = frozenset(
+    {"gateway_session_id", "order_reference", "merchant_id", "gateway_saved_method"}
+)
+
+
+def _merchant_metadata(info: Mapping[str, str] | None, used: int) -> dict[str, str]:
+    """The merchant's ``additionalInformation`` as Stripe metadata, within Stripe's limits:
+    keys that are too long or would shadow the gateway's own are left out, values clipped."""
+    out: dict[str, str] = {}
+    room = _METADATA_KEYS - used - 1
+    for key, value in (info or {}).items():
+        if len(out) >= room:
+            break
+        if len(key) > _METADATA_KEY_LEN or key in _RESERVED:
+            continue
+        out[key] = value[:_METADATA_VALUE_LEN]
+    return out
+
+
 def build_create_params(data: CreateSessionInput, now: datetime) -> dict[str, Any]:
     """The ``POST /v1/checkout/sessions`` parameters (nested; see :func:`encode_form`).
 
@@ -169,6 +191,7 @@ def build_create_params(data: CreateSessionInput, now: datetime) -> dict[str, An
         "order_reference": request.orderReference,
         "merchant_id": data.merchant_id,
     }
+    metadata.update(_merchant_metadata(request.additionalInformation, len(metadata)))
     params: dict[str, Any] = {
         "mode": "payment",
         "ui_mode": "hosted_page",

@@ -119,6 +119,8 @@ async def test_seed_request_conforms_to_the_spec_and_serves_a_pay_page(
         "gateway_session_id": data.session_id,
         "order_reference": "ORD-2024-001",
         "merchant_id": "merchant_42",
+        "campaignId": "summer-sale-2024",
+        "referralCode": "REF-ABC",
     }
     assert form["metadata"] == expected_metadata
     assert form["payment_intent_data"] == {"metadata": expected_metadata}
@@ -505,3 +507,16 @@ async def test_event_status_mapping(
     assert event.status is expected
     if expected is SessionStatus.FAILED:
         assert event.failure_reason == "async_payment_failed"
+
+
+def test_merchant_metadata_stays_within_stripe_limits() -> None:
+    from providers.stripe_transformers import _merchant_metadata
+
+    info = {f"k{i:02d}": "v" * 600 for i in range(60)}
+    info["x" * 41] = "too long a key"
+    info["gateway_session_id"] = "spoofed"
+    out = _merchant_metadata(info, used=3)
+    assert len(out) == 50 - 3 - 1
+    assert all(len(k) <= 40 and len(v) == 500 for k, v in out.items())
+    assert "gateway_session_id" not in out
+    assert "x" * 41 not in out
