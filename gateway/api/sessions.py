@@ -11,7 +11,7 @@ from gateway.api.bodies import json_response, read_checkout_request, require_jso
 from gateway.appkeys import LIFECYCLE, SERVICES
 from gateway.auth import require
 from gateway.domain.errors import ApiError, BadRequest, NotFound
-from gateway.domain.models import CancelRequest
+from gateway.domain.models import CancelRequest, describe_errors
 from gateway.idempotency import validate_idempotency_key
 from gateway.middleware import LOG_CONTEXT, REQUEST_ID
 from gateway.sessions import SessionService
@@ -59,15 +59,21 @@ async def create_session(request: web.Request) -> web.Response:
     return response
 
 
-async def get_session(request: web.Request) -> web.Response:
-    """``GET /api/v1/sessions/{sessionId}``."""
-    merchant = await require(request, "sessions:read")
-    request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
+def _session_id(request: web.Request) -> str:
+    """The path's session id; anything but a UUID is an unknown session (404)."""
     session_id = request.match_info["sessionId"]
     try:
         uuid.UUID(session_id)
     except ValueError:
         raise NotFound("Session not found") from None
+    return session_id
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """``GET /api/v1/sessions/{sessionId}``."""
+    merchant = await require(request, "sessions:read")
+    request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
+    session_id = _session_id(request)
     service: SessionService = request.app[SERVICES]
     record = await service.get(merchant, session_id)
     if record is None:
@@ -80,18 +86,11 @@ async def cancel_session(request: web.Request) -> web.Response:
     merchant = await require(request, "sessions:write")
     request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
     require_json(request)
-    session_id = request.match_info["sessionId"]
-    try:
-        uuid.UUID(session_id)
-    except ValueError:
-        raise NotFound("Session not found") from None
+    session_id = _session_id(request)
     try:
         body = CancelRequest.model_validate_json(await request.read())
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        ]
-        raise BadRequest(problems) from None
+        raise BadRequest(describe_errors(exc)) from None
     record = await request.app[LIFECYCLE].cancel(
         merchant.merchant_id, session_id, body.cancellationReason
     )
@@ -102,12 +101,8 @@ async def cancel_session(request: web.Request) -> web.Response:
 async def return_from_provider(request: web.Request) -> web.Response:
     """``GET /api/v1/sessions/{sessionId}/return``: the customer back from the provider's page
     (unauthenticated: it only redirects, and only with the provider's own session id)."""
-    session_id = request.match_info["sessionId"]
+    session_id = _session_id(request)
     provider_session_id = request.query.get("sessionId", "")
-    try:
-        uuid.UUID(session_id)
-    except ValueError:
-        raise NotFound("Session not found") from None
     service: SessionService = request.app[SERVICES]
     target = await service.returning(session_id, provider_session_id)
     if target is None:

@@ -43,6 +43,7 @@ __all__ = [
     "RedirectUrls",
     "RequestProblems",
     "ShippingInfo",
+    "describe_errors",
     "parse_checkout_request",
     "semantic_problems",
 ]
@@ -262,6 +263,11 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def describe_errors(exc: ValidationError) -> list[str]:
+    """Each pydantic error as ``"<field path>: <message>"``, the API's 400 wording."""
+    return [_describe(err) for err in exc.errors()]
+
+
 def _describe(error: Any) -> str:
     loc = tuple(error["loc"])
     kind = error["type"]
@@ -270,7 +276,7 @@ def _describe(error: Any) -> str:
     msg = str(error["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    return f"{_path(loc)}: {msg}" if loc else msg
+    return f"{_path(loc) or 'body'}: {msg}"
 
 
 def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) -> CheckoutRequest:
@@ -288,7 +294,7 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
             data, context={"allow_http_localhost": allow_http_localhost}
         )
     except ValidationError as exc:
-        raise RequestProblems([_describe(err) for err in exc.errors()]) from None
+        raise RequestProblems(describe_errors(exc)) from None
     problems = semantic_problems(request)
     if problems:
         raise RequestProblems(problems)
