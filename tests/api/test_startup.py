@@ -13,6 +13,20 @@ from gateway.app import check_startup
 from gateway.settings import Settings, SettingsError
 from tests.api.conftest import JWT_SECRET, ROOT
 
+EVERY_PROVIDER: dict[str, object] = {
+    "provider_stripe_base_url": "https://api.stripe.com",
+    "provider_stripe_api_key": "sk_live_x",
+    "provider_stripe_webhook_secret": "whsec_x",
+    "provider_adyen_base_url": "https://checkout-test.adyen.com",
+    "provider_adyen_api_key": "k",
+    "provider_adyen_merchant_account": "M",
+    "provider_adyen_hmac_key": "AB",
+    "provider_paypal_base_url": "https://api-m.paypal.com",
+    "provider_paypal_client_id": "c",
+    "provider_paypal_client_secret": "s",
+    "provider_paypal_webhook_id": "WH1",
+}
+
 
 def production(**values: object) -> Settings:
     return Settings(  # type: ignore[call-arg]
@@ -27,39 +41,15 @@ def production(**values: object) -> Settings:
 def test_production_needs_every_enabled_provider_configured() -> None:
     with pytest.raises(SettingsError, match="GATEWAY_PROVIDER_ADYEN_BASE_URL"):
         check_startup(production())
+    without_secret = {
+        k: v for k, v in EVERY_PROVIDER.items() if k != "provider_stripe_webhook_secret"
+    }
     with pytest.raises(SettingsError, match="GATEWAY_PROVIDER_STRIPE_WEBHOOK_SECRET"):
-        check_startup(
-            production(
-                provider_stripe_base_url="https://api.stripe.com",
-                provider_stripe_api_key="sk_live_x",
-                provider_adyen_base_url="https://checkout-test.adyen.com",
-                provider_adyen_api_key="k",
-                provider_adyen_merchant_account="M",
-                provider_adyen_hmac_key="AB",
-                provider_paypal_base_url="https://api-m.paypal.com",
-                provider_paypal_client_id="c",
-                provider_paypal_client_secret="s",
-                provider_paypal_webhook_id="WH1",
-            )
-        )
+        check_startup(production(**without_secret))
 
 
 def test_production_with_every_setting_starts() -> None:
-    providers = check_startup(
-        production(
-            provider_stripe_base_url="https://api.stripe.com",
-            provider_stripe_api_key="sk_live_x",
-            provider_stripe_webhook_secret="whsec_x",
-            provider_adyen_base_url="https://checkout-test.adyen.com",
-            provider_adyen_api_key="k",
-            provider_adyen_merchant_account="M",
-            provider_adyen_hmac_key="AB",
-            provider_paypal_base_url="https://api-m.paypal.com",
-            provider_paypal_client_id="c",
-            provider_paypal_client_secret="s",
-            provider_paypal_webhook_id="WH1",
-        )
-    )
+    providers = check_startup(production(**EVERY_PROVIDER))
     assert set(providers) == {"stripe", "adyen", "paypal"}
 
 
@@ -70,10 +60,8 @@ def test_sandbox_fills_missing_providers_with_the_builtin_sandbox() -> None:
     assert config.base_url == "http://127.0.0.1:9999/sandbox/stripe"
 
 
-def test_gateway_serve_exits_2_with_a_clear_message(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_ENV"] = "production"
-    done = subprocess.run(
+def serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--port", "0"],
         cwd=ROOT,
         env=env,
@@ -81,18 +69,17 @@ def test_gateway_serve_exits_2_with_a_clear_message(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
+
+
+def test_gateway_serve_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_ENV"] = "production"
+    done = serve(env)
     assert done.returncode == 2
     assert "configuration error" in done.stderr
     assert "GATEWAY_JWT_SECRET" in done.stderr
     env["GATEWAY_JWT_SECRET"] = JWT_SECRET
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve(env)
     assert done.returncode == 2
     assert "GATEWAY_PROVIDER_" in done.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +16,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.domain.session import SessionStatus
-from providers.http import new_client_session
 from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import FaultSettings, SandboxConfig
 from providers.stripe import StripeAdapter
@@ -51,13 +50,6 @@ async def receiver(aiohttp_server: ServerFactory) -> Receiver:
     app.router.add_post("/api/v1/webhooks/{provider}", take)
     server = await aiohttp_server(app)
     return Receiver(str(server.make_url("")).rstrip("/"), calls)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    session = new_client_session()
-    yield session
-    await session.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,7 +24,6 @@ from providers.base import (
     ProviderUnavailable,
     WebhookVerificationError,
 )
-from providers.http import new_client_session
 from providers.stripe import StripeAdapter, sign_payload, verify_signature
 from providers.stripe_transformers import (
     STRIPE_API_VERSION,
@@ -48,13 +46,6 @@ WEBHOOK_SECRET = SANDBOX_SECRETS["stripe"]["webhook_secret"]
 @pytest.fixture
 async def sandbox(aiohttp_server: ServerFactory) -> StrictSandbox:
     return await start_strict_sandbox(aiohttp_server)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    session = new_client_session()
-    yield session
-    await session.close()
 
 
 @pytest.fixture
