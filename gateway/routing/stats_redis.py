@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.routing.stats import Counters, SegmentKey, decay
-from gateway.store.keys import ROUTING_STATS
+from gateway.store.keys import RedisKeys
 
 __all__ = ["RedisStatsStore"]
 
@@ -70,7 +70,7 @@ class RedisStatsStore:
         self, client: aioredis.Redis, prefix: str, *, ttl_s: float = 7 * 86_400, owns: bool = False
     ) -> None:
         self._client = client
-        self._root = f"{prefix}{ROUTING_STATS}"
+        self._keys = RedisKeys(prefix)
         self._ttl_s = ttl_s
         self._owns = owns
         self._script = client.register_script(_ADD)
@@ -84,7 +84,7 @@ class RedisStatsStore:
     def _base(self, provider: str) -> str:
         if not _SAFE.match(provider) or not provider:
             raise ValueError(f"unsafe provider name {provider!r}")
-        return f"{self._root}{{{provider}}}"
+        return self._keys.routing_stats(provider)
 
     def segment_key(self, key: SegmentKey) -> str:
         """The hash holding one segment."""

@@ -9,8 +9,9 @@ share one Redis database without touching each other's keys. Layout::
     {root}circuit:{{provider}}               hash    circuit state (state, open_until, failures)
     {root}circuit:{{provider}}:fails         zset    failure timestamps inside the window
     {root}circuit:{{provider}}:probes        zset    half-open probes handed out
-    {root}stats:{provider}                   reserved: routing statistics
-    {root}webhook:{provider}:{event_id}      string  processed webhook event marker, ttl_s
+    {root}stats:{{provider}}:seg:{kind}:{v}  hash    routing statistics of one segment
+    {root}stats:{{provider}}:index           zset    a provider's live segments
+    {root}webhook:{provider}:{event_id}      string  webhook event: processing (lease), then done
     {root}expiry                             zset    expirable session ids by expiresAt
     {root}outbox:due                         zset    notification ids by due time (or lease end)
     {root}outbox:items                       hash    id -> notification JSON (payload, attempts)
@@ -113,11 +114,13 @@ class RedisKeys:
         return self.circuit(provider) + ":probes"
 
     def routing_stats(self, provider: str) -> str:
-        """Routing statistics of ``provider`` (reserved for the stats module)."""
-        return f"{self.root}{ROUTING_STATS}{_part(provider)}"
+        """The base of ``provider``'s routing statistics keys (hash-tagged: one Lua script
+        updates all of a provider's segments); :mod:`gateway.routing.stats_redis` appends
+        ``:seg:{kind}:{value}`` and ``:index``."""
+        return f"{self.root}{ROUTING_STATS}{{{_part(provider)}}}"
 
     def webhook_dedup(self, provider: str, event_id: str) -> str:
-        """The marker of an already processed webhook event (reserved)."""
+        """A webhook event marker: leased while it is applied, then done."""
         return f"{self.root}{WEBHOOK_DEDUP}{_part(provider)}:{_part(event_id)}"
 
     def outbox(self) -> str:

@@ -20,7 +20,7 @@ def test_layout() -> None:
     assert keys.circuit("stripe") == "gw:circuit:{stripe}"
     assert keys.circuit_failures("stripe") == "gw:circuit:{stripe}:fails"
     assert keys.circuit_probes("stripe") == "gw:circuit:{stripe}:probes"
-    assert keys.routing_stats("adyen") == "gw:stats:adyen"
+    assert keys.routing_stats("adyen") == "gw:stats:{adyen}"
     assert keys.webhook_dedup("paypal", "WH-1") == "gw:webhook:paypal:WH-1"
     assert keys.outbox() == "gw:outbox"
 
