@@ -26,7 +26,9 @@ PayPal (Orders v2) charges nothing when the payer presses Pay on its page: it re
   webhook decides.
 * **Same effects as a webhook.** The outcome moves the session, notifies the merchant and feeds
   routing exactly like a provider verdict; the provider's own capture webhook that follows then
-  changes nothing.
+  changes nothing. Like a webhook, an answer whose amount or currency is not the session's
+  never completes it (:mod:`gateway.reconciliation`): it is recorded as ``amountMismatch``,
+  the merchant is notified, and the call is not made again.
 
 An approval for a session that can no longer move to PROCESSING (expired, cancelled, already
 final) records nothing and is never captured: the payer's approval lapses at PayPal.
@@ -42,7 +44,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.domain.lifecycle import can_move
-from gateway.domain.session import SessionRecord, SessionStatus
+from gateway.domain.session import AmountMismatch, SessionRecord, SessionStatus
+from gateway.reconciliation import mismatch
 from gateway.store.base import Store, StoreUnavailable
 from providers.base import (
     AUTHORIZE,
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPLETION_SOURCES",
     "Completions",
+    "MismatchRecorder",
     "completion_key",
     "intent_for",
     "retry_delay",
@@ -131,6 +135,17 @@ def event_changes(event: ProviderEvent) -> dict[str, Any]:
     }
 
 
+class MismatchRecorder(Protocol):
+    """:meth:`gateway.lifecycle.LifecycleService.record_mismatch`."""
+
+    def __call__(
+        self,
+        session_id: str,
+        found: AmountMismatch,
+        changes: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]: ...
+
+
 class Completions:
     """Makes the owed completion calls: at once in the background, and from the sweeper."""
 
@@ -140,12 +155,14 @@ class Completions:
         store: Store,
         adapters: Mapping[str, ProviderAdapter],
         move: Mover,
+        record_mismatch: MismatchRecorder,
         clock: Callable[[], datetime],
     ) -> None:
         self.settings = settings
         self.store = store
         self.adapters = adapters
         self._move = move
+        self._record_mismatch = record_mismatch
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -284,6 +301,11 @@ class Completions:
                 "the %s settled nothing; the provider's webhooks decide", intent, extra=context
             )
             await self._settle(record.sessionId, {"pendingCompletion": None})
+            return
+        found = mismatch(record, event, source=intent, at=self._clock())
+        if found is not None:
+            # the call was made: never repeat it; the amount is for a person to settle
+            await self._record_mismatch(record.sessionId, found, {"pendingCompletion": None})
             return
         changes = {**event_changes(event), "pendingCompletion": None}
         moved = await self._move(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,12 +30,21 @@ from typing import Any, Protocol
 from gateway.completion import COMPLETION_SOURCES, Completions, event_changes
 from gateway.domain.errors import BadGateway, Conflict, NotFound
 from gateway.domain.lifecycle import CANCELLABLE, EXPIRABLE, apply, is_expired
-from gateway.domain.session import FINAL_STATUSES, SessionRecord, SessionStatus, utcnow
-from gateway.metrics import SESSION_TRANSITIONS
+from gateway.domain.session import (
+    FINAL_STATUSES,
+    AmountMismatch,
+    CancelClaim,
+    SessionRecord,
+    SessionStatus,
+    utcnow,
+)
+from gateway.metrics import AMOUNT_MISMATCHES, SESSION_TRANSITIONS
 from gateway.notifications.events import CREATED, UPDATED, Notifier
+from gateway.reconciliation import mismatch, reports_money
 from gateway.settings import Settings
 from gateway.store.base import OutboxItem, Store, StoreUnavailable
 from providers.base import (
+    ApprovalCompleter,
     FlowNotSupported,
     ProviderAdapter,
     ProviderError,
@@ -99,7 +109,9 @@ class LifecycleService:
         self.notifier = notifier
         self._clock = clock
         #: the capture/authorize calls owed after a payer's approval
-        self.completions = Completions(settings, store, adapters, self.move, clock)
+        self.completions = Completions(
+            settings, store, adapters, self.move, self.record_mismatch, clock
+        )
 
     def creation_outbox(self, record: SessionRecord) -> list[OutboxItem]:
         """The ``payment_session.created`` notification of a new session."""
@@ -113,14 +125,23 @@ class LifecycleService:
         source: str,
         event_id: str | None = None,
         changes: Mapping[str, Any] | None = None,
+        money: bool = False,
+        guard: Callable[[SessionRecord], bool] | None = None,
     ) -> Moved:
-        """Apply one transition with compare-and-set, retrying on a concurrent change."""
+        """Apply one transition with compare-and-set, retrying on a concurrent change.
+
+        ``money``: the provider reports money taken or moving (may leave CANCELLED/EXPIRED,
+        :func:`gateway.domain.lifecycle.apply`); ``guard``: the move applies only to a record
+        for which it is true (checked on every fresh read).
+        """
         for _ in range(_CAS_TRIES):
             record = await self.store.get_session(session_id)
             if record is None:
                 return Moved(None, False)
+            if guard is not None and not guard(record):
+                return Moved(record, False)
             now = self._clock()
-            moved = apply(record, status, now, source, event_id, changes=changes)
+            moved = apply(record, status, now, source, event_id, changes=changes, money=money)
             if moved is None:
                 return Moved(record, False)
             outbox = self.notifier.items(moved, UPDATED, at=now, previous=record.status)
@@ -173,10 +194,15 @@ class LifecycleService:
                 "webhook event does not match the session's provider session", extra=context
             )
             return "ignored"
+        found = mismatch(record, event, source="webhook", at=self._clock())
+        if found is not None:
+            await self.record_mismatch(record.sessionId, found)
+            return "amount_mismatch"
         status = event.status
-        if status in _CLOSED_AT_PROVIDER and record.cancellationReason is not None:
-            status = SessionStatus.CANCELLED  # the provider confirms the merchant's cancel
         changes = event_changes(event)
+        if status in _CLOSED_AT_PROVIDER and record.cancelClaim is not None:
+            status = SessionStatus.CANCELLED  # the provider confirms the merchant's cancel
+            changes["cancellationReason"] = record.cancelClaim.reason
         if status in FINAL_STATUSES:
             changes["pendingCompletion"] = None  # the provider decided: nothing more is owed
         owed = self.completions.owed_for(record, event)
@@ -191,24 +217,79 @@ class LifecycleService:
             source=f"webhook:{event.provider}",
             event_id=event.event_id or None,
             changes=changes,
+            money=reports_money(event),
         )
         if moved.applied:
             if owed is not None:
                 self.completions.start(record.sessionId)
+            if moved.previous in (SessionStatus.CANCELLED, SessionStatus.EXPIRED):
+                log.warning(
+                    "provider reports money for a session that was %s: recorded as %s, the "
+                    "merchant is notified and decides (refund at the provider)",
+                    moved.previous.value,
+                    status.value,
+                    extra=context,
+                )
             return "applied"
         current = moved.record
-        if (
-            current is not None
-            and event.status is SessionStatus.COMPLETED
-            and current.status in (SessionStatus.EXPIRED, SessionStatus.CANCELLED)
-        ):
-            log.error(
-                "provider reports a payment for a session that is already %s; "
-                "reconcile (refund) at the provider",
+        if event.awaits_completion and current is not None and current.status in FINAL_STATUSES:
+            log.info(
+                "approval for a %s session is not completed; it lapses at the provider",
                 current.status.value,
                 extra=context,
             )
         return "ignored"
+
+    async def record_mismatch(
+        self,
+        session_id: str,
+        found: AmountMismatch,
+        changes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a provider verdict whose amount or currency is not the session's: on the
+        session (with ``changes``, no status change) and in a ``payment_session.updated``
+        notification, in one compare-and-set; then count and log it. A redelivered verdict
+        (same source and event id) is recorded once."""
+        for _ in range(_CAS_TRIES):
+            record = await self.store.get_session(session_id)
+            if record is None:
+                return
+            known = record.amountMismatch
+            seen = known is not None and (known.source, known.eventId) == (
+                found.source,
+                found.eventId,
+            )
+            if seen and found.eventId is not None:
+                return
+            updated = record.model_copy(
+                update={
+                    **dict(changes or {}),
+                    "amountMismatch": found,
+                    "updatedAt": max(found.at, record.updatedAt),
+                    "version": record.version + 1,
+                }
+            )
+            outbox = self.notifier.items(updated, UPDATED, at=found.at, previous=record.status)
+            if await self.store.update_session(
+                updated, expected_version=record.version, outbox=outbox
+            ):
+                AMOUNT_MISMATCHES.labels(found.provider, found.source).inc()
+                log.error(
+                    "provider verdict %s does not match the session's amount %s %s (reported "
+                    "%s %s); not applied, the merchant is notified: reconcile at the provider",
+                    found.reportedStatus.value,
+                    record.amount.total,
+                    record.currency,
+                    found.amount,
+                    found.currency,
+                    extra={
+                        "session_id": session_id,
+                        "provider": found.provider,
+                        "event_id": found.eventId,
+                    },
+                )
+                return
+        raise StoreUnavailable(f"session {session_id} kept changing; gave up after retries")
 
     # expiry --------------------------------------------------------------------------------
     async def expire_if_due(self, record: SessionRecord) -> SessionRecord:
@@ -292,28 +373,46 @@ class LifecycleService:
                 await asyncio.wait_for(stop.wait(), self.settings.expiry_sweep_interval_seconds)
 
     # merchant cancel -----------------------------------------------------------------------
+    @property
+    def cancel_claim_ttl(self) -> timedelta:
+        """How long a cancel in progress keeps others out (then a crashed one is taken over)."""
+        return timedelta(seconds=2 * self.settings.provider_timeout_seconds + 1.0)
+
     async def cancel(self, merchant_id: str, session_id: str, reason: str) -> SessionRecord:
-        """Cancel at the provider, then locally. 404 unknown, 409 not cancellable, 502 when the
-        provider could not be reached (the session is left as it was)."""
+        """Cancel at the provider, then locally. 404 unknown, 409 not cancellable (or another
+        cancel of it in progress), 502 when the provider could not be reached (the session is
+        left as it was).
+
+        Linearizable: the cancel first claims the session with a compare-and-set
+        (``cancelClaim``), so of concurrent cancels exactly one proceeds and answers 200, the
+        others 409. When the provider has no cancel call and its page takes the payer's money
+        without the gateway (Adyen), the session records ``payableUntil`` (its provider-side
+        expiry): the order stays held until then, and a payment landing meanwhile moves the
+        session to where the money is (:data:`gateway.domain.lifecycle.MONEY_OVERRIDES`).
+        """
         record = await self.store.get_session(session_id)
         if record is None or record.merchantId != merchant_id:
             raise NotFound("Session not found")
         record = await self.expire_if_due(record)
-        if record.status not in CANCELLABLE:
-            raise _not_cancellable(record)
+        claim = CancelClaim(token=uuid.uuid4().hex, reason=reason, at=self._clock())
+        # Claim first: the provider's "expired"/"cancelled" webhook that our cancel call
+        # triggers may arrive before the call returns, and must mean CANCELLED.
+        record = await self._claim_cancel(record, claim)
         adapter = self.adapters.get(record.provider)
+        payable_until = None
         if adapter is not None:
-            # Mark the intent first: the provider's "expired"/"cancelled" webhook that our
-            # cancel call triggers may arrive before the call returns, and must mean CANCELLED.
-            record = await self._annotate(record, {"cancellationReason": reason})
             try:
                 await adapter.cancel_session(
                     record.providerSessionId, timeout=self.settings.provider_timeout_seconds
                 )
             except FlowNotSupported:
-                pass  # the provider's session cannot be cancelled; it lapses on its own
+                # the provider's session cannot be cancelled; it lapses at its expiry. Until
+                # then its page takes money, unless the gateway itself must complete a payment
+                # there (PayPal: an approval of a cancelled session is never captured)
+                if not isinstance(adapter, ApprovalCompleter):
+                    payable_until = record.expiresAt
             except ProviderError as exc:
-                await self._annotate(record, {"cancellationReason": None})
+                await self._release_cancel(session_id, claim)
                 if isinstance(exc, ProviderRejected):
                     raise Conflict(
                         details="The provider refused to cancel this session; it may have been "
@@ -327,25 +426,53 @@ class LifecycleService:
             session_id,
             SessionStatus.CANCELLED,
             source=MERCHANT,
-            changes={"cancellationReason": reason},
+            changes={"cancellationReason": reason, "payableUntil": payable_until},
+            guard=lambda current: _claimed_by(current, claim),
         )
         current = moved.record or record
-        if moved.applied or current.status is SessionStatus.CANCELLED:
-            return current
+        if moved.applied or (
+            current.status is SessionStatus.CANCELLED and _claimed_by(current, claim)
+        ):
+            return current  # cancelled by us (or by the provider's webhook confirming it)
         raise _not_cancellable(current)
 
-    async def _annotate(self, record: SessionRecord, changes: Mapping[str, Any]) -> SessionRecord:
-        """Set fields without a status change (compare-and-set; retried on a fresh read while
-        the session can still be cancelled)."""
+    async def _claim_cancel(self, record: SessionRecord, claim: CancelClaim) -> SessionRecord:
+        """Record ``claim`` on the session (compare-and-set, retried on a fresh read); 409 when
+        it cannot be cancelled or another cancel holds a live claim."""
         for _ in range(_CAS_TRIES):
-            updated = record.model_copy(update={**changes, "version": record.version + 1})
+            if record.status not in CANCELLABLE:
+                raise _not_cancellable(record)
+            held = record.cancelClaim
+            if held is not None and held.at + self.cancel_claim_ttl > self._clock():
+                raise Conflict(
+                    details="Another cancel of this session is in progress",
+                    extra={"sessionId": record.sessionId, "status": record.status.value},
+                )
+            updated = record.model_copy(
+                update={"cancelClaim": claim, "version": record.version + 1}
+            )
             if await self.store.update_session(updated, expected_version=record.version):
                 return updated
             fresh = await self.store.get_session(record.sessionId)
-            if fresh is None or fresh.status not in CANCELLABLE:
-                raise _not_cancellable(fresh or record)
+            if fresh is None:
+                raise NotFound("Session not found")
             record = fresh
         raise StoreUnavailable(f"session {record.sessionId} kept changing; gave up after retries")
+
+    async def _release_cancel(self, session_id: str, claim: CancelClaim) -> None:
+        """Drop ``claim`` after a failed provider cancel, if it is still on the session."""
+        for _ in range(_CAS_TRIES):
+            record = await self.store.get_session(session_id)
+            if record is None or not _claimed_by(record, claim):
+                return
+            updated = record.model_copy(update={"cancelClaim": None, "version": record.version + 1})
+            if await self.store.update_session(updated, expected_version=record.version):
+                return
+        raise StoreUnavailable(f"session {session_id} kept changing; gave up after retries")
+
+
+def _claimed_by(record: SessionRecord, claim: CancelClaim) -> bool:
+    return record.cancelClaim is not None and record.cancelClaim.token == claim.token
 
 
 def _not_cancellable(record: SessionRecord) -> Conflict:

@@ -22,7 +22,8 @@ Who records what:
 ``CIRCUIT_STATE``                                 :mod:`gateway.circuit`
 ``STORE_DURATION`` / ``STORE_ERRORS``             :mod:`gateway.store` (timing wrapper)
 ``WEBHOOKS_RECEIVED``, ``SESSION_TRANSITIONS``,   the session lifecycle (webhooks, cancel,
-``NOTIFICATION_*``                                expiry sweeper, notification outbox)
+``NOTIFICATION_*``, ``AMOUNT_MISMATCHES``         expiry sweeper, notification outbox,
+                                                  reconciliation of provider verdicts)
 ================================================  =============================================
 """
 
@@ -42,6 +43,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
+    "AMOUNT_MISMATCHES",
     "CIRCUIT_STATE",
     "CIRCUIT_STATE_VALUES",
     "CONTENT_TYPE",
@@ -218,10 +220,18 @@ STORE_ERRORS = Counter(
 )
 
 # --- Session lifecycle -------------------------------------------------------------------------
+AMOUNT_MISMATCHES = Counter(
+    "gateway_amount_mismatches_total",
+    "Provider payment verdicts whose amount or currency differed from the session's (not "
+    "applied; recorded on the session, merchant notified), by provider and source (webhook, "
+    "or the gateway's own capture / authorize call).",
+    ["provider", "source"],
+)
 WEBHOOKS_RECEIVED = Counter(
     "gateway_webhooks_received_total",
     "Provider webhooks received, by provider, normalised event type and outcome (applied, "
-    "duplicate, ignored, invalid_signature, malformed, unknown_session, error).",
+    "duplicate, ignored, amount_mismatch, invalid_signature, malformed, unknown_session, "
+    "error).",
     ["provider", "event", "outcome"],
 )
 SESSION_TRANSITIONS = Counter(

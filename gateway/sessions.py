@@ -385,7 +385,11 @@ _OPEN = frozenset({SessionStatus.PENDING, SessionStatus.REQUIRES_ACTION})
 
 def _holds_order(session: SessionRecord, now: datetime) -> bool:
     """Does ``session`` keep its order from getting another session? While it can still be
-    paid, and for good once a payment is under way or done: one order is paid at most once."""
-    if session.status in _PAID_OR_PAYING:
+    paid (open, or cancelled at the gateway while the provider's page still takes money until
+    ``payableUntil``), and for good once a payment is under way or done, or a provider reported
+    a payment of another amount: one order is paid at most once."""
+    if session.status in _PAID_OR_PAYING or session.amountMismatch is not None:
+        return True
+    if session.payableUntil is not None and session.payableUntil > now:
         return True
     return session.status in _OPEN and session.expiresAt > now

@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -92,12 +93,16 @@ def event_from_item(item: Mapping[str, Any]) -> ProviderEvent:
     additional: Mapping[str, Any] = raw_additional if isinstance(raw_additional, Mapping) else {}
     extra: dict[str, str] = {"success": "true" if success else "false"}
     amount = item.get("amount")
+    money: Decimal | None = None
+    currency: str | None = None
     if isinstance(amount, Mapping):
-        currency, value = amount.get("currency"), amount.get("value")
-        if isinstance(currency, str) and isinstance(value, int) and not isinstance(value, bool):
+        unit, value = amount.get("currency"), amount.get("value")
+        if isinstance(unit, str) and isinstance(value, int) and not isinstance(value, bool):
+            currency = unit
             with contextlib.suppress(ValueError):  # unknown currency: keep event, drop amount
-                extra["amount"] = str(from_adyen_minor(value, currency))
-            extra["currency"] = currency
+                money = from_adyen_minor(value, unit)
+                extra["amount"] = str(money)
+            extra["currency"] = unit
     for source, target in (
         ("merchantReference", "merchantReference"),
         ("paymentMethod", "paymentMethod"),
@@ -123,6 +128,8 @@ def event_from_item(item: Mapping[str, Any]) -> ProviderEvent:
             additional, "tokenization.storedPaymentMethodId", "recurring.recurringDetailReference"
         ),
         extra=extra,
+        amount=money,
+        currency=currency,
     )
 
 

@@ -155,7 +155,9 @@ class ProviderEvent:
     """A verified provider webhook event mapped onto the gateway's lifecycle.
 
     ``status`` is ``None`` when the event does not move the session; an ambiguous provider
-    status maps to ``PENDING``/``PROCESSING``, never to ``COMPLETED``.
+    status maps to ``PENDING``/``PROCESSING``, never to ``COMPLETED``. Adapters convert the
+    provider's amount exactly (minor units with the provider's own exponent table, or a
+    decimal string) with :mod:`gateway.domain.money`.
     """
 
     provider: str
@@ -172,6 +174,11 @@ class ProviderEvent:
     #: the provider's reference of the payment itself (PaymentIntent, pspReference, capture id)
     payment_id: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: the amount (major units, exact) and ISO 4217 currency the provider reports for the
+    #: payment; ``None`` when the event carries none (the gateway reconciles them against the
+    #: session before it lets a payment complete it: :mod:`gateway.reconciliation`)
+    amount: Decimal | None = None
+    currency: str | None = None
     #: the payer approved, but no money moves until the gateway completes the approval through
     #: :meth:`ApprovalCompleter.complete_approved` (PayPal's ``CHECKOUT.ORDER.APPROVED``)
     awaits_completion: bool = False

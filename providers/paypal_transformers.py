@@ -7,8 +7,10 @@ Pure functions only: the adapter, the sandbox emulation and the tests share them
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from decimal import Decimal
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from gateway.domain.money import exponent, format_major, scale_of
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECLINE_ISSUES",
+    "PAYMENT_STATUS",
     "PAYPAL_CURRENCIES",
     "PAYPAL_ZERO_DECIMAL",
     "REQUEST_ID_MAX",
@@ -30,8 +33,10 @@ __all__ = [
     "completion_event",
     "declined_event",
     "event_from_paypal",
+    "payment_status",
     "paypal_decimals",
     "paypal_locale",
+    "paypal_money",
     "paypal_value",
 ]
 
@@ -202,27 +207,70 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _order_payment_status(resource: Mapping[str, Any]) -> SessionStatus:
-    """The status a COMPLETED order's payments justify: success only when money is secured."""
-    statuses: list[tuple[str, str | None]] = []
-    for unit in resource.get("purchase_units") or []:
+#: The one table of PayPal payment statuses, for captures and authorizations wherever they
+#: appear (an order's ``purchase_units[].payments``, a capture/authorization webhook resource,
+#: the answer of the gateway's capture/authorize call). Success only when the money is taken
+#: (capture COMPLETED) or reserved (authorization CREATED, or captured since); every status not
+#: listed (PENDING, refunds, voids, anything unknown) is PROCESSING: never success.
+PAYMENT_STATUS: Mapping[tuple[str, str], SessionStatus] = MappingProxyType(
+    {
+        ("captures", "COMPLETED"): SessionStatus.COMPLETED,
+        ("captures", "DECLINED"): SessionStatus.FAILED,
+        ("captures", "FAILED"): SessionStatus.FAILED,
+        ("authorizations", "CREATED"): SessionStatus.COMPLETED,
+        ("authorizations", "CAPTURED"): SessionStatus.COMPLETED,
+        ("authorizations", "PARTIALLY_CAPTURED"): SessionStatus.COMPLETED,
+        ("authorizations", "DENIED"): SessionStatus.FAILED,
+    }
+)
+#: webhook event types whose resource is one capture or authorization, by payment kind
+_PAYMENT_EVENTS: Mapping[str, str] = MappingProxyType(
+    {
+        "PAYMENT.CAPTURE.COMPLETED": "captures",
+        "PAYMENT.CAPTURE.PENDING": "captures",
+        "PAYMENT.CAPTURE.DENIED": "captures",
+        "PAYMENT.CAPTURE.DECLINED": "captures",
+        "PAYMENT.AUTHORIZATION.CREATED": "authorizations",
+    }
+)
+#: a PayPal ``amount.value``: a plain decimal string (the Orders v2 ``money`` pattern)
+_VALUE = re.compile(r"\d{1,32}(\.\d{1,6})?")
+
+
+def payment_status(kind: str, state: str | None) -> SessionStatus:
+    """The session status one capture (``kind`` "captures") or authorization justifies."""
+    return PAYMENT_STATUS.get((kind, state or ""), SessionStatus.PROCESSING)
+
+
+def _payments(order: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every ``purchase_units[].payments.<kind>[]`` entry of an order, with its kind."""
+    found: list[tuple[str, Mapping[str, Any]]] = []
+    for unit in order.get("purchase_units") or []:
         payments = unit.get("payments") if isinstance(unit, Mapping) else None
         if not isinstance(payments, Mapping):
             continue
         for kind in ("captures", "authorizations"):
-            for entry in payments.get(kind) or []:
+            entries = payments.get(kind)
+            for entry in entries if isinstance(entries, list) else []:
                 if isinstance(entry, Mapping):
-                    statuses.append((kind, _str(entry.get("status"))))
-    if any(s == ("captures", "COMPLETED") or s == ("authorizations", "CREATED") for s in statuses):
-        return SessionStatus.COMPLETED
-    if any(status in ("DECLINED", "DENIED", "FAILED") for _, status in statuses):
-        return SessionStatus.FAILED
+                    found.append((kind, entry))
+    return found
+
+
+def _order_payment_status(resource: Mapping[str, Any]) -> SessionStatus:
+    """The status a COMPLETED order's payments justify (:data:`PAYMENT_STATUS` per payment):
+    success when any payment secured the money, else failure when any failed."""
+    statuses = {
+        payment_status(kind, _str(entry.get("status"))) for kind, entry in _payments(resource)
+    }
+    for status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+        if status in statuses:
+            return status
     return SessionStatus.PROCESSING
 
 
 def _status(event_type: str, resource: Mapping[str, Any]) -> SessionStatus | None:
     """Lifecycle status of an event; approval is not payment, so it is PROCESSING only."""
-    state = _str(resource.get("status"))
     if event_type == "CHECKOUT.ORDER.APPROVED":
         return SessionStatus.PROCESSING
     if event_type == "CHECKOUT.ORDER.COMPLETED":
@@ -231,15 +279,38 @@ def _status(event_type: str, resource: Mapping[str, Any]) -> SessionStatus | Non
         return SessionStatus.CANCELLED
     if event_type == "CHECKOUT.PAYMENT-APPROVAL.REVERSED":
         return SessionStatus.FAILED
-    if event_type == "PAYMENT.CAPTURE.COMPLETED":
-        return SessionStatus.COMPLETED if state == "COMPLETED" else SessionStatus.PROCESSING
-    if event_type == "PAYMENT.AUTHORIZATION.CREATED":
-        return SessionStatus.COMPLETED if state == "CREATED" else SessionStatus.PROCESSING
-    if event_type == "PAYMENT.CAPTURE.PENDING":
-        return SessionStatus.PROCESSING
-    if event_type in ("PAYMENT.CAPTURE.DENIED", "PAYMENT.CAPTURE.DECLINED"):
-        return SessionStatus.FAILED
-    return None
+    kind = _PAYMENT_EVENTS.get(event_type)
+    return payment_status(kind, _str(resource.get("status"))) if kind else None
+
+
+def paypal_money(amount: Any) -> tuple[Decimal, str] | None:
+    """A PayPal ``{"currency_code", "value"}`` as the exact amount and currency; None when
+    absent or not a plain decimal string."""
+    if not isinstance(amount, Mapping):
+        return None
+    value, currency = amount.get("value"), amount.get("currency_code")
+    if not isinstance(value, str) or not isinstance(currency, str) or not _VALUE.fullmatch(value):
+        return None
+    return Decimal(value), currency
+
+
+def _event_money(event_type: str, resource: Mapping[str, Any]) -> tuple[Decimal, str] | None:
+    """What an event says was paid: the order's amount (summed over its purchase units) for an
+    order event, the payment's own amount for a capture or authorization event."""
+    if not event_type.startswith("CHECKOUT."):
+        return paypal_money(resource.get("amount"))
+    units = resource.get("purchase_units")
+    amounts = [
+        paypal_money(unit.get("amount"))
+        for unit in (units if isinstance(units, list) else [])
+        if isinstance(unit, Mapping)
+    ]
+    if not amounts or any(a is None for a in amounts):
+        return None
+    currencies = {a[1] for a in amounts if a is not None}
+    if len(currencies) != 1:
+        return None
+    return sum((a[0] for a in amounts if a is not None), Decimal(0)), currencies.pop()
 
 
 def _vault(resource: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -283,6 +354,7 @@ def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
     if isinstance(amount, Mapping) and _str(amount.get("value")):
         extra["amount"] = str(amount["value"])
         extra["currency"] = str(amount.get("currency_code", ""))
+    money = _event_money(event_type, resource)
     return ProviderEvent(
         provider="paypal",
         event_id=str(event.get("id", "")),
@@ -296,41 +368,21 @@ def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
         customer_id=_str(_vault(resource).get("customer", {}).get("id")),
         payment_method_id=_str(_vault(resource).get("id")),
         extra=extra,
+        amount=money[0] if money else None,
+        currency=money[1] if money else None,
         awaits_completion=event_type == "CHECKOUT.ORDER.APPROVED",
     )
 
 
 def _first_payment(order: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     """The first ``purchase_units[].payments.<kind>[]`` entry of an order, or None."""
-    for unit in order.get("purchase_units") or []:
-        payments = unit.get("payments") if isinstance(unit, Mapping) else None
-        entries = payments.get(kind) if isinstance(payments, Mapping) else None
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, Mapping):
-                return entry
-    return None
+    return next((entry for found, entry in _payments(order) if found == kind), None)
 
 
 def _custom_id(order: Mapping[str, Any]) -> str | None:
     units = order.get("purchase_units")
     first = units[0] if isinstance(units, list) and units else None
     return _str(first.get("custom_id")) if isinstance(first, Mapping) else None
-
-
-def _completion_status(kind: str, state: str | None) -> SessionStatus:
-    """A capture's or authorization's status as the session sees it; success only when the
-    money is taken (capture COMPLETED) or reserved (authorization CREATED or captured since)."""
-    if kind == "captures":
-        if state == "COMPLETED":
-            return SessionStatus.COMPLETED
-        if state in ("DECLINED", "FAILED"):
-            return SessionStatus.FAILED
-        return SessionStatus.PROCESSING  # PENDING and anything unknown: never success
-    if state in ("CREATED", "CAPTURED", "PARTIALLY_CAPTURED"):
-        return SessionStatus.COMPLETED
-    if state == "DENIED":
-        return SessionStatus.FAILED
-    return SessionStatus.PROCESSING
 
 
 def completion_event(
@@ -348,13 +400,14 @@ def completion_event(
     if payment is None:
         return None
     state = _str(payment.get("status"))
-    status = _completion_status(kind, state)
+    status = payment_status(kind, state)
     reason = None
     if status is SessionStatus.FAILED:
         details = payment.get("status_details")
         detail = _str(details.get("reason")) if isinstance(details, Mapping) else None
         reason = detail or f"{kind[:-1]} {state}".lower()
     payment_id = _str(payment.get("id"))
+    money = paypal_money(payment.get("amount"))
     vault = _vault(order) or _vault(payment)
     extra = {"resourceStatus": state or ""}
     amount = payment.get("amount")
@@ -374,6 +427,8 @@ def completion_event(
         customer_id=_str(vault.get("customer", {}).get("id")),
         payment_method_id=_str(vault.get("id")),
         extra=extra,
+        amount=money[0] if money else None,
+        currency=money[1] if money else None,
     )
 
 

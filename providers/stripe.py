@@ -45,6 +45,7 @@ from providers.stripe_transformers import (
     amount_problem,
     build_create_params,
     encode_form,
+    from_stripe_minor,
 )
 from providers.wire import bounded_key, header
 
@@ -150,6 +151,7 @@ def event_from_payload(payload: Mapping[str, Any]) -> ProviderEvent:
         if value is not None
     }
     failure = "async_payment_failed" if event_type.endswith("async_payment_failed") else None
+    money = from_stripe_minor(obj.get("amount_total"), obj.get("currency")) if is_session else None
     return ProviderEvent(
         provider="stripe",
         event_id=event_id,
@@ -165,6 +167,8 @@ def event_from_payload(payload: Mapping[str, Any]) -> ProviderEvent:
         payment_id=_id_of(intent),
         payment_method_id=payment_method,
         extra=extra,
+        amount=money[0] if money else None,
+        currency=money[1] if money else None,
     )
 
 

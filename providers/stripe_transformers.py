@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from gateway.domain.money import exponent as iso_exponent
-from gateway.domain.money import scale_of, to_minor
+from gateway.domain.money import from_minor, scale_of, to_minor
 from providers.base import CreateSessionInput
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "build_create_params",
     "clamp_expiry",
     "encode_form",
+    "from_stripe_minor",
     "stripe_exponent",
     "stripe_locale",
     "to_stripe_minor",
@@ -89,6 +90,17 @@ def stripe_exponent(currency: str) -> int:
     """Stripe's minor-unit exponent of ``currency`` (ISO 4217 with Stripe's exceptions)."""
     code = currency.upper()
     return _EXPONENT_OVERRIDES.get(code, iso_exponent(code))
+
+
+def from_stripe_minor(value: Any, currency: Any) -> tuple[Decimal, str] | None:
+    """Stripe's ``amount``/``currency`` pair (integer minor units, lower-case code) as the exact
+    major-unit amount and upper-case code; None when either is missing or not understood."""
+    if isinstance(value, bool) or not isinstance(value, int) or not isinstance(currency, str):
+        return None
+    try:
+        return from_minor(value, stripe_exponent(currency)), currency.upper()
+    except ValueError:
+        return None
 
 
 def to_stripe_minor(amount: Decimal, currency: str) -> int:

@@ -56,6 +56,20 @@ class TransitionView(BaseModel):
     eventId: str | None = None
 
 
+class AmountMismatchView(BaseModel):
+    """A provider verdict that was not applied: its amount or currency differed."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    source: str = Field(description="webhook, or the gateway's own capture / authorize call")
+    eventId: str | None
+    eventType: str
+    reportedStatus: str = Field(description="The status the provider's verdict asked for")
+    amount: str | None = Field(description="What the provider reported (decimal string)")
+    currency: str | None
+    at: str
+
+
 class SessionView(BaseModel):
     """``GET /api/v1/sessions/{sessionId}`` answer."""
 
@@ -84,6 +98,13 @@ class SessionView(BaseModel):
     paymentId: str | None = Field(description="The provider's reference of the payment")
     failureReason: str | None
     cancellationReason: str | None
+    payableUntil: str | None = Field(
+        description="Cancelled at the gateway only: the provider's page takes money until then, "
+        "and the order stays held"
+    )
+    amountMismatch: AmountMismatchView | None = Field(
+        description="The last provider verdict whose amount or currency was not the session's"
+    )
     version: int = Field(description="Grows with every change of the session")
     transitions: list[TransitionView]
 

@@ -6,13 +6,24 @@
        │               │                               (final)
        └───────────────┴──▶ COMPLETED | FAILED | EXPIRED | CANCELLED (final)
 
+    CANCELLED | EXPIRED ──(provider reports money)──▶ PROCESSING | COMPLETED
+
 Rules, all enforced by :func:`apply`:
 
 * only the moves in :data:`ALLOWED` happen; everything else is ignored (``None``);
 * a status never moves to a lower :data:`RANK` (an out-of-order ``PROCESSING`` after
   ``COMPLETED`` changes nothing), nor to itself (a duplicate event changes nothing);
-* final statuses are absorbing: nothing leaves ``COMPLETED``, ``FAILED``, ``EXPIRED`` or
-  ``CANCELLED``;
+* final statuses are absorbing, with one exception: nothing leaves ``COMPLETED`` or
+  ``FAILED``, and ``CANCELLED`` or ``EXPIRED`` are left only by the provider's word on money
+  (:data:`MONEY_OVERRIDES`);
+* **money overrides a closed session**: a signed provider report that the payer's money was
+  taken (``COMPLETED``) or is moving (``PROCESSING``) moves a ``CANCELLED`` or ``EXPIRED``
+  session there (``apply(..., money=True)``, only for such reports: never for an approval that
+  still awaits the gateway's capture). Providers without a cancel call (Adyen, PayPal) keep
+  their hosted page open after a cancel at the gateway, and a payment started just before an
+  expiry can land after it: the money is there, so the session says so (and the merchant is
+  notified) rather than swallow it. Such a move clears ``cancellationReason``; the
+  ``CANCELLED``/``EXPIRED`` transition stays in the history;
 * ``PROCESSING`` (money is moving) neither expires nor is cancelled by the merchant: only the
   provider's verdict ends it.
 
@@ -33,6 +44,7 @@ __all__ = [
     "ALLOWED",
     "CANCELLABLE",
     "EXPIRABLE",
+    "MONEY_OVERRIDES",
     "RANK",
     "apply",
     "can_move",
@@ -69,6 +81,14 @@ ALLOWED: Mapping[SessionStatus, frozenset[SessionStatus]] = MappingProxyType(
     }
 )
 
+#: The only moves out of a final status: the provider's report of money (``money=True``).
+MONEY_OVERRIDES: Mapping[SessionStatus, frozenset[SessionStatus]] = MappingProxyType(
+    {
+        S.CANCELLED: frozenset({S.PROCESSING, S.COMPLETED}),
+        S.EXPIRED: frozenset({S.PROCESSING, S.COMPLETED}),
+    }
+)
+
 #: Statuses a session may expire from (the customer has not paid yet).
 EXPIRABLE = frozenset(s for s, targets in ALLOWED.items() if S.EXPIRED in targets)
 #: Statuses the merchant may cancel from.
@@ -93,19 +113,27 @@ def apply(
     event_id: str | None = None,
     *,
     changes: Mapping[str, Any] | None = None,
+    money: bool = False,
 ) -> SessionRecord | None:
     """The record after moving to ``status``, or ``None`` when the move does not apply.
 
     ``changes`` sets other fields together with the move (provider customer and payment method
     ids, a failure or cancellation reason); they are dropped with the move when it does not
-    apply. The input record is never modified.
+    apply. ``money`` says the move is the provider's report that money was taken or is moving
+    (it may then leave CANCELLED or EXPIRED: :data:`MONEY_OVERRIDES`). The input record is
+    never modified.
     """
-    if record.status in FINAL_STATUSES or not can_move(record.status, status):
+    overrides = money and status in MONEY_OVERRIDES.get(record.status, frozenset())
+    if not overrides and (record.status in FINAL_STATUSES or not can_move(record.status, status)):
         return None
     if event_id is not None and any(t.eventId == event_id for t in record.transitions):
         return None
     transition = Transition(status=status, at=at, source=source, eventId=event_id)
     update: dict[str, Any] = dict(changes or {})
+    if overrides:
+        update["cancellationReason"] = None
+    if status in FINAL_STATUSES and status is not S.CANCELLED:
+        update["cancelClaim"] = None  # no cancel is in progress on a session that ended
     update.update(
         status=status,
         updatedAt=max(at, record.updatedAt),

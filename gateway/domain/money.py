@@ -12,7 +12,15 @@ from functools import lru_cache
 
 from iso4217 import Currency
 
-__all__ = ["exponent", "format_major", "is_active_currency", "quantum", "scale_of", "to_minor"]
+__all__ = [
+    "exponent",
+    "format_major",
+    "from_minor",
+    "is_active_currency",
+    "quantum",
+    "scale_of",
+    "to_minor",
+]
 
 
 def _build_table() -> dict[str, int]:
@@ -61,6 +69,14 @@ def to_minor(amount: Decimal, exp: int) -> int:
     if scaled != scaled.to_integral_value():
         raise ValueError(f"{amount} has more than {exp} decimal places")
     return int(scaled)
+
+
+def from_minor(value: int, exp: int) -> Decimal:
+    """An integer of minor units as the exact major-unit amount (``14076``, 2 -> ``140.76``).
+
+    Built from its digits, so no context precision can round it.
+    """
+    return Decimal(f"{int(value)}E-{int(exp)}")
 
 
 def format_major(amount: Decimal, exp: int) -> str:

@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "FINAL_STATUSES",
+    "AmountMismatch",
     "Attempt",
+    "CancelClaim",
     "RoutingSummary",
     "SessionAmount",
     "SessionRecord",
@@ -88,6 +90,45 @@ class Transition(_Record):
     eventId: str | None = None
 
 
+class CancelClaim(_Record):
+    """Internal: the merchant cancel in progress (one at a time; see
+    :meth:`gateway.lifecycle.LifecycleService.cancel`)."""
+
+    token: str
+    reason: str
+    at: datetime
+
+
+class AmountMismatch(_Record):
+    """A provider's payment verdict whose amount or currency is not the session's: it did not
+    complete the session (:mod:`gateway.reconciliation`)."""
+
+    provider: str
+    #: ``webhook`` or the gateway's own call (``capture`` | ``authorize``)
+    source: str
+    eventId: str | None
+    eventType: str
+    #: the status the provider's verdict asked for
+    reportedStatus: SessionStatus
+    #: what the provider reports; None when it reported no (understandable) amount
+    amount: Decimal | None
+    currency: str | None
+    at: datetime
+
+    def public(self) -> dict[str, Any]:
+        """The JSON form shown on the session and in its notifications."""
+        return {
+            "provider": self.provider,
+            "source": self.source,
+            "eventId": self.eventId,
+            "eventType": self.eventType,
+            "reportedStatus": self.reportedStatus.value,
+            "amount": str(self.amount) if self.amount is not None else None,
+            "currency": self.currency,
+            "at": isoformat(self.at),
+        }
+
+
 class SessionRecord(_Record):
     """A checkout session as the gateway stores it."""
 
@@ -128,6 +169,14 @@ class SessionRecord(_Record):
     #: internal, never shown: the call (``capture`` | ``authorize``) the gateway still owes the
     #: provider to move the money of an approved payment (:mod:`gateway.completion`)
     pendingCompletion: str | None = None
+    #: internal: the merchant cancel in progress; kept on the CANCELLED session it produced,
+    #: cleared by every other final move
+    cancelClaim: CancelClaim | None = None
+    #: the provider's hosted page can still take the payer's money until then, although the
+    #: session is CANCELLED (providers without a cancel call): the order stays held
+    payableUntil: datetime | None = None
+    #: the last provider verdict whose amount or currency differed from the session's
+    amountMismatch: AmountMismatch | None = None
 
     def public(self) -> dict[str, Any]:
         """The representation answered by ``GET /api/v1/sessions/{id}``."""
@@ -158,6 +207,8 @@ class SessionRecord(_Record):
             "paymentId": self.paymentId,
             "failureReason": self.failureReason,
             "cancellationReason": self.cancellationReason,
+            "payableUntil": isoformat(self.payableUntil) if self.payableUntil else None,
+            "amountMismatch": self.amountMismatch.public() if self.amountMismatch else None,
             "version": self.version,
             "transitions": [
                 {

@@ -39,6 +39,10 @@ def session_payload(record: SessionRecord, previous: SessionStatus | None = None
     ``customerId`` and ``paymentMethodId`` (the saved method or mandate reference) are set when
     the provider reported them; with ``provider`` they are what a later customer-absent
     (``next_in_series``) payment needs. ``paymentId`` is the provider's payment reference.
+    ``amountMismatch`` is set when a provider verdict was not applied because its amount or
+    currency differed (the event then reports no status change: ``status`` equals
+    ``previousStatus``); ``payableUntil`` when a session cancelled at the gateway can still be
+    paid at its provider until then.
     """
     return {
         "sessionId": record.sessionId,
@@ -64,6 +68,8 @@ def session_payload(record: SessionRecord, previous: SessionStatus | None = None
         "captureMethod": record.captureMethod,
         "failureReason": record.failureReason,
         "cancellationReason": record.cancellationReason,
+        "payableUntil": isoformat(record.payableUntil) if record.payableUntil else None,
+        "amountMismatch": record.amountMismatch.public() if record.amountMismatch else None,
         "createdAt": isoformat(record.createdAt),
         "updatedAt": isoformat(record.updatedAt),
         "expiresAt": isoformat(record.expiresAt),
