@@ -434,6 +434,7 @@ class LifecycleService:
             current.status is SessionStatus.CANCELLED and _claimed_by(current, claim)
         ):
             return current  # cancelled by us (or by the provider's webhook confirming it)
+        await self._release_cancel(session_id, claim)
         raise _not_cancellable(current)
 
     async def _claim_cancel(self, record: SessionRecord, claim: CancelClaim) -> SessionRecord:

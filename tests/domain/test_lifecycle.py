@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.domain.lifecycle import CANCELLABLE, EXPIRABLE, apply, can_move, is_expired
-from gateway.domain.session import FINAL_STATUSES, SessionStatus
+from gateway.domain.session import FINAL_STATUSES, CancelClaim, SessionStatus
 from tests.store.samples import make_session
 
 S = SessionStatus
@@ -59,6 +59,57 @@ def test_finals_absorb_everything() -> None:
     for final in FINAL_STATUSES:
         record = make_session(status=final)
         assert all(apply(record, s, T0, "x") is None for s in S)
+
+
+#: Written out by hand: the only moves out of a final status, on the provider's word on money.
+MONEY_WINS = {
+    (S.CANCELLED, S.PROCESSING),
+    (S.CANCELLED, S.COMPLETED),
+    (S.EXPIRED, S.PROCESSING),
+    (S.EXPIRED, S.COMPLETED),
+}
+
+
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(FINAL_STATUSES, S)))
+def test_money_overrides_only_a_cancel_or_an_expiry(
+    current: SessionStatus, target: SessionStatus
+) -> None:
+    record = make_session(status=current).model_copy(
+        update={"cancellationReason": "abandoned" if current is S.CANCELLED else None}
+    )
+    moved = apply(record, target, T0, "webhook:adyen", "psp:AUTHORISATION", money=True)
+    if (current, target) not in MONEY_WINS:
+        assert moved is None
+        return
+    assert moved is not None
+    assert moved.status is target
+    assert moved.cancellationReason is None  # no leftover on a session the payer paid
+    assert moved.transitions[-1].source == "webhook:adyen"
+    assert moved.version == record.version + 1
+    # the same event never moves it twice
+    assert apply(moved, S.COMPLETED, T0, "webhook:adyen", "psp:AUTHORISATION", money=True) is None
+
+
+def test_money_moves_forward_only_while_open() -> None:
+    """``money`` changes nothing for open sessions: the usual table and ranks apply."""
+    completed = apply(make_session(), S.COMPLETED, T0, "webhook:stripe", "e1", money=True)
+    assert completed is not None
+    assert apply(completed, S.PROCESSING, T0, "webhook:stripe", "e0", money=True) is None
+
+
+def test_a_final_move_ends_a_cancel_in_progress_except_the_cancel_itself() -> None:
+    claim = CancelClaim(token="t", reason="duplicate", at=T0)
+    record = make_session().model_copy(update={"cancelClaim": claim})
+    for final in (S.COMPLETED, S.FAILED, S.EXPIRED):
+        moved = apply(record, final, T0, "webhook:stripe")
+        assert moved is not None
+        assert moved.cancelClaim is None
+    cancelled = apply(record, S.CANCELLED, T0, "merchant")
+    assert cancelled is not None
+    assert cancelled.cancelClaim == claim  # tells the cancel that it was its own
+    processing = apply(record, S.PROCESSING, T0, "webhook:paypal")
+    assert processing is not None
+    assert processing.cancelClaim == claim
 
 
 def test_duplicate_event_applies_once() -> None:
