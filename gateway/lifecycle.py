@@ -14,6 +14,13 @@ expiry: the sweeper still has to cancel it at the provider).
 An approval that moves no money by itself (PayPal) is completed by the gateway
 (:mod:`gateway.completion`): recorded with the move to PROCESSING, called in the background,
 retried by the sweeper.
+
+The provider's word on money wins, but only for the session's money: a verdict whose amount or
+currency is not the session's is recorded and notified, never applied
+(:mod:`gateway.reconciliation`); a matching report of money taken or moving moves even a
+CANCELLED or EXPIRED session (:data:`gateway.domain.lifecycle.MONEY_OVERRIDES`) and notifies
+the merchant. Merchant cancels are linearizable through a claim on the session
+(:meth:`LifecycleService.cancel`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from gateway.domain.session import CancelClaim, utcnow
 from providers.sandbox.state import FaultSettings
 from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import EnvFactory
-from tests.lifecycle.test_cancel_expiry import cancel
+from tests.lifecycle.test_cancel_expiry import backdate, cancel
 from tests.lifecycle.test_loop import read_when, settled, wait_for
 from tests.lifecycle.test_order_guard import another_attempt
 from tests.lifecycle.test_paypal_capture import approval, pp_of
@@ -88,6 +88,32 @@ async def test_adyen_order_is_released_once_the_cancelled_page_lapses(
     )
     status, body = await another_attempt(env, "lapse-2")
     assert status == 201, body
+
+
+async def test_adyen_payment_after_the_gateway_expired_the_session_is_recorded(
+    lifecycle_env: EnvFactory,
+) -> None:
+    """A payment started just before the expiry lands after it: money overrides the expiry."""
+    env = await lifecycle_env("adyen")
+    created = await env.create("late-1")
+    session_id = created["sessionId"]
+    await backdate(env, session_id)  # the gateway's clock passed expiresAt; Adyen's page is open
+    assert (await env.read(session_id))["status"] == "EXPIRED"
+    assert (await press(created["checkoutUrl"], "pay"))[0] == 303
+    view = await read_when(env, session_id, "COMPLETED")
+    assert statuses(view) == [
+        ("PENDING", "gateway"),
+        ("EXPIRED", "expiry"),
+        ("COMPLETED", "webhook:adyen"),
+    ]
+    events = await settled(env, session_id, 3)
+    payload = max(events, key=lambda e: e["data"]["payment_session"]["version"])["data"]
+    assert (payload["payment_session"]["status"], payload["payment_session"]["previousStatus"]) == (
+        "COMPLETED",
+        "EXPIRED",
+    )
+    status, body = await another_attempt(env, "late-2")
+    assert status == 409, body
 
 
 async def test_paypal_approval_after_cancel_moves_no_money_and_holds_nothing(

@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 from gateway.settings import SANDBOX_SECRETS
 from providers.sandbox.paypal_api import send_event
 from providers.stripe import sign_payload
+from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_loop import payment_counts, wait_for
 from tests.lifecycle.test_order_guard import another_attempt
@@ -71,6 +72,7 @@ def _no_amount(obj: dict[str, Any]) -> None:
     obj["amount_total"] = None
 
 
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 @pytest.mark.parametrize(
     ("mutate", "amount", "currency"),
     [(_more, "140.77", "AUD"), (_other_currency, "140.76", "NZD"), (_no_amount, None, None)],
@@ -78,11 +80,13 @@ def _no_amount(obj: dict[str, Any]) -> None:
 )
 async def test_stripe_success_of_another_amount_never_completes(
     lifecycle_env: EnvFactory,
+    store_factory: StoreFactory,
+    kind: str,
     mutate: Callable[[dict[str, Any]], None],
     amount: str | None,
     currency: str | None,
 ) -> None:
-    env = await lifecycle_env("stripe", sink=True)
+    env = await lifecycle_env("stripe", sink=True, store=await store_factory(kind))
     session_id, [call] = await paid(env)
     before = mismatches("stripe", "webhook")
     body, hdrs = _stripe(call.body, mutate)
