@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.domain.money import exponent as iso_exponent
-from gateway.domain.money import format_major
+from gateway.domain.money import format_major, from_minor
 from gateway.settings import SANDBOX_SECRETS
 
 __all__ = [
@@ -53,6 +53,10 @@ class FaultSettings:
 
     ``error_rate`` and ``rate_limit_rate`` are probabilities in ``0..1``; ``timeout`` holds the
     request until the client gives up; ``down`` drops the connection without an answer.
+    ``charge_skew`` (minor units, may be negative) makes the provider lie about money: a payer's
+    Pay charges the session's amount plus the skew, and every later answer and webhook (Stripe's
+    and Adyen's payment webhooks, PayPal's capture/authorization and its webhook) reports that
+    amount, in the provider's own well-formed fields. It applies to sessions paid while it is set.
     """
 
     latency_ms: int = 0
@@ -64,6 +68,7 @@ class FaultSettings:
     retry_after_seconds: int = 1
     timeout: bool = False
     down: bool = False
+    charge_skew: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FaultSettings:
@@ -77,6 +82,7 @@ class FaultSettings:
             "retryAfter",
             "timeout",
             "down",
+            "chargeSkew",
         }
         unknown = sorted(set(data) - allowed)
         if unknown:
@@ -92,6 +98,8 @@ class FaultSettings:
             settings.rate_limit_rate = _rate(data["rateLimitRate"], "rateLimitRate")
         if "retryAfter" in data:
             settings.retry_after_seconds = _int(data["retryAfter"], "retryAfter", 0, 3600)
+        if "chargeSkew" in data:
+            settings.charge_skew = _int(data["chargeSkew"], "chargeSkew", -1_000_000, 1_000_000)
         for name in ("timeout", "down"):
             if name in data:
                 if not isinstance(data[name], bool):
@@ -109,6 +117,7 @@ class FaultSettings:
             "retryAfter": self.retry_after_seconds,
             "timeout": self.timeout,
             "down": self.down,
+            "chargeSkew": self.charge_skew,
         }
 
     def copy(self) -> FaultSettings:
@@ -121,6 +130,7 @@ class FaultSettings:
             self.retry_after_seconds,
             self.timeout,
             self.down,
+            self.charge_skew,
         )
 
     @property
@@ -133,6 +143,7 @@ class FaultSettings:
             or self.rate_limit_rate
             or self.timeout
             or self.down
+            or self.charge_skew
         )
 
 
@@ -261,6 +272,22 @@ class SandboxState:
 
     # sessions -------------------------------------------------------------------------------
 
+    def _charge(self, session: SandboxSession) -> None:
+        """Apply the provider's ``charge_skew`` fault to what a payment of ``session`` takes."""
+        fault = self.faults.get(session.provider)
+        skew = fault.charge_skew if fault is not None else 0
+        if not skew:
+            return
+        if isinstance(session.amount, int):
+            session.amount += skew
+            stored = session.extra.get("object")  # Stripe's checkout.session object
+            if isinstance(stored, dict) and isinstance(stored.get("amount_total"), int):
+                session.extra["object"] = {**stored, "amount_total": stored["amount_total"] + skew}
+            return
+        amount = Decimal(session.amount)  # a decimal string (PayPal): skew its last place
+        places = max(0, -int(amount.as_tuple().exponent))
+        session.amount = format_major(amount + from_minor(skew, places), places)
+
     def add_session(self, session: SandboxSession) -> None:
         """Store a newly created session and count it."""
         self.sessions.setdefault(session.provider, {})[session.id] = session
@@ -280,6 +307,8 @@ class SandboxState:
             raise ValueError(f"unknown outcome {outcome!r}")
         if session.status != "open":
             return False
+        if outcome == "paid":
+            self._charge(session)
         session.status = outcome
         notify = self.notifiers.get(session.provider)
         if notify is None:

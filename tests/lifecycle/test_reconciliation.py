@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from prometheus_client import REGISTRY
 
 from gateway.settings import SANDBOX_SECRETS
 from providers.sandbox.paypal_api import send_event
+from providers.sandbox.state import FaultSettings
 from providers.stripe import sign_payload
 from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import Env, EnvFactory
@@ -27,6 +29,7 @@ from tests.lifecycle.test_loop import payment_counts, wait_for
 from tests.lifecycle.test_order_guard import another_attempt
 from tests.lifecycle.test_paypal_capture import approval, pp_of
 from tests.lifecycle.test_webhook_signatures import _resign, deliver, paid
+from tests.providers.hosted_inputs import press
 
 
 def mismatches(provider: str, source: str) -> float:
@@ -122,25 +125,53 @@ async def test_stripe_success_of_another_amount_never_completes(
     assert view["amountMismatch"] == found  # the record of the mismatch stays
 
 
+async def set_skew(env: Env, provider: str, skew: int) -> None:
+    """The sandbox's ``chargeSkew`` fault, through its admin API."""
+    url = str(env.sandbox.make_url("/sandbox/admin/faults"))
+    async with aiohttp.ClientSession() as http:
+        body = {"provider": provider, "chargeSkew": skew}
+        async with http.post(url, json=body) as answer:
+            assert answer.status == 200, await answer.text()
+
+
 async def test_adyen_authorisation_of_another_amount_never_completes(
+    lifecycle_env: EnvFactory,
+) -> None:
+    """Adyen charges 1 cent less than the session asked for and says so in its signed
+    AUTHORISATION: the session is not completed."""
+    env = await lifecycle_env("adyen", sink=True)
+    await set_skew(env, "adyen", -1)
+    session_id, [call] = await paid(env)
+    item = orjson.loads(call.body)["notificationItems"][0]["NotificationRequestItem"]
+    assert item["amount"] == {"value": 14075, "currency": "AUD"}
+    assert await deliver(env, "adyen", call.body, call.headers) == (200, b"[accepted]")
+    view = await env.read(session_id)
+    assert view["status"] == "PENDING"
+    found = view["amountMismatch"]
+    assert (found["amount"], found["currency"]) == ("140.75", "AUD")
+    assert (found["eventType"], found["reportedStatus"]) == ("AUTHORISATION", "COMPLETED")
+    assert view["paymentId"] is None
+    await notified_mismatch(env, session_id)
+
+
+async def test_adyen_notification_in_another_currency_never_completes(
     lifecycle_env: EnvFactory,
 ) -> None:
     env = await lifecycle_env("adyen", sink=True)
     session_id, [call] = await paid(env)
     key = SANDBOX_SECRETS["adyen"]["hmac_key"]
 
-    def cheaper(item: dict[str, Any]) -> None:
-        item["amount"]["value"] = 1
+    def in_nzd(item: dict[str, Any]) -> None:
+        item["amount"]["currency"] = "NZD"
 
-    body = _resign(call.body, cheaper, key)
+    body = _resign(call.body, in_nzd, key)
     assert await deliver(env, "adyen", body, call.headers) == (200, b"[accepted]")
     view = await env.read(session_id)
     assert view["status"] == "PENDING"
-    found = view["amountMismatch"]
-    assert (found["amount"], found["currency"]) == ("0.01", "AUD")
-    assert (found["eventType"], found["reportedStatus"]) == ("AUTHORISATION", "COMPLETED")
-    assert view["paymentId"] is None
-    await notified_mismatch(env, session_id)
+    assert (view["amountMismatch"]["amount"], view["amountMismatch"]["currency"]) == (
+        "140.76",
+        "NZD",
+    )
 
 
 async def test_paypal_capture_answer_of_another_amount_never_completes(
@@ -149,10 +180,8 @@ async def test_paypal_capture_answer_of_another_amount_never_completes(
     """The approval matched and the gateway captured, but PayPal's capture answer reports
     another amount: the session stays PROCESSING, the capture is not made again."""
     env = await lifecycle_env("paypal", sink=True)
-    session_id, order_id, approved = await approval(env)
-    order = env.sandbox_state.get_session("paypal", order_id)
-    assert order is not None
-    order.amount = "14.07"  # what PayPal will report it captured
+    await set_skew(env, "paypal", -12669)  # PayPal will capture 14.07 instead of 140.76
+    session_id, _, approved = await approval(env)
     before = mismatches("paypal", "capture")
     assert (await deliver(env, "paypal", approved.body, approved.headers))[0] == 200
     event = await notified_mismatch(env, session_id)
@@ -210,3 +239,27 @@ async def test_paypal_approval_of_another_amount_is_never_captured(
     )
     assert (found["amount"], found["currency"]) == ("1.00", "AUD")
     assert pp_of(env).completions == []
+
+
+async def test_stripe_charging_another_amount_is_caught_end_to_end(
+    lifecycle_env: EnvFactory,
+) -> None:
+    """The sandbox's Stripe charges 5 cents more and sends its own signed webhook straight to
+    the gateway: the session is not completed and the payer's redirect still works."""
+    env = await lifecycle_env("stripe")
+    await set_skew(env, "stripe", 5)
+    created = await env.create("skewed-1")
+    assert (await press(created["checkoutUrl"], "pay"))[0] == 303
+    event = await notified_mismatch(env, created["sessionId"])
+    found = event["data"]["payment_session"]["amountMismatch"]
+    assert (found["amount"], found["currency"], found["source"]) == ("140.81", "AUD", "webhook")
+    assert (await env.read(created["sessionId"]))["status"] == "PENDING"
+
+
+def test_charge_skew_fault_is_validated() -> None:
+    assert FaultSettings.from_json({"chargeSkew": -3}).charge_skew == -3
+    assert FaultSettings.from_json({"chargeSkew": 7}).to_json()["chargeSkew"] == 7
+    assert FaultSettings(charge_skew=1).active
+    for bad in ("1", 1.5, True, 10**7):
+        with pytest.raises(ValueError, match="chargeSkew"):
+            FaultSettings.from_json({"chargeSkew": bad})
