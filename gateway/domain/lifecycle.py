@@ -22,8 +22,8 @@ Rules, all enforced by :func:`apply`:
   still awaits the gateway's capture). Providers without a cancel call (Adyen, PayPal) keep
   their hosted page open after a cancel at the gateway, and a payment started just before an
   expiry can land after it: the money is there, so the session says so (and the merchant is
-  notified) rather than swallow it. Such a move clears ``cancellationReason``; the
-  ``CANCELLED``/``EXPIRED`` transition stays in the history;
+  notified) rather than swallow it. Such a move clears ``cancellationReason`` and
+  ``payableUntil``; the ``CANCELLED``/``EXPIRED`` transition stays in the history;
 * ``PROCESSING`` (money is moving) neither expires nor is cancelled by the merchant: only the
   provider's verdict ends it.
 
@@ -130,8 +130,9 @@ def apply(
         return None
     transition = Transition(status=status, at=at, source=source, eventId=event_id)
     update: dict[str, Any] = dict(changes or {})
-    if overrides:
+    if overrides:  # paid after all: the cancel's traces go (the history keeps the move)
         update["cancellationReason"] = None
+        update["payableUntil"] = None
     if status in FINAL_STATUSES and status is not S.CANCELLED:
         update["cancelClaim"] = None  # no cancel is in progress on a session that ended
     update.update(

@@ -74,8 +74,12 @@ MONEY_WINS = {
 def test_money_overrides_only_a_cancel_or_an_expiry(
     current: SessionStatus, target: SessionStatus
 ) -> None:
+    cancelled = current is S.CANCELLED
     record = make_session(status=current).model_copy(
-        update={"cancellationReason": "abandoned" if current is S.CANCELLED else None}
+        update={
+            "cancellationReason": "abandoned" if cancelled else None,
+            "payableUntil": T0 if cancelled else None,
+        }
     )
     moved = apply(record, target, T0, "webhook:adyen", "psp:AUTHORISATION", money=True)
     if (current, target) not in MONEY_WINS:
@@ -84,6 +88,7 @@ def test_money_overrides_only_a_cancel_or_an_expiry(
     assert moved is not None
     assert moved.status is target
     assert moved.cancellationReason is None  # no leftover on a session the payer paid
+    assert moved.payableUntil is None
     assert moved.transitions[-1].source == "webhook:adyen"
     assert moved.version == record.version + 1
     # the same event never moves it twice

@@ -59,6 +59,7 @@ async def test_adyen_payment_after_cancel_is_recorded_notified_and_the_order_hel
     assert view["paymentId"]
     assert view["transitions"][-1]["eventId"]
     assert view["cancellationReason"] is None  # no leftover on a session that ended paid
+    assert view["payableUntil"] is None
     events = await settled(env, session_id, 3)
     last = max(events, key=lambda e: e["data"]["payment_session"]["version"])
     assert last["type"] == "payment_session.updated"
