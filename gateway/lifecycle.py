@@ -184,7 +184,8 @@ class LifecycleService:
 
     # provider webhooks ---------------------------------------------------------------------
     async def handle_event(self, event: ProviderEvent) -> str:
-        """Apply one verified provider event: ``applied``, ``ignored`` or ``unknown_session``."""
+        """Apply one verified provider event: ``applied``, ``ignored``, ``unknown_session`` or
+        ``amount_mismatch`` (recorded on the session, not applied)."""
         context = {"provider": event.provider, "event_id": event.event_id}
         if event.status is None:
             return "ignored"
