@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from gateway.domain.money import exponent, to_minor
+from gateway.domain.money import MONEY_CONTEXT, exponent, to_minor
 from providers.wire import amount_places
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def to_adyen_minor(amount: Decimal, currency: str) -> int:
 
 def from_adyen_minor(value: int, currency: str) -> Decimal:
     """Adyen minor units back to an exact major-unit ``Decimal``."""
-    return Decimal(value).scaleb(-adyen_exponent(currency))
+    return Decimal(value).scaleb(-adyen_exponent(currency), MONEY_CONTEXT)
 
 
 def amount_problem(request: CheckoutRequest) -> str | None:
