@@ -43,6 +43,7 @@ __all__ = [
     "ApprovalCompleter",
     "Capabilities",
     "CreateSessionInput",
+    "EligibilityCheck",
     "FlowNotSupported",
     "ProviderAdapter",
     "ProviderError",
@@ -211,6 +212,22 @@ class WebhookAnswer:
     status: int = 200
     body: bytes = b""
     content_type: str = "text/plain"
+
+
+@runtime_checkable
+class EligibilityCheck(Protocol):
+    """What an adapter can take beyond its :class:`Capabilities` (per-method currencies,
+    decimal places, amount bounds): the one source of truth for routing and creation.
+
+    The router excludes the provider with this reason before ranking (so ``POST
+    /routing/simulate`` and the create path agree), and ``create_session`` raises
+    :class:`FlowNotSupported` with the same reason. Pure: no I/O, no instance state, so the
+    offline tools can call it on the class.
+    """
+
+    def eligibility_problem(self, request: CheckoutRequest) -> str | None:
+        """Why this adapter cannot take ``request``, or None."""
+        ...
 
 
 @runtime_checkable

@@ -1,21 +1,43 @@
-"""Per-provider static eligibility: adapter capabilities narrowed by the rules file.
+"""Per-provider eligibility: adapter capabilities narrowed by the rules file, and the adapters'
+own checks.
 
 Each provider is compiled once into frozen sets and bounds; a refusal always says which side
 refused (the adapter cannot, or the routing rules do not allow), so ops can tell a missing
-capability from their own configuration.
+capability from their own configuration. What the capabilities cannot say (per-method
+currencies, decimal places, amount bounds) each adapter answers itself through
+``eligibility_problem`` (:class:`providers.base.EligibilityCheck`); :func:`adapter_exclusions`
+turns those answers into exclusions, so a ranked provider is one whose adapter takes the
+request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from gateway.routing.decision import Exclusion
 from gateway.routing.rules import RulesFile
-from providers.base import Capabilities
+from providers.base import Capabilities, EligibilityCheck
 
-__all__ = ["CompiledProvider", "compile_providers"]
+if TYPE_CHECKING:
+    from gateway.domain.models import CheckoutRequest
+
+__all__ = [
+    "AdapterCheck",
+    "CompiledProvider",
+    "adapter_checks_of",
+    "adapter_exclusions",
+    "compile_providers",
+]
+
+#: an adapter's ``eligibility_problem``: why it cannot take a request, or None
+AdapterCheck = Callable[["CheckoutRequest"], "str | None"]
+ADAPTER_REFUSES = "adapter cannot take this request: "
+
+log = logging.getLogger("gateway.routing")
 
 _Limits = tuple[Decimal | None, Decimal | None]
 _ZERO = Decimal(0)
@@ -149,3 +171,36 @@ def compile_providers(
         if name not in model.providers
     )
     return tuple(out), unrouted
+
+
+def adapter_checks_of(adapters: Mapping[str, Any]) -> dict[str, AdapterCheck]:
+    """The ``eligibility_problem`` of every adapter (instance or class) that has one; bare
+    :class:`Capabilities` have none."""
+    return {
+        name: adapter.eligibility_problem
+        for name, adapter in adapters.items()
+        if isinstance(adapter, EligibilityCheck)
+    }
+
+
+def adapter_exclusions(
+    checks: Mapping[str, AdapterCheck], request: CheckoutRequest
+) -> dict[str, str]:
+    """Provider -> why its adapter cannot take ``request``, for the engine to exclude it.
+
+    A check that raises is a bug in that adapter: the provider is excluded, naming the
+    exception's type (never its message, which may quote the request).
+    """
+    out: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            problem = check(request)
+        except Exception as exc:
+            log.error(
+                "adapter eligibility check failed",
+                extra={"provider": name, "exception_type": type(exc).__name__},
+            )
+            problem = f"its eligibility check failed ({type(exc).__name__})"
+        if problem:
+            out[name] = ADAPTER_REFUSES + problem
+    return out
