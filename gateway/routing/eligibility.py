@@ -41,6 +41,7 @@ log = logging.getLogger("gateway.routing")
 
 _Limits = tuple[Decimal | None, Decimal | None]
 _ZERO = Decimal(0)
+_OF_RULES = "of the routing rules"
 
 
 def _frozen(values: tuple[str, ...] | frozenset[str] | None) -> frozenset[str] | None:
@@ -109,14 +110,16 @@ class CompiledProvider:
         """Why ``amount`` (major units of ``currency``) is out of bounds, or None."""
         low, high = self.cap_limits
         if low is not None and amount < low:
-            return f"amount {amount} {currency} is below the adapter's minimum {low}"
+            return f"amount {amount:f} {currency} is below the adapter's minimum {low:f}"
         if high is not None and amount > high:
-            return f"amount {amount} {currency} is above the adapter's maximum {high}"
+            return f"amount {amount:f} {currency} is above the adapter's maximum {high:f}"
         low, high = self.limits_per_currency.get(currency, self.limits)
         if low is not None and amount < low:
-            return f"amount {amount} {currency} is below the minimum {low} of the routing rules"
+            return f"amount {amount:f} {currency} is below the minimum {low:f} {_OF_RULES}"
         if high is not None and amount > high:
-            return f"amount {amount} {currency} is above the maximum {high} of the routing rules"
+            return (
+                f"amount {amount:f} {currency} is above the maximum {high:f} of the routing rules"
+            )
         return None
 
     def fee(self, currency: str, amount: Decimal) -> Decimal | None:

@@ -243,20 +243,18 @@ class Router:
         """Rank the providers for ``request``; ``unavailable`` maps provider -> reason.
 
         Providers whose adapter cannot take the request are excluded with the adapter's
-        reason (:func:`gateway.routing.eligibility.adapter_exclusions`), ahead of
-        ``unavailable``. A ``dry_run`` (the simulate endpoint) is left out of the decision
-        metrics.
+        reason (:func:`gateway.routing.eligibility.adapter_exclusions`), a refusal that no
+        retry changes, unlike ``unavailable``. A ``dry_run`` (the simulate endpoint) is left out
+        of the decision metrics.
         """
         started = time.perf_counter()
-        refused = adapter_exclusions(self._checks, request)
-        if refused:
-            unavailable = {**unavailable, **refused}
         decision = decide(
             extract_features(request, merchant_id),
             self._active,
             self._feed.snapshot,
             unavailable,
             decision_id=decision_id or f"rd_{os.urandom(12).hex()}",
+            refused=adapter_exclusions(self._checks, request),
         )
         if not dry_run:
             self.counters["decisions"] += 1

@@ -138,11 +138,8 @@ def simulate(
     result = Simulation(compiled.rules_version, [], Counter(), Counter())
     for sample in samples:
         features = extract_features(sample.request, sample.merchant)
-        unavailable = sample.unavailable
-        refused = adapter_exclusions(checks, sample.request) if checks else None
-        if refused:
-            unavailable = {**unavailable, **refused}
-        decision = decide(features, compiled, stats, unavailable)
+        refused = adapter_exclusions(checks, sample.request) if checks else {}
+        decision = decide(features, compiled, stats, sample.unavailable, refused=refused)
         result.decisions.append((sample, decision))
         result.shares[_first(decision)] += 1
         result.rule_hits.update(decision.matched_rules)

@@ -162,3 +162,18 @@ async def test_simulate_and_create_agree_on_ideal_in_usd(gateway: GatewayFactory
     assert created.status == 201, await created.text()
     attempts = (await created.json())["routing"]["attempts"]
     assert [(a["provider"], a["outcome"]) for a in attempts] == [("adyen", "created")]
+
+
+def test_exclusion_reasons_show_amounts_as_plain_decimals() -> None:
+    body = seed(
+        currency="USD",
+        amount={"total": Decimal("1E+6"), "shipping": 0, "tax": 0},
+        orderItems=[{"name": "Boat", "quantity": 1, "unitPrice": Decimal("1E+6")}],
+    )
+    decision = router().decide(CheckoutRequest.model_validate(body), "m", dry_run=True)
+    reasons = {e.provider: e.reason for e in decision.excluded}
+    assert (
+        reasons["stripe"]
+        == "amount 1000000 USD is above the maximum 999999.99 of the routing rules"
+    )
+    assert "E+" not in str(decision.explain())
