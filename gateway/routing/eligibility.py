@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from gateway.domain.money import MONEY_CONTEXT
 from gateway.routing.decision import Exclusion
 from gateway.routing.rules import RulesFile
 from providers.base import Capabilities, EligibilityCheck
@@ -126,7 +127,7 @@ class CompiledProvider:
         """The provider's fee for ``amount`` (exact), or None when no fees are configured."""
         if self.fee_rate is None:
             return None
-        return amount * self.fee_rate + self.fee_fixed.get(currency, _ZERO)
+        return MONEY_CONTEXT.fma(amount, self.fee_rate, self.fee_fixed.get(currency, _ZERO))
 
 
 def compile_providers(
@@ -162,7 +163,7 @@ def compile_providers(
                     c: (lim.min, lim.max) for c, lim in conf.amount_per_currency.items()
                 },
                 fee_percent=fees.percent if fees is not None else None,
-                fee_rate=fees.percent / 100 if fees is not None else None,
+                fee_rate=MONEY_CONTEXT.divide(fees.percent, 100) if fees is not None else None,
                 fee_fixed=dict(fees.fixed) if fees is not None else {},
                 fee_rate_f=float(fees.percent / 100) if fees is not None else 0.0,
                 fee_fixed_f={c: float(v) for c, v in fees.fixed.items()} if fees else {},
