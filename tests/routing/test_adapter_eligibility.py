@@ -177,3 +177,24 @@ def test_exclusion_reasons_show_amounts_as_plain_decimals() -> None:
         == "amount 1000000 USD is above the maximum 999999.99 of the routing rules"
     )
     assert "E+" not in str(decision.explain())
+
+
+class _BrokenCheck:
+    """An adapter whose eligibility check itself has a bug."""
+
+    capabilities = StripeAdapter.capabilities
+
+    @staticmethod
+    def eligibility_problem(request: CheckoutRequest) -> str | None:
+        return {"only": "this"}[request.currency]
+
+
+def test_an_eligibility_check_that_raises_excludes_its_provider_by_type() -> None:
+    active = Router(ROOT / "routing_rules.yaml", {**ADAPTERS, "stripe": _BrokenCheck})
+    request = CheckoutRequest.model_validate(seed(currency="EUR"))
+    decision = active.decide(request, "m", dry_run=True)
+    reasons = {e.provider: e.reason for e in decision.excluded}
+    assert reasons["stripe"] == (
+        "adapter cannot take this request: its eligibility check failed (KeyError)"
+    )
+    assert [c.provider for c in decision.ranked] == ["adyen"]
