@@ -7,12 +7,16 @@ it against Stripe's circuit and fails over; the merchant never sees a 500.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
+from gateway.settings import SANDBOX_SECRETS
 from providers.base import AdapterFault, ProviderTimeout, adapter_fault
+from providers.stripe import sign_payload
 from tests.api.conftest import GatewayFactory, headers, seed
 
 
@@ -86,3 +90,42 @@ def test_adapter_fault_keeps_provider_errors_and_types_the_rest() -> None:
     assert (fault.provider, fault.outcome, fault.retryable) == ("adyen", "adapter_error", True)
     assert fault.reason == "adapter failed (KeyError)"
     assert "jane" not in str(fault)
+
+
+def _signed_stripe_event(created: int) -> tuple[bytes, dict[str, str]]:
+    body = orjson.dumps(
+        {
+            "id": f"evt_boundary_{created}",
+            "object": "event",
+            "type": "checkout.session.expired",
+            "created": created,
+            "livemode": False,
+            "data": {
+                "object": {
+                    "id": "cs_test_boundary",
+                    "object": "checkout.session",
+                    "metadata": {"gateway_session_id": "00000000-0000-4000-8000-000000000000"},
+                }
+            },
+        }
+    )
+    now = int(time.time())
+    signature = sign_payload(SANDBOX_SECRETS["stripe"]["webhook_secret"], now, body)
+    return body, {"Content-Type": "application/json", "Stripe-Signature": f"t={now},v1={signature}"}
+
+
+async def test_an_exception_out_of_a_webhook_parser_is_a_503_the_provider_retries(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await gateway()
+    # a genuine, signed event whose ``created`` is in the year 10000: the parser raises
+    body, hdrs = _signed_stripe_event(253_402_300_800)
+    response = await client.post("/api/v1/webhooks/stripe", data=body, headers=hdrs)
+    assert response.status == 503, await response.text()
+    assert (await response.json())["error"] == "Service Unavailable"
+    faults = [r for r in caplog.records if getattr(r, "exception_type", None)]
+    assert [r.exception_type for r in faults] == ["ValueError"]  # type: ignore[attr-defined]
+    # the same event with a sane time is acknowledged (unknown session)
+    body, hdrs = _signed_stripe_event(int(time.time()))
+    response = await client.post("/api/v1/webhooks/stripe", data=body, headers=hdrs)
+    assert response.status == 200, await response.text()
