@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import (
+    MAX_EMAX,
+    MAX_PREC,
+    MIN_EMIN,
     Context,
     Decimal,
     DivisionByZero,
@@ -59,6 +62,10 @@ MONEY_CONTEXT = Context(
 )
 
 
+#: only for :func:`scale_of`: wide enough that normalising never rounds
+_UNBOUNDED = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
 def _build_table() -> dict[str, int]:
     table: dict[str, int] = {}
     for member in Currency:
@@ -94,18 +101,12 @@ def quantum(exp: int) -> Decimal:
 def scale_of(amount: Decimal) -> int:
     """The number of significant decimal places of ``amount`` (``1.50`` has 1, ``2E+1`` has 0).
 
-    Read from the digits themselves, so it is exact for any finite value, however long.
+    Exact for any finite value, however long: normalised in a context wider than any
+    coefficient, so nothing is ever rounded away.
     """
-    _, digits, exp = amount.as_tuple()
+    exp = amount.normalize(_UNBOUNDED).as_tuple().exponent
     assert isinstance(exp, int), "scale_of needs a finite amount"
-    trailing = 0
-    for digit in reversed(digits):
-        if digit:
-            break
-        trailing += 1
-    if trailing == len(digits):  # zero
-        return 0
-    return max(0, -(exp + trailing))
+    return max(0, -exp)
 
 
 def add(amounts: Iterable[Decimal]) -> Decimal:
