@@ -22,13 +22,14 @@ from gateway.domain.session import Attempt
 from gateway.metrics import FAILOVERS
 from gateway.routing.decision import Candidate, RoutingDecision
 from providers.base import (
+    AdapterFault,
     CreateSessionInput,
     FlowNotSupported,
     ProviderAdapter,
-    ProviderError,
     ProviderRejected,
     ProviderSession,
     ProviderTimeout,
+    adapter_fault,
 )
 
 __all__ = ["Attempts", "ProviderAttempts", "RouterLike"]
@@ -144,7 +145,8 @@ class ProviderAttempts:
         began = time.perf_counter()
         try:
             result = await adapter.create_session(data, timeout=timeout)
-        except ProviderError as exc:
+        except Exception as raised:  # the adapter boundary: whatever it raises is typed here
+            exc = adapter_fault(provider, raised)
             tries.waited_s += time.perf_counter() - began
             elapsed = (time.perf_counter() - began) * 1000
             tries.made.append(
@@ -163,6 +165,11 @@ class ProviderAttempts:
                 await self.circuits.failure(provider)
             if not isinstance(exc, FlowNotSupported):
                 await self.router.record_creation(provider, exc.outcome, elapsed, request)
+            if isinstance(exc, AdapterFault):
+                log.error(
+                    "adapter raised an unexpected exception",
+                    extra={"provider": provider, "exception_type": exc.exception_type},
+                )
             log.warning(
                 "provider attempt failed", extra={"provider": provider, "outcome": exc.outcome}
             )

@@ -16,6 +16,7 @@ import orjson
 
 from gateway.domain.errors import BadRequest
 from gateway.domain.models import CheckoutRequest
+from gateway.domain.money import MONEY_CONTEXT
 
 __all__ = [
     "derived_provider_key",
@@ -39,7 +40,7 @@ def validate_idempotency_key(value: str | None) -> str:
 
 def _decimal(value: Any) -> str:
     if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
+        return format(value.normalize(MONEY_CONTEXT), "f")
     raise TypeError(f"not canonical JSON: {type(value).__name__}")
 
 

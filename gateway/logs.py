@@ -31,6 +31,8 @@ _FIELDS = (
     "errors",
     "session_id",
     "replayed",
+    #: the class name of an exception an adapter raised (never its message)
+    "exception_type",
 )
 
 

@@ -143,7 +143,8 @@ class AdyenAdapter:
         self.config = config
         self._http = ProviderHttp(self.name, http)
 
-    def eligibility_problem(self, request: CheckoutRequest) -> str | None:
+    @staticmethod
+    def eligibility_problem(request: CheckoutRequest) -> str | None:
         """Why this adapter cannot take ``request`` (checked before any HTTP call), or None."""
         if request.paymentMethod not in ADYEN_PAYMENT_METHODS:
             return f"payment method {request.paymentMethod!r} is not offered through Adyen"

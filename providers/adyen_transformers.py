@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADYEN_EXPONENT_OVERRIDES",
+    "ADYEN_MAX_MINOR",
     "ADYEN_PAYMENT_METHODS",
     "IDEMPOTENCY_KEY_MAX",
     "METADATA_KEY_MAX",
@@ -43,6 +44,10 @@ __all__ = [
 
 #: Where Adyen's decimals table differs from ISO 4217 (docs.adyen.com currency codes).
 ADYEN_EXPONENT_OVERRIDES: dict[str, int] = {"CLP": 2, "CVE": 0, "ISK": 2}
+
+#: ``amount.value`` is an int64 of minor units (``specs/adyen_sessions.json``). Amounts the API
+#: accepts (below 10**15 major units, at most 3 decimals) never come near it.
+ADYEN_MAX_MINOR = 2**63 - 1
 
 #: Gateway payment method -> Adyen payment method type (``allowedPaymentMethods``).
 ADYEN_PAYMENT_METHODS: dict[str, str] = {
@@ -91,11 +96,14 @@ def amount_problem(request: CheckoutRequest) -> str | None:
     """Why the request's amounts cannot be expressed in Adyen's decimals, or None.
 
     Only currencies where Adyen uses *fewer* decimals than ISO 4217 (CVE) can fail: an
-    amount with a fraction there would have to be rounded, which the gateway never does.
+    amount with a fraction there would have to be rounded, which the gateway never does. The
+    int64 bound of ``amount.value`` is checked too, though no amount the API accepts reaches it.
     """
     places = adyen_exponent(request.currency)
     if amount_places(request) > places:
         return f"Adyen accepts {request.currency} amounts with at most {places} decimal places"
+    if to_minor(request.amount.total, places) > ADYEN_MAX_MINOR:
+        return f"Adyen accepts {request.currency} amounts up to {ADYEN_MAX_MINOR} minor units"
     return None
 
 

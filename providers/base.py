@@ -9,10 +9,14 @@ Errors are mapped once, at the adapter boundary, from aiohttp/asyncio failures::
      ├── ProviderRejected             4xx: the provider refused *our* request (``code``, and
      │                                ``issue`` when the provider gives a finer reason)
      ├── FlowNotSupported             the adapter cannot do what was asked
+     ├── AdapterFault                 the adapter itself failed: any other exception out of it
+     │                                (a transformer's TypeError, a parser's KeyError)
      └── WebhookVerificationError     a webhook whose signature or form is not valid
 
-Timeouts, unavailability and rate limits are *retryable at another provider*; a rejection is not
-(the request is wrong), unless the gateway is configured otherwise.
+Timeouts, unavailability, rate limits and adapter faults are *retryable at another provider*; a
+rejection is not (the request is wrong), unless the gateway is configured otherwise. An
+:class:`AdapterFault` is made at one boundary only, where the gateway calls the adapter
+(:func:`adapter_fault`); adapters never raise it themselves.
 
 Most providers charge the payer during their hosted checkout. Some only record the payer's
 *approval* there and move no money until the merchant's server asks (PayPal Orders v2: capture
@@ -35,9 +39,11 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTHORIZE",
     "CAPTURE",
+    "AdapterFault",
     "ApprovalCompleter",
     "Capabilities",
     "CreateSessionInput",
+    "EligibilityCheck",
     "FlowNotSupported",
     "ProviderAdapter",
     "ProviderError",
@@ -49,6 +55,7 @@ __all__ = [
     "ProviderUnavailable",
     "WebhookAnswer",
     "WebhookVerificationError",
+    "adapter_fault",
 ]
 
 
@@ -104,6 +111,27 @@ class ProviderRejected(ProviderError):
 
 class FlowNotSupported(ProviderError):
     retryable, outcome = False, "not_supported"
+
+
+class AdapterFault(ProviderError):
+    """An exception out of an adapter that is not a :class:`ProviderError`: a bug on our side
+    of the seam. It fails over and counts against the provider's circuit like an outage."""
+
+    retryable, outcome = True, "adapter_error"
+
+    def __init__(self, provider: str, exception_type: str) -> None:
+        super().__init__(provider, f"adapter failed ({exception_type})")
+        #: the class name of the original exception; its message is never kept (it may hold
+        #: request data)
+        self.exception_type = exception_type
+
+
+def adapter_fault(provider: str, exc: BaseException) -> ProviderError:
+    """``exc`` (raised by ``provider``'s adapter) as a :class:`ProviderError`: itself when it
+    already is one, an :class:`AdapterFault` naming its type otherwise."""
+    if isinstance(exc, ProviderError):
+        return exc
+    return AdapterFault(provider, type(exc).__name__)
 
 
 class WebhookVerificationError(ProviderError):
@@ -191,6 +219,22 @@ class WebhookAnswer:
     status: int = 200
     body: bytes = b""
     content_type: str = "text/plain"
+
+
+@runtime_checkable
+class EligibilityCheck(Protocol):
+    """What an adapter can take beyond its :class:`Capabilities` (per-method currencies,
+    decimal places, amount bounds): the one source of truth for routing and creation.
+
+    The router excludes the provider with this reason before ranking (so ``POST
+    /routing/simulate`` and the create path agree), and ``create_session`` raises
+    :class:`FlowNotSupported` with the same reason. Pure: no I/O, no instance state, so the
+    offline tools can call it on the class.
+    """
+
+    def eligibility_problem(self, request: CheckoutRequest) -> str | None:
+        """Why this adapter cannot take ``request``, or None."""
+        ...
 
 
 @runtime_checkable

@@ -191,7 +191,8 @@ class PayPalAdapter:
             config.client_secret or "",
         )
 
-    def eligibility_problem(self, request: CheckoutRequest) -> str | None:
+    @staticmethod
+    def eligibility_problem(request: CheckoutRequest) -> str | None:
         """Why this adapter cannot take ``request`` (checked before any HTTP call), or None."""
         if request.paymentMethod != "paypal":
             return f"payment method {request.paymentMethod!r} is not offered through PayPal"

@@ -13,7 +13,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from gateway.domain.money import exponent, format_major, scale_of
+from gateway.domain.money import add, exponent, format_major, multiply, scale_of
 from gateway.domain.session import SessionStatus
 from providers.base import CAPTURE, ProviderEvent
 from providers.wire import amount_places, parse_datetime
@@ -141,7 +141,7 @@ def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
     request = data.request
     cur = request.currency
     amount = request.amount
-    item_total = sum((item.unitPrice * item.quantity for item in request.orderItems), Decimal(0))
+    item_total = add(multiply(item.unitPrice, item.quantity) for item in request.orderItems)
     unit: dict[str, Any] = {
         "reference_id": data.session_id,
         "custom_id": data.session_id,

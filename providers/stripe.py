@@ -201,7 +201,8 @@ class StripeAdapter:
             "Idempotency-Key": bounded_key(idempotency_key, IDEMPOTENCY_KEY_MAX),
         }
 
-    def eligibility_problem(self, request: CheckoutRequest) -> str | None:
+    @staticmethod
+    def eligibility_problem(request: CheckoutRequest) -> str | None:
         """Why Stripe cannot take ``request`` (checked before any HTTP call), or None."""
         method = request.paymentMethod
         if method not in STRIPE_PAYMENT_METHODS:

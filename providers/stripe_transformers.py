@@ -16,8 +16,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus
 
+from gateway.domain.money import MONEY_CONTEXT, format_major, from_minor, scale_of, to_minor
 from gateway.domain.money import exponent as iso_exponent
-from gateway.domain.money import from_minor, scale_of, to_minor
 from providers.base import CreateSessionInput
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MIN_EXPIRY",
     "STRIPE_API_VERSION",
     "STRIPE_LOCALES",
+    "STRIPE_MAX_MINOR",
     "STRIPE_PAYMENT_METHODS",
     "amount_problem",
     "build_create_params",
@@ -108,11 +109,21 @@ def to_stripe_minor(amount: Decimal, currency: str) -> int:
     return to_minor(amount, stripe_exponent(currency))
 
 
+#: "The amount value supports up to eight digits (e.g., a value of 99999999 for a USD charge of
+#: $999,999.99)" (``specs/stripe_payment_intents.json``, ``amount``): the session's total, and so
+#: every line of it.
+STRIPE_MAX_MINOR = 99_999_999
+
+
 def amount_problem(currency: str, amounts: list[Decimal]) -> str | None:
-    """Why these amounts cannot be sent to Stripe exactly, or None."""
+    """Why these amounts cannot be sent to Stripe exactly, or None (the largest must be the
+    total: every other amount is a part of it)."""
     places = stripe_exponent(currency)
     if any(scale_of(value) > places for value in amounts):
         return f"Stripe accepts {currency} amounts with at most {places} decimal places"
+    if to_minor(max(amounts), places) > STRIPE_MAX_MINOR:
+        largest = format_major(Decimal(STRIPE_MAX_MINOR).scaleb(-places, MONEY_CONTEXT), places)
+        return f"Stripe accepts {currency} amounts up to {largest} ({STRIPE_MAX_MINOR} minor units)"
     if currency.upper() in _THREE_DECIMAL and any(
         to_minor(value, places) % 10 for value in amounts
     ):

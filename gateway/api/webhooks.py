@@ -5,7 +5,8 @@ verify-webhook-signature call) and maps it to events; each event is de-duplicate
 applied atomically and answered in the form the provider expects. A call that fails
 verification changes nothing and gets 400; an event for an unknown session is acknowledged
 (and logged) so the provider stops resending it; when the gateway cannot process an event
-(store down, PayPal's verification unreachable) it answers 503 and the provider retries.
+(store down, PayPal's verification unreachable, an exception out of the adapter's parser) it
+answers 503 and the provider retries.
 A PayPal approval is answered once the capture it calls for is stored with the session; the
 capture itself runs in the background (:mod:`gateway.completion`).
 """
@@ -21,7 +22,7 @@ from gateway.appkeys import ADAPTERS, LIFECYCLE, SETTINGS, STORE
 from gateway.domain.errors import BadRequest, NotFound, ServiceUnavailable
 from gateway.metrics import WEBHOOKS_RECEIVED
 from gateway.middleware import LOG_CONTEXT
-from providers.base import ProviderError, ProviderEvent, WebhookVerificationError
+from providers.base import AdapterFault, ProviderEvent, WebhookVerificationError, adapter_fault
 
 __all__ = ["setup_webhook_routes"]
 
@@ -43,12 +44,18 @@ async def receive_webhook(request: web.Request) -> web.Response:
     raw = await request.read()
     try:
         events = await adapter.parse_webhook(request.headers, raw)
-    except WebhookVerificationError as exc:
-        WEBHOOKS_RECEIVED.labels(provider, "unknown", "invalid_signature").inc()
-        log.warning("webhook refused: %s", exc.reason, extra={"provider": provider})
-        raise BadRequest("Webhook verification failed") from None
-    except ProviderError as exc:
+    except Exception as raised:  # the adapter boundary: whatever it raises is typed here
+        exc = adapter_fault(provider, raised)
+        if isinstance(exc, WebhookVerificationError):
+            WEBHOOKS_RECEIVED.labels(provider, "unknown", "invalid_signature").inc()
+            log.warning("webhook refused: %s", exc.reason, extra={"provider": provider})
+            raise BadRequest("Webhook verification failed") from None
         WEBHOOKS_RECEIVED.labels(provider, "unknown", "error").inc()
+        if isinstance(exc, AdapterFault):
+            log.error(
+                "adapter raised an unexpected exception",
+                extra={"provider": provider, "exception_type": exc.exception_type},
+            )
         log.warning("webhook not verified now: %s", exc.outcome, extra={"provider": provider})
         raise ServiceUnavailable() from None
     store = request.app[STORE]

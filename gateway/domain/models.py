@@ -29,7 +29,15 @@ from pydantic import (
     field_validator,
 )
 
-from gateway.domain.money import exponent, is_active_currency, scale_of
+from gateway.domain.money import (
+    MAX_AMOUNT,
+    MAX_INTEGER_DIGITS,
+    add,
+    exponent,
+    is_active_currency,
+    multiply,
+    scale_of,
+)
 
 __all__ = [
     "CANCELLATION_REASONS",
@@ -58,15 +66,25 @@ _LOCALE = re.compile(r"^[a-z]{2}(?:[_-][A-Z]{2})?$")
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _non_negative(value: Decimal) -> Decimal:
+_TOO_LARGE = (
+    f"must be less than {MAX_AMOUNT:f} (at most {MAX_INTEGER_DIGITS} digits before the decimal "
+    "point)"
+)
+
+
+def _amount(value: Decimal) -> Decimal:
     if not value.is_finite():
         raise ValueError("must be a finite number")
     if value < 0:
         raise ValueError("must not be negative")
+    if value >= MAX_AMOUNT:
+        raise ValueError(_TOO_LARGE)
     return value
 
 
-Money = Annotated[Decimal, AfterValidator(_non_negative)]
+#: An amount in major units: finite, not negative, below :data:`gateway.domain.money.MAX_AMOUNT`
+#: (comparisons are exact, so no amount out of bounds ever reaches arithmetic).
+Money = Annotated[Decimal, AfterValidator(_amount)]
 Text = Annotated[str, Field(min_length=1, max_length=255)]
 
 
@@ -96,6 +114,15 @@ def _email(value: str) -> str:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise ValueError(f"value is not a valid email address: {exc}") from None
+
+
+def _info_key(value: str) -> str:
+    # Stripe's metadata keys cannot hold brackets: its form encoding nests on them
+    # (``metadata[a][b]``), and no escape exists. Refused for every provider, so a request's
+    # fate does not depend on where it is routed.
+    if "[" in value or "]" in value:
+        raise ValueError("keys must not contain '[' or ']'")
+    return value
 
 
 Email = Annotated[str, AfterValidator(_email), Field(json_schema_extra={"format": "email"})]
@@ -198,7 +225,7 @@ class CheckoutRequest(_Strict):
     additionalInformation: (
         Annotated[
             dict[
-                Annotated[str, Field(min_length=1, max_length=64)],
+                Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_info_key)],
                 Annotated[str, Field(max_length=512)],
             ],
             Field(max_length=50),
@@ -312,7 +339,11 @@ def _json_reason(exc: Exception) -> str:
 
 
 def semantic_problems(request: CheckoutRequest) -> list[str]:
-    """Checks that need several fields: decimal places per currency and the exact total."""
+    """Checks that need several fields: decimal places per currency and the exact total.
+
+    The total is compared only when every amount has the currency's places: then, with every
+    amount bounded, the sum is exact in :data:`gateway.domain.money.MONEY_CONTEXT`.
+    """
     problems: list[str] = []
     exp = exponent(request.currency)
     places = f"no more than {exp} decimal places for {request.currency}"
@@ -323,7 +354,9 @@ def semantic_problems(request: CheckoutRequest) -> list[str]:
     for index, item in enumerate(request.orderItems):
         if scale_of(item.unitPrice) > exp:
             problems.append(f"orderItems.{index}.unitPrice: must have {places}")
-    items = sum((item.unitPrice * item.quantity for item in request.orderItems), Decimal(0))
-    if items + amount.shipping + amount.tax != amount.total:
+    if problems:
+        return problems
+    lines = (multiply(item.unitPrice, item.quantity) for item in request.orderItems)
+    if add((*lines, amount.shipping, amount.tax)) != amount.total:
         problems.append(TOTAL_MISMATCH)
     return problems

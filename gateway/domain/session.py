@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.domain.money import format_amount
+
 __all__ = [
     "FINAL_STATUSES",
     "AmountMismatch",
@@ -76,9 +78,20 @@ class RoutingSummary(_Record):
 
 
 class SessionAmount(_Record):
+    """The order's amounts in major units, exact."""
+
     total: Decimal
     shipping: Decimal
     tax: Decimal
+
+    def rendered(self, currency: str) -> dict[str, str]:
+        """The amounts as every answer and notification shows them: plain decimal strings
+        with the currency's ISO 4217 exponent ("100.00" USD, never "1E+2")."""
+        return {
+            "total": format_amount(self.total, currency),
+            "shipping": format_amount(self.shipping, currency),
+            "tax": format_amount(self.tax, currency),
+        }
 
 
 class Transition(_Record):
@@ -188,11 +201,7 @@ class SessionRecord(_Record):
             "provider": self.provider,
             "providerSessionId": self.providerSessionId,
             "currency": self.currency,
-            "amount": {
-                "total": str(self.amount.total),
-                "shipping": str(self.amount.shipping),
-                "tax": str(self.amount.tax),
-            },
+            "amount": self.amount.rendered(self.currency),
             "paymentMethod": self.paymentMethod,
             "captureMethod": self.captureMethod,
             "routing": self.routing.model_dump(mode="json"),

@@ -59,11 +59,7 @@ def session_payload(record: SessionRecord, previous: SessionStatus | None = None
         "customerId": record.customerId,
         "paymentMethodId": record.paymentMethodId,
         "currency": record.currency,
-        "amount": {
-            "total": str(record.amount.total),
-            "shipping": str(record.amount.shipping),
-            "tax": str(record.amount.tax),
-        },
+        "amount": record.amount.rendered(record.currency),
         "paymentMethod": record.paymentMethod,
         "captureMethod": record.captureMethod,
         "failureReason": record.failureReason,

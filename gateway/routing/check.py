@@ -20,16 +20,28 @@ import importlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.domain.models import PAYMENT_METHODS
 from gateway.routing.analysis import Domain, alternatives, implies, never_matches
-from gateway.routing.eligibility import CompiledProvider, compile_providers
+from gateway.routing.eligibility import (
+    AdapterCheck,
+    CompiledProvider,
+    adapter_checks_of,
+    compile_providers,
+)
 from gateway.routing.rules import LoadedRules, Rule, RulesError, RulesProblem, load_rules_text
 from gateway.routing.yamlsource import readable_path
 from providers.base import Capabilities
 
-__all__ = ["CheckReport", "adapter_capabilities", "check_rules_file", "check_rules_text", "lint"]
+__all__ = [
+    "CheckReport",
+    "adapter_capabilities",
+    "adapter_checks",
+    "check_rules_file",
+    "check_rules_text",
+    "lint",
+]
 
 _Add = Callable[..., None]
 _FIELDS = (
@@ -96,6 +108,24 @@ def adapter_capabilities(names: Collection[str]) -> dict[str, Capabilities]:
 
 
 _ANYTHING = Capabilities(payment_methods=frozenset(PAYMENT_METHODS))
+
+
+def adapter_checks(names: Collection[str]) -> dict[str, AdapterCheck]:
+    """The gateway's adapters' own eligibility checks, for the offline replay (they are pure
+    and callable on the class)."""
+    from providers.registry import KNOWN_PROVIDERS
+
+    classes: dict[str, Any] = {}
+    for name in names:
+        target = KNOWN_PROVIDERS.get(name)
+        if target is None:
+            continue
+        module, _, attr = target.partition(":")
+        try:
+            classes[name] = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+    return adapter_checks_of(classes)
 
 
 def check_rules_file(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.routing.check import adapter_capabilities, check_rules_file
+from gateway.routing.check import adapter_capabilities, adapter_checks, check_rules_file
 from gateway.routing.compiled import CompiledRules, compile_rules
 from gateway.routing.rules import RulesError, load_rules_file
 from gateway.routing.simulate import (
@@ -106,12 +106,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not samples:
         print(f"{args.requests}: no usable requests", file=sys.stderr)
         return 1
+    routed = proposed.provider_names | (current.provider_names if current else frozenset())
+    checks = adapter_checks(sorted(routed))
     payload: dict[str, Any]
     if current is None:
-        result = simulate(proposed, samples)
+        result = simulate(proposed, samples, checks=checks)
         payload, text = result.as_dict(), format_simulation(result, str(args.file))
     else:
-        diff = backtest(proposed, current, samples)
+        diff = backtest(proposed, current, samples, checks=checks)
         payload = diff.as_dict()
         text = format_backtest(diff, str(args.file), str(args.against))
     payload["skipped"] = len(problems)

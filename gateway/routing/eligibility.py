@@ -1,24 +1,48 @@
-"""Per-provider static eligibility: adapter capabilities narrowed by the rules file.
+"""Per-provider eligibility: adapter capabilities narrowed by the rules file, and the adapters'
+own checks.
 
 Each provider is compiled once into frozen sets and bounds; a refusal always says which side
 refused (the adapter cannot, or the routing rules do not allow), so ops can tell a missing
-capability from their own configuration.
+capability from their own configuration. What the capabilities cannot say (per-method
+currencies, decimal places, amount bounds) each adapter answers itself through
+``eligibility_problem`` (:class:`providers.base.EligibilityCheck`); :func:`adapter_exclusions`
+turns those answers into exclusions, so a ranked provider is one whose adapter takes the
+request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
+from gateway.domain.money import MONEY_CONTEXT
 from gateway.routing.decision import Exclusion
 from gateway.routing.rules import RulesFile
-from providers.base import Capabilities
+from providers.base import Capabilities, EligibilityCheck
 
-__all__ = ["CompiledProvider", "compile_providers"]
+if TYPE_CHECKING:
+    from gateway.domain.models import CheckoutRequest
+
+__all__ = [
+    "AdapterCheck",
+    "CompiledProvider",
+    "adapter_checks_of",
+    "adapter_exclusions",
+    "compile_providers",
+]
+
+#: an adapter's ``eligibility_problem``: why it cannot take a request, or None
+AdapterCheck = Callable[["CheckoutRequest"], "str | None"]
+ADAPTER_REFUSES = "adapter cannot take this request: "
+
+log = logging.getLogger("gateway.routing")
 
 _Limits = tuple[Decimal | None, Decimal | None]
 _ZERO = Decimal(0)
+_OF_RULES = "of the routing rules"
 
 
 def _frozen(values: tuple[str, ...] | frozenset[str] | None) -> frozenset[str] | None:
@@ -87,21 +111,23 @@ class CompiledProvider:
         """Why ``amount`` (major units of ``currency``) is out of bounds, or None."""
         low, high = self.cap_limits
         if low is not None and amount < low:
-            return f"amount {amount} {currency} is below the adapter's minimum {low}"
+            return f"amount {amount:f} {currency} is below the adapter's minimum {low:f}"
         if high is not None and amount > high:
-            return f"amount {amount} {currency} is above the adapter's maximum {high}"
+            return f"amount {amount:f} {currency} is above the adapter's maximum {high:f}"
         low, high = self.limits_per_currency.get(currency, self.limits)
         if low is not None and amount < low:
-            return f"amount {amount} {currency} is below the minimum {low} of the routing rules"
+            return f"amount {amount:f} {currency} is below the minimum {low:f} {_OF_RULES}"
         if high is not None and amount > high:
-            return f"amount {amount} {currency} is above the maximum {high} of the routing rules"
+            return (
+                f"amount {amount:f} {currency} is above the maximum {high:f} of the routing rules"
+            )
         return None
 
     def fee(self, currency: str, amount: Decimal) -> Decimal | None:
         """The provider's fee for ``amount`` (exact), or None when no fees are configured."""
         if self.fee_rate is None:
             return None
-        return amount * self.fee_rate + self.fee_fixed.get(currency, _ZERO)
+        return MONEY_CONTEXT.fma(amount, self.fee_rate, self.fee_fixed.get(currency, _ZERO))
 
 
 def compile_providers(
@@ -137,7 +163,7 @@ def compile_providers(
                     c: (lim.min, lim.max) for c, lim in conf.amount_per_currency.items()
                 },
                 fee_percent=fees.percent if fees is not None else None,
-                fee_rate=fees.percent / 100 if fees is not None else None,
+                fee_rate=MONEY_CONTEXT.divide(fees.percent, 100) if fees is not None else None,
                 fee_fixed=dict(fees.fixed) if fees is not None else {},
                 fee_rate_f=float(fees.percent / 100) if fees is not None else 0.0,
                 fee_fixed_f={c: float(v) for c, v in fees.fixed.items()} if fees else {},
@@ -149,3 +175,36 @@ def compile_providers(
         if name not in model.providers
     )
     return tuple(out), unrouted
+
+
+def adapter_checks_of(adapters: Mapping[str, Any]) -> dict[str, AdapterCheck]:
+    """The ``eligibility_problem`` of every adapter (instance or class) that has one; bare
+    :class:`Capabilities` have none."""
+    return {
+        name: adapter.eligibility_problem
+        for name, adapter in adapters.items()
+        if isinstance(adapter, EligibilityCheck)
+    }
+
+
+def adapter_exclusions(
+    checks: Mapping[str, AdapterCheck], request: CheckoutRequest
+) -> dict[str, str]:
+    """Provider -> why its adapter cannot take ``request``, for the engine to exclude it.
+
+    A check that raises is a bug in that adapter: the provider is excluded, naming the
+    exception's type (never its message, which may quote the request).
+    """
+    out: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            problem = check(request)
+        except Exception as exc:
+            log.error(
+                "adapter eligibility check failed",
+                extra={"provider": name, "exception_type": type(exc).__name__},
+            )
+            problem = f"its eligibility check failed ({type(exc).__name__})"
+        if problem:
+            out[name] = ADAPTER_REFUSES + problem
+    return out

@@ -3,8 +3,9 @@
 :func:`decide` runs, in this order:
 
 1. **eligibility**: the plan's static exclusions (disabled, no adapter, capabilities and rule
-   limits on currency, country, method, capture), then amount limits, rule ``exclude`` actions
-   and the ``unavailable`` providers (open circuits), each with its reason;
+   limits on currency, country, method, capture), then amount limits, the providers whose
+   adapter refuses the request (``refused``), rule ``exclude`` actions and the ``unavailable``
+   providers (open circuits), each with its reason;
 2. **scoring**: per candidate, four components each worth ``weight x raw`` points (raw in
    0-1, weights normalised to 100), their sum the score (0-100);
 3. **ranking**: score descending; ties by the fallback order, then by name;
@@ -124,7 +125,7 @@ def _score(
             "successSegment": success.segment,
             "latencyMs": latency.ms,
             "latencySamples": latency.samples,
-            "fee": None if fee is None else str(fee),
+            "fee": None if fee is None else format(fee, "f"),
             "costScore": cost,
         },
     )
@@ -199,10 +200,13 @@ def decide(
     unavailable: Mapping[str, str] = _NONE,
     *,
     decision_id: str | None = None,
+    refused: Mapping[str, str] = _NONE,
 ) -> RoutingDecision:
     """Rank the providers for one request; see the module docstring for the steps.
 
-    ``unavailable`` maps providers that must not be tried now (an open circuit) to the reason.
+    ``unavailable`` maps providers that must not be tried now (an open circuit) to the reason;
+    ``refused`` those whose adapter can never take this request
+    (:func:`gateway.routing.eligibility.adapter_exclusions`).
     An empty ``ranked`` means no provider can take the request (``excluded`` says why).
     """
     f = features
@@ -226,6 +230,8 @@ def decide(
     scored: list[tuple[float, int, str, Candidate]] = []
     for p in plan.providers:
         reason = p.amount_exclusion(f.currency, f.amount)
+        if reason is None and p.name in refused:
+            reason = refused[p.name]
         if reason is None and p.name in ruled_out:
             reason = f"excluded by rule {ruled_out[p.name]}"
         if reason is None and p.name in unavailable:

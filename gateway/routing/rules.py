@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from gateway.domain.models import PAYMENT_METHODS
+from gateway.domain.money import MAX_AMOUNT
 from gateway.routing.conditions import (
     Condition,
     Countries,
@@ -61,6 +62,9 @@ __all__ = [
 Points = Annotated[float, Field(ge=-100, le=100)]
 Percent = Annotated[Decimal, Field(ge=0, le=100)]
 NonNegative = Annotated[Decimal, Field(ge=0)]
+#: fee inputs are bounded so the fee of any accepted amount is exact in the money context
+FeePercent = Annotated[Decimal, Field(ge=0, le=100, decimal_places=4)]
+FeeFixed = Annotated[Decimal, Field(ge=0, lt=MAX_AMOUNT, decimal_places=3)]
 
 
 def _methods(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -86,8 +90,8 @@ class AmountLimits(FrozenModel):
 class Fees(FrozenModel):
     """What a provider charges: ``percent`` of the total plus a fixed amount per currency."""
 
-    percent: Percent = Decimal(0)
-    fixed: dict[CurrencyCode, NonNegative] = Field(default_factory=dict)
+    percent: FeePercent = Decimal(0)
+    fixed: dict[CurrencyCode, FeeFixed] = Field(default_factory=dict)
 
 
 class ProviderRules(FrozenModel):

@@ -43,6 +43,7 @@ from gateway.metrics import (
 )
 from gateway.routing.compiled import CompiledRules, compile_rules
 from gateway.routing.decision import RoutingDecision
+from gateway.routing.eligibility import adapter_checks_of, adapter_exclusions
 from gateway.routing.engine import decide
 from gateway.routing.features import extract_features
 from gateway.routing.learning import OutcomeFeed
@@ -141,6 +142,7 @@ class Router:
     ) -> None:
         self.path = Path(rules_path)
         self._caps = {name: _capabilities(a) for name, a in adapters.items()}
+        self._checks = adapter_checks_of(adapters)
         self._active: CompiledRules = compile_rules(load_rules_file(self.path), self._caps)
         self._watch_s = watch_interval_s
         self._refresh_s = refresh_interval_s
@@ -240,7 +242,10 @@ class Router:
     ) -> RoutingDecision:
         """Rank the providers for ``request``; ``unavailable`` maps provider -> reason.
 
-        A ``dry_run`` (the simulate endpoint) is left out of the decision metrics.
+        Providers whose adapter cannot take the request are excluded with the adapter's
+        reason (:func:`gateway.routing.eligibility.adapter_exclusions`), a refusal that no
+        retry changes, unlike ``unavailable``. A ``dry_run`` (the simulate endpoint) is left out
+        of the decision metrics.
         """
         started = time.perf_counter()
         decision = decide(
@@ -249,6 +254,7 @@ class Router:
             self._feed.snapshot,
             unavailable,
             decision_id=decision_id or f"rd_{os.urandom(12).hex()}",
+            refused=adapter_exclusions(self._checks, request),
         )
         if not dry_run:
             self.counters["decisions"] += 1

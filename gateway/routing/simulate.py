@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from gateway.domain.models import CheckoutRequest, semantic_problems
 from gateway.routing.compiled import CompiledRules
 from gateway.routing.decision import RoutingDecision
+from gateway.routing.eligibility import AdapterCheck, adapter_exclusions
 from gateway.routing.engine import decide
 from gateway.routing.features import extract_features
 from gateway.routing.stats import EMPTY_SNAPSHOT, StatsSnapshot
@@ -125,13 +126,20 @@ def _first(decision: RoutingDecision) -> str:
 
 
 def simulate(
-    compiled: CompiledRules, samples: Iterable[Sample], stats: StatsSnapshot = EMPTY_SNAPSHOT
+    compiled: CompiledRules,
+    samples: Iterable[Sample],
+    stats: StatsSnapshot = EMPTY_SNAPSHOT,
+    checks: Mapping[str, AdapterCheck] | None = None,
 ) -> Simulation:
-    """Route every sample; count the first choices and the rules that matched."""
+    """Route every sample; count the first choices and the rules that matched.
+
+    ``checks`` are the adapters' eligibility checks (as the gateway's router applies them).
+    """
     result = Simulation(compiled.rules_version, [], Counter(), Counter())
     for sample in samples:
         features = extract_features(sample.request, sample.merchant)
-        decision = decide(features, compiled, stats, sample.unavailable)
+        refused = adapter_exclusions(checks, sample.request) if checks else {}
+        decision = decide(features, compiled, stats, sample.unavailable, refused=refused)
         result.decisions.append((sample, decision))
         result.shares[_first(decision)] += 1
         result.rule_hits.update(decision.matched_rules)
@@ -198,10 +206,11 @@ def backtest(
     current: CompiledRules,
     samples: list[Sample],
     stats: StatsSnapshot = EMPTY_SNAPSHOT,
+    checks: Mapping[str, AdapterCheck] | None = None,
 ) -> Backtest:
     """Replay ``samples`` through both rule sets and list every request that moves."""
-    before = simulate(current, samples, stats)
-    after = simulate(proposed, samples, stats)
+    before = simulate(current, samples, stats, checks)
+    after = simulate(proposed, samples, stats, checks)
     shifts: list[Shift] = []
     for (sample, old), (_, new) in zip(before.decisions, after.decisions, strict=True):
         if _first(old) != _first(new):

@@ -63,6 +63,8 @@ _OUTCOMES: dict[str, Fault] = {
     "unavailable": Fault.PROVIDER,
     "rate_limited": Fault.PROVIDER,
     "error": Fault.PROVIDER,
+    # an exception out of the adapter: the path to this provider is broken, as in an outage
+    "adapter_error": Fault.PROVIDER,
     # a 4xx: the provider refused *our* request (the order's data, our validation)
     "rejected": Fault.NOT_COUNTED,
     "not_supported": Fault.NOT_COUNTED,

@@ -6,6 +6,8 @@ import re
 import uuid
 from datetime import datetime, timedelta
 
+import orjson
+
 from tests.api.conftest import SEED, SEED_BYTES, GatewayFactory, headers, seed
 
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -101,3 +103,43 @@ async def test_request_id_is_accepted_and_echoed(gateway: GatewayFactory) -> Non
     response = await client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert response.headers["X-Request-ID"] != "bad id with spaces"
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+
+
+async def test_amounts_read_back_as_plain_strings_with_the_currency_exponent(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway()
+    raw = (
+        orjson.dumps(
+            seed(
+                amount={"total": 0, "shipping": 0, "tax": 0},
+                orderItems=[{"name": "Gift card", "quantity": 1, "unitPrice": 0}],
+            )
+        )
+        .replace(b'"total":0', b'"total":1e2')
+        .replace(b'"unitPrice":0', b'"unitPrice":1E+2')
+    )
+    created = await client.post("/api/v1/sessions", data=raw, headers=headers("plain-1e2"))
+    assert created.status == 201, await created.text()
+    session_id = (await created.json())["sessionId"]
+    view = await (await client.get(f"/api/v1/sessions/{session_id}", headers=headers(None))).json()
+    assert view["amount"] == {"total": "100.00", "shipping": "0.00", "tax": "0.00"}
+
+
+async def test_an_amount_beyond_the_bound_is_a_400_naming_it(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    raw = (
+        orjson.dumps(
+            seed(
+                amount={"total": 0},
+                orderItems=[{"name": "Yacht", "quantity": 1, "unitPrice": 0}],
+            )
+        )
+        .replace(b'"total":0', b'"total":1e20')
+        .replace(b'"unitPrice":0', b'"unitPrice":1e20')
+    )
+    response = await client.post("/api/v1/sessions", data=raw, headers=headers("huge-1e20"))
+    assert response.status == 400, await response.text()
+    body = await response.json()
+    bound = "must be less than 1000000000000000 (at most 15 digits before the decimal point)"
+    assert body["message"] == [f"amount.total: {bound}", f"orderItems.0.unitPrice: {bound}"]

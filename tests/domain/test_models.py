@@ -36,17 +36,17 @@ def test_seed_parses_to_exact_decimals() -> None:
 
 
 def test_numbers_beyond_float_precision_stay_exact() -> None:
-    # 18 significant digits: a float would turn this into 1234567890123456.8
+    # 17 significant digits, the largest amount accepted: a float would make it 1e15
     raw = variant(
         amount={"total": 0, "shipping": 0, "tax": 0},
         orderItems=[{"name": "x", "quantity": 1, "unitPrice": 0}],
     )
-    raw = raw.replace('"total": 0', '"total": 1234567890123456.78').replace(
-        '"unitPrice": 0', '"unitPrice": 1234567890123456.78'
+    raw = raw.replace('"total": 0', '"total": 999999999999999.99').replace(
+        '"unitPrice": 0', '"unitPrice": 999999999999999.99'
     )
     request = parse_checkout_request(raw.encode())
-    assert request.amount.total == Decimal("1234567890123456.78")
-    assert str(request.amount.total) == "1234567890123456.78"
+    assert request.amount.total == Decimal("999999999999999.99")
+    assert str(request.amount.total) == "999999999999999.99"
 
 
 def test_total_mismatch_uses_the_seed_message() -> None:
@@ -185,3 +185,45 @@ def test_invalid_emails_are_refused(email: str) -> None:
 def test_malformed_redirect_urls_are_refused(url: str) -> None:
     raw = variant(redirectUrls={"success": url, "failure": "https://x.io/f"})
     assert problems_of(raw)[0].startswith("redirectUrls.success: must be an absolute https URL")
+
+
+def _single_line(total: str, unit: str, currency: str = "USD") -> str:
+    raw = variant(
+        currency=currency,
+        amount={"total": 0},
+        orderItems=[{"name": "x", "quantity": 1, "unitPrice": 0}],
+    )
+    return raw.replace('"total": 0', f'"total": {total}').replace(
+        '"unitPrice": 0', f'"unitPrice": {unit}'
+    )
+
+
+def test_amounts_at_or_above_the_api_bound_are_refused_by_name() -> None:
+    bound = "must be less than 1000000000000000 (at most 15 digits before the decimal point)"
+    assert problems_of(_single_line("1e20", "1e20")) == [
+        f"amount.total: {bound}",
+        f"orderItems.0.unitPrice: {bound}",
+    ]
+    # the case: 10^28 + 1 against 10^28 passed the 28-digit default context
+    found = problems_of(_single_line("1e28", "10000000000000000000000000001"))
+    assert found == [f"amount.total: {bound}", f"orderItems.0.unitPrice: {bound}"]
+    assert problems_of(_single_line("1000000000000000", "1000000000000000"))
+    largest = "999999999999999.99"
+    assert parse_checkout_request(_single_line(largest, largest).encode()).amount.total == (
+        Decimal(largest)
+    )
+
+
+def test_places_are_counted_exactly_past_28_digits() -> None:
+    tiny = "0.10000000000000000000000000000001"
+    found = problems_of(_single_line(tiny, tiny))
+    assert found == [
+        "amount.total: must have no more than 2 decimal places for USD",
+        "orderItems.0.unitPrice: must have no more than 2 decimal places for USD",
+    ]
+
+
+def test_additional_information_keys_with_brackets_are_refused() -> None:
+    found = problems_of(variant(additionalInformation={"a][b": "x", "fine": "y"}))
+    assert found == ["additionalInformation.a][b.[key]: keys must not contain '[' or ']'"]
+    assert problems_of(variant(additionalInformation={"a[b": "x"}))

@@ -206,3 +206,21 @@ rules:
     assert load_rules_text(
         text.replace("{countries: [NO, SE, DK]}", "{enabled: no}")
     ).rules.providers["stripe"].enabled in (False, "no")
+
+
+def test_fee_inputs_are_bounded_so_every_fee_is_exact() -> None:
+    # a fee percent with 30 places made the exact fee of a large order unrepresentable
+    text = rules_yaml(
+        {"stripe": {"fees": {"percent": "2.900000000000000000000000000001", "fixed": {}}}}
+    )
+    found = problems(text)
+    assert [(path, message) for _, path, message in found] == [
+        (
+            "providers.stripe.fees.percent",
+            "Decimal input should have no more than 4 decimal places",
+        )
+    ]
+    fine = rules_yaml({"stripe": {"fees": {"percent": 2.9125, "fixed": {"KWD": 0.125}}}})
+    fees = load_rules_text(fine).rules.providers["stripe"].fees
+    assert fees is not None
+    assert fees.percent == Decimal("2.9125")
