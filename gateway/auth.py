@@ -7,6 +7,7 @@ type. ``none`` and HS/RS confusion are impossible because the accepted list neve
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,10 @@ class Authenticator:
 
     def verify(self, token: str) -> Merchant:
         """The merchant a token names; raises :class:`Unauthorized` for any bad token."""
+        if not token.isascii():
+            # a compact JWT is base64url and dots; anything else (including the undecodable
+            # bytes aiohttp hands over as surrogates) is malformed, never a 500
+            raise Unauthorized(details="token malformed")
         cached = self._cache.get(token)
         if cached is not None:
             if cached[1] > time.time():
@@ -103,6 +108,9 @@ class Authenticator:
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(details=_reason(exc)) from None
+        for name in _NUMERIC_DATES:
+            if name in claims and not _is_numeric_date(claims[name]):
+                raise Unauthorized(details=f"token {name!r} claim must be a number of seconds")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 128:
             raise Unauthorized(details="token subject must name the merchant")
@@ -131,6 +139,20 @@ class Authenticator:
         if self._issuer:
             claims["iss"] = self._issuer
         return jwt.encode(claims, self._signing_key, algorithm=self._algorithm)
+
+
+#: RFC 7519 NumericDate claims: PyJWT alone would take ``"exp": "1790000000"`` or Infinity
+_NUMERIC_DATES = ("exp", "nbf", "iat")
+
+
+def _is_numeric_date(value: Any) -> bool:
+    """A JSON number (not a string, a boolean, NaN or infinity) that fits a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _load_private(path: Path) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,8 @@ TRANSMISSION_HEADERS = {
     "PAYPAL-TRANSMISSION-SIG": "transmission_sig",
     "PAYPAL-TRANSMISSION-TIME": "transmission_time",
 }
+
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]{1,2048}")
 
 #: completion intent -> the Orders v2 action and the 422 issue saying it was done already
 _COMPLETIONS = {
@@ -361,6 +364,9 @@ class PayPalAdapter:
             value = header(headers, name)
             if not value:
                 raise WebhookVerificationError(self.name, f"missing header {name}")
+            if not _PRINTABLE_ASCII.fullmatch(value):
+                # PayPal sends ids, base64, URLs and times; other bytes cannot be forwarded
+                raise WebhookVerificationError(self.name, f"header {name} is not printable ASCII")
             fields[field] = value
         if not self.config.webhook_id:
             raise WebhookVerificationError(self.name, "no webhook id configured")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -327,20 +328,29 @@ class StripeAdapter:
         return payload
 
 
+#: a Unix time of at most 12 ASCII digits: int() alone takes 4,000 digits (and Unicode digits),
+#: and a number that large cannot be compared with the clock
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_HEX = re.compile(r"[0-9a-fA-F]{1,128}")
+
+
 def _parse_signature_header(value: str) -> tuple[int, list[str]]:
+    """The timestamp and the ``v1`` signatures; any malformed part is a verification error."""
     timestamp: int | None = None
     signatures: list[str] = []
     for part in value.split(","):
         key, sep, item = part.strip().partition("=")
         if not sep:
             continue
+        item = item.strip()
         if key == "t":
-            try:
-                timestamp = int(item)
-            except ValueError:
-                raise WebhookVerificationError("stripe", "malformed timestamp") from None
+            if not _TIMESTAMP.fullmatch(item):
+                raise WebhookVerificationError("stripe", "malformed timestamp")
+            timestamp = int(item)
         elif key == "v1" and item:
-            signatures.append(item.strip())
+            if not _HEX.fullmatch(item):
+                raise WebhookVerificationError("stripe", "malformed v1 signature")
+            signatures.append(item)
     if timestamp is None:
         raise WebhookVerificationError("stripe", "signature header lacks a timestamp")
     if not signatures:

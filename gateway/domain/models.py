@@ -8,6 +8,7 @@ the order total). Both report every problem with its field path.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from decimal import Decimal
@@ -309,7 +310,9 @@ def _describe(error: Any) -> str:
 def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) -> CheckoutRequest:
     """Parse and validate a request body; raises :class:`RequestProblems` listing every problem."""
     try:
-        data = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        # decoding first stops json.loads from guessing UTF-16 or UTF-32 from the bytes
+        text = _utf8_text(raw)
+        data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestProblems([f"body: malformed JSON ({_json_reason(exc)})"]) from None
     except RecursionError:
@@ -326,6 +329,19 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
     if problems:
         raise RequestProblems(problems)
     return request
+
+
+def _utf8_text(raw: bytes) -> str:
+    """``raw`` as text when it is UTF-8 JSON text (RFC 8259 §8.1); ValueError otherwise."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raise ValueError("JSON must be UTF-8 without a byte-order mark")
+    if b"\x00" in raw:
+        # JSON escapes NUL even inside strings: a NUL byte means UTF-16 or UTF-32
+        raise ValueError("JSON must be UTF-8, not UTF-16 or UTF-32")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"JSON must be UTF-8: invalid byte at offset {exc.start}") from None
 
 
 def _reject_constant(name: str) -> Any:

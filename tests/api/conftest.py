@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.auth import Authenticator
+from gateway.server import GatewayRunner
 from gateway.settings import Settings
 from gateway.store.base import Store
 from providers.sandbox.app import create_sandbox_root
@@ -24,6 +26,13 @@ JWT_SECRET = "test-secret-0123456789-0123456789-abcdef"
 ALL_SCOPES = ["sessions:write", "sessions:read", "routing:read", "routing:admin"]
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+class GatewayTestServer(TestServer):
+    """A test server run by ``gateway serve``'s runner (protocol errors in the envelope)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return GatewayRunner(self.app, **kwargs)
 
 
 @pytest.fixture
@@ -69,7 +78,8 @@ def gateway(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> Gate
 
     async def factory(store: Store | None = None, **overrides: Any) -> TestClient[Any, Any]:
         settings = make_settings(**overrides)
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings, store=store))
+        server: BaseTestServer = GatewayTestServer(create_app(settings, store=store))
+        client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 
     return factory

@@ -73,6 +73,57 @@ def test_bad_hs256_tokens_are_refused(token: str) -> None:
         auth.verify(token)
 
 
+def signed(payload: bytes) -> str:
+    """An HS256 token over exactly ``payload`` (JSON PyJWT itself would never write)."""
+    return jwt.api_jws.encode(payload, JWT_SECRET, algorithm="HS256")
+
+
+LATER = int(time.time()) + 600
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (f'{{"sub":"m-1","exp":"{LATER}"}}', "'exp' claim must be a number"),
+        ('{"sub":"m-1","exp":Infinity}', "token malformed"),  # PyJWT refuses these itself
+        ('{"sub":"m-1","exp":NaN}', "token malformed"),
+        ('{"sub":"m-1","exp":true}', "token expired"),
+        ('{"sub":"m-1","exp":1' + "0" * 400 + "}", "'exp' claim must be a number"),
+        (f'{{"sub":"m-1","exp":{LATER},"nbf":"0"}}', "'nbf' claim must be a number"),
+    ],
+    ids=["string", "infinity", "nan", "bool", "huge", "string-nbf"],
+)
+def test_exp_and_nbf_must_be_json_numbers(payload: str, problem: str) -> None:
+    auth = Authenticator(settings(jwt_secret=JWT_SECRET))
+    with pytest.raises(Unauthorized) as refused:
+        auth.verify(signed(payload.encode()))
+    assert problem in refused.value.details
+
+
+async def test_a_huge_exp_is_401_not_500(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    huge = signed(b'{"sub":"m-1","scope":"sessions:read","exp":1' + b"0" * 400 + b"}")
+    response = await client.get("/api/v1/sessions/x", headers={"Authorization": f"Bearer {huge}"})
+    assert response.status == 401
+    assert (await response.json())["details"] == "token 'exp' claim must be a number of seconds"
+
+
+def test_numeric_exp_as_integer_or_fraction_is_accepted() -> None:
+    auth = Authenticator(settings(jwt_secret=JWT_SECRET))
+    for exp in (str(LATER), f"{LATER}.5"):
+        token = signed(f'{{"sub":"m-1","exp":{exp}}}'.encode())
+        assert auth.verify(token).merchant_id == "m-1"
+
+
+def test_a_token_with_non_ascii_characters_is_refused_as_malformed() -> None:
+    auth = Authenticator(settings(jwt_secret=JWT_SECRET))
+    good = auth.issue("m-1", ["sessions:write"], 60)
+    for token in (good + "\udcff", "\udcff\udcfe" + good, good.replace(".", "\u2024", 1)):
+        with pytest.raises(Unauthorized) as refused:
+            auth.verify(token)
+        assert refused.value.details == "token malformed"
+
+
 def test_audience_and_issuer_are_checked_when_configured() -> None:
     auth = Authenticator(settings(jwt_secret=JWT_SECRET, jwt_audience="gw", jwt_issuer="idp"))
     good = jwt.encode(claims(aud="gw", iss="idp"), JWT_SECRET, algorithm="HS256")

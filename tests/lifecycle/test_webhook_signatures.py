@@ -13,13 +13,14 @@ import uuid
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway.appkeys import ADAPTERS, STORE
 from gateway.settings import SANDBOX_SECRETS
 from providers.adyen_transformers import hmac_signature
-from providers.base import CAPTURE, ApprovalCompleter
+from providers.base import CAPTURE, ApprovalCompleter, WebhookVerificationError
 from providers.sandbox.paypal_api import paypal_sandbox
-from providers.stripe import sign_payload
+from providers.stripe import sign_payload, verify_signature
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_loop import read_when, wait_for
 from tests.providers.hosted_inputs import Received, press
@@ -223,3 +224,35 @@ async def test_an_event_whose_processor_died_is_applied_on_the_resend(
     assert await deliver(env, "stripe", call.body, call.headers) == (200, b'{"received":true}')
     assert await status_of(env, session_id) == ("COMPLETED", 1)
     assert await store.claim_event("stripe", event_id, lease_s=60) == "done"
+
+
+# Malformed signature headers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ("t={now},v1=\u00e9", "malformed v1 signature"),  # compare_digest: TypeError before
+        ("t={now},v1=\udcff\udcfe", "malformed v1 signature"),  # undecodable header bytes
+        ("t=" + "9" * 400 + ",v1=abc", "malformed timestamp"),  # OverflowError before
+        ("t=" + "9" * 5000 + ",v1=abc", "malformed timestamp"),
+        ("t=" + "\u0661" * 10 + ",v1=abc", "malformed timestamp"),  # int() takes these digits
+        ("t=-5,v1=abc", "malformed timestamp"),
+        ("t={now}", "signature header lacks a v1 signature"),
+        ("v1=abc", "signature header lacks a timestamp"),
+    ],
+)
+def test_a_malformed_stripe_signature_header_is_a_verification_error(
+    header: str, reason: str
+) -> None:
+    now = int(time.time())
+    with pytest.raises(WebhookVerificationError) as refused:
+        verify_signature("whsec_x", header.format(now=now), b"{}", now=now)
+    assert refused.value.reason == reason
+
+
+def test_a_well_formed_stripe_signature_still_verifies() -> None:
+    now = int(time.time())
+    good = sign_payload("whsec_x", now, b"{}")
+    header = f"t={now}, v1=00ff, v1={good}, v0=zz"
+    assert verify_signature("whsec_x", header, b"{}", now=now) == now
