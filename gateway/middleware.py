@@ -26,7 +26,13 @@ from gateway.domain.errors import (
 from gateway.metrics import HTTP_DURATION, HTTP_REQUESTS
 from gateway.store.base import StoreUnavailable
 
-__all__ = ["LOG_CONTEXT", "REQUEST_ID", "error_response", "request_context_middleware"]
+__all__ = [
+    "LOG_CONTEXT",
+    "REQUEST_ID",
+    "error_response",
+    "request_context_middleware",
+    "request_id_for",
+]
 
 log = logging.getLogger("gateway.access")
 errors_log = logging.getLogger("gateway.errors")
@@ -53,6 +59,12 @@ def error_response(error: ApiError, request_id: str) -> web.Response:
     return response
 
 
+def request_id_for(request: web.BaseRequest) -> str:
+    """The client's ``X-Request-ID`` when it is well-formed, else a new random id."""
+    supplied = request.headers.get("X-Request-ID")
+    return supplied if supplied and _VALID_REQUEST_ID.match(supplied) else os.urandom(16).hex()
+
+
 def _from_http_exception(exc: web.HTTPException) -> ApiError:
     if isinstance(exc, web.HTTPNotFound):
         return NotFound()
@@ -70,10 +82,7 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Assign the request id, turn every failure into the envelope, log one line."""
-    supplied = request.headers.get("X-Request-ID")
-    request_id = (
-        supplied if supplied and _VALID_REQUEST_ID.match(supplied) else os.urandom(16).hex()
-    )
+    request_id = request_id_for(request)
     request[REQUEST_ID] = request_id
     request[LOG_CONTEXT] = {}
     started = time.perf_counter()

@@ -15,18 +15,41 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import http_exceptions, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
-from gateway.domain.errors import ApiError, BadRequest, GatewayTimeout, InternalError
+from gateway.domain.errors import (
+    ApiError,
+    BadRequest,
+    ExpectationFailed,
+    GatewayTimeout,
+    InternalError,
+)
 from gateway.metrics import HTTP_REQUESTS
-from gateway.middleware import error_response
+from gateway.middleware import error_response, request_id_for
 
 __all__ = ["EnvelopeRequestHandler", "GatewayRunner", "serve"]
 
 log = logging.getLogger("gateway.access")
+
+_Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+_RequestFactory = Callable[
+    [
+        RawRequestMessage,
+        StreamReader,
+        web.RequestHandler,
+        AbstractStreamWriter,
+        "asyncio.Task[None]",
+    ],
+    BaseRequest,
+]
 
 #: parser error -> what the client is told (the parser's own message quotes the request bytes)
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -75,24 +98,88 @@ class EnvelopeRequestHandler(web.RequestHandler):
         if request.writer.output_size > 0:
             # part of an answer is on the wire already: only closing is left (as aiohttp does)
             raise ConnectionError("response already started; closing the connection")
-        error = protocol_error(status, exc)
-        request_id = os.urandom(16).hex()
-        response = error_response(error, request_id)
-        response.headers["X-Request-ID"] = request_id
+        reason = type(exc).__name__ if exc is not None else "timeout"
+        response = _answer(protocol_error(status, exc), os.urandom(16).hex(), reason)
         response.force_close()
-        HTTP_REQUESTS.labels("unmatched", "OTHER", str(error.status)).inc()
-        fields = {
-            "request_id": request_id,
-            "method": "OTHER",
-            "route": "unmatched",
-            "status": error.status,
-            "reason": type(exc).__name__ if exc is not None else "timeout",
-        }
-        if error.status >= 500:
-            log.error("request failed in the HTTP server", extra=fields)
-        else:
-            log.info("request refused by the HTTP parser", extra=fields)
         return response
+
+
+def _answer(error: ApiError, request_id: str, reason: str) -> web.Response:
+    """The envelope for an answer aiohttp gives outside the middleware, counted and logged."""
+    response = error_response(error, request_id)
+    response.headers["X-Request-ID"] = request_id
+    HTTP_REQUESTS.labels("unmatched", "OTHER", str(error.status)).inc()
+    fields = {
+        "request_id": request_id,
+        "method": "OTHER",
+        "route": "unmatched",
+        "status": error.status,
+        "reason": reason,
+    }
+    if error.status >= 500:
+        log.error("request failed in the HTTP server", extra=fields)
+    else:
+        log.info("request refused by the HTTP server", extra=fields)
+    return response
+
+
+#: stands in for a request aiohttp parsed but cannot represent (``CONNECT`` with an empty
+#: target has no URL, and building its request object raises outside any handler)
+_UNREPRESENTABLE = RawRequestMessage(
+    "GET",
+    "/",
+    HttpVersion11,
+    CIMultiDictProxy(CIMultiDict()),
+    (),
+    True,
+    None,
+    False,
+    False,
+    URL("/"),
+)
+_MALFORMED: web.RequestKey[bool] = web.RequestKey("gateway_malformed", bool)
+
+
+def _tolerant(factory: _RequestFactory) -> _RequestFactory:
+    """``factory``, with a request it cannot build replaced by a stand-in marked malformed."""
+
+    def make(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        try:
+            return factory(message, payload, protocol, writer, task)
+        except Exception:  # aiohttp would drop the connection without an answer
+            request = factory(_UNREPRESENTABLE, payload, protocol, writer, task)
+            request[_MALFORMED] = True
+            return request
+
+    return make
+
+
+def _before_the_app(handler: _Handler) -> _Handler:
+    """``handler`` behind the checks aiohttp makes before any middleware runs.
+
+    An ``Expect`` other than 100-continue would get aiohttp's text answer echoing the
+    header (a 500 when it holds undecodable bytes); here it is a 417 in the envelope. A
+    request :func:`_tolerant` stood in for is a 400.
+    """
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        if request.get(_MALFORMED):
+            response = _answer(BadRequest("Malformed request line"), os.urandom(16).hex(), "URL")
+        else:
+            expect = request.headers.get("Expect")
+            if expect is None or expect.lower() == "100-continue":
+                return await handler(request)
+            response = _answer(ExpectationFailed(), request_id_for(request), "Expect")
+        response.force_close()  # the client may be holding its body back
+        return response
+
+    return handle
 
 
 class _EnvelopeServer(web.Server):
@@ -106,8 +193,8 @@ class GatewayRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         return _EnvelopeServer(
-            server.request_handler,
-            request_factory=server.request_factory,
+            _before_the_app(server.request_handler),
+            request_factory=_tolerant(server.request_factory),
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),
             **server._kwargs,

@@ -12,6 +12,7 @@ Every error body carries the keys and values the seed shows for its status, plus
      ├── Conflict              409  details, optional Retry-After / sessionId
      ├── PayloadTooLarge       413
      ├── UnsupportedMediaType  415
+     ├── ExpectationFailed     417  an ``Expect`` other than 100-continue
      ├── Unprocessable         422  code: IDEMPOTENCY_KEY_MISMATCH | NO_AVAILABLE_PROVIDER | ...
      ├── InternalError         500
      ├── BadGateway            502  every provider failed
@@ -28,6 +29,7 @@ __all__ = [
     "BadGateway",
     "BadRequest",
     "Conflict",
+    "ExpectationFailed",
     "Forbidden",
     "GatewayTimeout",
     "InternalError",
@@ -119,6 +121,11 @@ class PayloadTooLarge(ApiError):
 class UnsupportedMediaType(ApiError):
     status, error, code = 415, "Unsupported Media Type", 415
     message = "Content-Type must be application/json"
+
+
+class ExpectationFailed(ApiError):
+    status, error, code = 417, "Expectation Failed", 417
+    message = "Only 'Expect: 100-continue' is supported"
 
 
 class Unprocessable(ApiError):

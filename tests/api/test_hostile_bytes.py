@@ -112,6 +112,8 @@ async def test_a_paypal_transmission_header_with_raw_bytes_is_400(
         ),
         (b"GET /\xffeyJ HTTP/1.1\r\n\r\n", "Malformed request target"),
         (b"GET / HTTP/9.1\r\nX: eyJ\r\n\r\n", "Malformed request line"),
+        (b"CONNECT \r\n\r\n", "Malformed request line"),  # aiohttp: no URL, no answer
+        (b"CONNECT \r\nX: eyJ\r\n\r\n", "Malformed request line"),
     ],
     ids=[
         "bad-method",
@@ -122,6 +124,8 @@ async def test_a_paypal_transmission_header_with_raw_bytes_is_400(
         "bad-chunk",
         "url",
         "version",
+        "connect",
+        "connect-header",
     ],
 )
 async def test_requests_the_http_parser_refuses_get_the_envelope_and_leave_no_bytes_in_the_log(
@@ -132,7 +136,7 @@ async def test_requests_the_http_parser_refuses_get_the_envelope_and_leave_no_by
     body = assert_envelope(await send(client, raw), 400)
     assert body["error"] == "Bad Request"
     assert body["message"] == message
-    refused = [r for r in caplog.records if r.getMessage() == "request refused by the HTTP parser"]
+    refused = [r for r in caplog.records if r.getMessage() == "request refused by the HTTP server"]
     assert [(r.name, r.__dict__["request_id"], r.__dict__["status"]) for r in refused] == [
         ("gateway.access", body["requestId"], 400)
     ]
@@ -161,3 +165,24 @@ async def test_a_json_body_that_is_not_utf8_is_400(gateway: GatewayFactory) -> N
         body = assert_envelope(answer, 400)
         assert len(body["message"]) == 1
         assert problem in body["message"][0]
+
+
+@pytest.mark.parametrize("expect", [b"!", b"\x80", b"<script>", b"100-continue-please"])
+async def test_an_unknown_expectation_is_417_in_the_envelope(
+    gateway: GatewayFactory, expect: bytes
+) -> None:
+    client = await gateway()
+    for path in (b"/api/v1/webhooks/stripe", b"/no/such/route"):
+        hdrs = [(b"Expect", expect), (b"X-Request-ID", b"req-expect-1"), JSON]
+        answer = await send(client, request_bytes(b"POST", path, hdrs, b"{}"))
+        body = assert_envelope(answer, 417)
+        assert body["requestId"] == "req-expect-1"
+        assert expect.decode("latin-1") not in body["message"]
+
+
+async def test_expect_100_continue_still_works(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    hdrs = [(b"Expect", b"100-Continue"), JSON]
+    answer = await send(client, request_bytes(b"POST", b"/api/v1/webhooks/stripe", hdrs, b"{}"))
+    body = assert_envelope(answer, 400)  # past the expectation, to the webhook's own check
+    assert body["message"] == "Webhook verification failed"
