@@ -4,14 +4,16 @@ Errors (the file must not be deployed; exit status 1):
 
 - schema errors, each with its line: unknown keys, wrong types, bad codes, splits that do not
   add up to 100, providers referenced but not configured, duplicate rule ids;
-- rules that can never match (their conditions contradict each other).
+- rules that can never match (their conditions contradict each other);
+- an enabled provider no adapter of the gateway serves (the gateway refuses to start or
+  reload with it).
 
 Warnings (exit status 0 unless ``--strict``):
 
 - a pin or split shadowed by a higher-priority pin that matches whenever it does;
 - a rule acting on a provider that can never take the requests the rule matches;
-- references to disabled providers, providers that can never take any request, providers with
-  no adapter of that name.
+- references to disabled providers, providers that can never take any request, disabled
+  providers with no adapter of that name.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "CheckReport",
     "adapter_capabilities",
     "adapter_checks",
+    "adapterless_providers",
     "check_rules_file",
     "check_rules_text",
     "lint",
@@ -162,6 +165,23 @@ def check_rules_text(
     return CheckReport(source, tuple(found), loaded)
 
 
+def adapterless_providers(
+    loaded: LoadedRules, known_adapters: Collection[str]
+) -> list[RulesProblem]:
+    """An error for each enabled provider that no adapter of the gateway serves."""
+    known = ", ".join(sorted(known_adapters))
+    return [
+        RulesProblem(
+            f"provider {name!r} is enabled but the gateway has no adapter for it "
+            f"(known: {known}); fix the name or set enabled: false",
+            loaded.line("providers", name),
+            readable_path(("providers", name)),
+        )
+        for name, conf in sorted(loaded.rules.providers.items())
+        if conf.enabled and name not in known_adapters
+    ]
+
+
 def lint(
     loaded: LoadedRules,
     *,
@@ -175,10 +195,17 @@ def lint(
     def add(message: str, severity: Literal["error", "warning"], *loc: str | int) -> None:
         out.append(RulesProblem(message, loaded.line(*loc), readable_path(loc), severity))
 
-    for name in sorted(model.providers):
-        if known_adapters is not None and name not in known_adapters:
-            known = ", ".join(sorted(known_adapters))
-            add(f"no adapter named {name!r} exists (known: {known})", "warning", "providers", name)
+    if known_adapters is not None:
+        out += adapterless_providers(loaded, known_adapters)
+        known = ", ".join(sorted(known_adapters))
+        for name in sorted(model.providers):
+            if name not in known_adapters and not model.providers[name].enabled:
+                add(
+                    f"no adapter named {name!r} exists (known: {known})",
+                    "warning",
+                    "providers",
+                    name,
+                )
     compiled, _ = compile_providers(model, capabilities)
     by_name = {p.name: p for p in compiled}
     for p in compiled:

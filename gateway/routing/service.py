@@ -41,13 +41,14 @@ from gateway.metrics import (
     RULES_RELOAD_OK,
     RULES_RELOADS,
 )
+from gateway.routing.check import adapterless_providers
 from gateway.routing.compiled import CompiledRules, compile_rules
 from gateway.routing.decision import RoutingDecision
 from gateway.routing.eligibility import adapter_checks_of, adapter_exclusions
 from gateway.routing.engine import decide
 from gateway.routing.features import extract_features
 from gateway.routing.learning import OutcomeFeed
-from gateway.routing.rules import RulesError, load_rules_file, load_rules_text
+from gateway.routing.rules import LoadedRules, RulesError, load_rules_file, load_rules_text
 from gateway.routing.stats import StatsSnapshot, StatsStore
 from gateway.settings import SettingsError
 from providers.base import Capabilities
@@ -66,12 +67,25 @@ _NONE: Mapping[str, str] = MappingProxyType({})
 
 
 def enabled_providers(path: str | Path) -> list[str]:
-    """The providers the rules file enables; :class:`SettingsError` when it is invalid."""
+    """The providers the rules file enables; :class:`SettingsError` when it is invalid.
+
+    Also invalid here: enabling a provider the gateway has no adapter for.
+    """
     try:
-        loaded = load_rules_file(path)
+        loaded = _with_adapters(load_rules_file(path))
     except RulesError as exc:
         raise SettingsError(f"the routing rules are invalid:\n{exc}") from None
     return sorted(name for name, conf in loaded.rules.providers.items() if conf.enabled)
+
+
+def _with_adapters(loaded: LoadedRules) -> LoadedRules:
+    """``loaded``, or RulesError when it enables a provider no adapter serves."""
+    from providers.registry import KNOWN_PROVIDERS
+
+    problems = adapterless_providers(loaded, KNOWN_PROVIDERS)
+    if problems:
+        raise RulesError(loaded.source, problems)
+    return loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +339,8 @@ class Router:
             return result
 
     def _compile(self, raw: bytes) -> CompiledRules:
-        return compile_rules(load_rules_text(raw, source=str(self.path)), self._caps)
+        loaded = _with_adapters(load_rules_text(raw, source=str(self.path)))
+        return compile_rules(loaded, self._caps)
 
     def _recover(self) -> None:
         self.last_reload_error = None

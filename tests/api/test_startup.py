@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.app import check_startup
 from gateway.settings import Settings, SettingsError
@@ -91,3 +92,18 @@ def test_several_workers_need_the_shared_store() -> None:
     with pytest.raises(SettingsError, match="GATEWAY_STORE=redis"):
         check_startup(settings)
     check_startup(settings.model_copy(update={"store": "redis"}))
+
+
+def test_gateway_serve_names_an_unknown_provider_in_the_rules(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    data = yaml.safe_load((ROOT / "routing_rules.yaml").read_text())
+    data["providers"]["paypall"] = data["providers"]["paypal"]
+    rules.write_text(yaml.safe_dump(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_RULES_PATH": str(rules)})
+    done = serve(env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "gateway: configuration error: the routing rules are invalid" in done.stderr
+    assert f"{rules}:" in done.stderr
+    assert "provider 'paypall' is enabled but the gateway has no adapter for it" in done.stderr

@@ -25,6 +25,7 @@ from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import SandboxConfig
 from tests.api.conftest import JWT_SECRET, SEED, headers, seed, token
 from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
+from tests.rawhttp import exchange
 
 MERCHANT_SECRET = "merchant-hook-secret-abcdefghijklmnop"
 PERSONAL = [
@@ -125,6 +126,12 @@ async def test_request_logs_are_structured_and_carry_no_personal_data_or_secrets
             ) as a:
                 assert (await a.json())["status"] == "COMPLETED"
             await asyncio.sleep(0.6)  # let the merchant notification go out
+        # requests aiohttp's parser refuses, one carrying a token: the envelope, and no bytes
+        long_token = b"GET /healthz HTTP/1.1\r\nAuthorization: Bearer " + bearer.encode() * 40
+        for raw in (b"G\x01T / HTTP/1.1\r\n\r\n", long_token + b"\r\n\r\n"):
+            refused = await exchange("127.0.0.1", port, raw)
+            assert refused.status == 400
+            assert json.loads(refused.body)["requestId"] == refused.headers["x-request-id"]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
         assert proc.stderr is not None
@@ -154,6 +161,16 @@ async def test_request_logs_are_structured_and_carry_no_personal_data_or_secrets
     assert ("/api/v1/sessions", 400) in routes
     assert ("/api/v1/webhooks/{provider}", 200) in routes
     assert ("unmatched", 404) in routes
+    parser = [r for r in records if r["msg"] == "request refused by the HTTP server"]
+    assert [(r["route"], r["status"], r["reason"]) for r in parser] == [
+        ("unmatched", 400, "BadHttpMethod"),
+        ("unmatched", 400, "LineTooLong"),
+    ]
+    moves = [r for r in records if r["msg"] == "session status changed"]
+    assert {(r["from_status"], r["to_status"], r["source"]) for r in moves} >= {
+        ("PENDING", "COMPLETED", f"webhook:{session['routing']['selectedProvider']}")
+    }
+    assert all(r["session_id"] == session["sessionId"] for r in moves)
     assert all(r["level"] in {"debug", "info", "warning", "error"} for r in records)
     leaked = [item for item in PERSONAL + SECRETS + [bearer] if item in output]
     assert not leaked, f"found in the logs: {leaked}"

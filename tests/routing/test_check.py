@@ -213,3 +213,30 @@ def test_never_matches(data: dict[str, object], dead: bool) -> None:
 def test_implies(narrow: dict[str, object], wide: dict[str, object], expected: bool) -> None:
     assert implies(cond(narrow), cond(wide)) is expected
     assert implies(cond(narrow), None) is True
+
+
+UNKNOWN_ENABLED = """schema_version: 1
+version: v1
+providers:
+  stripe: {}
+  strpie: {currencies: [EUR]}
+rules: []
+"""
+
+
+def test_an_enabled_provider_without_an_adapter_is_an_error(tmp_path: Path) -> None:
+    report = check_rules_text(UNKNOWN_ENABLED, known_adapters=["stripe", "adyen"])
+    assert [(p.line, p.severity, p.message) for p in report.problems] == [
+        (
+            5,
+            "error",
+            "provider 'strpie' is enabled but the gateway has no adapter for it "
+            "(known: adyen, stripe); fix the name or set enabled: false",
+        )
+    ]
+    assert report.exit_status() == 1
+    path = tmp_path / "rules.yaml"
+    path.write_text(UNKNOWN_ENABLED)
+    done = run("check", str(path))
+    assert done.returncode == 1
+    assert f"{path}:5: error: providers.strpie: provider 'strpie' is enabled" in done.stderr

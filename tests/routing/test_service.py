@@ -200,3 +200,32 @@ async def test_a_failing_stats_store_never_fails_a_checkout(rules_file: Path) ->
         assert router.decide(request(), "m1").ranked
     assert router.counters["stats_write_failed"] == 1
     assert router.counters["stats_refresh_failed"] >= 1
+
+
+UNKNOWN_ENABLED = rules_yaml({"stripe": {}, "strpie": {}})
+
+
+def test_enabling_a_provider_without_an_adapter_stops_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(UNKNOWN_ENABLED)
+    with pytest.raises(SettingsError) as refused:
+        enabled_providers(path)
+    line = UNKNOWN_ENABLED.splitlines().index("  strpie: {}") + 1
+    assert f"{path}:{line}: error: providers.strpie: provider 'strpie' is enabled" in str(
+        refused.value
+    )
+    assert "(known: adyen, paypal, stripe)" in str(refused.value)
+
+
+async def test_a_reload_enabling_a_provider_without_an_adapter_is_refused(
+    rules_file: Path,
+) -> None:
+    router = Router(rules_file, CAPS)
+    old = router.rules_version
+    put(rules_file, UNKNOWN_ENABLED)
+    result = await router.reload()
+    assert not result.ok
+    assert router.rules_version == old
+    assert "provider 'strpie' is enabled but the gateway has no adapter" in (
+        router.last_reload_error or ""
+    )
