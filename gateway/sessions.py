@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,13 @@ from gateway.domain.session import (
     isoformat,
     utcnow,
 )
-from gateway.idempotency import derived_provider_key, fingerprint, session_id_for
+from gateway.idempotency import (
+    RecentDurations,
+    derived_provider_key,
+    fingerprint,
+    in_flight_retry_after,
+    session_id_for,
+)
 from gateway.lifecycle import LifecycleService
 from gateway.metrics import (
     IDEMPOTENCY,
@@ -105,6 +110,7 @@ class SessionService:
         #: expiry on read and the ``payment_session.created`` notification (None: neither)
         self.lifecycle = lifecycle
         self._lease_ms = settings.idempotency_lease_seconds * 1000
+        self._create_durations = RecentDurations()
 
     async def create(
         self,
@@ -138,7 +144,12 @@ class SessionService:
             raise Unprocessable.idempotency_mismatch()
         if claim.kind is ClaimKind.IN_FLIGHT:
             IDEMPOTENCY.labels("in_flight").inc()
-            retry = max(1, math.ceil((claim.retry_after_ms or 1000) / 1000))
+            retry = in_flight_retry_after(
+                claim.retry_after_ms or 1000,
+                lease_s=self._lease_ms / 1000,
+                deadline_s=self.settings.request_deadline_seconds,
+                typical_s=self._create_durations.p95(),
+            )
             raise Conflict(
                 details="A request with this Idempotency-Key is still being processed",
                 headers={"Retry-After": str(retry)},
@@ -157,9 +168,9 @@ class SessionService:
                 await self._release_order_quietly(scope, guarded, token)
             await self._release_quietly(scope, idempotency_key, token)
             raise
-        SESSION_CREATE_OVERHEAD.observe(
-            max(0.0, time.perf_counter() - started - outcome.provider_wait_s)
-        )
+        elapsed = time.perf_counter() - started
+        self._create_durations.add(elapsed)
+        SESSION_CREATE_OVERHEAD.observe(max(0.0, elapsed - outcome.provider_wait_s))
         return outcome
 
     async def _release_quietly(self, scope: str, key: str, token: str) -> None:

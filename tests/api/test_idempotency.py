@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.idempotency import RecentDurations, in_flight_retry_after
 from gateway.store.base import Store
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers, seed
 
@@ -85,6 +86,71 @@ async def test_in_flight_duplicate_gets_409_with_retry_after(
     assert body["error"] == "Conflict"
     assert "still being processed" in body["details"]
     assert (await first).status == 201
+
+
+@pytest.mark.parametrize(
+    ("remaining_ms", "typical_s", "expected"),
+    [
+        (59_800, None, 15),  # just claimed, nothing known: up to the deadline (15 s)
+        (50_000, None, 5),  # held 10 s of a 15 s deadline
+        (59_800, 1.2, 1),  # typical create 1.2 s, held 0.2 s
+        (59_000, 3.5, 3),  # typical 3.5 s, held 1 s: ceil(2.5)
+        (55_000, 1.2, 10),  # slower than typical (held 5 s): back to the deadline
+        (45_500, 1.2, 1),  # 0.5 s before the deadline: at least 1 s
+        (40_000, None, 40),  # held past the deadline: its process died, the lease frees it
+        (800, None, 1),  # never past the lease
+        (2_500, 9.0, 3),
+    ],
+)
+def test_the_in_flight_retry_after_hint(
+    remaining_ms: int, typical_s: float | None, expected: int
+) -> None:
+    hint = in_flight_retry_after(remaining_ms, lease_s=60, deadline_s=15, typical_s=typical_s)
+    assert hint == expected
+
+
+def test_recent_durations_give_a_p95_once_there_are_enough() -> None:
+    durations = RecentDurations(size=100, minimum=10)
+    for value in range(1, 10):
+        durations.add(value / 10)
+    assert durations.p95() is None
+    for value in range(10, 101):
+        durations.add(value / 10)
+    assert durations.p95() == 9.5
+    for _ in range(100):
+        durations.add(0.2)  # the window forgets older samples
+    assert durations.p95() == 0.2
+
+
+async def test_in_flight_retry_after_follows_the_typical_create_not_the_lease(
+    gateway: GatewayFactory, sandbox: Any
+) -> None:
+    client = await gateway(idempotency_lease_seconds=60)  # request deadline: 5 s
+    await fault(sandbox, latencyMs=400)
+
+    async def duplicate_while_in_flight(key: str) -> int:
+        first = asyncio.create_task(
+            client.post("/api/v1/sessions", json=seed(orderReference=key), headers=headers(key))
+        )
+        await asyncio.sleep(0.15)
+        second = await client.post(
+            "/api/v1/sessions", json=seed(orderReference=key), headers=headers(key)
+        )
+        assert second.status == 409
+        assert (await first).status == 201
+        return int(second.headers["Retry-After"])
+
+    assert await duplicate_while_in_flight("cold") == 5  # no history: the deadline, not 60 s
+    warm_up = await asyncio.gather(
+        *(
+            client.post(
+                "/api/v1/sessions", json=seed(orderReference=f"w{n}"), headers=headers(f"w{n}")
+            )
+            for n in range(10)
+        )
+    )
+    assert [r.status for r in warm_up] == [201] * 10
+    assert await duplicate_while_in_flight("warm") <= 2  # creates take ~0.4 s here
 
 
 async def test_failed_request_releases_the_key_and_retry_reuses_provider_session(
