@@ -1,11 +1,15 @@
 """Serving the app: the runner ``gateway serve`` (and the tests) use, and its serve loop.
 
-aiohttp answers requests its parser refuses (a bad method, an oversized request line or
-header, broken framing) before any middleware runs, as ``text/plain`` echoing the offending
-bytes, and logs those bytes on ``aiohttp.server``. aiohttp has no public hook for that answer
-(aio-libs/aiohttp#3287), so :class:`GatewayRunner` builds its connections from
-:class:`EnvelopeRequestHandler`, which answers in the API's error envelope with an
-``X-Request-ID`` and logs only the kind of error, never the bytes.
+aiohttp answers some requests before any middleware runs: those its parser refuses (a bad
+method, an oversized request line or header, broken framing), as ``text/plain`` quoting the
+offending bytes which it also logs on ``aiohttp.server``; an ``Expect`` other than
+100-continue, as text echoing the header; and a request it parsed but cannot represent
+(``CONNECT`` with an empty target), with no answer at all. aiohttp has no public hook for
+these (aio-libs/aiohttp#3287), so :class:`GatewayRunner` builds the server from
+:class:`EnvelopeRequestHandler` and wraps the app's handler and request factory: every such
+answer is the API's error envelope with an ``X-Request-ID``, logged by its kind, never its
+bytes. It overrides ``AppRunner._make_server`` and reads ``Server._kwargs``: an aiohttp
+upgrade must keep ``tests/api/test_hostile_bytes.py`` and the fuzz test passing.
 """
 
 from __future__ import annotations
@@ -99,12 +103,14 @@ class EnvelopeRequestHandler(web.RequestHandler):
             # part of an answer is on the wire already: only closing is left (as aiohttp does)
             raise ConnectionError("response already started; closing the connection")
         reason = type(exc).__name__ if exc is not None else "timeout"
-        response = _answer(protocol_error(status, exc), os.urandom(16).hex(), reason)
+        response = _answer(protocol_error(status, exc), os.urandom(16).hex(), reason, exc)
         response.force_close()
         return response
 
 
-def _answer(error: ApiError, request_id: str, reason: str) -> web.Response:
+def _answer(
+    error: ApiError, request_id: str, reason: str, exc: BaseException | None = None
+) -> web.Response:
     """The envelope for an answer aiohttp gives outside the middleware, counted and logged."""
     response = error_response(error, request_id)
     response.headers["X-Request-ID"] = request_id
@@ -117,7 +123,8 @@ def _answer(error: ApiError, request_id: str, reason: str) -> web.Response:
         "reason": reason,
     }
     if error.status >= 500:
-        log.error("request failed in the HTTP server", extra=fields)
+        # a failure outside the middleware is aiohttp's or ours: keep its traceback
+        log.error("request failed in the HTTP server", extra=fields, exc_info=exc)
     else:
         log.info("request refused by the HTTP server", extra=fields)
     return response
