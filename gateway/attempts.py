@@ -86,12 +86,11 @@ class Attempts:
         }
         if self.conflict is not None:
             details["providerError"] = {"provider": self.conflict.provider, "code": "key_conflict"}
-            return Conflict(
+            details["reason"] = (
                 "A provider is still processing an earlier attempt with this Idempotency-Key; "
-                "retry with the same key and body",
-                details=details,
-                headers={"Retry-After": "2"},
+                "retry with the same key and body"
             )
+            return Conflict(details=details, headers={"Retry-After": "2"})
         if self.rejected is not None:
             details["providerError"] = {
                 "provider": self.rejected.provider,
