@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from gateway.metrics import ORPHAN_SESSIONS
 from gateway.store.base import Store
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_failover import admin, card_order, fault, sandbox_state
+from tests.lifecycle.conftest import pinned_rules
 
 PROVIDERS = ("stripe", "adyen", "paypal")
 
@@ -177,3 +179,54 @@ async def test_a_stripe_orphan_left_by_a_failover_is_expired_and_cannot_be_paid(
     assert (view["provider"], view["status"]) == ("adyen", "PENDING")
     assert sandbox_state(sandbox).sessions_created["stripe"] == 1
     await admin(sandbox, "DELETE", "faults")
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+async def test_the_retry_goes_first_where_the_first_attempt_went(
+    gateway: GatewayFactory, sandbox: Any, store_factory: Any, store_kind: str, tmp_path: Path
+) -> None:
+    """Routing may rank another provider first by the time of the retry (here: another
+    process whose rules pin adyen); the provider that may hold the session is tried first,
+    so no second session is opened elsewhere."""
+    store: Store = await store_factory(store_kind)
+    first_process = await gateway(
+        store=store, provider_timeout_seconds=0.5, request_deadline_seconds=3
+    )
+    other_process = await gateway(
+        store=store,
+        provider_timeout_seconds=0.5,
+        request_deadline_seconds=3,
+        rules_path=pinned_rules(tmp_path, "adyen"),
+    )
+    body = card_order("ORD-WHERE")
+    assert (await first_choice(first_process, body)) == "stripe"
+    assert (await first_choice(other_process, body)) == "adyen"
+    await fault(sandbox, "adyen", down=True)
+    await fault(sandbox, "stripe", processingMs=1200)
+    key = f"where-{store_kind}"
+    failed = await first_process.post("/api/v1/sessions", json=body, headers=headers(key))
+    assert failed.status in (502, 504)
+    session_id = session_id_for("merchant-1", key)
+
+    async def stripe_created() -> bool:
+        return len(held_by(sandbox, "stripe", session_id)) == 1
+
+    await until(stripe_created)
+    await admin(sandbox, "DELETE", "faults")  # adyen is healthy again, and ranked first there
+    retry = await other_process.post("/api/v1/sessions", json=body, headers=headers(key))
+    assert retry.status == 201, await retry.text()
+    routing = (await retry.json())["routing"]
+    assert [(a["provider"], a["outcome"]) for a in routing["attempts"]] == [("stripe", "created")]
+    (held,) = held_by(sandbox, "stripe", session_id)
+    view = await (
+        await other_process.get(f"/api/v1/sessions/{session_id}", headers=headers(None))
+    ).json()
+    assert view["providerSessionId"] == held.id
+    assert held_by(sandbox, "adyen", session_id) == []
+
+
+async def first_choice(client: Any, body: dict[str, Any]) -> str:
+    answer = await client.post("/api/v1/routing/simulate", json=body, headers=headers(None))
+    assert answer.status == 200, await answer.text()
+    candidates: list[dict[str, Any]] = (await answer.json())["candidates"]
+    return str(candidates[0]["provider"])
