@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -20,9 +21,11 @@ import pytest
 from gateway.idempotency import session_id_for
 from gateway.metrics import ORPHAN_SESSIONS
 from gateway.store.base import Store
+from gateway.store.redis import RedisStore
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_failover import admin, card_order, fault, sandbox_state
 from tests.lifecycle.conftest import pinned_rules
+from tests.tcp_proxy import TcpProxy
 
 PROVIDERS = ("stripe", "adyen", "paypal")
 
@@ -230,3 +233,57 @@ async def first_choice(client: Any, body: dict[str, Any]) -> str:
     assert answer.status == 200, await answer.text()
     candidates: list[dict[str, Any]] = (await answer.json())["candidates"]
     return str(candidates[0]["provider"])
+
+
+@pytest.mark.timeout(60)
+async def test_a_retry_after_a_redis_outage_mid_create_gets_the_providers_session(
+    gateway: GatewayFactory, sandbox: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """Redis goes away while Stripe creates the session (the create answers 503 and cannot
+    even give its claim up); once Redis is back and the lease has run out, the retry re-sends
+    the pinned request and gets Stripe's session."""
+    target = urlsplit(redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    store = RedisStore(f"redis://127.0.0.1:{proxy.port}{target.path}", redis_prefix)
+    try:
+        client = await gateway(
+            store=store,
+            provider_timeout_seconds=3,
+            request_deadline_seconds=4,
+            idempotency_lease_seconds=5,
+        )
+        for other in ("adyen", "paypal"):
+            await fault(sandbox, other, down=True)
+        await fault(sandbox, "stripe", processingMs=800)
+        body = card_order("ORD-OUTAGE")
+        session_id = session_id_for("merchant-1", "outage")
+        state = sandbox_state(sandbox)
+        create = asyncio.create_task(
+            client.post("/api/v1/sessions", json=body, headers=headers("outage"))
+        )
+
+        async def stripe_works_on_it() -> bool:
+            return bool(state.idempotency.get("stripe"))
+
+        await until(stripe_works_on_it)
+        await proxy.stop()
+        failed = await create
+        assert failed.status == 503, await failed.text()
+        assert len(held_by(sandbox, "stripe", session_id)) == 1  # Stripe finished it
+        await proxy.start()
+        for _ in range(100):  # 409 while the lost claim's lease runs (503: a cut connection)
+            retry = await client.post("/api/v1/sessions", json=body, headers=headers("outage"))
+            if retry.status not in (409, 503):
+                break
+            await asyncio.sleep(0.1)
+        assert retry.status == 201, await retry.text()
+        (held,) = held_by(sandbox, "stripe", session_id)
+        view = await (
+            await client.get(f"/api/v1/sessions/{session_id}", headers=headers(None))
+        ).json()
+        assert (view["provider"], view["providerSessionId"]) == ("stripe", held.id)
+        assert sum(state.sessions_created.values()) == 1
+    finally:
+        await store.close()
+        await proxy.stop()
