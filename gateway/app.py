@@ -118,6 +118,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
             try:
                 yield
             finally:
+                await app[SERVICES].orphans.close(settings.provider_timeout_seconds)
                 await http.close()
                 if store is None:
                     await opened.close()

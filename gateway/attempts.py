@@ -1,7 +1,11 @@
 """Trying the ranked providers in order until one creates the session.
 
 A timeout, connection error, 5xx or 429 moves on to the next candidate; a rejection of our
-request (4xx) stops, unless the gateway is configured to fail over on rejections too. Every call
+request (4xx) stops, unless the gateway is configured to fail over on rejections too. A
+provider refusing the idempotency key itself (:class:`~providers.base.ProviderKeyConflict`)
+stops when its first request is still running there (the merchant is told to retry: the
+provider's answer comes then) and moves on otherwise; either way the provider may hold a
+session for the key, which the create records as a possible orphan. Every call
 has its own timeout and all of them share the request's deadline. Circuit breakers keep calls
 away from a provider that keeps failing, and every outcome that is the provider's doing feeds
 the routing statistics.
@@ -11,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from gateway.circuit import CircuitBreakers
-from gateway.domain.errors import ApiError, BadGateway, GatewayTimeout
+from gateway.domain.errors import ApiError, BadGateway, Conflict, GatewayTimeout
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import Attempt
 from gateway.metrics import FAILOVERS
@@ -26,13 +30,15 @@ from providers.base import (
     CreateSessionInput,
     FlowNotSupported,
     ProviderAdapter,
+    ProviderError,
+    ProviderKeyConflict,
     ProviderRejected,
     ProviderSession,
     ProviderTimeout,
     adapter_fault,
 )
 
-__all__ = ["Attempts", "ProviderAttempts", "RouterLike"]
+__all__ = ["Attempts", "ProviderAttempts", "RouterLike", "prefer"]
 
 log = logging.getLogger("gateway.sessions")
 
@@ -60,13 +66,31 @@ class Attempts:
     waited_s: float = 0.0
     created: ProviderSession | None = None
     chosen: Candidate | None = None
+    #: the last refusal of the idempotency key itself
+    conflict: ProviderKeyConflict | None = None
+    #: providers that hold, or may hold, a session for the key after their try (in order)
+    held: list[str] = field(default_factory=list)
+
+    def may_hold(self) -> list[str]:
+        """Providers other than the chosen one whose try may have left a session there."""
+        chosen = self.chosen.provider if self.chosen is not None else None
+        return [p for p in self.held if p != chosen]
 
     def failure(self, decision: RoutingDecision, deadline: float) -> ApiError:
-        """504 when the deadline passed or every try timed out; 502 otherwise."""
+        """409 when a provider refused the idempotency key (its first request may still be
+        running: the merchant's retry gets its answer); else 504 when the deadline passed or
+        every try timed out; 502 otherwise."""
         details: dict[str, Any] = {
             "decisionId": decision.decision_id,
             "attempts": [a.model_dump(mode="json") for a in self.made],
         }
+        if self.conflict is not None:
+            details["providerError"] = {"provider": self.conflict.provider, "code": "key_conflict"}
+            details["reason"] = (
+                "A provider is still processing an earlier attempt with this Idempotency-Key; "
+                "retry with the same key and body"
+            )
+            return Conflict(details=details, headers={"Retry-After": "2"})
         if self.rejected is not None:
             details["providerError"] = {
                 "provider": self.rejected.provider,
@@ -105,9 +129,11 @@ class ProviderAttempts:
         inputs: Callable[[str], CreateSessionInput],
         request: CheckoutRequest,
         deadline: float,
+        tries: Attempts | None = None,
     ) -> Attempts:
-        """Try the candidates in rank order; ``created`` is set when one succeeded."""
-        tries = Attempts()
+        """Try the candidates in rank order; ``created`` is set when one succeeded. ``tries``
+        (filled in place) lets the caller see what was sent even when this raises."""
+        tries = tries if tries is not None else Attempts()
         for candidate in decision.ranked:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -130,6 +156,8 @@ class ProviderAttempts:
                 tries.created, tries.chosen = created, candidate
                 return tries
             if tries.rejected is not None and not self.failover_on_rejection:
+                break
+            if tries.conflict is not None and tries.conflict.in_flight:
                 break
         return tries
 
@@ -161,9 +189,13 @@ class ProviderAttempts:
                 tries.timed_out = True
             if isinstance(exc, ProviderRejected):
                 tries.rejected = exc
+            if isinstance(exc, ProviderKeyConflict):
+                tries.conflict = exc
+            if _may_have_created(exc) and provider not in tries.held:
+                tries.held.append(provider)
             if exc.retryable:
                 await self.circuits.failure(provider)
-            if not isinstance(exc, FlowNotSupported):
+            if not isinstance(exc, FlowNotSupported | ProviderKeyConflict):
                 await self.router.record_creation(provider, exc.outcome, elapsed, request)
             if isinstance(exc, AdapterFault):
                 log.error(
@@ -179,6 +211,29 @@ class ProviderAttempts:
         tries.made.append(
             Attempt(provider=provider, outcome="created", durationMs=round(elapsed, 2))
         )
+        if provider not in tries.held:
+            tries.held.append(provider)
         await self.circuits.success(provider)
         await self.router.record_creation(provider, "created", elapsed, request)
         return result
+
+
+def prefer(decision: RoutingDecision, providers: Sequence[str]) -> RoutingDecision:
+    """``decision`` with the candidates of ``providers`` moved to the front, in that order:
+    an earlier attempt sent them a create under this key, so they may already hold the
+    session and replay it."""
+    if not providers:
+        return decision
+    rank = {name: i for i, name in enumerate(providers)}
+    first = sorted(
+        (c for c in decision.ranked if c.provider in rank), key=lambda c: rank[c.provider]
+    )
+    rest = [c for c in decision.ranked if c.provider not in rank]
+    return replace(decision, ranked=(*first, *rest))
+
+
+def _may_have_created(exc: ProviderError) -> bool:
+    """Did the provider perhaps create the session before this failure? After a timeout (it
+    may answer late) or a refused key (an earlier request with it ran there): yes, perhaps. A
+    refused connection, a 5xx, a 429 or a rejection created nothing to go back for."""
+    return isinstance(exc, ProviderTimeout | ProviderKeyConflict)

@@ -45,7 +45,7 @@ from gateway.domain.session import (
     SessionStatus,
     utcnow,
 )
-from gateway.metrics import AMOUNT_MISMATCHES, SESSION_TRANSITIONS
+from gateway.metrics import AMOUNT_MISMATCHES, ORPHAN_SESSIONS, SESSION_TRANSITIONS
 from gateway.notifications.events import CREATED, UPDATED, Notifier
 from gateway.reconciliation import mismatch, reports_money
 from gateway.settings import Settings
@@ -198,6 +198,14 @@ class LifecycleService:
             event.reference is not None and event.reference != record.providerSessionId
         )
         if foreign:
+            if _orphan_payment(record, event):
+                ORPHAN_SESSIONS.labels(event.provider, "paid").inc()
+                log.error(
+                    "payment event for an orphan provider session (left by a failover), not "
+                    "applied to the session; reconcile (refund) at the provider",
+                    extra=context,
+                )
+                return "ignored"
             log.warning(
                 "webhook event does not match the session's provider session", extra=context
             )
@@ -488,4 +496,14 @@ def _not_cancellable(record: SessionRecord) -> Conflict:
     return Conflict(
         details=f"The session is {record.status.value} and can no longer be cancelled",
         extra={"sessionId": record.sessionId, "status": record.status.value},
+    )
+
+
+def _orphan_payment(record: SessionRecord, event: ProviderEvent) -> bool:
+    """Is ``event`` a payment on one of ``record``'s orphan provider sessions?"""
+    if event.status not in (SessionStatus.PROCESSING, SessionStatus.COMPLETED):
+        return False
+    return any(
+        o.provider == event.provider and o.providerSessionId in (None, event.reference)
+        for o in record.orphans
     )

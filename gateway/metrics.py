@@ -17,6 +17,7 @@ Who records what:
 ``HTTP_REQUESTS`` / ``HTTP_DURATION``             :mod:`gateway.middleware`
 ``SESSIONS_CREATED``, ``FAILOVERS``,              :mod:`gateway.sessions` (creation counts as
 ``IDEMPOTENCY``, ``SESSION_CREATE_OVERHEAD``      the transition none -> PENDING, source gateway)
+``ORPHAN_SESSIONS``                               :mod:`gateway.orphans` and the webhook path
 ``ROUTING_*``, ``RULES_*``                        :mod:`gateway.routing.service`
 ``PROVIDER_REQUESTS`` / ``PROVIDER_DURATION``     :mod:`providers.http`
 ``CIRCUIT_STATE``                                 :mod:`gateway.circuit`
@@ -55,6 +56,7 @@ __all__ = [
     "NOTIFICATION_DELIVERIES",
     "NOTIFICATION_DURATION",
     "NOTIFICATION_FAILURES",
+    "ORPHAN_SESSIONS",
     "PROVIDER_DURATION",
     "PROVIDER_REQUESTS",
     "ROUTING_DECISIONS",
@@ -132,8 +134,15 @@ FAILOVERS = Counter(
 )
 IDEMPOTENCY = Counter(
     "gateway_idempotency_requests_total",
-    "Idempotency-Key claims by outcome: new, replay, in_flight (409), mismatch (422).",
+    "Idempotency-Key claims by outcome: new, resumed (an earlier attempt's pin), replay, "
+    "in_flight (409), mismatch (422).",
     ["outcome"],
+)
+ORPHAN_SESSIONS = Counter(
+    "gateway_orphan_sessions_total",
+    "Provider sessions left behind by a failover: recorded, expired (cancelled at the provider), "
+    "left_open (no cancel call, or it failed), paid (a payment webhook for one).",
+    ["provider", "event"],
 )
 
 # --- Routing -----------------------------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 claim the Idempotency-Key -> guard the order reference -> route -> try providers in rank order
 (circuit- and deadline-aware) -> store the session -> complete the key. Every exit either
-completes the claim with the final answer or releases it, so no key is left blocked and no
-retry can create a second provider session (each provider call carries a key derived from
-(merchant, Idempotency-Key, provider)).
+completes the claim with the final answer or gives it up, so no key is left blocked and no
+retry can create a second provider session: each provider call carries a key derived from
+(merchant, Idempotency-Key, provider), and everything else that could differ between tries
+(the creation time the expiry derives from, the request id) is pinned with the claim by the
+first attempt (:class:`~gateway.store.base.CreatePin`), so a retry from any process re-sends
+the same request and the provider replays its first answer. A claim given up after provider
+calls keeps its pin and the providers it called; the retry tries those first.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from gateway.attempts import Attempts, ProviderAttempts, RouterLike
+from gateway.attempts import Attempts, ProviderAttempts, RouterLike, prefer
 from gateway.auth import Merchant
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import (
@@ -29,6 +33,7 @@ from gateway.domain.errors import (
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import (
     FINAL_STATUSES,
+    OrphanSession,
     RoutingSummary,
     SessionAmount,
     SessionRecord,
@@ -52,9 +57,17 @@ from gateway.metrics import (
     SESSIONS_CREATED,
     merchant_label,
 )
+from gateway.orphans import OrphanCleanup
 from gateway.routing.decision import RoutingDecision
 from gateway.settings import Settings
-from gateway.store.base import ClaimKind, Completion, Store, StoredResponse, StoreUnavailable
+from gateway.store.base import (
+    ClaimKind,
+    Completion,
+    CreatePin,
+    Store,
+    StoredResponse,
+    StoreUnavailable,
+)
 from providers.base import (
     CreateSessionInput,
     ProviderAdapter,
@@ -109,6 +122,7 @@ class SessionService:
         )
         #: expiry on read and the ``payment_session.created`` notification (None: neither)
         self.lifecycle = lifecycle
+        self.orphans = OrphanCleanup(store, adapters, timeout_s=settings.provider_timeout_seconds)
         self._lease_ms = settings.idempotency_lease_seconds * 1000
         self._create_durations = RecentDurations()
 
@@ -125,6 +139,7 @@ class SessionService:
         scope = merchant.merchant_id
         token = os.urandom(16).hex()  # unique per attempt: only its holder completes or releases
         guarded = request.orderReference if self.settings.order_reference_guard else None
+        proposed = CreatePin(created_at=utcnow(), request_id=request_id)
         begun = await self.store.begin_create(
             scope,
             idempotency_key,
@@ -132,6 +147,8 @@ class SessionService:
             token=token,
             lease_ms=self._lease_ms,
             order_ref=guarded,
+            pin=proposed,
+            pin_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
         )
         claim = begun.claim
         if claim.kind is ClaimKind.REPLAY:
@@ -154,19 +171,25 @@ class SessionService:
                 details="A request with this Idempotency-Key is still being processed",
                 headers={"Retry-After": str(retry)},
             )
-        IDEMPOTENCY.labels("new").inc()
+        IDEMPOTENCY.labels("resumed" if begun.resumed else "new").inc()
+        pin = begun.pin or proposed
+        tries = Attempts()
         try:
             if begun.order_holder is not None:
                 await self._take_over_order(
                     scope, request.orderReference, begun.order_holder, token
                 )
             outcome = await self._route_and_create(
-                merchant, idempotency_key, request, token, request_id
+                merchant, idempotency_key, request, token, pin, tries
             )
         except BaseException:
             if guarded is not None:
                 await self._release_order_quietly(scope, guarded, token)
-            await self._release_quietly(scope, idempotency_key, token)
+            if begun.resumed or tries.held:
+                # a provider may hold this key's parameters: keep the pin for the retry
+                await self._abandon_quietly(scope, idempotency_key, token, tries.held)
+            else:
+                await self._release_quietly(scope, idempotency_key, token)
             raise
         elapsed = time.perf_counter() - started
         self._create_durations.add(elapsed)
@@ -178,6 +201,12 @@ class SessionService:
             await asyncio.shield(self.store.release(scope, key, token))
         except (StoreUnavailable, asyncio.CancelledError):
             log.warning("could not release an idempotency claim; its lease will expire")
+
+    async def _abandon_quietly(self, scope: str, key: str, token: str, sent: list[str]) -> None:
+        try:
+            await asyncio.shield(self.store.abandon_create(scope, key, token, sent=sent))
+        except (StoreUnavailable, asyncio.CancelledError):
+            log.warning("could not give up an idempotency claim; its lease will expire")
 
     async def _release_order_quietly(self, scope: str, order_ref: str, token: str) -> None:
         try:
@@ -213,7 +242,8 @@ class SessionService:
         idempotency_key: str,
         request: CheckoutRequest,
         token: str,
-        request_id: str,
+        pin: CreatePin,
+        tries: Attempts,
     ) -> CreateOutcome:
         settings = self.settings
         started = time.monotonic()
@@ -222,12 +252,13 @@ class SessionService:
         decision = self.router.decide(
             request, merchant.merchant_id, unavailable=self.circuits.unavailable()
         )
+        decision = prefer(decision, pin.sent)
         if not decision.ranked:
             raise Unprocessable.no_available_provider(
                 [{"provider": e.provider, "reason": e.reason} for e in decision.excluded]
             )
         session_id = session_id_for(merchant.merchant_id, idempotency_key)
-        created_at = utcnow()
+        created_at = pin.created_at
         expires_at = created_at + timedelta(seconds=request.expiresIn)
 
         def inputs(provider: str) -> CreateSessionInput:
@@ -239,14 +270,16 @@ class SessionService:
                 ),
                 request=request,
                 expires_at=expires_at,
-                request_id=request_id,
+                request_id=pin.request_id,
                 return_url=f"{settings.base_url}/api/v1/sessions/{session_id}/return",
+                created_at=created_at,
             )
 
-        tries = await self.attempts.run(decision, inputs, request, deadline)
+        await self.attempts.run(decision, inputs, request, deadline, tries)
         if tries.created is None or tries.chosen is None:
             raise tries.failure(decision, deadline)
-        return await self._finish(
+        orphans = _orphans(tries, pin)
+        outcome = await self._finish(
             merchant,
             request,
             idempotency_key,
@@ -258,7 +291,11 @@ class SessionService:
             session_id,
             created_at,
             expires_at,
+            orphans,
         )
+        if orphans:
+            self.orphans.start(session_id, orphans, inputs)
+        return outcome
 
     async def _finish(
         self,
@@ -273,6 +310,7 @@ class SessionService:
         session_id: str,
         created_at: Any,
         expires_at: Any,
+        orphans: list[OrphanSession],
     ) -> CreateOutcome:
         routing = RoutingSummary(
             selectedProvider=result.provider,
@@ -307,6 +345,7 @@ class SessionService:
             customerReference=request.customerReference,
             successUrl=request.redirectUrls.success,
             failureUrl=request.redirectUrls.failure,
+            orphans=orphans,
         )
         body = orjson.dumps(
             {
@@ -388,6 +427,18 @@ class SessionService:
         if self.lifecycle is not None:
             record = await self.lifecycle.expire_if_due(record)
         return record
+
+
+def _orphans(tries: Attempts, pin: CreatePin) -> list[OrphanSession]:
+    """Sessions other providers may hold for the key: this create's ambiguous tries, and
+    providers an earlier attempt called that this one did not end at."""
+    chosen = tries.created.provider if tries.created is not None else None
+    outcomes = {a.provider: a.outcome for a in tries.made}
+    held = tries.may_hold() + [p for p in pin.sent if p != chosen and p not in tries.held]
+    return [
+        OrphanSession(provider=p, outcome=outcomes.get(p, "earlier_attempt"))
+        for p in dict.fromkeys(held)
+    ]
 
 
 _PAID_OR_PAYING = frozenset({SessionStatus.PROCESSING, SessionStatus.COMPLETED})

@@ -22,6 +22,7 @@ from gateway.domain.session import SessionStatus
 from providers.adyen_transformers import (
     ADYEN_PAYMENT_METHODS,
     IDEMPOTENCY_KEY_MAX,
+    IDEMPOTENCY_REFUSED,
     amount_problem,
     build_session_request,
     from_adyen_minor,
@@ -32,6 +33,8 @@ from providers.base import (
     CreateSessionInput,
     FlowNotSupported,
     ProviderEvent,
+    ProviderKeyConflict,
+    ProviderRejected,
     ProviderSession,
     ProviderUnavailable,
     WebhookAnswer,
@@ -168,15 +171,21 @@ class AdyenAdapter:
             "X-API-Key": self.config.api_key,
             "Idempotency-Key": bounded_key(data.idempotency_key, IDEMPOTENCY_KEY_MAX),
         }
-        result = await self._http.request(
-            "POST",
-            f"{self.config.base_url}/v71/sessions",
-            timeout=timeout,
-            headers=headers,
-            data=orjson.dumps(body),
-            operation="create_session",
-            request_id=data.request_id,
-        )
+        try:
+            result = await self._http.request(
+                "POST",
+                f"{self.config.base_url}/v71/sessions",
+                timeout=timeout,
+                headers=headers,
+                data=orjson.dumps(body),
+                operation="create_session",
+                request_id=data.request_id,
+            )
+        except ProviderRejected as exc:
+            if exc.code == IDEMPOTENCY_REFUSED:
+                # "request already processed or in progress": Adyen does not say which
+                raise ProviderKeyConflict(self.name, exc.reason, in_flight=False) from exc
+            raise
         payload = json_object(result, self.name)
         session_id, url = payload.get("id"), payload.get("url")
         if not isinstance(session_id, str) or not isinstance(url, str):

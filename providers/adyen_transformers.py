@@ -27,6 +27,7 @@ __all__ = [
     "ADYEN_MAX_MINOR",
     "ADYEN_PAYMENT_METHODS",
     "IDEMPOTENCY_KEY_MAX",
+    "IDEMPOTENCY_REFUSED",
     "METADATA_KEY_MAX",
     "METADATA_MAX_PAIRS",
     "METADATA_VALUE_MAX",
@@ -60,6 +61,8 @@ ADYEN_PAYMENT_METHODS: dict[str, str] = {
 }
 
 IDEMPOTENCY_KEY_MAX = 64
+#: Adyen's errorCode for a reused Idempotency-Key: in progress, or other parameters
+IDEMPOTENCY_REFUSED = "704"
 METADATA_MAX_PAIRS = 20
 METADATA_KEY_MAX = 20
 METADATA_VALUE_MAX = 80

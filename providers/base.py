@@ -8,6 +8,8 @@ Errors are mapped once, at the adapter boundary, from aiohttp/asyncio failures::
      ├── ProviderRateLimited          429; ``retry_after`` seconds when the provider said so
      ├── ProviderRejected             4xx: the provider refused *our* request (``code``, and
      │                                ``issue`` when the provider gives a finer reason)
+     ├── ProviderKeyConflict          the idempotency key is in use by a request still running
+     │                                there (``in_flight``) or was used with other parameters
      ├── FlowNotSupported             the adapter cannot do what was asked
      ├── AdapterFault                 the adapter itself failed: any other exception out of it
      │                                (a transformer's TypeError, a parser's KeyError)
@@ -48,6 +50,7 @@ __all__ = [
     "ProviderAdapter",
     "ProviderError",
     "ProviderEvent",
+    "ProviderKeyConflict",
     "ProviderRateLimited",
     "ProviderRejected",
     "ProviderSession",
@@ -109,6 +112,19 @@ class ProviderRejected(ProviderError):
         self.issue = issue
 
 
+class ProviderKeyConflict(ProviderError):
+    """The provider refused the idempotency key itself, not the request: an earlier request
+    with the key is still running there (``in_flight``: its answer comes on a later retry), or
+    the key was used with other parameters (the provider may hold a session for it that this
+    call cannot return). Neither says anything about the provider's health."""
+
+    retryable, outcome = False, "key_conflict"
+
+    def __init__(self, provider: str, message: str, *, in_flight: bool) -> None:
+        super().__init__(provider, message)
+        self.in_flight = in_flight
+
+
 class FlowNotSupported(ProviderError):
     retryable, outcome = False, "not_supported"
 
@@ -149,6 +165,8 @@ class Capabilities:
     max_amount: Decimal | None = None
     capture_methods: frozenset[str] = frozenset({"automatic", "manual"})
     session_types: frozenset[str] = frozenset({"one_time"})
+    #: :meth:`ProviderAdapter.cancel_session` makes an open session unpayable (Stripe's expire)
+    cancels_sessions: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +180,9 @@ class CreateSessionInput:
     request: CheckoutRequest
     expires_at: datetime
     request_id: str | None = None
+    #: when the first attempt under ``idempotency_key`` began: the adapter's "now" for anything
+    #: it derives from the clock, so every retry sends the same parameters
+    created_at: datetime | None = None
     #: the gateway's own return page for providers with a single return URL whatever the
     #: outcome (Adyen); it sends the customer on to the merchant's success or failure URL
     return_url: str | None = None

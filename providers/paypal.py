@@ -27,6 +27,7 @@ from providers.base import (
     CreateSessionInput,
     FlowNotSupported,
     ProviderEvent,
+    ProviderKeyConflict,
     ProviderRejected,
     ProviderSession,
     ProviderTimeout,
@@ -251,18 +252,24 @@ class PayPalAdapter:
             raise FlowNotSupported(self.name, problem)
         if not self.config.client_id or not self.config.client_secret:
             raise FlowNotSupported(self.name, "client id and secret are not configured")
-        result = await self._call(
-            f"{self.config.base_url}/v2/checkout/orders",
-            orjson.dumps(build_order_request(data)),
-            {
-                "Content-Type": "application/json",
-                "PayPal-Request-Id": bounded_key(data.idempotency_key, REQUEST_ID_MAX),
-                "Prefer": "return=representation",
-            },
-            timeout,
-            operation="create_session",
-            request_id=data.request_id,
-        )
+        try:
+            result = await self._call(
+                f"{self.config.base_url}/v2/checkout/orders",
+                orjson.dumps(build_order_request(data)),
+                {
+                    "Content-Type": "application/json",
+                    "PayPal-Request-Id": bounded_key(data.idempotency_key, REQUEST_ID_MAX),
+                    "Prefer": "return=representation",
+                },
+                timeout,
+                operation="create_session",
+                request_id=data.request_id,
+            )
+        except ProviderRejected as exc:
+            if exc.status == 409 or exc.issue == "DUPLICATE_REQUEST_ID":
+                in_flight = exc.status == 409
+                raise ProviderKeyConflict(self.name, exc.reason, in_flight=in_flight) from exc
+            raise
         payload = json_object(result, self.name)
         order_id, url = payload.get("id"), _checkout_url(payload)
         if not isinstance(order_id, str) or not order_id or url is None:

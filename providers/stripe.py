@@ -31,6 +31,8 @@ from providers.base import (
     CreateSessionInput,
     FlowNotSupported,
     ProviderEvent,
+    ProviderKeyConflict,
+    ProviderRejected,
     ProviderSession,
     ProviderUnavailable,
     WebhookAnswer,
@@ -71,6 +73,7 @@ STRIPE_CAPABILITIES = Capabilities(
     payment_methods=frozenset(STRIPE_PAYMENT_METHODS),
     currencies=None,
     session_types=frozenset({"one_time", "first_in_series"}),
+    cancels_sessions=True,
 )
 
 #: checkout.session event type -> lifecycle status (``completed`` depends on payment_status).
@@ -227,20 +230,26 @@ class StripeAdapter:
         problem = self.eligibility_problem(data.request)
         if problem:
             raise FlowNotSupported(self.name, problem)
-        now = datetime.fromtimestamp(self._clock(), UTC)
+        now = data.created_at or datetime.fromtimestamp(self._clock(), UTC)
         try:
             params = build_create_params(data, now)
         except ValueError as exc:
             raise FlowNotSupported(self.name, str(exc)) from None
-        result = await self._http.request(
-            "POST",
-            f"{self.config.base_url}/v1/checkout/sessions",
-            timeout=timeout,
-            headers=self._headers(data.idempotency_key),
-            data=encode_form(params),
-            operation="create_session",
-            request_id=data.request_id,
-        )
+        try:
+            result = await self._http.request(
+                "POST",
+                f"{self.config.base_url}/v1/checkout/sessions",
+                timeout=timeout,
+                headers=self._headers(data.idempotency_key),
+                data=encode_form(params),
+                operation="create_session",
+                request_id=data.request_id,
+            )
+        except ProviderRejected as exc:
+            if exc.code == "idempotency_key_in_use" or exc.code == "idempotency_error":
+                in_flight = exc.code == "idempotency_key_in_use"
+                raise ProviderKeyConflict(self.name, exc.reason, in_flight=in_flight) from exc
+            raise
         payload = self._object(result.body, result.status)
         session_id, url = payload.get("id"), payload.get("url")
         if not isinstance(session_id, str) or not isinstance(url, str):

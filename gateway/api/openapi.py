@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
 from gateway.domain.models import CancelRequest, CheckoutRequest
-from gateway.domain.session import RoutingSummary
+from gateway.domain.session import OrphanSession, RoutingSummary
 
 __all__ = ["ErrorBody", "SessionCreated", "SessionView", "openapi_document", "setup_openapi_routes"]
 
@@ -106,6 +106,10 @@ class SessionView(BaseModel):
         description="The last provider verdict whose amount or currency was not the session's"
     )
     version: int = Field(description="Grows with every change of the session")
+    orphans: list[OrphanSession] = Field(
+        description="Sessions other providers may hold for this key after a failed try; "
+        "expired there where the provider allows, never this session's payment"
+    )
     transitions: list[TransitionView]
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "AmountMismatch",
     "Attempt",
     "CancelClaim",
+    "OrphanSession",
     "RoutingSummary",
     "SessionAmount",
     "SessionRecord",
@@ -64,6 +65,18 @@ class Attempt(_Record):
     outcome: str
     durationMs: float
     error: str | None = None
+
+
+class OrphanSession(_Record):
+    """A session a provider may hold for this gateway session's key that the customer must
+    never pay: a try there failed ambiguously (timeout, 5xx, a refused key) and the session
+    was created elsewhere. ``status``: ``open`` (held or possibly held, not cancellable, or
+    not cancelled yet), ``expired`` (expired at the provider: it can no longer be paid)."""
+
+    provider: str
+    providerSessionId: str | None = None
+    outcome: str
+    status: str = "open"
 
 
 class RoutingSummary(_Record):
@@ -190,6 +203,8 @@ class SessionRecord(_Record):
     payableUntil: datetime | None = None
     #: the last provider verdict whose amount or currency differed from the session's
     amountMismatch: AmountMismatch | None = None
+    #: sessions other providers may hold for this key (see :class:`OrphanSession`)
+    orphans: list[OrphanSession] = Field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         """The representation answered by ``GET /api/v1/sessions/{id}``."""
@@ -219,6 +234,7 @@ class SessionRecord(_Record):
             "payableUntil": isoformat(self.payableUntil) if self.payableUntil else None,
             "amountMismatch": self.amountMismatch.public() if self.amountMismatch else None,
             "version": self.version,
+            "orphans": [o.model_dump(mode="json") for o in self.orphans],
             "transitions": [
                 {
                     "status": t.status.value,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ __all__ = [
     "Claim",
     "ClaimKind",
     "Completion",
+    "CreatePin",
     "CreationStore",
     "IdempotencyStore",
     "LifecycleStore",
@@ -287,16 +289,46 @@ class CircuitStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class CreatePin:
+    """What every provider call made under one Idempotency-Key repeats exactly.
+
+    Fixed by the first attempt and kept with the claim (through a release by
+    :meth:`CreationStore.abandon_create` and past a crashed holder's lease), so a retry from
+    any process sends each provider the same request under the same derived key and the
+    provider replays its first answer. ``sent`` lists the providers an earlier attempt sent a
+    create to (in that order); they may hold a session for this key.
+    """
+
+    created_at: datetime
+    request_id: str
+    sent: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        """The stored form of the fixed part (``sent`` is stored beside it)."""
+        return orjson.dumps({"at": self.created_at.isoformat(), "rid": self.request_id})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, sent: str = "") -> CreatePin:
+        """The stored form back, with ``sent`` as kept by the store (comma-separated)."""
+        data = orjson.loads(raw)
+        providers = tuple(p for p in sent.split(",") if p)
+        return cls(datetime.fromisoformat(data["at"]), str(data["rid"]), providers)
+
+
+@dataclass(frozen=True, slots=True)
 class Begun:
     """The outcome of :meth:`CreationStore.begin_create`.
 
     ``order_holder`` is set when the caller got the idempotency claim but the order reference
     is reserved by someone else (a session id, or ``claim:<token>``); the caller still holds
-    its claim and must release it if it gives up.
+    its claim and must release it if it gives up. ``pin`` is the pin in force once claimed:
+    an earlier attempt's (``resumed``) or the one the caller proposed.
     """
 
     claim: Claim
     order_holder: str | None = None
+    pin: CreatePin | None = None
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,9 +356,24 @@ class CreationStore(Protocol):
         token: str,
         lease_ms: int,
         order_ref: str | None,
+        pin: CreatePin | None = None,
+        pin_ttl_ms: int = 0,
     ) -> Begun:
         """:meth:`IdempotencyStore.claim`, then, when claimed and ``order_ref`` is given,
-        :meth:`OrderGuardStore.reserve_order` for the same token, atomically."""
+        :meth:`OrderGuardStore.reserve_order` for the same token, atomically.
+
+        With ``pin``, the record keeps the fingerprint and a pin for ``pin_ttl_ms`` (the lease
+        is held beside it): a key whose holder's lease ran out, or that was given up through
+        :meth:`abandon_create`, is claimed again with the *stored* pin (``resumed``) by a
+        request with the same fingerprint, and answers MISMATCH to any other."""
+        ...
+
+    async def abandon_create(
+        self, scope: str, key: str, token: str, *, sent: Sequence[str]
+    ) -> None:
+        """Give up the claim held by ``token`` after provider calls whose outcome is unknown:
+        the lease is dropped, the fingerprint and pin stay, ``sent`` is added to the pin's
+        providers. Without a pin this is :meth:`IdempotencyStore.release`."""
         ...
 
     async def commit_create(

@@ -15,6 +15,7 @@ from gateway.store.base import (
     Claim,
     ClaimKind,
     Completion,
+    CreatePin,
     OutboxItem,
     StoredResponse,
 )
@@ -88,6 +89,9 @@ class _IdemRecord:
     fingerprint: str
     token: str | None
     response: StoredResponse | None
+    #: a pinned record outlives its lease, which ends at ``lease_until`` (monotonic)
+    pin: CreatePin | None = None
+    lease_until: float | None = None
 
 
 class MemoryStore:
@@ -127,7 +131,8 @@ class MemoryStore:
         if record.response is not None:
             return Claim(ClaimKind.REPLAY, response=record.response)
         entry = self._idem._data[slot]
-        remaining = max(1, int((entry.expires - time.monotonic()) * 1000))
+        until = record.lease_until if record.lease_until is not None else entry.expires
+        remaining = max(1, int((until - time.monotonic()) * 1000))
         return Claim(ClaimKind.IN_FLIGHT, retry_after_ms=remaining)
 
     async def complete(
@@ -202,12 +207,62 @@ class MemoryStore:
         token: str,
         lease_ms: int,
         order_ref: str | None,
+        pin: CreatePin | None = None,
+        pin_ttl_ms: int = 0,
     ) -> Begun:
-        claim = await self.claim(scope, key, fingerprint, token=token, lease_ms=lease_ms)
-        if claim.kind is not ClaimKind.CLAIMED or order_ref is None:
+        resumed = False
+        if pin is None:
+            claim = await self.claim(scope, key, fingerprint, token=token, lease_ms=lease_ms)
+        else:
+            claim, pin, resumed = self._claim_pinned(
+                f"{scope}\x00{key}", fingerprint, token, lease_ms, pin, pin_ttl_ms
+            )
+        if claim.kind is not ClaimKind.CLAIMED:
             return Begun(claim)
-        holder = await self.reserve_order(scope, order_ref, token, lease_ms=lease_ms)
-        return Begun(claim, holder)
+        holder = None
+        if order_ref is not None:
+            holder = await self.reserve_order(scope, order_ref, token, lease_ms=lease_ms)
+        return Begun(claim, holder, pin, resumed)
+
+    def _claim_pinned(
+        self, slot: str, fingerprint: str, token: str, lease_ms: int, pin: CreatePin, ttl_ms: int
+    ) -> tuple[Claim, CreatePin, bool]:
+        now = time.monotonic()
+        lease_until = now + lease_ms / 1000
+        record: _IdemRecord | None = self._idem.get(slot)
+        if record is None:
+            fresh = _IdemRecord(fingerprint, token, None, pin, lease_until)
+            self._idem.set(slot, fresh, max(ttl_ms, lease_ms) / 1000)
+            return Claim(ClaimKind.CLAIMED, token=token), pin, False
+        if record.fingerprint != fingerprint:
+            return Claim(ClaimKind.MISMATCH), pin, False
+        if record.response is not None:
+            return Claim(ClaimKind.REPLAY, response=record.response), pin, False
+        entry = self._idem._data[slot]
+        if record.token is not None:
+            until = record.lease_until if record.lease_until is not None else entry.expires
+            if until > now:
+                remaining = max(1, int((until - now) * 1000))
+                return Claim(ClaimKind.IN_FLIGHT, retry_after_ms=remaining), pin, False
+        resumed = record.pin is not None
+        record.pin = record.pin or pin
+        record.token, record.lease_until = token, lease_until
+        entry.expires = max(entry.expires, lease_until)
+        return Claim(ClaimKind.CLAIMED, token=token), record.pin, resumed
+
+    async def abandon_create(
+        self, scope: str, key: str, token: str, *, sent: Sequence[str]
+    ) -> None:
+        slot = f"{scope}\x00{key}"
+        record: _IdemRecord | None = self._idem.get(slot)
+        if record is None or record.token != token:
+            return
+        if record.pin is None:
+            self._idem.pop(slot)
+            return
+        merged = record.pin.sent + tuple(p for p in sent if p not in record.pin.sent)
+        record.pin = replace(record.pin, sent=merged)
+        record.token, record.lease_until = None, None
 
     async def commit_create(
         self,

@@ -9,12 +9,21 @@ call, so a create costs two Redis round trips however many records it touches.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import Begun, Claim, ClaimKind, Completion, OutboxItem, StoredResponse
+from gateway.store.base import (
+    Begun,
+    Claim,
+    ClaimKind,
+    Completion,
+    CreatePin,
+    OutboxItem,
+    StoredResponse,
+)
 from gateway.store.keys import RedisKeys
 from gateway.store.redis_lifecycle import _ENQUEUE, RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
@@ -23,23 +32,64 @@ __all__ = ["RedisCreate"]
 
 _CLAIM_PREFIX = "claim:"
 
-# KEYS idempotency record, order reservation; ARGV fingerprint, token, lease_ms, reservation
-# value ('' when the order guard is off). Replies like the claim script, plus the order's holder.
+# KEYS idempotency record, order reservation; ARGV 1 fingerprint, 2 token, 3 lease_ms,
+# 4 reservation value ('' when the order guard is off), 5 pin JSON ('' for none), 6 pin ttl_ms.
+# A pinned record lives for the pin's ttl and holds its lease in 'until' (Redis clock, ms): a
+# lapsed lease or a given-up claim ('tok' gone) is claimed again with the stored pin.
+# Replies like the claim script; claimed: {'claimed', order holder or '', pin, sent, resumed}.
 _BEGIN = """
-local rec = redis.call('HMGET', KEYS[1], 'fp', 'tok', 'st', 'body', 'loc')
+local rec = redis.call('HMGET', KEYS[1], 'fp', 'tok', 'st', 'body', 'loc', 'until', 'pin', 'sent')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pin, resumed = ARGV[5], '0'
 if rec[1] then
   if rec[1] ~= ARGV[1] then return {'mismatch'} end
   if rec[3] then return {'replay', rec[3], rec[4], rec[5]} end
-  return {'in_flight', redis.call('PTTL', KEYS[1])}
+  if rec[2] then
+    if not rec[6] then return {'in_flight', redis.call('PTTL', KEYS[1])} end
+    local left = tonumber(rec[6]) - now
+    if left > 0 then return {'in_flight', left} end
+  end
+  if rec[7] then pin, resumed = rec[7], '1' end
 end
 redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'tok', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then
-  local holder = redis.call('GET', KEYS[2])
-  if holder then return {'claimed', holder} end
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+if pin ~= '' then
+  redis.call('HSET', KEYS[1], 'pin', pin, 'until', now + tonumber(ARGV[3]))
+  local lease = tonumber(ARGV[3])
+  if not rec[1] then redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[6]), lease)) end
+  if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
-return {'claimed'}
+local holder = ''
+if ARGV[4] ~= '' then
+  local current = redis.call('GET', KEYS[2])
+  if current then
+    holder = current
+  else
+    redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  end
+end
+return {'claimed', holder, pin, rec[8] or '', resumed}
+"""
+
+# KEYS idempotency record; ARGV token, providers sent (comma-separated). Drops the lease and
+# keeps the pin, adding the providers; a record without a pin is deleted (a plain release).
+_ABANDON = """
+if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then return 0 end
+if not redis.call('HGET', KEYS[1], 'pin') then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'tok', 'until')
+local sent = redis.call('HGET', KEYS[1], 'sent') or ''
+for p in string.gmatch(ARGV[2], '[^,]+') do
+  if not string.find(',' .. sent .. ',', ',' .. p .. ',', 1, true) then
+    if sent == '' then sent = p else sent = sent .. ',' .. p end
+  end
+end
+redis.call('HSET', KEYS[1], 'sent', sent)
+return 1
 """
 
 # KEYS session, expiry index, outbox due, outbox items, idempotency record, order reservation
@@ -56,7 +106,7 @@ if ARGV[10] ~= '' and redis.call('GET', KEYS[6]) == ARGV[10] then
   redis.call('SET', KEYS[6], ARGV[4], 'PX', ARGV[11])
 end
 if redis.call('HGET', KEYS[5], 'tok') ~= ARGV[5] then return 0 end
-redis.call('HDEL', KEYS[5], 'tok')
+redis.call('HDEL', KEYS[5], 'tok', 'until')
 redis.call('HSET', KEYS[5], 'st', ARGV[6], 'body', ARGV[7])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[5], 'loc', ARGV[9]) end
 redis.call('PEXPIRE', KEYS[5], ARGV[8])
@@ -72,10 +122,12 @@ class RedisCreate:
     client: aioredis.Redis
     _begin_create: AsyncScript
     _commit_create: AsyncScript
+    _abandon_create: AsyncScript
 
     def _register_create_scripts(self, client: aioredis.Redis) -> None:
         self._begin_create = client.register_script(_BEGIN)
         self._commit_create = client.register_script(_COMMIT)
+        self._abandon_create = client.register_script(_ABANDON)
 
     async def begin_create(
         self,
@@ -86,19 +138,22 @@ class RedisCreate:
         token: str,
         lease_ms: int,
         order_ref: str | None,
+        pin: CreatePin | None = None,
+        pin_ttl_ms: int = 0,
     ) -> Begun:
-        """Claim the key and reserve the order in one round trip."""
+        """Claim the key (resuming a pinned one) and reserve the order in one round trip."""
         idem = self.keys.idempotency(scope, key)
         order = self.keys.order(scope, order_ref) if order_ref is not None else idem
         value = _CLAIM_PREFIX + token if order_ref is not None else ""
+        proposed = pin.to_json() if pin is not None else b""
         with _mapped("begin_create"):
             reply = await self._begin_create(
-                keys=[idem, order], args=[fingerprint, token, lease_ms, value]
+                keys=[idem, order],
+                args=[fingerprint, token, lease_ms, value, proposed, pin_ttl_ms],
             )
         kind = _text(reply[0])
         if kind == "claimed":
-            holder = _text(reply[1]) if len(reply) > 1 else None
-            return Begun(Claim(ClaimKind.CLAIMED, token=token), holder)
+            return _claimed(reply, token)
         if kind == "replay":
             location = _text(reply[3]) if len(reply) > 3 and reply[3] is not None else None
             return Begun(
@@ -110,6 +165,15 @@ class RedisCreate:
         if kind == "in_flight":
             return Begun(Claim(ClaimKind.IN_FLIGHT, retry_after_ms=max(1, int(reply[1]))))
         return Begun(Claim(ClaimKind.MISMATCH))
+
+    async def abandon_create(
+        self, scope: str, key: str, token: str, *, sent: Sequence[str]
+    ) -> None:
+        """Drop the lease, keep the pin (one round trip)."""
+        with _mapped("abandon_create"):
+            await self._abandon_create(
+                keys=[self.keys.idempotency(scope, key)], args=[token, ",".join(sent)]
+            )
 
     async def commit_create(
         self,
@@ -152,3 +216,10 @@ class RedisCreate:
         with _mapped("commit_create"):
             done = await self._commit_create(keys=keys, args=args)
         return bool(done)
+
+
+def _claimed(reply: list[Any], token: str) -> Begun:
+    holder = _text(reply[1]) or None
+    stored = bytes(reply[2])
+    pin = CreatePin.from_json(stored, _text(reply[3])) if stored else None
+    return Begun(Claim(ClaimKind.CLAIMED, token=token), holder, pin, _text(reply[4]) == "1")

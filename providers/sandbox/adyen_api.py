@@ -144,49 +144,56 @@ def register(app: web.Application, state: SandboxState) -> None:
             return _error(403, "Invalid Merchant Account", "901")
         if key is not None:  # claimed before the work: a concurrent retry meets it in flight
             state.idempotency_begin(PROVIDER, key, fingerprint)
-        try:
-            await state.processing_delay(PROVIDER)
-        except BaseException:
-            if key is not None:
-                state.idempotency_abandon(PROVIDER, key)
-            raise
-        session_id = "CS" + secrets.token_hex(8).upper()
-        expires = (
-            datetime.fromisoformat(body["expiresAt"])
-            if "expiresAt" in body
-            else now + timedelta(hours=1)
-        )
-        answer: dict[str, Any] = {
-            **body,
-            "id": session_id,
-            "expiresAt": expires.astimezone(UTC).isoformat(timespec="seconds"),
-            "sessionData": "Ab02b4c0!" + secrets.token_urlsafe(48),
-        }
-        if body.get("mode") == "hosted":
-            answer["url"] = state.checkout_url(request, PROVIDER, session_id)
-        currency = body["amount"]["currency"]
-        return_to = _return_url(str(body["returnUrl"]), session_id)
-        state.add_session(
-            SandboxSession(
-                provider=PROVIDER,
-                id=session_id,
-                amount=body["amount"]["value"],
-                currency=currency,
-                success_url=return_to,
-                failure_url=return_to,
-                expires_at=expires,
-                order_reference=str(body["reference"]),
-                metadata=dict(body.get("metadata") or {}),
-                raw_request=body,
-                minor_exponent=adyen_exponent(currency),
-                extra={"merchantAccount": body["merchantAccount"]},
+
+        async def work() -> web.Response:
+            # runs to its end even when the caller hangs up (see SandboxState.detached)
+            try:
+                await state.processing_delay(PROVIDER)
+            except BaseException:
+                if key is not None:
+                    state.idempotency_abandon(PROVIDER, key)
+                raise
+            session_id = "CS" + secrets.token_hex(8).upper()
+            expires = (
+                datetime.fromisoformat(body["expiresAt"])
+                if "expiresAt" in body
+                else now + timedelta(hours=1)
             )
-        )
-        raw = orjson.dumps(answer)
-        headers = {"Idempotency-Key": key} if key is not None else {}
-        if key is not None:
-            state.idempotency_finish(PROVIDER, key, 201, raw, headers)
-        return web.Response(status=201, body=raw, content_type="application/json", headers=headers)
+            answer: dict[str, Any] = {
+                **body,
+                "id": session_id,
+                "expiresAt": expires.astimezone(UTC).isoformat(timespec="seconds"),
+                "sessionData": "Ab02b4c0!" + secrets.token_urlsafe(48),
+            }
+            if body.get("mode") == "hosted":
+                answer["url"] = state.checkout_url(request, PROVIDER, session_id)
+            currency = body["amount"]["currency"]
+            return_to = _return_url(str(body["returnUrl"]), session_id)
+            state.add_session(
+                SandboxSession(
+                    provider=PROVIDER,
+                    id=session_id,
+                    amount=body["amount"]["value"],
+                    currency=currency,
+                    success_url=return_to,
+                    failure_url=return_to,
+                    expires_at=expires,
+                    order_reference=str(body["reference"]),
+                    metadata=dict(body.get("metadata") or {}),
+                    raw_request=body,
+                    minor_exponent=adyen_exponent(currency),
+                    extra={"merchantAccount": body["merchantAccount"]},
+                )
+            )
+            raw = orjson.dumps(answer)
+            headers = {"Idempotency-Key": key} if key is not None else {}
+            if key is not None:
+                state.idempotency_finish(PROVIDER, key, 201, raw, headers)
+            return web.Response(
+                status=201, body=raw, content_type="application/json", headers=headers
+            )
+
+        return await state.detached(work())
 
     app.router.add_post(f"/{PROVIDER}/v71/sessions", create_session)
 

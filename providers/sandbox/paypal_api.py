@@ -267,53 +267,64 @@ def register(app: web.Application, state: SandboxState) -> None:
             return exc.response()
         if key is not None:  # claimed before the work: a concurrent retry meets it in flight
             state.idempotency_begin(PROVIDER, key, fingerprint)
-        try:
-            await state.processing_delay(PROVIDER)
-        except BaseException:
-            if key is not None:
-                state.idempotency_abandon(PROVIDER, key)
-            raise
-        order_id = paypal_id()
-        api = f"{state.public_base(request)}/sandbox/{PROVIDER}"
-        action = "payer-action" if "payment_source" in body else "approve"
-        order = {
-            "id": order_id,
-            "intent": body["intent"],
-            "status": "PAYER_ACTION_REQUIRED" if action == "payer-action" else "CREATED",
-            **({"payment_source": {"paypal": {}}} if action == "payer-action" else {}),
-            "purchase_units": body["purchase_units"],
-            "create_time": now_iso(),
-            "links": [
-                {"href": f"{api}/v2/checkout/orders/{order_id}", "rel": "self", "method": "GET"},
-                {
-                    "href": state.checkout_url(request, PROVIDER, order_id),
-                    "rel": action,
-                    "method": "GET",
-                },
-            ],
-        }
-        unit = body["purchase_units"][0]
-        state.add_session(
-            SandboxSession(
-                provider=PROVIDER,
-                id=order_id,
-                amount=str(unit["amount"]["value"]),
-                currency=str(unit["amount"]["currency_code"]),
-                success_url=_with_query(return_url, token=order_id, PayerID=paypal_id(13)),
-                failure_url=_with_query(cancel_url, token=order_id),
-                expires_at=datetime.now(UTC) + _ORDER_LIFETIME,
-                order_reference=unit.get("invoice_id"),
-                metadata={"gatewaySessionId": unit["custom_id"]} if unit.get("custom_id") else {},
-                raw_request=body,
-                extra={"order": order, "api": api},
+
+        async def work() -> web.Response:
+            # runs to its end even when the caller hangs up (see SandboxState.detached)
+            try:
+                await state.processing_delay(PROVIDER)
+            except BaseException:
+                if key is not None:
+                    state.idempotency_abandon(PROVIDER, key)
+                raise
+            order_id = paypal_id()
+            api = f"{state.public_base(request)}/sandbox/{PROVIDER}"
+            action = "payer-action" if "payment_source" in body else "approve"
+            order = {
+                "id": order_id,
+                "intent": body["intent"],
+                "status": "PAYER_ACTION_REQUIRED" if action == "payer-action" else "CREATED",
+                **({"payment_source": {"paypal": {}}} if action == "payer-action" else {}),
+                "purchase_units": body["purchase_units"],
+                "create_time": now_iso(),
+                "links": [
+                    {
+                        "href": f"{api}/v2/checkout/orders/{order_id}",
+                        "rel": "self",
+                        "method": "GET",
+                    },
+                    {
+                        "href": state.checkout_url(request, PROVIDER, order_id),
+                        "rel": action,
+                        "method": "GET",
+                    },
+                ],
+            }
+            unit = body["purchase_units"][0]
+            state.add_session(
+                SandboxSession(
+                    provider=PROVIDER,
+                    id=order_id,
+                    amount=str(unit["amount"]["value"]),
+                    currency=str(unit["amount"]["currency_code"]),
+                    success_url=_with_query(return_url, token=order_id, PayerID=paypal_id(13)),
+                    failure_url=_with_query(cancel_url, token=order_id),
+                    expires_at=datetime.now(UTC) + _ORDER_LIFETIME,
+                    order_reference=unit.get("invoice_id"),
+                    metadata={"gatewaySessionId": unit["custom_id"]}
+                    if unit.get("custom_id")
+                    else {},
+                    raw_request=body,
+                    extra={"order": order, "api": api},
+                )
             )
-        )
-        minimal = {k: order[k] for k in ("id", "status", "links")}
-        prefer = request.headers.get("Prefer", "return=minimal").strip().lower()
-        raw = orjson.dumps(order if prefer == "return=representation" else minimal)
-        if key is not None:
-            state.idempotency_finish(PROVIDER, key, 201, raw)
-        return web.Response(status=201, body=raw, content_type="application/json")
+            minimal = {k: order[k] for k in ("id", "status", "links")}
+            prefer = request.headers.get("Prefer", "return=minimal").strip().lower()
+            raw = orjson.dumps(order if prefer == "return=representation" else minimal)
+            if key is not None:
+                state.idempotency_finish(PROVIDER, key, 201, raw)
+            return web.Response(status=201, body=raw, content_type="application/json")
+
+        return await state.detached(work())
 
     async def get_order(request: web.Request) -> web.Response:
         refused = _bearer_problem(request, pp)

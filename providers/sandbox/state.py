@@ -11,11 +11,11 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +38,8 @@ _log = logging.getLogger("providers.sandbox")
 
 #: What a customer (or the clock) can do to a hosted session; ``notify`` receives one of these.
 OUTCOMES = ("paid", "declined", "cancelled", "expired")
+
+_T = TypeVar("_T")
 
 #: ``async def notify(state, session, outcome)`` of one emulated provider module.
 Notifier = Callable[["SandboxState", "SandboxSession", str], Awaitable[None]]
@@ -352,6 +354,16 @@ class SandboxState:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
+    async def detached(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``work`` (a create under a claimed idempotency key) to its end even when the
+        caller hangs up: a provider does not stop creating a session because its client timed
+        out, and a later retry with the key gets the saved answer."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
     def due_for_expiry(self, now: datetime | None = None) -> list[SandboxSession]:
         """Open sessions whose ``expires_at`` has passed."""
         moment = now or _utcnow()
@@ -463,6 +475,12 @@ class SandboxState:
         if not self.config.gateway_base_url:
             return None
         return f"{self.config.gateway_base_url.rstrip('/')}/api/v1/webhooks/{provider}"
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a detached task's failure as seen (its caller may have gone)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("sandbox request failed after its caller left: %r", task.exception())
 
 
 SANDBOX_STATE: web.AppKey[SandboxState] = web.AppKey("sandbox_state", SandboxState)

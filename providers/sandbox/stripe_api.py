@@ -143,6 +143,9 @@ class _Api:
                 headers={**record.headers, "Idempotent-Replayed": "true"},
             )
         self.state.idempotency_begin(PROVIDER, key, fingerprint)
+        return await self.state.detached(self._create_keyed(request, body, key))
+
+    async def _create_keyed(self, request: web.Request, body: str, key: str) -> web.Response:
         try:
             response = await self._create(request, body)
         except BaseException:

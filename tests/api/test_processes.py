@@ -18,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.idempotency import session_id_for
 from tests.api.conftest import JWT_SECRET, ROOT, SEED_BYTES, headers
+from tests.api.test_failover import sandbox_state
+from tests.api.test_retry_after_timeout import until
 from tests.gateway_processes import (
     base_env,
     free_port,
@@ -144,3 +147,67 @@ def test_python_dash_m_gateway_has_the_documented_commands() -> None:
     assert merchant.merchant_id == "m-9"
     assert merchant.scopes == {"sessions:read"}
     assert Path(ROOT / "routing_rules.yaml").is_file()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+async def test_a_retry_after_sigkill_mid_create_gets_the_providers_session(
+    sandbox: Any, redis_url: str, redis_prefix: str, processes: list[subprocess.Popen[str]]
+) -> None:
+    """The gateway dies (SIGKILL) while Stripe is creating the session; Stripe finishes it.
+    Another process, after the dead one's lease ran out, re-sends the pinned request and gets
+    Stripe's session back: one session at the provider, none elsewhere."""
+    env = {
+        **base_env(sandbox),
+        "GATEWAY_STORE": "redis",
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+        "GATEWAY_PROVIDER_TIMEOUT_SECONDS": "4",
+        "GATEWAY_REQUEST_DEADLINE_SECONDS": "4.5",
+        "GATEWAY_IDEMPOTENCY_LEASE_SECONDS": "5",
+    }
+    session_id = session_id_for("merchant-1", "killed")
+    state = sandbox_state(sandbox)
+    first_port = free_port()
+    first = start_gateway(first_port, env)
+    processes.append(first)
+    await wait_ready(first_port, first)
+    async with aiohttp.ClientSession() as http:
+        admin = str(sandbox.make_url("/sandbox/admin/faults"))
+        for provider in ("adyen", "paypal"):
+            await http.post(admin, json={"provider": provider, "down": True})
+        await http.post(admin, json={"provider": "stripe", "processingMs": 1500})
+        url = f"http://127.0.0.1:{first_port}/api/v1/sessions"
+        in_flight = asyncio.create_task(http.post(url, data=SEED_BYTES, headers=headers("killed")))
+
+        async def stripe_holds_it() -> bool:
+            return bool(state.idempotency.get("stripe"))
+
+        await until(stripe_holds_it)
+        first.send_signal(signal.SIGKILL)
+        with pytest.raises(aiohttp.ClientError):
+            await in_flight
+
+        async def stripe_created_it() -> bool:  # Stripe finishes on its own clock
+            return bool(state.sessions.get("stripe"))
+
+        await until(stripe_created_it)
+        second_port = free_port()
+        second = start_gateway(second_port, env)
+        processes.append(second)
+        await wait_ready(second_port, second)
+        url = f"http://127.0.0.1:{second_port}/api/v1/sessions"
+        for _ in range(200):  # 409 until the dead process's lease runs out
+            async with http.post(url, data=SEED_BYTES, headers=headers("killed")) as answer:
+                status, text = answer.status, await answer.text()
+            if status != 409:
+                break
+            assert "still being processed" in text
+            await asyncio.sleep(0.1)
+        assert status == 201, text
+        view_url = f"http://127.0.0.1:{second_port}/api/v1/sessions/{session_id}"
+        async with http.get(view_url, headers=headers(None)) as got:
+            view = await got.json()
+    (held,) = [s for s in state.sessions["stripe"].values() if s.gateway_session_id == session_id]
+    assert (view["provider"], view["providerSessionId"]) == ("stripe", held.id)
+    assert sum(state.sessions_created.values()) == 1

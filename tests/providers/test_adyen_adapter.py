@@ -26,6 +26,7 @@ from providers.adyen_transformers import (
 )
 from providers.base import (
     FlowNotSupported,
+    ProviderKeyConflict,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
@@ -129,9 +130,12 @@ async def test_same_key_with_another_body_is_refused(adapter: AdyenAdapter) -> N
     await adapter.create_session(checkout_input(seed_request()), timeout=5)
     data = seed_data()
     data["orderReference"] = "ORD-2024-002"
-    with pytest.raises(ProviderRejected) as caught:
+    with pytest.raises(ProviderKeyConflict) as caught:
         await adapter.create_session(checkout_input(request_from(data)), timeout=5)
-    assert (caught.value.status, caught.value.code) == (422, "704")
+    assert not caught.value.in_flight
+    cause = caught.value.__cause__
+    assert isinstance(cause, ProviderRejected)
+    assert (cause.status, cause.code) == (422, "704")
 
 
 async def test_a_concurrent_retry_meets_the_request_in_flight(
@@ -145,8 +149,9 @@ async def test_a_concurrent_retry_meets_the_request_in_flight(
         return_exceptions=True,
     )
     assert not isinstance(first, BaseException)
-    assert isinstance(second, ProviderRejected)
-    assert (second.status, second.code) == (422, "704")
+    assert isinstance(second, ProviderKeyConflict)
+    assert isinstance(second.__cause__, ProviderRejected)
+    assert (second.__cause__.status, second.__cause__.code) == (422, "704")
     assert sandbox.state.sessions_created["adyen"] == 1
 
 

@@ -18,6 +18,7 @@ from providers.base import (
     AUTHORIZE,
     CAPTURE,
     FlowNotSupported,
+    ProviderKeyConflict,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
@@ -170,18 +171,27 @@ async def test_a_concurrent_retry_meets_the_request_in_flight(
         return_exceptions=True,
     )
     assert not isinstance(first, BaseException)
-    assert isinstance(second, ProviderRejected)
-    assert (second.status, second.code) == (409, "RESOURCE_CONFLICT")
+    assert isinstance(second, ProviderKeyConflict)
+    assert second.in_flight
+    assert isinstance(second.__cause__, ProviderRejected)
+    assert (second.__cause__.status, second.__cause__.code) == (409, "RESOURCE_CONFLICT")
     assert sandbox.state.sessions_created["paypal"] == 2
 
 
 async def test_same_request_id_with_another_body_is_refused(adapter: PayPalAdapter) -> None:
     await adapter.create_session(checkout_input(paypal_seed()), timeout=5)
-    with pytest.raises(ProviderRejected) as caught:
+    with pytest.raises(ProviderKeyConflict) as caught:
         await adapter.create_session(
             checkout_input(paypal_seed(orderReference="ORD-2024-002")), timeout=5
         )
-    assert (caught.value.status, caught.value.code) == (422, "UNPROCESSABLE_ENTITY")
+    assert not caught.value.in_flight
+    cause = caught.value.__cause__
+    assert isinstance(cause, ProviderRejected)
+    assert (cause.status, cause.code, cause.issue) == (
+        422,
+        "UNPROCESSABLE_ENTITY",
+        "DUPLICATE_REQUEST_ID",
+    )
 
 
 async def test_long_request_id_becomes_a_stable_digest(

@@ -18,6 +18,7 @@ from gateway.settings import SANDBOX_SECRETS
 from providers.base import (
     FlowNotSupported,
     ProviderAdapter,
+    ProviderKeyConflict,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
@@ -286,10 +287,12 @@ async def test_reused_key_with_other_parameters_is_rejected(
 ) -> None:
     await adapter.create_session(session_input(key="gw:reuse"), timeout=5)
     other = session_input(checkout_request(orderReference="ORD-OTHER"), key="gw:reuse")
-    with pytest.raises(ProviderRejected) as caught:
+    with pytest.raises(ProviderKeyConflict) as caught:
         await adapter.create_session(other, timeout=5)
-    assert caught.value.status == 400
-    assert caught.value.code == "idempotency_error"
+    assert not caught.value.in_flight
+    cause = caught.value.__cause__
+    assert isinstance(cause, ProviderRejected)
+    assert (cause.status, cause.code) == (400, "idempotency_error")
     assert sandbox.state.sessions_created["stripe"] == 1
 
 
@@ -303,10 +306,12 @@ async def test_concurrent_same_key_conflicts(
         adapter.create_session(data, timeout=5),
         return_exceptions=True,
     )
-    rejected = [r for r in results if isinstance(r, ProviderRejected)]
-    assert len(rejected) == 1
-    assert rejected[0].status == 409
-    assert rejected[0].code == "idempotency_key_in_use"
+    refused = [r for r in results if isinstance(r, ProviderKeyConflict)]
+    assert len(refused) == 1
+    assert refused[0].in_flight
+    cause = refused[0].__cause__
+    assert isinstance(cause, ProviderRejected)
+    assert (cause.status, cause.code) == (409, "idempotency_key_in_use")
     assert sandbox.state.sessions_created["stripe"] == 1
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from typing import Any
 
-from gateway.store.base import ClaimKind, Completion, Store, StoredResponse
+from gateway.store.base import ClaimKind, Completion, CreatePin, Store, StoredResponse
 from tests.store.samples import make_session
 
 FP = "fp-1"
@@ -97,3 +99,69 @@ async def test_fifty_concurrent_begins_exactly_one_claims(store: Store) -> None:
     assert len(claimed) == 1
     assert claimed[0].order_holder is None
     assert all(r.claim.kind is ClaimKind.IN_FLIGHT for r in results if r is not claimed[0])
+
+
+PIN = CreatePin(created_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), request_id="rq-1")
+OTHER_PIN = CreatePin(created_at=datetime(2026, 1, 2, 9, 0, tzinfo=UTC), request_id="rq-2")
+
+
+async def pinned(store: Store, token: str, fp: str = FP, lease_ms: int = 5000) -> Any:
+    pin = PIN if token == "t1" else OTHER_PIN
+    return await store.begin_create(
+        "m1", "k1", fp, token=token, lease_ms=lease_ms, order_ref=None, pin=pin, pin_ttl_ms=60_000
+    )
+
+
+async def test_a_given_up_claim_resumes_with_the_first_pin(store: Store) -> None:
+    first = await pinned(store, "t1")
+    assert first.claim.kind is ClaimKind.CLAIMED
+    assert (first.pin, first.resumed) == (PIN, False)
+    assert (await pinned(store, "t2")).claim.kind is ClaimKind.IN_FLIGHT
+    await store.abandon_create("m1", "k1", "t1", sent=["stripe"])
+    again = await pinned(store, "t2")
+    assert again.claim.kind is ClaimKind.CLAIMED
+    assert again.resumed
+    assert again.pin == CreatePin(PIN.created_at, "rq-1", ("stripe",))
+    # a second give-up adds providers, in order, once each
+    await store.abandon_create("m1", "k1", "t2", sent=["adyen", "stripe"])
+    third = await pinned(store, "t3")
+    assert third.pin is not None
+    assert third.pin.sent == ("stripe", "adyen")
+    # and the completed answer is replayed as before
+    assert await store.commit_create(
+        make_session("s_1"), completion("t3", None), ttl_s=60, expires_at=None
+    )
+    assert (await pinned(store, "t4")).claim.kind is ClaimKind.REPLAY
+
+
+async def test_a_given_up_key_stays_bound_to_its_body(store: Store) -> None:
+    await pinned(store, "t1")
+    await store.abandon_create("m1", "k1", "t1", sent=["stripe"])
+    assert (await pinned(store, "t2", fp="fp-other")).claim.kind is ClaimKind.MISMATCH
+
+
+async def test_the_pin_outlives_a_crashed_holders_lease(store: Store) -> None:
+    await pinned(store, "t1", lease_ms=150)
+    busy = await pinned(store, "t2")
+    assert busy.claim.kind is ClaimKind.IN_FLIGHT
+    assert busy.claim.retry_after_ms is not None
+    assert busy.claim.retry_after_ms <= 150
+    await asyncio.sleep(0.25)
+    taken = await pinned(store, "t2")
+    assert taken.claim.kind is ClaimKind.CLAIMED
+    assert (taken.pin, taken.resumed) == (PIN, True)
+    # the dead holder can no longer finish or give up; the new one can
+    assert not await store.commit_create(
+        make_session("s_1"), completion("t1", None), ttl_s=60, expires_at=None
+    )
+    assert await store.commit_create(
+        make_session("s_1"), completion("t2", None), ttl_s=60, expires_at=None
+    )
+
+
+async def test_a_release_forgets_the_pin(store: Store) -> None:
+    await pinned(store, "t1")
+    await store.release("m1", "k1", "t1")
+    fresh = await pinned(store, "t2", fp="fp-other")
+    assert fresh.claim.kind is ClaimKind.CLAIMED
+    assert (fresh.pin, fresh.resumed) == (OTHER_PIN, False)

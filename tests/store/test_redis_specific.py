@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 
-from gateway.store.base import ClaimKind, StoredResponse, StoreUnavailable
+from gateway.store.base import (
+    ClaimKind,
+    Completion,
+    CreatePin,
+    StoredResponse,
+    StoreUnavailable,
+)
 from gateway.store.redis import RedisStore
 
 from .samples import make_session
@@ -339,3 +346,54 @@ async def test_two_processes_fifty_claims_one_winner(redis_url: str, redis_prefi
         assert await store.complete("race", "order-42", winners[0], response, ttl_s=60)
     finally:
         await store.close()
+
+
+async def test_a_pinned_create_costs_one_round_trip_per_step(
+    store_factory: Any, monkeypatch: pytest.MonkeyPatch, redis_client: aioredis.Redis
+) -> None:
+    store: RedisStore = await store_factory("redis")
+    pin = CreatePin(created_at=datetime(2026, 1, 1, tzinfo=UTC), request_id="rq")
+
+    async def begin(token: str) -> Any:
+        return await store.begin_create(
+            "m",
+            "pinned",
+            "fp",
+            token=token,
+            lease_ms=5_000,
+            order_ref="ORD-P",
+            pin=pin,
+            pin_ttl_ms=600_000,
+        )
+
+    await begin("warm")  # scripts are loaded now
+    await store.abandon_create("m", "pinned", "warm", sent=["stripe"])
+    commands: list[str] = []
+    original = store.client.execute_command
+
+    async def counting(*args: Any, **options: Any) -> Any:
+        commands.append(str(args[0]))
+        return await original(*args, **options)
+
+    monkeypatch.setattr(store.client, "execute_command", counting)
+    resumed = await begin("t1")
+    assert resumed.resumed
+    await store.abandon_create("m", "pinned", "t1", sent=["adyen"])
+    again = await begin("t2")
+    completion = Completion("m", "pinned", "t2", StoredResponse(201, b"{}"), 60, "ORD-P", 60)
+    assert await store.commit_create(make_session(), completion, ttl_s=60, expires_at=None)
+    assert commands == ["EVALSHA"] * 4
+    assert again.pin is not None
+    assert again.pin.sent == ("stripe", "adyen")
+    # while pinned, the record outlives the lease (it holds the lease in a field)
+    await store.begin_create(
+        "m",
+        "lease",
+        "fp",
+        token="t",
+        lease_ms=5_000,
+        order_ref=None,
+        pin=pin,
+        pin_ttl_ms=600_000,
+    )
+    assert await redis_client.pttl(store.keys.idempotency("m", "lease")) > 5_000
