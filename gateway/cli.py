@@ -49,16 +49,15 @@ def example_curl(settings: Settings) -> str:
 
 
 def _serve_one(settings: Settings, reuse_port: bool, print_curl: bool = False) -> None:
-    from aiohttp import web
-
     from gateway.app import create_app
     from gateway.logs import configure_logging
+    from gateway.serving import run_server
 
     configure_logging(settings.log_level)
     _install_uvloop()
     app = create_app(settings)
 
-    def announce(_message: str) -> None:
+    def announce() -> None:
         print(f"gateway: listening on {settings.base_url}", file=sys.stderr, flush=True)
         if print_curl:
             print(
@@ -67,16 +66,7 @@ def _serve_one(settings: Settings, reuse_port: bool, print_curl: bool = False) -
                 flush=True,
             )
 
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        reuse_port=reuse_port,
-        shutdown_timeout=settings.request_deadline_seconds + 5,
-        print=announce,
-        handle_signals=True,
-    )
+    run_server(app, settings, reuse_port=reuse_port, announce=announce)
 
 
 def _worker(overrides: dict[str, object]) -> None:

@@ -111,6 +111,15 @@ class Settings(BaseSettings):
     circuit_open_seconds: float = Field(30.0, gt=0)
     circuit_half_open_probes: int = Field(2, ge=1)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
+    keepalive_timeout_seconds: float = Field(
+        5.0, gt=0, description="An idle connection (no byte of a next request) is closed after"
+    )
+    request_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time from a request's first byte to the end of its headers"
+    )
+    request_body_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time from the end of a request's headers to the end of its body"
+    )
     session_retention_seconds: int = Field(30 * 86_400, ge=3600)
 
     merchants_path: Path = Field(

@@ -9,13 +9,16 @@ Every error body carries the keys and values the seed shows for its status, plus
      ├── Forbidden             403
      ├── NotFound              404
      ├── MethodNotAllowed      405
+ ├── RequestTimeout        408  the request was not received within the read timeouts
      ├── Conflict              409  details, optional Retry-After / sessionId
      ├── PayloadTooLarge       413
      ├── UnsupportedMediaType  415
      ├── Unprocessable         422  code: IDEMPOTENCY_KEY_MISMATCH | NO_AVAILABLE_PROVIDER | ...
+ ├── TooManyRequests       429  a rate limit; Retry-After says when to come back
      ├── InternalError         500
      ├── BadGateway            502  every provider failed
-     ├── ServiceUnavailable    503  a dependency (the store) is down
+     ├── ServiceUnavailable    503  a dependency (the store) is down, or every provider that could
+ │                              take the request is down (circuit open); Retry-After
      └── GatewayTimeout        504  the request deadline passed with nothing created
 """
 
@@ -34,7 +37,9 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServiceUnavailable",
+    "TooManyRequests",
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
@@ -106,6 +111,11 @@ class MethodNotAllowed(ApiError):
     message = "Method not allowed"
 
 
+class RequestTimeout(ApiError):
+    status, error, code = 408, "Request Timeout", 408
+    message = "The request was not received in time"
+
+
 class Conflict(ApiError):
     status, error, code = 409, "Conflict", 409
     message = "The request conflicts with the current state of the resource"
@@ -138,6 +148,11 @@ class Unprocessable(ApiError):
             code="NO_AVAILABLE_PROVIDER",
             details=details,
         )
+
+
+class TooManyRequests(ApiError):
+    status, error, code = 429, "Too Many Requests", 429
+    message = "Too many requests. Please retry after the time given in Retry-After"
 
 
 class InternalError(ApiError):
