@@ -33,6 +33,7 @@ _FIELDS = (
     "replayed",
     #: the class name of an exception an adapter raised (never its message)
     "exception_type",
+    "cause",
 )
 
 

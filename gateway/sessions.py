@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.attempts import Attempts, ProviderAttempts, RouterLike
+from gateway.attempts import Attempts, ProviderAttempts, RouterLike, no_candidate_error
 from gateway.auth import Merchant
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import (
@@ -208,13 +208,10 @@ class SessionService:
         started = time.monotonic()
         deadline = started + settings.request_deadline_seconds
         await self.circuits.refresh()
-        decision = self.router.decide(
-            request, merchant.merchant_id, unavailable=self.circuits.unavailable()
-        )
+        unavailable = self.circuits.unavailable()
+        decision = self.router.decide(request, merchant.merchant_id, unavailable=unavailable)
         if not decision.ranked:
-            raise Unprocessable.no_available_provider(
-                [{"provider": e.provider, "reason": e.reason} for e in decision.excluded]
-            )
+            raise no_candidate_error(decision, unavailable, self.circuits)
         session_id = session_id_for(merchant.merchant_id, idempotency_key)
         created_at = utcnow()
         expires_at = created_at + timedelta(seconds=request.expiresIn)

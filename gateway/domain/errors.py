@@ -169,6 +169,15 @@ class ServiceUnavailable(ApiError):
     status, error, code = 503, "Service Unavailable", 503
     message = "The service is temporarily unavailable. Please try again later"
 
+    @classmethod
+    def providers_down(cls, details: Any, retry_after_s: int) -> ServiceUnavailable:
+        """Every provider that could take the request is down (circuit open) right now."""
+        return cls(
+            details=details,
+            headers={"Retry-After": str(max(1, retry_after_s))},
+            extra={"reason": "PROVIDERS_UNAVAILABLE"},
+        )
+
 
 class GatewayTimeout(ApiError):
     status, error, code = 504, "Error", 504
