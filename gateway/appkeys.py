@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ __all__ = [
     "SERVICES",
     "SETTINGS",
     "STORE",
+    "WORKER_STATE",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -41,3 +43,5 @@ SERVICES: web.AppKey[Any] = web.AppKey("services")
 LIFECYCLE: web.AppKey[LifecycleService] = web.AppKey("lifecycle")
 #: merchants and their notification webhooks (GATEWAY_MERCHANTS_PATH)
 MERCHANTS: web.AppKey[MerchantDirectory] = web.AppKey("merchants")
+#: where the supervisor of ``gateway serve --workers N`` publishes the workers' state
+WORKER_STATE: web.AppKey[Path] = web.AppKey("worker_state")
