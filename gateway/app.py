@@ -73,8 +73,13 @@ def open_store(settings: Settings) -> Store:
     """The configured store (not yet connected)."""
     if settings.store == "redis":
         from gateway.store.redis import RedisStore
+        from gateway.store.redis_client import RedisClientSettings
 
-        return RedisStore(settings.redis_url, settings.redis_prefix)
+        return RedisStore(
+            settings.redis_url,
+            settings.redis_prefix,
+            conf=RedisClientSettings.from_settings(settings),
+        )
     from gateway.store.memory import MemoryStore
 
     return MemoryStore()
@@ -91,7 +96,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     configure_merchant_labels(m.strip() for m in settings.metrics_merchants.split(",") if m.strip())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        opened = instrument_store(store if store is not None else open_store(settings))
+        raw = store if store is not None else open_store(settings)
+        await _warm_up(raw)
+        opened = instrument_store(raw)
         http = new_client_session()
         app[STORE] = opened
         app[HTTP_CLIENT] = http
@@ -146,6 +153,15 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
             ),
         )
     return app
+
+
+async def _warm_up(store: Store) -> None:
+    """Open the store's pooled connections before the server listens (Redis only), so a burst
+    right after start does not open them all at once; a Redis that is down is only logged."""
+    warm = getattr(store, "warm_up", None)
+    if warm is not None:
+        opened = await warm()
+        log.info("store connection pool warmed: %d connections open", opened)
 
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:

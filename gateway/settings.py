@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "gw:"
+    redis_max_connections: int = Field(64, ge=1, le=10_000)
+    redis_pool_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long a request waits for a free pooled connection"
+    )
+    redis_connect_timeout_seconds: float = Field(1.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(1.0, gt=0)
+    redis_connect_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Further attempts to open a connection (commands are never re-sent)",
+    )
+    redis_warm_connections: int = Field(
+        16, ge=0, description="Connections opened at start-up, before the server listens"
+    )
 
     rules_path: Path = Path("routing_rules.yaml")
     rules_watch_interval_seconds: float = Field(2.0, gt=0)
