@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.auth import Authenticator
     from gateway.lifecycle import LifecycleService
     from gateway.notifications.merchants import MerchantDirectory
+    from gateway.ratelimit import TokenBuckets
     from gateway.settings import Settings
     from gateway.store.base import Store
     from providers.base import ProviderAdapter
@@ -23,6 +25,8 @@ __all__ = [
     "HTTP_CLIENT",
     "LIFECYCLE",
     "MERCHANTS",
+    "RATE_LIMITS",
+    "RETURN_WAITERS",
     "ROUTER",
     "SERVICES",
     "SETTINGS",
@@ -45,3 +49,7 @@ LIFECYCLE: web.AppKey[LifecycleService] = web.AppKey("lifecycle")
 MERCHANTS: web.AppKey[MerchantDirectory] = web.AppKey("merchants")
 #: where the supervisor of ``gateway serve --workers N`` publishes the workers' state
 WORKER_STATE: web.AppKey[Path] = web.AppKey("worker_state")
+#: the token buckets of the rate limits (Redis-shared with the Redis store)
+RATE_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("rate_limits")
+#: bounds how many return-page requests of this process wait for a payment outcome at once
+RETURN_WAITERS: web.AppKey[asyncio.Semaphore] = web.AppKey("return_waiters")

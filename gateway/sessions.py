@@ -340,14 +340,17 @@ class SessionService:
             provider_wait_s=tries.waited_s,
         )
 
-    async def returning(self, session_id: str, provider_session_id: str) -> str | None:
+    async def returning(
+        self, session_id: str, provider_session_id: str, *, wait: bool = True
+    ) -> str | None:
         """Where the customer coming back from the provider's page goes: the merchant's
         success URL once the session is COMPLETED, its failure URL once it FAILED, EXPIRED or
         was CANCELLED. The outcome usually arrives (by webhook) before the customer does; the
         page waits up to ``return_wait_seconds`` for it, then sends a still-open session to the
         success URL, whose page must read the session's status (ambiguous is never success).
-        None when the session is unknown or the provider's session id does not match."""
-        deadline = time.monotonic() + self.settings.return_wait_seconds
+        None when the session is unknown or the provider's session id does not match.
+        ``wait=False``: answer from the current state at once."""
+        deadline = time.monotonic() + (self.settings.return_wait_seconds if wait else 0.0)
         while True:
             record = await self.store.get_session(session_id)
             if record is None or record.providerSessionId != provider_session_id:

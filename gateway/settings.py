@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     return_wait_seconds: float = Field(
         5.0, ge=0, le=30, description="How long the return page waits for the payment outcome"
     )
+    return_page_rate_per_second: float = Field(
+        100.0, gt=0, description="Return-page requests per second, for the whole gateway"
+    )
+    return_page_burst: int = Field(200, ge=1)
+    return_page_max_waiting: int = Field(
+        64, ge=0, description="Return pages of one process waiting for an outcome at once"
+    )
     notification_max_attempts: int = Field(12, ge=1, le=100)
     notification_backoff_base_seconds: float = Field(5.0, gt=0)
     notification_backoff_max_seconds: float = Field(3600.0, gt=0)
