@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -137,7 +138,8 @@ async def test_a_slow_but_steady_client_within_the_timeouts_is_served(gateway_po
 async def test_many_trickling_clients_do_not_keep_the_gateway_from_answering(
     gateway_port: int,
 ) -> None:
-    opened = [await asyncio.open_connection("127.0.0.1", gateway_port) for _ in range(50)]
+    # 300 such connections exhausted the file descriptors of a gateway without read deadlines
+    opened = [await asyncio.open_connection("127.0.0.1", gateway_port) for _ in range(300)]
     try:
         for _, writer in opened:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\nX-Slow: a")
@@ -151,11 +153,14 @@ async def test_many_trickling_clients_do_not_keep_the_gateway_from_answering(
             except TimeoutError:
                 pass
         assert closed == len(opened)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{gateway_port}/healthz") as answer,
-        ):
-            assert answer.status == 200
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{gateway_port}/healthz") as answer:
+                assert answer.status == 200
+            async with http.get(f"http://127.0.0.1:{gateway_port}/metrics") as answer:
+                metrics = await answer.text()
+        cut = re.search(r'^gateway_connections_cut_total\{phase="header"\} (\S+)$', metrics, re.M)
+        assert cut is not None
+        assert float(cut.group(1)) >= len(opened)
     finally:
         for _, writer in opened:
             writer.close()
