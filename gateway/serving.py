@@ -85,7 +85,8 @@ class GuardedRequestHandler(RequestHandler):
             return
         if data and self._deadline is None:
             # the first bytes of a request head: the head deadline replaces the idle timer
-            self.keep_alive(True)
+            # (keep_alive() cancels that timer; the current keep-alive decision stays)
+            self.keep_alive(self._keepalive)
             self._arm(self._limits.header_s, "header")
 
     def connection_lost(self, exc: BaseException | None) -> None:
