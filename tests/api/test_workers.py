@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -116,3 +119,30 @@ async def test_a_killed_worker_is_replaced_and_the_replacement_serves(
     assert proc.stderr is not None
     log = proc.stderr.read()
     assert f"(pid {victim}) died with exit code -9" in log
+
+
+def test_a_worker_that_keeps_dying_is_restarted_with_a_growing_back_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import multiprocessing
+    import threading
+
+    from gateway.supervisor import Supervisor, read_worker_state
+
+    ctx = multiprocessing.get_context("spawn")
+    state_path = tmp_path / "workers.json"
+    supervisor = Supervisor(1, lambda _i: ctx.Process(target=sys.exit, args=(3,)), state_path)
+    stopper = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM))
+    stopper.start()
+    caplog.set_level(logging.INFO, logger="gateway.supervisor")
+    try:
+        assert supervisor.run() in (0, 3)
+    finally:
+        stopper.cancel()
+    delays = re.findall(r"exit code 3 after [\d.]+ s; restarting it in ([\d.]+) s", caplog.text)
+    assert len(delays) >= 2
+    assert delays == ["0.5", "1.0", "2.0", "4.0", "8.0"][: len(delays)]
+    state = read_worker_state(state_path)
+    assert state is not None
+    assert state.expected == 1
+    assert state.restarts == len(delays) - (state.alive == 0)
