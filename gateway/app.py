@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.api.health import setup_health_routes
@@ -22,6 +23,8 @@ from gateway.appkeys import (
     HTTP_CLIENT,
     LIFECYCLE,
     MERCHANTS,
+    RATE_LIMITS,
+    RETURN_WAITERS,
     ROUTER,
     SERVICES,
     SETTINGS,
@@ -35,10 +38,12 @@ from gateway.middleware import request_context_middleware
 from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.events import Notifier
 from gateway.notifications.merchants import load_merchants
+from gateway.ratelimit import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
 from gateway.settings import Settings, SettingsError
 from gateway.store.base import Store
+from gateway.store.keys import RedisKeys
 from gateway.store.timing import instrument_store
 from providers.base import ProviderAdapter
 from providers.http import new_client_session
@@ -73,8 +78,13 @@ def open_store(settings: Settings) -> Store:
     """The configured store (not yet connected)."""
     if settings.store == "redis":
         from gateway.store.redis import RedisStore
+        from gateway.store.redis_client import RedisClientSettings
 
-        return RedisStore(settings.redis_url, settings.redis_prefix)
+        return RedisStore(
+            settings.redis_url,
+            settings.redis_prefix,
+            conf=RedisClientSettings.from_settings(settings),
+        )
     from gateway.store.memory import MemoryStore
 
     return MemoryStore()
@@ -91,7 +101,10 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     configure_merchant_labels(m.strip() for m in settings.metrics_merchants.split(",") if m.strip())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        opened = instrument_store(store if store is not None else open_store(settings))
+        raw = store if store is not None else open_store(settings)
+        await _warm_up(raw)
+        opened = instrument_store(raw)
+        app[RATE_LIMITS] = _token_buckets(raw)
         http = new_client_session()
         app[STORE] = opened
         app[HTTP_CLIENT] = http
@@ -128,6 +141,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
         allow_http_localhost=settings.is_sandbox,
         required="merchants_path" in settings.model_fields_set,
     )
+    app[RETURN_WAITERS] = asyncio.Semaphore(settings.return_page_max_waiting)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(_lifecycle_tasks)
     setup_health_routes(app)
@@ -147,6 +161,23 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
             ),
         )
     return app
+
+
+def _token_buckets(store: Store) -> TokenBuckets:
+    """Rate-limit buckets next to the store: in Redis (shared) with the Redis store."""
+    client, keys = getattr(store, "client", None), getattr(store, "keys", None)
+    if isinstance(client, aioredis.Redis) and isinstance(keys, RedisKeys):
+        return RedisTokenBuckets(client, keys)
+    return MemoryTokenBuckets()
+
+
+async def _warm_up(store: Store) -> None:
+    """Open the store's pooled connections before the server listens (Redis only), so a burst
+    right after start does not open them all at once; a Redis that is down is only logged."""
+    warm = getattr(store, "warm_up", None)
+    if warm is not None:
+        opened = await warm()
+        log.info("store connection pool warmed: %d connections open", opened)
 
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:

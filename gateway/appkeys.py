@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.auth import Authenticator
     from gateway.lifecycle import LifecycleService
     from gateway.notifications.merchants import MerchantDirectory
+    from gateway.ratelimit import TokenBuckets
     from gateway.settings import Settings
     from gateway.store.base import Store
     from providers.base import ProviderAdapter
@@ -22,10 +25,13 @@ __all__ = [
     "HTTP_CLIENT",
     "LIFECYCLE",
     "MERCHANTS",
+    "RATE_LIMITS",
+    "RETURN_WAITERS",
     "ROUTER",
     "SERVICES",
     "SETTINGS",
     "STORE",
+    "WORKER_STATE",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -41,3 +47,9 @@ SERVICES: web.AppKey[Any] = web.AppKey("services")
 LIFECYCLE: web.AppKey[LifecycleService] = web.AppKey("lifecycle")
 #: merchants and their notification webhooks (GATEWAY_MERCHANTS_PATH)
 MERCHANTS: web.AppKey[MerchantDirectory] = web.AppKey("merchants")
+#: where the supervisor of ``gateway serve --workers N`` publishes the workers' state
+WORKER_STATE: web.AppKey[Path] = web.AppKey("worker_state")
+#: the token buckets of the rate limits (Redis-shared with the Redis store)
+RATE_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("rate_limits")
+#: bounds how many return-page requests of this process wait for a payment outcome at once
+RETURN_WAITERS: web.AppKey[asyncio.Semaphore] = web.AppKey("return_waiters")

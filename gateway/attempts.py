@@ -20,7 +20,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from gateway.circuit import CircuitBreakers
-from gateway.domain.errors import ApiError, BadGateway, Conflict, GatewayTimeout
+from gateway.domain.errors import (
+    ApiError,
+    BadGateway,
+    Conflict,
+    GatewayTimeout,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import Attempt
 from gateway.metrics import FAILOVERS
@@ -38,7 +45,7 @@ from providers.base import (
     adapter_fault,
 )
 
-__all__ = ["Attempts", "ProviderAttempts", "RouterLike", "prefer"]
+__all__ = ["Attempts", "ProviderAttempts", "RouterLike", "no_candidate_error", "prefer"]
 
 log = logging.getLogger("gateway.sessions")
 
@@ -78,7 +85,8 @@ class Attempts:
 
     def failure(self, decision: RoutingDecision, deadline: float) -> ApiError:
         """409 when a provider refused the idempotency key (its first request may still be
-        running: the merchant's retry gets its answer); else 504 when the deadline passed or
+        running: the merchant's retry gets its answer); 503 when every candidate's circuit
+        refused the call; 504 when the deadline passed or
         every try timed out; 502 otherwise."""
         details: dict[str, Any] = {
             "decisionId": decision.decision_id,
@@ -97,12 +105,29 @@ class Attempts:
                 "status": self.rejected.status,
                 "code": self.rejected.code,
             }
+        if self.made and all(a.outcome == "circuit_open" for a in self.made):
+            # every candidate's circuit turned the call away (half-open, probes all taken)
+            return ServiceUnavailable.providers_down(details, 1)
         timed_out_only = self.timed_out and all(
             a.outcome in ("timeout", "circuit_open") for a in self.made
         )
         if time.monotonic() >= deadline or timed_out_only:
             return GatewayTimeout(details=details)
         return BadGateway(details=details)
+
+
+def no_candidate_error(
+    decision: RoutingDecision, unavailable: Mapping[str, str], circuits: CircuitBreakers
+) -> ApiError:
+    """Why a decision without candidates is refused: 503 with ``Retry-After`` when a provider
+    that could take the request is only down for now (circuit open: the request is fine, the
+    providers are not); 422 ``NO_AVAILABLE_PROVIDER`` when no provider could ever take it."""
+    down = [e.provider for e in decision.excluded if unavailable.get(e.provider) == e.reason]
+    if down:
+        return ServiceUnavailable.providers_down(
+            decision.exclusion_details(), circuits.retry_after_s(down)
+        )
+    return Unprocessable.no_available_provider(decision.exclusion_details())
 
 
 class ProviderAttempts:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -110,6 +111,16 @@ class CircuitBreakers:
             if state.state == "open" and (state.open_until is None or state.open_until > now):
                 out[provider] = "circuit open"
         return out
+
+    def retry_after_s(self, providers: list[str]) -> int:
+        """Whole seconds until the first of ``providers``' open circuits turns half-open (>= 1)."""
+        now = time.time()
+        until = [
+            state.open_until
+            for name in providers
+            if (state := self._states.get(name)) is not None and state.open_until is not None
+        ]
+        return max(1, math.ceil(min(until) - now)) if until else 1
 
     async def admit(self, provider: str) -> bool:
         """May a call go to ``provider`` now? In half-open only the probe quota passes."""

@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -48,14 +47,23 @@ def example_curl(settings: Settings) -> str:
     )
 
 
-def _serve_one(settings: Settings, reuse_port: bool, print_curl: bool = False) -> None:
+def _serve_one(
+    settings: Settings,
+    reuse_port: bool,
+    print_curl: bool = False,
+    worker_state: Path | None = None,
+) -> None:
     from gateway.app import create_app
     from gateway.logs import configure_logging
-    from gateway.server import serve
+    from gateway.serving import run_server
 
     configure_logging(settings.log_level)
     _install_uvloop()
     app = create_app(settings)
+    if worker_state is not None:
+        from gateway.appkeys import WORKER_STATE
+
+        app[WORKER_STATE] = worker_state
 
     def announce() -> None:
         print(f"gateway: listening on {settings.base_url}", file=sys.stderr, flush=True)
@@ -66,18 +74,12 @@ def _serve_one(settings: Settings, reuse_port: bool, print_curl: bool = False) -
                 flush=True,
             )
 
-    serve(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        shutdown_timeout=settings.request_deadline_seconds + 5,
-        on_listening=announce,
-    )
+    run_server(app, settings, reuse_port=reuse_port, announce=announce)
 
 
-def _worker(overrides: dict[str, object]) -> None:
-    _serve_one(Settings(**overrides), reuse_port=True)  # type: ignore[arg-type]
+def _worker(overrides: dict[str, object], state_path: str) -> None:
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    _serve_one(settings, reuse_port=True, worker_state=Path(state_path))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -138,26 +140,26 @@ def _serve_many(settings: Settings, overrides: dict[str, object]) -> int:
 def _run_workers(settings: Settings, overrides: dict[str, object]) -> int:
     from prometheus_client import multiprocess
 
+    from gateway.logs import configure_logging
+    from gateway.supervisor import Supervisor
+
+    configure_logging(settings.log_level)
     ctx = multiprocessing.get_context("spawn")
-    children = [
-        ctx.Process(target=_worker, args=(overrides,), name=f"gateway-worker-{i}")
-        for i in range(settings.workers)
-    ]
-    for child in children:
-        child.start()
+    state_dir = Path(tempfile.mkdtemp(prefix="gateway-workers-"))
+    state_path = state_dir / "workers.json"
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.is_alive() and child.pid is not None:
-                os.kill(child.pid, signal.SIGTERM)
+    def spawn(index: int) -> multiprocessing.context.SpawnProcess:
+        return ctx.Process(
+            target=_worker, args=(overrides, str(state_path)), name=f"gateway-worker-{index}"
+        )
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for child in children:
-        child.join()
-        if child.pid is not None:
-            multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
-    return max((child.exitcode or 0) for child in children)
+    def exited(pid: int) -> None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+    try:
+        return Supervisor(settings.workers, spawn, state_path, on_exit=exited).run()
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ FIELDS = (
     "replayed",
     #: the class name of an exception an adapter raised (never its message)
     "exception_type",
+    "cause",
 )
 
 #: keys never written even when passed in ``extra``: the customer's data and credentials

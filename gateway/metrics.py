@@ -25,6 +25,8 @@ Who records what:
 ``WEBHOOKS_RECEIVED``, ``SESSION_TRANSITIONS``,   the session lifecycle (webhooks, cancel,
 ``NOTIFICATION_*``, ``AMOUNT_MISMATCHES``         expiry sweeper, notification outbox,
                                                   reconciliation of provider verdicts)
+``CONNECTIONS_CUT``                               :mod:`gateway.serving` (read timeouts)
+``RATE_LIMITED``                                  :mod:`gateway.ratelimit`
 ================================================  =============================================
 """
 
@@ -47,6 +49,7 @@ __all__ = [
     "AMOUNT_MISMATCHES",
     "CIRCUIT_STATE",
     "CIRCUIT_STATE_VALUES",
+    "CONNECTIONS_CUT",
     "CONTENT_TYPE",
     "FAILOVERS",
     "HTTP_DURATION",
@@ -59,6 +62,7 @@ __all__ = [
     "ORPHAN_SESSIONS",
     "PROVIDER_DURATION",
     "PROVIDER_REQUESTS",
+    "RATE_LIMITED",
     "ROUTING_DECISIONS",
     "ROUTING_DURATION",
     "ROUTING_RULE_MATCHES",
@@ -269,6 +273,19 @@ NOTIFICATION_BACKLOG = Gauge(
     "gateway_notification_backlog",
     "Merchant notifications waiting for delivery (last value measured by any live process).",
     multiprocess_mode="livemostrecent",
+)
+
+CONNECTIONS_CUT = Counter(
+    "gateway_connections_cut_total",
+    "Client connections the server closed because a request was read too slowly, by phase "
+    "(header, body).",
+    ["phase"],
+)
+RATE_LIMITED = Counter(
+    "gateway_rate_limited_total",
+    "Requests refused with 429 by a rate limit, by limit (merchant, return_page) and merchant "
+    "label (see GATEWAY_METRICS_MERCHANTS; 'none' for the unauthenticated return page).",
+    ["limit", "merchant"],
 )
 
 # --- Merchant labels ---------------------------------------------------------------------------

@@ -90,13 +90,18 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     try:
         response = await handler(request)
     except ApiError as exc:
+        if exc.status == 503:
+            request[LOG_CONTEXT]["cause"] = str(exc.extra.get("reason", "unavailable")).lower()
         response = error_response(exc, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = error_response(_from_http_exception(exc), request_id)
-    except StoreUnavailable:
-        errors_log.error("store unavailable", extra={"request_id": request_id})
+    except StoreUnavailable as exc:
+        request[LOG_CONTEXT]["cause"] = "store_unavailable"
+        errors_log.error(
+            "store unavailable", extra={"request_id": request_id, "errors": str(exc)[:300]}
+        )
         response = error_response(ServiceUnavailable(), request_id)
     except asyncio.CancelledError:
         raise

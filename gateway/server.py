@@ -1,4 +1,4 @@
-"""Serving the app: the runner ``gateway serve`` (and the tests) use, and its serve loop.
+"""The runner ``gateway serve`` (through :mod:`gateway.serving`) and the tests use.
 
 aiohttp answers some requests before any middleware runs: those its parser refuses (a bad
 method, an oversized request line or header, broken framing), as ``text/plain`` quoting the
@@ -15,7 +15,6 @@ upgrade must keep ``tests/api/test_hostile_bytes.py`` and the fuzz test passing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -39,7 +38,7 @@ from gateway.domain.errors import (
 from gateway.metrics import HTTP_REQUESTS
 from gateway.middleware import error_response, request_id_for
 
-__all__ = ["EnvelopeRequestHandler", "GatewayRunner", "serve"]
+__all__ = ["EnvelopeRequestHandler", "GatewayRunner"]
 
 log = logging.getLogger("gateway.access")
 
@@ -205,48 +204,4 @@ class GatewayRunner(web.AppRunner):
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),
             **server._kwargs,
-        )
-
-
-async def _serve(
-    app: web.Application,
-    *,
-    host: str,
-    port: int,
-    reuse_port: bool,
-    shutdown_timeout: float,
-    on_listening: Callable[[], None],
-) -> None:
-    runner = GatewayRunner(
-        app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
-        on_listening()
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
-def serve(
-    app: web.Application,
-    *,
-    host: str,
-    port: int,
-    reuse_port: bool,
-    shutdown_timeout: float,
-    on_listening: Callable[[], None],
-) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully (like ``web.run_app``)."""
-    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(
-            _serve(
-                app,
-                host=host,
-                port=port,
-                reuse_port=reuse_port,
-                shutdown_timeout=shutdown_timeout,
-                on_listening=on_listening,
-            )
         )

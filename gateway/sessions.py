@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from gateway.attempts import Attempts, ProviderAttempts, RouterLike, prefer
+from gateway.attempts import Attempts, ProviderAttempts, RouterLike, no_candidate_error, prefer
 from gateway.auth import Merchant
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import (
@@ -249,14 +249,11 @@ class SessionService:
         started = time.monotonic()
         deadline = started + settings.request_deadline_seconds
         await self.circuits.refresh()
-        decision = self.router.decide(
-            request, merchant.merchant_id, unavailable=self.circuits.unavailable()
-        )
+        unavailable = self.circuits.unavailable()
+        decision = self.router.decide(request, merchant.merchant_id, unavailable=unavailable)
         decision = prefer(decision, pin.sent)
         if not decision.ranked:
-            raise Unprocessable.no_available_provider(
-                [{"provider": e.provider, "reason": e.reason} for e in decision.excluded]
-            )
+            raise no_candidate_error(decision, unavailable, self.circuits)
         session_id = session_id_for(merchant.merchant_id, idempotency_key)
         created_at = pin.created_at
         expires_at = created_at + timedelta(seconds=request.expiresIn)
@@ -393,14 +390,17 @@ class SessionService:
             provider_wait_s=tries.waited_s,
         )
 
-    async def returning(self, session_id: str, provider_session_id: str) -> str | None:
+    async def returning(
+        self, session_id: str, provider_session_id: str, *, wait: bool = True
+    ) -> str | None:
         """Where the customer coming back from the provider's page goes: the merchant's
         success URL once the session is COMPLETED, its failure URL once it FAILED, EXPIRED or
         was CANCELLED. The outcome usually arrives (by webhook) before the customer does; the
         page waits up to ``return_wait_seconds`` for it, then sends a still-open session to the
         success URL, whose page must read the session's status (ambiguous is never success).
-        None when the session is unknown or the provider's session id does not match."""
-        deadline = time.monotonic() + self.settings.return_wait_seconds
+        None when the session is unknown or the provider's session id does not match.
+        ``wait=False``: answer from the current state at once."""
+        deadline = time.monotonic() + (self.settings.return_wait_seconds if wait else 0.0)
         while True:
             record = await self.store.get_session(session_id)
             if record is None or record.providerSessionId != provider_session_id:

@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "gw:"
+    redis_max_connections: int = Field(64, ge=1, le=10_000)
+    redis_pool_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long a request waits for a free pooled connection"
+    )
+    redis_connect_timeout_seconds: float = Field(1.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(1.0, gt=0)
+    redis_connect_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Further attempts to open a connection (commands are never re-sent)",
+    )
+    redis_warm_connections: int = Field(
+        16, ge=0, description="Connections opened at start-up, before the server listens"
+    )
 
     rules_path: Path = Path("routing_rules.yaml")
     rules_watch_interval_seconds: float = Field(2.0, gt=0)
@@ -111,6 +126,15 @@ class Settings(BaseSettings):
     circuit_open_seconds: float = Field(30.0, gt=0)
     circuit_half_open_probes: int = Field(2, ge=1)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
+    keepalive_timeout_seconds: float = Field(
+        5.0, gt=0, description="An idle connection (no byte of a next request) is closed after"
+    )
+    request_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time from a request's first byte to the end of its headers"
+    )
+    request_body_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time from the end of a request's headers to the end of its body"
+    )
     session_retention_seconds: int = Field(30 * 86_400, ge=3600)
 
     merchants_path: Path = Field(
@@ -120,6 +144,13 @@ class Settings(BaseSettings):
     expiry_sweep_interval_seconds: float = Field(5.0, gt=0)
     return_wait_seconds: float = Field(
         5.0, ge=0, le=30, description="How long the return page waits for the payment outcome"
+    )
+    return_page_rate_per_second: float = Field(
+        100.0, gt=0, description="Return-page requests per second, for the whole gateway"
+    )
+    return_page_burst: int = Field(200, ge=1)
+    return_page_max_waiting: int = Field(
+        64, ge=0, description="Return pages of one process waiting for an outcome at once"
     )
     notification_max_attempts: int = Field(12, ge=1, le=100)
     notification_backoff_base_seconds: float = Field(5.0, gt=0)

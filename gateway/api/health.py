@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import ROUTER, STORE
+from gateway.appkeys import ROUTER, STORE, WORKER_STATE
 from gateway.store.base import StoreUnavailable
+from gateway.supervisor import read_worker_state
 
 __all__ = ["setup_health_routes"]
 
@@ -19,7 +21,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: the store answers and routing rules are loaded (503 with details otherwise)."""
+    """Ready: the store answers, routing rules are loaded and, under ``--workers N``, all N
+    workers are alive (503 with details otherwise)."""
     checks: dict[str, Any] = {}
     ready = True
     store = request.app.get(STORE)
@@ -43,6 +46,23 @@ async def readyz(request: web.Request) -> web.Response:
         if error:
             rules["lastReloadError"] = error
         checks["rules"] = rules
+    state_path = request.app.get(WORKER_STATE)
+    if state_path is not None:
+        state = read_worker_state(state_path)
+        if state is None:
+            checks["workers"] = {"ok": False, "error": "supervisor state unreadable"}
+            ready = False
+        else:
+            ok = state.alive >= state.expected
+            checks["workers"] = {
+                "ok": ok,
+                "expected": state.expected,
+                "alive": state.alive,
+                "restarts": state.restarts,
+                "pids": state.pids,
+                "answeredBy": os.getpid(),
+            }
+            ready = ready and ok
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     return web.Response(
         status=200 if ready else 503, body=orjson.dumps(body), content_type="application/json"

@@ -130,11 +130,20 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     return {
         str(s): {
             "description": _DESCRIPTIONS[s],
             "content": {"application/json": {"schema": _ref("ErrorBody")}},
+            **({"headers": _RETRY_AFTER} if s in (409, 429, 503) else {}),
         }
         for s in statuses
     }
@@ -148,10 +157,13 @@ _DESCRIPTIONS = {
     409: "Key in flight (Retry-After), or the order has a pending, paying or paid session",
     413: "Body too large",
     415: "Content-Type is not application/json",
-    422: "IDEMPOTENCY_KEY_MISMATCH or NO_AVAILABLE_PROVIDER",
+    408: "The request was not received within the read timeouts (the connection is closed)",
+    422: "IDEMPOTENCY_KEY_MISMATCH, or NO_AVAILABLE_PROVIDER: no provider could ever take it",
+    429: "Over a rate limit: retry after Retry-After seconds",
     500: "Internal server error",
     502: "Every provider failed",
-    503: "A dependency (the store) is unavailable",
+    503: "The store is unavailable, or every provider that could take the request is down "
+    "right now (reason PROVIDERS_UNAVAILABLE, Retry-After)",
     504: "The request deadline passed before any provider created the session",
 }
 
@@ -188,7 +200,7 @@ def _base_paths() -> dict[str, Any]:
                         },
                         "content": {"application/json": {"schema": _ref("SessionCreated")}},
                     },
-                    **_errors(400, 401, 403, 409, 413, 415, 422, 500, 502, 503, 504),
+                    **_errors(400, 401, 403, 408, 409, 413, 415, 422, 429, 500, 502, 503, 504),
                 },
             }
         },
@@ -211,7 +223,7 @@ def _base_paths() -> dict[str, Any]:
                         "description": "The session",
                         "content": {"application/json": {"schema": _ref("SessionView")}},
                     },
-                    **_errors(401, 403, 404, 503),
+                    **_errors(401, 403, 404, 429, 503),
                 },
             }
         },
@@ -241,7 +253,7 @@ def _base_paths() -> dict[str, Any]:
                         "description": "The cancelled session",
                         "content": {"application/json": {"schema": _ref("SessionView")}},
                     },
-                    **_errors(400, 401, 403, 404, 409, 415, 502, 503),
+                    **_errors(400, 401, 403, 404, 408, 409, 415, 429, 502, 503),
                 },
             }
         },
@@ -271,7 +283,7 @@ def _base_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "303": {"description": "On to the merchant's success or failure URL"},
-                    **_errors(404, 503),
+                    **_errors(404, 429, 503),
                 },
             }
         },

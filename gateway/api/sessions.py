@@ -8,15 +8,22 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.api.bodies import json_response, read_checkout_request, require_json
-from gateway.appkeys import LIFECYCLE, SERVICES
+from gateway.appkeys import LIFECYCLE, MERCHANTS, RATE_LIMITS, RETURN_WAITERS, SERVICES, SETTINGS
 from gateway.auth import require
 from gateway.domain.errors import ApiError, BadRequest, NotFound
 from gateway.domain.models import CancelRequest, describe_errors
 from gateway.idempotency import validate_idempotency_key
 from gateway.middleware import LOG_CONTEXT, REQUEST_ID
+from gateway.ratelimit import RateLimit, enforce
 from gateway.sessions import SessionService
 
 __all__ = ["setup_session_routes"]
+
+
+async def _merchant_limit(request: web.Request, merchant_id: str) -> None:
+    """429 with Retry-After when the merchant is over its rate limit (``merchants.yaml``)."""
+    limit = request.app[MERCHANTS].rate_limit_for(merchant_id)
+    await enforce(request.app[RATE_LIMITS], "merchant", merchant_id, limit)
 
 
 async def create_session(request: web.Request) -> web.Response:
@@ -24,6 +31,7 @@ async def create_session(request: web.Request) -> web.Response:
     merchant = await require(request, "sessions:write")
     context = request[LOG_CONTEXT]
     context["merchant"] = merchant.merchant_id
+    await _merchant_limit(request, merchant.merchant_id)
     require_json(request)
     key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
     checkout = await read_checkout_request(request)
@@ -73,6 +81,7 @@ async def get_session(request: web.Request) -> web.Response:
     """``GET /api/v1/sessions/{sessionId}``."""
     merchant = await require(request, "sessions:read")
     request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
+    await _merchant_limit(request, merchant.merchant_id)
     session_id = _session_id(request)
     service: SessionService = request.app[SERVICES]
     record = await service.get(merchant, session_id)
@@ -85,6 +94,7 @@ async def cancel_session(request: web.Request) -> web.Response:
     """``POST /api/v1/sessions/{sessionId}/cancel``: cancel at the provider, then locally."""
     merchant = await require(request, "sessions:write")
     request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
+    await _merchant_limit(request, merchant.merchant_id)
     require_json(request)
     session_id = _session_id(request)
     try:
@@ -101,10 +111,18 @@ async def cancel_session(request: web.Request) -> web.Response:
 async def return_from_provider(request: web.Request) -> web.Response:
     """``GET /api/v1/sessions/{sessionId}/return``: the customer back from the provider's page
     (unauthenticated: it only redirects, and only with the provider's own session id)."""
+    settings = request.app[SETTINGS]
+    limit = RateLimit(settings.return_page_rate_per_second, settings.return_page_burst)
+    await enforce(request.app[RATE_LIMITS], "return_page", "*", limit)
     session_id = _session_id(request)
     provider_session_id = request.query.get("sessionId", "")
     service: SessionService = request.app[SERVICES]
-    target = await service.returning(session_id, provider_session_id)
+    waiters = request.app[RETURN_WAITERS]
+    if waiters.locked():  # as many pages as allowed are waiting: answer from the state now
+        target = await service.returning(session_id, provider_session_id, wait=False)
+    else:
+        async with waiters:
+            target = await service.returning(session_id, provider_session_id)
     if target is None:
         raise NotFound("Session not found")
     return web.Response(status=303, headers={"Location": target})

@@ -9,14 +9,17 @@ Every error body carries the keys and values the seed shows for its status, plus
      ├── Forbidden             403
      ├── NotFound              404
      ├── MethodNotAllowed      405
+ ├── RequestTimeout        408  the request was not received within the read timeouts
      ├── Conflict              409  details, optional Retry-After / sessionId
      ├── PayloadTooLarge       413
      ├── UnsupportedMediaType  415
      ├── ExpectationFailed     417  an ``Expect`` other than 100-continue
      ├── Unprocessable         422  code: IDEMPOTENCY_KEY_MISMATCH | NO_AVAILABLE_PROVIDER | ...
+ ├── TooManyRequests       429  a rate limit; Retry-After says when to come back
      ├── InternalError         500
      ├── BadGateway            502  every provider failed
-     ├── ServiceUnavailable    503  a dependency (the store) is down
+     ├── ServiceUnavailable    503  a dependency (the store) is down, or every provider that could
+ │                              take the request is down (circuit open); Retry-After
      └── GatewayTimeout        504  the request deadline passed with nothing created
 """
 
@@ -36,7 +39,9 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServiceUnavailable",
+    "TooManyRequests",
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
@@ -108,6 +113,11 @@ class MethodNotAllowed(ApiError):
     message = "Method not allowed"
 
 
+class RequestTimeout(ApiError):
+    status, error, code = 408, "Request Timeout", 408
+    message = "The request was not received in time"
+
+
 class Conflict(ApiError):
     status, error, code = 409, "Conflict", 409
     message = "The request conflicts with the current state of the resource"
@@ -147,6 +157,11 @@ class Unprocessable(ApiError):
         )
 
 
+class TooManyRequests(ApiError):
+    status, error, code = 429, "Too Many Requests", 429
+    message = "Too many requests. Please retry after the time given in Retry-After"
+
+
 class InternalError(ApiError):
     status, error = 500, "Internal Server Error"
     message = "Internal server error"
@@ -160,6 +175,15 @@ class BadGateway(ApiError):
 class ServiceUnavailable(ApiError):
     status, error, code = 503, "Service Unavailable", 503
     message = "The service is temporarily unavailable. Please try again later"
+
+    @classmethod
+    def providers_down(cls, details: Any, retry_after_s: int) -> ServiceUnavailable:
+        """Every provider that could take the request is down (circuit open) right now."""
+        return cls(
+            details=details,
+            headers={"Retry-After": str(max(1, retry_after_s))},
+            extra={"reason": "PROVIDERS_UNAVAILABLE"},
+        )
 
 
 class GatewayTimeout(ApiError):

@@ -2,8 +2,11 @@
 
 ::
 
+    defaults:
+      rate_limit: {per_second: 50, burst: 100}  # every merchant without its own (default: none)
     merchants:
       merchant-1:                              # the JWT ``sub`` of the merchant's application
+        rate_limit: {per_second: 200, burst: 400}  # optional: this merchant's session API limit
         webhook:
           url: https://shop.example/hooks/payments
           secret_env: MERCHANT_1_WEBHOOK_SECRET  # or ``secret: ...`` inline (>= 24 characters)
@@ -11,7 +14,8 @@
           events: [payment_session.created, payment_session.updated]   # default: both
           enabled: true                        # default
 
-A merchant without an entry (or with ``enabled: false``) gets no notifications. URLs must be
+A merchant without an entry (or with ``enabled: false``) gets no notifications. Rate limits:
+:mod:`gateway.ratelimit`. URLs must be
 ``https`` (``http://localhost`` too in sandbox mode). Secrets never appear in logs or errors.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -27,6 +31,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.ratelimit import RateLimit
 from gateway.settings import SettingsError
 
 __all__ = ["EVENT_TYPES", "MerchantDirectory", "MerchantWebhook", "load_merchants"]
@@ -48,15 +53,33 @@ class _WebhookConfig(BaseModel):
     enabled: bool = True
 
 
+class _RateLimitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+    def limit(self) -> RateLimit:
+        return RateLimit(self.per_second, self.burst)
+
+
 class _MerchantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     webhook: _WebhookConfig | None = None
+    rate_limit: _RateLimitConfig | None = None
+
+
+class _Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_limit: _RateLimitConfig | None = None
 
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    defaults: _Defaults = Field(default_factory=_Defaults)
     merchants: dict[str, _MerchantConfig] = Field(default_factory=dict)
 
 
@@ -75,9 +98,15 @@ class MerchantWebhook:
 
 @dataclass(frozen=True, slots=True)
 class MerchantDirectory:
-    """Every configured merchant webhook, by merchant id."""
+    """Every configured merchant webhook and rate limit, by merchant id."""
 
     webhooks: Mapping[str, MerchantWebhook]
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    default_rate_limit: RateLimit | None = None
+
+    def rate_limit_for(self, merchant_id: str) -> RateLimit | None:
+        """The merchant's own limit, else the default one, else None (no limit)."""
+        return self.rate_limits.get(merchant_id, self.default_rate_limit)
 
     def webhook_for(self, merchant_id: str, event_type: str) -> MerchantWebhook | None:
         """The webhook that wants ``event_type`` from ``merchant_id``, or None."""
@@ -127,6 +156,12 @@ def load_merchants(path: Path, *, allow_http_localhost: bool, required: bool) ->
         )
         raise SettingsError(f"{path}: {problems}") from None
     hooks: dict[str, MerchantWebhook] = {}
+    limits = {
+        merchant_id: merchant.rate_limit.limit()
+        for merchant_id, merchant in parsed.merchants.items()
+        if merchant.rate_limit is not None
+    }
+    default = parsed.defaults.rate_limit
     for merchant_id, merchant in parsed.merchants.items():
         conf = merchant.webhook
         if conf is None or not conf.enabled:
@@ -142,4 +177,4 @@ def load_merchants(path: Path, *, allow_http_localhost: bool, required: bool) ->
             secrets=(current,) if previous is None else (current, previous),
             events=frozenset(conf.events),
         )
-    return MerchantDirectory(hooks)
+    return MerchantDirectory(hooks, limits, default.limit() if default is not None else None)

@@ -78,7 +78,9 @@ class RedisStatsStore:
     @classmethod
     def from_url(cls, url: str, prefix: str, *, ttl_s: float = 7 * 86_400) -> RedisStatsStore:
         """A store with its own connection pool, closed by :meth:`close`."""
-        client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        from gateway.store.redis_client import RedisClientSettings, open_redis_client
+
+        client = open_redis_client(url, RedisClientSettings())
         return cls(client, prefix, ttl_s=ttl_s, owns=True)
 
     def _base(self, provider: str) -> str:

@@ -18,6 +18,7 @@ share one Redis database without touching each other's keys. Layout::
     {root}outbox:leases                      hash    id -> claim token of the worker holding it
     {root}outbox:dead                        zset    dead-lettered ids by time of death
     {root}outbox:dead_items                  hash    id -> dead-lettered notification JSON
+    {root}ratelimit:{limit}:{subject}        hash    token bucket (tokens, last refill), ttl: refill
 
 Every variable part is escaped (``%``, ``:``, ``{``, ``}`` become ``%25``, ``%3A``, ``%7B``,
 ``%7D``), so ``scope="a:b", key="c"`` and ``scope="a", key="b:c"`` can never collide. The
@@ -44,6 +45,7 @@ __all__ = [
     "IDEMPOTENCY",
     "ORDER",
     "OUTBOX",
+    "RATE_LIMIT",
     "ROUTING_STATS",
     "SESSION",
     "WEBHOOK_DEDUP",
@@ -59,6 +61,7 @@ ROUTING_STATS = "stats:"
 WEBHOOK_DEDUP = "webhook:"
 OUTBOX = "outbox"
 EXPIRY = "expiry"
+RATE_LIMIT = "ratelimit:"
 
 #: How long a circuit's keys live past the end of its window / open period when nothing
 #: touches them. A half-open circuit nobody probes for this long is forgotten (reads closed).
@@ -150,6 +153,10 @@ class RedisKeys:
     def expiry_index(self) -> str:
         """Expirable session ids scored by ``expiresAt`` (epoch seconds)."""
         return f"{self.root}{EXPIRY}"
+
+    def rate_limit(self, limit: str, subject: str) -> str:
+        """The token bucket of ``subject`` (a merchant id, or ``*``) under ``limit``."""
+        return f"{self.root}{RATE_LIMIT}{_part(limit)}:{_part(subject)}"
 
     def match_all(self) -> str:
         """A ``SCAN MATCH`` pattern for every key under this root, glob characters escaped."""

@@ -5,19 +5,19 @@ they are atomic across processes. Key layout and lifetimes: :mod:`gateway.store.
 
 Errors are mapped once, here: any redis-py error (connection refused, timeout, a ``WRONGTYPE``
 or script error...) or a record that no longer parses becomes :class:`StoreUnavailable`
-(``raise StoreUnavailable(...) from exc``). There are no automatic retries: a dead Redis fails
-within the socket timeouts, the request answers 503, and the client's retry with the same
-Idempotency-Key is safe because every claim is leased.
+(``raise StoreUnavailable(...) from exc``). Only opening a connection is retried (nothing was
+sent yet); a command is never re-sent: a dead Redis fails within the socket timeouts, the request
+answers 503, and the client's retry with the same Idempotency-Key is safe because every claim is
+leased.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
@@ -28,6 +28,7 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.keys import RedisKeys, circuit_ttl_s
+from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
 from gateway.store.redis_create import RedisCreate
 from gateway.store.redis_lifecycle import RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
@@ -151,9 +152,10 @@ class RedisStore(RedisLifecycle, RedisCreate):
 
     ``url`` is a redis URL (``redis://host:port/db``, ``rediss://`` for TLS); ``prefix`` is the
     root of every key (``Settings.redis_prefix``). Unless ``client`` is given, the store opens a
-    blocking pool of ``max_connections`` connections (a request beyond them waits up to
-    ``socket_timeout`` for a free one) and owns it: :meth:`close` closes it. A given ``client``
-    (``decode_responses=False``) stays the caller's to close.
+    client per ``conf`` (:mod:`gateway.store.redis_client`: a blocking pool, connect retries,
+    never a re-sent command; ``max_connections`` overrides the pool size) and owns it:
+    :meth:`close` closes it. A given ``client`` (``decode_responses=False``) stays the caller's
+    to close.
     """
 
     name = "redis"
@@ -164,24 +166,17 @@ class RedisStore(RedisLifecycle, RedisCreate):
         prefix: str,
         *,
         client: aioredis.Redis | None = None,
-        max_connections: int = 64,
-        socket_timeout: float = 1.0,
-        connect_timeout: float = 0.5,
+        conf: RedisClientSettings | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.keys = RedisKeys(prefix)
         self._owns_client = client is None
         if client is None:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=socket_timeout,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
-                health_check_interval=30,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=False,
-            )
-            client = aioredis.Redis.from_pool(pool)
+            conf = conf or RedisClientSettings()
+            if max_connections is not None:
+                conf = replace(conf, max_connections=max_connections)
+            client = open_redis_client(url, conf)
+        self.warm_connections = conf.warm_connections if conf is not None else 0
         self.client = client
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
@@ -193,6 +188,10 @@ class RedisStore(RedisLifecycle, RedisCreate):
         self._circuit_probe = client.register_script(_CIRCUIT_PROBE)
         self._register_lifecycle_scripts(client)
         self._register_create_scripts(client)
+
+    async def warm_up(self) -> int:
+        """Open the configured number of pooled connections now (best effort); how many."""
+        return await warm_up(self.client, self.warm_connections) if self.warm_connections else 0
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless Redis answers."""
