@@ -134,6 +134,7 @@ class LifecycleService:
         changes: Mapping[str, Any] | None = None,
         money: bool = False,
         guard: Callable[[SessionRecord], bool] | None = None,
+        confirmed_by: str | None = None,
     ) -> Moved:
         """Apply one transition with compare-and-set, retrying on a concurrent change.
 
@@ -148,7 +149,16 @@ class LifecycleService:
             if guard is not None and not guard(record):
                 return Moved(record, False)
             now = self._clock()
-            moved = apply(record, status, now, source, event_id, changes=changes, money=money)
+            moved = apply(
+                record,
+                status,
+                now,
+                source,
+                event_id,
+                changes=changes,
+                money=money,
+                confirmed_by=confirmed_by,
+            )
             if moved is None:
                 return Moved(record, False)
             outbox = self.notifier.items(moved, UPDATED, at=now, previous=record.status)
@@ -216,9 +226,11 @@ class LifecycleService:
             return "amount_mismatch"
         status = event.status
         changes = event_changes(event)
+        source, confirmed_by = f"webhook:{event.provider}", None
         if status in _CLOSED_AT_PROVIDER and record.cancelClaim is not None:
             status = SessionStatus.CANCELLED  # the provider confirms the merchant's cancel
             changes["cancellationReason"] = record.cancelClaim.reason
+            source, confirmed_by = MERCHANT, source
         if status in FINAL_STATUSES:
             changes["pendingCompletion"] = None  # the provider decided: nothing more is owed
         owed = self.completions.owed_for(record, event)
@@ -230,10 +242,11 @@ class LifecycleService:
         moved = await self.move(
             record.sessionId,
             status,
-            source=f"webhook:{event.provider}",
+            source=source,
             event_id=event.event_id or None,
             changes=changes,
             money=reports_money(event),
+            confirmed_by=confirmed_by,
         )
         if moved.applied:
             if owed is not None:
@@ -415,12 +428,13 @@ class LifecycleService:
         # triggers may arrive before the call returns, and must mean CANCELLED.
         record = await self._claim_cancel(record, claim)
         adapter = self.adapters.get(record.provider)
-        payable_until = None
+        payable_until = confirmed_by = None
         if adapter is not None:
             try:
                 await adapter.cancel_session(
                     record.providerSessionId, timeout=self.settings.provider_timeout_seconds
                 )
+                confirmed_by = f"api:{record.provider}"
             except FlowNotSupported:
                 # the provider's session cannot be cancelled; it lapses at its expiry. Until
                 # then its page takes money, unless the gateway itself must complete a payment
@@ -444,6 +458,7 @@ class LifecycleService:
             source=MERCHANT,
             changes={"cancellationReason": reason, "payableUntil": payable_until},
             guard=lambda current: _claimed_by(current, claim),
+            confirmed_by=confirmed_by,
         )
         current = moved.record or record
         if moved.applied or (

@@ -52,8 +52,16 @@ class AmountView(BaseModel):
 class TransitionView(BaseModel):
     status: str
     at: str
-    source: str
+    source: str = Field(
+        description="Who moved the session: gateway, merchant, expiry, webhook:<provider>, "
+        "gateway:capture or gateway:authorize"
+    )
     eventId: str | None = None
+    confirmedBy: str | None = Field(
+        None,
+        description="For a merchant's cancel: the provider's confirmation, api:<provider> "
+        "(its cancel call) or webhook:<provider> (its event)",
+    )
 
 
 class AmountMismatchView(BaseModel):

@@ -114,12 +114,13 @@ def apply(
     *,
     changes: Mapping[str, Any] | None = None,
     money: bool = False,
+    confirmed_by: str | None = None,
 ) -> SessionRecord | None:
     """The record after moving to ``status``, or ``None`` when the move does not apply.
 
     ``changes`` sets other fields together with the move (provider customer and payment method
     ids, a failure or cancellation reason); they are dropped with the move when it does not
-    apply. ``money`` says the move is the provider's report that money was taken or is moving
+    apply. ``confirmed_by`` names who confirmed a move ``source`` asked for. ``money`` says the move is the provider's report that money was taken or is moving
     (it may then leave CANCELLED or EXPIRED: :data:`MONEY_OVERRIDES`). The input record is
     never modified.
     """
@@ -128,7 +129,9 @@ def apply(
         return None
     if event_id is not None and any(t.eventId == event_id for t in record.transitions):
         return None
-    transition = Transition(status=status, at=at, source=source, eventId=event_id)
+    transition = Transition(
+        status=status, at=at, source=source, eventId=event_id, confirmedBy=confirmed_by
+    )
     update: dict[str, Any] = dict(changes or {})
     if overrides:  # paid after all: the cancel's traces go (the history keeps the move)
         update["cancellationReason"] = None

@@ -114,6 +114,10 @@ class Transition(_Record):
     at: datetime
     source: str
     eventId: str | None = None
+    #: who confirmed a move someone else asked for: a merchant's cancel (``source:
+    #: merchant``) confirmed by the provider's cancel call (``api:stripe``) or event
+    #: (``webhook:stripe``)
+    confirmedBy: str | None = None
 
 
 class CancelClaim(_Record):
@@ -241,6 +245,7 @@ class SessionRecord(_Record):
                     "at": isoformat(t.at),
                     "source": t.source,
                     **({"eventId": t.eventId} if t.eventId else {}),
+                    **({"confirmedBy": t.confirmedBy} if t.confirmedBy else {}),
                 }
                 for t in self.transitions
             ],

@@ -198,11 +198,14 @@ def register(app: web.Application, state: SandboxState) -> None:
     app.router.add_post(f"/{PROVIDER}/v71/sessions", create_session)
 
 
-#: outcome -> (eventCode, success, reason)
+#: outcome -> (eventCode, success, reason). Adyen's ``CANCELLATION`` is a merchant cancelling
+#: an authorisation, never a shopper leaving: a shopper who leaves the page (the sandbox's
+#: Cancel) leaves the session to lapse, which Adyen reports as ``OFFER_CLOSED``; the sandbox
+#: closes the offer at once instead of at the session's expiry.
 _EVENTS = {
     "paid": ("AUTHORISATION", True, None),
     "declined": ("AUTHORISATION", False, "Refused"),
-    "cancelled": ("CANCELLATION", True, None),
+    "cancelled": ("OFFER_CLOSED", True, None),
     "expired": ("OFFER_CLOSED", True, None),
 }
 

@@ -47,8 +47,11 @@ async def test_cancel_at_stripe_then_locally(lifecycle_env: EnvFactory) -> None:
     view = await response.json()
     assert view["status"] == "CANCELLED"
     assert view["cancellationReason"] == "duplicate"
-    # Stripe's checkout.session.expired (caused by our cancel) may confirm it first
-    assert view["transitions"][-1]["source"] in ("merchant", "webhook:stripe")
+    # the merchant asked; Stripe's checkout.session.expired (sent while the sandbox answers
+    # the /expire call our cancel made) confirmed it, and the audit trail says both
+    assert view["transitions"][-1]["source"] == "merchant"
+    assert view["transitions"][-1]["confirmedBy"] == "webhook:stripe"
+    assert view["transitions"][-1]["eventId"].startswith("evt_")
     assert [t["status"] for t in view["transitions"]] == ["PENDING", "CANCELLED"]
     assert await pay_page_status(env, created["checkoutUrl"]) == 410  # expired at Stripe
     events = await wait_for(
@@ -75,7 +78,14 @@ async def test_cancel_where_the_provider_has_no_cancel_is_local(lifecycle_env: E
     created = await env.create()
     response = await cancel(env, created["sessionId"], {"cancellationReason": "fraudulent"})
     assert response.status == 200
-    assert (await response.json())["status"] == "CANCELLED"
+    view = await response.json()
+    assert view["status"] == "CANCELLED"
+    # Adyen has no cancel call: nobody confirmed it
+    assert view["transitions"][-1] == {
+        "status": "CANCELLED",
+        "at": view["transitions"][-1]["at"],
+        "source": "merchant",
+    }
 
 
 async def test_cancel_of_a_completed_session_is_409(lifecycle_env: EnvFactory) -> None:

@@ -131,12 +131,13 @@ async def test_decline_fails_and_counts_a_failure(lifecycle_env: EnvFactory, pro
 
 @pytest.mark.parametrize(
     ("provider", "final"),
-    [("stripe", "EXPIRED"), ("adyen", "CANCELLED"), ("paypal", "CANCELLED")],
+    [("stripe", "EXPIRED"), ("adyen", "EXPIRED"), ("paypal", "CANCELLED")],
 )
 async def test_customer_cancel_on_the_pay_page(
     lifecycle_env: EnvFactory, provider: str, final: str
 ) -> None:
-    """Stripe has no "cancelled" session: an abandoned session is expired there."""
+    """A shopper who leaves: Stripe and Adyen end the session as expired (Adyen's
+    CANCELLATION is a merchant's cancel); PayPal's buyer cancels the order."""
     env = await lifecycle_env(provider)
     created = await env.create(**PROVIDERS[provider])
     status, location = await press(created["checkoutUrl"], "cancel")

@@ -320,7 +320,7 @@ async def _paid_notification(
     [
         ("pay", "AUTHORISATION", SessionStatus.COMPLETED),
         ("decline", "AUTHORISATION", SessionStatus.FAILED),
-        ("cancel", "CANCELLATION", SessionStatus.CANCELLED),
+        ("cancel", "OFFER_CLOSED", SessionStatus.EXPIRED),
     ],
 )
 async def test_sandbox_notifications_verify_and_map(
