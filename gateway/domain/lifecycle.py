@@ -120,9 +120,9 @@ def apply(
 
     ``changes`` sets other fields together with the move (provider customer and payment method
     ids, a failure or cancellation reason); they are dropped with the move when it does not
-    apply. ``confirmed_by`` names who confirmed a move ``source`` asked for. ``money`` says the move is the provider's report that money was taken or is moving
-    (it may then leave CANCELLED or EXPIRED: :data:`MONEY_OVERRIDES`). The input record is
-    never modified.
+    apply. ``confirmed_by`` names who confirmed a move ``source`` asked for. ``money`` says
+    the move is the provider's report that money was taken or is moving (it may then leave
+    CANCELLED or EXPIRED: :data:`MONEY_OVERRIDES`). The input record is never modified.
     """
     overrides = money and status in MONEY_OVERRIDES.get(record.status, frozenset())
     if not overrides and (record.status in FINAL_STATUSES or not can_move(record.status, status)):
