@@ -37,7 +37,7 @@ from gateway.metrics import configure_merchant_labels
 from gateway.middleware import request_context_middleware
 from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.events import Notifier
-from gateway.notifications.merchants import load_merchants
+from gateway.notifications.merchants import MerchantDirectory, load_merchants
 from gateway.ratelimit import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
@@ -142,6 +142,13 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
         required="merchants_path" in settings.model_fields_set,
     )
     app[RETURN_WAITERS] = asyncio.Semaphore(settings.return_page_max_waiting)
+    if settings.is_sandbox:
+        from gateway.demo import DEMO_MERCHANT, demo_webhook, setup_demo_routes
+
+        if DEMO_MERCHANT not in app[MERCHANTS].webhooks:  # a configured one wins
+            hooks = {**app[MERCHANTS].webhooks, DEMO_MERCHANT: demo_webhook(settings)}
+            app[MERCHANTS] = MerchantDirectory(hooks)
+        setup_demo_routes(app)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(_lifecycle_tasks)
     setup_health_routes(app)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from gateway.auth import Authenticator
+    from gateway.demo.inbox import Inbox
     from gateway.lifecycle import LifecycleService
     from gateway.notifications.merchants import MerchantDirectory
     from gateway.ratelimit import TokenBuckets
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTERS",
     "AUTH",
+    "DEMO_INBOX",
     "HTTP_CLIENT",
     "LIFECYCLE",
     "MERCHANTS",
@@ -53,3 +55,5 @@ WORKER_STATE: web.AppKey[Path] = web.AppKey("worker_state")
 RATE_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("rate_limits")
 #: bounds how many return-page requests of this process wait for a payment outcome at once
 RETURN_WAITERS: web.AppKey[asyncio.Semaphore] = web.AppKey("return_waiters")
+#: the demo merchant's received notifications (sandbox mode only)
+DEMO_INBOX: web.AppKey[Inbox] = web.AppKey("demo_inbox")

@@ -29,21 +29,31 @@ def _install_uvloop() -> None:
 
 
 def example_curl(settings: Settings) -> str:
-    """A ready-to-paste curl creating the seed's example session with a fresh token."""
+    """A ready-to-paste curl creating the seed's example session with a fresh token.
+
+    In sandbox mode its ``redirectUrls`` are the session's result page on this gateway.
+    """
     import uuid
 
     from gateway.auth import Authenticator
-    from gateway.examples import SEED_REQUEST_JSON
+    from gateway.demo import DEMO_MERCHANT, result_link
+    from gateway.examples import SEED_REQUEST_JSON, seed_request_json
+    from gateway.idempotency import session_id_for
 
     token = Authenticator(settings).issue(
-        "demo-merchant", ["sessions:write", "sessions:read", "routing:read"], 24 * 3600
+        DEMO_MERCHANT, ["sessions:write", "sessions:read", "routing:read"], 24 * 3600
     )
+    key = str(uuid.uuid4())
+    body = SEED_REQUEST_JSON
+    if settings.is_sandbox:  # the customer comes back to the session's result page
+        back = result_link(settings, session_id_for(DEMO_MERCHANT, key))
+        body = seed_request_json(success_url=back, failure_url=back)
     return (
         f"curl -sS -X POST '{settings.base_url}/api/v1/sessions' \\\n"
         f"  -H 'Content-Type: application/json' \\\n"
-        f"  -H 'Idempotency-Key: {uuid.uuid4()}' \\\n"
+        f"  -H 'Idempotency-Key: {key}' \\\n"
         f"  -H 'Authorization: Bearer {token}' \\\n"
-        f"  -d '{SEED_REQUEST_JSON}'"
+        f"  -d '{body}'"
     )
 
 
@@ -68,6 +78,8 @@ def _serve_one(
     def announce() -> None:
         print(f"gateway: listening on {settings.base_url}", file=sys.stderr, flush=True)
         if print_curl:
+            if settings.is_sandbox:
+                print(f"\nThe demo shop: {settings.base_url}/demo", flush=True)
             print(
                 "\nCreate a checkout session (then open its checkoutUrl in a browser):\n\n"
                 f"{example_curl(settings)}\n",

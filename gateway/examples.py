@@ -5,7 +5,7 @@ Used by `make run`'s ready-to-paste curl and the OpenAPI example.
 
 from __future__ import annotations
 
-__all__ = ["SEED_REQUEST_JSON"]
+__all__ = ["SEED_REQUEST_JSON", "seed_request_json"]
 
 SEED_REQUEST_JSON = (
     '{"orderReference":"ORD-2024-001","paymentMethod":"card","currency":"AUD","locale":"en_AU",'
@@ -19,3 +19,32 @@ SEED_REQUEST_JSON = (
     'ferralCode":"REF-ABC"},"redirectUrls":{"success":"https://merchant.example.com/checkout/su'
     'ccess","failure":"https://merchant.example.com/checkout/failure"}}'
 )
+
+
+_SEED_ORDER = '"orderReference":"ORD-2024-001"'
+_SEED_METHOD = '"paymentMethod":"card"'
+_SEED_SUCCESS = '"success":"https://merchant.example.com/checkout/success"'
+_SEED_FAILURE = '"failure":"https://merchant.example.com/checkout/failure"'
+
+
+def seed_request_json(
+    *,
+    order_reference: str | None = None,
+    payment_method: str | None = None,
+    success_url: str | None = None,
+    failure_url: str | None = None,
+) -> str:
+    """The seed's request with some fields replaced, as JSON text (amounts stay exact)."""
+    import json
+
+    text = SEED_REQUEST_JSON
+    for needle, name, value in (
+        (_SEED_ORDER, "orderReference", order_reference),
+        (_SEED_METHOD, "paymentMethod", payment_method),
+        (_SEED_SUCCESS, "success", success_url),
+        (_SEED_FAILURE, "failure", failure_url),
+    ):
+        if value is not None:
+            assert text.count(needle) == 1, needle
+            text = text.replace(needle, f"{json.dumps(name)}:{json.dumps(value)}")
+    return text
