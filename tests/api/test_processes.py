@@ -59,9 +59,19 @@ async def test_make_run_curl_creates_a_session_with_a_working_pay_page(
     assert '"status":"PENDING"' in completed.stdout, completed.stdout + completed.stderr
     url = re.search(r'"checkoutUrl":"([^"]+)"', completed.stdout)
     assert url is not None
-    async with aiohttp.ClientSession() as http, http.get(url.group(1)) as page:
-        assert page.status == 200
-        assert 'id="pay"' in await page.text()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url.group(1)) as page:
+            assert page.status == 200
+            assert 'id="pay"' in await page.text()
+        # Pay lands on the session's result page on the gateway, not on merchant.example.com
+        async with http.post(f"{url.group(1)}/pay") as landed:
+            assert landed.status == 200
+            assert str(landed.url).startswith(f"http://127.0.0.1:{port}/demo/result?session=")
+            assert 'id="status">COMPLETED<' in await landed.text()
+        assert f"The demo shop: http://127.0.0.1:{port}/demo\n" in printed
+        async with http.get(f"http://127.0.0.1:{port}/demo") as shop:
+            assert shop.status == 200
+            assert 'id="buy"' in await shop.text()
 
 
 @pytest.mark.timeout(60)

@@ -73,6 +73,26 @@ async def test_cancel_at_stripe_then_locally(lifecycle_env: EnvFactory) -> None:
     assert body["sessionId"] == created["sessionId"]
 
 
+async def test_a_cancel_confirmed_by_stripes_answer_reads_merchant_confirmed_by_the_api(
+    lifecycle_env: EnvFactory,
+) -> None:
+    """Stripe's event does not reach the gateway (it goes to a sink): the answer of the
+    ``/expire`` call is the provider's confirmation."""
+    env = await lifecycle_env("stripe", sink=True)
+    created = await env.create()
+    response = await cancel(env, created["sessionId"], {"cancellationReason": "abandoned"})
+    assert response.status == 200, await response.text()
+    last = (await response.json())["transitions"][-1]
+    assert last == {
+        "status": "CANCELLED",
+        "at": last["at"],
+        "source": "merchant",
+        "confirmedBy": "api:stripe",
+    }
+    assert env.sink is not None
+    assert [call.provider for call in env.sink.calls] == ["stripe"]  # the event Stripe sent
+
+
 async def test_cancel_where_the_provider_has_no_cancel_is_local(lifecycle_env: EnvFactory) -> None:
     env = await lifecycle_env("adyen")
     created = await env.create()
