@@ -12,7 +12,7 @@ __all__ = ["render_error", "render_result", "render_shop"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; background: #f4f5f7; margin: 0; color: #222; }
-main { max-width: 44rem; margin: 2rem auto; background: #fff; border-radius: 8px;
+main { max-width: 60rem; margin: 2rem auto; background: #fff; border-radius: 8px;
        padding: 2rem; box-shadow: 0 2px 8px rgba(0, 0, 0, .08); }
 h1 { font-size: 1.3rem; margin: 0 0 1rem; } h2 { font-size: 1rem; margin: 2rem 0 .5rem; }
 table { border-collapse: collapse; width: 100%; font-size: .9rem; }
