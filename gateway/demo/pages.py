@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from html import escape
 
 from gateway.demo.inbox import Received
@@ -58,12 +58,19 @@ def _page(title: str, body: str, *, refresh: bool = False) -> str:
     )
 
 
-def _notifications(items: Iterable[Received]) -> str:
+def _session_cell(item: Received, link: Callable[[str], str] | None) -> str:
+    """The session id; a link to its result page when the gateway signed the notification."""
+    if link is None or not item.verified:
+        return escape(item.session_id)
+    return f'<a href="{escape(link(item.session_id))}">{escape(item.session_id)}</a>'
+
+
+def _notifications(items: Iterable[Received], link: Callable[[str], str] | None = None) -> str:
     rows = "".join(
         f'<tr class="notification" data-session="{escape(i.session_id)}" '
         f'data-status="{escape(i.status)}" data-verified="{"yes" if i.verified else "no"}">'
         f"<td>{escape(isoformat(i.at))}</td><td>{escape(i.event_type)}</td>"
-        f"<td>{escape(i.session_id)}</td><td>{escape(i.status)}</td>"
+        f"<td>{_session_cell(i, link)}</td><td>{escape(i.status)}</td>"
         f"<td>{'' if i.version is None else i.version}</td>"
         + (
             '<td class="verified">signature verified</td>'
@@ -81,8 +88,8 @@ def _notifications(items: Iterable[Received]) -> str:
     )
 
 
-def render_shop(received: Iterable[Received]) -> str:
-    """The demo merchant's checkout page."""
+def render_shop(received: Iterable[Received], link: Callable[[str], str]) -> str:
+    """The demo merchant's checkout page; ``link`` gives a session's result page."""
     lines = "".join(
         f'<tr><td>{escape(name)}</td><td class="num">{qty}</td><td class="num">{price}</td></tr>'
         for name, qty, price in BASKET
@@ -102,7 +109,7 @@ def render_shop(received: Iterable[Received]) -> str:
         '<option value="card">card</option><option value="paypal">PayPal</option>'
         '</select></label></p><button type="submit" id="buy">Buy</button></form>'
         "<h2>Notifications the demo merchant received</h2>"
-        f"{_notifications(received)}"
+        f"{_notifications(received, link)}"
     )
     return _page("Demo shop", body)
 

@@ -41,7 +41,9 @@ def _html(text: str, status: int = 200) -> web.Response:
 
 async def shop(request: web.Request) -> web.Response:
     """``GET /demo``: the basket, the Buy button and the notifications received."""
-    return _html(render_shop(request.app[DEMO_INBOX].latest()))
+    settings = request.app[SETTINGS]
+    received = request.app[DEMO_INBOX].latest()
+    return _html(render_shop(received, lambda session_id: result_link(settings, session_id)))
 
 
 async def buy(request: web.Request) -> web.StreamResponse:

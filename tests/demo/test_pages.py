@@ -145,6 +145,9 @@ async def test_the_shop_shows_the_signed_notifications_it_received(
         ("COMPLETED", "yes"),
         ("PENDING", "yes"),
     ]
+    # each row opens the session's result page (the same signed link the customer came back to)
+    shop = await (await demo.client.get("/demo")).text()
+    assert shop.count(f'href="{landed.replace("&", "&amp;")}"') == 2
 
 
 async def test_a_notification_with_a_bad_signature_is_refused_and_shown_as_such(
