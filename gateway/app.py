@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -37,7 +38,7 @@ from gateway.metrics import configure_merchant_labels
 from gateway.middleware import request_context_middleware
 from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.events import Notifier
-from gateway.notifications.merchants import MerchantDirectory, load_merchants
+from gateway.notifications.merchants import load_merchants
 from gateway.ratelimit import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
@@ -147,7 +148,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
 
         if DEMO_MERCHANT not in app[MERCHANTS].webhooks:  # a configured one wins
             hooks = {**app[MERCHANTS].webhooks, DEMO_MERCHANT: demo_webhook(settings)}
-            app[MERCHANTS] = MerchantDirectory(hooks)
+            app[MERCHANTS] = dataclasses.replace(app[MERCHANTS], webhooks=hooks)
         setup_demo_routes(app)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(_lifecycle_tasks)
