@@ -203,3 +203,19 @@ def test_the_printed_curl_in_production_keeps_the_merchants_urls() -> None:
     curl = example_curl(production(**EVERY_PROVIDER))
     body = orjson.loads(curl.split("-d '", 1)[1].rstrip("'"))
     assert body["redirectUrls"]["success"] == "https://merchant.example.com/checkout/success"
+
+
+async def test_a_configured_demo_merchant_webhook_wins(
+    demo_gateway: DemoFactory, tmp_path: Any
+) -> None:
+    merchants = tmp_path / "own-merchants.yaml"
+    merchants.write_text(
+        "merchants:\n  demo-merchant:\n    webhook:\n"
+        "      url: https://shop.example/hooks\n      secret: own-secret-0123456789-abcdef\n"
+    )
+    demo = await demo_gateway("stripe", merchants_path=merchants)
+    hook = demo.client.app[MERCHANTS].webhooks["demo-merchant"]
+    assert (hook.url, hook.secrets) == (
+        "https://shop.example/hooks",
+        ("own-secret-0123456789-abcdef",),
+    )
