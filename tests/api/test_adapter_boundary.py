@@ -71,7 +71,7 @@ async def test_an_adapter_exception_fails_over_and_opens_the_circuit(
     ]
     faults = [r for r in caplog.records if getattr(r, "exception_type", None)]
     assert [(r.levelname, r.exception_type, r.getMessage()) for r in faults] == [  # type: ignore[attr-defined]
-        ("ERROR", "ValueError", "adapter raised an unexpected exception")
+        ("ERROR", "ValueError", "adapter raised an unexpected exception in create_session")
     ]
     assert not any(r.exc_info for r in faults)  # no traceback: it may quote request data
     # counted against Stripe's circuit: with a threshold of 1 it is open now
