@@ -80,7 +80,7 @@ def _amount(value: Decimal) -> Decimal:
         raise ValueError("must not be negative")
     if value >= MAX_AMOUNT:
         raise ValueError(_TOO_LARGE)
-    return value
+    return value.copy_abs() if value.is_zero() else value  # "-0.00" is zero, unsigned
 
 
 #: An amount in major units: finite, not negative, below :data:`gateway.domain.money.MAX_AMOUNT`
@@ -312,7 +312,9 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
     try:
         # decoding first stops json.loads from guessing UTF-16 or UTF-32 from the bytes
         text = _utf8_text(raw)
-        data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        data = json.loads(
+            text, parse_float=_json_number, parse_int=_json_integer, parse_constant=_reject_constant
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestProblems([f"body: malformed JSON ({_json_reason(exc)})"]) from None
     except RecursionError:
@@ -342,6 +344,26 @@ def _utf8_text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"JSON must be UTF-8: invalid byte at offset {exc.start}") from None
+
+
+#: no integer the API takes has more digits (amounts are below 10**15, quantities 10**6); a
+#: longer one is refused before Python's int conversion spends time on it
+_MAX_INTEGER_TEXT = 40
+
+
+def _json_number(text: str) -> Decimal:
+    """A JSON number with a fraction or exponent, exactly; one whose exponent no Decimal can
+    hold (``1e99999999999999999999``) is out of range, never an arithmetic error."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        raise ValueError("number out of range") from None
+
+
+def _json_integer(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INTEGER_TEXT:
+        raise ValueError("number out of range")
+    return int(text)
 
 
 def _reject_constant(name: str) -> Any:
