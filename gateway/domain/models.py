@@ -313,7 +313,11 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
         # decoding first stops json.loads from guessing UTF-16 or UTF-32 from the bytes
         text = _utf8_text(raw)
         data = json.loads(
-            text, parse_float=_json_number, parse_int=_json_integer, parse_constant=_reject_constant
+            text,
+            parse_float=_json_number,
+            parse_int=_json_integer,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_json_object,
         )
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestProblems([f"body: malformed JSON ({_json_reason(exc)})"]) from None
@@ -364,6 +368,17 @@ def _json_integer(text: str) -> int:
     if len(text.lstrip("-")) > _MAX_INTEGER_TEXT:
         raise ValueError("number out of range")
     return int(text)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are unique: with ``{"total": 1, "total": 100}`` parsers
+    disagree on the amount (first or last wins), so it is refused."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        data[key] = value
+    return data
 
 
 def _reject_constant(name: str) -> Any:

@@ -95,3 +95,27 @@ async def test_a_hostile_amount_gets_a_defined_answer_and_simulate_agrees(
     view = await client.get(f"/api/v1/sessions/{made['sessionId']}", headers=headers(None))
     zero = ZERO[currency]
     assert (await view.json())["amount"] == {"total": rendered, "shipping": zero, "tax": zero}
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"total": 140.76', '"total": 1.00, "total": 140.76'),
+        ('"total": 140.76', '"total": 140.76, "total": 1.00'),
+        ('"currency": "AUD"', '"currency": "JPY", "currency": "AUD"'),
+        ('"unitPrice": 119', '"unitPrice": 119, "unitPrice": 119'),
+    ],
+)
+async def test_a_duplicate_key_is_refused_never_first_or_last_wins(
+    gateway: GatewayFactory, old: str, new: str
+) -> None:
+    client = await gateway()
+    text = SEED_BYTES.decode()
+    assert old in text
+    body = text.replace(old, new, 1).encode()
+    for path, key in (("/api/v1/routing/simulate", None), ("/api/v1/sessions", "dup-1")):
+        answer = await client.post(path, data=body, headers=headers(key))
+        assert answer.status == 400, await answer.text()
+        problem = await answer.json()
+        envelope(problem, 400)
+        assert "duplicate key" in problem["message"][0]
