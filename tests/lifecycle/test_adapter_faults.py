@@ -20,6 +20,7 @@ from providers.base import ProviderEvent
 from providers.paypal import PayPalAdapter
 from providers.stripe import StripeAdapter
 from tests.api.conftest import headers, seed
+from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_cancel_expiry import backdate, cancel, pay_page_status
 from tests.lifecycle.test_loop import read_when
@@ -85,10 +86,19 @@ def assert_typed_only(caplog: pytest.LogCaptureFixture, operation: str, kind: st
     assert PERSONAL not in caplog.text
 
 
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def test_a_cancel_bug_is_a_502_the_merchant_can_retry(
-    lifecycle_env: EnvFactory, caplog: pytest.LogCaptureFixture
+    lifecycle_env: EnvFactory,
+    store_factory: StoreFactory,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    env = await lifecycle_env("stripe", circuit_failure_threshold=1, circuit_open_seconds=60)
+    env = await lifecycle_env(
+        "stripe",
+        store=await store_factory(kind),
+        circuit_failure_threshold=1,
+        circuit_open_seconds=60,
+    )
     created = await env.create()
     session_id = created["sessionId"]
     inject(env, "stripe", StripeWithACancelBug)
@@ -147,10 +157,14 @@ async def test_a_cancel_bug_in_the_sweeper_is_retried_later(
     assert len(due) == 1
 
 
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def test_a_capture_bug_is_retried_until_the_payment_is_captured(
-    lifecycle_env: EnvFactory, caplog: pytest.LogCaptureFixture
+    lifecycle_env: EnvFactory,
+    store_factory: StoreFactory,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    env = await lifecycle_env("paypal", sink=True)
+    env = await lifecycle_env("paypal", sink=True, store=await store_factory(kind))
     session_id, order_id, approved = await approval(env)
     buggy = inject(env, "paypal", PayPalWithACaptureBug)
     before = faults("paypal", "complete_approved")
