@@ -21,6 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -83,9 +84,23 @@ def _amount(value: Decimal) -> Decimal:
     return value.copy_abs() if value.is_zero() else value  # "-0.00" is zero, unsigned
 
 
+#: The text of a JSON number, ASCII only: what an amount sent as a string must look like
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _number_text(value: Any) -> Any:
+    """An amount given as a string must be a JSON number in quotes: Python's ``Decimal`` also
+    reads ``"1_000"``, ``" 100"`` and digits of other scripts (Arabic-Indic, fullwidth), which
+    other parsers read as another amount (JavaScript's ``parseFloat("1_000")`` is 1) or not at
+    all."""
+    if isinstance(value, str) and not _NUMBER_TEXT.fullmatch(value):
+        raise ValueError("must be a number (a string must hold one in JSON number form)")
+    return value
+
+
 #: An amount in major units: finite, not negative, below :data:`gateway.domain.money.MAX_AMOUNT`
 #: (comparisons are exact, so no amount out of bounds ever reaches arithmetic).
-Money = Annotated[Decimal, AfterValidator(_amount)]
+Money = Annotated[Decimal, BeforeValidator(_number_text), AfterValidator(_amount)]
 Text = Annotated[str, Field(min_length=1, max_length=255)]
 
 

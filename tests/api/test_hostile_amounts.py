@@ -39,6 +39,15 @@ CASES: list[tuple[str, str, str | None]] = [
     ("0.000", "AUD", "0.00"),
     ("0E-1000", "AUD", "0.00"),
     ('"100.00"', "AUD", "100.00"),
+    ('"1E+2"', "AUD", "100.00"),
+    ('"1_000"', "AUD", None),  # Decimal reads 1000, JavaScript's parseFloat 1
+    ('" 100"', "AUD", None),
+    ('"100.00\\n"', "AUD", None),
+    ('"+100"', "AUD", None),
+    ('"\uff11\uff10\uff10"', "AUD", None),  # fullwidth digits
+    ('"\u0663"', "AUD", None),  # an Arabic-Indic digit
+    ('"0x10"', "AUD", None),
+    ('""', "AUD", None),
     ("1.00000000000000000000", "AUD", "1.00"),
     ("1.005", "AUD", None),
     ("0.5", "JPY", None),
