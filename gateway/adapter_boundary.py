@@ -9,9 +9,10 @@ retryable failure counts against the provider's circuit, a success closes a half
 
 Every adapter call goes through :meth:`AdapterBoundary.call`: session creation
 (:mod:`gateway.attempts`), the merchant's cancel and the expiry sweeper's
-(:mod:`gateway.lifecycle`), and the completion of an approved payment
-(:mod:`gateway.completion`). Webhook parsing types its exceptions with the same
-:func:`providers.base.adapter_fault` in :mod:`gateway.api.webhooks`.
+(:mod:`gateway.lifecycle`), the completion of an approved payment (:mod:`gateway.completion`)
+and the expiry of a failover's orphans (:mod:`gateway.orphans`). Webhook parsing types its
+exceptions with :func:`typed` in :mod:`gateway.api.webhooks` (counted, but not against the
+circuit: anyone can send a webhook).
 """
 
 from __future__ import annotations
