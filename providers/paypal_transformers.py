@@ -234,7 +234,7 @@ _PAYMENT_EVENTS: Mapping[str, str] = MappingProxyType(
     }
 )
 #: a PayPal ``amount.value``: a plain decimal string (the Orders v2 ``money`` pattern)
-_VALUE = re.compile(r"\d{1,32}(\.\d{1,6})?")
+_VALUE = re.compile(r"[0-9]{1,32}(\.[0-9]{1,6})?")
 
 
 def payment_status(kind: str, state: str | None) -> SessionStatus:

@@ -104,7 +104,16 @@ def _capture_event(value: Any, currency: str = "AUD") -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("140.76", Decimal("140.76")), ("1000", Decimal(1000)), ("1e3", None), (140.76, None)],
+    [
+        ("140.76", Decimal("140.76")),
+        ("1000", Decimal(1000)),
+        ("1e3", None),
+        (140.76, None),
+        # digits of other scripts are no PayPal value (its pattern is ASCII), even when Python's
+        # Decimal would read them as the session's amount
+        ("\u0661\u0664\u0660.\u0667\u0666", None),
+        ("\uff11\uff14\uff10.\uff17\uff16", None),
+    ],
 )
 def test_paypal_reports_the_payment_amount_exactly(value: Any, expected: Decimal | None) -> None:
     event = event_from_paypal(_capture_event(value))
