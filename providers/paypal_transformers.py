@@ -310,7 +310,11 @@ def _event_money(event_type: str, resource: Mapping[str, Any]) -> tuple[Decimal,
     currencies = {a[1] for a in amounts if a is not None}
     if len(currencies) != 1:
         return None
-    return sum((a[0] for a in amounts if a is not None), Decimal(0)), currencies.pop()
+    try:
+        total = add(a[0] for a in amounts if a is not None)
+    except ArithmeticError:  # more digits than the money context holds: never a rounded sum
+        return None
+    return total, currencies.pop()
 
 
 def _vault(resource: Mapping[str, Any]) -> Mapping[str, Any]:
