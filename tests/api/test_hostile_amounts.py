@@ -10,11 +10,15 @@ error envelope; ``POST /routing/simulate`` and ``POST /sessions`` agree on every
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers
+from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
 
 #: (raw JSON number, currency, the total as rendered, or None when refused with a 400)
 CASES: list[tuple[str, str, str | None]] = [
@@ -128,3 +132,56 @@ async def test_a_duplicate_key_is_refused_never_first_or_last_wins(
         problem = await answer.json()
         envelope(problem, 400)
         assert "duplicate key" in problem["message"][0]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        stop_process(proc)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+async def test_every_hostile_amount_against_a_real_process_on_redis(
+    sandbox: Any, redis_url: str, redis_prefix: str, processes: list[subprocess.Popen[str]]
+) -> None:
+    """The same amounts, sent to a ``gateway serve`` process storing in Redis: the answers are
+    the same, and the process never logs an unhandled error."""
+    port = free_port()
+    env = {
+        **base_env(sandbox),
+        "GATEWAY_STORE": "redis",
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+    }
+    processes.append(start_gateway(port, env))
+    await wait_ready(port, processes[0])
+    base = f"http://127.0.0.1:{port}/api/v1"
+    async with aiohttp.ClientSession() as http:
+        for i, (number, currency, rendered) in enumerate(CASES):
+            body = order(number, currency, f"ORD-PROC-{i}")
+            async with http.post(
+                f"{base}/routing/simulate", data=body, headers=headers(None)
+            ) as simulated:
+                sim_status, sim = simulated.status, await simulated.json()
+            async with http.post(
+                f"{base}/sessions", data=body, headers=headers(f"proc-{i}")
+            ) as created:
+                status, made = created.status, await created.json()
+            if rendered is None:
+                assert (sim_status, status) == (400, 400), (number, sim, made)
+                envelope(made, 400)
+                continue
+            assert (sim_status, status) == (200, 201), (number, sim, made)
+            assert made["routing"]["selectedProvider"] == sim["selectedProvider"]
+            async with http.get(
+                f"{base}/sessions/{made['sessionId']}", headers=headers(None)
+            ) as view:
+                assert (await view.json())["amount"]["total"] == rendered
+    proc = processes.pop()
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=20)
+    assert "unhandled error" not in stderr
+    assert "Traceback" not in stderr
