@@ -124,7 +124,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
                 half_open_probes=settings.circuit_half_open_probes,
             ),
         )
-        lifecycle = LifecycleService(settings, opened, adapters, router, Notifier(app[MERCHANTS]))
+        lifecycle = LifecycleService(
+            settings, opened, adapters, router, Notifier(app[MERCHANTS]), circuits
+        )
         app[LIFECYCLE] = lifecycle
         app[SERVICES] = SessionService(settings, opened, router, adapters, circuits, lifecycle)
         async with router.running(), circuits.running():

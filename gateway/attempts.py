@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from gateway.adapter_boundary import AdapterBoundary
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import (
     ApiError,
@@ -33,7 +34,6 @@ from gateway.domain.session import Attempt
 from gateway.metrics import FAILOVERS
 from gateway.routing.decision import Candidate, RoutingDecision
 from providers.base import (
-    AdapterFault,
     CreateSessionInput,
     FlowNotSupported,
     ProviderAdapter,
@@ -42,7 +42,6 @@ from providers.base import (
     ProviderRejected,
     ProviderSession,
     ProviderTimeout,
-    adapter_fault,
 )
 
 __all__ = ["Attempts", "ProviderAttempts", "RouterLike", "no_candidate_error", "prefer"]
@@ -144,6 +143,7 @@ class ProviderAttempts:
     ) -> None:
         self.adapters = adapters
         self.circuits = circuits
+        self.boundary = AdapterBoundary(circuits)
         self.router = router
         self.provider_timeout_s = provider_timeout_s
         self.failover_on_rejection = failover_on_rejection
@@ -197,9 +197,10 @@ class ProviderAttempts:
         provider = adapter.name
         began = time.perf_counter()
         try:
-            result = await adapter.create_session(data, timeout=timeout)
-        except Exception as raised:  # the adapter boundary: whatever it raises is typed here
-            exc = adapter_fault(provider, raised)
+            result = await self.boundary.call(
+                provider, "create_session", lambda: adapter.create_session(data, timeout=timeout)
+            )
+        except ProviderError as exc:
             tries.waited_s += time.perf_counter() - began
             elapsed = (time.perf_counter() - began) * 1000
             tries.made.append(
@@ -218,15 +219,8 @@ class ProviderAttempts:
                 tries.conflict = exc
             if _may_have_created(exc) and provider not in tries.held:
                 tries.held.append(provider)
-            if exc.retryable:
-                await self.circuits.failure(provider)
             if not isinstance(exc, FlowNotSupported | ProviderKeyConflict):
                 await self.router.record_creation(provider, exc.outcome, elapsed, request)
-            if isinstance(exc, AdapterFault):
-                log.error(
-                    "adapter raised an unexpected exception",
-                    extra={"provider": provider, "exception_type": exc.exception_type},
-                )
             log.warning(
                 "provider attempt failed", extra={"provider": provider, "outcome": exc.outcome}
             )
@@ -238,7 +232,6 @@ class ProviderAttempts:
         )
         if provider not in tries.held:
             tries.held.append(provider)
-        await self.circuits.success(provider)
         await self.router.record_creation(provider, "created", elapsed, request)
         return result
 

@@ -58,6 +58,7 @@ from providers.base import (
 )
 
 if TYPE_CHECKING:
+    from gateway.adapter_boundary import AdapterBoundary
     from gateway.lifecycle import Moved
     from gateway.settings import Settings
 
@@ -154,6 +155,7 @@ class Completions:
         settings: Settings,
         store: Store,
         adapters: Mapping[str, ProviderAdapter],
+        boundary: AdapterBoundary,
         move: Mover,
         record_mismatch: MismatchRecorder,
         clock: Callable[[], datetime],
@@ -161,6 +163,7 @@ class Completions:
         self.settings = settings
         self.store = store
         self.adapters = adapters
+        self.boundary = boundary
         self._move = move
         self._record_mismatch = record_mismatch
         self._clock = clock
@@ -240,11 +243,15 @@ class Completions:
             await self.store.drop_expiry(record.sessionId)
             return True
         try:
-            event = await adapter.complete_approved(
-                record.providerSessionId,
-                intent=intent,
-                idempotency_key=completion_key(record, intent),
-                timeout=self.settings.provider_timeout_seconds,
+            event = await self.boundary.call(
+                record.provider,
+                "complete_approved",
+                lambda: adapter.complete_approved(
+                    record.providerSessionId,
+                    intent=intent,
+                    idempotency_key=completion_key(record, intent),
+                    timeout=self.settings.provider_timeout_seconds,
+                ),
             )
         except ProviderError as exc:
             if exc.retryable and await self._retry_later(record, exc, context):

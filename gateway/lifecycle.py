@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from gateway.adapter_boundary import AdapterBoundary
+from gateway.circuit import CircuitBreakers
 from gateway.completion import COMPLETION_SOURCES, Completions, event_changes
 from gateway.domain.errors import BadGateway, Conflict, NotFound
 from gateway.domain.lifecycle import CANCELLABLE, EXPIRABLE, apply, is_expired
@@ -106,6 +108,7 @@ class LifecycleService:
         adapters: Mapping[str, ProviderAdapter],
         router: PaymentRecorder,
         notifier: Notifier,
+        circuits: CircuitBreakers,
         *,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -115,9 +118,11 @@ class LifecycleService:
         self.router = router
         self.notifier = notifier
         self._clock = clock
+        #: every adapter call of the lifecycle goes through it
+        self.boundary = AdapterBoundary(circuits)
         #: the capture/authorize calls owed after a payer's approval
         self.completions = Completions(
-            settings, store, adapters, self.move, self.record_mismatch, clock
+            settings, store, adapters, self.boundary, self.move, self.record_mismatch, clock
         )
 
     def creation_outbox(self, record: SessionRecord) -> list[OutboxItem]:
@@ -366,9 +371,7 @@ class LifecycleService:
         if adapter is None:
             return True
         try:
-            await adapter.cancel_session(
-                record.providerSessionId, timeout=self.settings.provider_timeout_seconds
-            )
+            await self._cancel_call(adapter, record)
         except (FlowNotSupported, ProviderRejected):
             return True  # nothing to cancel there, or the provider's session is closed already
         except ProviderError as exc:
@@ -384,6 +387,16 @@ class LifecycleService:
             )
             return give_up
         return True
+
+    async def _cancel_call(self, adapter: ProviderAdapter, record: SessionRecord) -> None:
+        """``adapter.cancel_session`` through the adapter boundary (raises ProviderError only)."""
+        await self.boundary.call(
+            adapter.name,
+            "cancel_session",
+            lambda: adapter.cancel_session(
+                record.providerSessionId, timeout=self.settings.provider_timeout_seconds
+            ),
+        )
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweep every ``expiry_sweep_interval_seconds`` until ``stop`` is set."""
@@ -431,9 +444,7 @@ class LifecycleService:
         payable_until = confirmed_by = None
         if adapter is not None:
             try:
-                await adapter.cancel_session(
-                    record.providerSessionId, timeout=self.settings.provider_timeout_seconds
-                )
+                await self._cancel_call(adapter, record)
                 confirmed_by = f"api:{record.provider}"
             except FlowNotSupported:
                 # the provider's session cannot be cancelled; it lapses at its expiry. Until

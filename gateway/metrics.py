@@ -20,6 +20,7 @@ Who records what:
 ``ORPHAN_SESSIONS``                               :mod:`gateway.orphans` and the webhook path
 ``ROUTING_*``, ``RULES_*``                        :mod:`gateway.routing.service`
 ``PROVIDER_REQUESTS`` / ``PROVIDER_DURATION``     :mod:`providers.http`
+``ADAPTER_FAULTS``                                :mod:`gateway.adapter_boundary`
 ``CIRCUIT_STATE``                                 :mod:`gateway.circuit`
 ``STORE_DURATION`` / ``STORE_ERRORS``             :mod:`gateway.store` (timing wrapper)
 ``WEBHOOKS_RECEIVED``, ``SESSION_TRANSITIONS``,   the session lifecycle (webhooks, cancel,
@@ -46,6 +47,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
+    "ADAPTER_FAULTS",
     "AMOUNT_MISMATCHES",
     "CIRCUIT_STATE",
     "CIRCUIT_STATE_VALUES",
@@ -233,6 +235,13 @@ STORE_ERRORS = Counter(
 )
 
 # --- Session lifecycle -------------------------------------------------------------------------
+ADAPTER_FAULTS = Counter(
+    "gateway_adapter_faults_total",
+    "Exceptions out of a provider adapter that were not provider errors (a bug on the "
+    "gateway's side of the seam), typed at the adapter boundary, by provider and operation "
+    "(create_session, cancel_session, complete_approved, parse_webhook).",
+    ["provider", "operation"],
+)
 AMOUNT_MISMATCHES = Counter(
     "gateway_amount_mismatches_total",
     "Provider payment verdicts whose amount or currency differed from the session's (not "

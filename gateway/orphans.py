@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
+from gateway.adapter_boundary import AdapterBoundary
 from gateway.domain.session import OrphanSession
 from gateway.metrics import ORPHAN_SESSIONS
 from gateway.store.base import Store, StoreUnavailable
@@ -51,6 +53,7 @@ class OrphanCleanup:
         store: Store,
         adapters: Mapping[str, ProviderAdapter],
         *,
+        boundary: AdapterBoundary,
         timeout_s: float,
         tries: int = 8,
         backoff_s: float = 0.5,
@@ -58,6 +61,7 @@ class OrphanCleanup:
     ) -> None:
         self.store = store
         self.adapters = adapters
+        self.boundary = boundary
         self.timeout_s = timeout_s
         self.tries = tries
         self.backoff_s = backoff_s
@@ -132,8 +136,9 @@ class OrphanCleanup:
             if attempt:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max_s)
+            create = partial(adapter.create_session, data, timeout=self.timeout_s)
             try:
-                session = await adapter.create_session(data, timeout=self.timeout_s)
+                session = await self.boundary.call(adapter.name, "create_session", create)
             except ProviderKeyConflict as exc:
                 if exc.in_flight:
                     continue  # the first request is still running there: its answer comes
@@ -142,8 +147,9 @@ class OrphanCleanup:
                 continue
             except ProviderError:
                 return None
+            cancel = partial(adapter.cancel_session, session.reference, timeout=self.timeout_s)
             try:
-                await adapter.cancel_session(session.reference, timeout=self.timeout_s)
+                await self.boundary.call(adapter.name, "cancel_session", cancel)
             except ProviderRejected:
                 log.warning(
                     "orphan provider session could not be expired (no longer open)",
@@ -152,6 +158,8 @@ class OrphanCleanup:
                 return None
             except _RETRYABLE:
                 continue
+            except ProviderError:  # an adapter fault included: left open, never retried
+                return None
             return session.reference
         return None
 

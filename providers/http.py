@@ -4,6 +4,7 @@ onto the :mod:`providers.base` error tree."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from providers.base import (
     ProviderUnavailable,
 )
 
-__all__ = ["HttpResult", "ProviderHttp", "new_client_session"]
+__all__ = ["RETRY_AFTER_MAX_S", "HttpResult", "ProviderHttp", "new_client_session"]
 
 
 def new_client_session(*, limit: int = 200) -> aiohttp.ClientSession:
@@ -45,13 +46,23 @@ class HttpResult:
         return orjson.loads(self.body) if self.body else None
 
 
+#: the longest ``Retry-After`` honoured: a provider that says "in a year" (or ``1e999``,
+#: infinity) must not make the gateway stop retrying a capture it owes
+RETRY_AFTER_MAX_S = 3600.0
+
+
 def _retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` in seconds, at most :data:`RETRY_AFTER_MAX_S`; None when absent or not
+    a finite number (an HTTP date is not taken either)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), RETRY_AFTER_MAX_S)
 
 
 def _outcome(exc: ProviderError | None) -> str:

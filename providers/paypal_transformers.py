@@ -234,7 +234,7 @@ _PAYMENT_EVENTS: Mapping[str, str] = MappingProxyType(
     }
 )
 #: a PayPal ``amount.value``: a plain decimal string (the Orders v2 ``money`` pattern)
-_VALUE = re.compile(r"\d{1,32}(\.\d{1,6})?")
+_VALUE = re.compile(r"[0-9]{1,32}(\.[0-9]{1,6})?")
 
 
 def payment_status(kind: str, state: str | None) -> SessionStatus:
@@ -310,7 +310,11 @@ def _event_money(event_type: str, resource: Mapping[str, Any]) -> tuple[Decimal,
     currencies = {a[1] for a in amounts if a is not None}
     if len(currencies) != 1:
         return None
-    return sum((a[0] for a in amounts if a is not None), Decimal(0)), currencies.pop()
+    try:
+        total = add(a[0] for a in amounts if a is not None)
+    except ArithmeticError:  # more digits than the money context holds: never a rounded sum
+        return None
+    return total, currencies.pop()
 
 
 def _vault(resource: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -17,12 +17,13 @@ import logging
 
 from aiohttp import web
 
+from gateway.adapter_boundary import typed
 from gateway.api.openapi import EXTRA_PATHS
 from gateway.appkeys import ADAPTERS, LIFECYCLE, SETTINGS, STORE
 from gateway.domain.errors import BadRequest, NotFound, ServiceUnavailable
 from gateway.metrics import WEBHOOKS_RECEIVED
 from gateway.middleware import LOG_CONTEXT
-from providers.base import AdapterFault, ProviderEvent, WebhookVerificationError, adapter_fault
+from providers.base import ProviderEvent, WebhookVerificationError
 
 __all__ = ["setup_webhook_routes"]
 
@@ -45,17 +46,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
     try:
         events = await adapter.parse_webhook(request.headers, raw)
     except Exception as raised:  # the adapter boundary: whatever it raises is typed here
-        exc = adapter_fault(provider, raised)
+        exc = typed(provider, "parse_webhook", raised)
         if isinstance(exc, WebhookVerificationError):
             WEBHOOKS_RECEIVED.labels(provider, "unknown", "invalid_signature").inc()
             log.warning("webhook refused: %s", exc.reason, extra={"provider": provider})
             raise BadRequest("Webhook verification failed") from None
         WEBHOOKS_RECEIVED.labels(provider, "unknown", "error").inc()
-        if isinstance(exc, AdapterFault):
-            log.error(
-                "adapter raised an unexpected exception",
-                extra={"provider": provider, "exception_type": exc.exception_type},
-            )
         log.warning("webhook not verified now: %s", exc.outcome, extra={"provider": provider})
         raise ServiceUnavailable() from None
     store = request.app[STORE]

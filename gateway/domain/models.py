@@ -21,6 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -80,12 +81,26 @@ def _amount(value: Decimal) -> Decimal:
         raise ValueError("must not be negative")
     if value >= MAX_AMOUNT:
         raise ValueError(_TOO_LARGE)
+    return value.copy_abs() if value.is_zero() else value  # "-0.00" is zero, unsigned
+
+
+#: The text of a JSON number, ASCII only: what an amount sent as a string must look like
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _number_text(value: Any) -> Any:
+    """An amount given as a string must be a JSON number in quotes: Python's ``Decimal`` also
+    reads ``"1_000"``, ``" 100"`` and digits of other scripts (Arabic-Indic, fullwidth), which
+    other parsers read as another amount (JavaScript's ``parseFloat("1_000")`` is 1) or not at
+    all."""
+    if isinstance(value, str) and not _NUMBER_TEXT.fullmatch(value):
+        raise ValueError("must be a number (a string must hold one in JSON number form)")
     return value
 
 
 #: An amount in major units: finite, not negative, below :data:`gateway.domain.money.MAX_AMOUNT`
 #: (comparisons are exact, so no amount out of bounds ever reaches arithmetic).
-Money = Annotated[Decimal, AfterValidator(_amount)]
+Money = Annotated[Decimal, BeforeValidator(_number_text), AfterValidator(_amount)]
 Text = Annotated[str, Field(min_length=1, max_length=255)]
 
 
@@ -312,7 +327,13 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
     try:
         # decoding first stops json.loads from guessing UTF-16 or UTF-32 from the bytes
         text = _utf8_text(raw)
-        data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        data = json.loads(
+            text,
+            parse_float=_json_number,
+            parse_int=_json_integer,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_json_object,
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestProblems([f"body: malformed JSON ({_json_reason(exc)})"]) from None
     except RecursionError:
@@ -342,6 +363,37 @@ def _utf8_text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"JSON must be UTF-8: invalid byte at offset {exc.start}") from None
+
+
+#: no integer the API takes has more digits (amounts are below 10**15, quantities 10**6); a
+#: longer one is refused before Python's int conversion spends time on it
+_MAX_INTEGER_TEXT = 40
+
+
+def _json_number(text: str) -> Decimal:
+    """A JSON number with a fraction or exponent, exactly; one whose exponent no Decimal can
+    hold (``1e99999999999999999999``) is out of range, never an arithmetic error."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        raise ValueError("number out of range") from None
+
+
+def _json_integer(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INTEGER_TEXT:
+        raise ValueError("number out of range")
+    return int(text)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are unique: with ``{"total": 1, "total": 100}`` parsers
+    disagree on the amount (first or last wins), so it is refused."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        data[key] = value
+    return data
 
 
 def _reject_constant(name: str) -> Any:

@@ -145,6 +145,8 @@ def format_major(amount: Decimal, exp: int) -> str:
     "100.00" for ``1E+2``); refuses to round."""
     if scale_of(amount) > exp:
         raise ValueError(f"{format(amount, 'f')} has more than {exp} decimal places")
+    if amount.is_zero():
+        amount = amount.copy_abs()  # never "-0.00"
     with localcontext(MONEY_CONTEXT):
         return format(amount.quantize(quantum(exp)), "f")
 

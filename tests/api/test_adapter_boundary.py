@@ -14,10 +14,16 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway.appkeys import ADAPTERS
+from gateway.idempotency import session_id_for
+from gateway.metrics import ORPHAN_SESSIONS
 from gateway.settings import SANDBOX_SECRETS
 from providers.base import AdapterFault, ProviderTimeout, adapter_fault
 from providers.stripe import sign_payload
 from tests.api.conftest import GatewayFactory, headers, seed
+from tests.api.test_failover import admin, fault
+from tests.api.test_retry_after_timeout import until
+from tests.lifecycle.test_adapter_faults import StripeWithACancelBug, assert_typed_only, faults
 
 
 def card_order(ref: str) -> dict[str, Any]:
@@ -71,7 +77,7 @@ async def test_an_adapter_exception_fails_over_and_opens_the_circuit(
     ]
     faults = [r for r in caplog.records if getattr(r, "exception_type", None)]
     assert [(r.levelname, r.exception_type, r.getMessage()) for r in faults] == [  # type: ignore[attr-defined]
-        ("ERROR", "ValueError", "adapter raised an unexpected exception")
+        ("ERROR", "ValueError", "adapter raised an unexpected exception in create_session")
     ]
     assert not any(r.exc_info for r in faults)  # no traceback: it may quote request data
     # counted against Stripe's circuit: with a threshold of 1 it is open now
@@ -129,3 +135,40 @@ async def test_an_exception_out_of_a_webhook_parser_is_a_503_the_provider_retrie
     body, hdrs = _signed_stripe_event(int(time.time()))
     response = await client.post("/api/v1/webhooks/stripe", data=body, headers=hdrs)
     assert response.status == 200, await response.text()
+
+
+async def test_an_adapter_fault_expiring_an_orphan_leaves_it_open_logged_by_type(
+    gateway: GatewayFactory, sandbox: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stripe times out, Adyen creates the session; expiring Stripe's orphan hits a bug in the
+    cancel: the orphan stays open (visible for reconciliation), the fault is typed and counted,
+    nothing logs a traceback."""
+    client = await gateway(provider_timeout_seconds=0.5, request_deadline_seconds=5)
+    adapters = client.app[ADAPTERS]
+    real = adapters["stripe"]
+    adapters["stripe"] = StripeWithACancelBug(real.config, real._http.session)
+    await fault(sandbox, "stripe", processingMs=1500)
+    left_open = ORPHAN_SESSIONS.labels("stripe", "left_open")._value.get()
+    before = faults("stripe", "cancel_session")
+    created = await client.post(
+        "/api/v1/sessions", json=card_order("ORD-ORPHAN-BUG"), headers=headers("orphan-bug")
+    )
+    assert created.status == 201, await created.text()
+    attempts = (await created.json())["routing"]["attempts"]
+    assert [(a["provider"], a["outcome"]) for a in attempts] == [
+        ("stripe", "timeout"),
+        ("adyen", "created"),
+    ]
+
+    async def given_up() -> bool:
+        return ORPHAN_SESSIONS.labels("stripe", "left_open")._value.get() == left_open + 1
+
+    await until(given_up)
+    assert faults("stripe", "cancel_session") == before + 1
+    view = await client.get(
+        f"/api/v1/sessions/{session_id_for('merchant-1', 'orphan-bug')}", headers=headers(None)
+    )
+    [orphan] = (await view.json())["orphans"]
+    assert (orphan["provider"], orphan["status"]) == ("stripe", "open")
+    assert_typed_only(caplog, "cancel_session", "KeyError")
+    await admin(sandbox, "DELETE", "faults")

@@ -104,7 +104,16 @@ def _capture_event(value: Any, currency: str = "AUD") -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("140.76", Decimal("140.76")), ("1000", Decimal(1000)), ("1e3", None), (140.76, None)],
+    [
+        ("140.76", Decimal("140.76")),
+        ("1000", Decimal(1000)),
+        ("1e3", None),
+        (140.76, None),
+        # digits of other scripts are no PayPal value (its pattern is ASCII), even when Python's
+        # Decimal would read them as the session's amount
+        ("\u0661\u0664\u0660.\u0667\u0666", None),
+        ("\uff11\uff14\uff10.\uff17\uff16", None),
+    ],
 )
 def test_paypal_reports_the_payment_amount_exactly(value: Any, expected: Decimal | None) -> None:
     event = event_from_paypal(_capture_event(value))
@@ -127,6 +136,27 @@ def test_paypal_order_events_report_the_order_total() -> None:
         {"id": "WH-2", "event_type": "CHECKOUT.ORDER.APPROVED", "resource": _order(None, None, 2)}
     )
     assert (event.amount, event.currency) == (Decimal("140.76"), "AUD")
+
+
+def _units(*values: str) -> dict[str, Any]:
+    units = [{"custom_id": "s1", "amount": {"currency_code": "AUD", "value": v}} for v in values]
+    return {
+        "id": "WH-3",
+        "event_type": "CHECKOUT.ORDER.APPROVED",
+        "resource": {"purchase_units": units},
+    }
+
+
+def test_paypal_order_totals_are_summed_exactly_or_not_at_all() -> None:
+    """PayPal values have up to 32 digits before the point and 6 after: a sum in Python's
+    default 28-digit context would round it; in the money context it is exact, and a sum too
+    long even for that is no understandable amount (never a rounded one)."""
+    big = "9" * 32 + ".999999"
+    event = event_from_paypal(_units(big, big))
+    assert event.amount == Decimal("1" + "9" * 32 + ".999998")
+    twenty = Decimal(f"{int(big.replace('.', '')) * 20}E-6")  # 40 digits, exactly
+    assert event_from_paypal(_units(*[big] * 20)).amount == twenty
+    assert event_from_paypal(_units(*["9" * 32 + ".999999"] * 2000)).amount is None
 
 
 #: Every status PayPal documents for captures and authorizations, and a few it does not.
