@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -65,6 +66,8 @@ PaymentMethod = Literal[
 TOTAL_MISMATCH = "amount.total does not match the sum of line items, shipping, and tax"
 
 _LOCALE = re.compile(r"^[a-z]{2}(?:[_-][A-Z]{2})?$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_MAX_ITEMS = 100
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -157,12 +160,15 @@ class Amount(_Strict):
     tax: Money = Decimal(0)
 
 
+Quantity = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
+
+
 class OrderItem(_Strict):
     """One order line."""
 
     name: Text
     sku: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    quantity: Annotated[StrictInt, Field(gt=0, le=1_000_000)]
+    quantity: Quantity
     unitPrice: Money
 
 
@@ -232,10 +238,10 @@ class CheckoutRequest(_Strict):
 
     orderReference: Annotated[str, Field(min_length=1, max_length=128)]
     paymentMethod: PaymentMethod
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    currency: Annotated[str, Field(pattern=_CURRENCY.pattern)]
     locale: Annotated[str, Field(pattern=_LOCALE.pattern)] | None = None
     amount: Amount
-    orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=100)]
+    orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=_MAX_ITEMS)]
     customer: Customer | None = None
     shipping: ShippingInfo | None = None
     additionalInformation: (
@@ -345,7 +351,7 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
             data, context={"allow_http_localhost": allow_http_localhost}
         )
     except ValidationError as exc:
-        raise RequestProblems(describe_errors(exc)) from None
+        raise RequestProblems(describe_errors(exc) + _partial_money_problems(data)) from None
     problems = semantic_problems(request)
     if problems:
         raise RequestProblems(problems)
@@ -412,19 +418,85 @@ def semantic_problems(request: CheckoutRequest) -> list[str]:
     The total is compared only when every amount has the currency's places: then, with every
     amount bounded, the sum is exact in :data:`gateway.domain.money.MONEY_CONTEXT`.
     """
-    problems: list[str] = []
-    exp = exponent(request.currency)
-    places = f"no more than {exp} decimal places for {request.currency}"
     amount = request.amount
-    for name in ("total", "shipping", "tax"):
-        if scale_of(getattr(amount, name)) > exp:
+    return _money_problems(
+        request.currency,
+        {"total": amount.total, "shipping": amount.shipping, "tax": amount.tax},
+        [(item.unitPrice, item.quantity) for item in request.orderItems],
+    )
+
+
+_Line = tuple[Decimal | None, int | None]
+_MONEY = TypeAdapter(Money)
+_QUANTITY = TypeAdapter(Quantity)
+
+
+def _money_problems(
+    currency: str, amounts: dict[str, Decimal | None], lines: list[_Line] | None
+) -> list[str]:
+    """Decimal places of every valid amount, then the total when every part is valid.
+
+    ``None`` stands for a value that failed its own validation (reported with its path
+    already): it is skipped, and the total is not compared without it.
+    """
+    problems: list[str] = []
+    exp = exponent(currency)
+    places = f"no more than {exp} decimal places for {currency}"
+    for name, value in amounts.items():
+        if value is not None and scale_of(value) > exp:
             problems.append(f"amount.{name}: must have {places}")
-    for index, item in enumerate(request.orderItems):
-        if scale_of(item.unitPrice) > exp:
+    for index, (price, _) in enumerate(lines or ()):
+        if price is not None and scale_of(price) > exp:
             problems.append(f"orderItems.{index}.unitPrice: must have {places}")
-    if problems:
+    total = amounts["total"]
+    if problems or total is None or not lines:
         return problems
-    lines = (multiply(item.unitPrice, item.quantity) for item in request.orderItems)
-    if add((*lines, amount.shipping, amount.tax)) != amount.total:
+    parts: list[Decimal] = []
+    for price, quantity in lines:
+        if price is None or quantity is None:
+            return problems
+        parts.append(multiply(price, quantity))
+    shipping, tax = amounts["shipping"], amounts["tax"]
+    if shipping is None or tax is None:
+        return problems
+    if add((*parts, shipping, tax)) != total:
         problems.append(TOTAL_MISMATCH)
     return problems
+
+
+def _partial_money_problems(data: dict[str, Any]) -> list[str]:
+    """The money checks of a body that failed validation elsewhere, on the parts that passed.
+
+    So a 400 lists every problem at once: a bad email does not hide a wrong total.
+    """
+    currency = data.get("currency")
+    if not (isinstance(currency, str) and _CURRENCY.match(currency)):
+        return []
+    if not is_active_currency(currency):
+        return []
+    raw_amount = data.get("amount")
+    if not isinstance(raw_amount, dict):
+        return []
+    amounts: dict[str, Decimal | None] = {"total": _valid(_MONEY, raw_amount.get("total"))}
+    for name in ("shipping", "tax"):  # optional, zero when absent
+        amounts[name] = _valid(_MONEY, raw_amount[name]) if name in raw_amount else Decimal(0)
+    raw_items = data.get("orderItems")
+    lines: list[_Line] | None = None
+    if isinstance(raw_items, list) and 1 <= len(raw_items) <= _MAX_ITEMS:
+        lines = [
+            (_valid(_MONEY, item.get("unitPrice")), _valid(_QUANTITY, item.get("quantity")))
+            if isinstance(item, dict)
+            else (None, None)
+            for item in raw_items
+        ]
+    return _money_problems(currency, amounts, lines)
+
+
+def _valid(adapter: TypeAdapter[Any], value: Any) -> Any:
+    """``value`` validated by ``adapter``, or None when it is missing or invalid."""
+    if value is None:
+        return None
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return None

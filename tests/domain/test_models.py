@@ -108,6 +108,43 @@ def test_every_problem_is_listed_with_its_path() -> None:
     assert "surprise: unknown field" in found
 
 
+def test_field_errors_do_not_hide_the_amount_checks() -> None:
+    # a bad email and a bad phone next to a wrong total: all three are listed
+    body = json.loads(SEED_TEXT)
+    body["customer"]["email"] = "not-an-email"
+    body["customer"]["phone"] = "0412345678"
+    found = problems_of(json.dumps(body).replace('"total": 140.76', '"total": 140.77'))
+    assert {p.split(":")[0] for p in found[:2]} == {"customer.email", "customer.phone"}
+    assert found[2:] == [TOTAL_MISMATCH]
+
+
+def test_decimal_places_are_checked_next_to_field_errors() -> None:
+    body = json.loads(SEED_TEXT)
+    body["orderReference"] = ""
+    body["orderItems"].append({"name": "", "quantity": 1, "unitPrice": 1.001})
+    raw = json.dumps(body).replace('"total": 140.76', '"total": 141.765')
+    assert problems_of(raw) == [
+        "orderReference: String should have at least 1 character",
+        "orderItems.1.name: String should have at least 1 character",
+        "amount.total: must have no more than 2 decimal places for AUD",
+        "orderItems.1.unitPrice: must have no more than 2 decimal places for AUD",
+    ]
+
+
+def test_the_total_is_not_compared_without_every_part() -> None:
+    # an invalid quantity or amount is reported once, by its own path, never as a mismatch
+    body = json.loads(SEED_TEXT)
+    body["orderItems"][0]["quantity"] = 0
+    body["amount"]["tax"] = -1
+    found = problems_of(json.dumps(body))
+    assert [p.split(":")[0] for p in found] == ["amount.tax", "orderItems.0.quantity"]
+    assert TOTAL_MISMATCH not in found
+    body = json.loads(SEED_TEXT)
+    body["currency"] = "ABC"  # no exponent to check places against: no money checks at all
+    body["amount"]["total"] = 1
+    assert [p.split(":")[0] for p in problems_of(json.dumps(body))] == ["currency"]
+
+
 @pytest.mark.parametrize(
     "raw",
     ["", "{", "[]", '"text"', '{"amount": NaN}', b"\xff\xfe", "[" * 100_000, '{"a":' * 50_000],
