@@ -2,20 +2,33 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
+# `make run` needs the runtime only; `make test` (and the tools) the development extras too.
+# Separate stamps, so switching between the two installs only what is missing.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint typecheck alerts pytest bench clean
+.PHONY: install install-run run test lint typecheck alerts pytest bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
 
-install: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+# the development extras include the runtime, so the run stamp is fresh too
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	touch $@ $(RUN_STAMP)
+
+install-run: $(RUN_STAMP)
+
+## Runtime and development extras (pytest, playwright, mypy, ruff, hypothesis).
+install: $(DEV_STAMP)
 
 ## Start the gateway on the embedded default (memory store + sandbox providers) and print a curl.
-run: install
+run: install-run
 	$(BIN)/gateway serve --print-curl
 
 ## Everything CI runs: lint, types, the whole test suite.
