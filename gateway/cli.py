@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, token, sandbox and the routing-rules tools."""
+"""The gateway command: serve, token, sandbox and the routing-rules tools."""
 
 from __future__ import annotations
 
@@ -220,30 +220,72 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = (
+    "Payment routing gateway: one checkout-session API in front of Stripe, Adyen and PayPal. "
+    "Settings come from GATEWAY_* environment variables or .env (see the README's "
+    "Configuration); the options below override them."
+)
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    """The gateway command line: serve, token, sandbox and rules."""
+    parser = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP gateway")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="processes sharing the port (needs Redis)")
+    serve = _command(sub, "serve", "run the HTTP gateway (SIGTERM drains, then exits)")
+    serve.add_argument("--host", help="listen address (default: GATEWAY_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT, 8080)")
     serve.add_argument(
-        "--print-curl", action="store_true", help="print a ready-to-paste example request"
+        "--workers",
+        type=int,
+        help="processes sharing the port (default: GATEWAY_WORKERS, 1); more than one needs "
+        "GATEWAY_STORE=redis",
+    )
+    serve.add_argument(
+        "--print-curl",
+        action="store_true",
+        help="once listening, print a ready-to-paste curl that creates a checkout session as "
+        "the merchant demo-merchant (token valid 24 hours)",
     )
     serve.set_defaults(func=cmd_serve)
 
-    token = sub.add_parser("token", help="print a JWT this gateway accepts")
-    token.add_argument("--merchant", required=True)
-    token.add_argument("--scope", action="append", help="repeatable; default sessions:write+read")
-    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token = _command(sub, "token", "print a JWT this gateway (same settings) accepts")
+    token.add_argument(
+        "--merchant", required=True, help="the merchant id, the token's subject (sub)"
+    )
+    token.add_argument(
+        "--scope",
+        action="append",
+        help="a scope to grant, repeatable: sessions:write, sessions:read, routing:read, "
+        "routing:admin (default: sessions:write and sessions:read)",
+    )
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="lifetime in seconds (default: %(default)s)"
+    )
     token.set_defaults(func=cmd_token)
 
-    sandbox = sub.add_parser("sandbox", help="run the sandbox providers alone")
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8090)
-    sandbox.add_argument("--public-url")
-    sandbox.add_argument("--gateway-url", default="http://127.0.0.1:8080")
+    sandbox = _command(sub, "sandbox", "run the sandbox providers alone")
+    sandbox.add_argument(
+        "--host", default="127.0.0.1", help="listen address (default: %(default)s)"
+    )
+    sandbox.add_argument(
+        "--port", type=int, default=8090, help="listen port (default: %(default)s)"
+    )
+    sandbox.add_argument(
+        "--public-url",
+        help="where browsers reach the sandbox, in its checkout URLs (default: http://HOST:PORT)",
+    )
+    sandbox.add_argument(
+        "--gateway-url",
+        default="http://127.0.0.1:8080",
+        help="the gateway the sandbox sends its webhooks to (default: %(default)s)",
+    )
     sandbox.set_defaults(func=cmd_sandbox)
 
     add_rules_commands(sub)

@@ -15,12 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import __version__
 from gateway.domain.models import CancelRequest, CheckoutRequest
 from gateway.domain.session import OrphanSession, RoutingSummary
+from gateway.domain.titles import field_title
 
 __all__ = ["ErrorBody", "SessionCreated", "SessionView", "openapi_document", "setup_openapi_routes"]
 
 
-class ErrorBody(BaseModel):
-    """The error envelope (seed 003)."""
+class _View(BaseModel):
+    model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
+
+
+class ErrorBody(_View):
+    """The error envelope of every answer that is not a success."""
 
     model_config = ConfigDict(extra="allow")
     error: str
@@ -28,35 +33,38 @@ class ErrorBody(BaseModel):
     statusCode: int
     code: int | str | None = None
     details: Any = None
-    requestId: str
+    requestId: str = Field(description="Equal to the X-Request-ID response header")
 
 
-class SessionCreated(BaseModel):
-    """201 answer of ``POST /api/v1/sessions``."""
+class SessionCreated(_View):
+    """The 201 answer of POST /api/v1/sessions (replayed as is for a retry of its key)."""
 
-    model_config = ConfigDict(extra="forbid")
     sessionId: str = Field(json_schema_extra={"format": "uuid"})
-    checkoutUrl: str
+    checkoutUrl: str = Field(description="The provider's hosted checkout page for the customer")
     status: str
     routing: RoutingSummary
     expiresAt: str = Field(json_schema_extra={"format": "date-time"})
     createdAt: str = Field(json_schema_extra={"format": "date-time"})
 
 
-class AmountView(BaseModel):
+class AmountView(_View):
+    """The order's amounts as decimal strings with the currency's decimal places."""
+
     total: str
     shipping: str
     tax: str
 
 
-class TransitionView(BaseModel):
+class TransitionView(_View):
+    """One status change of the session."""
+
     status: str
     at: str
     source: str = Field(
         description="Who moved the session: gateway, merchant, expiry, webhook:<provider>, "
         "gateway:capture or gateway:authorize"
     )
-    eventId: str | None = None
+    eventId: str | None = Field(default=None, description="The provider's event id")
     confirmedBy: str | None = Field(
         None,
         description="For a merchant's cancel: the provider's confirmation, api:<provider> "
@@ -64,10 +72,9 @@ class TransitionView(BaseModel):
     )
 
 
-class AmountMismatchView(BaseModel):
+class AmountMismatchView(_View):
     """A provider verdict that was not applied: its amount or currency differed."""
 
-    model_config = ConfigDict(extra="forbid")
     provider: str
     source: str = Field(description="webhook, or the gateway's own capture / authorize call")
     eventId: str | None
@@ -78,10 +85,9 @@ class AmountMismatchView(BaseModel):
     at: str
 
 
-class SessionView(BaseModel):
-    """``GET /api/v1/sessions/{sessionId}`` answer."""
+class SessionView(_View):
+    """A checkout session, as GET /api/v1/sessions/{sessionId} answers it."""
 
-    model_config = ConfigDict(extra="forbid")
     sessionId: str
     orderReference: str
     status: str

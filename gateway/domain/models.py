@@ -41,6 +41,7 @@ from gateway.domain.money import (
     multiply,
     scale_of,
 )
+from gateway.domain.titles import field_title
 
 __all__ = [
     "CANCELLATION_REASONS",
@@ -149,15 +150,19 @@ Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$"), AfterValidator(_country)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=False, field_title_generator=field_title
+    )
 
 
 class Amount(_Strict):
-    """Order amounts in major units; ``total`` must equal items + shipping + tax exactly."""
+    """Order amounts in major units of the currency, each with at most the currency's decimal
+    places (JPY 0, USD 2, KWD 3) and below 10^15. The total must equal the sum of quantity x
+    unit price over the order lines, plus shipping, plus tax, exactly."""
 
     total: Money
-    shipping: Money = Decimal(0)
-    tax: Money = Decimal(0)
+    shipping: Money = Field(default=Decimal(0), description="Included in the total; default 0")
+    tax: Money = Field(default=Decimal(0), description="Included in the total; default 0")
 
 
 Quantity = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
@@ -168,28 +173,30 @@ class OrderItem(_Strict):
 
     name: Text
     sku: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    quantity: Quantity
-    unitPrice: Money
+    quantity: Quantity = Field(description="A positive integer, at most 1 000 000")
+    unitPrice: Money = Field(description="In major units, bounded like the amounts")
 
 
 class Address(_Strict):
-    """A postal address; ``country`` is ISO 3166-1 alpha-2."""
+    """A postal address."""
 
     line1: Text
     line2: Annotated[str, Field(max_length=255)] | None = None
     city: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     state: Annotated[str, Field(max_length=128)] | None = None
     postalCode: Annotated[str, Field(max_length=32)] | None = None
-    country: Country
+    country: Country = Field(description="ISO 3166-1 alpha-2 code, such as AU")
 
 
 class Customer(_Strict):
-    """The paying customer. Personal data: never logged, never a metric label."""
+    """The paying customer. Personal data: never logged, never sent in notifications."""
 
     firstName: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     lastName: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     email: Email | None = None
-    phone: Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$")] | None = None
+    phone: Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$")] | None = Field(
+        default=None, description="E.164, such as +61412345678"
+    )
     billingAddress: Address | None = None
     shippingAddress: Address | None = None
 
@@ -202,7 +209,8 @@ class ShippingInfo(_Strict):
 
 
 class RedirectUrls(_Strict):
-    """Where the hosted checkout sends the customer back to."""
+    """Where the hosted checkout sends the customer back to: absolute https URLs (in sandbox
+    mode http://localhost too)."""
 
     success: Annotated[str, Field(min_length=1, max_length=2048)]
     failure: Annotated[str, Field(min_length=1, max_length=2048)]
@@ -234,14 +242,24 @@ def _redirect_problem(value: str, allow_http_local: bool) -> str | None:
 
 
 class CheckoutRequest(_Strict):
-    """``POST /api/v1/sessions`` body."""
+    """The body of POST /api/v1/sessions: the order to open a hosted checkout session for.
+    Unknown fields are refused; a 400 lists every problem, each with its field path."""
 
-    orderReference: Annotated[str, Field(min_length=1, max_length=128)]
-    paymentMethod: PaymentMethod
-    currency: Annotated[str, Field(pattern=_CURRENCY.pattern)]
-    locale: Annotated[str, Field(pattern=_LOCALE.pattern)] | None = None
+    orderReference: Annotated[str, Field(min_length=1, max_length=128)] = Field(
+        description="The merchant's order id: one order is paid at most once"
+    )
+    paymentMethod: PaymentMethod = Field(description="How the customer pays; drives routing")
+    currency: Annotated[str, Field(pattern=_CURRENCY.pattern)] = Field(
+        description="An active ISO 4217 code, such as AUD"
+    )
+    locale: Annotated[str, Field(pattern=_LOCALE.pattern)] | None = Field(
+        default=None,
+        description="A language (fr) or language and region (en_AU or en-AU) for the checkout page",
+    )
     amount: Amount
-    orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=_MAX_ITEMS)]
+    orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=_MAX_ITEMS)] = Field(
+        description="1 to 100 order lines"
+    )
     customer: Customer | None = None
     shipping: ShippingInfo | None = None
     additionalInformation: (
@@ -253,20 +271,34 @@ class CheckoutRequest(_Strict):
             Field(max_length=50),
         ]
         | None
-    ) = None
+    ) = Field(
+        default=None,
+        description="Up to 50 text pairs passed to the provider as metadata; keys up to 64 "
+        "characters without [ or ], values up to 512",
+    )
     redirectUrls: RedirectUrls
-    expiresIn: Annotated[StrictInt, Field(ge=300, le=86_400)] = 3600
-    captureMethod: Literal["automatic", "manual"] = "automatic"
-    #: seed 002: ``one_time`` (customer present, optionally saving the method for later
-    #: customer-present use) or ``first_in_series`` (customer present, creates a mandate for
-    #: future customer-absent payments; routed only to providers that support it)
-    sessionType: Literal["one_time", "first_in_series"] = "one_time"
-    savePaymentMethod: StrictBool = False
-    #: the merchant's own id of the customer; saved methods are kept under it where the
-    #: provider supports a merchant-chosen reference (Adyen ``shopperReference``)
+    expiresIn: Annotated[StrictInt, Field(ge=300, le=86_400)] = Field(
+        default=3600, description="Seconds until the session expires"
+    )
+    captureMethod: Literal["automatic", "manual"] = Field(
+        default="automatic", description="manual: the payment is only authorised"
+    )
+    sessionType: Literal["one_time", "first_in_series"] = Field(
+        default="one_time",
+        description="one_time: the customer pays now (optionally saving the method for their "
+        "next payments); first_in_series: also creates a mandate for later customer-absent "
+        "payments (routed only to providers that support it)",
+    )
+    savePaymentMethod: StrictBool = Field(
+        default=False, description="Keep the payment method for the customer's next payments"
+    )
     customerReference: (
         Annotated[str, Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")] | None
-    ) = None
+    ) = Field(
+        default=None,
+        description="The merchant's own id of the customer (no personal data); Adyen keeps "
+        "saved methods under it",
+    )
 
     @field_validator("currency")
     @classmethod
@@ -295,7 +327,7 @@ CANCELLATION_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "aba
 
 
 class CancelRequest(_Strict):
-    """``POST /api/v1/sessions/{sessionId}/cancel`` body (seed 000)."""
+    """The body of POST /api/v1/sessions/{sessionId}/cancel."""
 
     cancellationReason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"]
 

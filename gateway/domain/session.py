@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.domain.money import format_amount
+from gateway.domain.titles import field_title
 
 __all__ = [
     "FINAL_STATUSES",
@@ -55,7 +56,7 @@ def isoformat(moment: datetime) -> str:
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, field_title_generator=field_title)
 
 
 class Attempt(_Record):
@@ -70,8 +71,8 @@ class Attempt(_Record):
 class OrphanSession(_Record):
     """A session a provider may hold for this gateway session's key that the customer must
     never pay: a try there failed ambiguously (timeout, 5xx, a refused key) and the session
-    was created elsewhere. ``status``: ``open`` (held or possibly held, not cancellable, or
-    not cancelled yet), ``expired`` (expired at the provider: it can no longer be paid)."""
+    was created elsewhere. status: open (held or possibly held, not cancellable, or not
+    cancelled yet) or expired (expired at the provider: it can no longer be paid)."""
 
     provider: str
     providerSessionId: str | None = None
@@ -83,8 +84,8 @@ class RoutingSummary(_Record):
     """What the client sees of the routing decision."""
 
     selectedProvider: str
-    score: float
-    rulesVersion: str
+    score: float = Field(description="The selected provider's routing score, 0 to 100")
+    rulesVersion: str = Field(description="The routing rules that decided: version@content-hash")
     decisionId: str
     attempts: list[Attempt]
     matchedRules: list[str] = Field(default_factory=list)

@@ -30,12 +30,18 @@ __all__ = ["add_rules_commands", "cmd_check", "cmd_simulate", "main"]
 
 def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rules check`` and ``rules simulate`` to a parser's sub-commands."""
-    rules = subparsers.add_parser("rules", help="check, simulate and backtest routing rules")
+    rules = subparsers.add_parser(
+        "rules",
+        help="check, simulate and backtest routing rules",
+        description="Check, simulate and backtest routing rules offline (nothing is sent).",
+    )
     sub = rules.add_subparsers(dest="rules_command", metavar="{check,simulate}", required=True)
 
     check = sub.add_parser(
         "check",
         help="lint a rules file: schema errors with line numbers, dead or shadowed rules",
+        description="Lint a rules file: every error and warning with its line. Exit status 1 "
+        "on errors (and on warnings with --strict).",
     )
     check.add_argument("file", type=Path, help="the routing rules YAML file")
     check.add_argument("--strict", action="store_true", help="fail on warnings too")
@@ -45,11 +51,18 @@ def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     sim = sub.add_parser(
         "simulate",
         help="replay sample requests through rules; with --against, backtest a change",
+        description="Replay sample requests through rules with neutral statistics: the share "
+        "per provider and how often each rule fired. With --against, the share before and "
+        "after and every request whose first choice moves.",
     )
     sim.add_argument("file", type=Path, help="the rules to replay (the proposed rules)")
     sim.add_argument("--requests", type=Path, required=True, help="JSON lines, one request each")
     sim.add_argument("--against", type=Path, help="the rules in force, to compare with")
-    sim.add_argument("--merchant", default="sample", help="merchant id of bare request lines")
+    sim.add_argument(
+        "--merchant",
+        default="sample",
+        help="merchant id of request lines that name none (default: %(default)s)",
+    )
     sim.add_argument("--json", action="store_true", help="machine-readable output")
     sim.set_defaults(func=cmd_simulate)
 

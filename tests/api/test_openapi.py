@@ -60,3 +60,43 @@ def test_request_schema_is_the_models_schema() -> None:
     model.pop("$defs", None)
     assert doc["components"]["schemas"]["CheckoutRequest"] == model
     assert set(model["properties"]) == set(CheckoutRequest.model_fields)
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+async def test_texts_are_written_for_the_api_reader(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    # no reStructuredText from docstrings: ``literal``, :func:`...`
+    markup = [s for s in _strings(doc) if "``" in s or re.search(r":\w+:`", s)]
+    assert markup == []
+    titles = {
+        (model, name): prop.get("title")
+        for model, schema in doc["components"]["schemas"].items()
+        for name, prop in schema.get("properties", {}).items()
+    }
+    assert titles[("CheckoutRequest", "orderReference")] == "Order reference"
+    assert titles[("SessionCreated", "checkoutUrl")] == "Checkout URL"
+    assert titles[("Attempt", "durationMs")] == "Duration (ms)"
+    assert titles[("OrderItem", "unitPrice")] == "Unit price"
+    # pydantic's default would read "Orderreference": every camel-case name is split
+    mashed = [
+        key
+        for key, title in titles.items()
+        if title and " " not in title and key[1] != title.lower() and len(title) > 1
+    ]
+    assert mashed == []
+    request = doc["components"]["schemas"]["CheckoutRequest"]
+    assert request["description"].startswith("The body of POST /api/v1/sessions")
+    undocumented = [
+        name
+        for name, prop in request["properties"].items()
+        if "description" not in prop and "$ref" not in prop and "anyOf" not in prop
+    ]
+    assert undocumented == []
