@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-run run test lint typecheck alerts pytest bench clean
+.PHONY: install install-run run test lint typecheck alerts pytest docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ alerts:
 
 pytest: install
 	$(BIN)/pytest -q
+
+## Rewrite the README's JSON examples from a running gateway's real answers (the test that
+## checks them: tests/api/test_readme_examples.py).
+docs: install
+	README_EXAMPLES=update $(BIN)/pytest -q tests/api/test_readme_examples.py
 
 ## Load benchmark (wrk vs a bare aiohttp baseline) and the routing micro benchmark.
 bench: install
