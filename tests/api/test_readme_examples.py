@@ -186,9 +186,12 @@ def readme_blocks(text: str) -> dict[str, list[str]]:
 
 
 def rewrite(text: str, examples: dict[str, Any]) -> str:
-    return _BLOCK.sub(
-        lambda m: m.group(1) + render(examples.get(m.group(2), m.group(3))) + m.group(4), text
-    )
+    def block(match: re.Match[str]) -> str:
+        name = match.group(2)
+        body = render(examples[name]) if name in examples else match.group(3)
+        return match.group(1) + body + match.group(4)
+
+    return _BLOCK.sub(block, text)
 
 
 def check_readme(examples: dict[str, Any]) -> None:
