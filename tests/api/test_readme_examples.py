@@ -50,6 +50,13 @@ BY_KEY: dict[str, Any] = {
     "ts": "2026-01-15T11:00:00.042+00:00",  # the log line's time, a few ms after createdAt
 }
 
+#: a slow sandbox on a busy machine must not fail the examples over to another provider
+PATIENT = {
+    "provider_timeout_seconds": 20.0,
+    "request_deadline_seconds": 30.0,
+    "idempotency_lease_seconds": 60,
+}
+
 #: every example block of the README; "notification" is checked by
 #: tests/lifecycle/test_readme_notification.py (a real delivery after a payment)
 EXAMPLES = {
@@ -168,7 +175,7 @@ async def refused_reload_example(gateway: GatewayFactory, tmp_path: Path) -> Any
     rules = tmp_path / "routing_rules.yaml"
     text = (ROOT / "routing_rules.yaml").read_text()
     rules.write_text(text)
-    client = await gateway(rules_path=rules)
+    client = await gateway(rules_path=rules, **PATIENT)
     rules.write_text(text.replace("preference: 60", "preference: 160", 1))
     reload = await client.post("/api/v1/routing/reload", headers=demo_headers(None))
     assert reload.status == 422
@@ -217,7 +224,7 @@ async def test_the_readme_examples_are_real_answers(
     gateway: GatewayFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
-    client = await gateway()
+    client = await gateway(**PATIENT)
     examples = await real_examples(client, caplog)
     examples["readyz-refused-reload"] = await refused_reload_example(gateway, tmp_path)
     check_readme(examples)
@@ -228,8 +235,8 @@ async def test_a_second_run_gives_the_same_examples(
 ) -> None:
     # nothing that differs between runs is left unmasked
     caplog.set_level(logging.INFO, logger="gateway.access")
-    first = await real_examples(await gateway(), caplog)
-    second = await real_examples(await gateway(), caplog)
+    first = await real_examples(await gateway(**PATIENT), caplog)
+    second = await real_examples(await gateway(**PATIENT), caplog)
     assert first == second
 
 
