@@ -32,9 +32,12 @@ from gateway.domain.session import isoformat
 from gateway.examples import SEED_REQUEST_JSON
 from gateway.logs import JsonFormatter
 from gateway.settings import Settings
+from providers.sandbox.app import create_sandbox_root
+from providers.sandbox.state import SandboxConfig
 from tests.api.conftest import JWT_SECRET, ROOT, SEED, SEED_BYTES, GatewayFactory, headers
 
 README = ROOT / "README.md"
+PROVIDERS = ("stripe", "adyen", "paypal")
 MERCHANT = "demo-merchant"
 IDEMPOTENCY_KEY = "3f2c8a4e-order-2024-001"
 REQUEST_ID = "req-7f3a9c"
@@ -231,12 +234,18 @@ async def test_the_readme_examples_are_real_answers(
 
 
 async def test_a_second_run_gives_the_same_examples(
-    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture, aiohttp_server: Any
 ) -> None:
-    # nothing that differs between runs is left unmasked
+    # nothing that differs between runs is left unmasked; the second run has its own sandbox
+    # (the same one would hold the first run's session under the same idempotency key)
     caplog.set_level(logging.INFO, logger="gateway.access")
     first = await real_examples(await gateway(**PATIENT), caplog)
-    second = await real_examples(await gateway(**PATIENT), caplog)
+    other = await aiohttp_server(
+        create_sandbox_root(SandboxConfig(expiry_sweep_seconds=0, random_seed=7))
+    )
+    base = str(other.make_url("/sandbox")).rstrip("/")
+    providers = {f"provider_{name}_base_url": f"{base}/{name}" for name in PROVIDERS}
+    second = await real_examples(await gateway(**PATIENT, **providers), caplog)
     assert first == second
 
 
