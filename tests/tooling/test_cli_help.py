@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from gateway.cli import build_parser
+from tests.api.conftest import ROOT
 
 
 def every_parser() -> dict[str, argparse.ArgumentParser]:
@@ -54,3 +55,26 @@ def test_the_installed_command_prints_the_same_help() -> None:
     assert done.stdout.startswith("usage: gateway ")
     assert "Payment routing gateway" in done.stdout
     assert "``" not in done.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    # `gateway rules simulate ... --json | head`: the reader is gone before the answer is written
+    command = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "rules",
+        "simulate",
+        str(ROOT / "routing_rules.yaml"),
+        "--requests",
+        str(ROOT / "bench/routing_samples.jsonl"),
+        "--json",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()
+    with process.stderr:
+        errors = process.stderr.read().decode()
+    assert process.wait(timeout=30) == 141  # 128 + SIGPIPE, as Unix tools end
+    assert errors == ""
