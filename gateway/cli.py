@@ -12,9 +12,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.routing.cli import add_rules_commands
 from gateway.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from gateway.auth import Authenticator
 
 __all__ = ["main"]
 
@@ -29,8 +33,9 @@ def _install_uvloop() -> None:
     uvloop.install()
 
 
-def example_curl(settings: Settings) -> str:
-    """A ready-to-paste curl creating the seed's example session with a fresh token.
+def example_curl(settings: Settings, authenticator: Authenticator | None = None) -> str:
+    """A ready-to-paste curl creating the seed's example session with a fresh token (minted by
+    ``authenticator``, the serving app's, when given).
 
     In sandbox mode its ``redirectUrls`` are the session's result page on this gateway.
     """
@@ -41,7 +46,7 @@ def example_curl(settings: Settings) -> str:
     from gateway.examples import SEED_REQUEST_JSON, seed_request_json
     from gateway.idempotency import session_id_for
 
-    token = Authenticator(settings).issue(
+    token = (authenticator or Authenticator(settings)).issue(
         DEMO_MERCHANT, ["sessions:write", "sessions:read", "routing:read"], 24 * 3600
     )
     key = str(uuid.uuid4())
@@ -77,13 +82,20 @@ def _serve_one(
         app[WORKER_STATE] = worker_state
 
     def announce() -> None:
-        print(f"gateway: listening on {settings.base_url}", file=sys.stderr, flush=True)
+        print(
+            f"gateway: listening on {settings.base_url} (env={settings.env}, "
+            f"store={settings.store}, workers={settings.workers})",
+            file=sys.stderr,
+            flush=True,
+        )
         if print_curl:
             if settings.is_sandbox:
                 print(f"\nThe demo shop: {settings.base_url}/demo", flush=True)
+            from gateway.appkeys import AUTH
+
             print(
                 "\nCreate a checkout session (then open its checkoutUrl in a browser):\n\n"
-                f"{example_curl(settings)}\n",
+                f"{example_curl(settings, app[AUTH])}\n",
                 flush=True,
             )
 
@@ -111,12 +123,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"gateway: serving on {settings.base_url} (env={settings.env}, store={settings.store}, "
-        f"workers={settings.workers})",
-        file=sys.stderr,
-        flush=True,
-    )
     if settings.workers == 1:
         _serve_one(settings, reuse_port=False, print_curl=args.print_curl)
         return 0
