@@ -42,9 +42,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+# no ``*_created`` series (a creation timestamp per counter and histogram child): no panel or
+# alert reads them, and they doubled the exposition
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
     "ADAPTER_FAULTS",
