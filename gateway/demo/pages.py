@@ -53,7 +53,8 @@ def _page(title: str, body: str, *, refresh: bool = False) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="robots" content="noindex">{meta}<title>{escape(title)}</title>'
+        '<meta name="robots" content="noindex"><link rel="icon" href="data:,">'
+        f"{meta}<title>{escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body><main>{body}</main></body></html>"
     )
 

@@ -30,3 +30,6 @@ async def test_the_pay_page_needs_no_favicon_request(gateway: GatewayFactory) ->
         assert page.status == 200
         # an inline empty icon: browsers do not fetch /favicon.ico (a 404 on route="unmatched")
         assert '<link rel="icon" href="data:,">' in await page.text()
+    shop = await client.get("/demo")
+    assert shop.status == 200
+    assert '<link rel="icon" href="data:,">' in await shop.text()
