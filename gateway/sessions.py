@@ -64,6 +64,7 @@ from gateway.store.base import (
     ClaimKind,
     Completion,
     CreatePin,
+    OrphanJob,
     Store,
     StoredResponse,
     StoreUnavailable,
@@ -277,10 +278,11 @@ class SessionService:
                 created_at=created_at,
             )
 
-        await self.attempts.run(decision, inputs, request, deadline, tries)
+        await self.attempts.run(decision, inputs, request, deadline, tries, sent=pin.sent)
         if tries.created is None or tries.chosen is None:
             raise tries.failure(decision, deadline)
         orphans = _orphans(tries, pin)
+        jobs = self.orphans.jobs(session_id, orphans, inputs)
         outcome = await self._finish(
             merchant,
             request,
@@ -294,9 +296,10 @@ class SessionService:
             created_at,
             expires_at,
             orphans,
+            jobs,
         )
         if orphans:
-            self.orphans.start(session_id, orphans, inputs)
+            self.orphans.start(session_id, orphans)
         return outcome
 
     async def _finish(
@@ -313,6 +316,7 @@ class SessionService:
         created_at: Any,
         expires_at: Any,
         orphans: list[OrphanSession],
+        jobs: list[OrphanJob],
     ) -> CreateOutcome:
         routing = RoutingSummary(
             selectedProvider=result.provider,
@@ -375,6 +379,7 @@ class SessionService:
             ttl_s=self.settings.session_retention_seconds,
             expires_at=expires_at.timestamp(),
             outbox=self.lifecycle.creation_outbox(record) if self.lifecycle else (),
+            orphans=jobs,
         )
         if not completed:
             log.error(
