@@ -42,6 +42,7 @@ from providers.base import (
     ProviderRejected,
     ProviderSession,
     ProviderTimeout,
+    ProviderUnavailable,
     RequestExpired,
     adapter_fault,
 )
@@ -275,6 +276,10 @@ def prefer(decision: RoutingDecision, providers: Sequence[str]) -> RoutingDecisi
 
 def _may_have_created(exc: ProviderError) -> bool:
     """Did the provider perhaps create the session before this failure? After a timeout (it
-    may answer late) or a refused key (an earlier request with it ran there): yes, perhaps. A
-    refused connection, a 5xx, a 429 or a rejection created nothing to go back for."""
+    may answer late), a refused key (an earlier request with it ran there), or an answer that
+    is a 5xx or unreadable (the provider ran the request, and may have created the session
+    before failing: Stripe says so of its 500s): yes, perhaps. A connection that failed without
+    an answer, a 429 or a rejection created nothing to go back for."""
+    if isinstance(exc, ProviderUnavailable):
+        return exc.status is not None
     return isinstance(exc, ProviderTimeout | ProviderKeyConflict)

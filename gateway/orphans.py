@@ -8,11 +8,12 @@ adapter can cancel sessions (``Capabilities.cancels_sessions``: Stripe's expire)
 as the session. The job holds the exact create sent to A under the derived key.
 
 Any gateway process works the queue (:meth:`OrphanCleanup.run`; the process that answered
-nudges it at once): it leases a due job, re-sends A the pinned create (A replays its session,
-or creates it now if the first call never arrived), expires that session and records the
-outcome on the gateway session. A failure that may pass (timeout, 5xx, 429, A still working on
-the first request) makes the job due again with exponential backoff; a crashed worker's job
-comes back when its lease ends. Final outcomes (the orphan's ``status``):
+nudges it at once): it leases a due job (postponed while the provider's circuit is open),
+re-sends A the pinned create (A replays its session, or creates it now if the first call never
+arrived), expires that session and records the outcome on the gateway session. A failure that
+may pass (timeout, 5xx, 429, A still working on the first request) makes the job due again
+with exponential backoff; a crashed worker's job comes back when its lease ends. Final
+outcomes (the orphan's ``status``):
 
 - ``expired``: expired at A, the hosted page refuses payment;
 - ``not_expirable``: A refused to expire it (no longer open: lapsed, or paid: a payment
@@ -39,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from gateway.circuit import CircuitBreakers
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import OrphanSession
 from gateway.metrics import ORPHAN_SESSIONS
@@ -113,10 +115,12 @@ class OrphanCleanup:
         backoff_s: float = 1.0,
         backoff_max_s: float = 300.0,
         clock: Callable[[], float] = time.time,
+        circuits: CircuitBreakers | None = None,
     ) -> None:
         self.store = store
         self.adapters = adapters
-        self.boundary = boundary
+        #: a provider whose circuit is open is not called; its jobs wait (backoff)
+        self.circuits = circuits
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -197,6 +201,8 @@ class OrphanCleanup:
     async def run_once(self) -> int:
         """Lease the due jobs and work each once; returns how many were leased."""
         jobs = await self.store.orphan_claim(now=self._clock(), lease_s=self.lease_s, limit=_BATCH)
+        if jobs and self.circuits is not None:
+            await self.circuits.refresh()
         for job in jobs:
             await self._work(job)
         return len(jobs)
@@ -204,8 +210,11 @@ class OrphanCleanup:
     async def _work(self, job: OrphanJob) -> None:
         adapter = self.adapters.get(job.provider)
         data = decode_input(job.request)
+        outcome: tuple[str, str | None] | None = None
         if adapter is None:
-            outcome: tuple[str, str | None] | None = ("not_expirable", None)
+            outcome = ("not_expirable", None)
+        elif self.circuits is not None and job.provider in self.circuits.unavailable():
+            pass  # the provider keeps failing: wait for its circuit, do not add to the load
         else:
             outcome = await self._attempt(adapter, data)
         if outcome is None and data.created_at and self._past_horizon(data.created_at):
