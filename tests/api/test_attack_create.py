@@ -26,7 +26,7 @@ from tests.api.test_failover import card_order, sandbox_state
 from tests.api.test_retry_after_timeout import held_by
 from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
 
-DEFINED = {201, 409, 502, 504}
+DEFINED = {201, 409, 502, 503, 504}
 
 
 @pytest.fixture
