@@ -11,6 +11,7 @@ envelope), never a 500; an acknowledged 201 is returned identically on every rep
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -186,3 +187,65 @@ async def test_a_provider_answering_key_in_use_forever_gets_409_every_time(
         assert error["details"]["providerError"] == {"provider": "stripe", "code": "key_conflict"}
     assert seen == {409: 12}
     assert sum(sandbox_state(sandbox).sessions_created.values()) == 0
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "stripe_fault",
+    [{"latencyMs": 1500}, {"processingMs": 1500}],
+    ids=["killed-before-stripe-ran-it", "killed-while-stripe-runs-it"],
+)
+async def test_sigkill_mid_create_then_racing_retries_on_another_process(
+    sandbox: Any,
+    redis_url: str,
+    redis_prefix: str,
+    processes: list[subprocess.Popen[str]],
+    http: aiohttp.ClientSession,
+    stripe_fault: dict[str, Any],
+) -> None:
+    """Process A is SIGKILLed while Stripe holds its create (before Stripe's handler ran, or
+    while it runs); 20 retries race on process B, through A's lease and after it."""
+    env = {
+        **base_env(sandbox),
+        "GATEWAY_STORE": "redis",
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+        "GATEWAY_PROVIDER_TIMEOUT_SECONDS": "4",
+        "GATEWAY_REQUEST_DEADLINE_SECONDS": "4.5",
+        "GATEWAY_IDEMPOTENCY_LEASE_SECONDS": "5",
+    }
+    ports = [free_port(), free_port()]
+    for port in ports:
+        processes.append(start_gateway(port, env))
+    for port, proc in zip(ports, processes, strict=True):
+        await wait_ready(port, proc)
+    await faults(sandbox, stripe=stripe_fault, adyen={"down": True}, paypal={"down": True})
+    key, body = "killed-race", orjson.dumps(card_order("ORD-KILLED-RACE"))
+    session_id = session_id_for("merchant-1", key)
+    url_a, url_b = (f"http://127.0.0.1:{port}/api/v1/sessions" for port in ports)
+    in_flight = asyncio.create_task(post(http, url_a, body, key))
+    await asyncio.sleep(0.7)  # A holds the claim, Stripe holds A's request
+    processes[0].send_signal(signal.SIGKILL)
+    with pytest.raises(aiohttp.ClientError):
+        await in_flight
+    statuses: Counter[int] = Counter()
+    acknowledged: set[bytes] = set()
+    for _ in range(40):  # rounds of 20 racing retries until the session is there
+        answers = await asyncio.gather(*(post(http, url_b, body, key) for _ in range(20)))
+        for status, raw, answer_headers in answers:
+            check_defined(status, raw, answer_headers)
+            statuses[status] += 1
+            if status == 201:
+                acknowledged.add(raw)
+        if acknowledged:
+            break
+        await asyncio.sleep(0.25)
+    assert len(acknowledged) == 1, statuses
+    assert orjson.loads(next(iter(acknowledged)))["sessionId"] == session_id
+    assert 500 not in statuses
+    (held,) = held_by(sandbox, "stripe", session_id)
+    status, raw, _ = await post(http, url_b, body, key)
+    assert (status, raw) == (201, next(iter(acknowledged)))
+    assert orjson.loads(raw)["checkoutUrl"].endswith(held.id)
+    assert sum(sandbox_state(sandbox).sessions_created.values()) == 1
