@@ -204,7 +204,14 @@ class OrphanCleanup:
         if jobs and self.circuits is not None:
             await self.circuits.refresh()
         for job in jobs:
-            await self._work(job)
+            try:
+                await self._work(job)
+            except StoreUnavailable:
+                raise
+            except Exception:
+                # one unreadable job must not hold up the rest of the batch
+                log.exception("orphan job failed", extra={"provider": job.provider})
+                await self._retry(job)
         return len(jobs)
 
     async def _work(self, job: OrphanJob) -> None:
@@ -220,16 +227,19 @@ class OrphanCleanup:
         if outcome is None and data.created_at and self._past_horizon(data.created_at):
             outcome = ("lapsed", None)
         if outcome is None:
-            delay = min(self.backoff_s * 2**job.attempts, self.backoff_max_s)
-            retry = OrphanJob(
-                job.id, job.session_id, job.provider, job.request, job.attempts + 1, job.lease
-            )
-            await self.store.orphan_retry(retry, due=self._clock() + delay)
+            await self._retry(job)
             return
         status, reference = outcome
         ORPHAN_SESSIONS.labels(job.provider, status).inc()
         await self._record(job.session_id, job.provider, reference, status)
         await self.store.orphan_done(job)
+
+    async def _retry(self, job: OrphanJob) -> None:
+        delay = min(self.backoff_s * 2**job.attempts, self.backoff_max_s)
+        retry = OrphanJob(
+            job.id, job.session_id, job.provider, job.request, job.attempts + 1, job.lease
+        )
+        await self.store.orphan_retry(retry, due=self._clock() + delay)
 
     def _past_horizon(self, created_at: datetime) -> bool:
         return self._clock() > (created_at + _HORIZON).timestamp()

@@ -164,3 +164,48 @@ async def test_an_orphan_whose_pinned_request_is_too_old_is_recorded_absent(
     assert sandbox_state(sandbox).sessions_created.get("stripe", 0) == 0
     assert await store.orphan_claim(now=utcnow().timestamp() + 3600, lease_s=1, limit=10) == []
     assert client is not None
+
+
+async def test_an_unreadable_orphan_job_does_not_hold_up_the_others(
+    gateway: GatewayFactory, sandbox: Any, store_factory: Any
+) -> None:
+    """A job that cannot be worked (here: its stored request does not parse) is retried later
+    on its own; the job after it in the same batch is worked at once."""
+    store = await store_factory("memory")
+    await gateway(store=store, expiry_sweep_interval_seconds=0.1)
+    session_id = session_id_for("merchant-1", "orphan-stale")
+    record = make_session(session_id).model_copy(
+        update={
+            "provider": "adyen",
+            "orphans": [OrphanSession(provider="stripe", outcome="timeout")],
+            "expiresAt": utcnow() + timedelta(hours=1),
+        }
+    )
+    poison = OrphanJob(
+        id="0-poison:stripe", session_id="0-poison", provider="stripe", request=b"not json"
+    )
+    good = OrphanJob(
+        id=f"{session_id}:stripe",
+        session_id=session_id,
+        provider="stripe",
+        request=encode_input(pinned_input(TEN_MINUTES_AGO, session_id)),
+    )
+    assert poison.id < good.id  # claimed first in the batch
+    begun = await store.begin_create(
+        "merchant-1", "orphan-stale", "fp", token="t", lease_ms=5000, order_ref=None
+    )
+    assert begun.claim.kind is ClaimKind.CLAIMED
+    completion = Completion("merchant-1", "orphan-stale", "t", StoredResponse(201, b"{}"), 60)
+    assert await store.commit_create(
+        record, completion, ttl_s=3600, expires_at=None, orphans=[poison, good]
+    )
+
+    async def settled() -> bool:
+        stored = await store.get_session(session_id)
+        return stored is not None and stored.orphans[0].status == "absent"
+
+    await until(settled, within=3)  # well inside the poisoned batch's lease (9 s)
+    # the unreadable job waits in the queue (backoff), it is not lost
+    (back,) = await store.orphan_claim(now=utcnow().timestamp() + 3600, lease_s=1, limit=10)
+    assert back.id == "0-poison:stripe"
+    assert back.attempts >= 1
