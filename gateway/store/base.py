@@ -449,10 +449,12 @@ class CreationStore(Protocol):
         outbox: Sequence[OutboxItem] = (),
         orphans: Sequence[OrphanJob] = (),
     ) -> bool:
-        """Atomically: :meth:`SessionStore.put_session`, enqueue ``orphans`` (due now) in the
-        orphan queue, point the order reservation held by the token at the session, and
-        :meth:`IdempotencyStore.complete`. False when the idempotency lease was lost (the
-        session and its orphan jobs are written regardless)."""
+        """Atomically: unless the session is stored already (an earlier attempt of the key
+        whose completion was lost: it is never overwritten), :meth:`SessionStore.put_session`
+        and enqueue ``orphans`` (due now) in the orphan queue; then point the order
+        reservation held by the token at the session, and :meth:`IdempotencyStore.complete`.
+        False when the idempotency lease was lost (the session and its orphan jobs are written
+        regardless)."""
         ...
 
 

@@ -278,10 +278,11 @@ class MemoryStore:
         orphans: Sequence[OrphanJob] = (),
     ) -> bool:
         c = completion
-        await self.put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
-        now = time.time()
-        for job in orphans:
-            self._orphans[job.id] = (now, replace(job, lease=None))
+        if self._sessions.get(record.sessionId) is None:  # never overwrite an earlier attempt's
+            await self.put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
+            now = time.time()
+            for job in orphans:
+                self._orphans[job.id] = (now, replace(job, lease=None))
         if c.order_ref is not None:
             await self.bind_order(
                 c.scope, c.order_ref, c.token, record.sessionId, ttl_s=c.order_ttl_s

@@ -102,15 +102,17 @@ return 1
 _COMMIT = (
     _ENQUEUE
     + """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
-local jobs = tonumber(ARGV[12])
-local due = 13 + 2 * jobs
-for i = 13, due - 1, 2 do
-  redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[7], ARGV[due], ARGV[i])
+-- a session an earlier attempt of the key stored is never overwritten (it may have moved on)
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
+  if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
+  local jobs = tonumber(ARGV[12])
+  local due = 13 + 2 * jobs
+  for i = 13, due - 1, 2 do
+    redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[7], ARGV[due], ARGV[i])
+  end
+  enqueue(3, due)
 end
-enqueue(3, due)
 if ARGV[10] ~= '' and redis.call('GET', KEYS[6]) == ARGV[10] then
   redis.call('SET', KEYS[6], ARGV[4], 'PX', ARGV[11])
 end
