@@ -44,7 +44,6 @@ from providers.base import (
     ProviderTimeout,
     ProviderUnavailable,
     RequestExpired,
-    adapter_fault,
 )
 
 __all__ = ["Attempts", "ProviderAttempts", "RouterLike", "no_candidate_error", "prefer"]
@@ -241,8 +240,6 @@ class ProviderAttempts:
                 tries.conflict = exc
             if _may_have_created(exc) and provider not in tries.held:
                 tries.held.append(provider)
-            if exc.retryable:
-                await self.circuits.failure(provider)
             if not isinstance(exc, FlowNotSupported | ProviderKeyConflict | RequestExpired):
                 await self.router.record_creation(provider, exc.outcome, elapsed, request)
             log.warning(

@@ -36,11 +36,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
 
-from gateway.circuit import CircuitBreakers
+from gateway.adapter_boundary import AdapterBoundary
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import OrphanSession
 from gateway.metrics import ORPHAN_SESSIONS
@@ -53,7 +54,6 @@ from providers.base import (
     ProviderRejected,
     ProviderSession,
     RequestExpired,
-    adapter_fault,
 )
 
 __all__ = ["OrphanCleanup", "decode_input", "encode_input"]
@@ -115,12 +115,13 @@ class OrphanCleanup:
         backoff_s: float = 1.0,
         backoff_max_s: float = 300.0,
         clock: Callable[[], float] = time.time,
-        circuits: CircuitBreakers | None = None,
     ) -> None:
         self.store = store
         self.adapters = adapters
-        #: a provider whose circuit is open is not called; its jobs wait (backoff)
-        self.circuits = circuits
+        #: every adapter call goes through it (typed errors, the provider's circuit); a
+        #: provider whose circuit is open is not called, its jobs wait (backoff)
+        self.boundary = boundary
+        self.circuits = boundary.circuits
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -201,7 +202,7 @@ class OrphanCleanup:
     async def run_once(self) -> int:
         """Lease the due jobs and work each once; returns how many were leased."""
         jobs = await self.store.orphan_claim(now=self._clock(), lease_s=self.lease_s, limit=_BATCH)
-        if jobs and self.circuits is not None:
+        if jobs:
             await self.circuits.refresh()
         for job in jobs:
             try:
@@ -220,7 +221,7 @@ class OrphanCleanup:
         outcome: tuple[str, str | None] | None = None
         if adapter is None:
             outcome = ("not_expirable", None)
-        elif self.circuits is not None and job.provider in self.circuits.unavailable():
+        elif job.provider in self.circuits.unavailable():
             pass  # the provider keeps failing: wait for its circuit, do not add to the load
         else:
             outcome = await self._attempt(adapter, data)
@@ -249,10 +250,12 @@ class OrphanCleanup:
     ) -> tuple[str, str | None] | None:
         """One try: the final (status, provider session id), or None to retry later."""
         context = {"session_id": data.session_id, "provider": adapter.name}
+        create = partial(adapter.create_session, data, timeout=self.timeout_s)
         try:
-            session: ProviderSession = await adapter.create_session(data, timeout=self.timeout_s)
-        except Exception as raised:  # the adapter boundary: typed here
-            exc = adapter_fault(adapter.name, raised)
+            session: ProviderSession = await self.boundary.call(
+                adapter.name, "create_session", create
+            )
+        except ProviderError as exc:
             if isinstance(exc, RequestExpired):
                 return ("absent", None)
             if isinstance(exc, ProviderKeyConflict) and not exc.in_flight:
@@ -260,10 +263,10 @@ class OrphanCleanup:
                 return ("not_expirable", None)
             _log_retry(exc, context)
             return None
+        cancel = partial(adapter.cancel_session, session.reference, timeout=self.timeout_s)
         try:
-            await adapter.cancel_session(session.reference, timeout=self.timeout_s)
-        except Exception as raised:
-            exc = adapter_fault(adapter.name, raised)
+            await self.boundary.call(adapter.name, "cancel_session", cancel)
+        except ProviderError as exc:
             if isinstance(exc, ProviderRejected):
                 log.warning(
                     "orphan provider session could not be expired (no longer open)",

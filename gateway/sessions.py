@@ -124,7 +124,10 @@ class SessionService:
         #: expiry on read and the ``payment_session.created`` notification (None: neither)
         self.lifecycle = lifecycle
         self.orphans = OrphanCleanup(
-            store, adapters, timeout_s=settings.provider_timeout_seconds, circuits=circuits
+            store,
+            adapters,
+            boundary=self.attempts.boundary,
+            timeout_s=settings.provider_timeout_seconds,
         )
         self._lease_ms = settings.idempotency_lease_seconds * 1000
         self._create_durations = RecentDurations()

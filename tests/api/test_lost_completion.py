@@ -17,16 +17,15 @@ import redis.asyncio as aioredis
 
 from gateway.idempotency import session_id_for
 from gateway.store.keys import RedisKeys
-from gateway.store.redis import RedisStore
 from tests.api.conftest import GatewayFactory, headers
 from tests.api.test_failover import card_order, sandbox_state
 
 
 @pytest.mark.redis
 async def test_a_retry_after_a_lost_completion_answers_the_acknowledged_201(
-    gateway: GatewayFactory, sandbox: Any, redis_url: str, redis_prefix: str
+    gateway: GatewayFactory, sandbox: Any, store_factory: Any, redis_url: str, redis_prefix: str
 ) -> None:
-    store = RedisStore(redis_url, redis_prefix)
+    store = await store_factory("redis")
     client = await gateway(store=store)
     body = card_order("ORD-LOST-COMPLETION")
     first = await client.post("/api/v1/sessions", json=body, headers=headers("lost"))
