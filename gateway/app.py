@@ -191,8 +191,9 @@ async def _warm_up(store: Store) -> None:
 
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
-    """The expiry sweeper (which also retries owed captures) and the notification delivery
-    worker, for the app's life; on the way out, running capture calls may finish."""
+    """The expiry sweeper (which also retries owed captures), the notification delivery
+    worker and the orphan clean-up, for the app's life; on the way out, running capture calls
+    may finish."""
     settings = app[SETTINGS]
     policy = DeliveryPolicy(
         max_attempts=settings.notification_max_attempts,
@@ -208,6 +209,10 @@ async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
         tasks = [
             asyncio.create_task(app[LIFECYCLE].run_sweeper(stop), name="expiry-sweeper"),
             asyncio.create_task(worker.run(stop), name="notification-delivery"),
+            asyncio.create_task(
+                app[SERVICES].orphans.run(stop, settings.expiry_sweep_interval_seconds),
+                name="orphan-cleanup",
+            ),
         ]
         try:
             yield

@@ -42,6 +42,8 @@ from providers.base import (
     ProviderRejected,
     ProviderSession,
     ProviderTimeout,
+    ProviderUnavailable,
+    RequestExpired,
 )
 
 __all__ = ["Attempts", "ProviderAttempts", "RouterLike", "no_candidate_error", "prefer"]
@@ -76,6 +78,8 @@ class Attempts:
     conflict: ProviderKeyConflict | None = None
     #: providers that hold, or may hold, a session for the key after their try (in order)
     held: list[str] = field(default_factory=list)
+    #: the last refusal of the pinned request as too old (the provider holds nothing for it)
+    expired: RequestExpired | None = None
 
     def may_hold(self) -> list[str]:
         """Providers other than the chosen one whose try may have left a session there."""
@@ -84,9 +88,10 @@ class Attempts:
 
     def failure(self, decision: RoutingDecision, deadline: float) -> ApiError:
         """409 when a provider refused the idempotency key (its first request may still be
-        running: the merchant's retry gets its answer); 503 when every candidate's circuit
-        refused the call; 504 when the deadline passed or
-        every try timed out; 502 otherwise."""
+        running: the merchant's retry gets its answer); 422 ``IDEMPOTENCY_KEY_EXPIRED`` when
+        every try refused the pinned request as too old (nothing is held anywhere, and a retry
+        with the key would be refused the same way); 503 when every candidate's circuit
+        refused the call; 504 when the deadline passed or every try timed out; 502 otherwise."""
         details: dict[str, Any] = {
             "decisionId": decision.decision_id,
             "attempts": [a.model_dump(mode="json") for a in self.made],
@@ -98,6 +103,14 @@ class Attempts:
                 "retry with the same key and body"
             )
             return Conflict(details=details, headers={"Retry-After": "2"})
+        if self.expired is not None and all(a.outcome == "request_expired" for a in self.made):
+            return Unprocessable(
+                "The first request with this Idempotency-Key is too old to be completed: the "
+                "providers it was sent to hold no session for it. Send the order again with a "
+                "new Idempotency-Key",
+                code="IDEMPOTENCY_KEY_EXPIRED",
+                details=details,
+            )
         if self.rejected is not None:
             details["providerError"] = {
                 "provider": self.rejected.provider,
@@ -155,9 +168,13 @@ class ProviderAttempts:
         request: CheckoutRequest,
         deadline: float,
         tries: Attempts | None = None,
+        sent: Sequence[str] = (),
     ) -> Attempts:
         """Try the candidates in rank order; ``created`` is set when one succeeded. ``tries``
-        (filled in place) lets the caller see what was sent even when this raises."""
+        (filled in place) lets the caller see what was sent even when this raises. Once a
+        provider refused the pinned request as too old, only the providers an earlier attempt
+        sent it to (``sent``: they may replay a session) are tried: any other would open a
+        session that expires at once."""
         tries = tries if tries is not None else Attempts()
         for candidate in decision.ranked:
             remaining = deadline - time.monotonic()
@@ -165,6 +182,8 @@ class ProviderAttempts:
                 tries.timed_out = True
                 break
             provider = candidate.provider
+            if tries.expired is not None and provider not in sent:
+                continue
             if tries.made:  # the previous candidate produced no session: fail over
                 failed = tries.made[-1]
                 FAILOVERS.labels(failed.provider, provider, failed.outcome).inc()
@@ -213,13 +232,15 @@ class ProviderAttempts:
             )
             if isinstance(exc, ProviderTimeout):
                 tries.timed_out = True
-            if isinstance(exc, ProviderRejected):
+            if isinstance(exc, RequestExpired):
+                tries.expired = exc
+            elif isinstance(exc, ProviderRejected):
                 tries.rejected = exc
             if isinstance(exc, ProviderKeyConflict):
                 tries.conflict = exc
             if _may_have_created(exc) and provider not in tries.held:
                 tries.held.append(provider)
-            if not isinstance(exc, FlowNotSupported | ProviderKeyConflict):
+            if not isinstance(exc, FlowNotSupported | ProviderKeyConflict | RequestExpired):
                 await self.router.record_creation(provider, exc.outcome, elapsed, request)
             log.warning(
                 "provider attempt failed", extra={"provider": provider, "outcome": exc.outcome}
@@ -252,6 +273,10 @@ def prefer(decision: RoutingDecision, providers: Sequence[str]) -> RoutingDecisi
 
 def _may_have_created(exc: ProviderError) -> bool:
     """Did the provider perhaps create the session before this failure? After a timeout (it
-    may answer late) or a refused key (an earlier request with it ran there): yes, perhaps. A
-    refused connection, a 5xx, a 429 or a rejection created nothing to go back for."""
+    may answer late), a refused key (an earlier request with it ran there), or an answer that
+    is a 5xx or unreadable (the provider ran the request, and may have created the session
+    before failing: Stripe says so of its 500s): yes, perhaps. A connection that failed without
+    an answer, a 429 or a rejection created nothing to go back for."""
+    if isinstance(exc, ProviderUnavailable):
+        return exc.status is not None
     return isinstance(exc, ProviderTimeout | ProviderKeyConflict)

@@ -152,7 +152,8 @@ IDEMPOTENCY = Counter(
 ORPHAN_SESSIONS = Counter(
     "gateway_orphan_sessions_total",
     "Provider sessions left behind by a failover: recorded, expired (cancelled at the provider), "
-    "left_open (no cancel call, or it failed), paid (a payment webhook for one).",
+    "not_expirable (the provider refused), absent (none held), lapsed (gave up after a day), "
+    "left_open (no cancel call), paid (a payment webhook for one).",
     ["provider", "event"],
 )
 

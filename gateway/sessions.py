@@ -64,6 +64,7 @@ from gateway.store.base import (
     ClaimKind,
     Completion,
     CreatePin,
+    OrphanJob,
     Store,
     StoredResponse,
     StoreUnavailable,
@@ -180,6 +181,10 @@ class SessionService:
         pin = begun.pin or proposed
         tries = Attempts()
         try:
+            if begun.resumed:
+                acknowledged = await self._acknowledged(merchant, idempotency_key, token, guarded)
+                if acknowledged is not None:
+                    return acknowledged
             if begun.order_holder is not None:
                 await self._take_over_order(
                     scope, request.orderReference, begun.order_holder, token
@@ -200,6 +205,33 @@ class SessionService:
         self._create_durations.add(elapsed)
         SESSION_CREATE_OVERHEAD.observe(max(0.0, elapsed - outcome.provider_wait_s))
         return outcome
+
+    async def _acknowledged(
+        self, merchant: Merchant, key: str, token: str, order_ref: str | None
+    ) -> CreateOutcome | None:
+        """The 201 an earlier attempt of ``key`` answered, when it stored its session but lost
+        its claim before completing the key (its lease lapsed and another retry took the key
+        over): the session exists, so this is answered from it, byte for byte what the
+        earlier attempt answered, and completes the key. None when there is no such session.
+        Only a resumed claim can be in that state: the one extra read is paid by retries only."""
+        scope = merchant.merchant_id
+        session_id = session_id_for(scope, key)
+        record = await self.store.get_session(session_id)
+        if record is None:
+            return None
+        response = StoredResponse(201, _created_body(record), f"/api/v1/sessions/{session_id}")
+        if order_ref is not None:
+            await self.store.bind_order(
+                scope, order_ref, token, session_id, ttl_s=self.settings.session_retention_seconds
+            )
+        await self.store.complete(
+            scope, key, token, response, ttl_s=self.settings.idempotency_ttl_seconds
+        )
+        log.warning(
+            "answered a create from the session an earlier attempt stored without completing",
+            extra={"session_id": session_id},
+        )
+        return CreateOutcome(201, response.body, response.location, provider=record.provider)
 
     async def _release_quietly(self, scope: str, key: str, token: str) -> None:
         try:
@@ -277,10 +309,11 @@ class SessionService:
                 created_at=created_at,
             )
 
-        await self.attempts.run(decision, inputs, request, deadline, tries)
+        await self.attempts.run(decision, inputs, request, deadline, tries, sent=pin.sent)
         if tries.created is None or tries.chosen is None:
             raise tries.failure(decision, deadline)
         orphans = _orphans(tries, pin)
+        jobs = self.orphans.jobs(session_id, orphans, inputs)
         outcome = await self._finish(
             merchant,
             request,
@@ -294,9 +327,10 @@ class SessionService:
             created_at,
             expires_at,
             orphans,
+            jobs,
         )
         if orphans:
-            self.orphans.start(session_id, orphans, inputs)
+            self.orphans.start(session_id, orphans)
         return outcome
 
     async def _finish(
@@ -313,6 +347,7 @@ class SessionService:
         created_at: Any,
         expires_at: Any,
         orphans: list[OrphanSession],
+        jobs: list[OrphanJob],
     ) -> CreateOutcome:
         routing = RoutingSummary(
             selectedProvider=result.provider,
@@ -349,16 +384,7 @@ class SessionService:
             failureUrl=request.redirectUrls.failure,
             orphans=orphans,
         )
-        body = orjson.dumps(
-            {
-                "sessionId": session_id,
-                "checkoutUrl": result.checkout_url,
-                "status": SessionStatus.PENDING.value,
-                "routing": routing.model_dump(mode="json"),
-                "expiresAt": isoformat(expires_at),
-                "createdAt": isoformat(created_at),
-            }
-        )
+        body = _created_body(record)
         location = f"/api/v1/sessions/{session_id}"
         guarded = self.settings.order_reference_guard
         completed = await self.store.commit_create(
@@ -375,6 +401,7 @@ class SessionService:
             ttl_s=self.settings.session_retention_seconds,
             expires_at=expires_at.timestamp(),
             outbox=self.lifecycle.creation_outbox(record) if self.lifecycle else (),
+            orphans=jobs,
         )
         if not completed:
             log.error(
@@ -432,6 +459,20 @@ class SessionService:
         if self.lifecycle is not None:
             record = await self.lifecycle.expire_if_due(record)
         return record
+
+
+def _created_body(record: SessionRecord) -> bytes:
+    """The 201 body of a create, a function of the stored session alone."""
+    return orjson.dumps(
+        {
+            "sessionId": record.sessionId,
+            "checkoutUrl": record.checkoutUrl,
+            "status": SessionStatus.PENDING.value,
+            "routing": record.routing.model_dump(mode="json"),
+            "expiresAt": isoformat(record.expiresAt),
+            "createdAt": isoformat(record.createdAt),
+        }
+    )
 
 
 def _orphans(tries: Attempts, pin: CreatePin) -> list[OrphanSession]:

@@ -7,7 +7,9 @@ Errors are mapped once, at the adapter boundary, from aiohttp/asyncio failures::
      ├── ProviderUnavailable          connection refused/reset, or a 5xx answer
      ├── ProviderRateLimited          429; ``retry_after`` seconds when the provider said so
      ├── ProviderRejected             4xx: the provider refused *our* request (``code``, and
-     │                                ``issue`` when the provider gives a finer reason)
+     │    │                           ``issue`` when the provider gives a finer reason)
+     │    └── RequestExpired          the pinned request is too old for the provider now; it
+     │                                holds no session for the key and never will
      ├── ProviderKeyConflict          the idempotency key is in use by a request still running
      │                                there (``in_flight``) or was used with other parameters
      ├── FlowNotSupported             the adapter cannot do what was asked
@@ -56,6 +58,7 @@ __all__ = [
     "ProviderSession",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "RequestExpired",
     "WebhookAnswer",
     "WebhookVerificationError",
     "adapter_fault",
@@ -108,8 +111,18 @@ class ProviderRejected(ProviderError):
         super().__init__(provider, message)
         self.status = status
         self.code = code
-        #: the provider's finer reason beside ``code`` (PayPal: ``details[0].issue``)
+        #: the provider's finer reason beside ``code`` (PayPal: ``details[0].issue``, Stripe:
+        #: ``error.param``)
         self.issue = issue
+
+
+class RequestExpired(ProviderRejected):
+    """The provider refuses a pinned create because time moved past what the request pins
+    (Stripe: an ``expires_at`` less than 30 minutes ahead). A refused request is not saved
+    under the idempotency key, and the first request, had it arrived later, would have been
+    refused the same way: the provider holds no session for the key and never will."""
+
+    outcome = "request_expired"
 
 
 class ProviderKeyConflict(ProviderError):

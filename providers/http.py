@@ -156,11 +156,16 @@ class ProviderHttp:
 
     @staticmethod
     def _issue(result: HttpResult) -> str | None:
-        """PayPal's finer reason of a refusal (``details[0].issue``), when the body has one."""
+        """The finer reason of a refusal, when the body has one: PayPal's ``details[0].issue``,
+        Stripe's ``error.param`` (the parameter it refused)."""
         try:
             payload = result.json()
         except orjson.JSONDecodeError:
             return None
+        err = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(err, dict):
+            param = err.get("param")
+            return param if isinstance(param, str) and param else None
         details = payload.get("details") if isinstance(payload, dict) else None
         first = details[0] if isinstance(details, list) and details else None
         issue = first.get("issue") if isinstance(first, dict) else None

@@ -35,6 +35,7 @@ from providers.base import (
     ProviderRejected,
     ProviderSession,
     ProviderUnavailable,
+    RequestExpired,
     WebhookAnswer,
     WebhookVerificationError,
 )
@@ -249,6 +250,8 @@ class StripeAdapter:
             if exc.code == "idempotency_key_in_use" or exc.code == "idempotency_error":
                 in_flight = exc.code == "idempotency_key_in_use"
                 raise ProviderKeyConflict(self.name, exc.reason, in_flight=in_flight) from exc
+            if exc.status == 400 and exc.issue == "expires_at":
+                raise RequestExpired(self.name, exc.reason, exc.status, exc.code) from exc
             raise
         payload = self._object(result.body, result.status)
         session_id, url = payload.get("id"), payload.get("url")

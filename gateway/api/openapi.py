@@ -172,7 +172,8 @@ _DESCRIPTIONS = {
     413: "Body too large",
     415: "Content-Type is not application/json",
     408: "The request was not received within the read timeouts (the connection is closed)",
-    422: "IDEMPOTENCY_KEY_MISMATCH, or NO_AVAILABLE_PROVIDER: no provider could ever take it",
+    422: "IDEMPOTENCY_KEY_MISMATCH, NO_AVAILABLE_PROVIDER (no provider could ever take it), "
+    "or IDEMPOTENCY_KEY_EXPIRED (the key's pinned request is too old: use a new key)",
     429: "Over a rate limit: retry after Retry-After seconds",
     500: "Internal server error",
     502: "Every provider failed",

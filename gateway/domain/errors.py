@@ -14,7 +14,8 @@ Every error body carries the keys and values the seed shows for its status, plus
      ├── PayloadTooLarge       413
      ├── UnsupportedMediaType  415
      ├── ExpectationFailed     417  an ``Expect`` other than 100-continue
-     ├── Unprocessable         422  code: IDEMPOTENCY_KEY_MISMATCH | NO_AVAILABLE_PROVIDER | ...
+     ├── Unprocessable         422  code: IDEMPOTENCY_KEY_MISMATCH | NO_AVAILABLE_PROVIDER |
+     │                              IDEMPOTENCY_KEY_EXPIRED
  ├── TooManyRequests       429  a rate limit; Retry-After says when to come back
      ├── InternalError         500
      ├── BadGateway            502  every provider failed

@@ -72,7 +72,9 @@ class OrphanSession(_Record):
     """A session a provider may hold for this gateway session's key that the customer must
     never pay: a try there failed ambiguously (timeout, 5xx, a refused key) and the session
     was created elsewhere. status: open (held or possibly held, not cancellable, or not
-    cancelled yet) or expired (expired at the provider: it can no longer be paid)."""
+    cancelled yet), expired (expired at the provider: it can no longer be paid), not_expirable
+    (the provider refused to expire it: no longer open), absent (the provider holds none and
+    never will), lapsed (not expired within a day; it can no longer be paid)."""
 
     provider: str
     providerSessionId: str | None = None

@@ -29,6 +29,8 @@ __all__ = [
     "IdempotencyStore",
     "LifecycleStore",
     "OrderGuardStore",
+    "OrphanJob",
+    "OrphanQueueStore",
     "OutboxItem",
     "OutboxStore",
     "SessionStore",
@@ -251,6 +253,67 @@ class OutboxStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class OrphanJob:
+    """One orphan provider session to make unpayable, waiting in the durable orphan queue.
+
+    ``request`` is the exact create the gateway sent the provider under the derived key
+    (:mod:`gateway.orphans` encodes and decodes it): re-sent, the provider replays the session
+    it holds for the key. ``id`` is ``<session id>:<provider>``. ``lease`` is set on the copies
+    :meth:`OrphanQueueStore.orphan_claim` hands out: only its holder can finish the job.
+    """
+
+    id: str
+    session_id: str
+    provider: str
+    request: bytes
+    attempts: int = 0
+    lease: str | None = None
+
+    def to_json(self) -> bytes:
+        """The stored form (without the lease)."""
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "session": self.session_id,
+                "provider": self.provider,
+                "request": self.request.decode(),
+                "attempts": self.attempts,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, lease: str | None = None) -> OrphanJob:
+        data = orjson.loads(raw)
+        return cls(
+            id=str(data["id"]),
+            session_id=str(data["session"]),
+            provider=str(data["provider"]),
+            request=str(data["request"]).encode(),
+            attempts=int(data["attempts"]),
+            lease=lease,
+        )
+
+
+class OrphanQueueStore(Protocol):
+    """The durable queue of orphan provider sessions to expire: leased, retried by any
+    process. Jobs are enqueued by :meth:`CreationStore.commit_create`, with their session."""
+
+    async def orphan_claim(self, *, now: float, lease_s: float, limit: int) -> list[OrphanJob]:
+        """Up to ``limit`` due jobs, each leased for ``lease_s`` (a crashed holder's job comes
+        back when its lease ends)."""
+        ...
+
+    async def orphan_retry(self, job: OrphanJob, *, due: float) -> bool:
+        """Store ``job`` (its new attempt count) and make it due at ``due``, if ``job.lease``
+        still holds it."""
+        ...
+
+    async def orphan_done(self, job: OrphanJob) -> bool:
+        """Remove the finished ``job`` if ``job.lease`` still holds it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class CircuitState:
     """One provider's circuit as every gateway process sees it.
 
@@ -384,10 +447,14 @@ class CreationStore(Protocol):
         ttl_s: int,
         expires_at: float | None,
         outbox: Sequence[OutboxItem] = (),
+        orphans: Sequence[OrphanJob] = (),
     ) -> bool:
-        """Atomically: :meth:`SessionStore.put_session`, point the order reservation held by
-        the token at the session, and :meth:`IdempotencyStore.complete`. False when the
-        idempotency lease was lost (the session is written regardless)."""
+        """Atomically: unless the session is stored already (an earlier attempt of the key
+        whose completion was lost: it is never overwritten), :meth:`SessionStore.put_session`
+        and enqueue ``orphans`` (due now) in the orphan queue; then point the order
+        reservation held by the token at the session, and :meth:`IdempotencyStore.complete`.
+        False when the idempotency lease was lost (the session and its orphan jobs are written
+        regardless)."""
         ...
 
 
@@ -398,6 +465,7 @@ class Store(
     CreationStore,
     LifecycleStore,
     OutboxStore,
+    OrphanQueueStore,
     CircuitStore,
     Protocol,
 ):

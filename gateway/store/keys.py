@@ -19,16 +19,22 @@ share one Redis database without touching each other's keys. Layout::
     {root}outbox:dead                        zset    dead-lettered ids by time of death
     {root}outbox:dead_items                  hash    id -> dead-lettered notification JSON
     {root}ratelimit:{limit}:{subject}        hash    token bucket (tokens, last refill), ttl: refill
+    {root}{{orphans}}:due                    zset    orphan job ids by due time (or lease end)
+    {root}{{orphans}}:items                  hash    id -> orphan job JSON (the create to re-send)
+    {root}{{orphans}}:leases                 hash    id -> claim token of the process holding it
 
 Every variable part is escaped (``%``, ``:``, ``{``, ``}`` become ``%25``, ``%3A``, ``%7B``,
 ``%7D``), so ``scope="a:b", key="c"`` and ``scope="a", key="b:c"`` can never collide. The
 circuit keys of one provider share a ``{hash tag}`` so a Lua script touching all three stays
 within one Redis Cluster slot.
 
-Every key carries a TTL except the durable queues (``expiry``, ``outbox:*``): their entries are
-removed when handled, and the dead letters are capped in number. A session update enqueues its
-notifications in the same Lua script, so those scripts need the session and the outbox on one
-Redis node (a single primary, with replicas or Sentinel; not Redis Cluster).
+The orphan queue's keys share a ``{hash tag}``, so its claim and finish scripts touch one slot.
+
+Every key carries a TTL except the durable queues (``expiry``, ``outbox:*``, ``{orphans}:*``):
+their entries are removed when handled, and the dead letters are capped in number. A session
+update enqueues its notifications (a create: also its orphan jobs) in the same Lua script, so
+those scripts need the session and the queues on one Redis node (a single primary, with replicas
+or Sentinel; not Redis Cluster).
 
 :data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
 window (memory and Redis stores share it so both forget a circuit at the same moment).
@@ -44,6 +50,7 @@ __all__ = [
     "EXPIRY",
     "IDEMPOTENCY",
     "ORDER",
+    "ORPHANS",
     "OUTBOX",
     "RATE_LIMIT",
     "ROUTING_STATS",
@@ -62,6 +69,7 @@ WEBHOOK_DEDUP = "webhook:"
 OUTBOX = "outbox"
 EXPIRY = "expiry"
 RATE_LIMIT = "ratelimit:"
+ORPHANS = "{orphans}"
 
 #: How long a circuit's keys live past the end of its window / open period when nothing
 #: touches them. A half-open circuit nobody probes for this long is forgotten (reads closed).
@@ -149,6 +157,18 @@ class RedisKeys:
     def outbox_dead_items(self) -> str:
         """Dead-lettered notification payloads by id."""
         return self.outbox() + ":dead_items"
+
+    def orphans_due(self) -> str:
+        """Orphan job ids scored by when they are due (or when their lease ends)."""
+        return f"{self.root}{ORPHANS}:due"
+
+    def orphans_items(self) -> str:
+        """Orphan jobs by id."""
+        return f"{self.root}{ORPHANS}:items"
+
+    def orphans_leases(self) -> str:
+        """The claim token of each orphan job a process is working on."""
+        return f"{self.root}{ORPHANS}:leases"
 
     def expiry_index(self) -> str:
         """Expirable session ids scored by ``expiresAt`` (epoch seconds)."""

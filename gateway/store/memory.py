@@ -16,6 +16,7 @@ from gateway.store.base import (
     ClaimKind,
     Completion,
     CreatePin,
+    OrphanJob,
     OutboxItem,
     StoredResponse,
 )
@@ -109,6 +110,8 @@ class MemoryStore:
         self._outbox_due: dict[str, float] = {}
         self._outbox_items: dict[str, OutboxItem] = {}
         self._outbox_leases: dict[str, str] = {}
+        self._orphans: dict[str, tuple[float, OrphanJob]] = {}
+        self._orphan_leases: dict[str, str] = {}
         self._dead: dict[str, tuple[float, OutboxItem]] = {}
 
     async def ping(self) -> None:
@@ -272,9 +275,14 @@ class MemoryStore:
         ttl_s: int,
         expires_at: float | None,
         outbox: Sequence[OutboxItem] = (),
+        orphans: Sequence[OrphanJob] = (),
     ) -> bool:
         c = completion
-        await self.put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
+        if self._sessions.get(record.sessionId) is None:  # never overwrite an earlier attempt's
+            await self.put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
+            now = time.time()
+            for job in orphans:
+                self._orphans[job.id] = (now, replace(job, lease=None))
         if c.order_ref is not None:
             await self.bind_order(
                 c.scope, c.order_ref, c.token, record.sessionId, ttl_s=c.order_ttl_s
@@ -369,6 +377,35 @@ class MemoryStore:
             oldest = sorted(self._dead, key=lambda i: self._dead[i][0])
             for item_id in oldest[: len(self._dead) - keep]:
                 del self._dead[item_id]
+        return True
+
+    # orphan queue
+    async def orphan_claim(self, *, now: float, lease_s: float, limit: int) -> list[OrphanJob]:
+        due = sorted((at, i) for i, (at, _) in self._orphans.items() if at <= now)[:limit]
+        claimed: list[OrphanJob] = []
+        for _, job_id in due:
+            token = uuid.uuid4().hex
+            job = self._orphans[job_id][1]
+            self._orphans[job_id] = (now + lease_s, job)
+            self._orphan_leases[job_id] = token
+            claimed.append(replace(job, lease=token))
+        return claimed
+
+    def _holds_orphan(self, job: OrphanJob) -> bool:
+        return job.lease is not None and self._orphan_leases.get(job.id) == job.lease
+
+    async def orphan_retry(self, job: OrphanJob, *, due: float) -> bool:
+        if not self._holds_orphan(job):
+            return False
+        del self._orphan_leases[job.id]
+        self._orphans[job.id] = (due, replace(job, lease=None))
+        return True
+
+    async def orphan_done(self, job: OrphanJob) -> bool:
+        if not self._holds_orphan(job):
+            return False
+        del self._orphan_leases[job.id]
+        del self._orphans[job.id]
         return True
 
     async def outbox_backlog(self) -> int:

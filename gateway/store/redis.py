@@ -31,6 +31,7 @@ from gateway.store.keys import RedisKeys, circuit_ttl_s
 from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
 from gateway.store.redis_create import RedisCreate
 from gateway.store.redis_lifecycle import RedisLifecycle
+from gateway.store.redis_orphans import RedisOrphans
 from gateway.store.redis_support import _mapped, _ms, _text
 
 __all__ = ["RedisStore"]
@@ -147,7 +148,7 @@ def _circuit(reply: list[Any]) -> CircuitState:
     return CircuitState(_text(state), int(failures), until)
 
 
-class RedisStore(RedisLifecycle, RedisCreate):
+class RedisStore(RedisLifecycle, RedisCreate, RedisOrphans):
     """The :class:`~gateway.store.base.Store` on Redis (``redis.asyncio`` with hiredis).
 
     ``url`` is a redis URL (``redis://host:port/db``, ``rediss://`` for TLS); ``prefix`` is the
@@ -188,6 +189,7 @@ class RedisStore(RedisLifecycle, RedisCreate):
         self._circuit_probe = client.register_script(_CIRCUIT_PROBE)
         self._register_lifecycle_scripts(client)
         self._register_create_scripts(client)
+        self._register_orphan_scripts(client)
 
     async def warm_up(self) -> int:
         """Open the configured number of pooled connections now (best effort); how many."""

@@ -1,9 +1,9 @@
 """The create path of :class:`gateway.store.redis.RedisStore` in two round trips.
 
 ``begin_create`` claims the Idempotency-Key and reserves the order reference in one script;
-``commit_create`` writes the session (with its expiry index entry and notifications), points the
-order reservation at it and completes the key in one script. Between them is only the provider
-call, so a create costs two Redis round trips however many records it touches.
+``commit_create`` writes the session (with its expiry index entry, notifications and orphan
+jobs), points the order reservation at it and completes the key in one script. Between them is
+only the provider call, so a create costs two Redis round trips however many records it touches.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gateway.store.base import (
     ClaimKind,
     Completion,
     CreatePin,
+    OrphanJob,
     OutboxItem,
     StoredResponse,
 )
@@ -92,16 +93,26 @@ redis.call('HSET', KEYS[1], 'sent', sent)
 return 1
 """
 
-# KEYS session, expiry index, outbox due, outbox items, idempotency record, order reservation
+# KEYS session, expiry index, outbox due, outbox items, idempotency record, order reservation,
+# orphan due, orphan items
 # ARGV 1 payload, 2 ttl_ms, 3 expiry_at ('' for none), 4 session id, 5 token, 6 status, 7 body,
 # 8 idempotency ttl_ms, 9 location (''), 10 reservation value ('' when none), 11 order ttl_ms,
-# 12 outbox due, then id/json pairs
+# 12 number of orphan jobs n, then n id/json pairs, then the due time (of the jobs and the
+# notifications), then the notifications' id/json pairs
 _COMMIT = (
     _ENQUEUE
     + """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
-enqueue(3, 12)
+-- a session an earlier attempt of the key stored is never overwritten (it may have moved on)
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
+  if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
+  local jobs = tonumber(ARGV[12])
+  local due = 13 + 2 * jobs
+  for i = 13, due - 1, 2 do
+    redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[7], ARGV[due], ARGV[i])
+  end
+  enqueue(3, due)
+end
 if ARGV[10] ~= '' and redis.call('GET', KEYS[6]) == ARGV[10] then
   redis.call('SET', KEYS[6], ARGV[4], 'PX', ARGV[11])
 end
@@ -183,8 +194,10 @@ class RedisCreate:
         ttl_s: int,
         expires_at: float | None,
         outbox: Sequence[OutboxItem] = (),
+        orphans: Sequence[OrphanJob] = (),
     ) -> bool:
-        """Write the session, bind the order and complete the key in one round trip."""
+        """Write the session, enqueue its orphan jobs, bind the order and complete the key in
+        one round trip."""
         c = completion
         order_key = (
             self.keys.order(c.scope, c.order_ref)
@@ -198,6 +211,8 @@ class RedisCreate:
             self.keys.outbox_items(),
             self.keys.idempotency(c.scope, c.key),
             order_key,
+            self.keys.orphans_due(),
+            self.keys.orphans_items(),
         ]
         args: list[str | int | bytes] = [
             record.model_dump_json().encode(),
@@ -211,6 +226,8 @@ class RedisCreate:
             c.response.location or "",
             _CLAIM_PREFIX + c.token if c.order_ref is not None else "",
             _ms(max(1, c.order_ttl_s)),
+            len(orphans),
+            *[part for job in orphans for part in (job.id, job.to_json())],
             *RedisLifecycle._enqueue_args(outbox),
         ]
         with _mapped("commit_create"):

@@ -188,7 +188,11 @@ async def test_failovers_provider_errors_and_the_circuit_gauge(
         )
         assert answer.status == 201
     # two failures open the circuit; the third order goes to the second provider directly
-    assert delta.changed() == [2, 2, 3]
+    failovers, server_errors, created = delta.changed()
+    assert (failovers, created) == (2, 3)
+    # the two 500s may have created sessions there (orphans): the clean-up may re-send one of
+    # the creates before the circuit opens, never after
+    assert 2 <= server_errors <= 4
     assert sample("gateway_circuit_state", provider=first) == 2
     assert sample("gateway_circuit_state", provider=second) == 0
 

@@ -165,3 +165,20 @@ async def test_a_release_forgets_the_pin(store: Store) -> None:
     fresh = await pinned(store, "t2", fp="fp-other")
     assert fresh.claim.kind is ClaimKind.CLAIMED
     assert (fresh.pin, fresh.resumed) == (OTHER_PIN, False)
+
+
+async def test_commit_never_overwrites_a_session_an_earlier_attempt_stored(store: Store) -> None:
+    """The first holder stored the session but lost its claim; the next holder's commit must
+    not overwrite it (it may have moved on meanwhile) and still completes the key."""
+    await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref=None)
+    await store.release("m1", "k1", "t1")
+    first = make_session("s_1")
+    assert not await store.commit_create(first, completion("t1", None), ttl_s=60, expires_at=None)
+    moved = first.model_copy(update={"version": first.version + 1, "paymentId": "pi_1"})
+    assert await store.update_session(moved, expected_version=first.version)
+    await store.begin_create("m1", "k1", FP, token="t2", lease_ms=5000, order_ref=None)
+    again = make_session("s_1").model_copy(update={"providerSessionId": "cs_other"})
+    assert await store.commit_create(again, completion("t2", None), ttl_s=60, expires_at=None)
+    assert await store.get_session("s_1") == moved
+    replay = await store.begin_create("m1", "k1", FP, token="t3", lease_ms=5000, order_ref=None)
+    assert replay.claim.kind is ClaimKind.REPLAY
