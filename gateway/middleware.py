@@ -103,11 +103,20 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             "store unavailable", extra={"request_id": request_id, "errors": str(exc)[:300]}
         )
         response = error_response(ServiceUnavailable(), request_id)
+    except web.RequestPayloadError:
+        # the body's framing or Content-Encoding did not decode (aiohttp's body parser)
+        response = error_response(BadRequest("Malformed request body"), request_id)
     except asyncio.CancelledError:
         raise
-    except Exception:
-        errors_log.exception("unhandled error", extra={"request_id": request_id})
-        response = error_response(InternalError(), request_id)
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and request.transport is None:
+            # the client closed its connection before sending the whole body: nobody reads
+            # this answer, it is counted and logged as the client's doing, not ours
+            request[LOG_CONTEXT]["cause"] = "client_disconnected"
+            response = error_response(BadRequest("Request body incomplete"), request_id)
+        else:
+            errors_log.exception("unhandled error", extra={"request_id": request_id})
+            response = error_response(InternalError(), request_id)
     response.headers["X-Request-ID"] = request_id
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"

@@ -4,7 +4,9 @@ aiohttp answers some requests before any middleware runs: those its parser refus
 method, an oversized request line or header, broken framing), as ``text/plain`` quoting the
 offending bytes which it also logs on ``aiohttp.server``; an ``Expect`` other than
 100-continue, as text echoing the header; and a request it parsed but cannot represent
-(``CONNECT`` with an empty target), with no answer at all. aiohttp has no public hook for
+(``CONNECT`` with an empty target), with no answer at all; and a body whose framing or
+``Content-Encoding`` breaks after the handler started reading it, with a handler waiting on it
+until the client leaves. aiohttp has no public hook for
 these (aio-libs/aiohttp#3287), so :class:`GatewayRunner` builds the server from
 :class:`EnvelopeRequestHandler` and wraps the app's handler and request factory: every such
 answer is the API's error envelope with an ``X-Request-ID``, logged by its kind, never its
@@ -19,6 +21,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import http_exceptions, web
 from aiohttp.abc import AbstractStreamWriter
@@ -61,6 +64,7 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (http_exceptions.BadStatusLine, "Malformed request line"),
     (http_exceptions.InvalidURLError, "Malformed request target"),
     (http_exceptions.InvalidHeader, "Malformed header"),
+    (http_exceptions.ContentEncodingError, "Malformed request body"),
 )
 
 
@@ -90,6 +94,25 @@ class EnvelopeRequestHandler(web.RequestHandler):
 
     __slots__ = ()
 
+    def data_received(self, data: bytes) -> None:
+        """aiohttp's, plus: a parser failure in the middle of a body already handed to a
+        handler fails that body. aiohttp only queues the failure as a next message, so the
+        handler (a broken chunk, a deflate body that ends early) would wait on the body for
+        as long as the client keeps the connection open, past every read deadline."""
+        queued = len(self._messages)
+        reading = [payload for _, payload in self._messages]
+        if self._current_request is not None:
+            reading.append(self._current_request.content)
+        super().data_received(data)
+        failed = any(
+            not isinstance(message, RawRequestMessage)
+            for message, _ in list(self._messages)[queued:]
+        )
+        if failed:
+            for payload in reading:
+                if not payload.is_eof() and payload.exception() is None:
+                    payload.set_exception(web.RequestPayloadError("Malformed request body"))
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -105,6 +128,15 @@ class EnvelopeRequestHandler(web.RequestHandler):
         response = _answer(protocol_error(status, exc), os.urandom(16).hex(), reason, exc)
         response.force_close()
         return response
+
+    def log_exception(self, *args: object, **kwargs: Any) -> None:
+        """aiohttp's log of a failure outside any handler; a body that fails to decode while
+        aiohttp drains it after the answer (a handler that did not read it) is the client's
+        fault: one info line, no traceback."""
+        if isinstance(kwargs.get("exc_info"), web.RequestPayloadError):
+            log.info("request body left unread was malformed", extra={"reason": "body"})
+            return
+        super().log_exception(*args, **kwargs)
 
 
 def _answer(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-__all__ = ["RawResponse", "exchange", "request_bytes"]
+__all__ = ["RawResponse", "exchange", "read_answer", "request_bytes"]
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,15 @@ async def exchange(host: str, port: int, raw: bytes, timeout: float = 5.0) -> Ra
         # the server may answer and close before reading everything: the answer is still there
         with contextlib.suppress(ConnectionError):
             await writer.drain()
-        return await asyncio.wait_for(_read_answer(reader), timeout)
+        return await asyncio.wait_for(read_answer(reader), timeout)
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> RawResponse:
+async def read_answer(reader: asyncio.StreamReader) -> RawResponse:
+    """The first final answer on ``reader`` (interim 1xx answers skipped)."""
     while True:
         head = await reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")

@@ -4,6 +4,7 @@ the bytes of a header the HTTP parser refused."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -12,7 +13,7 @@ import orjson
 import pytest
 
 from tests.api.conftest import SEED_BYTES, GatewayFactory, token
-from tests.rawhttp import RawResponse, exchange, request_bytes
+from tests.rawhttp import RawResponse, exchange, read_answer, request_bytes
 
 JSON = (b"Content-Type", b"application/json")
 BAD_METHOD = "Malformed request line: unknown method"
@@ -186,3 +187,75 @@ async def test_expect_100_continue_still_works(gateway: GatewayFactory) -> None:
     answer = await send(client, request_bytes(b"POST", b"/api/v1/webhooks/stripe", hdrs, b"{}"))
     body = assert_envelope(answer, 400)  # past the expectation, to the webhook's own check
     assert body["message"] == "Webhook verification failed"
+
+
+async def send_split(client: Any, raw: bytes) -> RawResponse:
+    """``raw`` with its body sent after the head has been parsed (the handler reads it)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(head + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(body)
+        await writer.drain()
+        return await asyncio.wait_for(read_answer(reader), 5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-packet", "body-later"])
+@pytest.mark.parametrize("encoding", [b"deflate", b"gzip"])
+@pytest.mark.parametrize("path", [b"/api/v1/webhooks/stripe", b"/api/v1/webhooks/adyen"])
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(
+    gateway: GatewayFactory,
+    caplog: pytest.LogCaptureFixture,
+    encoding: bytes,
+    path: bytes,
+    split: bool,
+) -> None:
+    client = await gateway()
+    hdrs = [(b"Content-Encoding", encoding), (b"Stripe-Signature", b"t=1,v1=ab"), JSON]
+    raw = request_bytes(b"POST", path, hdrs, b"not compressed at all")
+    answer = await (send_split(client, raw) if split else send(client, raw))
+    body = assert_envelope(answer, 400)
+    assert body["message"] == "Malformed request body"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-packet", "body-later"])
+@pytest.mark.parametrize("bearer", [f"Bearer {token()}".encode(), b"Bearer x"], ids=["ok", "bad"])
+async def test_a_create_whose_body_does_not_decode_is_400_or_refused_first(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture, split: bool, bearer: bytes
+) -> None:
+    client = await gateway()
+    hdrs = [(b"Authorization", bearer), JSON, (b"Idempotency-Key", b"k-deflate")]
+    hdrs.append((b"Content-Encoding", b"deflate"))
+    raw = request_bytes(b"POST", b"/api/v1/sessions", hdrs, b"\x00\x01\x02")
+    answer = await (send_split(client, raw) if split else send(client, raw))
+    if bearer == b"Bearer x" and split:
+        # refused before the body is read; aiohttp then drains the body, which fails to decode
+        assert_envelope(answer, 401)
+        await asyncio.sleep(0.2)
+    else:
+        assert assert_envelope(answer, 400)["message"] == "Malformed request body"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [b"2\r\n{}\r\nzz\r\n", b"2\r\n{}\r\n2\r\n{}XX"],
+    ids=["bad-chunk-size", "chunk-overrun"],
+)
+async def test_a_chunked_body_broken_after_the_handler_started_reading_is_400_at_once(
+    gateway: GatewayFactory, rest: bytes
+) -> None:
+    # aiohttp queued the parser's failure behind the request and the handler waited on its
+    # body for as long as the client kept the connection open, past every read deadline
+    client = await gateway()
+    head = (
+        b"POST /api/v1/webhooks/stripe HTTP/1.1\r\nHost: g\r\nStripe-Signature: t=1,v1=ab\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    answer = await send_split(client, head + rest)
+    assert assert_envelope(answer, 400)["message"] == "Malformed request body"

@@ -164,3 +164,33 @@ async def test_many_trickling_clients_do_not_keep_the_gateway_from_answering(
     finally:
         for _, writer in opened:
             writer.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_client_leaving_mid_body_is_its_fault_not_a_server_error(sandbox: object) -> None:
+    port = free_port()
+    proc = start_gateway(port, {**base_env(sandbox), "GATEWAY_LOG_LEVEL": "INFO"})
+    try:
+        await wait_ready(port, proc)
+        for _ in range(3):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/v1/webhooks/stripe HTTP/1.1\r\nHost: g\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.close()  # gone with 99 bytes of the body unsent
+        await asyncio.sleep(0.5)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as answer,
+        ):
+            metrics = await answer.text()
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert re.search(r'^gateway_http_requests_total\{.*status="400"', metrics, re.M)
+    assert 'status="500"' not in metrics
+    assert "unhandled error" not in stderr
+    assert stderr.count('"cause":"client_disconnected"') == 3
