@@ -88,6 +88,10 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     started = time.perf_counter()
     response: web.StreamResponse
     try:
+        declared = request.content_length
+        if declared is not None and declared > request.client_max_size:
+            # refused before reading: the client may be holding back a body it cannot send
+            raise PayloadTooLarge()
         response = await handler(request)
     except ApiError as exc:
         if exc.status == 503:

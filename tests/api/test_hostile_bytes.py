@@ -259,3 +259,16 @@ async def test_a_chunked_body_broken_after_the_handler_started_reading_is_400_at
     )
     answer = await send_split(client, head + rest)
     assert assert_envelope(answer, 400)["message"] == "Malformed request body"
+
+
+@pytest.mark.parametrize("path", [b"/api/v1/webhooks/stripe", b"/api/v1/sessions"])
+async def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(
+    gateway: GatewayFactory, path: bytes
+) -> None:
+    client = await gateway()
+    raw = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000000\r\n\r\n{}"
+    )
+    body = assert_envelope(await send(client, raw), 413)
+    assert body["message"] == "Request body too large"
