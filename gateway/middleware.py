@@ -106,7 +106,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         errors_log.error(
             "store unavailable", extra={"request_id": request_id, "errors": str(exc)[:300]}
         )
-        response = error_response(ServiceUnavailable(), request_id)
+        response = error_response(ServiceUnavailable.store_down(), request_id)
     except web.RequestPayloadError:
         # the body's framing or Content-Encoding did not decode (aiohttp's body parser)
         response = error_response(BadRequest("Malformed request body"), request_id)

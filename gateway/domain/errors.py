@@ -178,6 +178,11 @@ class ServiceUnavailable(ApiError):
     message = "The service is temporarily unavailable. Please try again later"
 
     @classmethod
+    def store_down(cls) -> ServiceUnavailable:
+        """The gateway's store cannot be reached: nothing was done, retry shortly."""
+        return cls(headers={"Retry-After": "1"})
+
+    @classmethod
     def providers_down(cls, details: Any, retry_after_s: int) -> ServiceUnavailable:
         """Every provider that could take the request is down (circuit open) right now."""
         return cls(

@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from gateway.routing.stats import (
     Counters,
     MemoryStatsStore,
@@ -116,9 +118,9 @@ class OutcomeFeed:
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
-        except Exception:  # a stats failure must never surface in a checkout
+        except Exception as exc:  # a stats failure must never surface in a checkout
             self._counters["stats_write_failed"] += 1
-            log.warning("routing statistics write failed", exc_info=True)
+            _log_failure("routing statistics write failed", exc)
 
     async def flush(self) -> None:
         """Write the current batch now and wait for the writes in flight."""
@@ -133,9 +135,9 @@ class OutcomeFeed:
         now = self._clock()
         try:
             raw = await self.store.load(providers=providers, now=now, half_life_s=half_life_s)
-        except Exception:
+        except Exception as exc:
             self._counters["stats_refresh_failed"] += 1
-            log.warning("routing statistics refresh failed", exc_info=True)
+            _log_failure("routing statistics refresh failed", exc)
             return self.snapshot
         self.snapshot = StatsSnapshot.of(raw, now)
         return self.snapshot
@@ -145,3 +147,14 @@ class OutcomeFeed:
         await self.flush()
         if self._owns:
             await self.store.close()
+
+
+def _log_failure(message: str, exc: Exception) -> None:
+    """One line for a store outage (it repeats every batch while it lasts); the traceback only
+    for anything else, which is a bug."""
+    outage = isinstance(exc, RedisError | OSError)
+    log.warning(
+        message,
+        extra={"exception_type": type(exc).__name__},
+        exc_info=None if outage else exc,
+    )

@@ -101,6 +101,7 @@ async def test_a_503_for_an_unreachable_store_names_its_cause_in_the_log(
             "/api/v1/sessions", json=_wallet_order("ORD-S-1"), headers=headers("s-1")
         )
         assert answer.status == 503
+        assert answer.headers["Retry-After"] == "1"
         access = [r for r in caplog.records if r.name == "gateway.access"]
         assert [getattr(r, "cause", None) for r in access] == ["store_unavailable"]
         errors = [r for r in caplog.records if r.name == "gateway.errors"]
