@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,14 @@ def seed(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(json.dumps(SEED))
     body.update(changes)
     return body
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Gateway processes a test starts (append them); each is killed and reaped afterwards."""
+    from tests.gateway_processes import stop_process
+
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        stop_process(proc)

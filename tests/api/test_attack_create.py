@@ -14,7 +14,7 @@ import asyncio
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,17 +25,9 @@ from gateway.idempotency import session_id_for
 from tests.api.conftest import headers
 from tests.api.test_failover import card_order, sandbox_state
 from tests.api.test_retry_after_timeout import held_by
-from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 
 DEFINED = {201, 409, 502, 503, 504}
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 @pytest.fixture

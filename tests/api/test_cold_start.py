@@ -5,24 +5,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.api.conftest import SEED_BYTES, headers
-from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 
 BURST = 200
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 @pytest.mark.redis

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers
-from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 
 #: (raw JSON number, currency, the total as rendered, or None when refused with a 400)
 CASES: list[tuple[str, str, str | None]] = [
@@ -132,14 +131,6 @@ async def test_a_duplicate_key_is_refused_never_first_or_last_wins(
         problem = await answer.json()
         envelope(problem, 400)
         assert "duplicate key" in problem["message"][0]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 @pytest.mark.redis

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -26,15 +25,7 @@ from gateway.store.redis import RedisStore
 from tests.api.conftest import headers
 from tests.api.test_failover import card_order, sandbox_state
 from tests.api.test_retry_after_timeout import held_by, until
-from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_process(proc)
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 
 
 @pytest.mark.redis

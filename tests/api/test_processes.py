@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,8 @@ from tests.gateway_processes import (
     base_env,
     free_port,
     start_gateway,
-    stop_process,
     wait_ready,
 )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 @pytest.mark.timeout(90)

@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from gateway.notifications.merchants import load_merchants
 from gateway.ratelimit import MemoryTokenBuckets, RateLimit, RedisTokenBuckets
 from gateway.store.keys import RedisKeys
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers
-from tests.gateway_processes import base_env, free_port, start_gateway, stop_process, wait_ready
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 
 MERCHANTS_YAML = """
 defaults:
@@ -34,14 +33,6 @@ def merchants_file(tmp_path: Path) -> Path:
     path = tmp_path / "merchants.yaml"
     path.write_text(MERCHANTS_YAML)
     return path
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 @pytest.mark.redis
