@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ from gateway.appkeys import (
     STORE,
 )
 from gateway.auth import Authenticator
+from gateway.background import drain
 from gateway.circuit import CircuitBreakers, CircuitPolicy
 from gateway.lifecycle import LifecycleService
 from gateway.metrics import configure_merchant_labels
@@ -220,9 +220,4 @@ async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
             # let a round in progress finish (never cut a store call in half), then stop
             stop.set()
             await app[LIFECYCLE].completions.close(settings.provider_timeout_seconds)
-            _, late = await asyncio.wait(tasks, timeout=policy.timeout_s + 5)
-            for task in late:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await drain(tasks, policy.timeout_s + 5)

@@ -37,12 +37,12 @@ final) records nothing and is never captured: the payer's approval lapses at Pay
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.background import drain
 from gateway.domain.lifecycle import can_move
 from gateway.domain.session import AmountMismatch, SessionRecord, SessionStatus
 from gateway.reconciliation import mismatch
@@ -217,15 +217,7 @@ class Completions:
     async def close(self, timeout: float) -> None:
         """Let running calls finish for up to ``timeout`` seconds, then cancel the rest (the
         sweeper of whichever process runs next retries them)."""
-        tasks = list(self._tasks)
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=timeout)
-        for task in late:
-            task.cancel()
-        for task in late:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await drain(list(self._tasks), timeout)
 
     async def attempt(self, record: SessionRecord) -> bool:
         """Make the owed call for ``record`` once and apply its outcome.

@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 
 from gateway.adapter_boundary import AdapterBoundary
+from gateway.background import drain
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import OrphanSession
 from gateway.metrics import ORPHAN_SESSIONS
@@ -180,15 +181,7 @@ class OrphanCleanup:
     async def close(self, timeout: float) -> None:
         """Let running clean-ups finish for up to ``timeout`` seconds, cancel the rest (their
         jobs come back to the queue when the lease ends)."""
-        tasks = list(self._tasks)
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=timeout)
-        for task in late:
-            task.cancel()
-        for task in late:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await drain(list(self._tasks), timeout)
 
     async def _quietly(self) -> int:
         try:

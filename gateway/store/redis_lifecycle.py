@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from gateway.domain.session import SessionRecord
 from gateway.store.base import OutboxItem, StoreUnavailable
 from gateway.store.keys import RedisKeys
-from gateway.store.redis_support import _mapped, _ms, _text
+from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _mapped, _ms, _text
 
 __all__ = ["RedisLifecycle"]
 
@@ -75,26 +75,6 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids
 """
 
-# KEYS due, items, leases; ARGV now, lease_until, limit, token prefix.
-# Returns id, json, token triples.
-_OUTBOX_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local out = {}
-for i, id in ipairs(ids) do
-  local body = redis.call('HGET', KEYS[2], id)
-  if body then
-    local token = ARGV[4] .. i
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    redis.call('HSET', KEYS[3], id, token)
-    table.insert(out, id)
-    table.insert(out, body)
-    table.insert(out, token)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
 
 # KEYS due, items, leases, dead, dead_items; ARGV id, token, action ('done'|'retry'|'dead'),
 # json, score, keep
@@ -139,7 +119,7 @@ class RedisLifecycle:
         self._update_session = client.register_script(_UPDATE_SESSION)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._claim_event = client.register_script(_CLAIM_EVENT)
-        self._outbox_claim = client.register_script(_OUTBOX_CLAIM)
+        self._outbox_claim = client.register_script(LEASED_QUEUE_CLAIM)
         self._outbox_finish = client.register_script(_OUTBOX_FINISH)
 
     async def put_session(

@@ -14,30 +14,10 @@ from redis.commands.core import AsyncScript
 
 from gateway.store.base import OrphanJob, StoreUnavailable
 from gateway.store.keys import RedisKeys
-from gateway.store.redis_support import _mapped, _text
+from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _mapped, _text
 
 __all__ = ["RedisOrphans"]
 
-# KEYS due, items, leases; ARGV now, lease_until, limit, token prefix.
-# Returns id, json, token triples.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local out = {}
-for i, id in ipairs(ids) do
-  local body = redis.call('HGET', KEYS[2], id)
-  if body then
-    local token = ARGV[4] .. i
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    redis.call('HSET', KEYS[3], id, token)
-    table.insert(out, id)
-    table.insert(out, body)
-    table.insert(out, token)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
 
 # KEYS due, items, leases; ARGV id, token, action ('done' | 'retry'), json, due
 _FINISH = """
@@ -63,7 +43,7 @@ class RedisOrphans:
     _orphan_finish: AsyncScript
 
     def _register_orphan_scripts(self, client: aioredis.Redis) -> None:
-        self._orphan_claim = client.register_script(_CLAIM)
+        self._orphan_claim = client.register_script(LEASED_QUEUE_CLAIM)
         self._orphan_finish = client.register_script(_FINISH)
 
     def _orphan_keys(self) -> list[str]:

@@ -11,7 +11,30 @@ from redis.exceptions import RedisError
 
 from gateway.store.base import StoreUnavailable
 
-__all__ = ["_mapped", "_ms", "_text"]
+__all__ = ["LEASED_QUEUE_CLAIM", "_mapped", "_ms", "_text"]
+
+#: Claims up to ARGV[3] due items of a leased queue (the outbox, the orphan queue): each is
+#: pushed back to ARGV[2] (its lease) and given a token. KEYS due (sorted set), items (hash),
+#: leases (hash); ARGV now, lease_until, limit, token prefix. Returns id, json, token triples;
+#: an id without an item is dropped.
+LEASED_QUEUE_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local out = {}
+for i, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if body then
+    local token = ARGV[4] .. i
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    redis.call('HSET', KEYS[3], id, token)
+    table.insert(out, id)
+    table.insert(out, body)
+    table.insert(out, token)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
 
 
 @contextmanager
