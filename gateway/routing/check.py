@@ -94,20 +94,28 @@ def adapter_capabilities(names: Collection[str]) -> dict[str, Capabilities]:
     Names without an adapter are left out (the engine excludes them, as the gateway would); a
     known adapter whose class cannot be imported is assumed to take anything.
     """
-    from providers.registry import KNOWN_PROVIDERS
-
     out: dict[str, Capabilities] = {}
     for name in names:
-        target = KNOWN_PROVIDERS.get(name)
-        if target is None:
+        found, cls = _adapter_class(name)
+        if not found:
             continue
-        module, _, attr = target.partition(":")
-        try:
-            caps = getattr(importlib.import_module(module), attr).capabilities
-        except (ImportError, AttributeError):
-            caps = None
+        caps = getattr(cls, "capabilities", None)
         out[name] = caps if isinstance(caps, Capabilities) else _ANYTHING
     return out
+
+
+def _adapter_class(name: str) -> tuple[bool, Any]:
+    """(is ``name`` a known adapter, its class or None when it cannot be imported)."""
+    from providers.registry import KNOWN_PROVIDERS
+
+    target = KNOWN_PROVIDERS.get(name)
+    if target is None:
+        return False, None
+    module, _, attr = target.partition(":")
+    try:
+        return True, getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return True, None
 
 
 _ANYTHING = Capabilities(payment_methods=frozenset(PAYMENT_METHODS))
@@ -116,18 +124,11 @@ _ANYTHING = Capabilities(payment_methods=frozenset(PAYMENT_METHODS))
 def adapter_checks(names: Collection[str]) -> dict[str, AdapterCheck]:
     """The gateway's adapters' own eligibility checks, for the offline replay (they are pure
     and callable on the class)."""
-    from providers.registry import KNOWN_PROVIDERS
-
     classes: dict[str, Any] = {}
     for name in names:
-        target = KNOWN_PROVIDERS.get(name)
-        if target is None:
-            continue
-        module, _, attr = target.partition(":")
-        try:
-            classes[name] = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
+        _, cls = _adapter_class(name)
+        if cls is not None:
+            classes[name] = cls
     return adapter_checks_of(classes)
 
 

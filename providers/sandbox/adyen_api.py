@@ -147,12 +147,7 @@ def register(app: web.Application, state: SandboxState) -> None:
 
         async def work() -> web.Response:
             # runs to its end even when the caller hangs up (see SandboxState.detached)
-            try:
-                await state.processing_delay(PROVIDER)
-            except BaseException:
-                if key is not None:
-                    state.idempotency_abandon(PROVIDER, key)
-                raise
+            await state.creation_delay(PROVIDER, key)
             session_id = "CS" + secrets.token_hex(8).upper()
             expires = (
                 datetime.fromisoformat(body["expiresAt"])

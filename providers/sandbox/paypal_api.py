@@ -270,12 +270,7 @@ def register(app: web.Application, state: SandboxState) -> None:
 
         async def work() -> web.Response:
             # runs to its end even when the caller hangs up (see SandboxState.detached)
-            try:
-                await state.processing_delay(PROVIDER)
-            except BaseException:
-                if key is not None:
-                    state.idempotency_abandon(PROVIDER, key)
-                raise
+            await state.creation_delay(PROVIDER, key)
             order_id = paypal_id()
             api = f"{state.public_base(request)}/sandbox/{PROVIDER}"
             action = "payer-action" if "payment_source" in body else "approve"

@@ -422,6 +422,16 @@ class SandboxState:
         if fault is not None and fault.processing_ms:
             await asyncio.sleep(fault.processing_ms / 1000)
 
+    async def creation_delay(self, provider: str, key: str | None) -> None:
+        """:meth:`processing_delay` inside a create claimed under ``key``: a create that does
+        not get past it gives its idempotency key up again."""
+        try:
+            await self.processing_delay(provider)
+        except BaseException:
+            if key is not None:
+                self.idempotency_abandon(provider, key)
+            raise
+
     def reset_faults(self) -> None:
         """Back to the faults given at start-up (``SandboxConfig.faults``)."""
         self.faults = {name: f.copy() for name, f in self.config.faults.items()}
