@@ -103,12 +103,25 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         raw = store if store is not None else open_store(settings)
-        await _warm_up(raw)
         opened = instrument_store(raw)
-        app[RATE_LIMITS] = _token_buckets(raw)
         http = new_client_session()
         app[STORE] = opened
         app[HTTP_CLIENT] = http
+        try:
+            async with _wired(app, raw, opened, http):
+                yield
+        finally:
+            # also when start-up failed half-way: no client session or store pool is left open
+            await http.close()
+            if store is None:
+                await opened.close()
+
+    @contextlib.asynccontextmanager
+    async def _wired(
+        app: web.Application, raw: Store, opened: Store, http: aiohttp.ClientSession
+    ) -> AsyncIterator[None]:
+        await _warm_up(raw)
+        app[RATE_LIMITS] = _token_buckets(raw)
         adapters: dict[str, ProviderAdapter] = {
             name: build_adapter(settings.provider(name), http) for name in providers
         }
@@ -135,9 +148,6 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
                 yield
             finally:
                 await app[SERVICES].orphans.close(settings.provider_timeout_seconds)
-                await http.close()
-                if store is None:
-                    await opened.close()
 
     app[MERCHANTS] = load_merchants(
         settings.merchants_path,

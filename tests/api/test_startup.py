@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aiohttp import web
 
-from gateway.app import check_startup
+from gateway.app import check_startup, create_app
+from gateway.appkeys import HTTP_CLIENT
+from gateway.routing.rules import RulesError
 from gateway.settings import Settings, SettingsError
 from tests.api.conftest import JWT_SECRET, ROOT
 
@@ -107,3 +110,15 @@ def test_gateway_serve_names_an_unknown_provider_in_the_rules(tmp_path: Path) ->
     assert "gateway: configuration error: the routing rules are invalid" in done.stderr
     assert f"{rules}:" in done.stderr
     assert "provider 'paypall' is enabled but the gateway has no adapter for it" in done.stderr
+
+
+async def test_a_start_up_failing_half_way_closes_the_client_session(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((ROOT / "routing_rules.yaml").read_text())
+    settings = Settings(_env_file=None, jwt_secret=JWT_SECRET, rules_path=rules)  # type: ignore[call-arg]
+    app = create_app(settings)
+    rules.unlink()  # the router reads the rules again when the app starts: that start fails
+    runner = web.AppRunner(app)
+    with pytest.raises(RulesError, match="cannot read the rules file"):
+        await runner.setup()
+    assert app[HTTP_CLIENT].closed  # left open, it warned when collected, in some other test
