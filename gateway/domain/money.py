@@ -143,12 +143,14 @@ def from_minor(value: int, exp: int) -> Decimal:
 def format_major(amount: Decimal, exp: int) -> str:
     """A plain decimal string with exactly ``exp`` places, never an exponent ("140.76",
     "100.00" for ``1E+2``); refuses to round."""
-    if scale_of(amount) > exp:
+    own = amount.as_tuple().exponent
+    # normalising only strips trailing zeros (raises the exponent): an amount stored with at
+    # most ``exp`` places needs no normalising to pass the check (the common case, per answer)
+    if not (isinstance(own, int) and own >= -exp) and scale_of(amount) > exp:
         raise ValueError(f"{format(amount, 'f')} has more than {exp} decimal places")
     if amount.is_zero():
         amount = amount.copy_abs()  # never "-0.00"
-    with localcontext(MONEY_CONTEXT):
-        return format(amount.quantize(quantum(exp)), "f")
+    return format(amount.quantize(quantum(exp), context=MONEY_CONTEXT), "f")
 
 
 def format_amount(amount: Decimal, currency: str) -> str:

@@ -65,6 +65,8 @@ def _retrying_connect(base: type[AbstractConnection], retries: int) -> type[Abst
 
     class RetryingConnect(base):  # type: ignore[valid-type,misc]
         async def connect(self) -> None:
+            if self.is_connected:  # the pool calls this on every checkout
+                return
             for attempt in range(retries + 1):
                 try:
                     await self.connect_check_health(check_health=True, retry_socket_connect=False)
