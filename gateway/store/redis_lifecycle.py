@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from gateway.domain.session import SessionRecord
 from gateway.store.base import OutboxItem, StoreUnavailable
 from gateway.store.keys import RedisKeys
-from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _mapped, _ms, _text
+from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _leased, _mapped, _ms, _text
 
 __all__ = ["RedisLifecycle"]
 
@@ -243,10 +243,7 @@ class RedisLifecycle:
                 args=[repr(now), repr(now + lease_s), limit, prefix],
             )
         try:
-            return [
-                OutboxItem.from_json(bytes(reply[i + 1]), lease=_text(reply[i + 2]))
-                for i in range(0, len(reply), 3)
-            ]
+            return [OutboxItem.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreUnavailable(f"an outbox item is unreadable: {exc}") from exc
 

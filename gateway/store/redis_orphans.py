@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 
 from gateway.store.base import OrphanJob, StoreUnavailable
 from gateway.store.keys import RedisKeys
-from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _mapped, _text
+from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _leased, _mapped
 
 __all__ = ["RedisOrphans"]
 
@@ -57,10 +57,7 @@ class RedisOrphans:
                 keys=self._orphan_keys(), args=[repr(now), repr(now + lease_s), limit, prefix]
             )
         try:
-            return [
-                OrphanJob.from_json(bytes(reply[i + 1]), lease=_text(reply[i + 2]))
-                for i in range(0, len(reply), 3)
-            ]
+            return [OrphanJob.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreUnavailable(f"an orphan job is unreadable: {exc}") from exc
 

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from gateway.store.base import StoreUnavailable
 
-__all__ = ["LEASED_QUEUE_CLAIM", "_mapped", "_ms", "_text"]
+__all__ = ["LEASED_QUEUE_CLAIM", "_leased", "_mapped", "_ms", "_text"]
 
 #: Claims up to ARGV[3] due items of a leased queue (the outbox, the orphan queue): each is
 #: pushed back to ARGV[2] (its lease) and given a token. KEYS due (sorted set), items (hash),
@@ -53,3 +53,8 @@ def _ms(seconds: float) -> int:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _leased(reply: Any) -> list[tuple[bytes, str]]:
+    """The (json, lease token) pairs of a :data:`LEASED_QUEUE_CLAIM` reply."""
+    return [(bytes(reply[i + 1]), _text(reply[i + 2])) for i in range(0, len(reply), 3)]
