@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gateway.metrics import CIRCUIT_STATE, CIRCUIT_STATE_VALUES
-from gateway.store.base import CircuitState, CircuitStore, StoreUnavailable
+from gateway.store.base import StoreUnavailable
+from gateway.store.coordination import CircuitState, CircuitStore
 
 __all__ = ["CircuitBreakers", "CircuitPolicy"]
 

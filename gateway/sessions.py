@@ -220,12 +220,21 @@ class SessionService:
         if record is None:
             return None
         response = StoredResponse(201, _created_body(record), f"/api/v1/sessions/{session_id}")
-        if order_ref is not None:
-            await self.store.bind_order(
-                scope, order_ref, token, session_id, ttl_s=self.settings.session_retention_seconds
-            )
-        await self.store.complete(
-            scope, key, token, response, ttl_s=self.settings.idempotency_ttl_seconds
+        # the session is stored already: commit_create leaves it as it is (and its expiry and
+        # notifications were enqueued with it); it binds the order and completes the key
+        await self.store.commit_create(
+            record,
+            Completion(
+                scope=scope,
+                key=key,
+                token=token,
+                response=response,
+                ttl_s=self.settings.idempotency_ttl_seconds,
+                order_ref=order_ref,
+                order_ttl_s=self.settings.session_retention_seconds,
+            ),
+            ttl_s=self.settings.session_retention_seconds,
+            expires_at=None,
         )
         log.warning(
             "answered a create from the session an earlier attempt stored without completing",

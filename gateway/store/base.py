@@ -1,5 +1,6 @@
-"""What the gateway needs from a store. Memory and Redis implement it; one contract suite
-(``tests/store``) runs against both.
+"""What the gateway keeps as records (:class:`RecordStore`). Memory, Redis and PostgreSQL
+implement it; one contract suite (``tests/store``) runs against all three. The coordination
+state (circuits, routing statistics, rate limits) is not here: :mod:`gateway.store.coordination`.
 
 Every record has a TTL; every claim is atomic (the first writer wins, everyone else learns who
 did); a claim held by a crashed process expires with its lease.
@@ -16,23 +17,23 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.domain.session import SessionRecord
+from gateway.store.coordination import CircuitStore
 
 __all__ = [
     "Begun",
-    "CircuitState",
-    "CircuitStore",
     "Claim",
     "ClaimKind",
     "Completion",
     "CreatePin",
     "CreationStore",
-    "IdempotencyStore",
     "LifecycleStore",
-    "OrderGuardStore",
     "OrphanJob",
     "OrphanQueueStore",
     "OutboxItem",
     "OutboxStore",
+    "RecordStore",
+    "RetentionStore",
+    "SessionCursor",
     "SessionStore",
     "Store",
     "StoreUnavailable",
@@ -66,51 +67,6 @@ class Claim:
     token: str | None = None
     response: StoredResponse | None = None
     retry_after_ms: int | None = None
-
-
-class IdempotencyStore(Protocol):
-    async def claim(
-        self, scope: str, key: str, fingerprint: str, *, token: str, lease_ms: int
-    ) -> Claim:
-        """Atomically claim ``key`` for ``fingerprint`` with a lease of ``lease_ms``."""
-        ...
-
-    async def complete(
-        self, scope: str, key: str, token: str, response: StoredResponse, *, ttl_s: int
-    ) -> bool:
-        """Store the final answer if ``token`` still holds the claim; False otherwise."""
-        ...
-
-    async def release(self, scope: str, key: str, token: str) -> None:
-        """Drop the claim (nothing was created) so a retry runs again."""
-        ...
-
-
-class OrderGuardStore(Protocol):
-    """One unexpired PENDING session per (merchant, orderReference)."""
-
-    async def reserve_order(
-        self, scope: str, order_ref: str, token: str, *, lease_ms: int
-    ) -> str | None:
-        """Reserve the order for ``token``; None on success, else the value holding it
-        (a session id, or ``claim:<token>`` while another request is creating one)."""
-        ...
-
-    async def replace_order(
-        self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
-    ) -> bool:
-        """Take the reservation over from ``expected`` (a session that is no longer pending)."""
-        ...
-
-    async def bind_order(
-        self, scope: str, order_ref: str, token: str, session_id: str, *, ttl_s: int
-    ) -> None:
-        """Point the reservation held by ``token`` at the created session."""
-        ...
-
-    async def release_order(self, scope: str, order_ref: str, token: str) -> None:
-        """Drop the reservation held by ``token``."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,21 +119,32 @@ class OutboxItem:
         return replace(self, attempts=self.attempts + 1, last_error=error[:500])
 
 
+@dataclass(frozen=True, slots=True)
+class SessionCursor:
+    """Where a page of :meth:`SessionStore.find_sessions` ended: the last session it held."""
+
+    created_at: datetime
+    session_id: str
+
+
 class SessionStore(Protocol):
-    async def put_session(
-        self,
-        record: SessionRecord,
-        *,
-        ttl_s: int,
-        expires_at: float | None = None,
-        outbox: Sequence[OutboxItem] = (),
-    ) -> None:
-        """Insert or overwrite a session; atomically with it, index it for expiry at
-        ``expires_at`` (epoch seconds) when given and enqueue ``outbox`` (due now)."""
-        ...
+    """Reading sessions back."""
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        """The session, or None when unknown or expired from the store."""
+        """The session, or None when unknown or past its retention."""
+        ...
+
+    async def find_sessions(
+        self,
+        merchant_id: str,
+        order_reference: str,
+        *,
+        limit: int,
+        before: SessionCursor | None = None,
+    ) -> list[SessionRecord]:
+        """The merchant's sessions of ``order_reference``, newest first (``createdAt``, then
+        ``sessionId``, both descending), at most ``limit``; with ``before``, only those that
+        come after that cursor in this order. Sessions past their retention are left out."""
         ...
 
 
@@ -314,44 +281,6 @@ class OrphanQueueStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class CircuitState:
-    """One provider's circuit as every gateway process sees it.
-
-    ``state`` is ``open`` until ``open_until`` (epoch seconds) passes; then it reads as
-    ``half_open`` until a probe succeeds (``closed``) or fails (``open`` again).
-    """
-
-    state: str  # "closed" | "open" | "half_open"
-    failures: int = 0
-    open_until: float | None = None
-
-
-class CircuitStore(Protocol):
-    """Shared circuit-breaker state. Successes in the closed state write nothing."""
-
-    async def circuit_states(self, providers: list[str], *, now: float) -> dict[str, CircuitState]:
-        """Current state of each provider (closed when nothing is stored)."""
-        ...
-
-    async def circuit_failure(
-        self, provider: str, *, now: float, window_s: float, threshold: int, open_s: float
-    ) -> CircuitState:
-        """Count a failure in the sliding ``window_s``; atomically open the circuit for
-        ``open_s`` when ``threshold`` failures are reached (or at once when half-open)."""
-        ...
-
-    async def circuit_success(self, provider: str, *, now: float) -> CircuitState:
-        """A success: a half-open circuit closes (failures reset); otherwise nothing changes."""
-        ...
-
-    async def circuit_acquire_probe(
-        self, provider: str, *, now: float, max_probes: int, probe_ttl_s: float
-    ) -> bool:
-        """In half-open, let at most ``max_probes`` requests through per ``probe_ttl_s``."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
 class CreatePin:
     """What every provider call made under one Idempotency-Key repeats exactly.
 
@@ -422,8 +351,9 @@ class CreationStore(Protocol):
         pin: CreatePin | None = None,
         pin_ttl_ms: int = 0,
     ) -> Begun:
-        """:meth:`IdempotencyStore.claim`, then, when claimed and ``order_ref`` is given,
-        :meth:`OrderGuardStore.reserve_order` for the same token, atomically.
+        """Atomically claim ``key`` for ``fingerprint`` with a lease of ``lease_ms``; when
+        claimed and ``order_ref`` is given, reserve the order (one unexpired PENDING session
+        per merchant and orderReference) for the same token.
 
         With ``pin``, the record keeps the fingerprint and a pin for ``pin_ttl_ms`` (the lease
         is held beside it): a key whose holder's lease ran out, or that was given up through
@@ -436,7 +366,7 @@ class CreationStore(Protocol):
     ) -> None:
         """Give up the claim held by ``token`` after provider calls whose outcome is unknown:
         the lease is dropped, the fingerprint and pin stay, ``sent`` is added to the pin's
-        providers. Without a pin this is :meth:`IdempotencyStore.release`."""
+        providers. Without a pin this is :meth:`release`."""
         ...
 
     async def commit_create(
@@ -450,26 +380,52 @@ class CreationStore(Protocol):
         orphans: Sequence[OrphanJob] = (),
     ) -> bool:
         """Atomically: unless the session is stored already (an earlier attempt of the key
-        whose completion was lost: it is never overwritten), :meth:`SessionStore.put_session`
-        and enqueue ``orphans`` (due now) in the orphan queue; then point the order
-        reservation held by the token at the session, and :meth:`IdempotencyStore.complete`.
-        False when the idempotency lease was lost (the session and its orphan jobs are written
-        regardless)."""
+        whose completion was lost: it is never overwritten), write the session (kept for
+        ``ttl_s``), index it for expiry at ``expires_at`` (epoch seconds) when given, enqueue
+        ``outbox`` and ``orphans`` (due now); then point the order reservation held by the
+        token at the session (kept for ``completion.order_ttl_s``) and store the final answer
+        for replay (kept for ``completion.ttl_s``) if the token still holds the claim. False
+        when the idempotency lease was lost (the session and its jobs are written regardless).
+        """
+        ...
+
+    async def release(self, scope: str, key: str, token: str) -> None:
+        """Drop the claim held by ``token`` (nothing was created) so a retry runs again."""
+        ...
+
+    async def replace_order(
+        self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
+    ) -> bool:
+        """Take the order reservation over from ``expected`` (a session that is no longer
+        pending) for ``token``, leased for ``lease_ms``; False when someone else holds it."""
+        ...
+
+    async def release_order(self, scope: str, order_ref: str, token: str) -> None:
+        """Drop the order reservation held by ``token``."""
         ...
 
 
-class Store(
-    IdempotencyStore,
-    OrderGuardStore,
-    SessionStore,
+class RetentionStore(Protocol):
+    """Removing what is past its retention, in bounded batches."""
+
+    async def purge(self, *, now: float, limit: int) -> int:
+        """Delete at most ``limit`` records (sessions, finished keys, order reservations,
+        webhook markers) whose retention ended before ``now`` (epoch seconds); the number
+        deleted. Stores whose records expire by themselves (memory, Redis TTLs) return 0."""
+        ...
+
+
+class RecordStore(
     CreationStore,
+    SessionStore,
     LifecycleStore,
     OutboxStore,
     OrphanQueueStore,
-    CircuitStore,
+    RetentionStore,
     Protocol,
 ):
-    """The whole store surface, opened and closed by the application."""
+    """The records of the gateway (the system of record): memory, Redis or PostgreSQL.
+    Opened and closed by the application; each consumer takes the narrow protocol it uses."""
 
     name: str
 
@@ -480,3 +436,8 @@ class Store(
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+class Store(RecordStore, CircuitStore, Protocol):
+    """Transitional: the records and the circuits in one object, until each consumer takes its
+    narrow protocol (the store-layer split removes this)."""

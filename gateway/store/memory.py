@@ -11,7 +11,6 @@ from typing import Any
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
     Begun,
-    CircuitState,
     Claim,
     ClaimKind,
     Completion,
@@ -20,6 +19,7 @@ from gateway.store.base import (
     OutboxItem,
     StoredResponse,
 )
+from gateway.store.coordination import CircuitState
 from gateway.store.keys import circuit_ttl_s
 
 __all__ = ["MemoryStore"]
@@ -116,6 +116,10 @@ class MemoryStore:
 
     async def ping(self) -> None:
         return None
+
+    async def purge(self, *, now: float, limit: int) -> int:
+        """Nothing to do: every record carries its own TTL and expires by itself."""
+        return 0
 
     async def close(self) -> None:
         return None

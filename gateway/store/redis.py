@@ -21,12 +21,12 @@ from pydantic import ValidationError
 
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
-    CircuitState,
     Claim,
     ClaimKind,
     StoredResponse,
     StoreUnavailable,
 )
+from gateway.store.coordination import CircuitState
 from gateway.store.keys import RedisKeys, circuit_ttl_s
 from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
 from gateway.store.redis_create import RedisCreate
@@ -199,6 +199,10 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisOrphans):
         """Raise :class:`StoreUnavailable` unless Redis answers."""
         with _mapped("ping"):
             await self.client.ping()
+
+    async def purge(self, *, now: float, limit: int) -> int:
+        """Nothing to do: every record carries its own TTL and expires by itself."""
+        return 0
 
     async def close(self) -> None:
         """Close the connection pool (when this store opened it)."""

@@ -8,7 +8,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 from gateway.domain.session import SessionStatus
-from gateway.store.base import CircuitState, ClaimKind, Store, StoredResponse
+from gateway.store.base import ClaimKind, Store, StoredResponse
+from gateway.store.coordination import CircuitState
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
