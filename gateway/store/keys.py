@@ -6,6 +6,9 @@ share one Redis database without touching each other's keys. Layout::
     {root}idem:{scope}:{key}                 hash    idempotency record: lease, then ttl_s
     {root}order:{scope}:{order_ref}          string  order-guard reservation: lease, then ttl_s
     {root}session:{session_id}               string  SessionRecord JSON, ttl_s
+    {root}order_sessions:{merchant}:{ref}    zset    the merchant's session ids of an
+                                                     orderReference by createdAt (epoch µs),
+                                                     ttl: the newest session's retention
     {root}circuit:{{provider}}               hash    circuit state (state, open_until, failures)
     {root}circuit:{{provider}}:fails         zset    failure timestamps inside the window
     {root}circuit:{{provider}}:probes        zset    half-open probes handed out
@@ -36,6 +39,10 @@ update enqueues its notifications (a create: also its orphan jobs) in the same L
 those scripts need the session and the queues on one Redis node (a single primary, with replicas
 or Sentinel; not Redis Cluster).
 
+An ``order_sessions`` index is written by the script that first writes a session, and its TTL
+is raised to that session's retention, so it outlives every session it names; it may still name
+older sessions that have expired meanwhile: readers skip those and remove them from it.
+
 :data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
 window (memory and Redis stores share it so both forget a circuit at the same moment).
 """
@@ -50,6 +57,7 @@ __all__ = [
     "EXPIRY",
     "IDEMPOTENCY",
     "ORDER",
+    "ORDER_SESSIONS",
     "ORPHANS",
     "OUTBOX",
     "RATE_LIMIT",
@@ -62,6 +70,7 @@ __all__ = [
 
 IDEMPOTENCY = "idem:"
 ORDER = "order:"
+ORDER_SESSIONS = "order_sessions:"
 SESSION = "session:"
 CIRCUIT = "circuit:"
 ROUTING_STATS = "stats:"
@@ -111,6 +120,11 @@ class RedisKeys:
     def session(self, session_id: str) -> str:
         """A stored checkout session."""
         return f"{self.root}{SESSION}{_part(session_id)}"
+
+    def order_sessions(self, merchant_id: str, order_ref: str) -> str:
+        """The index of ``merchant_id``'s sessions of ``order_ref``: session ids scored by
+        ``createdAt`` (epoch microseconds), written with each session."""
+        return f"{self.root}{ORDER_SESSIONS}{_part(merchant_id)}:{_part(order_ref)}"
 
     def circuit(self, provider: str) -> str:
         """The circuit-state hash of ``provider``."""

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from gateway.domain.session import SessionRecord
@@ -17,6 +18,7 @@ from gateway.store.base import (
     CreatePin,
     OrphanJob,
     OutboxItem,
+    SessionCursor,
     StoredResponse,
 )
 from gateway.store.coordination import CircuitState
@@ -25,6 +27,11 @@ from gateway.store.keys import circuit_ttl_s
 __all__ = ["MemoryStore"]
 
 _CLAIM_PREFIX = "claim:"
+
+
+def _order_slot(merchant_id: str, order_reference: str) -> str:
+    """One key per merchant and orderReference (length-prefixed: no two pairs collide)."""
+    return f"{len(merchant_id)}:{merchant_id}:{order_reference}"
 
 
 @dataclass(slots=True)
@@ -60,6 +67,14 @@ class _TTLDict:
     def replace(self, key: str, value: Any) -> None:
         """Overwrite a live entry, keeping its deadline."""
         self._data[key].value = value
+
+    def keep(self, key: str, value: Any, ttl_s: float) -> None:
+        """Set ``key`` to live at least ``ttl_s`` from now (a later deadline stays)."""
+        entry = self._data.get(key)
+        if entry is not None and entry.expires > time.monotonic() + ttl_s:
+            entry.value = value
+        else:
+            self.set(key, value, ttl_s)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -104,6 +119,8 @@ class MemoryStore:
         self._idem = _TTLDict()
         self._orders = _TTLDict()
         self._sessions = _TTLDict()
+        #: merchant and orderReference -> {session id: createdAt}, kept as long as its sessions
+        self._by_order = _TTLDict()
         self._circuits = _TTLDict()
         self._events = _TTLDict()
         self._expiries: dict[str, float] = {}
@@ -284,6 +301,7 @@ class MemoryStore:
         c = completion
         if self._sessions.get(record.sessionId) is None:  # never overwrite an earlier attempt's
             await self.put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
+            self._index_order(record, ttl_s)
             now = time.time()
             for job in orphans:
                 self._orphans[job.id] = (now, replace(job, lease=None))
@@ -296,6 +314,40 @@ class MemoryStore:
     async def get_session(self, session_id: str) -> SessionRecord | None:
         record: SessionRecord | None = self._sessions.get(session_id)
         return record
+
+    def _index_order(self, record: SessionRecord, ttl_s: int) -> None:
+        slot = _order_slot(record.merchantId, record.orderReference)
+        index: dict[str, datetime] = self._by_order.get(slot) or {}
+        index[record.sessionId] = record.createdAt
+        self._by_order.keep(slot, index, ttl_s)
+
+    async def find_sessions(
+        self,
+        merchant_id: str,
+        order_reference: str,
+        *,
+        limit: int,
+        before: SessionCursor | None = None,
+    ) -> list[SessionRecord]:
+        index: dict[str, datetime] | None = self._by_order.get(
+            _order_slot(merchant_id, order_reference)
+        )
+        if not index:
+            return []
+        newest_first = sorted(((at, sid) for sid, at in index.items()), reverse=True)
+        if before is not None:
+            cut = (before.created_at, before.session_id)
+            newest_first = [entry for entry in newest_first if entry < cut]
+        found: list[SessionRecord] = []
+        for _, session_id in newest_first:
+            if len(found) >= limit:
+                break
+            record: SessionRecord | None = self._sessions.get(session_id)
+            if record is None:  # past its retention
+                del index[session_id]
+            else:
+                found.append(record)
+        return found
 
     # lifecycle
     async def update_session(

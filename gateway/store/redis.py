@@ -30,6 +30,7 @@ from gateway.store.coordination import CircuitState
 from gateway.store.keys import RedisKeys, circuit_ttl_s
 from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
 from gateway.store.redis_create import RedisCreate
+from gateway.store.redis_find import RedisFind
 from gateway.store.redis_lifecycle import RedisLifecycle
 from gateway.store.redis_orphans import RedisOrphans
 from gateway.store.redis_support import _mapped, _ms, _text
@@ -148,7 +149,7 @@ def _circuit(reply: list[Any]) -> CircuitState:
     return CircuitState(_text(state), int(failures), until)
 
 
-class RedisStore(RedisLifecycle, RedisCreate, RedisOrphans):
+class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
     """The :class:`~gateway.store.base.Store` on Redis (``redis.asyncio`` with hiredis).
 
     ``url`` is a redis URL (``redis://host:port/db``, ``rediss://`` for TLS); ``prefix`` is the

@@ -1,9 +1,10 @@
 """The create path of :class:`gateway.store.redis.RedisStore` in two round trips.
 
 ``begin_create`` claims the Idempotency-Key and reserves the order reference in one script;
-``commit_create`` writes the session (with its expiry index entry, notifications and orphan
-jobs), points the order reservation at it and completes the key in one script. Between them is
-only the provider call, so a create costs two Redis round trips however many records it touches.
+``commit_create`` writes the session (with its expiry and orderReference index entries,
+notifications and orphan jobs), points the order reservation at it and completes the key in one
+script. Between them is only the provider call, so a create costs two Redis round trips however
+many records it touches.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gateway.store.base import (
     StoredResponse,
 )
 from gateway.store.keys import RedisKeys
+from gateway.store.redis_find import created_score
 from gateway.store.redis_lifecycle import _ENQUEUE, RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
 
@@ -94,20 +96,24 @@ return 1
 """
 
 # KEYS session, expiry index, outbox due, outbox items, idempotency record, order reservation,
-# orphan due, orphan items
+# orphan due, orphan items, the merchant's sessions of the orderReference
 # ARGV 1 payload, 2 ttl_ms, 3 expiry_at ('' for none), 4 session id, 5 token, 6 status, 7 body,
 # 8 idempotency ttl_ms, 9 location (''), 10 reservation value ('' when none), 11 order ttl_ms,
-# 12 number of orphan jobs n, then n id/json pairs, then the due time (of the jobs and the
-# notifications), then the notifications' id/json pairs
+# 12 createdAt (epoch µs), 13 number of orphan jobs n, then n id/json pairs, then the due time
+# (of the jobs and the notifications), then the notifications' id/json pairs
 _COMMIT = (
     _ENQUEUE
     + """
 -- a session an earlier attempt of the key stored is never overwritten (it may have moved on)
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
   if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
-  local jobs = tonumber(ARGV[12])
-  local due = 13 + 2 * jobs
-  for i = 13, due - 1, 2 do
+  redis.call('ZADD', KEYS[9], ARGV[12], ARGV[4])
+  if redis.call('PTTL', KEYS[9]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[9], ARGV[2])
+  end
+  local jobs = tonumber(ARGV[13])
+  local due = 14 + 2 * jobs
+  for i = 14, due - 1, 2 do
     redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1])
     redis.call('ZADD', KEYS[7], ARGV[due], ARGV[i])
   end
@@ -213,6 +219,7 @@ class RedisCreate:
             order_key,
             self.keys.orphans_due(),
             self.keys.orphans_items(),
+            self.keys.order_sessions(record.merchantId, record.orderReference),
         ]
         args: list[str | int | bytes] = [
             record.model_dump_json().encode(),
@@ -226,6 +233,7 @@ class RedisCreate:
             c.response.location or "",
             _CLAIM_PREFIX + c.token if c.order_ref is not None else "",
             _ms(max(1, c.order_ttl_s)),
+            created_score(record.createdAt),
             len(orphans),
             *[part for job in orphans for part in (job.id, job.to_json())],
             *RedisLifecycle._enqueue_args(outbox),

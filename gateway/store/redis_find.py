@@ -1,0 +1,105 @@
+"""Finding a merchant's sessions of an orderReference in the Redis store, newest first.
+
+The commit script indexes every session it first writes in a sorted set per merchant and
+orderReference (:meth:`gateway.store.keys.RedisKeys.order_sessions`): members the session ids,
+scores ``createdAt`` in epoch microseconds (exact in a double until the year 2255). Redis orders
+equal scores by member, byte by byte, which for UTF-8 is the order of Python's ``str``; read in
+reverse that is the contract's order: ``createdAt``, then ``sessionId``, both descending.
+
+A page costs two round trips: the index (the ties of the cursor's instant and the ids after it,
+in one MULTI), then the sessions (MGET). Ids whose session has expired are skipped, removed from
+the index, and the page is filled from further on.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from gateway.domain.session import SessionRecord
+from gateway.store.base import SessionCursor, StoreUnavailable
+from gateway.store.keys import RedisKeys
+from gateway.store.redis_support import _mapped, _text
+
+__all__ = ["RedisFind", "created_score"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def created_score(created_at: datetime) -> int:
+    """The index score of a session created at ``created_at``: epoch microseconds."""
+    return (created_at - _EPOCH) // _MICROSECOND
+
+
+class RedisFind:
+    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``client``)."""
+
+    keys: RedisKeys
+    client: aioredis.Redis
+
+    async def find_sessions(
+        self,
+        merchant_id: str,
+        order_reference: str,
+        *,
+        limit: int,
+        before: SessionCursor | None = None,
+    ) -> list[SessionRecord]:
+        """The merchant's sessions of ``order_reference``, newest first, after ``before``."""
+        index = self.keys.order_sessions(merchant_id, order_reference)
+        after = (created_score(before.created_at), before.session_id) if before else None
+        found: list[SessionRecord] = []
+        while len(found) < limit:
+            wanted = limit - len(found)
+            ids = await self._index_page(index, after, wanted)
+            if not ids:
+                break
+            with _mapped("find_sessions"):
+                payloads = await self.client.mget([self.keys.session(i) for _, i in ids])
+            gone = [i for (_, i), payload in zip(ids, payloads, strict=True) if payload is None]
+            found += [_record(p) for p in payloads if p is not None]
+            if gone:
+                with _mapped("find_sessions"):
+                    await self.client.zrem(index, *gone)
+            if len(ids) < wanted:
+                break
+            after = ids[-1]
+        return found
+
+    async def _index_page(
+        self, index: str, after: tuple[int, str] | None, wanted: int
+    ) -> list[tuple[int, str]]:
+        """Up to ``wanted`` (score, id) entries of ``index`` after ``after``, newest first."""
+        with _mapped("find_sessions"):
+            if after is None:
+                rows = await self.client.zrevrangebyscore(
+                    index, "+inf", "-inf", start=0, num=wanted, withscores=True
+                )
+                return [(int(score), _text(member)) for member, score in _pairs(rows)]
+            score, session_id = after
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zrevrangebyscore(index, score, score)
+                pipe.zrevrangebyscore(
+                    index, f"({score}", "-inf", start=0, num=wanted, withscores=True
+                )
+                ties, older = await pipe.execute()
+        cut = session_id.encode()
+        page = [(score, _text(member)) for member in ties if bytes(member) < cut][:wanted]
+        page += [(int(s), _text(member)) for member, s in _pairs(older)]
+        return page[:wanted]
+
+
+def _pairs(rows: Any) -> list[tuple[bytes, float]]:
+    """A ``WITHSCORES`` reply as (member, score) pairs."""
+    return [(bytes(member), float(score)) for member, score in rows]
+
+
+def _record(payload: bytes | str) -> SessionRecord:
+    try:
+        return SessionRecord.model_validate_json(payload)
+    except ValidationError as exc:
+        raise StoreUnavailable(f"a stored session is unreadable: {exc}") from exc
