@@ -65,6 +65,7 @@ from gateway.store.base import (
     Completion,
     CreatePin,
     OrphanJob,
+    SessionCursor,
     Store,
     StoredResponse,
     StoreUnavailable,
@@ -468,6 +469,25 @@ class SessionService:
         if self.lifecycle is not None:
             record = await self.lifecycle.expire_if_due(record)
         return record
+
+    async def find(
+        self,
+        merchant: Merchant,
+        order_reference: str,
+        *,
+        limit: int,
+        before: SessionCursor | None = None,
+    ) -> tuple[list[SessionRecord], bool]:
+        """The merchant's sessions of ``order_reference``, newest first, at most ``limit``
+        after ``before``, each read as :meth:`get` reads it (expired on read); and whether
+        more follow."""
+        found = await self.store.find_sessions(
+            merchant.merchant_id, order_reference, limit=limit + 1, before=before
+        )
+        page = found[:limit]
+        if self.lifecycle is not None:
+            page = [await self.lifecycle.expire_if_due(record) for record in page]
+        return page, len(found) > limit
 
 
 def _created_body(record: SessionRecord) -> bytes:

@@ -13,11 +13,19 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
+from gateway.api.session_query import SessionQuery
 from gateway.domain.models import CancelRequest, CheckoutRequest
 from gateway.domain.session import OrphanSession, RoutingSummary
 from gateway.domain.titles import field_title
 
-__all__ = ["ErrorBody", "SessionCreated", "SessionView", "openapi_document", "setup_openapi_routes"]
+__all__ = [
+    "ErrorBody",
+    "SessionCreated",
+    "SessionPage",
+    "SessionView",
+    "openapi_document",
+    "setup_openapi_routes",
+]
 
 
 class _View(BaseModel):
@@ -127,11 +135,24 @@ class SessionView(_View):
     transitions: list[TransitionView]
 
 
+class SessionPage(_View):
+    """A page of GET /api/v1/sessions: the merchant's sessions of one orderReference."""
+
+    data: list[SessionView] = Field(
+        description="Newest first (createdAt, then sessionId, both descending); each session "
+        "as GET /api/v1/sessions/{sessionId} answers it"
+    )
+    nextCursor: str | None = Field(
+        description="Pass as cursor to read the next page; null on the last page"
+    )
+
+
 _MODELS: tuple[type[BaseModel], ...] = (
     CheckoutRequest,
     CancelRequest,
     SessionCreated,
     SessionView,
+    SessionPage,
     ErrorBody,
 )
 #: Extra component models registered by other API modules (routing, webhooks, ...).
@@ -185,6 +206,28 @@ _DESCRIPTIONS = {
 _BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The query parameters of ``model``'s fields (a null default means: may be left out)."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        variants = [v for v in prop.get("anyOf", [prop]) if v.get("type") != "null"]
+        value = {k: v for k, v in variants[0].items() if k not in ("title", "description")}
+        if prop.get("default") is not None:
+            value["default"] = prop["default"]
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "description": prop["description"],
+                "schema": value,
+            }
+        )
+    return parameters
+
+
 def _base_paths() -> dict[str, Any]:
     idem = {
         "name": "Idempotency-Key",
@@ -217,7 +260,27 @@ def _base_paths() -> dict[str, Any]:
                     },
                     **_errors(400, 401, 403, 408, 409, 413, 415, 422, 429, 500, 502, 503, 504),
                 },
-            }
+            },
+            "get": {
+                "operationId": "findSessions",
+                "summary": "Find the sessions of an orderReference",
+                "description": "The calling merchant's sessions created for orderReference, "
+                "newest first, a page at a time: pass the nextCursor of a page as cursor to "
+                "read the next one (nextCursor is null on the last page). Each session reads "
+                "as GET /api/v1/sessions/{sessionId} answers it; sessions past their retention "
+                "are not listed. A missing or malformed parameter, an unknown one, or a cursor "
+                "this API did not issue answers 400.",
+                "security": _BEARER,
+                "x-scope": "sessions:read",
+                "parameters": _query_parameters(SessionQuery),
+                "responses": {
+                    "200": {
+                        "description": "A page of sessions (possibly empty)",
+                        "content": {"application/json": {"schema": _ref("SessionPage")}},
+                    },
+                    **_errors(400, 401, 403, 429, 503),
+                },
+            },
         },
         "/api/v1/sessions/{sessionId}": {
             "get": {

@@ -1,4 +1,5 @@
-"""``/api/v1/sessions``: create (idempotent), read and cancel checkout sessions."""
+"""``/api/v1/sessions``: create (idempotent), read, find by orderReference and cancel checkout
+sessions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.api.bodies import json_response, read_checkout_request, require_json
+from gateway.api.session_query import encode_cursor, parse_session_query
 from gateway.appkeys import LIFECYCLE, MERCHANTS, RATE_LIMITS, RETURN_WAITERS, SERVICES, SETTINGS
 from gateway.auth import require
 from gateway.domain.errors import ApiError, BadRequest, NotFound
@@ -90,6 +92,21 @@ async def get_session(request: web.Request) -> web.Response:
     return json_response(record.public())
 
 
+async def find_sessions(request: web.Request) -> web.Response:
+    """``GET /api/v1/sessions?orderReference=...``: the merchant's sessions of an order, newest
+    first, a page at a time (``limit``, ``cursor``)."""
+    merchant = await require(request, "sessions:read")
+    request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
+    await _merchant_limit(request, merchant.merchant_id)
+    query = parse_session_query(request.query)
+    service: SessionService = request.app[SERVICES]
+    page, more = await service.find(
+        merchant, query.orderReference, limit=query.limit, before=query.before
+    )
+    next_cursor = encode_cursor(page[-1]) if more and page else None
+    return json_response({"data": [r.public() for r in page], "nextCursor": next_cursor})
+
+
 async def cancel_session(request: web.Request) -> web.Response:
     """``POST /api/v1/sessions/{sessionId}/cancel``: cancel at the provider, then locally."""
     merchant = await require(request, "sessions:write")
@@ -130,6 +147,7 @@ async def return_from_provider(request: web.Request) -> web.Response:
 
 def setup_session_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/sessions", create_session)
+    app.router.add_get("/api/v1/sessions", find_sessions)
     app.router.add_get("/api/v1/sessions/{sessionId}", get_session)
     app.router.add_post("/api/v1/sessions/{sessionId}/cancel", cancel_session)
     app.router.add_get("/api/v1/sessions/{sessionId}/return", return_from_provider)
