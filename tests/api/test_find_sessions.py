@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import jsonschema
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -270,3 +271,35 @@ async def test_the_store_down_is_a_503(gateway: GatewayFactory) -> None:
     client = await gateway(store=store)
     answer = await find(client, orderReference="ORD-1")
     assert (await envelope(answer, 503))["error"] == "Service Unavailable"
+
+
+async def test_a_real_page_and_its_parameters_match_the_openapi_document(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway(order_reference_guard=False)
+    for i in range(2):
+        await create(client, f"k-{i}", "ORD-DOC")
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    operation = doc["paths"]["/api/v1/sessions"]["get"]
+    assert operation["x-scope"] == "sessions:read"
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert set(parameters) == {"orderReference", "limit", "cursor"}
+    assert parameters["orderReference"]["required"] is True
+    assert parameters["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 100,
+        "default": 20,
+    }
+    schema = {"$ref": "#/components/schemas/SessionPage", "components": doc["components"]}
+    first = await page(client, orderReference="ORD-DOC", limit=1)
+    assert first["nextCursor"] is not None
+    jsonschema.validate(first, schema)
+    last = await page(client, orderReference="ORD-DOC", limit=1, cursor=first["nextCursor"])
+    assert last["nextCursor"] is None
+    jsonschema.validate(last, schema)
+    error = await find(client, orderReference="ORD-DOC", limit=0)
+    jsonschema.validate(
+        await error.json(),
+        {"$ref": "#/components/schemas/ErrorBody", "components": doc["components"]},
+    )

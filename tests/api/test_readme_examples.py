@@ -66,6 +66,7 @@ EXAMPLES = {
     "request",
     "created",
     "session",
+    "sessions-page",
     "bad-request",
     "access-log",
     "readyz-refused-reload",
@@ -159,6 +160,13 @@ async def real_examples(
     )
     assert session_response.status == 200
     session = await session_response.json()
+    page_response = await client.get(
+        "/api/v1/sessions",
+        params={"orderReference": SEED["orderReference"], "limit": 20},
+        headers=demo_headers(None),
+    )
+    assert page_response.status == 200
+    page = await page_response.json()
     invalid = await client.post(
         "/api/v1/sessions", data=bad_request_body(), headers=demo_headers("another-key")
     )
@@ -168,6 +176,7 @@ async def real_examples(
         "request": SEED,
         "created": mask(created),
         "session": mask(session),
+        "sessions-page": mask(page),
         "bad-request": mask(await invalid.json()),
         "access-log": access_line(caplog.records, mask),
     }
