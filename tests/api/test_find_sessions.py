@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from gateway.api.session_query import decode_cursor
 from gateway.domain.session import utcnow
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_error_bodies import envelope
-from tests.rawhttp import exchange, request_bytes
+from tests.rawhttp import RawResponse, exchange, request_bytes
 
 Client = TestClient[Any, Any]
 UUID = "0b7d2a8e-3d4f-5a6b-8c9d-0e1f2a3b4c5d"
@@ -126,7 +126,7 @@ async def test_the_read_scope_is_required(gateway: GatewayFactory) -> None:
 async def test_a_listed_session_expires_on_read_like_get(
     gateway: GatewayFactory, store_factory: Any
 ) -> None:
-    store: Store = await store_factory("memory")
+    store: RecordStore = await store_factory("memory")
     client = await gateway(store=store)
     session_id = await create(client, "k-1", "ORD-EXP")
     record = await store.get_session(session_id)
@@ -206,10 +206,7 @@ async def test_bad_parameters_are_a_400_listing_the_problem(
 ) -> None:
     client = await gateway()
     target = "/api/v1/sessions" + ("?" + query if query else "")
-    raw = request_bytes(
-        b"GET", target.encode(), [(b"Authorization", f"Bearer {bearer()}".encode())]
-    )
-    answer = await exchange(client.host, client.port, raw)
+    answer = await raw_get(client, target)
     assert answer.status == 400, answer.body
     body = orjson.loads(answer.body)
     assert body["error"] == "Bad Request"
@@ -219,8 +216,12 @@ async def test_bad_parameters_are_a_400_listing_the_problem(
     assert any(message.startswith(problem) for message in body["message"]), body["message"]
 
 
-def bearer() -> str:
-    return headers(None)["Authorization"].removeprefix("Bearer ")
+async def raw_get(client: Client, target: str) -> RawResponse:
+    """GET ``target`` byte for byte as written (no client re-encodes its query)."""
+    assert client.port is not None
+    auth = headers(None)["Authorization"].encode()
+    raw = request_bytes(b"GET", target.encode(), [(b"Authorization", auth)])
+    return await exchange(client.host, client.port, raw)
 
 
 async def test_every_problem_is_listed_at_once(gateway: GatewayFactory) -> None:
@@ -242,12 +243,7 @@ async def test_odd_order_references_are_looked_up_never_a_500(
     gateway: GatewayFactory, store_factory: Any, ref: str
 ) -> None:
     client = await gateway(store=await store_factory("redis"))
-    raw = request_bytes(
-        b"GET",
-        f"/api/v1/sessions?orderReference={ref}".encode(),
-        [(b"Authorization", f"Bearer {bearer()}".encode())],
-    )
-    answer = await exchange(client.host, client.port, raw)
+    answer = await raw_get(client, f"/api/v1/sessions?orderReference={ref}")
     assert answer.status == 200, answer.body
     assert orjson.loads(answer.body) == {"data": [], "nextCursor": None}
 

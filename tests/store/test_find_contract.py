@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from gateway.domain.session import SessionRecord, SessionStatus
-from gateway.store.base import ClaimKind, Completion, SessionCursor, Store, StoredResponse
+from gateway.store.base import ClaimKind, Completion, RecordStore, SessionCursor, StoredResponse
 from tests.store.samples import make_session
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250_001, tzinfo=UTC)
 
 
 async def create(
-    store: Store,
+    store: RecordStore,
     session_id: str,
     at: datetime = T0,
     *,
@@ -59,7 +59,7 @@ def cursor_of(record: SessionRecord) -> SessionCursor:
     return SessionCursor(record.createdAt, record.sessionId)
 
 
-async def all_pages(store: Store, page_size: int, merchant: str = "m1") -> list[list[str]]:
+async def all_pages(store: RecordStore, page_size: int, merchant: str = "m1") -> list[list[str]]:
     pages: list[list[str]] = []
     before: SessionCursor | None = None
     while True:
@@ -71,7 +71,7 @@ async def all_pages(store: Store, page_size: int, merchant: str = "m1") -> list[
         before = cursor_of(page[-1])
 
 
-async def wait_gone(store: Store, session_id: str) -> None:
+async def wait_gone(store: RecordStore, session_id: str) -> None:
     """Wait (at most 10 s) until the session is past its retention."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
@@ -80,7 +80,7 @@ async def wait_gone(store: Store, session_id: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def seven(store: Store) -> list[str]:
+async def seven(store: RecordStore) -> list[str]:
     """Seven sessions, three of them created in the same microsecond; newest first."""
     tied = T0 + timedelta(seconds=5)
     await create(store, "s_a", T0)
@@ -93,12 +93,14 @@ async def seven(store: Store) -> list[str]:
     return ["s_z", "s_t9", "s_t5", "s_t2", "s_b", "s_a", "s_0"]
 
 
-async def test_newest_first_with_equal_instants_by_session_id_descending(store: Store) -> None:
+async def test_newest_first_with_equal_instants_by_session_id_descending(
+    store: RecordStore,
+) -> None:
     expected = await seven(store)
     assert ids(await store.find_sessions("m1", "ORD-1", limit=100)) == expected
 
 
-async def test_records_are_the_stored_sessions(store: Store) -> None:
+async def test_records_are_the_stored_sessions(store: RecordStore) -> None:
     first = await create(store, "s_1", T0)
     found = await store.find_sessions("m1", "ORD-1", limit=10)
     assert found == [first]
@@ -106,14 +108,16 @@ async def test_records_are_the_stored_sessions(store: Store) -> None:
 
 
 @pytest.mark.parametrize("page_size", [1, 2, 3, 6, 7, 50])
-async def test_pages_have_no_duplicates_and_no_gaps(store: Store, page_size: int) -> None:
+async def test_pages_have_no_duplicates_and_no_gaps(store: RecordStore, page_size: int) -> None:
     expected = await seven(store)
     pages = await all_pages(store, page_size)
     assert [sid for page in pages for sid in page] == expected
     assert all(len(page) == page_size for page in pages[:-1])
 
 
-async def test_a_page_starts_strictly_after_its_cursor_even_within_a_tie(store: Store) -> None:
+async def test_a_page_starts_strictly_after_its_cursor_even_within_a_tie(
+    store: RecordStore,
+) -> None:
     await seven(store)
     tied = T0 + timedelta(seconds=5)
     after_t9 = await store.find_sessions("m1", "ORD-1", limit=2, before=SessionCursor(tied, "s_t9"))
@@ -131,21 +135,21 @@ async def test_a_page_starts_strictly_after_its_cursor_even_within_a_tie(store: 
     ) == ["s_0"]
 
 
-async def test_a_cursor_in_another_time_zone_means_the_same_instant(store: Store) -> None:
+async def test_a_cursor_in_another_time_zone_means_the_same_instant(store: RecordStore) -> None:
     await seven(store)
     tied = (T0 + timedelta(seconds=5)).astimezone(timezone(timedelta(hours=-7, minutes=-30)))
     page = await store.find_sessions("m1", "ORD-1", limit=10, before=SessionCursor(tied, "s_t9"))
     assert ids(page) == ["s_t5", "s_t2", "s_b", "s_a", "s_0"]
 
 
-async def test_limit_caps_the_page(store: Store) -> None:
+async def test_limit_caps_the_page(store: RecordStore) -> None:
     expected = await seven(store)
     assert ids(await store.find_sessions("m1", "ORD-1", limit=1)) == expected[:1]
     assert ids(await store.find_sessions("m1", "ORD-1", limit=4)) == expected[:4]
     assert ids(await store.find_sessions("m1", "ORD-1", limit=8)) == expected
 
 
-async def test_only_the_merchants_sessions_of_that_order(store: Store) -> None:
+async def test_only_the_merchants_sessions_of_that_order(store: RecordStore) -> None:
     await create(store, "s_mine", T0)
     await create(store, "s_theirs", T0 + timedelta(seconds=1), merchant="m2")
     await create(store, "s_other_order", T0 + timedelta(seconds=2), order="ORD-2")
@@ -158,7 +162,7 @@ async def test_only_the_merchants_sessions_of_that_order(store: Store) -> None:
     assert await store.find_sessions("m1", "ord-1", limit=10) == []
 
 
-async def test_separators_in_merchant_or_order_never_mix_two_pairs(store: Store) -> None:
+async def test_separators_in_merchant_or_order_never_mix_two_pairs(store: RecordStore) -> None:
     await create(store, "s_1", T0, merchant="a:b", order="c")
     await create(store, "s_2", T0, merchant="a", order="b:c")
     await create(store, "s_3", T0, merchant="a%3Ab", order="c")
@@ -170,13 +174,13 @@ async def test_separators_in_merchant_or_order_never_mix_two_pairs(store: Store)
     assert await store.find_sessions("a", "b", limit=10) == []
 
 
-async def test_sessions_are_found_with_or_without_the_order_guard(store: Store) -> None:
+async def test_sessions_are_found_with_or_without_the_order_guard(store: RecordStore) -> None:
     await create(store, "s_guarded", T0, guarded=True)
     await create(store, "s_free", T0 + timedelta(seconds=1))
     assert ids(await store.find_sessions("m1", "ORD-1", limit=10)) == ["s_free", "s_guarded"]
 
 
-async def test_a_moved_session_is_found_as_it_is_now(store: Store) -> None:
+async def test_a_moved_session_is_found_as_it_is_now(store: RecordStore) -> None:
     record = await create(store, "s_1", T0)
     moved = record.model_copy(update={"status": SessionStatus.COMPLETED, "version": 1})
     assert await store.update_session(moved, expected_version=0)
@@ -184,7 +188,7 @@ async def test_a_moved_session_is_found_as_it_is_now(store: Store) -> None:
     assert [(r.sessionId, r.status) for r in found] == [("s_1", SessionStatus.COMPLETED)]
 
 
-async def test_a_commit_of_a_stored_session_is_not_listed_twice(store: Store) -> None:
+async def test_a_commit_of_a_stored_session_is_not_listed_twice(store: RecordStore) -> None:
     record = await create(store, "s_1", T0)
     again = await store.begin_create(
         "m1", "key-again", "fp", token="t2", lease_ms=5000, order_ref=None
@@ -197,7 +201,7 @@ async def test_a_commit_of_a_stored_session_is_not_listed_twice(store: Store) ->
     assert found == [record]
 
 
-async def test_sessions_past_their_retention_are_left_out(store: Store) -> None:
+async def test_sessions_past_their_retention_are_left_out(store: RecordStore) -> None:
     await create(store, "s_new", T0 + timedelta(seconds=4))
     await create(store, "s_short_1", T0 + timedelta(seconds=3), ttl_s=1)
     await create(store, "s_short_2", T0 + timedelta(seconds=2), ttl_s=1)
@@ -213,7 +217,7 @@ async def test_sessions_past_their_retention_are_left_out(store: Store) -> None:
     assert ids(await store.find_sessions("m1", "ORD-1", limit=10)) == ["s_new", "s_mid", "s_old"]
 
 
-async def test_an_order_whose_sessions_all_expired_finds_nothing(store: Store) -> None:
+async def test_an_order_whose_sessions_all_expired_finds_nothing(store: RecordStore) -> None:
     await create(store, "s_1", T0, ttl_s=1)
     await create(store, "s_2", T0 + timedelta(seconds=1), ttl_s=1)
     await wait_gone(store, "s_1")

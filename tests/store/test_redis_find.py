@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -10,7 +11,6 @@ import redis.asyncio as aioredis
 from gateway.store.base import ClaimKind, Completion, StoredResponse, StoreUnavailable
 from gateway.store.keys import RedisKeys
 from gateway.store.redis import RedisStore
-from tests.conftest import StoreFactory
 from tests.store.samples import make_session
 from tests.store.test_redis_specific import closed_port
 
@@ -28,14 +28,14 @@ async def commit(store: RedisStore, session_id: str, at: datetime, ttl_s: int) -
     assert await store.commit_create(record, completion, ttl_s=ttl_s, expires_at=None)
 
 
-async def redis_store(store_factory: StoreFactory) -> RedisStore:
+async def redis_store(store_factory: Any) -> RedisStore:
     store = await store_factory("redis")
     assert isinstance(store, RedisStore)
     return store
 
 
 async def test_the_index_scores_created_at_in_microseconds_and_lives_as_long_as_its_sessions(
-    store_factory: StoreFactory, redis_client: aioredis.Redis, redis_prefix: str
+    store_factory: Any, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     store = await redis_store(store_factory)
     index = RedisKeys(redis_prefix).order_sessions("merchant-1", "ORD-2024-001")
@@ -50,7 +50,7 @@ async def test_the_index_scores_created_at_in_microseconds_and_lives_as_long_as_
 
 
 async def test_ids_of_expired_sessions_are_removed_from_the_index_when_read(
-    store_factory: StoreFactory, redis_client: aioredis.Redis, redis_prefix: str
+    store_factory: Any, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     store = await redis_store(store_factory)
     keys = RedisKeys(redis_prefix)
@@ -64,7 +64,7 @@ async def test_ids_of_expired_sessions_are_removed_from_the_index_when_read(
 
 
 async def test_an_unreadable_session_is_a_store_error(
-    store_factory: StoreFactory, redis_client: aioredis.Redis, redis_prefix: str
+    store_factory: Any, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     store = await redis_store(store_factory)
     await commit(store, "s_1", T0, ttl_s=600)
