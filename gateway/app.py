@@ -21,6 +21,7 @@ from gateway.api.webhooks import setup_webhook_routes
 from gateway.appkeys import (
     ADAPTERS,
     AUTH,
+    COORDINATION,
     HTTP_CLIENT,
     LIFECYCLE,
     MERCHANTS,
@@ -40,18 +41,17 @@ from gateway.middleware import request_context_middleware
 from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.events import Notifier
 from gateway.notifications.merchants import load_merchants
-from gateway.ratelimit import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
 from gateway.settings import Settings, SettingsError
-from gateway.store.base import Store
-from gateway.store.keys import RedisKeys
-from gateway.store.timing import instrument_store
+from gateway.store.base import RecordStore
+from gateway.store.coordination import Coordination, open_coordination
+from gateway.store.timing import instrument_coordination, instrument_store
 from providers.base import ProviderAdapter
 from providers.http import new_client_session
 from providers.registry import build_adapter
 
-__all__ = ["check_startup", "create_app", "open_store"]
+__all__ = ["check_startup", "create_app", "open_backends", "open_store"]
 
 log = logging.getLogger("gateway.app")
 
@@ -64,20 +64,36 @@ def check_startup(settings: Settings) -> list[str]:
     problem = settings.jwt_key_problem()
     if problem:
         raise SettingsError(problem)
-    if settings.workers > 1 and settings.store == "memory":
-        # each process would hold its own idempotency records, sessions and circuits
-        raise SettingsError(
-            "GATEWAY_WORKERS > 1 needs the shared store: set GATEWAY_STORE=redis "
-            "(the memory store lives in one process)"
-        )
+    if settings.workers > 1:
+        _check_shared(settings)
     providers = enabled_providers(settings.rules_path)
     for name in providers:
         settings.provider(name)
     return providers
 
 
-def open_store(settings: Settings) -> Store:
-    """The configured store (not yet connected)."""
+def _check_shared(settings: Settings) -> None:
+    """Several worker processes need every piece of state shared between them."""
+    # each process would hold its own idempotency records and sessions, or its own circuits,
+    # statistics and rate-limit buckets
+    local: list[str] = []
+    fixes: list[str] = []
+    if settings.store == "memory":
+        local.append("GATEWAY_STORE=memory")
+        fixes.append("GATEWAY_STORE=redis")
+    if settings.coordination_backend == "memory":
+        local.append("GATEWAY_COORDINATION=memory")
+        fixes.append("GATEWAY_COORDINATION=redis")
+    if local:
+        raise SettingsError(
+            f"GATEWAY_WORKERS > 1 needs state shared by every process, but {' and '.join(local)} "
+            f"lives in one process: set {' and '.join(fixes)}"
+        )
+
+
+def open_store(settings: Settings, *, redis_client: aioredis.Redis | None = None) -> RecordStore:
+    """The configured record store (not yet connected). A Redis store uses ``redis_client``
+    when given (it stays the caller's to close), else opens and owns a client of its own."""
     if settings.store == "redis":
         from gateway.store.redis import RedisStore
         from gateway.store.redis_client import RedisClientSettings
@@ -85,6 +101,7 @@ def open_store(settings: Settings) -> Store:
         return RedisStore(
             settings.redis_url,
             settings.redis_prefix,
+            client=redis_client,
             conf=RedisClientSettings.from_settings(settings),
         )
     from gateway.store.memory import MemoryStore
@@ -92,8 +109,29 @@ def open_store(settings: Settings) -> Store:
     return MemoryStore()
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> web.Application:
-    """The gateway application. ``store`` overrides the configured one (tests)."""
+def open_backends(settings: Settings) -> tuple[RecordStore, Coordination]:
+    """The configured records and coordination. When both are in Redis they share one client
+    (one pool, :mod:`gateway.store.redis_client`): the coordination closes it, so close the
+    store first."""
+    shared: aioredis.Redis | None = None
+    if settings.store == "redis" and settings.coordination_backend == "redis":
+        from gateway.store.redis_client import RedisClientSettings, open_redis_client
+
+        shared = open_redis_client(settings.redis_url, RedisClientSettings.from_settings(settings))
+    return (
+        open_store(settings, redis_client=shared),
+        open_coordination(settings, redis_client=shared),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: RecordStore | None = None,
+    coordination: Coordination | None = None,
+) -> web.Application:
+    """The gateway application. ``store`` and ``coordination`` override the configured ones
+    (tests); they stay the caller's to close."""
     providers = check_startup(settings)
     app = web.Application(
         middlewares=[request_context_middleware], client_max_size=settings.max_body_bytes
@@ -103,33 +141,45 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     configure_merchant_labels(m.strip() for m in settings.metrics_merchants.split(",") if m.strip())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        raw = store if store is not None else open_store(settings)
-        opened = instrument_store(raw)
+        if store is None and coordination is None:
+            records, coordinated = open_backends(settings)
+        else:
+            records = store if store is not None else open_store(settings)
+            coordinated = coordination if coordination is not None else open_coordination(settings)
+        opened = instrument_store(records)
         http = new_client_session()
         app[STORE] = opened
+        app[COORDINATION] = instrument_coordination(coordinated)
         app[HTTP_CLIENT] = http
         try:
-            async with _wired(app, raw, opened, http):
+            async with _wired(app, records, opened, app[COORDINATION], http):
                 yield
         finally:
-            # also when start-up failed half-way: no client session or store pool is left open
+            # also when start-up failed half-way: no client session or pool is left open (the
+            # store first: the coordination closes a Redis client they share)
             await http.close()
             if store is None:
                 await opened.close()
+            if coordination is None:
+                await coordinated.close()
 
     @contextlib.asynccontextmanager
     async def _wired(
-        app: web.Application, raw: Store, opened: Store, http: aiohttp.ClientSession
+        app: web.Application,
+        raw: RecordStore,
+        opened: RecordStore,
+        coordinated: Coordination,
+        http: aiohttp.ClientSession,
     ) -> AsyncIterator[None]:
-        await _warm_up(raw)
-        app[RATE_LIMITS] = _token_buckets(raw)
+        await _warm_up(raw, coordinated)
+        app[RATE_LIMITS] = coordinated.buckets
         adapters: dict[str, ProviderAdapter] = {
             name: build_adapter(settings.provider(name), http) for name in providers
         }
         app[ADAPTERS] = adapters
-        router = Router.from_settings(settings, adapters, opened)
+        router = Router.from_settings(settings, adapters, coordinated.stats)
         circuits = CircuitBreakers(
-            opened,
+            coordinated.circuits,
             list(adapters),
             CircuitPolicy(
                 threshold=settings.circuit_failure_threshold,
@@ -184,21 +234,16 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     return app
 
 
-def _token_buckets(store: Store) -> TokenBuckets:
-    """Rate-limit buckets next to the store: in Redis (shared) with the Redis store."""
-    client, keys = getattr(store, "client", None), getattr(store, "keys", None)
-    if isinstance(client, aioredis.Redis) and isinstance(keys, RedisKeys):
-        return RedisTokenBuckets(client, keys)
-    return MemoryTokenBuckets()
-
-
-async def _warm_up(store: Store) -> None:
-    """Open the store's pooled connections before the server listens (Redis only), so a burst
-    right after start does not open them all at once; a Redis that is down is only logged."""
+async def _warm_up(store: RecordStore, coordination: Coordination) -> None:
+    """Open the pooled Redis connections before the server listens, so a burst right after
+    start does not open them all at once; a Redis that is down is only logged."""
     warm = getattr(store, "warm_up", None)
     if warm is not None:
         opened = await warm()
         log.info("store connection pool warmed: %d connections open", opened)
+    opened = await coordination.warm_up()
+    if opened:
+        log.info("coordination connection pool warmed: %d connections open", opened)
 
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:

@@ -17,12 +17,14 @@ if TYPE_CHECKING:
     from gateway.notifications.merchants import MerchantDirectory
     from gateway.ratelimit import TokenBuckets
     from gateway.settings import Settings
-    from gateway.store.base import Store
+    from gateway.store.base import RecordStore
+    from gateway.store.coordination import Coordination
     from providers.base import ProviderAdapter
 
 __all__ = [
     "ADAPTERS",
     "AUTH",
+    "COORDINATION",
     "DEMO_INBOX",
     "HTTP_CLIENT",
     "LIFECYCLE",
@@ -37,7 +39,10 @@ __all__ = [
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-STORE: web.AppKey[Store] = web.AppKey("store")
+#: the records (GATEWAY_STORE)
+STORE: web.AppKey[RecordStore] = web.AppKey("store")
+#: circuits, routing statistics and rate limits (GATEWAY_COORDINATION)
+COORDINATION: web.AppKey[Coordination] = web.AppKey("coordination")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_client")
 ADAPTERS: web.AppKey[dict[str, ProviderAdapter]] = web.AppKey("adapters")
@@ -51,7 +56,7 @@ LIFECYCLE: web.AppKey[LifecycleService] = web.AppKey("lifecycle")
 MERCHANTS: web.AppKey[MerchantDirectory] = web.AppKey("merchants")
 #: where the supervisor of ``gateway serve --workers N`` publishes the workers' state
 WORKER_STATE: web.AppKey[Path] = web.AppKey("worker_state")
-#: the token buckets of the rate limits (Redis-shared with the Redis store)
+#: the token buckets of the rate limits (the coordination's: Redis-shared or this process's)
 RATE_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("rate_limits")
 #: bounds how many return-page requests of this process wait for a payment outcome at once
 RETURN_WAITERS: web.AppKey[asyncio.Semaphore] = web.AppKey("return_waiters")

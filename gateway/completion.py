@@ -46,7 +46,7 @@ from gateway.background import drain
 from gateway.domain.lifecycle import can_move
 from gateway.domain.session import AmountMismatch, SessionRecord, SessionStatus
 from gateway.reconciliation import mismatch
-from gateway.store.base import Store, StoreUnavailable
+from gateway.store.base import SessionLifecycleStore, StoreUnavailable
 from providers.base import (
     AUTHORIZE,
     CAPTURE,
@@ -153,7 +153,7 @@ class Completions:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: SessionLifecycleStore,
         adapters: Mapping[str, ProviderAdapter],
         boundary: AdapterBoundary,
         move: Mover,

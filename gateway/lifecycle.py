@@ -51,7 +51,7 @@ from gateway.metrics import AMOUNT_MISMATCHES, ORPHAN_SESSIONS, SESSION_TRANSITI
 from gateway.notifications.events import CREATED, UPDATED, Notifier
 from gateway.reconciliation import mismatch, reports_money
 from gateway.settings import Settings
-from gateway.store.base import OutboxItem, Store, StoreUnavailable
+from gateway.store.base import OutboxItem, SessionLifecycleStore, StoreUnavailable
 from providers.base import (
     ApprovalCompleter,
     FlowNotSupported,
@@ -104,7 +104,7 @@ class LifecycleService:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: SessionLifecycleStore,
         adapters: Mapping[str, ProviderAdapter],
         router: PaymentRecorder,
         notifier: Notifier,

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -46,7 +46,12 @@ from gateway.background import drain
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import OrphanSession
 from gateway.metrics import ORPHAN_SESSIONS
-from gateway.store.base import OrphanJob, Store, StoreUnavailable
+from gateway.store.base import (
+    OrphanJob,
+    OrphanQueueStore,
+    SessionLifecycleStore,
+    StoreUnavailable,
+)
 from providers.base import (
     CreateSessionInput,
     ProviderAdapter,
@@ -57,7 +62,7 @@ from providers.base import (
     RequestExpired,
 )
 
-__all__ = ["OrphanCleanup", "decode_input", "encode_input"]
+__all__ = ["OrphanCleanup", "OrphanCleanupStore", "decode_input", "encode_input"]
 
 log = logging.getLogger("gateway.orphans")
 
@@ -103,12 +108,17 @@ def decode_input(raw: bytes) -> CreateSessionInput:
     )
 
 
+class OrphanCleanupStore(OrphanQueueStore, SessionLifecycleStore, Protocol):
+    """What the clean-up needs of the records: the orphan queue, and the sessions it notes
+    the outcome on."""
+
+
 class OrphanCleanup:
     """Works the durable orphan queue: expires orphans at providers that allow it."""
 
     def __init__(
         self,
-        store: Store,
+        store: OrphanCleanupStore,
         adapters: Mapping[str, ProviderAdapter],
         *,
         boundary: AdapterBoundary,

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -57,16 +57,16 @@ from gateway.metrics import (
     SESSIONS_CREATED,
     merchant_label,
 )
-from gateway.orphans import OrphanCleanup
+from gateway.orphans import OrphanCleanup, OrphanCleanupStore
 from gateway.routing.decision import RoutingDecision
 from gateway.settings import Settings
 from gateway.store.base import (
     ClaimKind,
     Completion,
     CreatePin,
+    CreationStore,
     OrphanJob,
     SessionCursor,
-    Store,
     StoredResponse,
     StoreUnavailable,
 )
@@ -76,7 +76,7 @@ from providers.base import (
     ProviderSession,
 )
 
-__all__ = ["CreateOutcome", "SessionService"]
+__all__ = ["CreateOutcome", "SessionService", "SessionServiceStore"]
 
 log = logging.getLogger("gateway.sessions")
 _CLAIM_PREFIX = "claim:"
@@ -98,13 +98,18 @@ class CreateOutcome:
     provider_wait_s: float = 0.0
 
 
+class SessionServiceStore(CreationStore, OrphanCleanupStore, Protocol):
+    """What creating and reading sessions needs of the records: the create path, the
+    sessions, and the orphan queue its clean-up works through."""
+
+
 class SessionService:
     """Creates and reads sessions; owns no HTTP and no Redis, only the seams."""
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: SessionServiceStore,
         router: RouterLike,
         adapters: dict[str, ProviderAdapter],
         circuits: CircuitBreakers,

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     )
 
     store: Literal["memory", "redis"] = "memory"
+    coordination: Literal["memory", "redis"] | None = Field(
+        None,
+        description="Where circuits, routing statistics and rate limits live "
+        "(default: redis with GATEWAY_STORE=redis, else memory)",
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "gw:"
     redis_max_connections: int = Field(64, ge=1, le=10_000)
@@ -184,6 +189,14 @@ class Settings(BaseSettings):
         if self.idempotency_lease_seconds < self.request_deadline_seconds:
             raise ValueError("idempotency_lease_seconds must be >= request_deadline_seconds")
         return self
+
+    @property
+    def coordination_backend(self) -> Literal["memory", "redis"]:
+        """Where the coordination state lives: ``GATEWAY_COORDINATION``, else Redis when the
+        records are in Redis (one server for both) and memory otherwise."""
+        if self.coordination is not None:
+            return self.coordination
+        return "redis" if self.store == "redis" else "memory"
 
     @property
     def is_sandbox(self) -> bool:

@@ -36,7 +36,7 @@ from gateway.metrics import (
 )
 from gateway.notifications.merchants import MerchantDirectory
 from gateway.notifications.signing import SIGNATURE_HEADER, signature_header
-from gateway.store.base import OutboxItem, Store, StoreUnavailable
+from gateway.store.base import OutboxItem, OutboxStore, StoreUnavailable
 
 __all__ = ["DeliveryPolicy", "DeliveryWorker"]
 
@@ -74,7 +74,7 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         directory: MerchantDirectory,
         http: aiohttp.ClientSession,
         policy: DeliveryPolicy,

@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 
     from gateway.domain.models import CheckoutRequest
     from gateway.settings import Settings
-    from gateway.store.base import Store
 
 __all__ = ["ReloadResult", "Router", "enabled_providers"]
 
@@ -179,28 +178,16 @@ class Router:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, adapters: Mapping[str, Any], store: Store | None = None
+        cls, settings: Settings, adapters: Mapping[str, Any], stats: StatsStore | None = None
     ) -> Router:
-        """The router of a gateway: Redis-shared statistics when the store is Redis."""
-        stats: StatsStore | None = None
-        owns = False
-        if settings.store == "redis":
-            from gateway.routing.stats_redis import RedisStatsStore
-
-            client = getattr(store, "client", None)
-            if client is not None:
-                stats = RedisStatsStore(client, settings.redis_prefix)
-            else:
-                stats, owns = (
-                    RedisStatsStore.from_url(settings.redis_url, settings.redis_prefix),
-                    True,
-                )
+        """The router of a gateway, learning into ``stats`` (the coordination's statistics,
+        :attr:`gateway.store.coordination.Coordination.stats`, which also closes them; None:
+        this process's memory)."""
         return cls(
             settings.rules_path,
             adapters,
             stats,
             watch_interval_s=settings.rules_watch_interval_seconds,
-            owns_stats_store=owns,
         )
 
     # -- what the rest of the gateway reads ------------------------------------------------

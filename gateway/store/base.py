@@ -17,7 +17,6 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.domain.session import SessionRecord
-from gateway.store.coordination import CircuitStore
 
 __all__ = [
     "Begun",
@@ -34,8 +33,8 @@ __all__ = [
     "RecordStore",
     "RetentionStore",
     "SessionCursor",
+    "SessionLifecycleStore",
     "SessionStore",
-    "Store",
     "StoreUnavailable",
     "StoredResponse",
 ]
@@ -415,6 +414,11 @@ class RetentionStore(Protocol):
         ...
 
 
+class SessionLifecycleStore(SessionStore, LifecycleStore, Protocol):
+    """Reading sessions and moving them through their lifecycle (the lifecycle service, owed
+    completions, the expiry sweeper)."""
+
+
 class RecordStore(
     CreationStore,
     SessionStore,
@@ -436,8 +440,3 @@ class RecordStore(
     async def close(self) -> None:
         """Release connections."""
         ...
-
-
-class Store(RecordStore, CircuitStore, Protocol):
-    """Transitional: the records and the circuits in one object, until each consumer takes its
-    narrow protocol (the store-layer split removes this)."""

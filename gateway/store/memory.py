@@ -1,13 +1,14 @@
-"""The embedded default store: one process, zero set-up, same semantics as Redis."""
+"""The embedded default record store: one process, zero set-up, same semantics as Redis.
+
+Its coordination counterpart (circuits) is :mod:`gateway.store.circuits_memory`."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
@@ -21,8 +22,7 @@ from gateway.store.base import (
     SessionCursor,
     StoredResponse,
 )
-from gateway.store.coordination import CircuitState
-from gateway.store.keys import circuit_ttl_s
+from gateway.store.ttl_dict import TTLDict
 
 __all__ = ["MemoryStore"]
 
@@ -32,72 +32,6 @@ _CLAIM_PREFIX = "claim:"
 def _order_slot(merchant_id: str, order_reference: str) -> str:
     """One key per merchant and orderReference (length-prefixed: no two pairs collide)."""
     return f"{len(merchant_id)}:{merchant_id}:{order_reference}"
-
-
-@dataclass(slots=True)
-class _Entry:
-    value: Any
-    expires: float
-
-
-class _TTLDict:
-    """A dict whose entries vanish at their deadline (checked lazily, swept on growth)."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, _Entry] = {}
-        self._next_sweep = 1024
-
-    def get(self, key: str) -> Any:
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        if entry.expires <= time.monotonic():
-            del self._data[key]
-            return None
-        return entry.value
-
-    def set(self, key: str, value: Any, ttl_s: float) -> None:
-        self._data[key] = _Entry(value, time.monotonic() + ttl_s)
-        if len(self._data) >= self._next_sweep:
-            self._sweep()
-
-    def pop(self, key: str) -> None:
-        self._data.pop(key, None)
-
-    def replace(self, key: str, value: Any) -> None:
-        """Overwrite a live entry, keeping its deadline."""
-        self._data[key].value = value
-
-    def keep(self, key: str, value: Any, ttl_s: float) -> None:
-        """Set ``key`` to live at least ``ttl_s`` from now (a later deadline stays)."""
-        entry = self._data.get(key)
-        if entry is not None and entry.expires > time.monotonic() + ttl_s:
-            entry.value = value
-        else:
-            self.set(key, value, ttl_s)
-
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, e in self._data.items() if e.expires <= now]:
-            del self._data[key]
-        self._next_sweep = max(1024, len(self._data) * 2)
-
-
-@dataclass(slots=True)
-class _Circuit:
-    """Stored circuit: ``open`` reads as half-open once ``open_until`` has passed."""
-
-    is_open: bool = False
-    open_until: float = 0.0
-    failures: int = 0
-    window: list[float] = field(default_factory=list)  # failure timestamps (closed)
-    probes: list[float] = field(default_factory=list)  # probe timestamps (half-open)
-
-    def view(self, now: float) -> CircuitState:
-        if not self.is_open:
-            return CircuitState("closed", self.failures)
-        state = "open" if now < self.open_until else "half_open"
-        return CircuitState(state, self.failures, self.open_until)
 
 
 @dataclass(slots=True)
@@ -116,13 +50,12 @@ class MemoryStore:
     name = "memory"
 
     def __init__(self) -> None:
-        self._idem = _TTLDict()
-        self._orders = _TTLDict()
-        self._sessions = _TTLDict()
+        self._idem = TTLDict()
+        self._orders = TTLDict()
+        self._sessions = TTLDict()
         #: merchant and orderReference -> {session id: createdAt}, kept as long as its sessions
-        self._by_order = _TTLDict()
-        self._circuits = _TTLDict()
-        self._events = _TTLDict()
+        self._by_order = TTLDict()
+        self._events = TTLDict()
         self._expiries: dict[str, float] = {}
         self._outbox_due: dict[str, float] = {}
         self._outbox_items: dict[str, OutboxItem] = {}
@@ -141,10 +74,8 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    # idempotency
-    async def claim(
-        self, scope: str, key: str, fingerprint: str, *, token: str, lease_ms: int
-    ) -> Claim:
+    # the create path's steps (private: production calls begin_create/commit_create)
+    def _claim(self, scope: str, key: str, fingerprint: str, *, token: str, lease_ms: int) -> Claim:
         slot = f"{scope}\x00{key}"
         record: _IdemRecord | None = self._idem.get(slot)
         if record is None:
@@ -154,12 +85,11 @@ class MemoryStore:
             return Claim(ClaimKind.MISMATCH)
         if record.response is not None:
             return Claim(ClaimKind.REPLAY, response=record.response)
-        entry = self._idem._data[slot]
-        until = record.lease_until if record.lease_until is not None else entry.expires
+        until = record.lease_until if record.lease_until is not None else self._idem.expires(slot)
         remaining = max(1, int((until - time.monotonic()) * 1000))
         return Claim(ClaimKind.IN_FLIGHT, retry_after_ms=remaining)
 
-    async def complete(
+    def _complete(
         self, scope: str, key: str, token: str, response: StoredResponse, *, ttl_s: int
     ) -> bool:
         slot = f"{scope}\x00{key}"
@@ -176,7 +106,7 @@ class MemoryStore:
             self._idem.pop(slot)
 
     # order guard
-    async def reserve_order(
+    def _reserve_order(
         self, scope: str, order_ref: str, token: str, *, lease_ms: int
     ) -> str | None:
         slot = f"{scope}\x00{order_ref}"
@@ -195,7 +125,7 @@ class MemoryStore:
         self._orders.set(slot, _CLAIM_PREFIX + token, lease_ms / 1000)
         return True
 
-    async def bind_order(
+    def _bind_order(
         self, scope: str, order_ref: str, token: str, session_id: str, *, ttl_s: int
     ) -> None:
         slot = f"{scope}\x00{order_ref}"
@@ -208,7 +138,7 @@ class MemoryStore:
             self._orders.pop(slot)
 
     # sessions
-    async def put_session(
+    def _put_session(
         self,
         record: SessionRecord,
         *,
@@ -219,7 +149,7 @@ class MemoryStore:
         self._sessions.set(record.sessionId, record, ttl_s)
         if expires_at is not None:
             self._expiries[record.sessionId] = expires_at
-        await self.outbox_add(outbox, due=time.time())
+        self._enqueue(outbox, due=time.time())
 
     # the create path: no await suspends between the steps, so each call is atomic
     async def begin_create(
@@ -236,7 +166,7 @@ class MemoryStore:
     ) -> Begun:
         resumed = False
         if pin is None:
-            claim = await self.claim(scope, key, fingerprint, token=token, lease_ms=lease_ms)
+            claim = self._claim(scope, key, fingerprint, token=token, lease_ms=lease_ms)
         else:
             claim, pin, resumed = self._claim_pinned(
                 f"{scope}\x00{key}", fingerprint, token, lease_ms, pin, pin_ttl_ms
@@ -245,7 +175,7 @@ class MemoryStore:
             return Begun(claim)
         holder = None
         if order_ref is not None:
-            holder = await self.reserve_order(scope, order_ref, token, lease_ms=lease_ms)
+            holder = self._reserve_order(scope, order_ref, token, lease_ms=lease_ms)
         return Begun(claim, holder, pin, resumed)
 
     def _claim_pinned(
@@ -262,16 +192,17 @@ class MemoryStore:
             return Claim(ClaimKind.MISMATCH), pin, False
         if record.response is not None:
             return Claim(ClaimKind.REPLAY, response=record.response), pin, False
-        entry = self._idem._data[slot]
         if record.token is not None:
-            until = record.lease_until if record.lease_until is not None else entry.expires
+            until = record.lease_until
+            if until is None:
+                until = self._idem.expires(slot)
             if until > now:
                 remaining = max(1, int((until - now) * 1000))
                 return Claim(ClaimKind.IN_FLIGHT, retry_after_ms=remaining), pin, False
         resumed = record.pin is not None
         record.pin = record.pin or pin
         record.token, record.lease_until = token, lease_until
-        entry.expires = max(entry.expires, lease_until)
+        self._idem.extend(slot, lease_until)
         return Claim(ClaimKind.CLAIMED, token=token), record.pin, resumed
 
     async def abandon_create(
@@ -300,16 +231,14 @@ class MemoryStore:
     ) -> bool:
         c = completion
         if self._sessions.get(record.sessionId) is None:  # never overwrite an earlier attempt's
-            await self.put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
+            self._put_session(record, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox)
             self._index_order(record, ttl_s)
             now = time.time()
             for job in orphans:
                 self._orphans[job.id] = (now, replace(job, lease=None))
         if c.order_ref is not None:
-            await self.bind_order(
-                c.scope, c.order_ref, c.token, record.sessionId, ttl_s=c.order_ttl_s
-            )
-        return await self.complete(c.scope, c.key, c.token, c.response, ttl_s=c.ttl_s)
+            self._bind_order(c.scope, c.order_ref, c.token, record.sessionId, ttl_s=c.order_ttl_s)
+        return self._complete(c.scope, c.key, c.token, c.response, ttl_s=c.ttl_s)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         record: SessionRecord | None = self._sessions.get(session_id)
@@ -388,6 +317,9 @@ class MemoryStore:
 
     # outbox
     async def outbox_add(self, items: Sequence[OutboxItem], *, due: float) -> None:
+        self._enqueue(items, due=due)
+
+    def _enqueue(self, items: Sequence[OutboxItem], *, due: float) -> None:
         for item in items:
             self._outbox_items[item.id] = replace(item, lease=None)
             self._outbox_due[item.id] = due
@@ -470,60 +402,3 @@ class MemoryStore:
     async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:
         newest = sorted(self._dead.values(), key=lambda entry: entry[0], reverse=True)
         return [item for _, item in newest[:limit]]
-
-    # circuit breaker
-    async def circuit_states(self, providers: list[str], *, now: float) -> dict[str, CircuitState]:
-        states: dict[str, CircuitState] = {}
-        for provider in providers:
-            circuit: _Circuit | None = self._circuits.get(provider)
-            states[provider] = circuit.view(now) if circuit else CircuitState("closed")
-        return states
-
-    async def circuit_failure(
-        self, provider: str, *, now: float, window_s: float, threshold: int, open_s: float
-    ) -> CircuitState:
-        circuit: _Circuit = self._circuits.get(provider) or _Circuit()
-        if circuit.is_open:
-            if now < circuit.open_until:
-                return circuit.view(now)  # already open: a late failure changes nothing
-            circuit.open_until = now + open_s  # a failure while half-open reopens at once
-            circuit.failures += 1
-            circuit.probes.clear()
-        else:
-            cutoff = now - window_s
-            circuit.window = [t for t in circuit.window if t > cutoff]
-            circuit.window.append(now)
-            circuit.failures = len(circuit.window)
-            if circuit.failures >= threshold:
-                circuit.is_open = True
-                circuit.open_until = now + open_s
-                circuit.window.clear()
-                circuit.probes.clear()
-        open_until = circuit.open_until if circuit.is_open else None
-        ttl = circuit_ttl_s(now=now, window_s=window_s, open_until=open_until)
-        self._circuits.set(provider, circuit, ttl)
-        return circuit.view(now)
-
-    async def circuit_success(self, provider: str, *, now: float) -> CircuitState:
-        circuit: _Circuit | None = self._circuits.get(provider)
-        if circuit is None:
-            return CircuitState("closed")
-        if circuit.is_open and now >= circuit.open_until:
-            self._circuits.pop(provider)
-            return CircuitState("closed")
-        return circuit.view(now)
-
-    async def circuit_acquire_probe(
-        self, provider: str, *, now: float, max_probes: int, probe_ttl_s: float
-    ) -> bool:
-        circuit: _Circuit | None = self._circuits.get(provider)
-        if circuit is None or not circuit.is_open:
-            return True
-        if now < circuit.open_until:
-            return False
-        cutoff = now - probe_ttl_s
-        circuit.probes = [t for t in circuit.probes if t > cutoff]
-        if len(circuit.probes) >= max_probes:
-            return False
-        circuit.probes.append(now)
-        return True
