@@ -1,4 +1,5 @@
-"""Per-provider circuit breakers whose state lives in the store, shared by every process.
+"""Per-provider circuit breakers whose state lives in the coordination store
+(:class:`~gateway.store.coordination.CircuitStore`), shared by every process.
 
 Closed: calls flow; ``threshold`` failures within ``window`` open the circuit. Open: the provider
 is excluded from routing for ``open_seconds``. Half-open: a few probe requests go through; a
@@ -8,6 +9,9 @@ once per ``refresh_seconds``; successes in the closed state cost nothing.
 Every state this process learns is published as ``gateway_circuit_state``; while
 :meth:`CircuitBreakers.running` is active the shared state is also re-read every
 ``publish_seconds``, so the gauge follows the circuits when no checkout traffic flows.
+
+A circuit store that cannot be reached never fails a checkout: the last known states stay in
+force, a half-open probe is let through and an outcome that cannot be counted is logged.
 """
 
 from __future__ import annotations
@@ -131,28 +135,42 @@ class CircuitBreakers:
         now = time.time()
         if state.state == "open" and state.open_until is not None and state.open_until > now:
             return False
-        return await self._store.circuit_acquire_probe(
-            provider,
-            now=now,
-            max_probes=self._policy.half_open_probes,
-            probe_ttl_s=max(1.0, self._policy.open_seconds),
-        )
+        try:
+            return await self._store.circuit_acquire_probe(
+                provider,
+                now=now,
+                max_probes=self._policy.half_open_probes,
+                probe_ttl_s=max(1.0, self._policy.open_seconds),
+            )
+        except StoreUnavailable:
+            log.warning("circuit probe of %s not coordinated: circuit store unavailable", provider)
+            return True
 
     async def success(self, provider: str) -> None:
         state = self._states.get(provider)
         if state is not None and state.state != "closed":
-            self._states[provider] = await self._store.circuit_success(provider, now=time.time())
+            try:
+                self._states[provider] = await self._store.circuit_success(
+                    provider, now=time.time()
+                )
+            except StoreUnavailable:
+                log.warning("circuit success of %s not counted: store unavailable", provider)
+                return
             self._publish()
 
     async def failure(self, provider: str) -> None:
         policy = self._policy
-        new = await self._store.circuit_failure(
-            provider,
-            now=time.time(),
-            window_s=policy.window_seconds,
-            threshold=policy.threshold,
-            open_s=policy.open_seconds,
-        )
+        try:
+            new = await self._store.circuit_failure(
+                provider,
+                now=time.time(),
+                window_s=policy.window_seconds,
+                threshold=policy.threshold,
+                open_s=policy.open_seconds,
+            )
+        except StoreUnavailable:
+            log.warning("circuit failure of %s not counted: store unavailable", provider)
+            return
         if new.state != self._states.get(provider, CircuitState("closed")).state:
             log.warning("circuit for %s is now %s", provider, new.state)
         self._states[provider] = new

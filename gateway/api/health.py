@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import ROUTER, STORE, WORKER_STATE
+from gateway.appkeys import COORDINATION, ROUTER, STORE, WORKER_STATE
 from gateway.store.base import StoreUnavailable
 from gateway.supervisor import read_worker_state
 
@@ -21,8 +21,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: the store answers, routing rules are loaded and, under ``--workers N``, all N
-    workers are alive (503 with details otherwise)."""
+    """Ready: the record store answers, routing rules are loaded and, under ``--workers N``,
+    all N workers are alive (503 with details otherwise). The coordination (circuits,
+    statistics, rate limits) is reported but does not decide: without it the gateway still
+    answers correctly (circuits read closed, limits let requests through)."""
     checks: dict[str, Any] = {}
     ready = True
     store = request.app.get(STORE)
@@ -36,6 +38,14 @@ async def readyz(request: web.Request) -> web.Response:
         except StoreUnavailable as exc:
             checks["store"] = {"ok": False, "backend": store.name, "error": str(exc)[:200]}
             ready = False
+    coordination = request.app.get(COORDINATION)
+    if coordination is not None:
+        try:
+            await coordination.ping()
+            checks["coordination"] = {"ok": True, "backend": coordination.name}
+        except StoreUnavailable as exc:
+            problem = str(exc)[:200]
+            checks["coordination"] = {"ok": False, "backend": coordination.name, "error": problem}
     router = request.app.get(ROUTER)
     if router is None:
         checks["rules"] = {"ok": False, "error": "not loaded"}
