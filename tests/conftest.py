@@ -1,7 +1,8 @@
 """Fixtures shared by every test package.
 
 Redis: tests that use ``redis_url`` (directly or through ``redis_prefix``, ``redis_client``,
-``store_factory("redis")`` or the ``store[redis]`` parameter) or carry ``@pytest.mark.redis``
+``store_factory("redis")``, ``coordination_factory("redis")``, or the ``store[redis]`` and
+``circuits[redis]`` parameters) or carry ``@pytest.mark.redis``
 run against database 13 of the Redis at ``GATEWAY_TEST_REDIS_URL`` (default
 ``redis://127.0.0.1:6379/13``), each under its own key prefix, and delete only their own keys
 (never FLUSHDB: the server is shared). Redis is checked once per session; when it does not
@@ -19,14 +20,21 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
+from gateway.store.coordination import (
+    CircuitStore,
+    Coordination,
+    memory_coordination,
+    redis_coordination,
+)
 from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
-StoreFactory = Callable[..., Awaitable[Store]]
+StoreFactory = Callable[..., Awaitable[RecordStore]]
+CoordinationFactory = Callable[..., Awaitable[Coordination]]
 
 
 def _under_ci() -> bool:
@@ -103,10 +111,10 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
     """``await store_factory("memory" | "redis", **redis_store_kwargs)``; every store made is
     closed at teardown. Redis stores of one test share its ``redis_prefix`` (like several
     gateway processes sharing one Redis), so their keys are deleted with it."""
-    created: list[Store] = []
+    created: list[RecordStore] = []
 
-    async def make(kind: str = "memory", **kwargs: Any) -> Store:
-        store: Store
+    async def make(kind: str = "memory", **kwargs: Any) -> RecordStore:
+        store: RecordStore
         if kind == "memory":
             store = MemoryStore()
         elif kind == "redis":
@@ -124,7 +132,41 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> Store:
-    """The store under test, once per backend: memory and Redis."""
+async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RecordStore:
+    """The record store under test, once per backend: memory and Redis."""
     kind: str = request.param
     return await store_factory(kind)
+
+
+@pytest.fixture
+async def coordination_factory(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[CoordinationFactory]:
+    """``await coordination_factory("memory" | "redis")``; each bundle made is closed at
+    teardown. Redis bundles of one test share its ``redis_prefix`` (and its stores' keys)."""
+    created: list[Coordination] = []
+
+    async def make(kind: str = "memory") -> Coordination:
+        if kind == "memory":
+            bundle = memory_coordination()
+        elif kind == "redis":
+            url: str = request.getfixturevalue("redis_url")
+            prefix: str = request.getfixturevalue("redis_prefix")
+            bundle = redis_coordination(aioredis.Redis.from_url(url), prefix, owns_client=True)
+        else:
+            raise ValueError(f"unknown coordination kind {kind!r}")
+        created.append(bundle)
+        return bundle
+
+    yield make
+    for bundle in reversed(created):
+        await bundle.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def circuits(
+    request: pytest.FixtureRequest, coordination_factory: CoordinationFactory
+) -> CircuitStore:
+    """The circuit store under test, once per coordination backend: memory and Redis."""
+    kind: str = request.param
+    return (await coordination_factory(kind)).circuits

@@ -1,7 +1,10 @@
-"""Sample records shared by the store tests."""
+"""Sample records shared by the store tests, and the writes production makes, through the
+protocol only (so they run unchanged against every record store)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -12,6 +15,14 @@ from gateway.domain.session import (
     SessionRecord,
     SessionStatus,
     Transition,
+)
+from gateway.store.base import (
+    ClaimKind,
+    Completion,
+    CreationStore,
+    OrphanJob,
+    OutboxItem,
+    StoredResponse,
 )
 
 
@@ -50,3 +61,38 @@ def make_session(
         transitions=[Transition(status=status, at=created, source="api")],
         metadata={"cart": {"items": 2, "price": "0.10"}, "tags": ["a", "b"]},
     )
+
+
+async def store_session(
+    store: CreationStore,
+    record: SessionRecord,
+    *,
+    ttl_s: int,
+    expires_at: float | None = None,
+    outbox: Sequence[OutboxItem] = (),
+    orphans: Sequence[OrphanJob] = (),
+) -> None:
+    """Store ``record`` the way a create does (claim a fresh key, then commit)."""
+    key, token = f"sample-{uuid.uuid4().hex}", uuid.uuid4().hex
+    begun = await store.begin_create(
+        "samples", key, "fp", token=token, lease_ms=5_000, order_ref=None
+    )
+    assert begun.claim.kind is ClaimKind.CLAIMED
+    done = Completion("samples", key, token, StoredResponse(201, b"{}"), ttl_s=ttl_s)
+    assert await store.commit_create(
+        record, done, ttl_s=ttl_s, expires_at=expires_at, outbox=outbox, orphans=orphans
+    )
+
+
+async def order_holder(store: CreationStore, scope: str, order_ref: str) -> str | None:
+    """Who holds the reservation of ``order_ref`` (a session id, ``claim:<token>``, or None),
+    as a create sees it; the probe leaves nothing behind."""
+    key, token = f"probe-{uuid.uuid4().hex}", uuid.uuid4().hex
+    begun = await store.begin_create(
+        scope, key, "probe", token=token, lease_ms=5_000, order_ref=order_ref
+    )
+    assert begun.claim.kind is ClaimKind.CLAIMED
+    await store.release(scope, key, token)
+    if begun.order_holder is None:
+        await store.release_order(scope, order_ref, token)
+    return begun.order_holder

@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from gateway.domain.session import SessionStatus
-from gateway.store.base import OutboxItem, Store
-from gateway.store.redis import RedisStore
+from gateway.store.base import OutboxItem, RecordStore
 
-from .samples import make_session
-from .test_contract import remaining_ms
+from .samples import make_session, store_session
+from .test_contract import PAST_ONE_SECOND
 
 
 def item(item_id: str = "n1", body: bytes = b'{"type":"payment_session.created"}') -> OutboxItem:
@@ -29,9 +26,9 @@ def item(item_id: str = "n1", body: bytes = b'{"type":"payment_session.created"}
 # compare-and-set -----------------------------------------------------------------------------
 
 
-async def test_update_applies_only_on_the_expected_version(store: Store) -> None:
+async def test_update_applies_only_on_the_expected_version(store: RecordStore) -> None:
     record = make_session()
-    await store.put_session(record, ttl_s=600)
+    await store_session(store, record, ttl_s=600)
     moved = record.model_copy(update={"status": SessionStatus.COMPLETED, "version": 1})
     assert await store.update_session(moved, expected_version=0) is True
     stored = await store.get_session(record.sessionId)
@@ -45,23 +42,24 @@ async def test_update_applies_only_on_the_expected_version(store: Store) -> None
     assert after.status is SessionStatus.COMPLETED
 
 
-async def test_update_of_an_unknown_session_fails(store: Store) -> None:
+async def test_update_of_an_unknown_session_fails(store: RecordStore) -> None:
     assert await store.update_session(make_session("nope"), expected_version=0) is False
     assert await store.get_session("nope") is None
 
 
-async def test_update_keeps_the_retention_ttl(store: Store) -> None:
+async def test_update_keeps_the_retention_ttl(store: RecordStore) -> None:
     record = make_session()
-    await store.put_session(record, ttl_s=600)
+    await store_session(store, record, ttl_s=1)
     moved = record.model_copy(update={"version": 1})
     assert await store.update_session(moved, expected_version=0)
-    left = await remaining_ms(store, "session", record.sessionId)
-    assert 590_000 < left <= 600_000
+    assert await store.get_session(record.sessionId) == moved
+    await asyncio.sleep(PAST_ONE_SECOND)  # the update neither renewed nor dropped the lifetime
+    assert await store.get_session(record.sessionId) is None
 
 
-async def test_concurrent_updates_have_exactly_one_winner(store: Store) -> None:
+async def test_concurrent_updates_have_exactly_one_winner(store: RecordStore) -> None:
     record = make_session()
-    await store.put_session(record, ttl_s=600)
+    await store_session(store, record, ttl_s=600)
     tries = [
         store.update_session(record.model_copy(update={"version": 1}), expected_version=0)
         for _ in range(25)
@@ -70,9 +68,9 @@ async def test_concurrent_updates_have_exactly_one_winner(store: Store) -> None:
     assert results.count(True) == 1
 
 
-async def test_update_enqueues_its_notifications_with_it(store: Store) -> None:
+async def test_update_enqueues_its_notifications_with_it(store: RecordStore) -> None:
     record = make_session()
-    await store.put_session(record, ttl_s=600)
+    await store_session(store, record, ttl_s=600)
     assert await store.outbox_backlog() == 0
     moved = record.model_copy(update={"version": 1})
     assert not await store.update_session(moved, expected_version=5, outbox=[item("lost")])
@@ -82,9 +80,9 @@ async def test_update_enqueues_its_notifications_with_it(store: Store) -> None:
     assert [c.id for c in claimed] == ["kept"]
 
 
-async def test_put_session_indexes_expiry_and_enqueues(store: Store) -> None:
+async def test_commit_indexes_expiry_and_enqueues(store: RecordStore) -> None:
     record = make_session()
-    await store.put_session(record, ttl_s=600, expires_at=1000.0, outbox=[item("created")])
+    await store_session(store, record, ttl_s=600, expires_at=1000.0, outbox=[item("created")])
     assert await store.claim_expiries(now=999.0, lease_s=60, limit=10) == []
     assert await store.claim_expiries(now=1000.0, lease_s=60, limit=10) == [record.sessionId]
     claimed = await store.outbox_claim(now=time.time() + 1, lease_s=30, limit=10)
@@ -94,7 +92,7 @@ async def test_put_session_indexes_expiry_and_enqueues(store: Store) -> None:
 # webhook event markers -----------------------------------------------------------------------
 
 
-async def test_event_is_leased_then_done_per_provider(store: Store) -> None:
+async def test_event_is_leased_then_done_per_provider(store: RecordStore) -> None:
     assert await store.claim_event("stripe", "evt_1", lease_s=60) == "new"
     assert await store.claim_event("stripe", "evt_1", lease_s=60) == "processing"
     assert await store.claim_event("adyen", "evt_1", lease_s=60) == "new"
@@ -104,13 +102,13 @@ async def test_event_is_leased_then_done_per_provider(store: Store) -> None:
     assert await store.claim_event("adyen", "evt_1", lease_s=60) == "new"
 
 
-async def test_concurrent_claims_have_one_winner(store: Store) -> None:
+async def test_concurrent_claims_have_one_winner(store: RecordStore) -> None:
     results = await asyncio.gather(*(store.claim_event("p", "e", lease_s=60) for _ in range(20)))
     assert results.count("new") == 1
     assert results.count("processing") == 19
 
 
-async def test_a_lost_lease_frees_the_event_and_done_markers_expire(store: Store) -> None:
+async def test_a_lost_lease_frees_the_event_and_done_markers_expire(store: RecordStore) -> None:
     assert await store.claim_event("stripe", "evt_crash", lease_s=0.3) == "new"
     await asyncio.sleep(0.4)  # the process holding it died: the resend is applied
     assert await store.claim_event("stripe", "evt_crash", lease_s=60) == "new"
@@ -122,7 +120,7 @@ async def test_a_lost_lease_frees_the_event_and_done_markers_expire(store: Store
 # expiry index --------------------------------------------------------------------------------
 
 
-async def test_claim_expiries_leases_due_ids_in_due_order(store: Store) -> None:
+async def test_claim_expiries_leases_due_ids_in_due_order(store: RecordStore) -> None:
     await store.schedule_expiry("late", 300.0)
     await store.schedule_expiry("early", 100.0)
     await store.schedule_expiry("future", 10_000.0)
@@ -143,7 +141,7 @@ async def test_claim_expiries_leases_due_ids_in_due_order(store: Store) -> None:
 # outbox --------------------------------------------------------------------------------------
 
 
-async def test_outbox_claim_leases_and_done_removes(store: Store) -> None:
+async def test_outbox_claim_leases_and_done_removes(store: RecordStore) -> None:
     await store.outbox_add([item("a"), item("b")], due=100.0)
     assert await store.outbox_claim(now=99.0, lease_s=30, limit=10) == []
     claimed = await store.outbox_claim(now=100.0, lease_s=30, limit=10)
@@ -157,7 +155,7 @@ async def test_outbox_claim_leases_and_done_removes(store: Store) -> None:
     assert await store.outbox_done(claimed[0]) is False
 
 
-async def test_outbox_stale_lease_cannot_finish_after_a_reclaim(store: Store) -> None:
+async def test_outbox_stale_lease_cannot_finish_after_a_reclaim(store: RecordStore) -> None:
     await store.outbox_add([item("a")], due=100.0)
     (first,) = await store.outbox_claim(now=100.0, lease_s=30, limit=10)
     (second,) = await store.outbox_claim(now=131.0, lease_s=30, limit=10)  # lease ran out
@@ -168,7 +166,7 @@ async def test_outbox_stale_lease_cannot_finish_after_a_reclaim(store: Store) ->
     assert await store.outbox_backlog() == 0
 
 
-async def test_outbox_retry_keeps_attempts_and_reschedules(store: Store) -> None:
+async def test_outbox_retry_keeps_attempts_and_reschedules(store: RecordStore) -> None:
     await store.outbox_add([item("a")], due=100.0)
     (claimed,) = await store.outbox_claim(now=100.0, lease_s=30, limit=10)
     assert await store.outbox_retry(claimed.failed("http_500"), due=200.0) is True
@@ -177,7 +175,7 @@ async def test_outbox_retry_keeps_attempts_and_reschedules(store: Store) -> None
     assert (again.attempts, again.last_error, again.body) == (1, "http_500", item().body)
 
 
-async def test_outbox_dead_letters_are_kept_newest_first_and_capped(store: Store) -> None:
+async def test_outbox_dead_letters_are_kept_newest_first_and_capped(store: RecordStore) -> None:
     await store.outbox_add([item(f"d{i}") for i in range(4)], due=100.0)
     claimed = await store.outbox_claim(now=100.0, lease_s=30, limit=10)
     by_id = {c.id: c for c in claimed}
@@ -193,24 +191,9 @@ async def test_outbox_dead_letters_are_kept_newest_first_and_capped(store: Store
     assert await store.outbox_claim(now=10_000.0, lease_s=30, limit=10) == []
 
 
-async def test_outbox_item_round_trips_exact_bytes(store: Store) -> None:
+async def test_outbox_item_round_trips_exact_bytes(store: RecordStore) -> None:
     body = '{"amount":"140.76","name":"Zoë ✓"}'.encode()
     await store.outbox_add([item("u", body)], due=1.0)
     (claimed,) = await store.outbox_claim(now=2.0, lease_s=30, limit=1)
     assert claimed.body == body
     assert claimed.created_at == 1_700_000_000.5
-
-
-@pytest.mark.redis
-async def test_redis_outbox_survives_a_new_store_instance(store_factory: object) -> None:
-    from tests.conftest import StoreFactory
-
-    assert callable(store_factory)
-    make: StoreFactory = store_factory
-    first = await make("redis")
-    await first.outbox_add([item("durable")], due=1.0)
-    await first.close()
-    second = await make("redis")
-    assert isinstance(second, RedisStore)
-    (claimed,) = await second.outbox_claim(now=2.0, lease_s=30, limit=5)
-    assert claimed.id == "durable"

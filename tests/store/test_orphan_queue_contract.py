@@ -1,12 +1,12 @@
 """The durable orphan queue (jobs committed with their session, leased, retried), against
-memory and Redis."""
+every record store."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
 
-from gateway.store.base import ClaimKind, OrphanJob, Store
+from gateway.store.base import ClaimKind, OrphanJob, RecordStore
 from tests.store.samples import make_session
 from tests.store.test_create_contract import FP, completion
 
@@ -20,7 +20,7 @@ def job(session_id: str = "s_1", provider: str = "stripe") -> OrphanJob:
     )
 
 
-async def committed(store: Store, *jobs: OrphanJob) -> None:
+async def committed(store: RecordStore, *jobs: OrphanJob) -> None:
     begun = await store.begin_create("m1", "k1", FP, token="t1", lease_ms=5000, order_ref=None)
     assert begun.claim.kind is ClaimKind.CLAIMED
     assert await store.commit_create(
@@ -28,7 +28,7 @@ async def committed(store: Store, *jobs: OrphanJob) -> None:
     )
 
 
-async def test_a_commit_enqueues_its_orphan_jobs_due_at_once(store: Store) -> None:
+async def test_a_commit_enqueues_its_orphan_jobs_due_at_once(store: RecordStore) -> None:
     await committed(store, job("s_1", "stripe"), job("s_1", "adyen"))
     claimed = await store.orphan_claim(now=time.time() + 0.01, lease_s=30, limit=10)
     assert sorted(j.provider for j in claimed) == ["adyen", "stripe"]
@@ -42,12 +42,12 @@ async def test_a_commit_enqueues_its_orphan_jobs_due_at_once(store: Store) -> No
     assert stripe.attempts == 0
 
 
-async def test_a_commit_without_orphans_enqueues_nothing(store: Store) -> None:
+async def test_a_commit_without_orphans_enqueues_nothing(store: RecordStore) -> None:
     await committed(store)
     assert await store.orphan_claim(now=time.time() + 60, lease_s=30, limit=10) == []
 
 
-async def test_a_leased_job_is_nobody_elses_until_its_lease_ends(store: Store) -> None:
+async def test_a_leased_job_is_nobody_elses_until_its_lease_ends(store: RecordStore) -> None:
     await committed(store, job())
     now = time.time() + 0.01
     (first,) = await store.orphan_claim(now=now, lease_s=30, limit=10)
@@ -63,7 +63,7 @@ async def test_a_leased_job_is_nobody_elses_until_its_lease_ends(store: Store) -
     assert await store.orphan_claim(now=now + 1000, lease_s=30, limit=10) == []
 
 
-async def test_a_retried_job_keeps_its_attempts_and_comes_back_when_due(store: Store) -> None:
+async def test_a_retried_job_keeps_its_attempts_and_comes_back_when_due(store: RecordStore) -> None:
     await committed(store, job())
     now = time.time() + 0.01
     (leased,) = await store.orphan_claim(now=now, lease_s=30, limit=10)
@@ -77,7 +77,7 @@ async def test_a_retried_job_keeps_its_attempts_and_comes_back_when_due(store: S
     assert await store.orphan_done(back)
 
 
-async def test_claims_are_bounded_by_limit(store: Store) -> None:
+async def test_claims_are_bounded_by_limit(store: RecordStore) -> None:
     await committed(store, *(job("s_1", f"p{i}") for i in range(5)))
     now = time.time() + 0.01
     assert len(await store.orphan_claim(now=now, lease_s=30, limit=2)) == 2

@@ -61,8 +61,8 @@ async def test_a_script_that_timed_out_is_never_sent_again(fake_redis: FakeRedis
     conf = RedisClientSettings(socket_timeout_s=0.3, connect_retries=3)
     store = RedisStore(f"redis://127.0.0.1:{fake_redis.port}/0", "gw:", conf=conf)
     try:
-        with pytest.raises(StoreUnavailable, match="claim"):
-            await store.claim("m", "k", "fp", token="t", lease_ms=1000)
+        with pytest.raises(StoreUnavailable, match="begin_create"):
+            await store.begin_create("m", "k", "fp", token="t", lease_ms=1000, order_ref=None)
         # the claim may have run: only its caller, holding the lease, decides what follows
         assert fake_redis.scripts == 1
     finally:

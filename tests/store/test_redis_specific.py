@@ -1,4 +1,5 @@
-"""What only the Redis store has: error mapping, key layout and TTLs, pool, process races."""
+"""What only the Redis store (and the Redis circuits) has: error mapping, key layout and TTLs,
+pool, process races."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from gateway.store.base import (
     StoredResponse,
     StoreUnavailable,
 )
+from gateway.store.circuits_redis import RedisCircuits
 from gateway.store.redis import RedisStore
 from gateway.store.redis_client import RedisClientSettings
 
 from .samples import make_session
+from .test_lifecycle_contract import item
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,26 +43,36 @@ def closed_port() -> int:
     return port
 
 
-OPERATIONS: list[tuple[str, Callable[[RedisStore], Awaitable[Any]]]] = [
-    ("ping", lambda s: s.ping()),
-    ("claim", lambda s: s.claim("m", "k", "fp", token="t", lease_ms=1000)),
-    ("complete", lambda s: s.complete("m", "k", "t", StoredResponse(201, b"x"), ttl_s=60)),
-    ("release", lambda s: s.release("m", "k", "t")),
-    ("reserve_order", lambda s: s.reserve_order("m", "o", "t", lease_ms=1000)),
-    ("replace_order", lambda s: s.replace_order("m", "o", "s_1", "t", lease_ms=1000)),
-    ("bind_order", lambda s: s.bind_order("m", "o", "t", "s_1", ttl_s=60)),
-    ("release_order", lambda s: s.release_order("m", "o", "t")),
-    ("put_session", lambda s: s.put_session(make_session(), ttl_s=60)),
-    ("get_session", lambda s: s.get_session("s_1")),
-    ("circuit_states", lambda s: s.circuit_states(["stripe"], now=1.0)),
+def _completion(token: str = "t", order_ref: str | None = "o") -> Completion:
+    return Completion("m", "k", token, StoredResponse(201, b"x"), 60, order_ref, 60)
+
+
+Operation = Callable[[RedisStore, RedisCircuits], Awaitable[Any]]
+
+OPERATIONS: list[tuple[str, Operation]] = [
+    ("ping", lambda s, c: s.ping()),
+    (
+        "begin_create",
+        lambda s, c: s.begin_create("m", "k", "fp", token="t", lease_ms=1000, order_ref="o"),
+    ),
+    (
+        "commit_create",
+        lambda s, c: s.commit_create(make_session(), _completion(), ttl_s=60, expires_at=None),
+    ),
+    ("abandon_create", lambda s, c: s.abandon_create("m", "k", "t", sent=["stripe"])),
+    ("release", lambda s, c: s.release("m", "k", "t")),
+    ("replace_order", lambda s, c: s.replace_order("m", "o", "s_1", "t", lease_ms=1000)),
+    ("release_order", lambda s, c: s.release_order("m", "o", "t")),
+    ("get_session", lambda s, c: s.get_session("s_1")),
+    ("circuit_states", lambda s, c: c.circuit_states(["stripe"], now=1.0)),
     (
         "circuit_failure",
-        lambda s: s.circuit_failure("stripe", now=1.0, window_s=10, threshold=3, open_s=30),
+        lambda s, c: c.circuit_failure("stripe", now=1.0, window_s=10, threshold=3, open_s=30),
     ),
-    ("circuit_success", lambda s: s.circuit_success("stripe", now=1.0)),
+    ("circuit_success", lambda s, c: c.circuit_success("stripe", now=1.0)),
     (
         "circuit_acquire_probe",
-        lambda s: s.circuit_acquire_probe("stripe", now=1.0, max_probes=1, probe_ttl_s=5),
+        lambda s, c: c.circuit_acquire_probe("stripe", now=1.0, max_probes=1, probe_ttl_s=5),
     ),
 ]
 
@@ -69,13 +82,14 @@ OPERATIONS: list[tuple[str, Callable[[RedisStore], Awaitable[Any]]]] = [
 
 @pytest.mark.parametrize(("name", "operation"), OPERATIONS, ids=[n for n, _ in OPERATIONS])
 async def test_unreachable_redis_is_store_unavailable_and_fast(
-    name: str, operation: Callable[[RedisStore], Awaitable[Any]]
+    name: str, operation: Operation
 ) -> None:
     store = RedisStore(f"redis://127.0.0.1:{closed_port()}/0", "gw:")
+    circuits = RedisCircuits(store.client, "gw:")
     try:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=name) as caught:
-            await operation(store)
+            await operation(store, circuits)
         assert time.monotonic() - started < 2.0
         assert caught.value.__cause__ is not None  # mapped with `raise ... from exc`
     finally:
@@ -108,8 +122,8 @@ async def test_hung_redis_times_out_into_store_unavailable(silent_server: int) -
     bound = (conf.connect_retries + 1) * (conf.socket_timeout_s + 0.4) + 1.0
     try:
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="claim"):
-            await store.claim("m", "k", "fp", token="t", lease_ms=1000)
+        with pytest.raises(StoreUnavailable, match="begin_create"):
+            await store.begin_create("m", "k", "fp", token="t", lease_ms=1000, order_ref=None)
         assert time.monotonic() - started < bound
     finally:
         await store.close()
@@ -121,7 +135,7 @@ async def test_redis_error_reply_is_store_unavailable(
     store: RedisStore = await store_factory("redis")
     await redis_client.set(store.keys.idempotency("m", "k"), b"not a hash", px=60_000)
     with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
-        await store.claim("m", "k", "fp", token="t", lease_ms=1000)
+        await store.begin_create("m", "k", "fp", token="t", lease_ms=1000, order_ref=None)
 
 
 async def test_unreadable_session_is_store_unavailable(
@@ -136,35 +150,36 @@ async def test_unreadable_session_is_store_unavailable(
 # keys, TTLs, round trips -------------------------------------------------------------------
 
 
-async def exercise_everything(store: RedisStore) -> None:
-    """Touch every kind of key the store writes."""
-    await store.claim("m", "in-flight", "fp", token="t1", lease_ms=30_000)
-    await store.claim("m", "done", "fp", token="t2", lease_ms=30_000)
-    await store.complete("m", "done", "t2", StoredResponse(201, b"{}", "/x"), ttl_s=600)
-    await store.reserve_order("m", "ORD-1", "t1", lease_ms=30_000)
-    await store.reserve_order("m", "ORD-2", "t2", lease_ms=30_000)
-    await store.bind_order("m", "ORD-2", "t2", "s_1", ttl_s=600)
-    await store.put_session(make_session(), ttl_s=600)
+async def exercise_everything(store: RedisStore, circuits: RedisCircuits) -> None:
+    """Touch every kind of key that carries a TTL (the durable queues are left empty)."""
+    await store.begin_create("m", "in-flight", "fp", token="t1", lease_ms=30_000, order_ref="O1")
+    await store.begin_create("m", "done", "fp", token="t2", lease_ms=30_000, order_ref="O2")
+    completion = Completion("m", "done", "t2", StoredResponse(201, b"{}", "/x"), 600, "O2", 600)
+    assert await store.commit_create(make_session(), completion, ttl_s=600, expires_at=None)
+    assert await store.claim_event("stripe", "evt_1", lease_s=30) == "new"
+    await store.finish_event("stripe", "evt_2", ttl_s=600)
     now = time.time()
-    await store.circuit_failure("adyen", now=now, window_s=10, threshold=5, open_s=30)
+    await circuits.circuit_failure("adyen", now=now, window_s=10, threshold=5, open_s=30)
     for _ in range(2):
-        await store.circuit_failure("stripe", now=now, window_s=10, threshold=2, open_s=0.5)
-    assert await store.circuit_acquire_probe("stripe", now=now + 1, max_probes=1, probe_ttl_s=5)
+        await circuits.circuit_failure("stripe", now=now, window_s=10, threshold=2, open_s=0.5)
+    assert await circuits.circuit_acquire_probe("stripe", now=now + 1, max_probes=1, probe_ttl_s=5)
 
 
 async def test_every_key_has_a_ttl_and_follows_the_layout(
     store_factory: Any, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     store: RedisStore = await store_factory("redis")
-    await exercise_everything(store)
+    await exercise_everything(store, RedisCircuits(store.client, redis_prefix))
 
     found = {key.decode() async for key in redis_client.scan_iter(match=redis_prefix + "*")}
     assert found == {
         f"{redis_prefix}idem:m:in-flight",
         f"{redis_prefix}idem:m:done",
-        f"{redis_prefix}order:m:ORD-1",
-        f"{redis_prefix}order:m:ORD-2",
+        f"{redis_prefix}order:m:O1",
+        f"{redis_prefix}order:m:O2",
         f"{redis_prefix}session:s_1",
+        f"{redis_prefix}webhook:stripe:evt_1",
+        f"{redis_prefix}webhook:stripe:evt_2",
         f"{redis_prefix}circuit:{{adyen}}",
         f"{redis_prefix}circuit:{{adyen}}:fails",
         f"{redis_prefix}circuit:{{stripe}}",
@@ -179,26 +194,30 @@ async def test_every_key_has_a_ttl_and_follows_the_layout(
 async def test_records_are_visible_across_stores_sharing_a_prefix(store_factory: Any) -> None:
     first: RedisStore = await store_factory("redis")
     second: RedisStore = await store_factory("redis")
-    assert (await first.claim("m", "k", "fp", token="t1", lease_ms=5_000)).kind is (
-        ClaimKind.CLAIMED
-    )
-    assert (await second.claim("m", "k", "fp", token="t2", lease_ms=5_000)).kind is (
-        ClaimKind.IN_FLIGHT
-    )
-    assert await second.complete("m", "k", "t1", StoredResponse(201, b"ok"), ttl_s=60)
-    assert (await first.claim("m", "k", "fp", token="t3", lease_ms=5_000)).kind is ClaimKind.REPLAY
+
+    async def begin(store: RedisStore, token: str) -> ClaimKind:
+        begun = await store.begin_create(
+            "m", "k", "fp", token=token, lease_ms=5_000, order_ref=None
+        )
+        return begun.claim.kind
+
+    assert await begin(first, "t1") is ClaimKind.CLAIMED
+    assert await begin(second, "t2") is ClaimKind.IN_FLIGHT
+    completion = Completion("m", "k", "t1", StoredResponse(201, b"ok"), 60)
+    assert await second.commit_create(make_session(), completion, ttl_s=60, expires_at=None)
+    assert await begin(first, "t3") is ClaimKind.REPLAY
+    assert await first.get_session("s_1") == make_session()
 
 
 async def test_prefixes_isolate_gateways(redis_url: str, redis_prefix: str) -> None:
     one = RedisStore(redis_url, redis_prefix + "one:")
     two = RedisStore(redis_url, redis_prefix + "two:")
     try:
-        assert (await one.claim("m", "k", "fp", token="t1", lease_ms=5_000)).kind is (
-            ClaimKind.CLAIMED
-        )
-        assert (await two.claim("m", "k", "fp", token="t2", lease_ms=5_000)).kind is (
-            ClaimKind.CLAIMED
-        )
+        for store in (one, two):
+            begun = await store.begin_create(
+                "m", "k", "fp", token="t", lease_ms=5_000, order_ref=None
+            )
+            assert begun.claim.kind is ClaimKind.CLAIMED
     finally:
         await one.close()
         await two.close()
@@ -208,7 +227,7 @@ async def test_hot_path_is_one_round_trip_each(
     store_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store: RedisStore = await store_factory("redis")
-    await exercise_everything(store)  # scripts are loaded now
+    await exercise_everything(store, RedisCircuits(store.client, "unused:"))  # scripts loaded
     commands: list[str] = []
     original = store.client.execute_command
 
@@ -218,12 +237,12 @@ async def test_hot_path_is_one_round_trip_each(
 
     monkeypatch.setattr(store.client, "execute_command", counting)
 
-    await store.claim("m", "hot", "fp", token="t", lease_ms=5_000)
-    await store.complete("m", "hot", "t", StoredResponse(201, b"{}"), ttl_s=60)
-    await store.claim("m", "hot", "fp", token="t2", lease_ms=5_000)
-    await store.put_session(make_session(), ttl_s=60)
-    await store.get_session("s_1")
-    assert commands == ["EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA", "GET"]
+    await store.begin_create("m", "hot", "fp", token="t", lease_ms=5_000, order_ref="O-hot")
+    completion = Completion("m", "hot", "t", StoredResponse(201, b"{}"), 60, "O-hot", 60)
+    await store.commit_create(make_session("s_hot"), completion, ttl_s=60, expires_at=1.0)
+    await store.begin_create("m", "hot", "fp", token="t2", lease_ms=5_000, order_ref="O-hot")
+    await store.get_session("s_hot")
+    assert commands == ["EVALSHA", "EVALSHA", "EVALSHA", "GET"]
 
 
 async def test_pool_is_sized_bounded_and_uses_hiredis(store_factory: Any) -> None:
@@ -247,10 +266,13 @@ async def test_more_concurrent_requests_than_connections_wait_for_one(
     store_factory: Any,
 ) -> None:
     store: RedisStore = await store_factory("redis", max_connections=4)
-    claims = await asyncio.gather(
-        *(store.claim("m", f"k{i}", "fp", token="t", lease_ms=5_000) for i in range(64))
+    begun = await asyncio.gather(
+        *(
+            store.begin_create("m", f"k{i}", "fp", token="t", lease_ms=5_000, order_ref=None)
+            for i in range(64)
+        )
     )
-    assert all(c.kind is ClaimKind.CLAIMED for c in claims)
+    assert all(b.claim.kind is ClaimKind.CLAIMED for b in begun)
 
 
 async def test_close_leaves_a_given_client_open(redis_url: str, redis_prefix: str) -> None:
@@ -279,13 +301,15 @@ async def main(url: str, prefix: str, key: str, count: int) -> None:
         await asyncio.gather(*(store.ping() for _ in range(count)))
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        claims = await asyncio.gather(
+        begun = await asyncio.gather(
             *(
-                store.claim("race", key, "fp", token=f"{os.getpid()}-{i}", lease_ms=30_000)
+                store.begin_create(
+                    "race", key, "fp", token=f"{os.getpid()}-{i}", lease_ms=30_000, order_ref=key
+                )
                 for i in range(count)
             )
         )
-        print(json.dumps([[c.kind.value, c.token] for c in claims]), flush=True)
+        print(json.dumps([[b.claim.kind.value, b.claim.token] for b in begun]), flush=True)
     finally:
         await store.close()
 
@@ -343,13 +367,24 @@ async def test_two_processes_fifty_claims_one_winner(redis_url: str, redis_prefi
     assert len(winners) == 1
     assert sum(kind == "in_flight" for kind, _ in results) == 49
 
-    # the winner really holds the key: only its token can complete it
+    # the winner really holds the key and the order: only its token completes and binds them
     store = RedisStore(redis_url, redis_prefix)
     try:
         assert winners[0] is not None
-        response = StoredResponse(201, b"won")
-        assert not await store.complete("race", "order-42", "nobody", response, ttl_s=60)
-        assert await store.complete("race", "order-42", winners[0], response, ttl_s=60)
+
+        def completion(token: str) -> Completion:
+            response = StoredResponse(201, b"won")
+            return Completion("race", "order-42", token, response, 60, "order-42", 60)
+
+        for token, session_id in (("nobody", "s_nobody"), (winners[0], "s_won")):
+            won = await store.commit_create(
+                make_session(session_id), completion(token), ttl_s=60, expires_at=None
+            )
+            assert won is (token == winners[0])
+        probe = await store.begin_create(
+            "race", "probe", "fp", token="p", lease_ms=5_000, order_ref="order-42"
+        )
+        assert probe.order_holder == "s_won"
     finally:
         await store.close()
 
@@ -403,3 +438,17 @@ async def test_a_pinned_create_costs_one_round_trip_per_step(
         pin_ttl_ms=600_000,
     )
     assert await redis_client.pttl(store.keys.idempotency("m", "lease")) > 5_000
+
+
+async def test_redis_outbox_survives_a_new_store_instance(store_factory: object) -> None:
+    from tests.conftest import StoreFactory
+
+    assert callable(store_factory)
+    make: StoreFactory = store_factory
+    first = await make("redis")
+    await first.outbox_add([item("durable")], due=1.0)
+    await first.close()
+    second = await make("redis")
+    assert isinstance(second, RedisStore)
+    (claimed,) = await second.outbox_claim(now=2.0, lease_s=30, limit=5)
+    assert claimed.id == "durable"
