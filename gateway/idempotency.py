@@ -1,6 +1,6 @@
 """Idempotency: the request fingerprint, the header rules and the keys derived from them.
 
-The store does the atomic part (:meth:`gateway.store.base.IdempotencyStore.claim`); this module
+The store does the atomic part (:meth:`gateway.store.base.CreationStore.begin_create`); this module
 decides *what* is compared: a hash of the canonical request, so key order, whitespace and
 ``140.760`` vs ``140.76`` do not make two equal orders look different.
 """

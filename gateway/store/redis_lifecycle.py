@@ -33,18 +33,6 @@ local function enqueue(o, a)
 end
 """
 
-# KEYS session, expiry index, outbox due, outbox items; ARGV payload, ttl_ms, expiry_at ('' for
-# none), session id, due, id/json pairs
-_PUT_SESSION = (
-    _ENQUEUE
-    + """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
-enqueue(3, 5)
-return 1
-"""
-)
-
 # Compare-and-set on the record's ``version``. KEYS session, outbox due, outbox items;
 # ARGV expected version, payload, due, id/json pairs
 _UPDATE_SESSION = (
@@ -107,7 +95,6 @@ class RedisLifecycle:
 
     keys: RedisKeys
     client: aioredis.Redis
-    _put_session: AsyncScript
     _update_session: AsyncScript
     _claim_due: AsyncScript
     _claim_event: AsyncScript
@@ -115,38 +102,11 @@ class RedisLifecycle:
     _outbox_finish: AsyncScript
 
     def _register_lifecycle_scripts(self, client: aioredis.Redis) -> None:
-        self._put_session = client.register_script(_PUT_SESSION)
         self._update_session = client.register_script(_UPDATE_SESSION)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._claim_event = client.register_script(_CLAIM_EVENT)
         self._outbox_claim = client.register_script(LEASED_QUEUE_CLAIM)
         self._outbox_finish = client.register_script(_OUTBOX_FINISH)
-
-    async def put_session(
-        self,
-        record: SessionRecord,
-        *,
-        ttl_s: int,
-        expires_at: float | None = None,
-        outbox: Sequence[OutboxItem] = (),
-    ) -> None:
-        """Insert or overwrite a session for ``ttl_s`` seconds (one Lua script with its expiry
-        index entry and its notifications)."""
-        keys = [
-            self.keys.session(record.sessionId),
-            self.keys.expiry_index(),
-            self.keys.outbox_due(),
-            self.keys.outbox_items(),
-        ]
-        args: list[str | int | bytes] = [
-            record.model_dump_json().encode(),
-            _ms(ttl_s),
-            repr(expires_at) if expires_at is not None else "",
-            record.sessionId,
-            *self._enqueue_args(outbox),
-        ]
-        with _mapped("put_session"):
-            await self._put_session(keys=keys, args=args)
 
     @staticmethod
     def _enqueue_args(outbox: Sequence[OutboxItem]) -> list[str | int | bytes]:

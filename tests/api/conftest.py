@@ -16,7 +16,8 @@ from gateway.app import create_app
 from gateway.auth import Authenticator
 from gateway.server import GatewayRunner
 from gateway.settings import Settings
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
+from gateway.store.coordination import Coordination
 from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import SandboxConfig
 
@@ -75,11 +76,17 @@ def make_settings(sandbox: TestServer) -> Callable[..., Settings]:
 
 @pytest.fixture
 def gateway(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> GatewayFactory:
-    """Start a gateway on a real socket: ``await gateway(store=..., **setting_overrides)``."""
+    """Start a gateway on a real socket:
+    ``await gateway(store=..., coordination=..., **setting_overrides)``."""
 
-    async def factory(store: Store | None = None, **overrides: Any) -> TestClient[Any, Any]:
+    async def factory(
+        store: RecordStore | None = None,
+        coordination: Coordination | None = None,
+        **overrides: Any,
+    ) -> TestClient[Any, Any]:
         settings = make_settings(**overrides)
-        server: BaseTestServer = GatewayTestServer(create_app(settings, store=store))
+        app = create_app(settings, store=store, coordination=coordination)
+        server: BaseTestServer = GatewayTestServer(app)
         client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
 from tests.api.conftest import GatewayFactory, headers, seed
 
 # long enough for the checks made while the circuit is open on a loaded machine
@@ -110,11 +110,16 @@ async def test_a_rejection_does_not_fail_over_unless_allowed(
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])
 async def test_circuit_opens_excludes_the_provider_then_recovers(
-    gateway: GatewayFactory, sandbox: Any, store_factory: Any, store_kind: str
+    gateway: GatewayFactory,
+    sandbox: Any,
+    store_factory: Any,
+    coordination_factory: Any,
+    store_kind: str,
 ) -> None:
-    store: Store = await store_factory(store_kind)
+    store: RecordStore = await store_factory(store_kind)
     client = await gateway(
         store=store,
+        coordination=await coordination_factory(store_kind),
         circuit_failure_threshold=2,
         circuit_open_seconds=OPEN_S,
         circuit_window_seconds=30,
@@ -180,11 +185,16 @@ async def test_circuit_opens_excludes_the_provider_then_recovers(
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])
 @pytest.mark.timeout(120)
 async def test_flapping_providers_never_make_two_sessions_per_key(
-    gateway: GatewayFactory, sandbox: Any, store_factory: Any, store_kind: str
+    gateway: GatewayFactory,
+    sandbox: Any,
+    store_factory: Any,
+    coordination_factory: Any,
+    store_kind: str,
 ) -> None:
-    store: Store = await store_factory(store_kind)
+    store: RecordStore = await store_factory(store_kind)
     client = await gateway(
         store=store,
+        coordination=await coordination_factory(store_kind),
         provider_timeout_seconds=0.3,
         request_deadline_seconds=0.8,
         circuit_failure_threshold=1000,

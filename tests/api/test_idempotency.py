@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from gateway.idempotency import RecentDurations, in_flight_retry_after
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers, seed
 from tests.api.test_failover import sandbox_state
 from tests.api.test_retry_after_timeout import until
@@ -210,7 +210,7 @@ async def _storm(client: Any, n: int, key: str) -> tuple[Counter[int], set[str]]
 async def test_fifty_simultaneous_identical_requests_make_one_session(
     gateway: GatewayFactory, sandbox: Any, store_kind: str, store_factory: Any
 ) -> None:
-    store: Store = await store_factory(store_kind)
+    store: RecordStore = await store_factory(store_kind)
     client = await gateway(store=store)
     await fault(sandbox, latencyMs=50)
     statuses, session_ids = await _storm(client, 50, "storm")

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
 from tests.api.conftest import GatewayFactory, headers, seed
 
 
@@ -31,12 +31,18 @@ async def test_every_eligible_provider_circuit_open_answers_503_with_retry_after
     gateway: GatewayFactory,
     sandbox: Any,
     store_factory: Any,
+    coordination_factory: Any,
     store_kind: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
-    store: Store = await store_factory(store_kind)
-    client = await gateway(store=store, circuit_failure_threshold=1, circuit_open_seconds=30)
+    store: RecordStore = await store_factory(store_kind)
+    client = await gateway(
+        store=store,
+        coordination=await coordination_factory(store_kind),
+        circuit_failure_threshold=1,
+        circuit_open_seconds=30,
+    )
     await _fault(sandbox, "paypal", down=True)
     first = await client.post(
         "/api/v1/sessions", json=_wallet_order("ORD-DOWN-1"), headers=headers("down-1")

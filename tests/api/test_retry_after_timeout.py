@@ -20,7 +20,7 @@ import pytest
 
 from gateway.idempotency import session_id_for
 from gateway.metrics import ORPHAN_SESSIONS
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
 from gateway.store.redis import RedisStore
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_failover import admin, card_order, fault, sandbox_state
@@ -57,7 +57,7 @@ async def until(check: Callable[[], Awaitable[bool]], *, within: float = 10.0) -
 async def test_a_retry_after_a_late_provider_answer_gets_its_session(
     gateway: GatewayFactory, sandbox: Any, store_factory: Any, store_kind: str, provider: str
 ) -> None:
-    store: Store = await store_factory(store_kind)
+    store: RecordStore = await store_factory(store_kind)
     client = await gateway(store=store, provider_timeout_seconds=0.5, request_deadline_seconds=3)
     for other in PROVIDERS:
         if other != provider:
@@ -191,7 +191,7 @@ async def test_the_retry_goes_first_where_the_first_attempt_went(
     """Routing may rank another provider first by the time of the retry (here: another
     process whose rules pin adyen); the provider that may hold the session is tried first,
     so no second session is opened elsewhere."""
-    store: Store = await store_factory(store_kind)
+    store: RecordStore = await store_factory(store_kind)
     first_process = await gateway(
         store=store, provider_timeout_seconds=0.5, request_deadline_seconds=3
     )

@@ -22,9 +22,10 @@ from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
 from gateway.app import create_app
 from gateway.appkeys import LIFECYCLE, ROUTER, STORE
+from gateway.domain.session import SessionRecord
 from gateway.notifications import verify_signature
 from gateway.settings import Settings
-from gateway.store.base import Store
+from gateway.store.base import RecordStore
 from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import SANDBOX_STATE, SandboxConfig, SandboxState
 from tests.api.conftest import JWT_SECRET, ROOT, headers, seed
@@ -129,8 +130,19 @@ class Env:
     base_url: str
 
     @property
-    def store(self) -> Store:
+    def store(self) -> RecordStore:
         return self.client.app[STORE]
+
+    async def rewrite(
+        self, record: SessionRecord, *, expires_at: float | None = None, **changes: Any
+    ) -> SessionRecord:
+        """Change the stored ``record`` the way the lifecycle does (compare-and-set on its
+        version), and re-index its expiry at ``expires_at`` when given."""
+        moved = record.model_copy(update={**changes, "version": record.version + 1})
+        assert await self.store.update_session(moved, expected_version=record.version)
+        if expires_at is not None:
+            await self.store.schedule_expiry(record.sessionId, expires_at)
+        return moved
 
     @property
     def lifecycle(self) -> Any:
@@ -176,7 +188,7 @@ def lifecycle_env(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> E
     async def factory(
         provider: str = "stripe",
         *,
-        store: Store | None = None,
+        store: RecordStore | None = None,
         sink: bool = False,
         fail_first: int = 0,
         **overrides: Any,

@@ -34,9 +34,7 @@ async def backdate(env: Env, session_id: str) -> None:
     record = await env.store.get_session(session_id)
     assert record is not None
     past = utcnow() - timedelta(seconds=1)
-    await env.store.put_session(
-        record.model_copy(update={"expiresAt": past}), ttl_s=3600, expires_at=past.timestamp()
-    )
+    await env.rewrite(record, expiresAt=past, expires_at=past.timestamp())
 
 
 async def test_cancel_at_stripe_then_locally(lifecycle_env: EnvFactory) -> None:

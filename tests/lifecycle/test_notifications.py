@@ -21,7 +21,7 @@ from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.merchants import MerchantDirectory, MerchantWebhook, load_merchants
 from gateway.notifications.signing import sign, signature_header
 from gateway.settings import SettingsError
-from gateway.store.base import OutboxItem, Store
+from gateway.store.base import OutboxItem, RecordStore
 from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import MERCHANT_SECRET, EnvFactory, start_receiver
 from tests.lifecycle.test_loop import wait_for
@@ -113,7 +113,7 @@ def _item(item_id: str) -> OutboxItem:
     return OutboxItem(item_id, "merchant-1", "payment_session.updated", BODY, time.time())
 
 
-async def test_dead_letter_after_the_last_attempt(aiohttp_server: Any, store: Store) -> None:
+async def test_dead_letter_after_the_last_attempt(aiohttp_server: Any, store: RecordStore) -> None:
     receiver = await start_receiver(aiohttp_server, fail_first=1_000)
     policy = DeliveryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
     async with aiohttp.ClientSession() as http:
@@ -131,7 +131,7 @@ async def test_dead_letter_after_the_last_attempt(aiohttp_server: Any, store: St
     assert await store.outbox_backlog() == 0
 
 
-async def test_unreachable_receiver_is_retried_not_lost(store: Store) -> None:
+async def test_unreachable_receiver_is_retried_not_lost(store: RecordStore) -> None:
     url = f"http://127.0.0.1:{unused_port()}/hooks"  # nothing listens
     policy = DeliveryPolicy(max_attempts=5, backoff_base_s=60, backoff_max_s=60)
     async with aiohttp.ClientSession() as http:
@@ -144,7 +144,7 @@ async def test_unreachable_receiver_is_retried_not_lost(store: Store) -> None:
     assert (again.attempts, again.last_error) == (1, "connection_error")
 
 
-async def test_two_workers_deliver_each_item_once(aiohttp_server: Any, store: Store) -> None:
+async def test_two_workers_deliver_each_item_once(aiohttp_server: Any, store: RecordStore) -> None:
     receiver = await start_receiver(aiohttp_server)
     policy = DeliveryPolicy(batch_size=5)
     await store.outbox_add([_item(f"n{i}") for i in range(20)], due=time.time())

@@ -82,11 +82,7 @@ async def test_adyen_order_is_released_once_the_cancelled_page_lapses(
     assert record is not None
     assert record.payableUntil is not None
     past = utcnow() - timedelta(seconds=1)
-    await env.store.put_session(
-        record.model_copy(update={"payableUntil": past, "expiresAt": past}),
-        ttl_s=3600,
-        expires_at=past.timestamp(),
-    )
+    await env.rewrite(record, payableUntil=past, expiresAt=past, expires_at=past.timestamp())
     status, body = await another_attempt(env, "lapse-2")
     assert status == 201, body
 
@@ -212,18 +208,10 @@ async def test_a_crashed_cancel_is_taken_over_after_its_claim_lapses(
     record = await env.store.get_session(created["sessionId"])
     assert record is not None
     live = CancelClaim(token="other", reason="duplicate", at=utcnow())
-    await env.store.put_session(
-        record.model_copy(update={"cancelClaim": live}),
-        ttl_s=3600,
-        expires_at=record.expiresAt.timestamp(),
-    )
+    record = await env.rewrite(record, cancelClaim=live)
     assert (await cancel(env, created["sessionId"])).status == 409  # in progress elsewhere
     stale = live.model_copy(update={"at": utcnow() - env.lifecycle.cancel_claim_ttl})
-    await env.store.put_session(
-        record.model_copy(update={"cancelClaim": stale}),
-        ttl_s=3600,
-        expires_at=record.expiresAt.timestamp(),
-    )
+    await env.rewrite(record, cancelClaim=stale)
     response = await cancel(env, created["sessionId"])
     assert response.status == 200, await response.text()
     assert (await response.json())["cancellationReason"] == "requested_by_customer"

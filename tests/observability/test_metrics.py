@@ -111,7 +111,7 @@ async def test_a_create_counts_session_decision_provider_call_store_and_idempote
         ),
         ("gateway_session_create_overhead_seconds_count", {}),
         ("gateway_store_operation_duration_seconds_count", {"operation": "begin_create"}),
-        ("gateway_store_operation_duration_seconds_count", {"operation": "put_session"}),
+        ("gateway_store_operation_duration_seconds_count", {"operation": "commit_create"}),
         (
             "gateway_session_transitions_total",
             {"from_status": "none", "to_status": "PENDING", "source": "gateway"},

@@ -103,11 +103,11 @@ async def test_routers_in_two_processes_learn_from_each_other(
     assert writer.counters["outcome_not_counted"] == 60
 
 
-async def test_from_settings_shares_the_redis_store_connection(
+async def test_the_router_learns_into_the_coordination_sharing_the_stores_client(
     tmp_path, redis_url: str, redis_prefix: str
 ) -> None:  # type: ignore[no-untyped-def]
+    from gateway.app import open_backends
     from gateway.settings import Settings
-    from gateway.store.redis import RedisStore
 
     path = tmp_path / "rules.yaml"
     path.write_text(rules_yaml({"stripe": {}, "adyen": {}}))
@@ -118,9 +118,11 @@ async def test_from_settings_shares_the_redis_store_connection(
         redis_prefix=redis_prefix,
         rules_path=path,
     )
-    store = RedisStore(redis_url, redis_prefix)
+    store, coordination = open_backends(settings)
+    assert coordination.name == "redis"
+    assert coordination.stats._client is store.client  # type: ignore[attr-defined]
     try:
-        router = Router.from_settings(settings, {"stripe": OPEN, "adyen": OPEN}, store)
+        router = Router.from_settings(settings, {"stripe": OPEN, "adyen": OPEN}, coordination.stats)
         async with router.running():
             await router.record_creation("stripe", "created", 120.0, request())
             await router.record_payment("stripe", False, "AUD", "AU")
@@ -130,5 +132,7 @@ async def test_from_settings_shares_the_redis_store_connection(
         assert counters.creation_ok == pytest.approx(1.0, rel=1e-3)
         assert counters.payment_fail == pytest.approx(1.0, rel=1e-3)
         await store.ping()  # the router closed nothing it does not own
-    finally:
         await store.close()
+        await coordination.ping()  # the store left the shared client to the coordination
+    finally:
+        await coordination.close()
