@@ -1,10 +1,16 @@
 """Every Redis key the gateway writes, built in one place from one root prefix.
 
 The root is ``Settings.redis_prefix`` (default ``gw:``), so several gateways (or test runs) can
-share one Redis database without touching each other's keys. Layout::
+share one Redis database without touching each other's keys. The record store
+(:mod:`gateway.store.redis`, ``GATEWAY_STORE=redis``) writes the idempotency, order, session,
+webhook, expiry, outbox and orphan keys; the coordination (``GATEWAY_COORDINATION=redis``:
+:mod:`gateway.store.circuits_redis`, :mod:`gateway.routing.stats_redis`,
+:mod:`gateway.ratelimit`) the circuit, stats and ratelimit keys. Layout::
 
-    {root}idem:{scope}:{key}                 hash    idempotency record: lease, then ttl_s
-    {root}order:{scope}:{order_ref}          string  order-guard reservation: lease, then ttl_s
+    {root}idem:{scope}:{key}                 hash    idempotency record: lease (a pinned create:
+                                                     the pin's ttl), then completion.ttl_s
+    {root}order:{scope}:{order_ref}          string  order-guard reservation: lease, then
+                                                     completion.order_ttl_s
     {root}session:{session_id}               string  SessionRecord JSON, ttl_s
     {root}order_sessions:{merchant}:{ref}    zset    the merchant's session ids of an
                                                      orderReference by createdAt (epoch µs),
@@ -44,7 +50,7 @@ is raised to that session's retention, so it outlives every session it names; it
 older sessions that have expired meanwhile: readers skip those and remove them from it.
 
 :data:`CIRCUIT_IDLE_S` bounds how long an idle circuit outlives its
-window (memory and Redis stores share it so both forget a circuit at the same moment).
+window (memory and Redis circuits share it so both forget a circuit at the same moment).
 """
 
 from __future__ import annotations

@@ -92,9 +92,65 @@ def test_several_workers_need_the_shared_store() -> None:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, jwt_secret=JWT_SECRET, workers=2, rules_path=ROOT / "routing_rules.yaml"
     )
-    with pytest.raises(SettingsError, match="GATEWAY_STORE=redis"):
+    with pytest.raises(SettingsError, match="GATEWAY_STORE=redis") as both:
         check_startup(settings)
-    check_startup(settings.model_copy(update={"store": "redis"}))
+    assert "GATEWAY_COORDINATION=redis" in str(both.value)
+    check_startup(settings.model_copy(update={"store": "redis"}))  # coordination follows
+
+
+@pytest.mark.parametrize(
+    ("store", "coordination", "expected"),
+    [
+        ("memory", None, "memory"),
+        ("redis", None, "redis"),
+        ("memory", "redis", "redis"),
+        ("redis", "memory", "memory"),
+    ],
+)
+def test_coordination_defaults_to_redis_with_the_redis_store(
+    store: str, coordination: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_STORE", store)
+    if coordination is None:
+        monkeypatch.delenv("GATEWAY_COORDINATION", raising=False)
+    else:
+        monkeypatch.setenv("GATEWAY_COORDINATION", coordination)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.coordination_backend == expected
+
+
+def test_several_workers_need_shared_coordination_too() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        jwt_secret=JWT_SECRET,
+        workers=2,
+        rules_path=ROOT / "routing_rules.yaml",
+        store="redis",
+        coordination="memory",
+    )
+    with pytest.raises(SettingsError) as refused:
+        check_startup(settings)
+    message = str(refused.value)
+    assert "GATEWAY_COORDINATION=memory" in message
+    assert "set GATEWAY_COORDINATION=redis" in message
+    assert "GATEWAY_STORE=redis" not in message  # the store is shared already
+
+
+def test_gateway_serve_refuses_workers_with_memory_coordination() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        {
+            "GATEWAY_JWT_SECRET": JWT_SECRET,
+            "GATEWAY_RULES_PATH": str(ROOT / "routing_rules.yaml"),
+            "GATEWAY_STORE": "redis",
+            "GATEWAY_COORDINATION": "memory",
+            "GATEWAY_WORKERS": "2",
+        }
+    )
+    done = serve(env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "set GATEWAY_COORDINATION=redis" in done.stderr
 
 
 def test_gateway_serve_names_an_unknown_provider_in_the_rules(tmp_path: Path) -> None:
