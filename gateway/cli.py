@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help="processes sharing the port (default: GATEWAY_WORKERS, 1); more than one needs "
-        "GATEWAY_STORE=redis",
+        "GATEWAY_STORE=redis and GATEWAY_COORDINATION=redis (its default with that store)",
     )
     serve.add_argument(
         "--print-curl",
