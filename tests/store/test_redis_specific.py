@@ -178,6 +178,7 @@ async def test_every_key_has_a_ttl_and_follows_the_layout(
         f"{redis_prefix}order:m:O1",
         f"{redis_prefix}order:m:O2",
         f"{redis_prefix}session:s_1",
+        f"{redis_prefix}order_sessions:merchant-1:ORD-2024-001",
         f"{redis_prefix}webhook:stripe:evt_1",
         f"{redis_prefix}webhook:stripe:evt_2",
         f"{redis_prefix}circuit:{{adyen}}",
