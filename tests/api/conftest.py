@@ -75,9 +75,17 @@ def make_settings(sandbox: TestServer) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def gateway(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> GatewayFactory:
+def gateway(
+    store_factory: Any,
+    coordination_factory: Any,
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+) -> GatewayFactory:
     """Start a gateway on a real socket:
-    ``await gateway(store=..., coordination=..., **setting_overrides)``."""
+    ``await gateway(store=..., coordination=..., **setting_overrides)``.
+
+    Stores and coordination a test makes with the factories are closed only after its gateways
+    have stopped (the factories are set up first, so they are torn down last)."""
 
     async def factory(
         store: RecordStore | None = None,

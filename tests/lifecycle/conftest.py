@@ -184,7 +184,16 @@ EnvFactory = Callable[..., Awaitable[Env]]
 
 
 @pytest.fixture
-def lifecycle_env(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> EnvFactory:
+def lifecycle_env(
+    store_factory: Any,
+    coordination_factory: Any,
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    tmp_path: Path,
+) -> EnvFactory:
+    """``await lifecycle_env(provider, store=..., **setting_overrides)``; stores made with the
+    factories are closed after the gateway stopped (set up first, torn down last)."""
+
     async def factory(
         provider: str = "stripe",
         *,

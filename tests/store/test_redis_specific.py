@@ -441,6 +441,7 @@ async def test_a_pinned_create_costs_one_round_trip_per_step(
     assert await redis_client.pttl(store.keys.idempotency("m", "lease")) > 5_000
 
 
+@pytest.mark.redis
 async def test_redis_outbox_survives_a_new_store_instance(store_factory: object) -> None:
     from tests.conftest import StoreFactory
 
