@@ -41,6 +41,7 @@ from gateway.middleware import request_context_middleware
 from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.events import Notifier
 from gateway.notifications.merchants import load_merchants
+from gateway.retention import run_retention
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
 from gateway.settings import Settings, SettingsError
@@ -104,6 +105,10 @@ def open_store(settings: Settings, *, redis_client: aioredis.Redis | None = None
             client=redis_client,
             conf=RedisClientSettings.from_settings(settings),
         )
+    if settings.store == "postgres":
+        from gateway.store.postgres import PostgresSettings, PostgresStore
+
+        return PostgresStore(PostgresSettings.from_settings(settings))
     from gateway.store.memory import MemoryStore
 
     return MemoryStore()
@@ -248,8 +253,8 @@ async def _warm_up(store: RecordStore, coordination: Coordination) -> None:
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
     """The expiry sweeper (which also retries owed captures), the notification delivery
-    worker and the orphan clean-up, for the app's life; on the way out, running capture calls
-    may finish."""
+    worker, the orphan clean-up and the retention purge, for the app's life; on the way out,
+    running capture calls may finish."""
     settings = app[SETTINGS]
     policy = DeliveryPolicy(
         max_attempts=settings.notification_max_attempts,
@@ -268,6 +273,15 @@ async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:
             asyncio.create_task(
                 app[SERVICES].orphans.run(stop, settings.expiry_sweep_interval_seconds),
                 name="orphan-cleanup",
+            ),
+            asyncio.create_task(
+                run_retention(
+                    app[STORE],
+                    stop,
+                    interval_s=settings.retention_interval_seconds,
+                    batch=settings.retention_batch_size,
+                ),
+                name="retention",
             ),
         ]
         try:

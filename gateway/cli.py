@@ -1,4 +1,4 @@
-"""The gateway command: serve, token, sandbox and the routing-rules tools."""
+"""The gateway command: serve, token, sandbox, the routing-rules tools and the database schema."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.db_cli import add_db_commands, schema_gate
 from gateway.routing.cli import add_rules_commands
 from gateway.settings import Settings, SettingsError
 
@@ -123,6 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    refused = schema_gate(settings)
+    if refused is not None:
+        return refused
     if settings.workers == 1:
         _serve_one(settings, reuse_port=False, print_curl=args.print_curl)
         return 0
@@ -241,7 +245,7 @@ def _command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The gateway command line: serve, token, sandbox and rules."""
+    """The gateway command line: serve, token, sandbox, rules and db."""
     parser = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -296,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.set_defaults(func=cmd_sandbox)
 
     add_rules_commands(sub)
+    add_db_commands(sub)
     return parser
 
 

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         "(every other merchant is counted as 'other')",
     )
 
-    store: Literal["memory", "redis"] = "memory"
+    store: Literal["memory", "redis", "postgres"] = "memory"
     coordination: Literal["memory", "redis"] | None = Field(
         None,
         description="Where circuits, routing statistics and rate limits live "
@@ -105,6 +105,28 @@ class Settings(BaseSettings):
     )
     redis_warm_connections: int = Field(
         16, ge=0, description="Connections opened at start-up, before the server listens"
+    )
+
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/gateway"),
+        description="PostgreSQL URL of the records (GATEWAY_STORE=postgres); may hold a password",
+    )
+    database_pool_min_size: int = Field(
+        2, ge=0, le=1000, description="Connections each process opens at start and keeps"
+    )
+    database_pool_max_size: int = Field(20, ge=1, le=1000)
+    database_connect_timeout_seconds: float = Field(2.0, gt=0)
+    database_command_timeout_seconds: float = Field(
+        5.0, gt=0, description="A statement that takes longer is cancelled (the request: 503)"
+    )
+    database_pool_timeout_seconds: float = Field(
+        1.0, gt=0, description="How long a request waits for a pooled connection (then 503)"
+    )
+    retention_interval_seconds: float = Field(
+        60.0, gt=0, description="How often records past their retention are purged (postgres)"
+    )
+    retention_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Rows one purge statement deletes at most"
     )
 
     rules_path: Path = Path("routing_rules.yaml")

@@ -1,0 +1,113 @@
+"""The connection pool under :class:`gateway.store.postgres.PostgresStore`: opened on first
+use (so a gateway starts while the database is down and recovers by itself), every query one
+pooled round trip, every outage mapped to :class:`~gateway.store.base.StoreUnavailable`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from gateway.store.postgres_support import PostgresSettings, describe_database, mapped
+
+__all__ = ["PostgresPool"]
+
+log = logging.getLogger("gateway.store.postgres")
+
+
+class PostgresPool:
+    """An asyncpg pool opened lazily: concurrent first callers share one attempt, and a
+    failed attempt is retried by the next call. Queries run one statement each in autocommit
+    (a plpgsql function is one statement, and one transaction)."""
+
+    def __init__(self, conf: PostgresSettings) -> None:
+        self.conf = conf
+        self.database = describe_database(conf.url)
+        self._pool: Any = None
+        self._opening: asyncio.Future[Any] | None = None
+
+    async def _ready(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+            self._opening.add_done_callback(self._opened)
+        return await asyncio.shield(self._opening)
+
+    def _opened(self, opening: asyncio.Future[Any]) -> None:
+        if self._opening is opening:
+            self._opening = None
+        if not opening.cancelled() and opening.exception() is None:
+            self._pool = opening.result()
+
+    async def _open(self) -> Any:
+        conf = self.conf
+        pool = asyncpg.create_pool(
+            conf.url,
+            min_size=min(conf.min_size, conf.max_size),
+            max_size=conf.max_size,
+            timeout=conf.connect_timeout_s,
+            command_timeout=conf.command_timeout_s,
+        )
+        try:
+            await pool
+        except BaseException:
+            pool.terminate()
+            raise
+        log.info(
+            "postgres pool open: %s (%d-%d connections)",
+            self.database,
+            conf.min_size,
+            conf.max_size,
+        )
+        return pool
+
+    async def warm_up(self) -> int:
+        """Open the pool (and its minimum connections) now, best effort; how many are open."""
+        try:
+            with mapped("warm_up"):
+                pool = await self._ready()
+        except Exception as exc:  # the gateway still starts; requests answer 503 until it is up
+            log.warning("postgres %s is not reachable yet: %s", self.database, exc)
+            return 0
+        return int(pool.get_size())
+
+    async def _fetchrow(self, operation: str, sql: str, *args: Any) -> Any:
+        with mapped(operation):
+            pool = await self._ready()
+            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
+                return await conn.fetchrow(sql, *args)
+
+    async def _fetch(self, operation: str, sql: str, *args: Any) -> list[Any]:
+        with mapped(operation):
+            pool = await self._ready()
+            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
+                return list(await conn.fetch(sql, *args))
+
+    async def _fetchval(self, operation: str, sql: str, *args: Any) -> Any:
+        with mapped(operation):
+            pool = await self._ready()
+            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
+                return await conn.fetchval(sql, *args)
+
+    async def _execute(self, operation: str, sql: str, *args: Any) -> str:
+        with mapped(operation):
+            pool = await self._ready()
+            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
+                return str(await conn.execute(sql, *args))
+
+    async def ping(self) -> None:
+        """Raise :class:`~gateway.store.base.StoreUnavailable` unless the database answers."""
+        await self._fetchval("ping", "SELECT 1")
+
+    async def close(self) -> None:
+        """Close the pool (waiting for connections in use to come back)."""
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with mapped("close"):
+                await pool.close()
