@@ -31,6 +31,8 @@ from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
+pytest_plugins = ["tests.postgres_support"]
+
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 StoreFactory = Callable[..., Awaitable[RecordStore]]
@@ -108,9 +110,10 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """``await store_factory("memory" | "redis", **redis_store_kwargs)``; every store made is
-    closed at teardown. Redis stores of one test share its ``redis_prefix`` (like several
-    gateway processes sharing one Redis), so their keys are deleted with it."""
+    """``await store_factory("memory" | "redis" | "postgres", **store_kwargs)``; every store
+    made is closed at teardown. Redis stores of one test share its ``redis_prefix`` (like
+    several gateway processes sharing one Redis), so their keys are deleted with it; PostgreSQL
+    stores of one test share the session's database, emptied before the test."""
     created: list[RecordStore] = []
 
     async def make(kind: str = "memory", **kwargs: Any) -> RecordStore:
@@ -121,6 +124,11 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
             url: str = request.getfixturevalue("redis_url")
             prefix: str = request.getfixturevalue("redis_prefix")
             store = RedisStore(url, prefix, **kwargs)
+        elif kind == "postgres":
+            from gateway.store.postgres import PostgresStore
+
+            database: str = request.getfixturevalue("postgres_database")
+            store = PostgresStore(database, **kwargs)
         else:
             raise ValueError(f"unknown store kind {kind!r}")
         created.append(store)

@@ -2,10 +2,11 @@
 session updates, webhook event markers, the expiry schedule, the notification outbox and the
 orphan queue.
 
-Workers of any number of processes claim due work with one statement each:
-``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)``, which pushes each row's due
-time to the end of its lease and hands it a fresh lease token, so two claimers never get the
-same row and a crashed holder's rows come back when the lease ends.
+Workers of any number of processes claim due work with one statement each: the due rows are
+found through the ``due`` index and locked with ``FOR UPDATE SKIP LOCKED LIMIT n``, then updated
+by ``ctid`` (a TID scan, never a table scan): each row's due time moves to the end of its lease
+and it gets a fresh lease token, so two claimers never get the same row and a crashed holder's
+rows come back when the lease ends.
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ ON CONFLICT (session_id) DO UPDATE SET due = excluded.due
 """
 
 _CLAIM_EXPIRIES = """
-UPDATE session_expiries AS e SET due = $2
-FROM (SELECT session_id, due FROM session_expiries WHERE due <= $1
-      ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED) AS picked
-WHERE e.session_id = picked.session_id
-RETURNING e.session_id, picked.due AS was_due
+WITH picked AS (
+    SELECT ctid AS row_id, session_id, due FROM session_expiries WHERE due <= $1
+    ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE session_expiries SET due = $2
+    WHERE ctid = ANY (ARRAY(SELECT row_id FROM picked))
+    RETURNING session_id
+)
+SELECT claimed.session_id, picked.due AS was_due FROM claimed JOIN picked USING (session_id)
 """
 
 _OUTBOX_ADD = """
@@ -68,12 +73,15 @@ ON CONFLICT (id) DO UPDATE
 """
 
 _OUTBOX_CLAIM = """
-UPDATE outbox AS o SET due = $2, lease = gen_random_uuid()::text
-FROM (SELECT id, due FROM outbox WHERE due <= $1
-      ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED) AS picked
-WHERE o.id = picked.id
-RETURNING o.id, o.merchant_id, o.event_type, o.body, o.created_at, o.attempts, o.last_error,
-          o.lease, picked.due AS was_due
+WITH picked AS (
+    SELECT ctid AS row_id, id, due FROM outbox WHERE due <= $1
+    ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE outbox SET due = $2, lease = gen_random_uuid()::text
+    WHERE ctid = ANY (ARRAY(SELECT row_id FROM picked))
+    RETURNING id, merchant_id, event_type, body, created_at, attempts, last_error, lease
+)
+SELECT claimed.*, picked.due AS was_due FROM claimed JOIN picked USING (id)
 """
 
 _OUTBOX_RETRY = """
@@ -82,11 +90,15 @@ WHERE id = $1 AND lease = $2
 """
 
 _ORPHAN_CLAIM = """
-UPDATE orphan_jobs AS j SET due = $2, lease = gen_random_uuid()::text
-FROM (SELECT id, due FROM orphan_jobs WHERE due <= $1
-      ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED) AS picked
-WHERE j.id = picked.id
-RETURNING j.id, j.session_id, j.provider, j.request, j.attempts, j.lease, picked.due AS was_due
+WITH picked AS (
+    SELECT ctid AS row_id, id, due FROM orphan_jobs WHERE due <= $1
+    ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE orphan_jobs SET due = $2, lease = gen_random_uuid()::text
+    WHERE ctid = ANY (ARRAY(SELECT row_id FROM picked))
+    RETURNING id, session_id, provider, request, attempts, lease
+)
+SELECT claimed.*, picked.due AS was_due FROM claimed JOIN picked USING (id)
 """
 
 _ORPHAN_RETRY = """

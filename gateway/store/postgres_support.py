@@ -3,7 +3,6 @@ and a printable form of the database URL (which may carry a password)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ def describe_database(url: str) -> str:
 
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the database is unreachable or busy (not a bug in a query)."""
-    if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.PostgresConnectionError):
+    if isinstance(exc, OSError | TimeoutError | asyncpg.PostgresConnectionError):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")

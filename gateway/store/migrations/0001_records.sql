@@ -342,7 +342,8 @@ END
 $$;
 
 -- Delete at most p_limit rows whose retention ended before p_now (epoch seconds), oldest
--- first, through the keep_until indexes; rows another purger holds are skipped.
+-- first: each batch is found through a keep_until index, locked (rows another purger holds
+-- are skipped) and deleted by ctid, so no statement scans a table.
 CREATE FUNCTION gateway_purge(p_now double precision, p_limit integer)
 RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -351,29 +352,29 @@ DECLARE
     v_left integer := p_limit;
     v_count integer;
 BEGIN
-    DELETE FROM sessions WHERE session_id IN (
-        SELECT session_id FROM sessions WHERE keep_until < v_cut
-        ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED);
+    DELETE FROM sessions WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM sessions WHERE keep_until < v_cut
+        ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS v_count = ROW_COUNT;
     v_left := v_left - v_count;
     IF v_left > 0 THEN
-        DELETE FROM idempotency_keys WHERE (scope, idem_key) IN (
-            SELECT scope, idem_key FROM idempotency_keys WHERE keep_until < v_cut
-            ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED);
+        DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM idempotency_keys WHERE keep_until < v_cut
+            ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED));
         GET DIAGNOSTICS v_count = ROW_COUNT;
         v_left := v_left - v_count;
     END IF;
     IF v_left > 0 THEN
-        DELETE FROM order_reservations WHERE (scope, order_ref) IN (
-            SELECT scope, order_ref FROM order_reservations WHERE keep_until < v_cut
-            ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED);
+        DELETE FROM order_reservations WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM order_reservations WHERE keep_until < v_cut
+            ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED));
         GET DIAGNOSTICS v_count = ROW_COUNT;
         v_left := v_left - v_count;
     END IF;
     IF v_left > 0 THEN
-        DELETE FROM webhook_events WHERE (provider, event_id) IN (
-            SELECT provider, event_id FROM webhook_events WHERE keep_until < v_cut
-            ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED);
+        DELETE FROM webhook_events WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM webhook_events WHERE keep_until < v_cut
+            ORDER BY keep_until LIMIT v_left FOR UPDATE SKIP LOCKED));
         GET DIAGNOSTICS v_count = ROW_COUNT;
         v_left := v_left - v_count;
     END IF;
