@@ -37,7 +37,8 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.postgres_queues import PostgresQueues, outbox_columns
-from gateway.store.postgres_support import PostgresSettings
+from gateway.store.postgres_support import PostgresSettings, from_db_text
+from gateway.store.postgres_support import to_db_text as _t
 
 __all__ = ["PostgresSettings", "PostgresStore"]
 
@@ -112,12 +113,12 @@ class PostgresStore(PostgresQueues):
         row = await self._fetchrow(
             "begin_create",
             _BEGIN,
-            scope,
-            key,
+            _t(scope),
+            _t(key),
             fingerprint,
             token,
             lease_ms,
-            order_ref,
+            None if order_ref is None else _t(order_ref),
             pin.to_json().decode() if pin is not None else None,
             pin_ttl_ms,
         )
@@ -126,7 +127,9 @@ class PostgresStore(PostgresQueues):
             stored = row["o_pin"]
             pinned = CreatePin.from_json(stored, row["o_sent"] or "") if stored else None
             claim = Claim(ClaimKind.CLAIMED, token=token)
-            return Begun(claim, row["o_holder"], pinned, bool(row["o_resumed"]))
+            holder = row["o_holder"]
+            holder = None if holder is None else from_db_text(holder)
+            return Begun(claim, holder, pinned, bool(row["o_resumed"]))
         if kind == "replay":
             response = StoredResponse(int(row["o_status"]), bytes(row["o_body"]), row["o_location"])
             return Begun(Claim(ClaimKind.REPLAY, response=response))
@@ -141,8 +144,8 @@ class PostgresStore(PostgresQueues):
         await self._execute(
             "abandon_create",
             "SELECT gateway_abandon_create($1, $2, $3, $4)",
-            scope,
-            key,
+            _t(scope),
+            _t(key),
             token,
             ",".join(sent),
         )
@@ -163,22 +166,22 @@ class PostgresStore(PostgresQueues):
         done = await self._fetchval(
             "commit_create",
             _COMMIT,
-            record.sessionId,
-            record.merchantId,
-            record.orderReference,
+            _t(record.sessionId),
+            _t(record.merchantId),
+            _t(record.orderReference),
             record.createdAt,
             record.version,
             record.model_dump_json(),
             _ms(ttl_s),
             expires_at,
-            c.scope,
-            c.key,
+            _t(c.scope),
+            _t(c.key),
             c.token,
             c.response.status,
             c.response.body,
             c.response.location,
             _ms(c.ttl_s),
-            c.order_ref,
+            None if c.order_ref is None else _t(c.order_ref),
             _ms(max(1, c.order_ttl_s)),
             time.time(),
             *outbox_columns(outbox),
@@ -191,25 +194,25 @@ class PostgresStore(PostgresQueues):
 
     async def release(self, scope: str, key: str, token: str) -> None:
         """Drop the claim held by ``token``."""
-        await self._execute("release", _RELEASE, scope, key, token)
+        await self._execute("release", _RELEASE, _t(scope), _t(key), token)
 
     async def replace_order(
         self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
     ) -> bool:
         """Take the reservation over from ``expected`` (compare-and-set)."""
         status = await self._execute(
-            "replace_order", _REPLACE_ORDER, scope, order_ref, expected, token, lease_ms
+            "replace_order", _REPLACE_ORDER, _t(scope), _t(order_ref), _t(expected), token, lease_ms
         )
         return not status.endswith(" 0")
 
     async def release_order(self, scope: str, order_ref: str, token: str) -> None:
         """Drop the reservation held by ``token``."""
-        await self._execute("release_order", _RELEASE_ORDER, scope, order_ref, token)
+        await self._execute("release_order", _RELEASE_ORDER, _t(scope), _t(order_ref), token)
 
     # sessions
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None when unknown or past its retention (primary key lookup)."""
-        payload = await self._fetchval("get_session", _GET, session_id)
+        payload = await self._fetchval("get_session", _GET, _t(session_id))
         return None if payload is None else _session(payload, repr(session_id))
 
     async def find_sessions(
@@ -221,11 +224,11 @@ class PostgresStore(PostgresQueues):
         before: SessionCursor | None = None,
     ) -> list[SessionRecord]:
         """The merchant's sessions of the order, newest first (index ``sessions_by_order``)."""
-        args: list[Any] = [merchant_id, order_reference, limit]
+        args: list[Any] = [_t(merchant_id), _t(order_reference), limit]
         sql = _FIND
         if before is not None:
             sql = _FIND_BEFORE
-            args += [before.created_at, before.session_id]
+            args += [before.created_at, _t(before.session_id)]
         rows = await self._fetch("find_sessions", sql, *args)
         return [_session(r["payload"], f"of order {order_reference!r}") for r in rows]
 

@@ -18,6 +18,7 @@ from typing import Any
 from gateway.domain.session import SessionRecord
 from gateway.store.base import OrphanJob, OutboxItem
 from gateway.store.postgres_pool import PostgresPool
+from gateway.store.postgres_support import from_db_text, to_db_text
 
 __all__ = ["PostgresQueues", "outbox_columns"]
 
@@ -111,11 +112,15 @@ def outbox_columns(items: Sequence[OutboxItem]) -> list[list[Any]]:
     inserts unnest."""
     return [
         [i.id for i in items],
-        [i.merchant_id for i in items],
+        [to_db_text(i.merchant_id) for i in items],
         [i.event_type for i in items],
         [i.body for i in items],
         [i.created_at for i in items],
     ]
+
+
+def _error(error: str | None) -> str | None:
+    return None if error is None else to_db_text(error)
 
 
 def _affected(status: str) -> bool:
@@ -126,12 +131,12 @@ def _affected(status: str) -> bool:
 def _outbox_item(row: Any) -> OutboxItem:
     return OutboxItem(
         id=row["id"],
-        merchant_id=row["merchant_id"],
+        merchant_id=from_db_text(row["merchant_id"]),
         event_type=row["event_type"],
         body=bytes(row["body"]),
         created_at=float(row["created_at"]),
         attempts=int(row["attempts"]),
-        last_error=row["last_error"],
+        last_error=None if row["last_error"] is None else from_db_text(row["last_error"]),
         lease=row.get("lease"),
     )
 
@@ -147,7 +152,7 @@ class PostgresQueues(PostgresPool):
         count = await self._fetchval(
             "update_session",
             _UPDATE_SESSION,
-            record.sessionId,
+            to_db_text(record.sessionId),
             record.model_dump_json(),
             record.version,
             expected_version,
@@ -161,40 +166,44 @@ class PostgresQueues(PostgresPool):
         state = await self._fetchval(
             "claim_event",
             "SELECT gateway_claim_event($1, $2, $3)",
-            provider,
-            event_id,
+            to_db_text(provider),
+            to_db_text(event_id),
             max(1, int(lease_s * 1000)),
         )
         return str(state)
 
     async def finish_event(self, provider: str, event_id: str, *, ttl_s: int) -> None:
         """Mark the event done for ``ttl_s``."""
-        await self._execute("finish_event", _FINISH_EVENT, provider, event_id, ttl_s * 1000)
+        await self._execute(
+            "finish_event", _FINISH_EVENT, to_db_text(provider), to_db_text(event_id), ttl_s * 1000
+        )
 
     async def forget_event(self, provider: str, event_id: str) -> None:
         """Drop an event marker."""
         await self._execute(
             "forget_event",
             "DELETE FROM webhook_events WHERE provider = $1 AND event_id = $2",
-            provider,
-            event_id,
+            to_db_text(provider),
+            to_db_text(event_id),
         )
 
     async def schedule_expiry(self, session_id: str, at: float) -> None:
         """Index ``session_id`` for the sweeper at ``at``."""
-        await self._execute("schedule_expiry", _SCHEDULE_EXPIRY, session_id, at)
+        await self._execute("schedule_expiry", _SCHEDULE_EXPIRY, to_db_text(session_id), at)
 
     async def drop_expiry(self, session_id: str) -> None:
         """Remove ``session_id`` from the expiry schedule."""
         await self._execute(
-            "drop_expiry", "DELETE FROM session_expiries WHERE session_id = $1", session_id
+            "drop_expiry",
+            "DELETE FROM session_expiries WHERE session_id = $1",
+            to_db_text(session_id),
         )
 
     async def claim_expiries(self, *, now: float, lease_s: float, limit: int) -> list[str]:
         """Due session ids in due order, each leased for ``lease_s`` (SKIP LOCKED)."""
         rows = await self._fetch("claim_expiries", _CLAIM_EXPIRIES, now, now + lease_s, limit)
         rows.sort(key=lambda r: (r["was_due"], r["session_id"]))
-        return [str(r["session_id"]) for r in rows]
+        return [from_db_text(r["session_id"]) for r in rows]
 
     # outbox
     async def outbox_add(self, items: Sequence[OutboxItem], *, due: float) -> None:
@@ -206,7 +215,7 @@ class PostgresQueues(PostgresPool):
             _OUTBOX_ADD,
             *outbox_columns(items),
             [i.attempts for i in items],
-            [i.last_error for i in items],
+            [_error(i.last_error) for i in items],
             [due] * len(items),
         )
 
@@ -230,7 +239,13 @@ class PostgresQueues(PostgresPool):
         if item.lease is None:
             return False
         status = await self._execute(
-            "outbox_retry", _OUTBOX_RETRY, item.id, item.lease, item.attempts, item.last_error, due
+            "outbox_retry",
+            _OUTBOX_RETRY,
+            item.id,
+            item.lease,
+            item.attempts,
+            _error(item.last_error),
+            due,
         )
         return _affected(status)
 
@@ -244,7 +259,7 @@ class PostgresQueues(PostgresPool):
             item.id,
             item.lease,
             item.attempts,
-            item.last_error,
+            _error(item.last_error),
             at,
             keep,
         )

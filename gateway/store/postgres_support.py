@@ -3,6 +3,7 @@ and a printable form of the database URL (which may carry a password)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ from gateway.store.base import StoreUnavailable
 if TYPE_CHECKING:
     from gateway.settings import Settings
 
-__all__ = ["PostgresSettings", "describe_database", "mapped"]
+__all__ = ["PostgresSettings", "describe_database", "from_db_text", "mapped", "to_db_text"]
+
+#: marks a stored text that :func:`to_db_text` had to escape
+_ESCAPED = "\x01"
 
 #: SQLSTATE classes that say the database cannot serve right now, not that the query is
 #: wrong: connection exception, transaction rollback (deadlock, serialization), insufficient
@@ -61,6 +65,33 @@ def describe_database(url: str) -> str:
         return "(unparsable database URL)"
     database = parts.path.lstrip("/") or "(default database)"
     return f"{host}:{port}/{database}"
+
+
+def to_db_text(value: str) -> str:
+    """``value`` as PostgreSQL ``text`` can hold it. PostgreSQL refuses NUL characters (and
+    lone surrogates, which are not UTF-8), while a merchant's orderReference or a provider's
+    event id may carry them (JSON escapes them). Such a value, or one that starts with the
+    escape mark, is stored as the mark plus its ASCII JSON string; every other value is stored
+    as it is, so the mapping is one-to-one and ordinary values stay readable."""
+    if value.isascii():
+        if "\x00" not in value and not value.startswith(_ESCAPED):
+            return value
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _ESCAPED + json.dumps(value)
+    if "\x00" in value or value.startswith(_ESCAPED):
+        return _ESCAPED + json.dumps(value)
+    return value
+
+
+def from_db_text(stored: str) -> str:
+    """The value :func:`to_db_text` stored as ``stored``."""
+    if stored.startswith(_ESCAPED):
+        decoded: str = json.loads(stored[len(_ESCAPED) :])
+        return decoded
+    return stored
 
 
 def is_unavailable(exc: BaseException) -> bool:

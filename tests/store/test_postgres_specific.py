@@ -257,3 +257,38 @@ async def test_a_create_is_two_round_trips(
         outbox=[item("created")],
     )
     assert statements == ["begin_create", "commit_create"]
+
+
+# text PostgreSQL cannot hold -------------------------------------------------------------------
+
+
+async def test_nul_and_lone_surrogates_in_identifiers_work_as_elsewhere(pg: PostgresStore) -> None:
+    """JSON can carry U+0000 (and a JWT subject a lone surrogate), which PostgreSQL text
+    refuses: such values are stored escaped, one-to-one, and never become a 500."""
+    merchant, order = "m\x00", "ORD\x00 é"
+    begun = await pg.begin_create(
+        merchant, "k\x00", "fp", token="t1", lease_ms=5000, order_ref=order
+    )
+    assert begun.claim.kind is ClaimKind.CLAIMED
+    record = make_session("s_1").model_copy(
+        update={"merchantId": merchant, "orderReference": order}
+    )
+    completion = Completion(merchant, "k\x00", "t1", StoredResponse(201, b"{}"), 60, order, 60)
+    assert await pg.commit_create(
+        record, completion, ttl_s=60, expires_at=None, outbox=[item("n1")]
+    )
+    assert await pg.find_sessions(merchant, order, limit=5) == [record]
+    assert await pg.find_sessions("m", "ORD", limit=5) == []
+    assert await pg.find_sessions('\x01"m\\u0000"', order, limit=5) == []  # no collision
+    other = await pg.begin_create(merchant, "k2", "fp", token="t2", lease_ms=5000, order_ref=order)
+    assert other.order_holder == "s_1"
+    assert await pg.get_session("s_\x00") is None
+    surrogate = await pg.begin_create(
+        "\ud800", "k", "fp", token="t3", lease_ms=5000, order_ref="\udfff"
+    )
+    assert surrogate.claim.kind is ClaimKind.CLAIMED
+    assert await pg.claim_event("stripe", "evt\x00", lease_s=60) == "new"
+    assert await pg.claim_event("stripe", "evt", lease_s=60) == "new"
+    await pg.outbox_add([item("n2").failed("bad\x00byte")], due=1.0)
+    (claimed,) = [c for c in await pg.outbox_claim(now=2.0, lease_s=60, limit=5) if c.id == "n2"]
+    assert claimed.last_error == "bad\x00byte"

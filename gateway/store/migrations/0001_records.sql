@@ -7,10 +7,11 @@
 -- Checkout sessions: the SessionRecord JSON plus the columns the API looks sessions up by.
 -- The primary key serves GET /sessions/{id}; session ids are unique across merchants (they are
 -- derived from merchant and Idempotency-Key), the API checks the merchant on the row it reads.
+-- Identifiers compare byte-wise (COLLATE "C"), as in the other stores, whatever the locale.
 CREATE TABLE sessions (
-    session_id      text PRIMARY KEY,
-    merchant_id     text NOT NULL,
-    order_reference text NOT NULL,
+    session_id      text COLLATE "C" PRIMARY KEY,
+    merchant_id     text COLLATE "C" NOT NULL,
+    order_reference text COLLATE "C" NOT NULL,
     created_at      timestamptz NOT NULL,
     version         integer NOT NULL,
     payload         text NOT NULL,
@@ -23,8 +24,8 @@ CREATE INDEX sessions_by_keep_until ON sessions (keep_until);
 -- Idempotency keys: leased while a create runs (token, lease_until), then the stored answer.
 -- A pinned key (pin, sent) outlives its holder's lease, so a retry resumes with the same pin.
 CREATE TABLE idempotency_keys (
-    scope       text NOT NULL,
-    idem_key    text NOT NULL,
+    scope       text COLLATE "C" NOT NULL,
+    idem_key    text COLLATE "C" NOT NULL,
     fingerprint text NOT NULL,
     token       text,
     lease_until timestamptz,
@@ -41,8 +42,8 @@ CREATE INDEX idempotency_keys_by_keep_until ON idempotency_keys (keep_until);
 -- One unexpired PENDING session per merchant and orderReference: held by a claim
 -- ('claim:<token>', for the lease) and then by the session id (for the session's retention).
 CREATE TABLE order_reservations (
-    scope      text NOT NULL,
-    order_ref  text NOT NULL,
+    scope      text COLLATE "C" NOT NULL,
+    order_ref  text COLLATE "C" NOT NULL,
     holder     text NOT NULL,
     keep_until timestamptz NOT NULL,
     PRIMARY KEY (scope, order_ref)
@@ -51,8 +52,8 @@ CREATE INDEX order_reservations_by_keep_until ON order_reservations (keep_until)
 
 -- Provider webhook events: 'processing' while leased, then 'done' for the de-duplication TTL.
 CREATE TABLE webhook_events (
-    provider   text NOT NULL,
-    event_id   text NOT NULL,
+    provider   text COLLATE "C" NOT NULL,
+    event_id   text COLLATE "C" NOT NULL,
     state      text NOT NULL,
     keep_until timestamptz NOT NULL,
     PRIMARY KEY (provider, event_id)
@@ -61,14 +62,14 @@ CREATE INDEX webhook_events_by_keep_until ON webhook_events (keep_until);
 
 -- The expiry schedule: a session id is due at `due` (epoch seconds), or when its lease ends.
 CREATE TABLE session_expiries (
-    session_id text PRIMARY KEY,
+    session_id text COLLATE "C" PRIMARY KEY,
     due        double precision NOT NULL
 );
 CREATE INDEX session_expiries_by_due ON session_expiries (due);
 
 -- The notification outbox: due items are leased to one worker at a time.
 CREATE TABLE outbox (
-    id          text PRIMARY KEY,
+    id          text COLLATE "C" PRIMARY KEY,
     merchant_id text NOT NULL,
     event_type  text NOT NULL,
     body        bytea NOT NULL,
@@ -81,7 +82,7 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_by_due ON outbox (due);
 
 CREATE TABLE outbox_dead (
-    id          text PRIMARY KEY,
+    id          text COLLATE "C" PRIMARY KEY,
     merchant_id text NOT NULL,
     event_type  text NOT NULL,
     body        bytea NOT NULL,
@@ -94,7 +95,7 @@ CREATE INDEX outbox_dead_by_died_at ON outbox_dead (died_at);
 
 -- Orphan provider sessions to make unpayable, leased like the outbox.
 CREATE TABLE orphan_jobs (
-    id         text PRIMARY KEY,
+    id         text COLLATE "C" PRIMARY KEY,
     session_id text NOT NULL,
     provider   text NOT NULL,
     request    bytea NOT NULL,
