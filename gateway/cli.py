@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help="processes sharing the port (default: GATEWAY_WORKERS, 1); more than one needs "
-        "GATEWAY_STORE=redis and GATEWAY_COORDINATION=redis (its default with that store)",
+        "GATEWAY_STORE=redis or postgres and GATEWAY_COORDINATION=redis (its default with the "
+        "Redis store)",
     )
     serve.add_argument(
         "--print-curl",

@@ -66,7 +66,13 @@ class Settings(BaseSettings):
     """Gateway configuration. Every field maps to ``GATEWAY_<FIELD_NAME>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="GATEWAY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # a validation error must not echo the input: it holds secrets (the database URL's
+        # password, the JWT secret)
+        hide_input_in_errors=True,
     )
 
     env: Literal["sandbox", "production"] = "sandbox"
@@ -210,6 +216,8 @@ class Settings(BaseSettings):
             raise ValueError("request_deadline_seconds must be >= provider_timeout_seconds")
         if self.idempotency_lease_seconds < self.request_deadline_seconds:
             raise ValueError("idempotency_lease_seconds must be >= request_deadline_seconds")
+        if self.database_pool_min_size > self.database_pool_max_size:
+            raise ValueError("database_pool_min_size must be <= database_pool_max_size")
         return self
 
     @property

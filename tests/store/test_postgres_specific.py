@@ -292,3 +292,20 @@ async def test_nul_and_lone_surrogates_in_identifiers_work_as_elsewhere(pg: Post
     await pg.outbox_add([item("n2").failed("bad\x00byte")], due=1.0)
     (claimed,) = [c for c in await pg.outbox_claim(now=2.0, lease_s=60, limit=5) if c.id == "n2"]
     assert claimed.last_error == "bad\x00byte"
+
+
+def test_a_settings_error_never_echoes_the_database_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql://gw:s3cr3t-pw@db/records")
+    monkeypatch.setenv("GATEWAY_DATABASE_POOL_MIN_SIZE", "50")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    assert "database_pool_min_size must be <= database_pool_max_size" in str(raised.value)
+    assert "s3cr3t-pw" not in str(raised.value)
+    monkeypatch.setenv("GATEWAY_DATABASE_POOL_MIN_SIZE", "2")
+    assert "s3cr3t-pw" not in repr(Settings())
