@@ -112,7 +112,7 @@ async def test_serve_in_sandbox_mode_upgrades_by_itself(
 
 
 @pytest.mark.timeout(60)
-async def test_a_create_and_its_get_through_a_real_gateway_process(
+async def test_a_create_its_get_and_its_order_search_through_a_real_gateway_process(
     sandbox: Any, postgres_database: str, processes: list[subprocess.Popen[str]]
 ) -> None:
     port = free_port()
@@ -131,8 +131,14 @@ async def test_a_create_and_its_get_through_a_real_gateway_process(
         async with http.get(f"{url}/{body['sessionId']}", headers=headers(None)) as read:
             assert read.status == 200
             stored = await read.json()
+        query = f"{url}?orderReference=ORD-2024-001&limit=5"
+        async with http.get(query, headers=headers(None)) as found:
+            assert found.status == 200
+            page = await found.json()
     assert stored["sessionId"] == body["sessionId"]
     assert stored["checkoutUrl"] == body["checkoutUrl"]
+    assert [s["sessionId"] for s in page["data"]] == [body["sessionId"]]
+    assert page["nextCursor"] is None
     conn = await asyncpg.connect(postgres_database)
     try:
         row = await conn.fetchrow(
