@@ -114,6 +114,7 @@ async def remaining_ms(url: str, area: str, *parts: str) -> int:
         "order": ("order_reservations", ("scope", "order_ref")),
         "session": ("sessions", ("session_id",)),
         "webhook": ("webhook_events", ("provider", "event_id")),
+        "webhook_dedup": ("webhook_events", ("provider", "event_id")),
     }[area]
     where = " AND ".join(f"{c} = ${i + 1}" for i, c in enumerate(columns))
     conn = await asyncpg.connect(url)
