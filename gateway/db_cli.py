@@ -129,12 +129,21 @@ def add_db_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     summary = "the PostgreSQL schema of the records (GATEWAY_DATABASE_URL)"
     db = sub.add_parser("db", help=summary, description=summary[0].upper() + summary[1:] + ".")
     commands = db.add_subparsers(dest="db_command", required=True)
-    upgrade = commands.add_parser(
-        "upgrade",
-        help="apply the pending migrations (idempotent, safe to run on every deploy)",
-    )
-    upgrade.set_defaults(func=cmd_db_upgrade)
-    status = commands.add_parser(
-        "status", help="print the schema version; exit status 1 when an upgrade is pending"
-    )
-    status.set_defaults(func=cmd_db_status)
+    for name, summary, func in (
+        (
+            "upgrade",
+            "apply the pending migrations (idempotent, safe to run on every deploy and from "
+            "several machines at once)",
+            cmd_db_upgrade,
+        ),
+        (
+            "status",
+            "print the schema version; exit status 1 when an upgrade is pending, 2 when the "
+            "database cannot be reached",
+            cmd_db_status,
+        ),
+    ):
+        command = commands.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:] + "."
+        )
+        command.set_defaults(func=func)

@@ -34,6 +34,9 @@ def test_help_has_no_markup_and_explains_every_option() -> None:
         "gateway rules",
         "gateway rules check",
         "gateway rules simulate",
+        "gateway db",
+        "gateway db upgrade",
+        "gateway db status",
     }
     for name, parser in parsers.items():
         text = parser.format_help()
