@@ -81,7 +81,7 @@ def _check_shared(settings: Settings) -> None:
     fixes: list[str] = []
     if settings.store == "memory":
         local.append("GATEWAY_STORE=memory")
-        fixes.append("GATEWAY_STORE=redis")
+        fixes.append("GATEWAY_STORE=redis (or postgres)")
     if settings.coordination_backend == "memory":
         local.append("GATEWAY_COORDINATION=memory")
         fixes.append("GATEWAY_COORDINATION=redis")

@@ -139,9 +139,15 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
         await store.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RecordStore:
-    """The record store under test, once per backend: memory and Redis."""
+    """The record store under test, once per backend: memory, Redis and PostgreSQL."""
     kind: str = request.param
     return await store_factory(kind)
 

@@ -309,3 +309,13 @@ def test_a_settings_error_never_echoes_the_database_password(
     assert "s3cr3t-pw" not in str(raised.value)
     monkeypatch.setenv("GATEWAY_DATABASE_POOL_MIN_SIZE", "2")
     assert "s3cr3t-pw" not in repr(Settings())
+
+
+def test_several_workers_on_postgres_need_shared_coordination() -> None:
+    from gateway.app import check_startup
+    from gateway.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="GATEWAY_COORDINATION=memory lives in one process"):
+        check_startup(Settings(_env_file=None, store="postgres", workers=2))  # type: ignore[call-arg]
+    shared = Settings(_env_file=None, store="postgres", coordination="redis", workers=2)  # type: ignore[call-arg]
+    assert check_startup(shared)

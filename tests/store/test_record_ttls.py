@@ -1,6 +1,7 @@
-"""The exact lifetimes the memory and Redis stores give what production writes, read inside
-each store (Redis ``PTTL``, the memory store's deadlines). The store-agnostic contract checks
-the same lifetimes by behaviour (``test_contract.py``, ``test_lifecycle_contract.py``)."""
+"""The exact lifetimes the memory, Redis and PostgreSQL stores give what production writes, read
+inside each store (Redis ``PTTL``, the memory store's deadlines, PostgreSQL's ``keep_until``).
+The store-agnostic contract checks the same lifetimes by behaviour (``test_contract.py``,
+``test_lifecycle_contract.py``)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from gateway.store.circuits_memory import MemoryCircuits
 from gateway.store.circuits_redis import RedisCircuits
 from gateway.store.coordination import CircuitStore
 from gateway.store.memory import MemoryStore
+from gateway.store.postgres import PostgresStore
 from gateway.store.redis import RedisStore
 from gateway.store.ttl_dict import TTLDict
 from tests.conftest import CoordinationFactory, StoreFactory
+from tests.postgres_support import remaining_ms as postgres_remaining_ms
 
 from .samples import make_session
 
 KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+RECORD_KINDS = [*KINDS, pytest.param("postgres", marks=pytest.mark.postgres)]
 SCOPE = "merchant-1"
 
 
@@ -40,6 +44,8 @@ async def remaining_ms(store: Any, area: str, *parts: str) -> int:
         return int(await store.client.pttl(key))
     if isinstance(store, MemoryCircuits):
         return _memory_left(store._circuits, parts[0])
+    if isinstance(store, PostgresStore):
+        return await postgres_remaining_ms(store.conf.url, area, *parts)
     assert isinstance(store, MemoryStore)
     table = {
         "idempotency": store._idem,
@@ -50,7 +56,7 @@ async def remaining_ms(store: Any, area: str, *parts: str) -> int:
     return _memory_left(table, "\x00".join(parts))
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=RECORD_KINDS)
 async def kept(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RecordStore:
     return await store_factory(request.param)
 
