@@ -1,6 +1,10 @@
 """The connection pool under :class:`gateway.store.postgres.PostgresStore`: opened on first
 use (so a gateway starts while the database is down and recovers by itself), every query one
-pooled round trip, every outage mapped to :class:`~gateway.store.base.StoreUnavailable`."""
+pooled round trip, every outage mapped to :class:`~gateway.store.base.StoreUnavailable`.
+
+asyncpg's own pool logs a warning with the whole traceback each time it fails to reconnect its
+minimum connections; :class:`OutageWithoutTraceback` makes those one line, as the gateway's own
+outage logs are (a traceback stays on anything that is not an outage)."""
 
 from __future__ import annotations
 
@@ -10,11 +14,37 @@ from typing import Any
 
 import asyncpg
 
-from gateway.store.postgres_support import PostgresSettings, describe_database, mapped
+from gateway.store.postgres_support import (
+    PostgresSettings,
+    describe_database,
+    is_unavailable,
+    mapped,
+)
 
-__all__ = ["PostgresPool"]
+__all__ = ["OutageWithoutTraceback", "PostgresPool"]
 
 log = logging.getLogger("gateway.store.postgres")
+
+
+class OutageWithoutTraceback(logging.Filter):
+    """Turns a record whose exception is a database outage into one line: the exception's
+    type and message join the message and the traceback is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always keep the record; rewrite it when its exception is an outage."""
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and is_unavailable(error):
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _tame_asyncpg_pool_log() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, OutageWithoutTraceback) for f in pool_log.filters):
+        pool_log.addFilter(OutageWithoutTraceback())
 
 
 class PostgresPool:
@@ -27,6 +57,7 @@ class PostgresPool:
         self.database = describe_database(conf.url)
         self._pool: Any = None
         self._opening: asyncio.Future[Any] | None = None
+        _tame_asyncpg_pool_log()
 
     async def _ready(self) -> Any:
         if self._pool is not None:

@@ -17,7 +17,14 @@ from gateway.store.base import StoreUnavailable
 if TYPE_CHECKING:
     from gateway.settings import Settings
 
-__all__ = ["PostgresSettings", "describe_database", "from_db_text", "mapped", "to_db_text"]
+__all__ = [
+    "PostgresSettings",
+    "describe_database",
+    "from_db_text",
+    "is_unavailable",
+    "mapped",
+    "to_db_text",
+]
 
 #: marks a stored text that :func:`to_db_text` had to escape
 _ESCAPED = "\x01"
