@@ -286,7 +286,8 @@ NOTIFICATION_DURATION = Histogram(
 )
 NOTIFICATION_BACKLOG = Gauge(
     "gateway_notification_backlog",
-    "Merchant notifications waiting for delivery (last value measured by any live process).",
+    "Merchant notifications waiting for delivery, counted up to 10,000 (last value measured by"
+    " any live process).",
     multiprocess_mode="livemostrecent",
 )
 

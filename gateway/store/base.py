@@ -19,6 +19,7 @@ import orjson
 from gateway.domain.session import SessionRecord
 
 __all__ = [
+    "BACKLOG_COUNT_LIMIT",
     "Begun",
     "Claim",
     "ClaimKind",
@@ -38,6 +39,10 @@ __all__ = [
     "StoreUnavailable",
     "StoredResponse",
 ]
+
+
+#: how far :meth:`OutboxStore.outbox_backlog` counts by default
+BACKLOG_COUNT_LIMIT = 10_000
 
 
 class StoreUnavailable(Exception):
@@ -209,8 +214,9 @@ class OutboxStore(Protocol):
         """Move ``item`` to the dead letters (the newest ``keep`` are kept)."""
         ...
 
-    async def outbox_backlog(self) -> int:
-        """Items waiting or in delivery."""
+    async def outbox_backlog(self, *, at_most: int = BACKLOG_COUNT_LIMIT) -> int:
+        """Items waiting or in delivery, counted up to ``at_most``: a larger backlog reads as
+        ``at_most``, so counting costs the same however far behind delivery is."""
         ...
 
     async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:

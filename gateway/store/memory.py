@@ -12,6 +12,7 @@ from datetime import datetime
 
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
+    BACKLOG_COUNT_LIMIT,
     Begun,
     Claim,
     ClaimKind,
@@ -396,8 +397,8 @@ class MemoryStore:
         del self._orphans[job.id]
         return True
 
-    async def outbox_backlog(self) -> int:
-        return len(self._outbox_due)
+    async def outbox_backlog(self, *, at_most: int = BACKLOG_COUNT_LIMIT) -> int:
+        return min(len(self._outbox_due), at_most)
 
     async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:
         newest = sorted(self._dead.values(), key=lambda entry: entry[0], reverse=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import OrphanJob, OutboxItem
+from gateway.store.base import BACKLOG_COUNT_LIMIT, OrphanJob, OutboxItem
 from gateway.store.postgres_pool import PostgresPool
 from gateway.store.postgres_support import from_db_text, to_db_text
 
@@ -84,6 +84,8 @@ WITH picked AS (
 )
 SELECT claimed.*, picked.due AS was_due FROM claimed JOIN picked USING (id)
 """
+
+_OUTBOX_BACKLOG = "SELECT count(*) FROM (SELECT FROM outbox LIMIT $1) AS waiting"
 
 _OUTBOX_RETRY = """
 UPDATE outbox SET attempts = $3, last_error = $4, due = $5, lease = NULL
@@ -265,9 +267,10 @@ class PostgresQueues(PostgresPool):
         )
         return bool(moved)
 
-    async def outbox_backlog(self) -> int:
-        """Items waiting or being delivered."""
-        return int(await self._fetchval("outbox_backlog", "SELECT count(*) FROM outbox"))
+    async def outbox_backlog(self, *, at_most: int = BACKLOG_COUNT_LIMIT) -> int:
+        """Items waiting or being delivered, up to ``at_most``: the count stops at ``at_most``
+        rows, so a large backlog is never counted by scanning the whole outbox."""
+        return int(await self._fetchval("outbox_backlog", _OUTBOX_BACKLOG, at_most))
 
     async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:
         """The newest dead letters first."""

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import OutboxItem, StoreUnavailable
+from gateway.store.base import BACKLOG_COUNT_LIMIT, OutboxItem, StoreUnavailable
 from gateway.store.keys import RedisKeys
 from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _leased, _mapped, _ms, _text
 
@@ -234,10 +234,10 @@ class RedisLifecycle:
         """Move the item to the dead letters, keeping the newest ``keep``."""
         return await self._finish(item, "dead", at, keep)
 
-    async def outbox_backlog(self) -> int:
-        """Items waiting or being delivered."""
+    async def outbox_backlog(self, *, at_most: int = BACKLOG_COUNT_LIMIT) -> int:
+        """Items waiting or being delivered, up to ``at_most`` (``ZCARD``: O(1))."""
         with _mapped("outbox_backlog"):
-            return int(await self.client.zcard(self.keys.outbox_due()))
+            return min(int(await self.client.zcard(self.keys.outbox_due())), at_most)
 
     async def outbox_dead_letters(self, limit: int = 100) -> list[OutboxItem]:
         """The newest dead letters first."""

@@ -1,5 +1,5 @@
 """The lifecycle half of the store contract (compare-and-set, event markers, expiry index,
-notification outbox), against the memory store and against Redis."""
+notification outbox), against every store of the ``store`` fixture (memory, Redis, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -153,6 +153,15 @@ async def test_outbox_claim_leases_and_done_removes(store: RecordStore) -> None:
         assert await store.outbox_done(c) is True
     assert await store.outbox_backlog() == 0
     assert await store.outbox_done(claimed[0]) is False
+
+
+async def test_outbox_backlog_counts_up_to_its_bound(store: RecordStore) -> None:
+    await store.outbox_add([item("a"), item("b"), item("c")], due=100.0)
+    assert await store.outbox_backlog() == 3
+    assert await store.outbox_backlog(at_most=2) == 2
+    assert await store.outbox_backlog(at_most=3) == 3
+    await store.outbox_claim(now=100.0, lease_s=30, limit=1)
+    assert await store.outbox_backlog(at_most=5) == 3  # an item in delivery still counts
 
 
 async def test_outbox_stale_lease_cannot_finish_after_a_reclaim(store: RecordStore) -> None:

@@ -179,3 +179,17 @@ async def test_purge_finds_its_batches_through_the_keep_until_indexes(explained:
         "order_reservations_by_keep_until",
         "webhook_events_by_keep_until",
     )
+
+
+async def test_the_outbox_backlog_stops_counting_at_its_bound(explained: Any) -> None:
+    # the delivery worker measures the backlog every round: it never counts the whole outbox
+    await explained.execute("SET auto_explain.log_analyze = on")
+    try:
+        plans = await plans_of(explained, postgres_queues._OUTBOX_BACKLOG, 100)
+    finally:
+        await explained.execute("RESET auto_explain.log_analyze")
+    text = "\n".join(plans)
+    assert "Limit" in text, text
+    scans = [line for line in text.splitlines() if "Scan" in line]
+    assert scans, text
+    assert all("actual" in line and "rows=100 " in line for line in scans), text
