@@ -23,6 +23,13 @@ from tests.rawhttp import RawResponse, exchange, request_bytes
 Client = TestClient[Any, Any]
 UUID = "0b7d2a8e-3d4f-5a6b-8c9d-0e1f2a3b4c5d"
 
+#: every record store the endpoint runs on
+STORES = [
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+
 
 async def create(client: Client, key: str, ref: str, merchant: str = "merchant-1") -> str:
     answer = await client.post(
@@ -62,7 +69,7 @@ async def all_pages(client: Client, ref: str, limit: int, merchant: str = "merch
         params["cursor"] = body["nextCursor"]
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("kind", STORES)
 async def test_pages_newest_first_each_session_as_get_reads_it(
     gateway: GatewayFactory, store_factory: Any, kind: str
 ) -> None:
@@ -123,10 +130,11 @@ async def test_the_read_scope_is_required(gateway: GatewayFactory) -> None:
     assert allowed.status == 200
 
 
+@pytest.mark.parametrize("kind", STORES)
 async def test_a_listed_session_expires_on_read_like_get(
-    gateway: GatewayFactory, store_factory: Any
+    gateway: GatewayFactory, store_factory: Any, kind: str
 ) -> None:
-    store: RecordStore = await store_factory("memory")
+    store: RecordStore = await store_factory(kind)
     client = await gateway(store=store)
     session_id = await create(client, "k-1", "ORD-EXP")
     record = await store.get_session(session_id)
@@ -236,16 +244,80 @@ async def test_every_problem_is_listed_at_once(gateway: GatewayFactory) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "ref", ["%FF%FE", "%00", "a%2Fb%3Fc%26d", "%F0%9F%92%B3", "%7B%7D%3A%25*", "ORD%20001"]
-)
+ODD_REFS = [
+    "%FF%FE",
+    "%00",
+    "a%00b",
+    "%ED%A0%80",  # a lone surrogate, UTF-8 encoded
+    "%C0%80",  # an overlong NUL
+    "%F4%90%80%80",  # past U+10FFFF
+    "%01%22x%22",  # the PostgreSQL store's escape mark, then a JSON string
+    "a%2Fb%3Fc%26d",
+    "%F0%9F%92%B3",
+    "%7B%7D%3A%25*",
+    "ORD%20001",
+]
+
+
+@pytest.mark.parametrize("kind", STORES)
 async def test_odd_order_references_are_looked_up_never_a_500(
-    gateway: GatewayFactory, store_factory: Any, ref: str
+    gateway: GatewayFactory, store_factory: Any, kind: str
 ) -> None:
-    client = await gateway(store=await store_factory("redis"))
-    answer = await raw_get(client, f"/api/v1/sessions?orderReference={ref}")
-    assert answer.status == 200, answer.body
-    assert orjson.loads(answer.body) == {"data": [], "nextCursor": None}
+    client = await gateway(store=await store_factory(kind))
+    for ref in ODD_REFS:
+        answer = await raw_get(client, f"/api/v1/sessions?orderReference={ref}")
+        assert answer.status == 200, (ref, answer.body)
+        assert orjson.loads(answer.body) == {"data": [], "nextCursor": None}, ref
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_hostile_order_references_find_exactly_their_own_session(
+    gateway: GatewayFactory, store_factory: Any, kind: str
+) -> None:
+    client = await gateway(store=await store_factory(kind))
+    refs = [
+        "a\x00b",
+        "\x00",
+        '\x01"a\\u0000b"',  # what the PostgreSQL store stores for "a\x00b"
+        "\U0001f4b3" * 128,  # the longest: 128 characters, 512 bytes
+        "ORD-\u202e\ufeff-\U0010ffff",
+    ]
+    created = {ref: await create(client, f"k-{i}", ref) for i, ref in enumerate(refs)}
+    assert len(set(created.values())) == len(refs)
+    for ref, session_id in created.items():
+        views = (await page(client, orderReference=ref))["data"]
+        assert [(v["sessionId"], v["orderReference"]) for v in views] == [(session_id, ref)]
+    too_long = await find(client, orderReference="\U0001f4b3" * 129)
+    assert (await envelope(too_long, 400))["message"] == [
+        "orderReference: String should have at most 128 characters"
+    ]
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_cursors_at_the_ends_of_time_are_answered(
+    gateway: GatewayFactory, store_factory: Any, kind: str
+) -> None:
+    client = await gateway(store=await store_factory(kind))
+    session_id = await create(client, "k-1", "ORD-ENDS")
+    earliest = cursor(["0001-01-01T00:00:00+00:00", UUID])
+    latest = cursor(["9999-12-31T23:59:59.999999+00:00", "ffffffff-ffff-ffff-ffff-ffffffffffff"])
+    assert (await page(client, orderReference="ORD-ENDS", cursor=earliest))["data"] == []
+    after_latest = await page(client, orderReference="ORD-ENDS", cursor=latest, limit=1)
+    assert [v["sessionId"] for v in after_latest["data"]] == [session_id]
+    assert after_latest["nextCursor"] is None
+
+
+@pytest.mark.postgres
+async def test_bad_parameters_are_a_400_before_the_postgres_store(
+    gateway: GatewayFactory, store_factory: Any
+) -> None:
+    client = await gateway(store=await store_factory("postgres"))
+    for query, problem in HOSTILE:
+        answer = await raw_get(client, "/api/v1/sessions" + ("?" + query if query else ""))
+        assert answer.status == 400, (query, answer.body)
+        body = orjson.loads(answer.body)
+        assert set(body) == {"error", "message", "statusCode", "requestId"}, body
+        assert any(m.startswith(problem) for m in body["message"]), (query, body)
 
 
 async def test_an_order_reference_with_reserved_characters_round_trips(
@@ -259,11 +331,18 @@ async def test_an_order_reference_with_reserved_characters_round_trips(
     assert quote(ref) != ref  # the client had to encode it
 
 
-async def test_the_store_down_is_a_503(gateway: GatewayFactory) -> None:
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_the_store_down_is_a_503(gateway: GatewayFactory, kind: str) -> None:
+    from gateway.store.postgres import PostgresStore
     from gateway.store.redis import RedisStore
     from tests.store.test_redis_specific import closed_port
 
-    store = RedisStore(f"redis://127.0.0.1:{closed_port()}/0", "gw:")
+    port = closed_port()
+    store: RecordStore = (
+        RedisStore(f"redis://127.0.0.1:{port}/0", "gw:")
+        if kind == "redis"
+        else PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/gateway")
+    )
     client = await gateway(store=store)
     answer = await find(client, orderReference="ORD-1")
     assert (await envelope(answer, 503))["error"] == "Service Unavailable"
