@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
+from pydantic import ValidationError
 
 from gateway.domain.session import SessionRecord
 
@@ -38,6 +39,7 @@ __all__ = [
     "SessionStore",
     "StoreUnavailable",
     "StoredResponse",
+    "stored_session",
 ]
 
 
@@ -47,6 +49,15 @@ BACKLOG_COUNT_LIMIT = 10_000
 
 class StoreUnavailable(Exception):
     """The store could not be reached or answered with an error (maps to 503)."""
+
+
+def stored_session(payload: bytes | str, what: str) -> SessionRecord:
+    """The session a store kept as ``payload`` (its JSON); :class:`StoreUnavailable` naming
+    ``what`` when the stored form does not read back (a corrupted or foreign record)."""
+    try:
+        return SessionRecord.model_validate_json(payload)
+    except ValidationError as exc:
+        raise StoreUnavailable(f"session {what} is unreadable: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

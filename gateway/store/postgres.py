@@ -21,8 +21,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
     Begun,
@@ -34,7 +32,7 @@ from gateway.store.base import (
     OutboxItem,
     SessionCursor,
     StoredResponse,
-    StoreUnavailable,
+    stored_session,
 )
 from gateway.store.postgres_queues import PostgresQueues, outbox_columns
 from gateway.store.postgres_support import PostgresSettings, from_db_text
@@ -77,13 +75,6 @@ ORDER BY created_at DESC, session_id DESC LIMIT $3
 def _ms(seconds: float) -> int:
     """A positive whole number of milliseconds covering ``seconds``."""
     return max(1, math.ceil(seconds * 1000))
-
-
-def _session(payload: str, what: str) -> SessionRecord:
-    try:
-        return SessionRecord.model_validate_json(payload)
-    except ValidationError as exc:
-        raise StoreUnavailable(f"session {what} is unreadable: {exc}") from exc
 
 
 class PostgresStore(PostgresQueues):
@@ -213,7 +204,7 @@ class PostgresStore(PostgresQueues):
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None when unknown or past its retention (primary key lookup)."""
         payload = await self._fetchval("get_session", _GET, _t(session_id))
-        return None if payload is None else _session(payload, repr(session_id))
+        return None if payload is None else stored_session(payload, repr(session_id))
 
     async def find_sessions(
         self,
@@ -230,7 +221,7 @@ class PostgresStore(PostgresQueues):
             sql = _FIND_BEFORE
             args += [before.created_at, _t(before.session_id)]
         rows = await self._fetch("find_sessions", sql, *args)
-        return [_session(r["payload"], f"of order {order_reference!r}") for r in rows]
+        return [stored_session(r["payload"], f"of order {order_reference!r}") for r in rows]
 
     # retention
     async def purge(self, *, now: float, limit: int) -> int:

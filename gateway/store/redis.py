@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import StoreUnavailable
+from gateway.store.base import stored_session
 from gateway.store.keys import RedisKeys
 from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
 from gateway.store.redis_create import RedisCreate
@@ -136,9 +135,4 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         """The session, or None when unknown or expired."""
         with _mapped("get_session"):
             payload = await self.client.get(self.keys.session(session_id))
-        if payload is None:
-            return None
-        try:
-            return SessionRecord.model_validate_json(payload)
-        except ValidationError as exc:
-            raise StoreUnavailable(f"session {session_id!r} is unreadable: {exc}") from exc
+        return None if payload is None else stored_session(payload, repr(session_id))

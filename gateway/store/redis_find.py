@@ -17,10 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import SessionCursor, StoreUnavailable
+from gateway.store.base import SessionCursor, stored_session
 from gateway.store.keys import RedisKeys
 from gateway.store.redis_support import _mapped, _text
 
@@ -61,7 +60,7 @@ class RedisFind:
             with _mapped("find_sessions"):
                 payloads = await self.client.mget([self.keys.session(i) for _, i in ids])
             gone = [i for (_, i), payload in zip(ids, payloads, strict=True) if payload is None]
-            found += [_record(p) for p in payloads if p is not None]
+            found += [stored_session(p, "of an order") for p in payloads if p is not None]
             if gone:
                 with _mapped("find_sessions"):
                     await self.client.zrem(index, *gone)
@@ -96,10 +95,3 @@ class RedisFind:
 def _pairs(rows: Any) -> list[tuple[bytes, float]]:
     """A ``WITHSCORES`` reply as (member, score) pairs."""
     return [(bytes(member), float(score)) for member, score in rows]
-
-
-def _record(payload: bytes | str) -> SessionRecord:
-    try:
-        return SessionRecord.model_validate_json(payload)
-    except ValidationError as exc:
-        raise StoreUnavailable(f"a stored session is unreadable: {exc}") from exc

@@ -105,6 +105,8 @@ def test_several_workers_need_the_shared_store() -> None:
         ("redis", None, "redis"),
         ("memory", "redis", "redis"),
         ("redis", "memory", "memory"),
+        ("postgres", None, "memory"),
+        ("postgres", "redis", "redis"),
     ],
 )
 def test_coordination_defaults_to_redis_with_the_redis_store(
