@@ -35,8 +35,7 @@ from gateway.store.base import (
     stored_session,
 )
 from gateway.store.postgres_queues import PostgresQueues, outbox_columns
-from gateway.store.postgres_support import PostgresSettings, from_db_text
-from gateway.store.postgres_support import to_db_text as _t
+from gateway.store.postgres_support import PostgresSettings, from_db_text, to_db_text
 
 __all__ = ["PostgresSettings", "PostgresStore"]
 
@@ -104,12 +103,12 @@ class PostgresStore(PostgresQueues):
         row = await self._fetchrow(
             "begin_create",
             _BEGIN,
-            _t(scope),
-            _t(key),
+            to_db_text(scope),
+            to_db_text(key),
             fingerprint,
             token,
             lease_ms,
-            None if order_ref is None else _t(order_ref),
+            None if order_ref is None else to_db_text(order_ref),
             pin.to_json().decode() if pin is not None else None,
             pin_ttl_ms,
         )
@@ -135,8 +134,8 @@ class PostgresStore(PostgresQueues):
         await self._execute(
             "abandon_create",
             "SELECT gateway_abandon_create($1, $2, $3, $4)",
-            _t(scope),
-            _t(key),
+            to_db_text(scope),
+            to_db_text(key),
             token,
             ",".join(sent),
         )
@@ -157,22 +156,22 @@ class PostgresStore(PostgresQueues):
         done = await self._fetchval(
             "commit_create",
             _COMMIT,
-            _t(record.sessionId),
-            _t(record.merchantId),
-            _t(record.orderReference),
+            to_db_text(record.sessionId),
+            to_db_text(record.merchantId),
+            to_db_text(record.orderReference),
             record.createdAt,
             record.version,
             record.model_dump_json(),
             _ms(ttl_s),
             expires_at,
-            _t(c.scope),
-            _t(c.key),
+            to_db_text(c.scope),
+            to_db_text(c.key),
             c.token,
             c.response.status,
             c.response.body,
             c.response.location,
             _ms(c.ttl_s),
-            None if c.order_ref is None else _t(c.order_ref),
+            None if c.order_ref is None else to_db_text(c.order_ref),
             _ms(max(1, c.order_ttl_s)),
             time.time(),
             *outbox_columns(outbox),
@@ -185,25 +184,33 @@ class PostgresStore(PostgresQueues):
 
     async def release(self, scope: str, key: str, token: str) -> None:
         """Drop the claim held by ``token``."""
-        await self._execute("release", _RELEASE, _t(scope), _t(key), token)
+        await self._execute("release", _RELEASE, to_db_text(scope), to_db_text(key), token)
 
     async def replace_order(
         self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
     ) -> bool:
         """Take the reservation over from ``expected`` (compare-and-set)."""
         status = await self._execute(
-            "replace_order", _REPLACE_ORDER, _t(scope), _t(order_ref), _t(expected), token, lease_ms
+            "replace_order",
+            _REPLACE_ORDER,
+            to_db_text(scope),
+            to_db_text(order_ref),
+            to_db_text(expected),
+            token,
+            lease_ms,
         )
         return not status.endswith(" 0")
 
     async def release_order(self, scope: str, order_ref: str, token: str) -> None:
         """Drop the reservation held by ``token``."""
-        await self._execute("release_order", _RELEASE_ORDER, _t(scope), _t(order_ref), token)
+        await self._execute(
+            "release_order", _RELEASE_ORDER, to_db_text(scope), to_db_text(order_ref), token
+        )
 
     # sessions
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None when unknown or past its retention (primary key lookup)."""
-        payload = await self._fetchval("get_session", _GET, _t(session_id))
+        payload = await self._fetchval("get_session", _GET, to_db_text(session_id))
         return None if payload is None else stored_session(payload, repr(session_id))
 
     async def find_sessions(
@@ -215,11 +222,11 @@ class PostgresStore(PostgresQueues):
         before: SessionCursor | None = None,
     ) -> list[SessionRecord]:
         """The merchant's sessions of the order, newest first (index ``sessions_by_order``)."""
-        args: list[Any] = [_t(merchant_id), _t(order_reference), limit]
+        args: list[Any] = [to_db_text(merchant_id), to_db_text(order_reference), limit]
         sql = _FIND
         if before is not None:
             sql = _FIND_BEFORE
-            args += [before.created_at, _t(before.session_id)]
+            args += [before.created_at, to_db_text(before.session_id)]
         rows = await self._fetch("find_sessions", sql, *args)
         return [stored_session(r["payload"], f"of order {order_reference!r}") for r in rows]
 

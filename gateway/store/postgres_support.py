@@ -80,17 +80,19 @@ def to_db_text(value: str) -> str:
     event id may carry them (JSON escapes them). Such a value, or one that starts with the
     escape mark, is stored as the mark plus its ASCII JSON string; every other value is stored
     as it is, so the mapping is one-to-one and ordinary values stay readable."""
-    if value.isascii():
-        if "\x00" not in value and not value.startswith(_ESCAPED):
-            return value
-    else:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return _ESCAPED + json.dumps(value)
+    return value if _storable(value) else _ESCAPED + json.dumps(value)
+
+
+def _storable(value: str) -> bool:
     if "\x00" in value or value.startswith(_ESCAPED):
-        return _ESCAPED + json.dumps(value)
-    return value
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def from_db_text(stored: str) -> str:
