@@ -61,6 +61,7 @@ from gateway.orphans import OrphanCleanup, OrphanCleanupStore
 from gateway.routing.decision import RoutingDecision
 from gateway.settings import Settings
 from gateway.store.base import (
+    ORDER_CLAIM_PREFIX,
     ClaimKind,
     Completion,
     CreatePin,
@@ -79,7 +80,6 @@ from providers.base import (
 __all__ = ["CreateOutcome", "SessionService", "SessionServiceStore"]
 
 log = logging.getLogger("gateway.sessions")
-_CLAIM_PREFIX = "claim:"
 
 
 @dataclass(slots=True)
@@ -270,7 +270,7 @@ class SessionService:
         """The order is reserved by ``holder``: a request in flight or an earlier session.
         Conflict while that session can still be paid, is being paid or was paid; after a
         failure, expiry or cancel take the reservation over (the order may be retried)."""
-        if holder.startswith(_CLAIM_PREFIX):
+        if holder.startswith(ORDER_CLAIM_PREFIX):
             raise Conflict(
                 details="Another request is creating a session for this orderReference",
                 headers={"Retry-After": "1"},

@@ -21,6 +21,7 @@ from gateway.domain.session import SessionRecord
 
 __all__ = [
     "BACKLOG_COUNT_LIMIT",
+    "ORDER_CLAIM_PREFIX",
     "Begun",
     "Claim",
     "ClaimKind",
@@ -42,6 +43,10 @@ __all__ = [
     "stored_session",
 ]
 
+
+#: how an order reservation held by a running create names its holder: this prefix and the
+#: create's token (:attr:`Begun.order_holder`); a finished create's holder is its session id
+ORDER_CLAIM_PREFIX = "claim:"
 
 #: how far :meth:`OutboxStore.outbox_backlog` counts by default
 BACKLOG_COUNT_LIMIT = 10_000

@@ -13,6 +13,7 @@ from datetime import datetime
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
     BACKLOG_COUNT_LIMIT,
+    ORDER_CLAIM_PREFIX,
     Begun,
     Claim,
     ClaimKind,
@@ -26,8 +27,6 @@ from gateway.store.base import (
 from gateway.store.ttl_dict import TTLDict
 
 __all__ = ["MemoryStore"]
-
-_CLAIM_PREFIX = "claim:"
 
 
 def _order_slot(merchant_id: str, order_reference: str) -> str:
@@ -114,7 +113,7 @@ class MemoryStore:
         current: str | None = self._orders.get(slot)
         if current is not None:
             return current
-        self._orders.set(slot, _CLAIM_PREFIX + token, lease_ms / 1000)
+        self._orders.set(slot, ORDER_CLAIM_PREFIX + token, lease_ms / 1000)
         return None
 
     async def replace_order(
@@ -123,19 +122,19 @@ class MemoryStore:
         slot = f"{scope}\x00{order_ref}"
         if self._orders.get(slot) != expected:
             return False
-        self._orders.set(slot, _CLAIM_PREFIX + token, lease_ms / 1000)
+        self._orders.set(slot, ORDER_CLAIM_PREFIX + token, lease_ms / 1000)
         return True
 
     def _bind_order(
         self, scope: str, order_ref: str, token: str, session_id: str, *, ttl_s: int
     ) -> None:
         slot = f"{scope}\x00{order_ref}"
-        if self._orders.get(slot) == _CLAIM_PREFIX + token:
+        if self._orders.get(slot) == ORDER_CLAIM_PREFIX + token:
             self._orders.set(slot, session_id, ttl_s)
 
     async def release_order(self, scope: str, order_ref: str, token: str) -> None:
         slot = f"{scope}\x00{order_ref}"
-        if self._orders.get(slot) == _CLAIM_PREFIX + token:
+        if self._orders.get(slot) == ORDER_CLAIM_PREFIX + token:
             self._orders.pop(slot)
 
     # sessions

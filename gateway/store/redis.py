@@ -19,7 +19,7 @@ from dataclasses import replace
 import redis.asyncio as aioredis
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import stored_session
+from gateway.store.base import ORDER_CLAIM_PREFIX, stored_session
 from gateway.store.keys import RedisKeys
 from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
 from gateway.store.redis_create import RedisCreate
@@ -30,7 +30,6 @@ from gateway.store.redis_support import _mapped
 
 __all__ = ["RedisStore"]
 
-_CLAIM_PREFIX = "claim:"
 
 # KEYS[1] record; ARGV token
 _RELEASE = """
@@ -119,7 +118,7 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         with _mapped("replace_order"):
             swapped = await self._order_cas(
                 keys=[self.keys.order(scope, order_ref)],
-                args=[expected, _CLAIM_PREFIX + token, lease_ms],
+                args=[expected, ORDER_CLAIM_PREFIX + token, lease_ms],
             )
         return bool(swapped)
 
@@ -127,7 +126,7 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         """Drop the reservation held by ``token``."""
         with _mapped("release_order"):
             await self._order_cas(
-                keys=[self.keys.order(scope, order_ref)], args=[_CLAIM_PREFIX + token]
+                keys=[self.keys.order(scope, order_ref)], args=[ORDER_CLAIM_PREFIX + token]
             )
 
     # sessions

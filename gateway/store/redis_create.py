@@ -17,6 +17,7 @@ from redis.commands.core import AsyncScript
 
 from gateway.domain.session import SessionRecord
 from gateway.store.base import (
+    ORDER_CLAIM_PREFIX,
     Begun,
     Claim,
     ClaimKind,
@@ -33,7 +34,6 @@ from gateway.store.redis_support import _mapped, _ms, _text
 
 __all__ = ["RedisCreate"]
 
-_CLAIM_PREFIX = "claim:"
 
 # KEYS idempotency record, order reservation; ARGV 1 fingerprint, 2 token, 3 lease_ms,
 # 4 reservation value ('' when the order guard is off), 5 pin JSON ('' for none), 6 pin ttl_ms.
@@ -161,7 +161,7 @@ class RedisCreate:
         """Claim the key (resuming a pinned one) and reserve the order in one round trip."""
         idem = self.keys.idempotency(scope, key)
         order = self.keys.order(scope, order_ref) if order_ref is not None else idem
-        value = _CLAIM_PREFIX + token if order_ref is not None else ""
+        value = ORDER_CLAIM_PREFIX + token if order_ref is not None else ""
         proposed = pin.to_json() if pin is not None else b""
         with _mapped("begin_create"):
             reply = await self._begin_create(
@@ -231,7 +231,7 @@ class RedisCreate:
             c.response.body,
             _ms(c.ttl_s),
             c.response.location or "",
-            _CLAIM_PREFIX + c.token if c.order_ref is not None else "",
+            ORDER_CLAIM_PREFIX + c.token if c.order_ref is not None else "",
             _ms(max(1, c.order_ttl_s)),
             created_score(record.createdAt),
             len(orphans),
