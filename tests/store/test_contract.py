@@ -1,15 +1,16 @@
 """The record-store contract for what production calls on the create path: idempotency claims
 (``begin_create`` / ``commit_create`` / ``release``), the order guard (``replace_order`` /
-``release_order``), sessions and the lifetimes of what a create writes.
+``release_order``), sessions, the lifetimes of what a create writes and its purge.
 
 Every test uses only the :class:`~gateway.store.base.RecordStore` protocol, so the suite runs
-unchanged against every store of the ``store`` fixture (memory, Redis, ...). Exact TTLs, which
-need a look inside a store, are in ``test_record_ttls.py``.
+unchanged against every store of the ``store`` fixture (memory, Redis, PostgreSQL). Exact TTLs,
+which need a look inside a store, are in ``test_record_ttls.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -331,6 +332,29 @@ async def test_what_a_create_writes_lives_exactly_as_long_as_asked(store: Record
     assert await store.get_session("s_b") == make_session("s_b")
     assert (await begin(store, "c", token="r4")).claim.kind is ClaimKind.REPLAY
     assert await order_holder(store, SCOPE, "ORD-c") == "s_c"
+
+
+async def test_purge_takes_only_what_is_past_its_retention_in_bounded_batches(
+    store: RecordStore,
+) -> None:
+    """Stores whose records expire by themselves purge nothing; the others delete at most
+    ``limit`` a call. Either way nothing still kept goes, and nothing expired comes back."""
+    for key, ttl in (("gone", 1), ("kept", 600)):
+        await begin(store, key, token=f"t-{key}", order_ref=f"ORD-{key}")
+        completion = done(f"t-{key}", key, ttl_s=ttl, order_ref=f"ORD-{key}", order_ttl_s=ttl)
+        assert await commit(store, completion, f"s_{key}", ttl_s=ttl)
+    assert await store.purge(now=time.time(), limit=100) == 0  # nothing has ended yet
+    await asyncio.sleep(PAST_ONE_SECOND)
+    first = await store.purge(now=time.time(), limit=1)
+    assert first in (0, 1)
+    rest = await store.purge(now=time.time(), limit=100)
+    assert first + rest in (0, 3)  # the session, its answer and its order reservation
+    assert await store.purge(now=time.time(), limit=100) == 0
+    assert await store.get_session("s_gone") is None
+    assert (await begin(store, "gone", "fp-other", token="r1")).claim.kind is ClaimKind.CLAIMED
+    assert await store.get_session("s_kept") == make_session("s_kept")
+    assert (await begin(store, "kept", token="r2")).claim.kind is ClaimKind.REPLAY
+    assert await order_holder(store, SCOPE, "ORD-kept") == "s_kept"
 
 
 async def test_ping(store: RecordStore) -> None:
