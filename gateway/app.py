@@ -240,8 +240,8 @@ def create_app(
 
 
 async def _warm_up(store: RecordStore, coordination: Coordination) -> None:
-    """Open the pooled Redis connections before the server listens, so a burst right after
-    start does not open them all at once; a Redis that is down is only logged."""
+    """Open the pooled connections (Redis, PostgreSQL) before the server listens, so a burst
+    right after start does not open them all at once; a backend that is down is only logged."""
     warm = getattr(store, "warm_up", None)
     if warm is not None:
         opened = await warm()

@@ -75,6 +75,8 @@ class StoredResponse:
 
 
 class ClaimKind(StrEnum):
+    """What claiming an Idempotency-Key found."""
+
     CLAIMED = "claimed"  # this caller owns the key now and must complete or release it
     REPLAY = "replay"  # finished earlier with the same fingerprint: answer ``response``
     IN_FLIGHT = "in_flight"  # another caller holds the lease
@@ -83,6 +85,9 @@ class ClaimKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """The outcome of a claim: ``token`` when CLAIMED, ``response`` for a REPLAY,
+    ``retry_after_ms`` while IN_FLIGHT."""
+
     kind: ClaimKind
     token: str | None = None
     response: StoredResponse | None = None
@@ -122,6 +127,7 @@ class OutboxItem:
 
     @classmethod
     def from_json(cls, raw: bytes | str, lease: str | None = None) -> OutboxItem:
+        """The stored form back, carrying ``lease`` when handed out by a claim."""
         data = orjson.loads(raw)
         return cls(
             id=data["id"],
@@ -271,6 +277,7 @@ class OrphanJob:
 
     @classmethod
     def from_json(cls, raw: bytes | str, lease: str | None = None) -> OrphanJob:
+        """The stored form back, carrying ``lease`` when handed out by a claim."""
         data = orjson.loads(raw)
         return cls(
             id=str(data["id"]),
