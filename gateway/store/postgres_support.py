@@ -30,9 +30,11 @@ __all__ = [
 _ESCAPED = "\x01"
 
 #: SQLSTATE classes that say the database cannot serve right now, not that the query is
-#: wrong: connection exception, transaction rollback (deadlock, serialization), insufficient
+#: wrong: connection exception, invalid authorization (a password or role changed), transaction
+#: rollback (deadlock, serialization), invalid catalog name (the database is gone), insufficient
 #: resources, operator intervention (shutdown, cancelled by statement_timeout), system error.
-_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+#: Classes 28 and 3D only ever come from opening a connection, never from a query.
+_UNAVAILABLE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "58"})
 #: single states: read-only transaction (a standby after failover), lock_timeout
 _UNAVAILABLE_STATES = frozenset({"25006", "55P03"})
 
