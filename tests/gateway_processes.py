@@ -60,6 +60,18 @@ def stop_process(proc: subprocess.Popen[str]) -> None:
             stream.close()
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a killed process whose parent,
+    e.g. init after a reparenting, has not reaped it yet is dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read()
+    except OSError:
+        return False
+    # the command name (field 2) is in parentheses and may hold spaces; the state follows it
+    return fields.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def base_env(sandbox: Any) -> dict[str, str]:
     base = sandbox_url(sandbox)
     return {
