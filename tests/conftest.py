@@ -31,7 +31,7 @@ from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
-pytest_plugins = ["tests.postgres_support"]
+pytest_plugins = ["tests.postgres_support", "tests.pg_instance"]
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 

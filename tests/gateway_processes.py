@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,17 +22,30 @@ def free_port() -> int:
         return port
 
 
-def start_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+def start_gateway(
+    port: int, env: dict[str, str], *, output: Path | None = None
+) -> subprocess.Popen[str]:
+    """``gateway serve`` on ``port``. Its stdout and stderr are pipes, or both go to the file
+    ``output``: a gateway that logs a lot (e.g. an error line per request during an outage)
+    would block on a full pipe nobody reads."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     full_env = {**inherited, "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1", **env}
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", *(["--print-curl"] if "PRINT" in env else [])],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, "-m", "gateway", "serve"]
+    if "PRINT" in env:
+        command.append("--print-curl")
+    if output is None:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    with open(output, "ab") as log:  # the child has its own copy of the descriptor
+        return subprocess.Popen(
+            command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
 
 
 async def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:

@@ -112,6 +112,11 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
         return state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES
+    # asyncpg's protocol left mid-operation by a connection the server dropped ("cannot
+    # switch to state ..."), on the next query or on the pool's reset at release; the pool
+    # terminates that connection
+    if isinstance(exc, asyncpg.InternalClientError):
+        return True
     # the pool hands out a connection that the server closed meanwhile
     return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
