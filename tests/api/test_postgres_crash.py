@@ -83,10 +83,20 @@ async def until_claims_open(database: str, count: int = 2, timeout: float = 10.0
 
 @pytest.mark.timeout(120)
 async def test_sigkill_of_every_process_mid_load_loses_no_acknowledged_session(
-    sandbox: Any, postgres_database: str, groups: list[subprocess.Popen[str]], tmp_path: Path
+    sandbox: Any,
+    postgres_database: str,
+    redis_url: str,
+    redis_prefix: str,
+    groups: list[subprocess.Popen[str]],
+    tmp_path: Path,
 ) -> None:
     env = {
         **base_env(sandbox),
+        # the production pairing: records in PostgreSQL, the workers' circuits and statistics
+        # in Redis
+        "GATEWAY_COORDINATION": "redis",
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
         # one provider for every order: a retry goes where the cut-off attempt went (which
         # provider a create was sent to is not recorded before the call, see the report)
         "GATEWAY_RULES_PATH": str(pinned_rules(tmp_path, "stripe")),
