@@ -3,8 +3,16 @@
 Starts the sandbox providers (own process, no added latency), the gateway (Redis store, one
 worker, unless a scenario says otherwise) and a bare aiohttp + uvloop handler answering a fixed
 JSON body; drives each with wrk (32 connections) and prints, per scenario, requests/s, p50/p99
-latency, errors and the ratio to the baseline. Writes the whole run as JSON to bench/results/.
-Checks that the sandbox created exactly as many sessions as the gateway answered 201s.
+latency, errors, the ratio to the baseline and the CPU the gateway (all its processes) spent
+per request. Writes the whole run as JSON to bench/results/. Checks that the sandbox created
+exactly as many sessions as the gateway answered 201s.
+
+The PostgreSQL scenarios run on a database of their own, ``gateway_bench_<run>``, created on
+the server at ``BENCH_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``),
+migrated with ``gateway db upgrade`` and dropped at the end; coordination (circuits, routing
+statistics, rate limits) stays in Redis, as in production. They also report the CPU the
+database's backends spent per request, and the ratios PostgreSQL / Redis of creates/s and of
+the gateway's CPU per create (targets: at least 0.8, at most 1.2).
 """
 
 from __future__ import annotations
@@ -37,7 +45,13 @@ from gateway.settings import Settings  # noqa: E402
 
 JWT_SECRET = "bench-secret-0123456789-0123456789-abcdef"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 CONNECTIONS = 32
+#: PostgreSQL / Redis targets: creates/s at least, gateway CPU per create at most
+TARGET_RATE_RATIO = 0.8
+TARGET_CPU_RATIO = 1.2
 
 
 def free_port() -> int:
@@ -245,6 +259,68 @@ def cleanup_redis(prefix: str) -> None:
     client.close()
 
 
+def postgres_url(name: str) -> str:
+    """``BENCH_POSTGRES_URL`` pointing at database ``name``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(POSTGRES_ADMIN_URL)._replace(path=f"/{name}"))
+
+
+def postgres_admin(statement: str) -> None:
+    """Run one statement on the server's maintenance database."""
+    import asyncio
+
+    import asyncpg
+
+    async def execute() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute())
+
+
+def postgres_backends(database: str) -> list[int]:
+    """Pids of the server processes connected to ``database`` (the gateway's pool)."""
+    import asyncio
+
+    import asyncpg
+
+    async def fetch() -> list[int]:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        finally:
+            await conn.close()
+        return [int(r["pid"]) for r in rows]
+
+    return asyncio.run(fetch())
+
+
+@contextmanager
+def postgres_database(name: str) -> Iterator[str]:
+    """CREATE database ``name``, migrate it with ``gateway db upgrade``, DROP it afterwards."""
+    postgres_admin(f'CREATE DATABASE "{name}"')
+    url = postgres_url(name)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "db", "upgrade"],
+            cwd=ROOT,
+            env={**os.environ, "GATEWAY_DATABASE_URL": url},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield url
+    finally:
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
@@ -264,6 +340,21 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "commit": commit,
         "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
+    }
+
+
+def postgres_vs_redis(postgres: Result, redis: Result) -> dict[str, Any]:
+    """The ratios PostgreSQL / Redis of creates/s and gateway CPU per create, and whether
+    each meets its target."""
+    rate = postgres.requests_per_s / max(redis.requests_per_s, 1e-9)
+    cpu = postgres.extra["server_cpu_ms_per_request"] / max(
+        redis.extra["server_cpu_ms_per_request"], 1e-9
+    )
+    return {
+        "creates_per_s_ratio": round(rate, 3),
+        "creates_per_s_met": rate >= TARGET_RATE_RATIO,
+        "cpu_per_create_ratio": round(cpu, 3),
+        "cpu_per_create_met": cpu <= TARGET_CPU_RATIO,
     }
 
 
@@ -312,14 +403,19 @@ def main() -> int:
         server: int,
         connections: int = CONNECTIONS,
         provider: int | None = None,
+        database: str | None = None,
     ) -> Result:
         warm_env = {**common, **env, "BENCH_RUN": f"{run_id}w{len(results)}"}
         wrk(url, script, warm_env, args.warmup, connections)
+        # the database's backends: the pool's connections, opened by now (warm-up)
+        backends = postgres_backends(database) if database else []
+        store_before = sum(cpu_seconds(pid) for pid in backends)
         cpu_before = cpu_seconds(server)
         provider_before = cpu_seconds(provider) if provider else 0.0
         measured_env = {**common, **env, "BENCH_RUN": f"{run_id}m{len(results)}"}
         data = wrk(url, script, measured_env, args.seconds, connections)
         cpu_used = cpu_seconds(server) - cpu_before
+        store_used = sum(cpu_seconds(pid) for pid in backends) - store_before
         if provider:
             used = cpu_seconds(provider) - provider_before
             result_provider_cpu = round(1000 * used / max(data["requests"], 1), 3)
@@ -329,6 +425,11 @@ def main() -> int:
             1000 * cpu_used / max(data["requests"], 1), 3
         )
         result.extra["connections"] = connections
+        if database:
+            # PostgreSQL's own work per request (its backends; not the WAL writer)
+            result.extra["database_cpu_ms_per_request"] = round(
+                1000 * store_used / max(data["requests"], 1), 3
+            )
         if provider:
             # the sandbox shares this machine's two cores with the gateway, wrk and Redis
             result.extra["sandbox_cpu_ms_per_request"] = result_provider_cpu
@@ -341,8 +442,11 @@ def main() -> int:
         return result
 
     def create_scenario(
-        name: str, extra_env: dict[str, str], connections: int = CONNECTIONS
-    ) -> None:
+        name: str,
+        extra_env: dict[str, str],
+        connections: int = CONNECTIONS,
+        database: str | None = None,
+    ) -> Result:
         before = sandbox_created(sandbox)
         env = {**gw_env, **extra_env}
         args_serve = [py, "-m", "gateway", "serve"]
@@ -356,6 +460,7 @@ def main() -> int:
                 served.pid,
                 connections,
                 provider=sandbox_proc.pid,
+                database=database,
             )
             # wrk stops with requests still in flight: let them finish, then compare what the
             # gateway created (its own counter, all workers) with what the sandbox created
@@ -365,22 +470,36 @@ def main() -> int:
             )
             result.extra["sandbox_sessions_created"] = sandbox_created(sandbox) - before
             result.extra["overhead"] = overhead_quantiles(gateway)
+        return result
 
-    def read_scenarios(workers: int, *, with_reads: bool) -> None:
-        """Replay (and GET, simulate): the gateway and Redis only, no provider call."""
-        suffix = "redis" if workers == 1 else f"redis, {workers} workers"
+    def read_scenarios(
+        workers: int,
+        *,
+        with_reads: bool,
+        store: str = "redis",
+        extra_env: dict[str, str] | None = None,
+        database: str | None = None,
+        with_simulate: bool = True,
+    ) -> None:
+        """Replay (and GET, simulate): the gateway and its store only, no provider call."""
+        suffix = store if workers == 1 else f"{store}, {workers} workers"
         with process(
             [py, "-m", "gateway", "serve"],
-            {**gw_env, "GATEWAY_STORE": "redis", "GATEWAY_WORKERS": str(workers)},
+            {
+                **gw_env,
+                "GATEWAY_STORE": store,
+                "GATEWAY_WORKERS": str(workers),
+                **(extra_env or {}),
+            },
             f"{gateway}/readyz",
         ) as served:
-            key = f"replay-{run_id}-{workers}"
+            key = f"replay-{run_id}-{store}-{workers}"
             headers = {
                 "Authorization": f"Bearer {token}",
                 "Content-Type": "application/json",
                 "Idempotency-Key": key,
             }
-            one = text.replace("__ORDER__", f"REPLAY-{run_id}-{workers}").encode()
+            one = text.replace("__ORDER__", f"REPLAY-{run_id}-{store}-{workers}").encode()
             status, raw = http("POST", f"{gateway}/api/v1/sessions", one, headers)
             assert status == 201, raw
             session_id = json.loads(raw)["sessionId"]
@@ -390,11 +509,29 @@ def main() -> int:
                 "BENCH_BODY": one.decode(),
                 "BENCH_KEY": key,
             }
-            run(f"idempotent replay ({suffix})", gateway, "fixed.lua", replay, {201}, served.pid)
+            run(
+                f"idempotent replay ({suffix})",
+                gateway,
+                "fixed.lua",
+                replay,
+                {201},
+                served.pid,
+                database=database,
+            )
             if not with_reads:
                 return
             get = {"BENCH_METHOD": "GET", "BENCH_PATH": f"/api/v1/sessions/{session_id}"}
-            run(f"GET session ({suffix})", gateway, "fixed.lua", get, {200}, served.pid)
+            run(
+                f"GET session ({suffix})",
+                gateway,
+                "fixed.lua",
+                get,
+                {200},
+                served.pid,
+                database=database,
+            )
+            if not with_simulate:
+                return
             simulate = {
                 "BENCH_METHOD": "POST",
                 "BENCH_PATH": "/api/v1/routing/simulate",
@@ -405,8 +542,11 @@ def main() -> int:
     print(
         f"bench: run {run_id}, {CONNECTIONS} connections, {args.seconds}s per scenario", flush=True
     )
+    database_name = f"gateway_bench_{run_id}"
+    creates: dict[str, Result] = {}
     try:
         with (
+            postgres_database(database_name) as database_url,
             process(
                 [
                     py,
@@ -435,11 +575,30 @@ def main() -> int:
                 {200},
                 baseline_proc.pid,
             )
-            create_scenario("create session (redis, 1 worker)", {"GATEWAY_STORE": "redis"})
+            creates["redis"] = create_scenario(
+                "create session (redis, 1 worker)", {"GATEWAY_STORE": "redis"}
+            )
+            # the records in PostgreSQL, coordination in Redis (the production pairing)
+            postgres_env = {
+                "GATEWAY_STORE": "postgres",
+                "GATEWAY_COORDINATION": "redis",
+                "GATEWAY_DATABASE_URL": database_url,
+            }
+            creates["postgres"] = create_scenario(
+                "create session (postgres, 1 worker)", postgres_env, database=database_name
+            )
             create_scenario(
                 "create session (redis, 1 connection)", {"GATEWAY_STORE": "redis"}, connections=1
             )
             read_scenarios(1, with_reads=True)
+            read_scenarios(
+                1,
+                with_reads=True,
+                store="postgres",
+                extra_env=postgres_env,
+                database=database_name,
+                with_simulate=False,
+            )
             create_scenario("create session (memory store)", {"GATEWAY_STORE": "memory"})
             create_scenario(
                 "create session (redis, 2 workers)",
@@ -466,11 +625,21 @@ def main() -> int:
             if r.extra.get("overhead"):
                 notes += f"; own time median {r.extra['overhead'].get('median_ms')} ms"
             notes += f"; sandbox cpu {r.extra.get('sandbox_cpu_ms_per_request')} ms/req"
+        if "database_cpu_ms_per_request" in r.extra:
+            notes += f"; database cpu {r.extra['database_cpu_ms_per_request']} ms/req"
         print(
             f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
             f"  {r.extra['server_cpu_ms_per_request']:>10.3f}  {notes}"
         )
+    comparison = postgres_vs_redis(creates["postgres"], creates["redis"])
+    print(
+        f"\nPostgreSQL / Redis, create session (1 worker): creates/s "
+        f"{comparison['creates_per_s_ratio']:.3f} (target >= {TARGET_RATE_RATIO}: "
+        f"{'met' if comparison['creates_per_s_met'] else 'MISSED'}), gateway cpu per create "
+        f"{comparison['cpu_per_create_ratio']:.3f} (target <= {TARGET_CPU_RATIO}: "
+        f"{'met' if comparison['cpu_per_create_met'] else 'MISSED'})"
+    )
     out = {
         "run": run_id,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -478,6 +647,7 @@ def main() -> int:
         "connections": CONNECTIONS,
         "seconds": args.seconds,
         "results": [asdict(r) for r in results],
+        "postgres_vs_redis": comparison,
     }
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
