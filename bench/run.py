@@ -472,6 +472,105 @@ def main() -> int:
             result.extra["overhead"] = overhead_quantiles(gateway)
         return result
 
+    def compare_creates(postgres_env: dict[str, str], database: str) -> dict[str, Result]:
+        """Creates on the Redis store and on PostgreSQL, both gateways up at once and driven
+        in alternating slices (redis, postgres, postgres, redis, ...), so the background load
+        of a shared machine falls on both alike; each store's figures add up its slices (p50:
+        the median of the slices', p99: the highest)."""
+        second = free_port()
+        setups = {
+            "redis": ({**gw_env, "GATEWAY_STORE": "redis"}, gateway, None),
+            "postgres": (
+                {**gw_env, **postgres_env, "GATEWAY_PORT": str(second)},
+                f"http://127.0.0.1:{second}",
+                database,
+            ),
+        }
+        slices = 4
+        slice_s = max(1, round(args.seconds / slices))
+        before = sandbox_created(sandbox)
+        serve = [py, "-m", "gateway", "serve"]
+        redis_env, redis_url, _ = setups["redis"]
+        postgres_env_full, postgres_gateway, _ = setups["postgres"]
+        with (
+            process(serve, redis_env, f"{redis_url}/readyz") as redis_proc,
+            process(serve, postgres_env_full, f"{postgres_gateway}/readyz") as postgres_proc,
+        ):
+            pids = {"redis": redis_proc.pid, "postgres": postgres_proc.pid}
+            body = {**common, "BENCH_BODY": text}
+            for name, (_, url, _) in setups.items():
+                wrk(url, "create.lua", {**body, "BENCH_RUN": f"{run_id}w{name}"}, args.warmup)
+            totals: dict[str, dict[str, Any]] = {
+                name: {"requests": 0, "duration_us": 0, "errors": 0, "statuses": {}}
+                | {"p50": [], "p99": [], "cpu": 0.0, "database": 0.0, "sandbox": 0.0}
+                for name in setups
+            }
+            order = ["redis", "postgres", "postgres", "redis"] * (slices // 2)
+            for i, name in enumerate(order):
+                _, url, db = setups[name]
+                backends = postgres_backends(db) if db else []
+                cpu_before = cpu_seconds(pids[name])
+                db_before = sum(cpu_seconds(pid) for pid in backends)
+                sandbox_before = cpu_seconds(sandbox_proc.pid)
+                data = wrk(url, "create.lua", {**body, "BENCH_RUN": f"{run_id}c{i}"}, slice_s)
+                total = totals[name]
+                total["cpu"] += cpu_seconds(pids[name]) - cpu_before
+                total["database"] += sum(cpu_seconds(pid) for pid in backends) - db_before
+                total["sandbox"] += cpu_seconds(sandbox_proc.pid) - sandbox_before
+                for field_name in ("requests", "duration_us", "errors"):
+                    total[field_name] += data[field_name]
+                for status, count in data["statuses"].items():
+                    total["statuses"][status] = total["statuses"].get(status, 0) + count
+                total["p50"].append(data["p50_us"])
+                total["p99"].append(data["p99_us"])
+            # wrk stops with requests in flight: let them finish, then compare what both
+            # gateways created with what the sandbox created
+            time.sleep(1.0)
+            answered = {
+                name: int(metric_sum(url, "gateway_sessions_created_total"))
+                for name, (_, url, _) in setups.items()
+            }
+            overheads = {name: overhead_quantiles(url) for name, (_, url, _) in setups.items()}
+        created = sandbox_created(sandbox) - before
+        out: dict[str, Result] = {}
+        for name, total in totals.items():
+            requests = max(total["requests"], 1)
+            merged = {
+                "requests": total["requests"],
+                "duration_us": total["duration_us"],
+                "rps": total["requests"] / (total["duration_us"] / 1e6),
+                "p50_us": sorted(total["p50"])[len(total["p50"]) // 2],
+                "p99_us": max(total["p99"]),
+                "errors": total["errors"],
+                "statuses": total["statuses"],
+            }
+            result = summarize(f"create session ({name}, 1 worker)", merged, {201})
+            result.extra["server_cpu_ms_per_request"] = round(1000 * total["cpu"] / requests, 3)
+            result.extra["sandbox_cpu_ms_per_request"] = round(
+                1000 * total["sandbox"] / requests, 3
+            )
+            if setups[name][2]:
+                result.extra["database_cpu_ms_per_request"] = round(
+                    1000 * total["database"] / requests, 3
+                )
+            result.extra["connections"] = CONNECTIONS
+            result.extra["slices"] = f"{slices} x {slice_s}s, alternating with the other store"
+            result.extra["answered_201"] = answered[name]
+            result.extra["overhead"] = overheads[name]
+            results.append(result)
+            out[name] = result
+            print(
+                f"  {result.scenario:<34} {result.requests_per_s:>9.1f} req/s  "
+                f"p50 {result.p50_ms:>7.2f} ms  p99 {result.p99_ms:>7.2f} ms  "
+                f"errors {result.errors}",
+                flush=True,
+            )
+        # the sandbox cannot tell the two gateways apart: one check for both
+        out["postgres"].extra["answered_201"] = sum(answered.values())
+        out["postgres"].extra["sandbox_sessions_created"] = created
+        out["postgres"].extra["answered_201_by"] = "both stores"
+        return out
+
     def read_scenarios(
         workers: int,
         *,
@@ -543,7 +642,6 @@ def main() -> int:
         f"bench: run {run_id}, {CONNECTIONS} connections, {args.seconds}s per scenario", flush=True
     )
     database_name = f"gateway_bench_{run_id}"
-    creates: dict[str, Result] = {}
     try:
         with (
             postgres_database(database_name) as database_url,
@@ -575,18 +673,13 @@ def main() -> int:
                 {200},
                 baseline_proc.pid,
             )
-            creates["redis"] = create_scenario(
-                "create session (redis, 1 worker)", {"GATEWAY_STORE": "redis"}
-            )
             # the records in PostgreSQL, coordination in Redis (the production pairing)
             postgres_env = {
                 "GATEWAY_STORE": "postgres",
                 "GATEWAY_COORDINATION": "redis",
                 "GATEWAY_DATABASE_URL": database_url,
             }
-            creates["postgres"] = create_scenario(
-                "create session (postgres, 1 worker)", postgres_env, database=database_name
-            )
+            creates = compare_creates(postgres_env, database_name)
             create_scenario(
                 "create session (redis, 1 connection)", {"GATEWAY_STORE": "redis"}, connections=1
             )
@@ -616,17 +709,22 @@ def main() -> int:
         "  cpu ms/req  notes"
     )
     for r in results:
-        notes = ""
+        parts: list[str] = []
         if "sandbox_sessions_created" in r.extra:
             created, answered = r.extra["sandbox_sessions_created"], r.extra["answered_201"]
             same = created == answered
             duplicates_ok = duplicates_ok and same
-            notes = f"201s {answered} / sandbox sessions {created} {'OK' if same else 'MISMATCH'}"
-            if r.extra.get("overhead"):
-                notes += f"; own time median {r.extra['overhead'].get('median_ms')} ms"
-            notes += f"; sandbox cpu {r.extra.get('sandbox_cpu_ms_per_request')} ms/req"
+            check = f"201s {answered} / sandbox sessions {created} {'OK' if same else 'MISMATCH'}"
+            if "answered_201_by" in r.extra:
+                check += f" ({r.extra['answered_201_by']})"
+            parts.append(check)
+        if r.extra.get("overhead"):
+            parts.append(f"own time median {r.extra['overhead'].get('median_ms')} ms")
+        if "sandbox_cpu_ms_per_request" in r.extra:
+            parts.append(f"sandbox cpu {r.extra['sandbox_cpu_ms_per_request']} ms/req")
         if "database_cpu_ms_per_request" in r.extra:
-            notes += f"; database cpu {r.extra['database_cpu_ms_per_request']} ms/req"
+            parts.append(f"database cpu {r.extra['database_cpu_ms_per_request']} ms/req")
+        notes = "; ".join(parts)
         print(
             f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
