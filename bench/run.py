@@ -362,6 +362,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--stores-only",
+        action="store_true",
+        help="only the baseline and the Redis / PostgreSQL create comparison (and its ratios)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -680,27 +685,37 @@ def main() -> int:
                 "GATEWAY_DATABASE_URL": database_url,
             }
             creates = compare_creates(postgres_env, database_name)
-            create_scenario(
-                "create session (redis, 1 connection)", {"GATEWAY_STORE": "redis"}, connections=1
-            )
-            read_scenarios(1, with_reads=True)
-            read_scenarios(
-                1,
-                with_reads=True,
-                store="postgres",
-                extra_env=postgres_env,
-                database=database_name,
-                with_simulate=False,
-            )
-            create_scenario("create session (memory store)", {"GATEWAY_STORE": "memory"})
-            create_scenario(
-                "create session (redis, 2 workers)",
-                {"GATEWAY_STORE": "redis", "GATEWAY_WORKERS": "2"},
-            )
-            read_scenarios(2, with_reads=False)
+            if not args.stores_only:
+                create_scenario(
+                    "create session (redis, 1 connection)",
+                    {"GATEWAY_STORE": "redis"},
+                    connections=1,
+                )
+                read_scenarios(1, with_reads=True)
+                read_scenarios(
+                    1,
+                    with_reads=True,
+                    store="postgres",
+                    extra_env=postgres_env,
+                    database=database_name,
+                    with_simulate=False,
+                )
+                create_scenario("create session (memory store)", {"GATEWAY_STORE": "memory"})
+                create_scenario(
+                    "create session (redis, 2 workers)",
+                    {"GATEWAY_STORE": "redis", "GATEWAY_WORKERS": "2"},
+                )
+                read_scenarios(2, with_reads=False)
     finally:
         cleanup_redis(prefix)
+    return report(results, base, creates, run_id, args.seconds)
 
+
+def report(
+    results: list[Result], base: Result, creates: dict[str, Result], run_id: str, seconds: int
+) -> int:
+    """Print the table and the PostgreSQL / Redis ratios, write the run's JSON; the exit
+    status (1 when the sandbox created a different number of sessions than were answered)."""
     for result in results:
         result.ratio_to_baseline = round(result.requests_per_s / base.requests_per_s, 3)
     duplicates_ok = True
@@ -743,7 +758,7 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "connections": CONNECTIONS,
-        "seconds": args.seconds,
+        "seconds": seconds,
         "results": [asdict(r) for r in results],
         "postgres_vs_redis": comparison,
     }

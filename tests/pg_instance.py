@@ -8,8 +8,9 @@ run as root, every server command runs as the ``postgres`` OS user through ``run
 directory is handed to that user. :meth:`PrivatePostgres.remove` stops the server and deletes
 the directory.
 
-The ``private_postgres`` fixture gives one per test. It is skipped when the binaries are
-missing, except under ``CI=true`` where that is a failure.
+The ``private_postgres`` fixture gives one per test (``postgres_bindir``: the binaries). A
+test that uses them is skipped when the binaries are missing, except under ``CI=true`` where
+that is a failure.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pytest
 
 from tests.gateway_processes import free_port, process_alive
 
-__all__ = ["PrivatePostgres", "find_bindir", "private_postgres"]
+__all__ = ["PrivatePostgres", "find_bindir", "postgres_bindir", "private_postgres"]
 
 #: the OS user a server started by root runs as (the Debian packages create it)
 SERVER_USER = "postgres"
@@ -211,16 +212,22 @@ def _under_ci() -> bool:
 
 
 @pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A started private PostgreSQL server of this test's own, removed afterwards. Skipped
-    when initdb/pg_ctl are not installed; a failure under CI=true."""
+def postgres_bindir() -> Path:
+    """Where initdb and pg_ctl are. Skips the test when they are not installed; fails it
+    under CI=true."""
     bindir = find_bindir()
     if bindir is None:
         message = "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
         if _under_ci():
             pytest.fail(f"{message} (CI=true: a missing PostgreSQL is a failure)", pytrace=False)
         pytest.skip(message)
-    server = PrivatePostgres(bindir)
+    return bindir
+
+
+@pytest.fixture
+def private_postgres(postgres_bindir: Path) -> Iterator[PrivatePostgres]:
+    """A started private PostgreSQL server of this test's own, removed afterwards."""
+    server = PrivatePostgres(postgres_bindir)
     try:
         server.init()
         server.start()
