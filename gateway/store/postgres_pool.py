@@ -47,6 +47,13 @@ def _tame_asyncpg_pool_log() -> None:
         pool_log.addFilter(OutageWithoutTraceback())
 
 
+async def _nothing_to_reset(conn: Any) -> None:
+    """The pool's reset of a connection coming back: nothing to do. Every query of the store
+    is one autocommit statement that leaves no session state behind (no SET, LISTEN, cursor or
+    session-level advisory lock), so asyncpg's default reset, a four-statement query and one
+    more round trip after every store call, is skipped (asyncpg still clears its own state)."""
+
+
 class PostgresPool:
     """An asyncpg pool opened lazily: concurrent first callers share one attempt, and a
     failed attempt is retried by the next call. Queries run one statement each in autocommit
@@ -81,6 +88,7 @@ class PostgresPool:
             max_size=conf.max_size,
             timeout=conf.connect_timeout_s,
             command_timeout=conf.command_timeout_s,
+            reset=_nothing_to_reset,
         )
         try:
             await pool
