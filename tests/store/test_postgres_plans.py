@@ -40,8 +40,10 @@ ANALYZE;
 
 
 @pytest.fixture(scope="module")
-def filled() -> Iterator[str]:
-    """A database of this module's own, its tables filled with 5,000 rows each."""
+def filled(postgres_url: str) -> Iterator[str]:
+    """A database of this module's own, its tables filled with 5,000 rows each. (Through
+    ``postgres_url``: a missing server skips these tests, or fails them under CI=true, before
+    this module-scoped fixture tries to connect.)"""
     name = unique_name("plans")
     url = run_sync(create_database(name))
 
