@@ -151,7 +151,11 @@ class SessionService:
         scope = merchant.merchant_id
         token = os.urandom(16).hex()  # unique per attempt: only its holder completes or releases
         guarded = request.orderReference if self.settings.order_reference_guard else None
-        proposed = CreatePin(created_at=utcnow(), request_id=request_id)
+        # routed before the claim, so the claim records where the first call will go: if this
+        # process dies mid-call, a retry goes back there and the provider replays its session
+        routed = await self._decide(merchant, request)
+        first = routed[0].ranked[0].provider if routed[0].ranked else None
+        proposed = CreatePin(created_at=utcnow(), request_id=request_id, first=first)
         begun = await self.store.begin_create(
             scope,
             idempotency_key,
@@ -185,6 +189,8 @@ class SessionService:
             )
         IDEMPOTENCY.labels("resumed" if begun.resumed else "new").inc()
         pin = begun.pin or proposed
+        if begun.resumed:
+            pin = pin.resumed()
         tries = Attempts()
         try:
             if begun.resumed:
@@ -196,7 +202,14 @@ class SessionService:
                     scope, request.orderReference, begun.order_holder, token
                 )
             outcome = await self._route_and_create(
-                merchant, idempotency_key, request, token, pin, tries
+                merchant,
+                idempotency_key,
+                request,
+                token,
+                pin,
+                tries,
+                # a resumed claim routes again: circuits may have changed since its pin
+                routed=None if begun.resumed else routed,
             )
         except BaseException:
             if guarded is not None:
@@ -296,13 +309,13 @@ class SessionService:
         token: str,
         pin: CreatePin,
         tries: Attempts,
+        *,
+        routed: tuple[RoutingDecision, dict[str, str]] | None,
     ) -> CreateOutcome:
         settings = self.settings
         started = time.monotonic()
         deadline = started + settings.request_deadline_seconds
-        await self.circuits.refresh()
-        unavailable = self.circuits.unavailable()
-        decision = self.router.decide(request, merchant.merchant_id, unavailable=unavailable)
+        decision, unavailable = routed or await self._decide(merchant, request)
         decision = prefer(decision, pin.sent)
         if not decision.ranked:
             raise no_candidate_error(decision, unavailable, self.circuits)
@@ -347,6 +360,15 @@ class SessionService:
         if orphans:
             self.orphans.start(session_id, orphans)
         return outcome
+
+    async def _decide(
+        self, merchant: Merchant, request: CheckoutRequest
+    ) -> tuple[RoutingDecision, dict[str, str]]:
+        """The routing decision for ``request``, and the providers its circuits kept out."""
+        await self.circuits.refresh()
+        unavailable = self.circuits.unavailable()
+        decision = self.router.decide(request, merchant.merchant_id, unavailable=unavailable)
+        return decision, unavailable
 
     async def _finish(
         self,

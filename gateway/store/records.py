@@ -163,23 +163,45 @@ class CreatePin:
     :meth:`CreationStore.abandon_create` and past a crashed holder's lease), so a retry from
     any process sends each provider the same request under the same derived key and the
     provider replays its first answer. ``sent`` lists the providers an earlier attempt sent a
-    create to (in that order); they may hold a session for this key.
+    create to (in that order); they may hold a session for this key. ``first`` is the provider
+    the first attempt was about to call first, written with the claim before any call: an
+    attempt that died without giving its claim up recorded no ``sent``, and a retry goes back
+    there first (see :meth:`resumed`).
     """
 
     created_at: datetime
     request_id: str
     sent: tuple[str, ...] = ()
+    first: str | None = None
 
     def to_json(self) -> bytes:
         """The stored form of the fixed part (``sent`` is stored beside it)."""
-        return orjson.dumps({"at": self.created_at.isoformat(), "rid": self.request_id})
+        data: dict[str, str] = {"at": self.created_at.isoformat(), "rid": self.request_id}
+        if self.first is not None:
+            data["first"] = self.first
+        return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes | str, sent: str = "") -> CreatePin:
         """The stored form back, with ``sent`` as kept by the store (comma-separated)."""
         data = orjson.loads(raw)
         providers = tuple(p for p in sent.split(",") if p)
-        return cls(datetime.fromisoformat(data["at"]), str(data["rid"]), providers)
+        first = data.get("first")
+        return cls(
+            datetime.fromisoformat(data["at"]),
+            str(data["rid"]),
+            providers,
+            str(first) if first is not None else None,
+        )
+
+    def resumed(self) -> CreatePin:
+        """This pin as a retry of an earlier attempt sees it. An attempt that gave its claim up
+        recorded in ``sent`` exactly who may hold a session; when nothing is recorded, the
+        attempt died before giving up, perhaps in its first provider's call, so ``first`` is
+        where the retry goes first."""
+        if self.first is None or self.sent:
+            return self
+        return replace(self, sent=(self.first,))
 
 
 @dataclass(frozen=True, slots=True)
