@@ -55,8 +55,15 @@ class RouterLike(Protocol):
     """What the create path needs of :class:`gateway.routing.service.Router`."""
 
     def decide(
-        self, request: CheckoutRequest, merchant_id: str, *, unavailable: dict[str, str]
+        self,
+        request: CheckoutRequest,
+        merchant_id: str,
+        *,
+        unavailable: dict[str, str],
+        dry_run: bool = False,
     ) -> RoutingDecision: ...
+
+    def count(self, decision: RoutingDecision, seconds: float) -> None: ...
 
     async def record_creation(
         self, provider: str, outcome: str, latency_ms: float, request: CheckoutRequest

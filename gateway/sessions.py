@@ -82,6 +82,15 @@ __all__ = ["CreateOutcome", "SessionService", "SessionServiceStore"]
 log = logging.getLogger("gateway.sessions")
 
 
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    """A routing decision, the providers the circuits kept out of it, the time it took."""
+
+    decision: RoutingDecision
+    unavailable: dict[str, str]
+    seconds: float
+
+
 @dataclass(slots=True)
 class CreateOutcome:
     """The HTTP answer to a create call, plus what the access log wants to know."""
@@ -153,8 +162,9 @@ class SessionService:
         guarded = request.orderReference if self.settings.order_reference_guard else None
         # routed before the claim, so the claim records where the first call will go: if this
         # process dies mid-call, a retry goes back there and the provider replays its session
-        routed = await self._decide(merchant, request)
-        first = routed[0].ranked[0].provider if routed[0].ranked else None
+        # (not counted in the decision metrics unless acted on: a replay acts on none)
+        routed = await self._decide(merchant, request, dry_run=True)
+        first = routed.decision.ranked[0].provider if routed.decision.ranked else None
         proposed = CreatePin(created_at=utcnow(), request_id=request_id, first=first)
         begun = await self.store.begin_create(
             scope,
@@ -191,6 +201,8 @@ class SessionService:
         pin = begun.pin or proposed
         if begun.resumed:
             pin = pin.resumed()
+        else:
+            self.router.count(routed.decision, routed.seconds)
         tries = Attempts()
         try:
             if begun.resumed:
@@ -310,13 +322,13 @@ class SessionService:
         pin: CreatePin,
         tries: Attempts,
         *,
-        routed: tuple[RoutingDecision, dict[str, str]] | None,
+        routed: _Routed | None,
     ) -> CreateOutcome:
         settings = self.settings
         started = time.monotonic()
         deadline = started + settings.request_deadline_seconds
-        decision, unavailable = routed or await self._decide(merchant, request)
-        decision = prefer(decision, pin.sent)
+        routed = routed or await self._decide(merchant, request)
+        decision, unavailable = prefer(routed.decision, pin.sent), routed.unavailable
         if not decision.ranked:
             raise no_candidate_error(decision, unavailable, self.circuits)
         session_id = session_id_for(merchant.merchant_id, idempotency_key)
@@ -362,13 +374,16 @@ class SessionService:
         return outcome
 
     async def _decide(
-        self, merchant: Merchant, request: CheckoutRequest
-    ) -> tuple[RoutingDecision, dict[str, str]]:
+        self, merchant: Merchant, request: CheckoutRequest, *, dry_run: bool = False
+    ) -> _Routed:
         """The routing decision for ``request``, and the providers its circuits kept out."""
         await self.circuits.refresh()
+        started = time.perf_counter()
         unavailable = self.circuits.unavailable()
-        decision = self.router.decide(request, merchant.merchant_id, unavailable=unavailable)
-        return decision, unavailable
+        decision = self.router.decide(
+            request, merchant.merchant_id, unavailable=unavailable, dry_run=dry_run
+        )
+        return _Routed(decision, unavailable, time.perf_counter() - started)
 
     async def _finish(
         self,

@@ -258,10 +258,15 @@ class Router:
             refused=adapter_exclusions(self._checks, request),
         )
         if not dry_run:
-            self.counters["decisions"] += 1
-            ROUTING_DURATION.observe(time.perf_counter() - started)
-            _observe_decision(decision)
+            self.count(decision, time.perf_counter() - started)
         return decision
+
+    def count(self, decision: RoutingDecision, seconds: float) -> None:
+        """Count ``decision`` (taking ``seconds``) in the decision metrics: for a
+        ``dry_run`` decision that was acted on after all."""
+        self.counters["decisions"] += 1
+        ROUTING_DURATION.observe(seconds)
+        _observe_decision(decision)
 
     # -- learning -------------------------------------------------------------------------
     async def record_creation(
