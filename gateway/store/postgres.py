@@ -233,6 +233,8 @@ class PostgresStore(PostgresQueues):
     # retention
     async def purge(self, *, now: float, limit: int) -> int:
         """Delete at most ``limit`` rows past their retention (sessions, keys, reservations,
-        webhook markers), oldest first, through the ``keep_until`` indexes."""
+        webhook markers), oldest first, through the ``keep_until`` indexes. A row is past its
+        retention when it ended before ``now`` and before the database's clock, on which every
+        read decides whether a row is live: a gateway clock running ahead deletes nothing live."""
         deleted = await self._fetchval("purge", "SELECT gateway_purge($1, $2)", now, limit)
         return int(deleted)

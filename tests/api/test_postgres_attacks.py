@@ -1,0 +1,183 @@
+"""Attacks on the PostgreSQL record store from outside, through real `gateway serve` processes:
+the database connection cut or blackholed at the worst moments (tests/fault_proxy.py). The
+promise under attack: a retry never creates a second provider session, what was answered 201
+survives, and every fault is a defined answer (the seed's envelope), never a 500 or a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.api.conftest import SEED_BYTES, headers, seed
+from tests.fault_proxy import FaultProxy
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
+
+
+def through(proxy: FaultProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    netloc = (
+        f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
+    )
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture
+async def proxy(postgres_database: str) -> AsyncIterator[FaultProxy]:
+    parts = urlsplit(postgres_database)
+    faults = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await faults.start()
+    yield faults
+    await faults.close()
+
+
+async def created(sandbox: Any) -> int:
+    """Provider sessions the sandbox created."""
+    url = str(sandbox.make_url("/sandbox/admin/stats"))
+    async with aiohttp.ClientSession() as http, http.get(url) as answer:
+        stats = await answer.json()
+    return int(sum(stats["sessionsCreated"].values()))
+
+
+async def serve(
+    sandbox: Any,
+    url: str,
+    processes: list[subprocess.Popen[str]],
+    **settings: str,
+) -> str:
+    """Start a gateway on the records at ``url``; its sessions URL."""
+    port = free_port()
+    env = {
+        **base_env(sandbox),
+        "GATEWAY_STORE": "postgres",
+        "GATEWAY_DATABASE_URL": url,
+        "GATEWAY_DATABASE_COMMAND_TIMEOUT_SECONDS": "1",
+        "GATEWAY_DATABASE_CONNECT_TIMEOUT_SECONDS": "1",
+        "GATEWAY_DATABASE_POOL_TIMEOUT_SECONDS": "1",
+        **settings,
+    }
+    processes.append(start_gateway(port, env))
+    await wait_ready(port, processes[-1])
+    return f"http://127.0.0.1:{port}/api/v1/sessions"
+
+
+def order(reference: str) -> dict[str, Any]:
+    """The seed request for order ``reference``."""
+    return seed(orderReference=reference)
+
+
+def assert_store_down(status: int, body: dict[str, Any], retry_after: str | None) -> None:
+    assert status == 503, body
+    assert body["code"] == 503
+    assert retry_after is not None
+
+
+async def test_a_commit_whose_reply_is_lost_answers_503_and_the_retry_replays_the_session(
+    sandbox: Any, postgres_database: str, proxy: FaultProxy, processes: list[Any]
+) -> None:
+    sessions = await serve(sandbox, through(proxy, postgres_database), processes)
+    proxy.cut_after = b"checkoutUrl"  # only the commit's parameters hold the answer's body
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sessions, data=SEED_BYTES, headers=headers("lost-reply")) as first:
+            assert_store_down(first.status, await first.json(), first.headers.get("Retry-After"))
+        assert proxy.cuts == 1
+        async with http.post(sessions, data=SEED_BYTES, headers=headers("lost-reply")) as again:
+            assert again.status == 201, await again.text()
+            assert again.headers.get("Idempotent-Replayed") == "true"
+            replayed = await again.read()
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        stored = await conn.fetchval("SELECT body FROM idempotency_keys")
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 1
+    finally:
+        await conn.close()
+    assert bytes(stored) == replayed
+    assert await created(sandbox) == 1
+
+
+async def test_a_blackholed_database_answers_503_within_the_deadline_and_recovers(
+    sandbox: Any, postgres_database: str, proxy: FaultProxy, processes: list[Any]
+) -> None:
+    sessions = await serve(sandbox, through(proxy, postgres_database), processes)
+    base = sessions.removesuffix("/api/v1/sessions")
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with http.post(sessions, json=order("before"), headers=headers("before")) as ok:
+            assert ok.status == 201, await ok.text()
+        proxy.blackhole()
+        started = time.monotonic()
+
+        async def create(key: str) -> tuple[int, dict[str, Any], str | None]:
+            async with http.post(sessions, json=order(key), headers=headers(key)) as answer:
+                return answer.status, await answer.json(), answer.headers.get("Retry-After")
+
+        answers = await asyncio.gather(*(create(f"dark-{i}") for i in range(4)))
+        elapsed = time.monotonic() - started
+        for status, body, retry_after in answers:
+            assert_store_down(status, body, retry_after)
+        assert elapsed < 8, elapsed  # 1 s command timeout: far inside the 15 s deadline
+        started = time.monotonic()
+        async with http.get(f"{base}/readyz") as ready:
+            assert ready.status == 503
+        assert time.monotonic() - started < 5
+        proxy.heal()
+
+        async def recovered() -> bool:
+            async with http.post(sessions, json=order("after"), headers=headers("after")) as answer:
+                return answer.status == 201
+
+        deadline = time.monotonic() + 15
+        while not await recovered():
+            assert time.monotonic() < deadline, "the gateway did not recover"
+            await asyncio.sleep(0.2)
+
+
+#: text PostgreSQL cannot hold as it is (NUL, lone surrogates, the store's escape mark), text
+#: that looks like SQL, and long text within the API's limits
+HOSTILE = (
+    "nul\x00byte",
+    "\ud800lone",
+    "lone\udfff",
+    "\x01starts-with-the-escape-mark",
+    "'; DROP TABLE sessions; --",
+    "$1 $$ \\x00 %s E'\\\\'",
+    "ü" * 128,
+    "\U0001f4b3" * 128,
+)
+
+
+async def test_hostile_text_is_stored_and_read_back_exactly_or_refused(
+    sandbox: Any, postgres_database: str, processes: list[Any]
+) -> None:
+    sessions = await serve(sandbox, postgres_database, processes)
+    async with aiohttp.ClientSession() as http:
+        for i, text in enumerate(HOSTILE):
+            ref = text[:128]
+            body = seed(orderReference=ref, additionalInformation={"k": text[:512], "x": "y"})
+            payload = json.dumps(body).encode()  # JSON escapes NUL and lone surrogates
+            async with http.post(sessions, data=payload, headers=headers(f"h-{i}")) as answer:
+                text_answer = await answer.text()
+                assert answer.status in (201, 400, 422), (text, answer.status, text_answer)
+                if answer.status != 201:
+                    continue
+                made = json.loads(text_answer)
+            async with http.get(f"{sessions}/{made['sessionId']}", headers=headers(None)) as read:
+                assert read.status == 200, await read.text()
+                stored = json.loads(await read.text())
+            assert stored["orderReference"] == ref
+            query = {"orderReference": ref}
+            async with http.get(sessions, params=query, headers=headers(None)) as found:
+                assert found.status == 200, (text, await found.text())
+                page = json.loads(await found.text())
+            assert [s["sessionId"] for s in page["data"]] == [made["sessionId"]], text
