@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +19,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.api.conftest import SEED_BYTES, headers, seed
+from gateway.store.postgres_schema import migrations
+from tests.api.conftest import ROOT, SEED_BYTES, headers, seed
+from tests.api.test_postgres_processes import PRODUCTION
 from tests.fault_proxy import FaultProxy
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 
@@ -181,3 +185,77 @@ async def test_hostile_text_is_stored_and_read_back_exactly_or_refused(
                 assert found.status == 200, (text, await found.text())
                 page = json.loads(await found.text())
             assert [s["sessionId"] for s in page["data"]] == [made["sessionId"]], text
+
+
+def gateway_command(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        env={**inherited, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_schema_upgraded_by_a_newer_gateway_is_neither_served_nor_downgraded(
+    sandbox: Any, postgres_database: str
+) -> None:
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')"
+        )
+        env = {
+            **base_env(sandbox),
+            **PRODUCTION,
+            "GATEWAY_STORE": "postgres",
+            "GATEWAY_DATABASE_URL": postgres_database,
+            "GATEWAY_PORT": str(free_port()),
+        }
+        sandboxed = {**env, "GATEWAY_ENV": "sandbox"}
+        runs = await asyncio.gather(
+            asyncio.to_thread(gateway_command, "serve", env=env),
+            asyncio.to_thread(gateway_command, "serve", env=sandboxed),
+            asyncio.to_thread(gateway_command, "db", "status", env=env),
+            asyncio.to_thread(gateway_command, "db", "upgrade", env=env),
+        )
+        for run in runs:
+            assert run.returncode == 2, (run.args, run.stdout, run.stderr)
+            assert "9999" in run.stderr
+            assert "newer gateway" in run.stderr
+            assert "Traceback" not in run.stderr
+        versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+        await conn.close()
+    assert [r["version"] for r in versions] == [*(m.version for m in migrations()), 9999]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://gw:pw-s3cret@127.0.0.1:99999/db",
+        "postgresql://gw:pw-s3cret@[::1/db",
+        "postgresql://gw:pw-s3cret@127.0.0.1:54x/db",
+        "http://gw:pw-s3cret@127.0.0.1/db",
+        "postgresql://gw:pw-s3cret@127.0.0.1:1/db",
+    ],
+)
+async def test_a_bad_database_url_is_a_clear_refusal_that_never_shows_its_password(
+    sandbox: Any, url: str
+) -> None:
+    env = {**base_env(sandbox), "GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url}
+    env["GATEWAY_PORT"] = str(free_port())
+    runs = await asyncio.gather(
+        asyncio.to_thread(gateway_command, "db", "status", env=env),
+        asyncio.to_thread(gateway_command, "db", "upgrade", env=env),
+        asyncio.to_thread(gateway_command, "serve", env=env),
+    )
+    for run in runs:
+        assert run.returncode == 2, (run.args, run.stderr)
+        assert "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith("gateway: "), run.stderr
+        assert "pw-s3cret" not in run.stdout + run.stderr
