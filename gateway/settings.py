@@ -144,7 +144,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="A statement that takes longer is cancelled (the request: 503)"
     )
     database_pool_timeout_seconds: float = Field(
-        1.0, gt=0, description="How long a request waits for a pooled connection (then 503)"
+        1.0,
+        gt=0,
+        description="How long a request waits for a pooled connection (then 503); a create "
+        "finishing after its provider call waits up to the command timeout",
     )
     retention_interval_seconds: float = Field(
         60.0, gt=0, description="How often records past their retention are purged (postgres)"

@@ -57,7 +57,12 @@ async def _nothing_to_reset(conn: Any) -> None:
 class PostgresPool:
     """An asyncpg pool opened lazily: concurrent first callers share one attempt, and a
     failed attempt is retried by the next call. Queries run one statement each in autocommit
-    (a plpgsql function is one statement, and one transaction)."""
+    (a plpgsql function is one statement, and one transaction).
+
+    A busy pool sheds new work fast (a connection within ``pool_timeout_s``, else 503), but
+    a statement that *finishes* work already under way (``finishing=True``: the commit of a
+    create whose provider session exists, giving its claim up) waits up to the command
+    timeout for one: failing it would leave a provider session behind and the key leased."""
 
     def __init__(self, conf: PostgresSettings) -> None:
         self.conf = conf
@@ -65,6 +70,10 @@ class PostgresPool:
         self._pool: Any = None
         self._opening: asyncio.Future[Any] | None = None
         _tame_asyncpg_pool_log()
+        self._finish_wait_s = max(conf.pool_timeout_s, conf.command_timeout_s)
+
+    def _wait_s(self, finishing: bool) -> float:
+        return self._finish_wait_s if finishing else self.conf.pool_timeout_s
 
     async def _ready(self) -> Any:
         if self._pool is not None:
@@ -125,16 +134,16 @@ class PostgresPool:
             async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
                 return list(await conn.fetch(sql, *args))
 
-    async def _fetchval(self, operation: str, sql: str, *args: Any) -> Any:
+    async def _fetchval(self, operation: str, sql: str, *args: Any, finishing: bool = False) -> Any:
         with mapped(operation):
             pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
+            async with pool.acquire(timeout=self._wait_s(finishing)) as conn:
                 return await conn.fetchval(sql, *args)
 
-    async def _execute(self, operation: str, sql: str, *args: Any) -> str:
+    async def _execute(self, operation: str, sql: str, *args: Any, finishing: bool = False) -> str:
         with mapped(operation):
             pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
+            async with pool.acquire(timeout=self._wait_s(finishing)) as conn:
                 return str(await conn.execute(sql, *args))
 
     async def ping(self) -> None:

@@ -259,3 +259,44 @@ async def test_a_bad_database_url_is_a_clear_refusal_that_never_shows_its_passwo
         assert "Traceback" not in run.stderr, run.stderr
         assert run.stderr.startswith("gateway: "), run.stderr
         assert "pw-s3cret" not in run.stdout + run.stderr
+
+
+async def test_an_exhausted_pool_answers_503_or_409_and_every_retry_ends_in_one_session(
+    sandbox: Any, postgres_database: str, processes: list[Any]
+) -> None:
+    sessions = await serve(
+        sandbox,
+        postgres_database,
+        processes,
+        GATEWAY_DATABASE_POOL_MIN_SIZE="1",
+        GATEWAY_DATABASE_POOL_MAX_SIZE="1",
+        GATEWAY_DATABASE_POOL_TIMEOUT_SECONDS="0.05",
+    )
+    first: dict[str, int] = {}
+    async with aiohttp.ClientSession() as http:
+
+        async def create(key: str) -> bytes:
+            seen = []
+            for attempt in range(200):
+                async with http.post(sessions, json=order(key), headers=headers(key)) as answer:
+                    if attempt == 0:
+                        first[key] = answer.status
+                    seen.append((answer.status, (await answer.text())[:120]))
+                    if answer.status == 201:
+                        return await answer.read()
+                    assert answer.status in (409, 503), (answer.status, await answer.text())
+                    assert answer.headers.get("Retry-After") is not None
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{key} never completed: {seen}")
+
+        keys = [f"crowd-{i}" for i in range(50)]
+        bodies = await asyncio.gather(*(create(k) for k in keys))
+    assert 503 in first.values()  # the pool was exhausted
+    assert len({json.loads(b)["sessionId"] for b in bodies}) == 50
+    assert await created(sandbox) == 50
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 50
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE status = 201") == 50
+    finally:
+        await conn.close()

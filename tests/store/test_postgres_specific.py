@@ -242,9 +242,11 @@ async def test_a_create_is_two_round_trips(
     for name in ("_fetchrow", "_fetch", "_fetchval", "_execute"):
         original = getattr(pg, name)
 
-        async def counted(operation: str, *args: Any, _original: Any = original) -> Any:
+        async def counted(
+            operation: str, *args: Any, _original: Any = original, **options: Any
+        ) -> Any:
             statements.append(operation)
-            return await _original(operation, *args)
+            return await _original(operation, *args, **options)
 
         monkeypatch.setattr(pg, name, counted)
     begun = await pg.begin_create("m1", "k1", "fp", token="t1", lease_ms=60_000, order_ref="O1")
