@@ -20,6 +20,11 @@ class FaultProxy:
         self.cut_after: bytes | None = None
         #: how many connections were cut that way
         self.cuts = 0
+        #: bytes that blackhole everything once seen in a client message, which is forwarded
+        #: first when ``deliver_trigger`` (the server runs it, its reply is lost) and swallowed
+        #: otherwise (the server never sees it)
+        self.blackhole_at: bytes | None = None
+        self.deliver_trigger = True
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
@@ -79,6 +84,13 @@ class FaultProxy:
             while data := await reader.read(65536):
                 if self.blackholed:
                     await asyncio.Event().wait()  # swallowed: never forwarded, never closed
+                trigger = self.blackhole_at
+                if client is not None and trigger is not None and trigger in data:
+                    self.blackhole_at = None
+                    if self.deliver_trigger:
+                        writer.write(data)
+                    self.blackhole()
+                    continue
                 marker = self.cut_after
                 cut = client is not None and marker is not None and marker in data
                 if cut:

@@ -122,29 +122,34 @@ class PostgresPool:
             return 0
         return int(pool.get_size())
 
-    async def _fetchrow(self, operation: str, sql: str, *args: Any) -> Any:
+    async def _run(self, operation: str, finishing: bool, query: Any) -> Any:
+        """``await query(conn)`` on a pooled connection. A connection whose command timed out
+        or failed is terminated before it goes back: asyncpg would otherwise wait for the
+        cancel request it sends to a database that does not answer (doubling the wait), and
+        the pool replaces it with a fresh one."""
         with mapped(operation):
             pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
-                return await conn.fetchrow(sql, *args)
+            conn = await pool.acquire(timeout=self._wait_s(finishing))
+            try:
+                return await query(conn)
+            except BaseException as exc:
+                if not isinstance(exc, Exception) or is_unavailable(exc):
+                    conn.terminate()
+                raise
+            finally:
+                await pool.release(conn)
+
+    async def _fetchrow(self, operation: str, sql: str, *args: Any) -> Any:
+        return await self._run(operation, False, lambda conn: conn.fetchrow(sql, *args))
 
     async def _fetch(self, operation: str, sql: str, *args: Any) -> list[Any]:
-        with mapped(operation):
-            pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
-                return list(await conn.fetch(sql, *args))
+        return list(await self._run(operation, False, lambda conn: conn.fetch(sql, *args)))
 
     async def _fetchval(self, operation: str, sql: str, *args: Any, finishing: bool = False) -> Any:
-        with mapped(operation):
-            pool = await self._ready()
-            async with pool.acquire(timeout=self._wait_s(finishing)) as conn:
-                return await conn.fetchval(sql, *args)
+        return await self._run(operation, finishing, lambda conn: conn.fetchval(sql, *args))
 
     async def _execute(self, operation: str, sql: str, *args: Any, finishing: bool = False) -> str:
-        with mapped(operation):
-            pool = await self._ready()
-            async with pool.acquire(timeout=self._wait_s(finishing)) as conn:
-                return str(await conn.execute(sql, *args))
+        return str(await self._run(operation, finishing, lambda conn: conn.execute(sql, *args)))
 
     async def ping(self) -> None:
         """Raise :class:`~gateway.store.base.StoreUnavailable` unless the database answers."""
