@@ -6,6 +6,7 @@ survives, and every fault is a defined answer (the seed's envelope), never a 500
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -191,6 +192,18 @@ async def test_hostile_text_is_stored_and_read_back_exactly_or_refused(
                 assert found.status == 200, (text, await found.text())
                 page = json.loads(await found.text())
             assert [s["sessionId"] for s in page["data"]] == [made["sessionId"]], text
+        # cursors at the ends of time, and ones this API never issues
+        for created_at in ("0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00"):
+            for session_id in ("00000000-0000-0000-0000-000000000000", made["sessionId"]):
+                raw = json.dumps([created_at, session_id]).encode()
+                cursor = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+                query = {"orderReference": "ORD", "cursor": cursor, "limit": "100"}
+                async with http.get(sessions, params=query, headers=headers(None)) as found:
+                    assert found.status == 200, await found.text()
+        for cursor in ("A" * 200, "A" * 201, "_-" * 50, "W10", "WyIiLCIiXQ"):
+            query = {"orderReference": "ORD", "cursor": cursor}
+            async with http.get(sessions, params=query, headers=headers(None)) as found:
+                assert found.status == 400, await found.text()
 
 
 def gateway_command(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
