@@ -9,6 +9,7 @@ outage logs are (a traceback stays on anything that is not an outage)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -134,7 +135,9 @@ class PostgresPool:
                 return await query(conn)
             except BaseException as exc:
                 if not isinstance(exc, Exception) or is_unavailable(exc):
-                    conn.terminate()
+                    # a connection the server closed is back in the pool already
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
                 raise
             finally:
                 await pool.release(conn)
