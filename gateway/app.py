@@ -203,7 +203,7 @@ def create_app(
             try:
                 yield
             finally:
-                await app[SERVICES].orphans.close(settings.provider_timeout_seconds)
+                await app[SERVICES].close(settings.provider_timeout_seconds)
 
     app[MERCHANTS] = load_merchants(
         settings.merchants_path,

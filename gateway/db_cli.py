@@ -1,8 +1,10 @@
 """``gateway db upgrade | status`` and the schema check ``gateway serve`` runs first when the
 records live in PostgreSQL (``GATEWAY_STORE=postgres``).
 
-Exit statuses: 0 done / current; 1 (status) an upgrade is pending; 2 the database cannot be
-reached, or (serve) its schema is older than this gateway needs.
+Exit statuses: 0 done / current; 1 (status) an upgrade is pending; 2 the settings are
+invalid, the database cannot be reached, its schema was upgraded by a newer gateway (versions
+this one does not know: it neither serves on it nor applies its files to it), or (serve) its
+schema is older than this gateway needs.
 """
 
 from __future__ import annotations
@@ -50,6 +52,20 @@ def _is_postgres_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
 
 
+def _settings() -> Settings | None:
+    """The settings, or None after printing why they are invalid (without their values)."""
+    try:
+        return Settings()
+    except ValueError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def _too_new(settings: Settings, exc: BaseException) -> int:
+    print(f"gateway: PostgreSQL at {_where(settings)}: {exc}", file=sys.stderr)
+    return 2
+
+
 async def _upgrade(settings: Settings) -> tuple[int, tuple[str, ...]]:
     from gateway.store.postgres_schema import schema_state, upgrade
 
@@ -63,22 +79,30 @@ async def _upgrade(settings: Settings) -> tuple[int, tuple[str, ...]]:
 
 
 async def _status(settings: Settings) -> tuple[int, int, tuple[str, ...]]:
-    from gateway.store.postgres_schema import schema_state
+    from gateway.store.postgres_schema import SchemaTooNew, schema_state
 
     conn = await _connect(settings)
     try:
         state = await schema_state(conn)
     finally:
         await conn.close()
+    if state.unknown:
+        raise SchemaTooNew(state)
     pending = tuple(f"{m.version:04d}_{m.name}" for m in state.pending)
     return state.current, state.latest, pending
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Apply the pending migrations (idempotent; safe on every deploy and concurrently)."""
-    settings = Settings()
+    from gateway.store.postgres_schema import SchemaTooNew
+
+    settings = _settings()
+    if settings is None:
+        return 2
     try:
         version, applied = asyncio.run(_upgrade(settings))
+    except SchemaTooNew as exc:
+        return _too_new(settings, exc)
     except Exception as exc:
         return _unreachable(settings, exc)
     done = ", ".join(applied) if applied else "nothing to apply"
@@ -88,9 +112,15 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_db_status(args: argparse.Namespace) -> int:
     """Print the schema version; exit 1 when migrations are pending."""
-    settings = Settings()
+    from gateway.store.postgres_schema import SchemaTooNew
+
+    settings = _settings()
+    if settings is None:
+        return 2
     try:
         current, latest, pending = asyncio.run(_status(settings))
+    except SchemaTooNew as exc:
+        return _too_new(settings, exc)
     except Exception as exc:
         return _unreachable(settings, exc)
     print(f"database {_where(settings)}: schema version {current}, this gateway ships {latest}")
@@ -104,6 +134,8 @@ def cmd_db_status(args: argparse.Namespace) -> int:
 def schema_gate(settings: Settings) -> int | None:
     """Before serving with ``GATEWAY_STORE=postgres``: None when the schema is current (in
     sandbox mode after upgrading it), else the exit status, with the reason on stderr."""
+    from gateway.store.postgres_schema import SchemaTooNew
+
     if settings.store != "postgres":
         return None
     try:
@@ -111,6 +143,8 @@ def schema_gate(settings: Settings) -> int | None:
             asyncio.run(_upgrade(settings))
             return None
         current, latest, pending = asyncio.run(_status(settings))
+    except SchemaTooNew as exc:
+        return _too_new(settings, exc)
     except Exception as exc:
         return _unreachable(settings, exc)
     if pending:
@@ -139,7 +173,7 @@ def add_db_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         (
             "status",
             "print the schema version; exit status 1 when an upgrade is pending, 2 when the "
-            "database cannot be reached",
+            "database cannot be reached or a newer gateway upgraded it",
             cmd_db_status,
         ),
     ):

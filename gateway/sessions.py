@@ -14,6 +14,7 @@ calls keeps its pin and the providers it called; the retry tries those first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ import orjson
 
 from gateway.attempts import Attempts, ProviderAttempts, RouterLike, no_candidate_error, prefer
 from gateway.auth import Merchant
+from gateway.background import drain
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import (
     Conflict,
@@ -80,6 +82,9 @@ from providers.base import (
 __all__ = ["CreateOutcome", "SessionService", "SessionServiceStore"]
 
 log = logging.getLogger("gateway.sessions")
+#: how long a failed create waits to give its claim up even past its deadline: a store that
+#: answers does it in milliseconds, so a retry right after the answer finds the key free
+_GIVE_UP_GRACE_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,7 @@ class SessionService:
         )
         self._lease_ms = settings.idempotency_lease_seconds * 1000
         self._create_durations = RecentDurations()
+        self._giving_up: set[asyncio.Task[None]] = set()
 
     async def create(
         self,
@@ -224,13 +230,10 @@ class SessionService:
                 routed=None if begun.resumed else routed,
             )
         except BaseException:
-            if guarded is not None:
-                await self._release_order_quietly(scope, guarded, token)
-            if begun.resumed or tries.held:
-                # a provider may hold this key's parameters: keep the pin for the retry
-                await self._abandon_quietly(scope, idempotency_key, token, tries.held)
-            else:
-                await self._release_quietly(scope, idempotency_key, token)
+            # a provider may hold this key's parameters: keep the pin for the retry
+            keep_pin = begun.resumed or bool(tries.held)
+            left = self.settings.request_deadline_seconds - (time.perf_counter() - started)
+            await self._give_up(scope, idempotency_key, token, guarded, keep_pin, tries, left)
             raise
         elapsed = time.perf_counter() - started
         self._create_durations.add(elapsed)
@@ -272,6 +275,41 @@ class SessionService:
             extra={"session_id": session_id},
         )
         return CreateOutcome(201, response.body, response.location, provider=record.provider)
+
+    async def _give_up(
+        self,
+        scope: str,
+        key: str,
+        token: str,
+        guarded: str | None,
+        keep_pin: bool,
+        tries: Attempts,
+        left_s: float,
+    ) -> None:
+        """Release the order and the key (or keep its pin) after a failed create, waiting at
+        most what is left of the request's deadline (at least :data:`_GIVE_UP_GRACE_S`): a
+        store that does not answer must not hold the failure's answer back. What is not done
+        by then goes on in the background; a claim never given up frees when its lease ends."""
+
+        async def steps() -> None:
+            if guarded is not None:
+                await self._release_order_quietly(scope, guarded, token)
+            if keep_pin:
+                await self._abandon_quietly(scope, key, token, tries.held)
+            else:
+                await self._release_quietly(scope, key, token)
+
+        task = asyncio.ensure_future(steps())
+        self._giving_up.add(task)
+        task.add_done_callback(self._giving_up.discard)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), max(_GIVE_UP_GRACE_S, left_s))
+
+    async def close(self, timeout: float) -> None:
+        """Let claims still being given up (and orphan clean-ups) finish for up to
+        ``timeout`` seconds, then cancel the rest."""
+        await drain(list(self._giving_up), timeout)
+        await self.orphans.close(timeout)
 
     async def _release_quietly(self, scope: str, key: str, token: str) -> None:
         try:

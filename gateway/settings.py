@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,23 @@ class ProviderConfig:
     hmac_key: str | None = None
     webhook_id: str | None = None
     sandbox: bool = False
+
+
+_DATABASE_HOST = re.compile(r"(\[[0-9A-Fa-f:.%\w]+\]|[^\[\]:/?#]*)(:([0-9]{1,5}))?")
+
+
+def _database_url_problem(url: str) -> str | None:
+    """What is wrong with a PostgreSQL URL (``postgresql://user:pw@host:port,host2/db``), in
+    words that never quote it (it may hold a password); None when it is well-formed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql"):
+        return "must start with postgresql:// or postgres://"
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    for host in netloc.split(",") if netloc else ():
+        match = _DATABASE_HOST.fullmatch(host)
+        if match is None or not 0 < int(match[3] or 5432) <= 65535:
+            return "has a malformed host or port (host:port, ports 1 to 65535)"
+    return None
 
 
 class Settings(BaseSettings):
@@ -126,7 +144,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="A statement that takes longer is cancelled (the request: 503)"
     )
     database_pool_timeout_seconds: float = Field(
-        1.0, gt=0, description="How long a request waits for a pooled connection (then 503)"
+        1.0,
+        gt=0,
+        description="How long a request waits for a pooled connection (then 503); a create "
+        "finishing after its provider call waits up to the command timeout",
     )
     retention_interval_seconds: float = Field(
         60.0, gt=0, description="How often records past their retention are purged (postgres)"
@@ -218,6 +239,9 @@ class Settings(BaseSettings):
             raise ValueError("idempotency_lease_seconds must be >= request_deadline_seconds")
         if self.database_pool_min_size > self.database_pool_max_size:
             raise ValueError("database_pool_min_size must be <= database_pool_max_size")
+        problem = _database_url_problem(self.database_url.get_secret_value())
+        if problem is not None:
+            raise ValueError(f"database_url {problem}")
         return self
 
     @property

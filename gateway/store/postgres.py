@@ -138,6 +138,7 @@ class PostgresStore(PostgresQueues):
             to_db_text(key),
             token,
             ",".join(sent),
+            finishing=True,
         )
 
     async def commit_create(
@@ -179,12 +180,15 @@ class PostgresStore(PostgresQueues):
             [j.session_id for j in orphans],
             [j.provider for j in orphans],
             [j.request for j in orphans],
+            finishing=True,
         )
         return bool(done)
 
     async def release(self, scope: str, key: str, token: str) -> None:
         """Drop the claim held by ``token``."""
-        await self._execute("release", _RELEASE, to_db_text(scope), to_db_text(key), token)
+        await self._execute(
+            "release", _RELEASE, to_db_text(scope), to_db_text(key), token, finishing=True
+        )
 
     async def replace_order(
         self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
@@ -204,7 +208,12 @@ class PostgresStore(PostgresQueues):
     async def release_order(self, scope: str, order_ref: str, token: str) -> None:
         """Drop the reservation held by ``token``."""
         await self._execute(
-            "release_order", _RELEASE_ORDER, to_db_text(scope), to_db_text(order_ref), token
+            "release_order",
+            _RELEASE_ORDER,
+            to_db_text(scope),
+            to_db_text(order_ref),
+            token,
+            finishing=True,
         )
 
     # sessions
@@ -233,6 +242,8 @@ class PostgresStore(PostgresQueues):
     # retention
     async def purge(self, *, now: float, limit: int) -> int:
         """Delete at most ``limit`` rows past their retention (sessions, keys, reservations,
-        webhook markers), oldest first, through the ``keep_until`` indexes."""
+        webhook markers), oldest first, through the ``keep_until`` indexes. A row is past its
+        retention when it ended before ``now`` and before the database's clock, on which every
+        read decides whether a row is live: a gateway clock running ahead deletes nothing live."""
         deleted = await self._fetchval("purge", "SELECT gateway_purge($1, $2)", now, limit)
         return int(deleted)

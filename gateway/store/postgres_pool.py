@@ -9,6 +9,7 @@ outage logs are (a traceback stays on anything that is not an outage)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -57,7 +58,12 @@ async def _nothing_to_reset(conn: Any) -> None:
 class PostgresPool:
     """An asyncpg pool opened lazily: concurrent first callers share one attempt, and a
     failed attempt is retried by the next call. Queries run one statement each in autocommit
-    (a plpgsql function is one statement, and one transaction)."""
+    (a plpgsql function is one statement, and one transaction).
+
+    A busy pool sheds new work fast (a connection within ``pool_timeout_s``, else 503), but
+    a statement that *finishes* work already under way (``finishing=True``: the commit of a
+    create whose provider session exists, giving its claim up) waits up to the command
+    timeout for one: failing it would leave a provider session behind and the key leased."""
 
     def __init__(self, conf: PostgresSettings) -> None:
         self.conf = conf
@@ -65,6 +71,10 @@ class PostgresPool:
         self._pool: Any = None
         self._opening: asyncio.Future[Any] | None = None
         _tame_asyncpg_pool_log()
+        self._finish_wait_s = max(conf.pool_timeout_s, conf.command_timeout_s)
+
+    def _wait_s(self, finishing: bool) -> float:
+        return self._finish_wait_s if finishing else self.conf.pool_timeout_s
 
     async def _ready(self) -> Any:
         if self._pool is not None:
@@ -113,29 +123,36 @@ class PostgresPool:
             return 0
         return int(pool.get_size())
 
-    async def _fetchrow(self, operation: str, sql: str, *args: Any) -> Any:
+    async def _run(self, operation: str, finishing: bool, query: Any) -> Any:
+        """``await query(conn)`` on a pooled connection. A connection whose command timed out
+        or failed is terminated before it goes back: asyncpg would otherwise wait for the
+        cancel request it sends to a database that does not answer (doubling the wait), and
+        the pool replaces it with a fresh one."""
         with mapped(operation):
             pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
-                return await conn.fetchrow(sql, *args)
+            conn = await pool.acquire(timeout=self._wait_s(finishing))
+            try:
+                return await query(conn)
+            except BaseException as exc:
+                if not isinstance(exc, Exception) or is_unavailable(exc):
+                    # a connection the server closed is back in the pool already
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
+                raise
+            finally:
+                await pool.release(conn)
+
+    async def _fetchrow(self, operation: str, sql: str, *args: Any) -> Any:
+        return await self._run(operation, False, lambda conn: conn.fetchrow(sql, *args))
 
     async def _fetch(self, operation: str, sql: str, *args: Any) -> list[Any]:
-        with mapped(operation):
-            pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
-                return list(await conn.fetch(sql, *args))
+        return list(await self._run(operation, False, lambda conn: conn.fetch(sql, *args)))
 
-    async def _fetchval(self, operation: str, sql: str, *args: Any) -> Any:
-        with mapped(operation):
-            pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
-                return await conn.fetchval(sql, *args)
+    async def _fetchval(self, operation: str, sql: str, *args: Any, finishing: bool = False) -> Any:
+        return await self._run(operation, finishing, lambda conn: conn.fetchval(sql, *args))
 
-    async def _execute(self, operation: str, sql: str, *args: Any) -> str:
-        with mapped(operation):
-            pool = await self._ready()
-            async with pool.acquire(timeout=self.conf.pool_timeout_s) as conn:
-                return str(await conn.execute(sql, *args))
+    async def _execute(self, operation: str, sql: str, *args: Any, finishing: bool = False) -> str:
+        return str(await self._run(operation, finishing, lambda conn: conn.execute(sql, *args)))
 
     async def ping(self) -> None:
         """Raise :class:`~gateway.store.base.StoreUnavailable` unless the database answers."""

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-__all__ = ["LOCK_KEY", "Migration", "SchemaState", "migrations", "schema_state", "upgrade"]
+__all__ = [
+    "LOCK_KEY",
+    "Migration",
+    "SchemaState",
+    "SchemaTooNew",
+    "migrations",
+    "schema_state",
+    "upgrade",
+]
 
 #: The advisory lock every upgrade holds (any constant bigint unique to this application).
 LOCK_KEY = 0x6761_7465_7761_79  # "gateway"
@@ -58,10 +66,29 @@ class SchemaState:
         return max((m.version for m in self.shipped), default=0)
 
     @property
+    def unknown(self) -> tuple[int, ...]:
+        """Applied versions this gateway does not ship: the schema belongs to a newer one."""
+        shipped = {m.version for m in self.shipped}
+        return tuple(v for v in self.applied if v not in shipped)
+
+    @property
     def pending(self) -> tuple[Migration, ...]:
         """Shipped versions the database does not have yet."""
         done = set(self.applied)
         return tuple(m for m in self.shipped if m.version not in done)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database holds schema versions this gateway does not know (a newer gateway
+    upgraded it): this one must neither serve on it nor apply its older files to it."""
+
+    def __init__(self, state: SchemaState) -> None:
+        self.state = state
+        unknown = ", ".join(str(v) for v in state.unknown)
+        super().__init__(
+            f"the schema has version(s) {unknown} that this gateway does not know (it ships "
+            f"up to {state.latest}): it was upgraded by a newer gateway; run that version"
+        )
 
 
 def migrations() -> tuple[Migration, ...]:
@@ -93,11 +120,14 @@ async def schema_state(conn: Any) -> SchemaState:
 
 async def upgrade(conn: Any) -> tuple[Migration, ...]:
     """Apply every pending migration in one transaction; the ones applied (none when the
-    schema was current). Safe to run concurrently and on every deploy."""
+    schema was current). Safe to run concurrently and on every deploy.
+    :class:`SchemaTooNew` (nothing applied) when a newer gateway upgraded the schema."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         await conn.execute(_VERSION_TABLE)
         state = await schema_state(conn)
+        if state.unknown:
+            raise SchemaTooNew(state)
         for migration in state.pending:
             await conn.execute(migration.sql)
             await conn.execute(
