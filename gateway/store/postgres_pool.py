@@ -70,6 +70,8 @@ class PostgresPool:
         self.database = describe_database(conf.url)
         self._pool: Any = None
         self._opening: asyncio.Future[Any] | None = None
+        self._ping_conn: Any = None
+        self._ping_lock = asyncio.Lock()
         _tame_asyncpg_pool_log()
         self._finish_wait_s = max(conf.pool_timeout_s, conf.command_timeout_s)
 
@@ -155,14 +157,36 @@ class PostgresPool:
         return str(await self._run(operation, finishing, lambda conn: conn.execute(sql, *args)))
 
     async def ping(self) -> None:
-        """Raise :class:`~gateway.store.base.StoreUnavailable` unless the database answers."""
-        await self._fetchval("ping", "SELECT 1")
+        """Raise :class:`~gateway.store.base.StoreUnavailable` unless the database answers.
+
+        On a connection of its own, kept between pings: a pool busy with requests is load, not
+        an outage, and must not take every instance out of the load balancer at once."""
+        async with self._ping_lock:
+            with mapped("ping"):
+                conn = self._ping_conn
+                if conn is None or conn.is_closed():
+                    conn = self._ping_conn = await asyncpg.connect(
+                        self.conf.url,
+                        timeout=self.conf.connect_timeout_s,
+                        command_timeout=self.conf.command_timeout_s,
+                    )
+                try:
+                    await conn.fetchval("SELECT 1")
+                except BaseException:
+                    self._ping_conn = None
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
+                    raise
 
     async def close(self) -> None:
         """Close the pool (waiting for connections in use to come back)."""
         if self._opening is not None:
             self._opening.cancel()
             self._opening = None
+        ping, self._ping_conn = self._ping_conn, None
+        if ping is not None:
+            with contextlib.suppress(Exception):
+                await ping.close(timeout=self.conf.command_timeout_s)
         pool, self._pool = self._pool, None
         if pool is not None:
             with mapped("close"):

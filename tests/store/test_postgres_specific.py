@@ -226,6 +226,25 @@ async def test_a_statement_over_the_command_timeout_is_store_unavailable(
         await store.close()
 
 
+async def test_a_pool_busy_with_requests_still_reads_as_up(postgres_database: str) -> None:
+    """Readiness pings on a connection of its own: a saturated pool is load, not an outage
+    (answering not-ready would take every instance out of the load balancer at once)."""
+    store = PostgresStore(
+        PostgresSettings(postgres_database, min_size=1, max_size=1, pool_timeout_s=0.3)
+    )
+    try:
+        busy = asyncio.create_task(store._fetchval("slow", "SELECT pg_sleep(1.5)"))
+        await asyncio.sleep(0.3)
+        with pytest.raises(StoreUnavailable):  # new work is shed at the pool timeout...
+            await store.get_session("s_1")
+        started = time.monotonic()
+        await store.ping()  # ...while the database itself answers at once
+        assert time.monotonic() - started < 0.25
+        await busy
+    finally:
+        await store.close()
+
+
 def test_the_printable_database_never_shows_the_password() -> None:
     url = "postgresql://gw:s3cr3t@db.internal:6432/records?sslmode=require"
     assert describe_database(url) == "db.internal:6432/records"
