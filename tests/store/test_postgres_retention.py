@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from gateway.store.base import ClaimKind, Completion, StoredResponse
@@ -18,20 +16,6 @@ from gateway.store.postgres import PostgresStore
 from tests.store.samples import make_session
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def pg(postgres_database: str) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(postgres_database)
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def conn(postgres_database: str) -> AsyncIterator[Any]:
-    connection = await asyncpg.connect(postgres_database)
-    yield connection
-    await connection.close()
 
 
 async def test_a_gateway_clock_ahead_of_the_database_never_purges_live_records(

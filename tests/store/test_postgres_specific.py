@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -19,20 +18,6 @@ from tests.postgres_support import create_database, drop_database, unique_name
 from tests.store.samples import make_session
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def pg(postgres_database: str) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(postgres_database)
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def conn(postgres_database: str) -> AsyncIterator[Any]:
-    connection = await asyncpg.connect(postgres_database)
-    yield connection
-    await connection.close()
 
 
 def item(item_id: str) -> OutboxItem:
