@@ -1,0 +1,153 @@
+"""A session's lifecycle raced through two real `gateway serve` processes on PostgreSQL.
+
+A provider's payment webhook (delivered to both processes, as a provider's retries may land),
+two merchant cancels and the expiry sweepers of both processes all hit one session at once.
+The promise: one final state (money overrides a cancel or an expiry, so it ends COMPLETED),
+every transition recorded once under the version compare-and-set, and one notification per
+transition."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from gateway.domain.session import utcnow
+from gateway.store.postgres import PostgresStore
+from providers.sandbox.app import create_sandbox_root
+from providers.sandbox.state import SandboxConfig
+from tests.api.conftest import headers, seed
+from tests.api.test_postgres_attacks import two_gateways
+from tests.lifecycle.conftest import merchants_file, pinned_rules
+from tests.postgres_support import wait_for
+from tests.providers.hosted_inputs import Received, press, start_sink
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
+
+SESSIONS = 4
+
+
+async def backdate(store: PostgresStore, session_id: str) -> None:
+    """Move the session's expiry into the past, so both sweepers find it due."""
+    record = await store.get_session(session_id)
+    assert record is not None
+    past = utcnow() - timedelta(seconds=1)
+    moved = record.model_copy(update={"expiresAt": past, "version": record.version + 1})
+    if await store.update_session(moved, expected_version=record.version):
+        await store.schedule_expiry(session_id, past.timestamp())
+
+
+async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_state(
+    aiohttp_server: Any, postgres_database: str, processes: list[Any], tmp_path: Path
+) -> None:
+    notified: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        notified.append(json.loads(await request.read())["data"]["payment_session"])
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    receiver = await aiohttp_server(app)
+    sink = await start_sink(aiohttp_server)
+    sandbox = await aiohttp_server(
+        create_sandbox_root(
+            SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
+        )
+    )
+    gateways = await two_gateways(
+        sandbox,
+        postgres_database,
+        processes,
+        GATEWAY_MERCHANTS_PATH=str(merchants_file(tmp_path, str(receiver.make_url("")))),
+        GATEWAY_RULES_PATH=str(pinned_rules(tmp_path, "adyen")),  # Adyen: the cancel is local
+        GATEWAY_EXPIRY_SWEEP_INTERVAL_SECONDS="0.02",
+        GATEWAY_NOTIFICATION_POLL_INTERVAL_SECONDS="0.02",
+    )
+    store = PostgresStore(postgres_database)
+    views: dict[str, dict[str, Any]] = {}
+    async with aiohttp.ClientSession() as http:
+        paid: list[tuple[str, Received]] = []
+        for i in range(SESSIONS):
+            body = seed(orderReference=f"race-{i}")
+            async with http.post(gateways[0], json=body, headers=headers(f"race-{i}")) as made:
+                assert made.status == 201, await made.text()
+                created = await made.json()
+            assert (await press(created["checkoutUrl"], "pay"))[0] == 303
+            paid.append((created["sessionId"], sink.calls[-1]))
+
+        async def deliver(to: str, call: Received) -> int:
+            webhook = to.replace("/sessions", f"/webhooks/{call.provider}")
+            hop = {"host", "content-length", "transfer-encoding", "connection"}
+            clean = {k: v for k, v in call.headers.items() if k.lower() not in hop}
+            while True:  # the provider resends until it is answered 200
+                async with http.post(webhook, data=call.body, headers=clean) as answer:
+                    if answer.status != 503:
+                        return answer.status
+                await asyncio.sleep(0.05)
+
+        async def cancel(to: str, session_id: str) -> int:
+            async with http.post(
+                f"{to}/{session_id}/cancel",
+                json={"cancellationReason": "abandoned"},
+                headers=headers(None),
+            ) as answer:
+                assert answer.status in (200, 409), await answer.text()
+                return answer.status
+
+        cancelled: dict[str, int] = {}
+
+        async def race(session_id: str, call: Received) -> None:
+            answers = await asyncio.gather(
+                backdate(store, session_id),
+                deliver(gateways[0], call),
+                cancel(gateways[1], session_id),
+                deliver(gateways[1], call),
+                cancel(gateways[0], session_id),
+            )
+            assert answers[1] == answers[3] == 200
+            cancelled[session_id] = [answers[2], answers[4]].count(200)
+
+        try:
+            await asyncio.gather(*(race(session_id, call) for session_id, call in paid))
+            for session_id, _ in paid:
+
+                async def completed(session_id: str = session_id) -> dict[str, Any] | None:
+                    url = f"{gateways[1]}/{session_id}"
+                    async with http.get(url, headers=headers(None)) as read:
+                        view: dict[str, Any] = await read.json()
+                    return view if view["status"] == "COMPLETED" else None
+
+                view = views[session_id] = await wait_for(completed)
+                statuses = [t["status"] for t in view["transitions"]]
+                # money overrides a cancel or an expiry: at most one of them, then the payment
+                assert statuses[0] == "PENDING", statuses
+                assert statuses[-1] == "COMPLETED", statuses
+                assert len(statuses) <= 3, statuses
+                assert set(statuses[1:-1]) <= {"CANCELLED", "EXPIRED"}, statuses
+                assert cancelled[session_id] == statuses.count("CANCELLED"), statuses
+        finally:
+            await store.close()
+    conn = await asyncpg.connect(postgres_database)
+    try:
+
+        async def drained() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM outbox") == 0
+
+        await wait_for(drained, timeout=20)
+    finally:
+        await conn.close()
+    for session_id, _ in paid:
+        sent = [n for n in notified if n["sessionId"] == session_id]
+        versions = [n["version"] for n in sent]
+        assert len(versions) == len(set(versions)), sent  # one notification per transition
+        transitions = [t["status"] for t in views[session_id]["transitions"]]
+        assert sorted(n["status"] for n in sent) == sorted(transitions), (transitions, sent)
+        assert max(sent, key=lambda n: n["version"])["status"] == "COMPLETED", sent
