@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -24,7 +26,8 @@ from gateway.store.postgres import PostgresStore
 from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import SandboxConfig
 from tests.api.conftest import headers, seed
-from tests.api.test_postgres_attacks import two_gateways
+from tests.api.test_postgres_attacks import serve, through, two_gateways
+from tests.fault_proxy import FaultProxy
 from tests.lifecycle.conftest import merchants_file, pinned_rules
 from tests.postgres_support import wait_for
 from tests.providers.hosted_inputs import Received, press, start_sink
@@ -151,3 +154,128 @@ async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_s
         transitions = [t["status"] for t in views[session_id]["transitions"]]
         assert sorted(n["status"] for n in sent) == sorted(transitions), (transitions, sent)
         assert max(sent, key=lambda n: n["version"])["status"] == "COMPLETED", sent
+
+
+@pytest.fixture
+async def proxy(postgres_database: str) -> AsyncIterator[FaultProxy]:
+    parts = urlsplit(postgres_database)
+    faults = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await faults.start()
+    yield faults
+    await faults.close()
+
+
+async def test_a_webhook_whose_update_reply_is_lost_applies_once_on_the_provider_s_retry(
+    aiohttp_server: Any,
+    postgres_database: str,
+    proxy: FaultProxy,
+    processes: list[Any],
+    tmp_path: Path,
+) -> None:
+    notified: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        notified.append(json.loads(await request.read())["data"]["payment_session"])
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    receiver = await aiohttp_server(app)
+    sink = await start_sink(aiohttp_server)
+    sandbox = await aiohttp_server(
+        create_sandbox_root(
+            SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
+        )
+    )
+    sessions = await serve(
+        sandbox,
+        through(proxy, postgres_database),
+        processes,
+        GATEWAY_MERCHANTS_PATH=str(merchants_file(tmp_path, str(receiver.make_url("")))),
+        GATEWAY_NOTIFICATION_POLL_INTERVAL_SECONDS="0.02",
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sessions, json=seed(), headers=headers("lost-update")) as made:
+            assert made.status == 201, await made.text()
+            created = await made.json()
+        session_id = created["sessionId"]
+        assert (await press(created["checkoutUrl"], "pay"))[0] == 303
+        assert sink.calls
+        # the compare-and-set that records the payment runs, and its reply is lost
+        proxy.cut_after = b'"status":"COMPLETED"'
+        answers: list[int] = []
+        for call in list(sink.calls):
+            webhook = sessions.replace("/sessions", f"/webhooks/{call.provider}")
+            hop = {"host", "content-length", "transfer-encoding", "connection"}
+            clean = {k: v for k, v in call.headers.items() if k.lower() not in hop}
+            for _ in range(100):  # the provider resends until it is answered 200
+                async with http.post(webhook, data=call.body, headers=clean) as answer:
+                    answers.append(answer.status)
+                    if answer.status == 200:
+                        break
+                    assert answer.status == 503, await answer.text()
+                await asyncio.sleep(0.05)
+        assert proxy.cuts == 1
+        assert 503 in answers
+        async with http.get(f"{sessions}/{session_id}", headers=headers(None)) as read:
+            view = await read.json()
+    assert [t["status"] for t in view["transitions"]] == ["PENDING", "COMPLETED"]
+    conn = await asyncpg.connect(postgres_database)
+    try:
+
+        async def drained() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM outbox") == 0
+
+        await wait_for(drained, timeout=20)
+    finally:
+        await conn.close()
+    assert [n["status"] for n in notified] == ["PENDING", "COMPLETED"], notified
+
+
+async def test_a_cancel_whose_claim_reply_is_lost_answers_503_and_never_swallows_the_payment(
+    aiohttp_server: Any,
+    postgres_database: str,
+    proxy: FaultProxy,
+    processes: list[Any],
+    tmp_path: Path,
+) -> None:
+    sink = await start_sink(aiohttp_server)
+    sandbox = await aiohttp_server(
+        create_sandbox_root(
+            SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
+        )
+    )
+    sessions = await serve(
+        sandbox,
+        through(proxy, postgres_database),
+        processes,
+        GATEWAY_RULES_PATH=str(pinned_rules(tmp_path, "stripe")),
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sessions, json=seed(), headers=headers("lost-cancel")) as made:
+            assert made.status == 201, await made.text()
+            created = await made.json()
+        session_id = created["sessionId"]
+        proxy.cut_after = b'"cancelClaim":{"token"'
+        cancel = f"{sessions}/{session_id}/cancel"
+        body = {"cancellationReason": "abandoned"}
+        async with http.post(cancel, json=body, headers=headers(None)) as answer:
+            assert answer.status == 503, await answer.text()
+        assert proxy.cuts == 1
+        assert (await press(created["checkoutUrl"], "pay"))[0] == 303
+        for call in list(sink.calls):
+            webhook = sessions.replace("/sessions", f"/webhooks/{call.provider}")
+            hop = {"host", "content-length", "transfer-encoding", "connection"}
+            clean = {k: v for k, v in call.headers.items() if k.lower() not in hop}
+            async with http.post(webhook, data=call.body, headers=clean) as delivered:
+                assert delivered.status == 200, await delivered.text()
+
+        async def paid() -> dict[str, Any] | None:
+            async with http.get(f"{sessions}/{session_id}", headers=headers(None)) as read:
+                view: dict[str, Any] = await read.json()
+            return view if view["status"] == "COMPLETED" else None
+
+        view = await wait_for(paid)
+        assert [t["status"] for t in view["transitions"]] == ["PENDING", "COMPLETED"]
+        async with http.post(cancel, json=body, headers=headers(None)) as again:
+            assert again.status == 409, await again.text()
