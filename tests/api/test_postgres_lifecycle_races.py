@@ -24,7 +24,8 @@ from aiohttp import web
 from gateway.domain.session import utcnow
 from gateway.store.postgres import PostgresStore
 from providers.sandbox.app import create_sandbox_root
-from providers.sandbox.state import SandboxConfig
+from providers.sandbox.paypal_api import paypal_sandbox
+from providers.sandbox.state import SANDBOX_STATE, SandboxConfig
 from tests.api.conftest import headers, seed
 from tests.api.test_postgres_attacks import serve, through, two_gateways
 from tests.fault_proxy import FaultProxy
@@ -47,8 +48,27 @@ async def backdate(store: PostgresStore, session_id: str) -> None:
         await store.schedule_expiry(session_id, past.timestamp())
 
 
+async def deliver(http: aiohttp.ClientSession, sessions: str, call: Received) -> int:
+    """Deliver the provider's webhook ``call`` to the gateway at ``sessions`` and resend it on
+    503, as a provider does; the final status."""
+    webhook = sessions.replace("/sessions", f"/webhooks/{call.provider}")
+    hop = {"host", "content-length", "transfer-encoding", "connection"}
+    clean = {k: v for k, v in call.headers.items() if k.lower() not in hop}
+    for _ in range(200):
+        async with http.post(webhook, data=call.body, headers=clean) as answer:
+            if answer.status != 503:
+                return answer.status
+        await asyncio.sleep(0.05)
+    raise AssertionError("the webhook was answered 503 for 10 s")
+
+
+@pytest.mark.parametrize("provider", ["adyen", "stripe"])
 async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_state(
-    aiohttp_server: Any, postgres_database: str, processes: list[Any], tmp_path: Path
+    aiohttp_server: Any,
+    postgres_database: str,
+    processes: list[Any],
+    tmp_path: Path,
+    provider: str,
 ) -> None:
     notified: list[dict[str, Any]] = []
 
@@ -70,7 +90,7 @@ async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_s
         postgres_database,
         processes,
         GATEWAY_MERCHANTS_PATH=str(merchants_file(tmp_path, str(receiver.make_url("")))),
-        GATEWAY_RULES_PATH=str(pinned_rules(tmp_path, "adyen")),  # Adyen: the cancel is local
+        GATEWAY_RULES_PATH=str(pinned_rules(tmp_path, provider)),
         GATEWAY_EXPIRY_SWEEP_INTERVAL_SECONDS="0.02",
         GATEWAY_NOTIFICATION_POLL_INTERVAL_SECONDS="0.02",
     )
@@ -86,16 +106,6 @@ async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_s
             assert (await press(created["checkoutUrl"], "pay"))[0] == 303
             paid.append((created["sessionId"], sink.calls[-1]))
 
-        async def deliver(to: str, call: Received) -> int:
-            webhook = to.replace("/sessions", f"/webhooks/{call.provider}")
-            hop = {"host", "content-length", "transfer-encoding", "connection"}
-            clean = {k: v for k, v in call.headers.items() if k.lower() not in hop}
-            while True:  # the provider resends until it is answered 200
-                async with http.post(webhook, data=call.body, headers=clean) as answer:
-                    if answer.status != 503:
-                        return answer.status
-                await asyncio.sleep(0.05)
-
         async def cancel(to: str, session_id: str) -> int:
             async with http.post(
                 f"{to}/{session_id}/cancel",
@@ -110,9 +120,9 @@ async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_s
         async def race(session_id: str, call: Received) -> None:
             answers = await asyncio.gather(
                 backdate(store, session_id),
-                deliver(gateways[0], call),
+                deliver(http, gateways[0], call),
                 cancel(gateways[1], session_id),
-                deliver(gateways[1], call),
+                deliver(http, gateways[1], call),
                 cancel(gateways[0], session_id),
             )
             assert answers[1] == answers[3] == 200
@@ -279,3 +289,71 @@ async def test_a_cancel_whose_claim_reply_is_lost_answers_503_and_never_swallows
         assert [t["status"] for t in view["transitions"]] == ["PENDING", "COMPLETED"]
         async with http.post(cancel, json=body, headers=headers(None)) as again:
             assert again.status == 409, await again.text()
+
+
+async def test_a_paypal_approval_racing_cancels_and_sweepers_is_captured_only_if_it_wins(
+    aiohttp_server: Any, postgres_database: str, processes: list[Any], tmp_path: Path
+) -> None:
+    """PayPal moves money only when the gateway captures an approval: an approval that loses to
+    a cancel or an expiry is never captured, one that wins is captured once and ends paid."""
+    sink = await start_sink(aiohttp_server)
+    root = create_sandbox_root(
+        SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
+    )
+    sandbox = await aiohttp_server(root)
+    gateways = await two_gateways(
+        sandbox, postgres_database, processes, GATEWAY_EXPIRY_SWEEP_INTERVAL_SECONDS="0.02"
+    )
+    pp = paypal_sandbox(next(a for a in root._subapps if SANDBOX_STATE in a)[SANDBOX_STATE])
+    store = PostgresStore(postgres_database)
+    async with aiohttp.ClientSession() as http:
+        approved: list[tuple[str, Received]] = []
+        for i in range(SESSIONS):
+            body = seed(orderReference=f"pp-race-{i}", paymentMethod="paypal")
+            async with http.post(gateways[0], json=body, headers=headers(f"pp-{i}")) as made:
+                assert made.status == 201, await made.text()
+                created = await made.json()
+            assert (await press(created["checkoutUrl"], "pay"))[0] == 303
+            approved.append((created["sessionId"], sink.calls[-1]))
+
+        async def cancel(to: str, session_id: str) -> None:
+            url = f"{to}/{session_id}/cancel"
+            body = {"cancellationReason": "abandoned"}
+            async with http.post(url, json=body, headers=headers(None)) as answer:
+                assert answer.status in (200, 409), await answer.text()
+
+        async def race(session_id: str, call: Received) -> None:
+            answers = await asyncio.gather(
+                backdate(store, session_id),
+                deliver(http, gateways[0], call),
+                cancel(gateways[1], session_id),
+                deliver(http, gateways[1], call),
+                cancel(gateways[0], session_id),
+            )
+            assert answers[1] == answers[3] == 200
+
+        try:
+            await asyncio.gather(*(race(session_id, call) for session_id, call in approved))
+            for session_id, call in approved:
+                order_id = json.loads(call.body)["resource"]["id"]
+
+                async def settled(session_id: str = session_id) -> dict[str, Any] | None:
+                    async with http.get(
+                        f"{gateways[1]}/{session_id}", headers=headers(None)
+                    ) as read:
+                        view: dict[str, Any] = await read.json()
+                    return view if view["status"] != "PENDING" else None
+
+                view = await wait_for(settled)
+                await asyncio.sleep(0.5)  # a capture still on its way would land by now
+                async with http.get(f"{gateways[1]}/{session_id}", headers=headers(None)) as read:
+                    view = await read.json()
+                captured = [c for c in pp.completions if c.order_id == order_id]
+                statuses = [t["status"] for t in view["transitions"]]
+                if view["status"] == "COMPLETED":
+                    assert len(captured) == 1, (statuses, captured)
+                else:
+                    assert captured == [], (statuses, captured)
+                    assert view["status"] in ("CANCELLED", "EXPIRED"), statuses
+        finally:
+            await store.close()
