@@ -38,6 +38,28 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 SESSIONS = 4
 
 
+async def notification_receiver(aiohttp_server: Any) -> tuple[list[dict[str, Any]], Any]:
+    """A merchant webhook endpoint at ``/hooks``: the sessions it was notified of, and it."""
+    notified: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        notified.append(json.loads(await request.read())["data"]["payment_session"])
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    return notified, await aiohttp_server(app)
+
+
+async def sandbox_behind(aiohttp_server: Any, sink: Any) -> Any:
+    """The sandbox providers, their webhooks caught by ``sink`` (the test delivers them)."""
+    return await aiohttp_server(
+        create_sandbox_root(
+            SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
+        )
+    )
+
+
 async def backdate(store: PostgresStore, session_id: str) -> None:
     """Move the session's expiry into the past, so both sweepers find it due."""
     record = await store.get_session(session_id)
@@ -70,21 +92,9 @@ async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_s
     tmp_path: Path,
     provider: str,
 ) -> None:
-    notified: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        notified.append(json.loads(await request.read())["data"]["payment_session"])
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hooks", hook)
-    receiver = await aiohttp_server(app)
+    notified, receiver = await notification_receiver(aiohttp_server)
     sink = await start_sink(aiohttp_server)
-    sandbox = await aiohttp_server(
-        create_sandbox_root(
-            SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
-        )
-    )
+    sandbox = await sandbox_behind(aiohttp_server, sink)
     gateways = await two_gateways(
         sandbox,
         postgres_database,
@@ -187,21 +197,9 @@ async def test_a_webhook_whose_claim_or_update_reply_is_lost_applies_once_on_the
     """A lost claim reply leaves the event leased (twice the request deadline): the provider's
     resends are answered 503 until it lapses, then applied; a lost update reply is answered 503
     and the resend finds the payment recorded. Either way: once, one notification."""
-    notified: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        notified.append(json.loads(await request.read())["data"]["payment_session"])
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hooks", hook)
-    receiver = await aiohttp_server(app)
+    notified, receiver = await notification_receiver(aiohttp_server)
     sink = await start_sink(aiohttp_server)
-    sandbox = await aiohttp_server(
-        create_sandbox_root(
-            SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
-        )
-    )
+    sandbox = await sandbox_behind(aiohttp_server, sink)
     sessions = await serve(
         sandbox,
         through(proxy, postgres_database),
@@ -259,11 +257,7 @@ async def test_a_cancel_whose_claim_reply_is_lost_answers_503_and_never_swallows
     tmp_path: Path,
 ) -> None:
     sink = await start_sink(aiohttp_server)
-    sandbox = await aiohttp_server(
-        create_sandbox_root(
-            SandboxConfig(gateway_base_url=sink.base_url, expiry_sweep_seconds=0, random_seed=7)
-        )
-    )
+    sandbox = await sandbox_behind(aiohttp_server, sink)
     sessions = await serve(
         sandbox,
         through(proxy, postgres_database),
