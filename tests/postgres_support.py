@@ -184,3 +184,16 @@ async def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.05
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def outbox_drained(database_url: str, timeout: float = 20.0) -> None:
+    """Wait until every merchant notification in the database's outbox was delivered."""
+    conn = await asyncpg.connect(database_url)
+    try:
+
+        async def drained() -> bool:
+            return bool(await conn.fetchval("SELECT count(*) FROM outbox") == 0)
+
+        await wait_for(drained, timeout=timeout)
+    finally:
+        await conn.close()

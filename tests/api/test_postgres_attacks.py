@@ -29,7 +29,7 @@ from tests.api.test_postgres_processes import PRODUCTION
 from tests.fault_proxy import FaultProxy
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 from tests.lifecycle.conftest import merchants_file
-from tests.postgres_support import wait_for
+from tests.postgres_support import outbox_drained
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
@@ -448,15 +448,7 @@ async def test_two_processes_deliver_every_notification_once(
                 return str((await made.json())["sessionId"])
 
         ids = await asyncio.gather(*(create(i) for i in range(40)))
-    conn = await asyncpg.connect(postgres_database)
-    try:
-
-        async def drained() -> bool:
-            return await conn.fetchval("SELECT count(*) FROM outbox") == 0
-
-        await wait_for(drained, timeout=20)
-    finally:
-        await conn.close()
+    await outbox_drained(postgres_database)
     assert set(received) == set(ids)
     assert set(received.values()) == {1}, received
 

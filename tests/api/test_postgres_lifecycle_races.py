@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp import web
 
@@ -30,7 +29,7 @@ from tests.api.conftest import headers, seed
 from tests.api.test_postgres_attacks import serve, through, two_gateways
 from tests.fault_proxy import FaultProxy
 from tests.lifecycle.conftest import merchants_file, pinned_rules
-from tests.postgres_support import wait_for
+from tests.postgres_support import outbox_drained, wait_for
 from tests.providers.hosted_inputs import Received, press, start_sink
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
@@ -158,15 +157,7 @@ async def test_payment_cancels_and_two_sweepers_on_one_session_end_in_one_paid_s
                 assert cancelled[session_id] == statuses.count("CANCELLED"), statuses
         finally:
             await store.close()
-    conn = await asyncpg.connect(postgres_database)
-    try:
-
-        async def drained() -> bool:
-            return await conn.fetchval("SELECT count(*) FROM outbox") == 0
-
-        await wait_for(drained, timeout=20)
-    finally:
-        await conn.close()
+    await outbox_drained(postgres_database)
     for session_id, _ in paid:
         sent = [n for n in notified if n["sessionId"] == session_id]
         versions = [n["version"] for n in sent]
@@ -237,15 +228,7 @@ async def test_a_webhook_whose_claim_or_update_reply_is_lost_applies_once_on_the
         async with http.get(f"{sessions}/{session_id}", headers=headers(None)) as read:
             view = await read.json()
     assert [t["status"] for t in view["transitions"]] == ["PENDING", "COMPLETED"]
-    conn = await asyncpg.connect(postgres_database)
-    try:
-
-        async def drained() -> bool:
-            return await conn.fetchval("SELECT count(*) FROM outbox") == 0
-
-        await wait_for(drained, timeout=20)
-    finally:
-        await conn.close()
+    await outbox_drained(postgres_database)
     assert [n["status"] for n in notified] == ["PENDING", "COMPLETED"], notified
 
 
