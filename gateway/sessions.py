@@ -169,7 +169,7 @@ class SessionService:
         # routed before the claim, so the claim records where the first call will go: if this
         # process dies mid-call, a retry goes back there and the provider replays its session
         # (not counted in the decision metrics unless acted on: a replay acts on none)
-        routed = await self._decide(merchant, request, dry_run=True)
+        routed = await self._decide(merchant, request)
         first = routed.decision.ranked[0].provider if routed.decision.ranked else None
         proposed = CreatePin(created_at=utcnow(), request_id=request_id, first=first)
         begun = await self.store.begin_create(
@@ -207,8 +207,7 @@ class SessionService:
         pin = begun.pin or proposed
         if begun.resumed:
             pin = pin.resumed()
-        else:
-            self.router.count(routed.decision, routed.seconds)
+        self.router.count(routed.decision, routed.seconds)
         tries = Attempts()
         try:
             if begun.resumed:
@@ -226,8 +225,7 @@ class SessionService:
                 token,
                 pin,
                 tries,
-                # a resumed claim routes again: circuits may have changed since its pin
-                routed=None if begun.resumed else routed,
+                routed,
             )
         except BaseException:
             # a provider may hold this key's parameters: keep the pin for the retry
@@ -359,13 +357,11 @@ class SessionService:
         token: str,
         pin: CreatePin,
         tries: Attempts,
-        *,
-        routed: _Routed | None,
+        routed: _Routed,
     ) -> CreateOutcome:
         settings = self.settings
         started = time.monotonic()
         deadline = started + settings.request_deadline_seconds
-        routed = routed or await self._decide(merchant, request)
         decision, unavailable = prefer(routed.decision, pin.sent), routed.unavailable
         if not decision.ranked:
             raise no_candidate_error(decision, unavailable, self.circuits)
@@ -411,15 +407,14 @@ class SessionService:
             self.orphans.start(session_id, orphans)
         return outcome
 
-    async def _decide(
-        self, merchant: Merchant, request: CheckoutRequest, *, dry_run: bool = False
-    ) -> _Routed:
-        """The routing decision for ``request``, and the providers its circuits kept out."""
+    async def _decide(self, merchant: Merchant, request: CheckoutRequest) -> _Routed:
+        """The routing decision for ``request`` (a dry run: :meth:`create` counts it once it
+        acts on it), and the providers its circuits kept out."""
         await self.circuits.refresh()
         started = time.perf_counter()
         unavailable = self.circuits.unavailable()
         decision = self.router.decide(
-            request, merchant.merchant_id, unavailable=unavailable, dry_run=dry_run
+            request, merchant.merchant_id, unavailable=unavailable, dry_run=True
         )
         return _Routed(decision, unavailable, time.perf_counter() - started)
 
