@@ -113,7 +113,26 @@ class Settings(BaseSettings):
         description="Where circuits, routing statistics and rate limits live "
         "(default: redis with GATEWAY_STORE=redis, else memory)",
     )
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="standalone: the server; cluster: one seed node (database 0)",
+    )
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_sentinels: str = Field(
+        "", description="sentinel mode: comma-separated host:port of the Sentinels"
+    )
+    redis_sentinel_service: str = Field("", description="sentinel mode: the master's name")
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="sentinel mode: the Sentinels' password (the data nodes' is in the URL)"
+    )
+    redis_wait_replicas: int | Literal["auto"] = Field(
+        "auto",
+        description="Replicas a create or lifecycle write must reach before it is answered "
+        "(WAIT); auto: 1 when the primary has replicas (always behind Sentinel), else 0",
+    )
+    redis_wait_timeout_ms: int = Field(
+        500, ge=1, le=10_000, description="How long a write waits for its replicas (then 503)"
+    )
     redis_prefix: str = "gw:"
     redis_max_connections: int = Field(64, ge=1, le=10_000)
     redis_pool_timeout_seconds: float = Field(

@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.settings import Settings
+from gateway.store.base import StoreUnavailable
+from gateway.store.redis_conn import LuaScript, RedisMode, ScriptArg
 
-__all__ = ["RedisClientSettings", "open_redis_client", "warm_up"]
+__all__ = ["RedisClientSettings", "StandaloneConn", "open_redis", "open_redis_client", "warm_up"]
 
 log = logging.getLogger("gateway.store.redis")
 
@@ -126,3 +129,94 @@ async def warm_up(client: aioredis.Redis, connections: int) -> int:
             error,
         )
     return len(acquired)
+
+
+T = TypeVar("T")
+
+
+class StandaloneConn:
+    """:class:`~gateway.store.redis_conn.RedisConn` on one server (``GATEWAY_REDIS_MODE=
+    standalone``): ``WAIT`` rides in the write's pipeline, on its connection."""
+
+    mode: RedisMode = "standalone"
+
+    def __init__(self, client: aioredis.Redis, *, wait_replicas: int | str, wait_timeout_ms: int):
+        self.client = client
+        self._wanted = wait_replicas
+        self._wait_replicas = wait_replicas if isinstance(wait_replicas, int) else 0
+        self._wait_timeout_ms = wait_timeout_ms
+
+    @property
+    def wait_replicas(self) -> int:
+        return self._wait_replicas
+
+    async def script(
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[ScriptArg],
+        *,
+        confirm: bool = False,
+    ) -> Any:
+        confirm = confirm and self._wait_replicas > 0
+        for command in ("EVALSHA", "EVAL"):
+            body = script.sha if command == "EVALSHA" else script.source
+            if not confirm:
+                try:
+                    return await self.client.execute_command(  # type: ignore[no-untyped-call]
+                        command, body, len(keys), *keys, *args
+                    )
+                except NoScriptError:
+                    continue
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(command, body, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < self._wait_replicas:
+                raise StoreUnavailable(
+                    f"redis write reached {int(acked)} of {self._wait_replicas} replicas "
+                    f"within {self._wait_timeout_ms} ms"
+                )
+            return reply
+        raise StoreUnavailable("redis refused the script twice (NOSCRIPT after EVAL)")
+
+    async def read(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except (RedisConnectionError, RedisTimeoutError):
+            return await operation()
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def start(self) -> list[str]:
+        if self._wanted == "auto":
+            info = await self.client.info("replication")
+            self._wait_replicas = 1 if int(info.get("connected_slaves", 0)) > 0 else 0
+        return []
+
+    async def warm_up(self, connections: int) -> int:
+        return await warm_up(self.client, connections)
+
+    async def primaries(self) -> list[Any]:
+        return [self.client]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def open_redis(settings: Settings, conf: RedisClientSettings | None = None) -> StandaloneConn:
+    """The :class:`~gateway.store.redis_conn.RedisConn` ``GATEWAY_REDIS_MODE`` asks for (not
+    yet started: call :meth:`start` before traffic)."""
+    conf = conf or RedisClientSettings.from_settings(settings)
+    return StandaloneConn(
+        open_redis_client(settings.redis_url, conf),
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
