@@ -1,8 +1,10 @@
-"""Helpers shared by the Redis store modules: the one error mapping and reply conversions."""
+"""Helpers shared by the Redis store modules: the one error mapping, reply conversions and the
+leased-queue claim over the queue buckets (:data:`gateway.store.keys.QUEUE_BUCKETS`)."""
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,14 +12,26 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway.store.base import StoreUnavailable
+from gateway.store.keys import QUEUE_BUCKETS
+from gateway.store.redis_conn import LuaScript
 
-__all__ = ["LEASED_QUEUE_CLAIM", "_leased", "_mapped", "_ms", "_text"]
+__all__ = [
+    "LEASED_QUEUE_CLAIM",
+    "BucketCursor",
+    "_leased",
+    "_mapped",
+    "_ms",
+    "_text",
+    "lease_bucket",
+    "lease_prefix",
+]
 
-#: Claims up to ARGV[3] due items of a leased queue (the outbox, the orphan queue): each is
-#: pushed back to ARGV[2] (its lease) and given a token. KEYS due (sorted set), items (hash),
-#: leases (hash); ARGV now, lease_until, limit, token prefix. Returns id, json, token triples;
-#: an id without an item is dropped.
-LEASED_QUEUE_CLAIM = """
+#: Claims up to ARGV[3] due items of one bucket of a leased queue (the outbox, the orphan
+#: queue): each is pushed back to ARGV[2] (its lease) and given a token. KEYS due (sorted set),
+#: items (hash), leases (hash), all of one bucket; ARGV now, lease_until, limit, token prefix
+#: (:func:`lease_prefix`: it names the bucket). Returns id, json, token triples; an id without
+#: an item is dropped.
+LEASED_QUEUE_CLAIM = LuaScript("""
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local out = {}
 for i, id in ipairs(ids) do
@@ -34,7 +48,7 @@ for i, id in ipairs(ids) do
   end
 end
 return out
-"""
+""")
 
 
 @contextmanager
@@ -58,3 +72,31 @@ def _text(value: Any) -> str:
 def _leased(reply: Any) -> list[tuple[bytes, str]]:
     """The (json, lease token) pairs of a :data:`LEASED_QUEUE_CLAIM` reply."""
     return [(bytes(reply[i + 1]), _text(reply[i + 2])) for i in range(0, len(reply), 3)]
+
+
+def lease_prefix(n: int) -> str:
+    """A fresh lease-token prefix for claims from bucket ``n``: ``"<n>:<hex>"`` (the claim
+    script appends the item's position)."""
+    return f"{n}:{uuid.uuid4().hex}"
+
+
+def lease_bucket(token: str) -> int | None:
+    """The bucket a lease token was handed out from; None for a token no claim made."""
+    head, _, _ = token.partition(":")
+    if not head.isdigit() or int(head) >= QUEUE_BUCKETS:
+        return None
+    return int(head)
+
+
+class BucketCursor:
+    """Where the next claim of a queue starts: one bucket further each call, so no bucket is
+    always visited last (and starved when every claim fills up early)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def order(self) -> list[int]:
+        """Every bucket once, from this call's start."""
+        start = self._next
+        self._next = (start + 1) % QUEUE_BUCKETS
+        return [(start + i) % QUEUE_BUCKETS for i in range(QUEUE_BUCKETS)]
