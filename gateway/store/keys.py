@@ -50,9 +50,10 @@ part can open or close a hash tag. An order's reservation and its sessions index
 other in one script; the circuit and statistics keys of one provider share ``{provider}``.
 
 :data:`QUEUE_BUCKETS` is fixed for good: a different count would strand what the queues hold
-(items would sit in buckets nobody scans) and move every session's idempotency record. Workers
-claim from the buckets in turn, from a start that rotates per call; a lease token names its
-bucket (``"<n>:<hex><i>"``), so finishing an item touches that bucket only. A queue item without a
+(items would sit in buckets nobody scans) and move every session's idempotency record. A
+worker's claim peeks at every bucket (one pipelined read) and claims the earliest due across
+them with one script per bucket holding some; a lease token names its bucket
+(``"<n>:<hex><i>"``), so finishing an item touches that bucket only. A queue item without a
 session (:meth:`~gateway.store.redis.RedisStore.outbox_add`) goes to the bucket of its id.
 
 The order reservation of a running create is ``claim:<token>|<session id>|<lease end, ms on
@@ -62,8 +63,9 @@ the reservation, and a crash in between leaves a claim whose lease ends and then
 session id. A plain value is a bound session id.
 
 Every key carries a TTL except the durable queues (``expiry``, ``outbox:*``, ``orphans:*``):
-their entries are removed when handled, and the dead letters are capped in number (each bucket
-keeps its share). No key is ever listed with ``KEYS``, and no command spans two slots.
+their entries are removed when handled, and the dead letters are capped in number (across the
+buckets: the oldest beyond the cap go after each new one). No key is ever listed with
+``KEYS``, and no command spans two slots.
 
 An ``order_sessions`` index entry is written after its session (by the second script of a
 commit), and its TTL is raised to that session's retention, so it outlives every session it

@@ -29,7 +29,7 @@ from gateway.store.redis_create import RedisCreate
 from gateway.store.redis_find import RedisFind, read_session
 from gateway.store.redis_lifecycle import RedisLifecycle
 from gateway.store.redis_orphans import RedisOrphans
-from gateway.store.redis_support import BucketCursor, _mapped
+from gateway.store.redis_support import _mapped
 
 __all__ = ["DEFAULT_ORDER_TTL_S", "RedisStore"]
 
@@ -68,9 +68,6 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         self.warm_connections = warm_connections
         self._owns_conn = owns_conn
         self._committing: OrderedDict[str, None] = OrderedDict()
-        self._expiry_cursor = BucketCursor()
-        self._outbox_cursor = BucketCursor()
-        self._orphan_cursor = BucketCursor()
 
     @property
     def client(self) -> Any:

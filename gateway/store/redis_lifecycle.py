@@ -4,16 +4,16 @@ session updates, webhook event markers, the expiry index and the notification ou
 Every multi-key operation is one Lua script on the keys of one bucket (one Redis Cluster slot),
 so it is atomic across gateway processes. A session write and the notifications it causes are
 enqueued by the same script, into the session's bucket: a crash can never keep the one without
-the other. Claims visit the buckets in turn (:class:`~gateway.store.redis_support.BucketCursor`);
-a lease token names its bucket. Key layout: :mod:`gateway.store.keys`.
+the other. Claims take the earliest due across the buckets
+(:func:`~gateway.store.redis_support.claim_in_due_order`); a lease token names its bucket. Key
+layout: :mod:`gateway.store.keys`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.domain.session import SessionRecord
@@ -22,11 +22,11 @@ from gateway.store.keys import QUEUE_BUCKETS, RedisKeys, bucket
 from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg
 from gateway.store.redis_support import (
     LEASED_QUEUE_CLAIM,
-    BucketCursor,
     _leased,
     _mapped,
     _ms,
     _text,
+    claim_in_due_order,
     lease_bucket,
     lease_prefix,
 )
@@ -80,7 +80,7 @@ return ids
 
 
 # KEYS due, items, leases, dead, dead_items (one bucket); ARGV id, token, action
-# ('done'|'retry'|'dead'), json, score, keep (this bucket's share of the dead letters)
+# ('done'|'retry'|'dead'), json, score, keep (a bucket never keeps more dead letters)
 _OUTBOX_FINISH = LuaScript("""
 if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -104,14 +104,19 @@ end
 return 1
 """)
 
+# KEYS dead, dead_items (one bucket); ARGV the ids to forget
+_DEAD_TRIM = LuaScript("""
+redis.call('ZREM', KEYS[1], unpack(ARGV))
+redis.call('HDEL', KEYS[2], unpack(ARGV))
+return 1
+""")
+
 
 class RedisLifecycle:
     """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``conn``)."""
 
     keys: RedisKeys
     conn: RedisConn
-    _expiry_cursor: BucketCursor
-    _outbox_cursor: BucketCursor
 
     @staticmethod
     def _enqueue_args(outbox: Sequence[OutboxItem]) -> list[ScriptArg]:
@@ -176,20 +181,24 @@ class RedisLifecycle:
             await self.conn.client.zrem(self.keys.expiry_index(bucket(session_id)), session_id)
 
     async def claim_expiries(self, *, now: float, lease_s: float, limit: int) -> list[str]:
-        """Due session ids, leased for ``lease_s``: one script per bucket, in turn, until
-        ``limit`` are claimed."""
-        ids: list[str] = []
+        """Due session ids, earliest first across the buckets, leased for ``lease_s`` (a peek
+        at every bucket, then a script per bucket holding some)."""
+
+        async def claim(n: int, count: int) -> list[str]:
+            reply = await self.conn.script(
+                _CLAIM_DUE, [self.keys.expiry_index(n)], [repr(now), repr(now + lease_s), count]
+            )
+            return [_text(i) for i in reply]
+
         with _mapped("claim_expiries"):
-            for n in self._expiry_cursor.order():
-                if len(ids) >= limit:
-                    break
-                reply = await self.conn.script(
-                    _CLAIM_DUE,
-                    [self.keys.expiry_index(n)],
-                    [repr(now), repr(now + lease_s), limit - len(ids)],
-                )
-                ids += [_text(i) for i in reply]
-        return ids
+            return await claim_in_due_order(
+                self.conn,
+                [self.keys.expiry_index(n) for n in range(QUEUE_BUCKETS)],
+                now=now,
+                limit=limit,
+                claim=claim,
+                ident=str,
+            )
 
     # outbox
     def _outbox_keys(self, n: int) -> list[str]:
@@ -216,23 +225,30 @@ class RedisLifecycle:
                 await self.conn.script(_OUTBOX_ADD, self._outbox_keys(n)[:2], args)
 
     async def outbox_claim(self, *, now: float, lease_s: float, limit: int) -> list[OutboxItem]:
-        """Due items, each leased for ``lease_s`` with a fresh token naming its bucket: one
-        script per bucket, in turn, until ``limit`` are claimed."""
-        claimed: list[tuple[bytes, str]] = []
+        """Due items, earliest first across the buckets, each leased for ``lease_s`` with a
+        fresh token naming its bucket (a peek at every bucket, then a script per bucket
+        holding some)."""
+
+        async def claim(n: int, count: int) -> list[OutboxItem]:
+            reply = await self.conn.script(
+                LEASED_QUEUE_CLAIM,
+                self._outbox_keys(n)[:3],
+                [repr(now), repr(now + lease_s), count, lease_prefix(n)],
+            )
+            try:
+                return [OutboxItem.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreUnavailable(f"an outbox item is unreadable: {exc}") from exc
+
         with _mapped("outbox_claim"):
-            for n in self._outbox_cursor.order():
-                if len(claimed) >= limit:
-                    break
-                reply = await self.conn.script(
-                    LEASED_QUEUE_CLAIM,
-                    self._outbox_keys(n)[:3],
-                    [repr(now), repr(now + lease_s), limit - len(claimed), lease_prefix(n)],
-                )
-                claimed += _leased(reply)
-        try:
-            return [OutboxItem.from_json(raw, lease=lease) for raw, lease in claimed]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreUnavailable(f"an outbox item is unreadable: {exc}") from exc
+            return await claim_in_due_order(
+                self.conn,
+                [self.keys.outbox_due(n) for n in range(QUEUE_BUCKETS)],
+                now=now,
+                limit=limit,
+                claim=claim,
+                ident=lambda item: item.id,
+            )
 
     async def _finish(self, item: OutboxItem, action: str, score: float, keep: int = 0) -> bool:
         n = lease_bucket(item.lease) if item.lease is not None else None
@@ -244,11 +260,46 @@ class RedisLifecycle:
             action,
             item.to_json(),
             repr(score),
-            math.ceil(keep / QUEUE_BUCKETS),
+            keep,
         ]
         with _mapped(f"outbox_{action}"):
             done = await self.conn.script(_OUTBOX_FINISH, self._outbox_keys(n), args)
+            if done and action == "dead":
+                await self._trim_dead(keep)
         return bool(done)
+
+    async def _trim_dead(self, keep: int) -> None:
+        """Remove the oldest dead letters beyond ``keep`` across the buckets (a pipelined
+        count; when over, a pipelined read of each bucket's oldest and a script per bucket)."""
+
+        async def pipelined(command: Callable[[Any, int], None]) -> list[Any]:
+            async with self.conn.client.pipeline(transaction=False) as pipe:
+                for n in range(QUEUE_BUCKETS):
+                    command(pipe, n)
+                result: list[Any] = await pipe.execute()
+                return result
+
+        counts = await self.conn.read(
+            lambda: pipelined(lambda pipe, n: pipe.zcard(self.keys.outbox_dead(n)))
+        )
+        extra = sum(int(c) for c in counts) - keep
+        if extra <= 0:
+            return
+        oldest = await self.conn.read(
+            lambda: pipelined(
+                lambda pipe, n: pipe.zrange(self.keys.outbox_dead(n), 0, extra - 1, withscores=True)
+            )
+        )
+        gone = sorted(
+            (float(score), _text(member), n)
+            for n, rows in enumerate(oldest)
+            for member, score in rows
+        )[:extra]
+        by_bucket: dict[int, list[str]] = defaultdict(list)
+        for _, member, n in gone:
+            by_bucket[n].append(member)
+        for n, ids in by_bucket.items():
+            await self.conn.script(_DEAD_TRIM, self._outbox_keys(n)[3:], ids)
 
     async def outbox_done(self, item: OutboxItem) -> bool:
         """Remove a delivered item (only with its current lease)."""
@@ -259,8 +310,7 @@ class RedisLifecycle:
         return await self._finish(item, "retry", due)
 
     async def outbox_dead(self, item: OutboxItem, *, at: float, keep: int = 10_000) -> bool:
-        """Move the item to the dead letters; each bucket keeps its newest
-        ``ceil(keep / QUEUE_BUCKETS)``."""
+        """Move the item to the dead letters, keeping the newest ``keep`` across the buckets."""
         return await self._finish(item, "dead", at, keep)
 
     async def outbox_backlog(self, *, at_most: int = BACKLOG_COUNT_LIMIT) -> int:

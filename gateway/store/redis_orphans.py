@@ -9,13 +9,13 @@ touches one bucket, so one Redis Cluster slot. A lease token names its bucket.
 from __future__ import annotations
 
 from gateway.store.base import OrphanJob, StoreUnavailable
-from gateway.store.keys import RedisKeys
+from gateway.store.keys import QUEUE_BUCKETS, RedisKeys
 from gateway.store.redis_conn import LuaScript, RedisConn
 from gateway.store.redis_support import (
     LEASED_QUEUE_CLAIM,
-    BucketCursor,
     _leased,
     _mapped,
+    claim_in_due_order,
     lease_bucket,
     lease_prefix,
 )
@@ -43,30 +43,36 @@ class RedisOrphans:
 
     keys: RedisKeys
     conn: RedisConn
-    _orphan_cursor: BucketCursor
 
     def _orphan_keys(self, n: int) -> list[str]:
         k = self.keys
         return [k.orphans_due(n), k.orphans_items(n), k.orphans_leases(n)]
 
     async def orphan_claim(self, *, now: float, lease_s: float, limit: int) -> list[OrphanJob]:
-        """Due jobs, each leased for ``lease_s`` with a fresh token naming its bucket: one
-        script per bucket, in turn, until ``limit`` are claimed."""
-        claimed: list[tuple[bytes, str]] = []
+        """Due jobs, earliest first across the buckets, each leased for ``lease_s`` with a
+        fresh token naming its bucket (a peek at every bucket, then a script per bucket holding
+        some)."""
+
+        async def claim(n: int, count: int) -> list[OrphanJob]:
+            reply = await self.conn.script(
+                LEASED_QUEUE_CLAIM,
+                self._orphan_keys(n),
+                [repr(now), repr(now + lease_s), count, lease_prefix(n)],
+            )
+            try:
+                return [OrphanJob.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreUnavailable(f"an orphan job is unreadable: {exc}") from exc
+
         with _mapped("orphan_claim"):
-            for n in self._orphan_cursor.order():
-                if len(claimed) >= limit:
-                    break
-                reply = await self.conn.script(
-                    LEASED_QUEUE_CLAIM,
-                    self._orphan_keys(n),
-                    [repr(now), repr(now + lease_s), limit - len(claimed), lease_prefix(n)],
-                )
-                claimed += _leased(reply)
-        try:
-            return [OrphanJob.from_json(raw, lease=lease) for raw, lease in claimed]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreUnavailable(f"an orphan job is unreadable: {exc}") from exc
+            return await claim_in_due_order(
+                self.conn,
+                [self.keys.orphans_due(n) for n in range(QUEUE_BUCKETS)],
+                now=now,
+                limit=limit,
+                claim=claim,
+                ident=lambda job: job.id,
+            )
 
     async def _orphan_finish_as(self, job: OrphanJob, action: str, due: float) -> bool:
         n = lease_bucket(job.lease) if job.lease is not None else None

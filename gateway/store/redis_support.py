@@ -1,27 +1,29 @@
 """Helpers shared by the Redis store modules: the one error mapping, reply conversions and the
-leased-queue claim over the queue buckets (:data:`gateway.store.keys.QUEUE_BUCKETS`)."""
+leased-queue claim over the queue buckets (:data:`gateway.store.keys.QUEUE_BUCKETS`), in due
+order across them."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from gateway.store.base import StoreUnavailable
 from gateway.store.keys import QUEUE_BUCKETS
-from gateway.store.redis_conn import LuaScript
+from gateway.store.redis_conn import LuaScript, RedisConn
 
 __all__ = [
     "LEASED_QUEUE_CLAIM",
-    "BucketCursor",
     "_leased",
     "_mapped",
     "_ms",
     "_text",
+    "claim_in_due_order",
     "lease_bucket",
     "lease_prefix",
 ]
@@ -74,6 +76,9 @@ def _leased(reply: Any) -> list[tuple[bytes, str]]:
     return [(bytes(reply[i + 1]), _text(reply[i + 2])) for i in range(0, len(reply), 3)]
 
 
+T = TypeVar("T")
+
+
 def lease_prefix(n: int) -> str:
     """A fresh lease-token prefix for claims from bucket ``n``: ``"<n>:<hex>"`` (the claim
     script appends the item's position)."""
@@ -88,15 +93,39 @@ def lease_bucket(token: str) -> int | None:
     return int(head)
 
 
-class BucketCursor:
-    """Where the next claim of a queue starts: one bucket further each call, so no bucket is
-    always visited last (and starved when every claim fills up early)."""
+async def claim_in_due_order(
+    conn: RedisConn,
+    due_keys: Sequence[str],
+    *,
+    now: float,
+    limit: int,
+    claim: Callable[[int, int], Awaitable[list[T]]],
+    ident: Callable[[T], str],
+) -> list[T]:
+    """Claim up to ``limit`` due members of a bucketed queue, earliest due first across the
+    buckets (ties by id), like one queue would: one pipelined peek at every bucket's earliest
+    due members (``due_keys[n]``: bucket ``n``'s sorted set; an idempotent read), then
+    ``claim(n, count)`` (a one-slot script) for each bucket holding some of the earliest
+    ``limit``, concurrently. A member claimed meanwhile by another worker is simply not
+    returned; the answer is in due order."""
 
-    def __init__(self) -> None:
-        self._next = 0
+    async def peek() -> list[Any]:
+        async with conn.client.pipeline(transaction=False) as pipe:
+            for key in due_keys:
+                pipe.zrangebyscore(key, "-inf", repr(now), start=0, num=limit, withscores=True)
+            result: list[Any] = await pipe.execute()
+            return result
 
-    def order(self) -> list[int]:
-        """Every bucket once, from this call's start."""
-        start = self._next
-        self._next = (start + 1) % QUEUE_BUCKETS
-        return [(start + i) % QUEUE_BUCKETS for i in range(QUEUE_BUCKETS)]
+    per_bucket = await conn.read(peek)
+    earliest = sorted(
+        (float(score), _text(member), n)
+        for n, rows in enumerate(per_bucket)
+        for member, score in rows
+    )[:limit]
+    counts: dict[int, int] = {}
+    for _, _, n in earliest:
+        counts[n] = counts.get(n, 0) + 1
+    rank = {member: i for i, (_, member, _) in enumerate(earliest)}
+    batches = await asyncio.gather(*(claim(n, count) for n, count in counts.items()))
+    claimed = [one for batch in batches for one in batch]
+    return sorted(claimed, key=lambda one: rank.get(ident(one), len(rank)))
