@@ -118,6 +118,6 @@ async def test_an_orphan_left_by_a_killed_process_is_expired_by_the_next_one(
         # the job is done: nothing left in the queue
         client = aioredis.Redis.from_url(redis_url)
         try:
-            assert await client.zcard(RedisKeys(redis_prefix).orphans_due()) == 0
+            assert await client.zcard(RedisKeys(redis_prefix).orphans_due(bucket(session_id))) == 0
         finally:
             await client.aclose()
