@@ -94,9 +94,9 @@ return {'claimed', pin, rec[8] or '', resumed}
 
 # KEYS reservation, next-session key of this token (same slot); ARGV 1 token, 2 session id,
 # 3 lease_ms, 4 ttl_ms. Free (or lapsed without a session id): reserved for the token, naming
-# the session -> {'reserved'}. Held: the next-session key is set (replace_order reads it) ->
-# {'held', 'claim:<token>' while the lease runs | a bound session id} or, once the lease is
-# over, {'lapsed', session id, the value as read}.
+# the session -> {'reserved'}. Held while the lease runs -> {'held', 'claim:<token>'}; else the
+# next-session key is set (replace_order reads it) -> {'held', a bound session id} or, once the
+# lease is over, {'lapsed', session id, the value as read}.
 _RESERVE = LuaScript(
     _NOW
     + """
@@ -108,9 +108,9 @@ if not current or (tok and sid == '' and tonumber(untl) <= now) then
   redis.call('SET', KEYS[1], value, 'PX', math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
   return {'reserved'}
 end
+if tok and tonumber(untl) > now then return {'held', 'claim:' .. tok} end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 if not tok then return {'held', current} end
-if tonumber(untl) > now then return {'held', 'claim:' .. tok} end
 return {'lapsed', sid, current}
 """
 )
