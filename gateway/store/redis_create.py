@@ -21,6 +21,7 @@ written is taken over at once (the create sees no holder), exactly as
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -295,7 +296,7 @@ class RedisCreate:
                 try:
                     holder = await self._reserve(scope, key, order_ref, token, lease_ms)
                 except StoreUnavailable:
-                    await self._abandon_quietly(scope, key, token)
+                    await self._undo_quietly(scope, key, order_ref, token)
                     raise
             stored = bytes(reply[1])
             begun_pin = CreatePin.from_json(stored, _text(reply[2])) if stored else None
@@ -342,14 +343,15 @@ class RedisCreate:
                 return None
         return ORDER_CLAIM_PREFIX  # changed hands twice meanwhile: someone is creating it
 
-    async def _abandon_quietly(self, scope: str, key: str, token: str) -> None:
-        """Give the key up again after its order could not be reserved (best effort: else its
-        lease frees it), keeping its pin."""
-        try:
-            with _mapped("begin_create"):
-                await self.conn.script(_ABANDON, [self.keys.idempotency(scope, key)], [token, ""])
-        except StoreUnavailable:
-            pass
+    async def _undo_quietly(self, scope: str, key: str, order_ref: str, token: str) -> None:
+        """Give the order (if the reservation was made) and the key (keeping its pin) up again
+        after the reservation failed, so a retry need not wait out the lease. Best effort: what
+        is not undone frees when its lease ends."""
+        with contextlib.suppress(StoreUnavailable), _mapped("begin_create"):
+            await self.conn.script(
+                _RELEASE_ORDER, [self.keys.order(scope, order_ref)], [token, "drop"]
+            )
+            await self.conn.script(_ABANDON, [self.keys.idempotency(scope, key)], [token, ""])
 
     async def abandon_create(
         self, scope: str, key: str, token: str, *, sent: Sequence[str]

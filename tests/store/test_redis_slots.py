@@ -341,3 +341,25 @@ async def test_replace_order_takes_a_lapsed_claim_over_from_its_session_only(
     assert not await store.replace_order(SCOPE, ORDER, "s_other", "t2", lease_ms=5_000)
     assert await store.replace_order(SCOPE, ORDER, session_id, "t2", lease_ms=5_000)
     assert not await store.replace_order(SCOPE, ORDER, session_id, "t3", lease_ms=5_000)
+
+
+async def test_a_reservation_that_fails_gives_the_key_and_the_order_up_again(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store.redis_create import _RESERVE
+
+    run = store.conn.script
+
+    async def unconfirmed(script: LuaScript, *args: Any, **options: Any) -> Any:
+        reply = await run(script, *args, **options)
+        if script is _RESERVE:
+            raise StoreUnavailable("redis write reached 0 of 1 replicas within 500 ms")
+        return reply
+
+    monkeypatch.setattr(store.conn, "script", unconfirmed)
+    with pytest.raises(StoreUnavailable):
+        await begin(store, "k1", "t1")
+    monkeypatch.setattr(store.conn, "script", run)
+    # the client's retry runs at once instead of waiting out the lease
+    retry = await begin(store, "k1", "t2")
+    assert (retry.claim.kind, retry.order_holder) == (ClaimKind.CLAIMED, None)
