@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.api.health import setup_health_routes
@@ -47,6 +46,7 @@ from gateway.sessions import SessionService
 from gateway.settings import Settings, SettingsError
 from gateway.store.base import RecordStore
 from gateway.store.coordination import Coordination, open_coordination
+from gateway.store.redis_conn import RedisConn
 from gateway.store.timing import instrument_coordination, instrument_store
 from providers.base import ProviderAdapter
 from providers.http import new_client_session
@@ -92,18 +92,21 @@ def _check_shared(settings: Settings) -> None:
         )
 
 
-def open_store(settings: Settings, *, redis_client: aioredis.Redis | None = None) -> RecordStore:
-    """The configured record store (not yet connected). A Redis store uses ``redis_client``
-    when given (it stays the caller's to close), else opens and owns a client of its own."""
+def open_store(settings: Settings, *, conn: RedisConn | None = None) -> RecordStore:
+    """The configured record store (not yet connected). A Redis store uses ``conn`` when given
+    (it stays the caller's to start and close), else opens and owns one of its own."""
     if settings.store == "redis":
         from gateway.store.redis import RedisStore
-        from gateway.store.redis_client import RedisClientSettings
+        from gateway.store.redis_client import RedisClientSettings, open_redis
 
+        owns_conn = conn is None
+        conf = RedisClientSettings.from_settings(settings)
         return RedisStore(
-            settings.redis_url,
+            conn if conn is not None else open_redis(settings, conf),
             settings.redis_prefix,
-            client=redis_client,
-            conf=RedisClientSettings.from_settings(settings),
+            owns_conn=owns_conn,
+            order_ttl_s=settings.session_retention_seconds,
+            warm_connections=conf.warm_connections if owns_conn else 0,
         )
     if settings.store == "postgres":
         from gateway.store.postgres import PostgresSettings, PostgresStore
@@ -115,17 +118,17 @@ def open_store(settings: Settings, *, redis_client: aioredis.Redis | None = None
 
 
 def open_backends(settings: Settings) -> tuple[RecordStore, Coordination]:
-    """The configured records and coordination. When both are in Redis they share one client
-    (one pool, :mod:`gateway.store.redis_client`): the coordination closes it, so close the
-    store first."""
-    shared: aioredis.Redis | None = None
+    """The configured records and coordination. When both are in Redis they share one
+    connection (one pool, :mod:`gateway.store.redis_client`): the coordination closes it, so
+    close the store first."""
+    shared: RedisConn | None = None
     if settings.store == "redis" and settings.coordination_backend == "redis":
-        from gateway.store.redis_client import RedisClientSettings, open_redis_client
+        from gateway.store.redis_client import open_redis
 
-        shared = open_redis_client(settings.redis_url, RedisClientSettings.from_settings(settings))
+        shared = open_redis(settings)
     return (
-        open_store(settings, redis_client=shared),
-        open_coordination(settings, redis_client=shared),
+        open_store(settings, conn=shared),
+        open_coordination(settings, redis_client=shared.client if shared is not None else None),
     )
 
 

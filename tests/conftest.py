@@ -29,7 +29,7 @@ from gateway.store.coordination import (
 )
 from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
+from tests.redis_stores import redis_store
 
 pytest_plugins = ["tests.postgres_support", "tests.pg_instance"]
 
@@ -123,7 +123,8 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
         elif kind == "redis":
             url: str = request.getfixturevalue("redis_url")
             prefix: str = request.getfixturevalue("redis_prefix")
-            store = RedisStore(url, prefix, **kwargs)
+            store = redis_store(url, prefix, **kwargs)
+            await store.conn.start()
         elif kind == "postgres":
             from gateway.store.postgres import PostgresStore
 

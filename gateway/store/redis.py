@@ -1,137 +1,107 @@
 """The Redis record store, shared by every gateway process and machine (its circuits:
-:mod:`gateway.store.circuits_redis`).
+:mod:`gateway.store.circuits_redis`), on any Redis deployment (standalone, Cluster, Sentinel)
+through one :class:`~gateway.store.redis_conn.RedisConn`.
 
-Every operation is one round trip; the ones that read and then write run as Lua scripts, so
-they are atomic across processes. Key layout and lifetimes: :mod:`gateway.store.keys`.
+Every operation that reads and then writes runs as a Lua script whose keys share one cluster
+slot, so it is atomic across processes; a create costs two round trips, four with the order
+guard (:mod:`gateway.store.redis_create`). Key layout and lifetimes: :mod:`gateway.store.keys`.
+Creates and lifecycle changes are answered once a replica has them (``confirm=True``: ``WAIT``);
+reads retry once after a connection error (:meth:`RedisConn.read`); nothing else is re-sent.
 
 Errors are mapped once, here: any redis-py error (connection refused, timeout, a ``WRONGTYPE``
 or script error...) or a record that no longer parses becomes :class:`StoreUnavailable`
-(``raise StoreUnavailable(...) from exc``). Only opening a connection is retried (nothing was
-sent yet); a command is never re-sent: a dead Redis fails within the socket timeouts, the request
-answers 503, and the client's retry with the same Idempotency-Key is safe because every claim is
-leased.
+(``raise StoreUnavailable(...) from exc``). A dead Redis fails within the socket timeouts, the
+request answers 503, and the client's retry with the same Idempotency-Key is safe because every
+claim is leased.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import redis.asyncio as aioredis
+import logging
+from collections import OrderedDict
+from typing import Any
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import ORDER_CLAIM_PREFIX, stored_session
+from gateway.store.base import StoreUnavailable
 from gateway.store.keys import RedisKeys
-from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
+from gateway.store.redis_conn import RedisConn
 from gateway.store.redis_create import RedisCreate
-from gateway.store.redis_find import RedisFind
+from gateway.store.redis_find import RedisFind, read_session
 from gateway.store.redis_lifecycle import RedisLifecycle
 from gateway.store.redis_orphans import RedisOrphans
 from gateway.store.redis_support import _mapped
 
-__all__ = ["RedisStore"]
+__all__ = ["DEFAULT_ORDER_TTL_S", "RedisStore"]
 
+#: how long a running create's order reservation is kept when the store is not told the
+#: session retention (``Settings.session_retention_seconds``'s default)
+DEFAULT_ORDER_TTL_S = 30 * 86_400
 
-# KEYS[1] record; ARGV token
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'tok') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Compare-and-set. KEYS[1] reservation; ARGV expected[, new value, ttl_ms] (no new: delete)
-_ORDER_CAS = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
-"""
+log = logging.getLogger("gateway.store.redis")
 
 
 class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
-    """The :class:`~gateway.store.base.RecordStore` on Redis (``redis.asyncio`` with hiredis).
+    """The :class:`~gateway.store.base.RecordStore` on Redis.
 
-    ``url`` is a redis URL (``redis://host:port/db``, ``rediss://`` for TLS); ``prefix`` is the
-    root of every key (``Settings.redis_prefix``). Unless ``client`` is given, the store opens a
-    client per ``conf`` (:mod:`gateway.store.redis_client`: a blocking pool, connect retries,
-    never a re-sent command; ``max_connections`` overrides the pool size) and owns it:
-    :meth:`close` closes it. A given ``client`` (``decode_responses=False``) stays the caller's
-    to close.
+    ``conn`` is the deployment (:func:`gateway.store.redis_client.open_redis`); ``prefix`` is
+    the root of every key (``Settings.redis_prefix``). With ``owns_conn`` the store starts it
+    in :meth:`warm_up` and closes it in :meth:`close`; otherwise both stay the caller's.
+    ``order_ttl_s`` is how long a running create's order reservation is kept, so that it
+    outlives the session it guards if the create dies between writing that session and binding
+    the reservation: the session retention (``Settings.session_retention_seconds``).
     """
 
     name = "redis"
 
     def __init__(
         self,
-        url: str,
+        conn: RedisConn,
         prefix: str,
         *,
-        client: aioredis.Redis | None = None,
-        conf: RedisClientSettings | None = None,
-        max_connections: int | None = None,
+        owns_conn: bool = False,
+        order_ttl_s: int = DEFAULT_ORDER_TTL_S,
+        warm_connections: int = 0,
     ) -> None:
+        self.conn = conn
         self.keys = RedisKeys(prefix)
-        self._owns_client = client is None
-        if client is None:
-            conf = conf or RedisClientSettings()
-            if max_connections is not None:
-                conf = replace(conf, max_connections=max_connections)
-            client = open_redis_client(url, conf)
-        self.warm_connections = conf.warm_connections if conf is not None else 0
-        self.client = client
-        self._release = client.register_script(_RELEASE)
-        self._order_cas = client.register_script(_ORDER_CAS)
-        self._register_lifecycle_scripts(client)
-        self._register_create_scripts(client)
-        self._register_orphan_scripts(client)
+        self.order_ttl_ms = order_ttl_s * 1000
+        self.warm_connections = warm_connections
+        self._owns_conn = owns_conn
+        self._committing: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def client(self) -> Any:
+        """The deployment's client for plain single-slot commands (``conn.client``)."""
+        return self.conn.client
 
     async def warm_up(self) -> int:
-        """Open the configured number of pooled connections now (best effort); how many."""
-        return await warm_up(self.client, self.warm_connections) if self.warm_connections else 0
+        """Start an owned conn and open its configured pooled connections (best effort); how
+        many opened. A conn the caller gave is the caller's to start."""
+        if not self._owns_conn:
+            return 0
+        try:
+            with _mapped("start"):
+                await self.conn.start()
+        except StoreUnavailable as exc:
+            log.warning("redis store could not start its connection: %s", exc)
+            return 0
+        return await self.conn.warm_up(self.warm_connections) if self.warm_connections else 0
 
     async def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless Redis answers."""
+        """Raise :class:`StoreUnavailable` unless every Redis node written to answers."""
         with _mapped("ping"):
-            await self.client.ping()
+            await self.conn.ping()
 
     async def purge(self, *, now: float, limit: int) -> int:
         """Nothing to do: every record carries its own TTL and expires by itself."""
         return 0
 
     async def close(self) -> None:
-        """Close the connection pool (when this store opened it)."""
-        if self._owns_client:
+        """Close the conn (when this store owns it)."""
+        if self._owns_conn:
             with _mapped("close"):
-                await self.client.aclose()
+                await self.conn.close()
 
-    # the create path beside begin_create/commit_create (gateway.store.redis_create)
-    async def release(self, scope: str, key: str, token: str) -> None:
-        """Drop the claim if ``token`` still holds it."""
-        with _mapped("release"):
-            await self._release(keys=[self.keys.idempotency(scope, key)], args=[token])
-
-    async def replace_order(
-        self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
-    ) -> bool:
-        """Take the reservation over from ``expected``."""
-        with _mapped("replace_order"):
-            swapped = await self._order_cas(
-                keys=[self.keys.order(scope, order_ref)],
-                args=[expected, ORDER_CLAIM_PREFIX + token, lease_ms],
-            )
-        return bool(swapped)
-
-    async def release_order(self, scope: str, order_ref: str, token: str) -> None:
-        """Drop the reservation held by ``token``."""
-        with _mapped("release_order"):
-            await self._order_cas(
-                keys=[self.keys.order(scope, order_ref)], args=[ORDER_CLAIM_PREFIX + token]
-            )
-
-    # sessions
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        """The session, or None when unknown or expired."""
-        with _mapped("get_session"):
-            payload = await self.client.get(self.keys.session(session_id))
-        return None if payload is None else stored_session(payload, repr(session_id))
+        """The session, or None when unknown or expired (an idempotent read)."""
+        return await read_session(self.conn, self.keys, session_id)

@@ -1,21 +1,33 @@
-"""The create path of :class:`gateway.store.redis.RedisStore` in two round trips.
+"""The create path of :class:`gateway.store.redis.RedisStore`, every script in one Redis Cluster
+slot.
 
-``begin_create`` claims the Idempotency-Key and reserves the order reference in one script;
-``commit_create`` writes the session (with its expiry and orderReference index entries,
-notifications and orphan jobs), points the order reservation at it and completes the key in one
-script. Between them is only the provider call, so a create costs two Redis round trips however
-many records it touches.
+``begin_create`` claims the Idempotency-Key (one script on the key's bucket) and, only when it
+claimed the key and the order guard is on, reserves the order reference (one script on the
+order's slot). ``commit_create`` writes the session with its expiry entry, notifications and
+orphan jobs and completes the key (A: one script on the session's bucket, which is the key's),
+then binds the order reservation to the session and indexes it by orderReference (B: one script
+on the order's slot). So a create costs two round trips without the order guard and four with
+it (the reservation's and B's: B always runs, for the index).
+
+A and B are not one transaction, so the reservation is written to survive a crash between them:
+it names its session from the start (``claim:<token>|<session id>|<lease end>``, on the Redis
+clock) and lives as long as a bound reservation. While the lease runs a create finding it is told
+``claim:<token>`` (in flight, 409); once the lease is over it is told the session id, which it
+reads: a session still payable keeps the order (409), a session never written (or finished) lets
+it take the reservation over. Here, in the store, a lapsed reservation whose session was never
+written is taken over at once (the create sees no holder), exactly as
+:meth:`gateway.sessions.SessionService` would after reading it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-
 from gateway.domain.session import SessionRecord
+from gateway.idempotency import session_id_for
 from gateway.store.base import (
     ORDER_CLAIM_PREFIX,
     Begun,
@@ -26,25 +38,39 @@ from gateway.store.base import (
     OrphanJob,
     OutboxItem,
     StoredResponse,
+    StoreUnavailable,
 )
-from gateway.store.keys import RedisKeys
-from gateway.store.redis_find import created_score
-from gateway.store.redis_lifecycle import _ENQUEUE, RedisLifecycle
+from gateway.store.keys import RedisKeys, bucket
+from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg
+from gateway.store.redis_find import created_score, read_session
+from gateway.store.redis_lifecycle import ENQUEUE, RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
 
 __all__ = ["RedisCreate"]
 
+#: tokens whose commit this process started and has not seen bind its order (at most this
+#: many are remembered): releasing their reservation lapses it instead of deleting it
+_COMMITTING_MAX = 100_000
 
-# KEYS idempotency record, order reservation; ARGV 1 fingerprint, 2 token, 3 lease_ms,
-# 4 reservation value ('' when the order guard is off), 5 pin JSON ('' for none), 6 pin ttl_ms.
-# A pinned record lives for the pin's ttl and holds its lease in 'until' (Redis clock, ms): a
-# lapsed lease or a given-up claim ('tok' gone) is claimed again with the stored pin.
-# Replies like the claim script; claimed: {'claimed', order holder or '', pin, sent, resumed}.
-_BEGIN = """
+# The reservation's parts: 'claim:<token>|<session id>|<lease end ms>' (Redis clock).
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function parse(v)
+  return string.match(v, '^claim:([^|]*)|([^|]*)|(%d+)$')
+end
+"""
+
+# KEYS idempotency record; ARGV 1 fingerprint, 2 token, 3 lease_ms, 4 pin JSON ('' for none),
+# 5 pin ttl_ms. A pinned record lives for the pin's ttl and holds its lease in 'until' (Redis
+# clock, ms): a lapsed lease or a given-up claim ('tok' gone) is claimed again with the stored
+# pin. Replies {'mismatch'}, {'replay', status, body, location}, {'in_flight', ms left} or
+# {'claimed', pin, sent, resumed}.
+_CLAIM = LuaScript("""
 local rec = redis.call('HMGET', KEYS[1], 'fp', 'tok', 'st', 'body', 'loc', 'until', 'pin', 'sent')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local pin, resumed = ARGV[5], '0'
+local pin, resumed = ARGV[4], '0'
 if rec[1] then
   if rec[1] ~= ARGV[1] then return {'mismatch'} end
   if rec[3] then return {'replay', rec[3], rec[4], rec[5]} end
@@ -59,26 +85,92 @@ redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'tok', ARGV[2])
 if pin ~= '' then
   redis.call('HSET', KEYS[1], 'pin', pin, 'until', now + tonumber(ARGV[3]))
   local lease = tonumber(ARGV[3])
-  if not rec[1] then redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[6]), lease)) end
+  if not rec[1] then redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[5]), lease)) end
   if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
-local holder = ''
-if ARGV[4] ~= '' then
-  local current = redis.call('GET', KEYS[2])
-  if current then
-    holder = current
-  else
-    redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-  end
+return {'claimed', pin, rec[8] or '', resumed}
+""")
+
+# KEYS reservation, next-session key of this token (same slot); ARGV 1 token, 2 session id,
+# 3 lease_ms, 4 ttl_ms. Free (or lapsed without a session id): reserved for the token, naming
+# the session -> {'reserved'}. Held while the lease runs -> {'held', 'claim:<token>'}; else the
+# next-session key is set (replace_order reads it) -> {'held', a bound session id} or, once the
+# lease is over, {'lapsed', session id, the value as read}.
+_RESERVE = LuaScript(
+    _NOW
+    + """
+local current = redis.call('GET', KEYS[1])
+local tok, sid, untl
+if current then tok, sid, untl = parse(current) end
+if not current or (tok and sid == '' and tonumber(untl) <= now) then
+  local value = 'claim:' .. ARGV[1] .. '|' .. ARGV[2] .. '|' .. (now + tonumber(ARGV[3]))
+  redis.call('SET', KEYS[1], value, 'PX', math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
+  return {'reserved'}
 end
-return {'claimed', holder, pin, rec[8] or '', resumed}
+if tok and tonumber(untl) > now then return {'held', 'claim:' .. tok} end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if not tok then return {'held', current} end
+return {'lapsed', sid, current}
 """
+)
+
+# Compare-and-set. KEYS reservation, next-session key of the token; ARGV 1 expected (a session
+# id: the bound value, or the session of a lapsed claim; or the exact value read), 2 token,
+# 3 lease_ms, 4 ttl_ms. The new claim names the session the next-session key holds (none: it is
+# kept for the lease only).
+_REPLACE = LuaScript(
+    _NOW
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if current ~= ARGV[1] then
+  local tok, sid, untl = parse(current)
+  if not tok or sid ~= ARGV[1] or tonumber(untl) > now then return 0 end
+end
+local sid = redis.call('GET', KEYS[2]) or ''
+local lease = tonumber(ARGV[3])
+local ttl = lease
+if sid ~= '' then ttl = math.max(tonumber(ARGV[4]), lease) end
+redis.call('SET', KEYS[1], 'claim:' .. ARGV[2] .. '|' .. sid .. '|' .. (now + lease), 'PX', ttl)
+redis.call('DEL', KEYS[2])
+return 1
+"""
+)
+
+# KEYS reservation; ARGV 1 token, 2 'lapse' | 'drop'. Only the token's claim is touched: dropped,
+# or (after a commit that may have written the session) lapsed, keeping the session it names
+# and its lifetime, so the session keeps the order until a create has read it.
+_RELEASE_ORDER = LuaScript(
+    _NOW
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if current == 'claim:' .. ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+local tok, sid = parse(current)
+if tok ~= ARGV[1] then return 0 end
+if ARGV[2] == 'drop' or sid == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], 'claim:|' .. sid .. '|0', 'KEEPTTL')
+end
+return 1
+"""
+)
+
+# KEYS idempotency record; ARGV token. Drop the claim if the token still holds it.
+_RELEASE = LuaScript("""
+if redis.call('HGET', KEYS[1], 'tok') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+""")
 
 # KEYS idempotency record; ARGV token, providers sent (comma-separated). Drops the lease and
 # keeps the pin, adding the providers; a record without a pin is deleted (a plain release).
-_ABANDON = """
+_ABANDON = LuaScript("""
 if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then return 0 end
 if not redis.call('HGET', KEYS[1], 'pin') then
   redis.call('DEL', KEYS[1])
@@ -93,58 +185,87 @@ for p in string.gmatch(ARGV[2], '[^,]+') do
 end
 redis.call('HSET', KEYS[1], 'sent', sent)
 return 1
+""")
+
+# Completes the key at KEYS[k] from ARGV[a..a+4]: token, status, body, ttl_ms, location ('').
+_COMPLETE_FN = """
+local function complete(k, a)
+  if redis.call('HGET', KEYS[k], 'tok') ~= ARGV[a] then return 0 end
+  redis.call('HDEL', KEYS[k], 'tok', 'until')
+  redis.call('HSET', KEYS[k], 'st', ARGV[a + 1], 'body', ARGV[a + 2])
+  if ARGV[a + 4] ~= '' then redis.call('HSET', KEYS[k], 'loc', ARGV[a + 4]) end
+  redis.call('PEXPIRE', KEYS[k], ARGV[a + 3])
+  return 1
+end
 """
 
-# KEYS session, expiry index, outbox due, outbox items, idempotency record, order reservation,
-# orphan due, orphan items, the merchant's sessions of the orderReference
-# ARGV 1 payload, 2 ttl_ms, 3 expiry_at ('' for none), 4 session id, 5 token, 6 status, 7 body,
-# 8 idempotency ttl_ms, 9 location (''), 10 reservation value ('' when none), 11 order ttl_ms,
-# 12 createdAt (epoch µs), 13 number of orphan jobs n, then n id/json pairs, then the due time
-# (of the jobs and the notifications), then the notifications' id/json pairs
-_COMMIT = (
-    _ENQUEUE
+# KEYS idempotency record; ARGV token, status, body, ttl_ms, location
+_COMPLETE = LuaScript(_COMPLETE_FN + "return complete(1, 1)\n")
+
+# A: KEYS session, expiry, outbox due, outbox items, orphan due, orphan items, idempotency record
+# (all of the session's bucket; the session key again when the key lies elsewhere);
+# ARGV 1 payload, 2 ttl_ms, 3 expiry_at ('' for none), 4 session id, 5 complete here ('1'|'0'),
+# 6..10 completion (token, status, body, ttl_ms, location), 11 number of orphan jobs n, then
+# n id/json pairs, then the due time (of the jobs and the notifications), then the
+# notifications' id/json pairs
+_COMMIT_SESSION = LuaScript(
+    ENQUEUE
+    + _COMPLETE_FN
     + """
 -- a session an earlier attempt of the key stored is never overwritten (it may have moved on)
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
   if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
-  redis.call('ZADD', KEYS[9], ARGV[12], ARGV[4])
-  if redis.call('PTTL', KEYS[9]) < tonumber(ARGV[2]) then
-    redis.call('PEXPIRE', KEYS[9], ARGV[2])
-  end
-  local jobs = tonumber(ARGV[13])
-  local due = 14 + 2 * jobs
-  for i = 14, due - 1, 2 do
-    redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1])
-    redis.call('ZADD', KEYS[7], ARGV[due], ARGV[i])
+  local jobs = tonumber(ARGV[11])
+  local due = 12 + 2 * jobs
+  for i = 12, due - 1, 2 do
+    redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[5], ARGV[due], ARGV[i])
   end
   enqueue(3, due)
 end
-if ARGV[10] ~= '' and redis.call('GET', KEYS[6]) == ARGV[10] then
-  redis.call('SET', KEYS[6], ARGV[4], 'PX', ARGV[11])
+if ARGV[5] ~= '1' then return 0 end
+return complete(7, 6)
+"""
+)
+
+# B: KEYS reservation, the merchant's sessions of the orderReference (same slot; either may be
+# given twice when only one is to be written); ARGV 1 bind ('1'|'0'), 2 token, 3 session id,
+# 4 order ttl_ms, 5 index ('1'|'0'), 6 createdAt (epoch µs), 7 session ttl_ms. Binds the
+# reservation to the session if the token's claim still holds it (or a claim naming this very
+# session: the same key's earlier attempt); indexes the session.
+_COMMIT_ORDER = LuaScript(
+    """
+local function parse(v)
+  return string.match(v, '^claim:([^|]*)|([^|]*)|(%d+)$')
 end
-if redis.call('HGET', KEYS[5], 'tok') ~= ARGV[5] then return 0 end
-redis.call('HDEL', KEYS[5], 'tok', 'until')
-redis.call('HSET', KEYS[5], 'st', ARGV[6], 'body', ARGV[7])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[5], 'loc', ARGV[9]) end
-redis.call('PEXPIRE', KEYS[5], ARGV[8])
+if ARGV[1] == '1' then
+  local current = redis.call('GET', KEYS[1])
+  if current then
+    local tok, sid = parse(current)
+    if current == 'claim:' .. ARGV[2] or (tok and (tok == ARGV[2] or sid == ARGV[3])) then
+      redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+    end
+  end
+end
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[3])
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[7]) then
+    redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  end
+end
 return 1
 """
 )
 
 
 class RedisCreate:
-    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``client``)."""
+    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys``, ``conn`` and
+    ``order_ttl_ms``)."""
 
     keys: RedisKeys
-    client: aioredis.Redis
-    _begin_create: AsyncScript
-    _commit_create: AsyncScript
-    _abandon_create: AsyncScript
-
-    def _register_create_scripts(self, client: aioredis.Redis) -> None:
-        self._begin_create = client.register_script(_BEGIN)
-        self._commit_create = client.register_script(_COMMIT)
-        self._abandon_create = client.register_script(_ABANDON)
+    conn: RedisConn
+    order_ttl_ms: int
+    _committing: OrderedDict[str, None]
 
     async def begin_create(
         self,
@@ -158,19 +279,29 @@ class RedisCreate:
         pin: CreatePin | None = None,
         pin_ttl_ms: int = 0,
     ) -> Begun:
-        """Claim the key (resuming a pinned one) and reserve the order in one round trip."""
-        idem = self.keys.idempotency(scope, key)
-        order = self.keys.order(scope, order_ref) if order_ref is not None else idem
-        value = ORDER_CLAIM_PREFIX + token if order_ref is not None else ""
+        """Claim the key (resuming a pinned one), then, when claimed, reserve the order: one
+        round trip each, both answered once a replica has them."""
         proposed = pin.to_json() if pin is not None else b""
         with _mapped("begin_create"):
-            reply = await self._begin_create(
-                keys=[idem, order],
-                args=[fingerprint, token, lease_ms, value, proposed, pin_ttl_ms],
+            reply = await self.conn.script(
+                _CLAIM,
+                [self.keys.idempotency(scope, key)],
+                [fingerprint, token, lease_ms, proposed, pin_ttl_ms],
+                confirm=True,
             )
         kind = _text(reply[0])
         if kind == "claimed":
-            return _claimed(reply, token)
+            holder = None
+            if order_ref is not None:
+                try:
+                    holder = await self._reserve(scope, key, order_ref, token, lease_ms)
+                except StoreUnavailable:
+                    await self._undo_quietly(scope, key, order_ref, token)
+                    raise
+            stored = bytes(reply[1])
+            begun_pin = CreatePin.from_json(stored, _text(reply[2])) if stored else None
+            claim = Claim(ClaimKind.CLAIMED, token=token)
+            return Begun(claim, holder, begun_pin, _text(reply[3]) == "1")
         if kind == "replay":
             location = _text(reply[3]) if len(reply) > 3 and reply[3] is not None else None
             return Begun(
@@ -183,14 +314,84 @@ class RedisCreate:
             return Begun(Claim(ClaimKind.IN_FLIGHT, retry_after_ms=max(1, int(reply[1]))))
         return Begun(Claim(ClaimKind.MISMATCH))
 
+    async def _reserve(
+        self, scope: str, key: str, order_ref: str, token: str, lease_ms: int
+    ) -> str | None:
+        """Reserve the order for ``token``; its holder otherwise. A lapsed claim whose session
+        was never written is taken over here (one read and one compare-and-set more)."""
+        keys = [self.keys.order(scope, order_ref), self.keys.order_next(scope, order_ref, token)]
+        args: list[ScriptArg] = [token, session_id_for(scope, key), lease_ms, self.order_ttl_ms]
+        for _ in range(2):
+            with _mapped("begin_create"):
+                reply = await self.conn.script(_RESERVE, keys, args, confirm=True)
+            kind = _text(reply[0])
+            if kind == "reserved":
+                return None
+            if kind == "held":
+                return _text(reply[1])
+            holder = _text(reply[1])
+            if await read_session(self.conn, self.keys, holder) is not None:
+                return holder  # the caller decides whether that session keeps the order
+            with _mapped("begin_create"):
+                taken = await self.conn.script(
+                    _REPLACE,
+                    keys,
+                    [_text(reply[2]), token, lease_ms, self.order_ttl_ms],
+                    confirm=True,
+                )
+            if taken:
+                return None
+        return ORDER_CLAIM_PREFIX  # changed hands twice meanwhile: someone is creating it
+
+    async def _undo_quietly(self, scope: str, key: str, order_ref: str, token: str) -> None:
+        """Give the order (if the reservation was made) and the key (keeping its pin) up again
+        after the reservation failed, so a retry need not wait out the lease. Best effort: what
+        is not undone frees when its lease ends."""
+        with contextlib.suppress(StoreUnavailable), _mapped("begin_create"):
+            await self.conn.script(
+                _RELEASE_ORDER, [self.keys.order(scope, order_ref)], [token, "drop"]
+            )
+            await self.conn.script(_ABANDON, [self.keys.idempotency(scope, key)], [token, ""])
+
     async def abandon_create(
         self, scope: str, key: str, token: str, *, sent: Sequence[str]
     ) -> None:
-        """Drop the lease, keep the pin (one round trip)."""
+        """Drop the lease, keep the pin (one round trip, answered once a replica has it)."""
         with _mapped("abandon_create"):
-            await self._abandon_create(
-                keys=[self.keys.idempotency(scope, key)], args=[token, ",".join(sent)]
+            await self.conn.script(
+                _ABANDON,
+                [self.keys.idempotency(scope, key)],
+                [token, ",".join(sent)],
+                confirm=True,
             )
+
+    async def release(self, scope: str, key: str, token: str) -> None:
+        """Drop the claim if ``token`` still holds it."""
+        with _mapped("release"):
+            await self.conn.script(_RELEASE, [self.keys.idempotency(scope, key)], [token])
+
+    async def replace_order(
+        self, scope: str, order_ref: str, expected: str, token: str, *, lease_ms: int
+    ) -> bool:
+        """Take the reservation over from ``expected``: a bound session id, or the session a
+        lapsed claim names (answered once a replica has it)."""
+        keys = [self.keys.order(scope, order_ref), self.keys.order_next(scope, order_ref, token)]
+        with _mapped("replace_order"):
+            swapped = await self.conn.script(
+                _REPLACE, keys, [expected, token, lease_ms, self.order_ttl_ms], confirm=True
+            )
+        return bool(swapped)
+
+    async def release_order(self, scope: str, order_ref: str, token: str) -> None:
+        """Drop the reservation held by ``token``; after a commit of the token that may have
+        written its session (it raised before binding the order), lapse it instead, so the
+        session keeps the order until a create has read it."""
+        mode = "lapse" if token in self._committing else "drop"
+        with _mapped("release_order"):
+            await self.conn.script(
+                _RELEASE_ORDER, [self.keys.order(scope, order_ref)], [token, mode]
+            )
+        self._committing.pop(token, None)
 
     async def commit_create(
         self,
@@ -202,49 +403,70 @@ class RedisCreate:
         outbox: Sequence[OutboxItem] = (),
         orphans: Sequence[OrphanJob] = (),
     ) -> bool:
-        """Write the session, enqueue its orphan jobs, bind the order and complete the key in
-        one round trip."""
+        """Write the session, enqueue its notifications and orphan jobs and complete the key
+        (A, one script in the session's bucket), then bind the order and index the session (B,
+        one script in the order's slot); each answered once a replica has it."""
         c = completion
-        order_key = (
-            self.keys.order(c.scope, c.order_ref)
-            if c.order_ref is not None
-            else self.keys.idempotency(c.scope, c.key)
-        )
-        keys = [
-            self.keys.session(record.sessionId),
-            self.keys.expiry_index(),
-            self.keys.outbox_due(),
-            self.keys.outbox_items(),
-            self.keys.idempotency(c.scope, c.key),
-            order_key,
-            self.keys.orphans_due(),
-            self.keys.orphans_items(),
-            self.keys.order_sessions(record.merchantId, record.orderReference),
-        ]
-        args: list[str | int | bytes] = [
-            record.model_dump_json().encode(),
-            _ms(ttl_s),
-            repr(expires_at) if expires_at is not None else "",
-            record.sessionId,
+        n = bucket(record.sessionId)
+        idem = self.keys.idempotency(c.scope, c.key)
+        session = self.keys.session(record.sessionId)
+        here = bucket(session_id_for(c.scope, c.key)) == n
+        finish: list[ScriptArg] = [
             c.token,
             c.response.status,
             c.response.body,
             _ms(c.ttl_s),
             c.response.location or "",
-            ORDER_CLAIM_PREFIX + c.token if c.order_ref is not None else "",
-            _ms(max(1, c.order_ttl_s)),
-            created_score(record.createdAt),
+        ]
+        keys = [
+            session,
+            self.keys.expiry_index(n),
+            self.keys.outbox_due(n),
+            self.keys.outbox_items(n),
+            self.keys.orphans_due(n),
+            self.keys.orphans_items(n),
+            idem if here else session,
+        ]
+        args: list[ScriptArg] = [
+            record.model_dump_json().encode(),
+            _ms(ttl_s),
+            repr(expires_at) if expires_at is not None else "",
+            record.sessionId,
+            "1" if here else "0",
+            *finish,
             len(orphans),
             *[part for job in orphans for part in (job.id, job.to_json())],
             *RedisLifecycle._enqueue_args(outbox),
         ]
+        if c.order_ref is not None:
+            self._committing[c.token] = None
+            while len(self._committing) > _COMMITTING_MAX:
+                self._committing.popitem(last=False)
         with _mapped("commit_create"):
-            done = await self._commit_create(keys=keys, args=args)
+            done = await self.conn.script(_COMMIT_SESSION, keys, args, confirm=True)
+            if not here:  # a key whose session id is not the one it derives (tests, tools)
+                done = await self.conn.script(_COMPLETE, [idem], finish, confirm=True)
+            await self._commit_order(record, c, ttl_s)
+        self._committing.pop(c.token, None)
         return bool(done)
 
+    async def _commit_order(self, record: SessionRecord, c: Completion, ttl_s: int) -> None:
+        """B: bind the reservation held by ``c.token`` to the session and index the session by
+        its merchant and orderReference (one script; two when they lie in different slots)."""
+        index = self.keys.order_sessions(record.merchantId, record.orderReference)
+        indexing: list[ScriptArg] = ["1", created_score(record.createdAt), _ms(ttl_s)]
+        if c.order_ref is None:
+            await self._order_script([index, index], ["0", "", record.sessionId, 0], indexing)
+            return
+        order = self.keys.order(c.scope, c.order_ref)
+        binding: list[ScriptArg] = ["1", c.token, record.sessionId, _ms(max(1, c.order_ttl_s))]
+        if (c.scope, c.order_ref) == (record.merchantId, record.orderReference):
+            await self._order_script([order, index], binding, indexing)
+            return
+        await self._order_script([order, order], binding, ["0", 0, 0])
+        await self._order_script([index, index], ["0", "", record.sessionId, 0], indexing)
 
-def _claimed(reply: list[Any], token: str) -> Begun:
-    holder = _text(reply[1]) or None
-    stored = bytes(reply[2])
-    pin = CreatePin.from_json(stored, _text(reply[3])) if stored else None
-    return Begun(Claim(ClaimKind.CLAIMED, token=token), holder, pin, _text(reply[4]) == "1")
+    async def _order_script(
+        self, keys: list[str], binding: list[ScriptArg], indexing: list[ScriptArg]
+    ) -> Any:
+        return await self.conn.script(_COMMIT_ORDER, keys, [*binding, *indexing], confirm=True)

@@ -7,8 +7,12 @@ equal scores by member, byte by byte, which for UTF-8 is the order of Python's `
 reverse that is the contract's order: ``createdAt``, then ``sessionId``, both descending.
 
 A page costs two round trips: the index (the ties of the cursor's instant and the ids after it,
-in one MULTI), then the sessions (MGET). Ids whose session has expired are skipped, removed from
-the index, and the page is filled from further on.
+two reads of the one index key in one pipeline), then the sessions (a pipeline of ``GET``: the
+sessions lie in several slots, so no ``MGET``; a cluster client sends each node its share).
+Both are idempotent reads (:meth:`~gateway.store.redis_conn.RedisConn.read`). Ids whose session
+has expired are skipped, removed from the index, and the page is filled from further on. The
+commit writes a session before its index entry, so an entry always names a session that was
+written.
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from gateway.domain.session import SessionRecord
 from gateway.store.base import SessionCursor, stored_session
 from gateway.store.keys import RedisKeys
+from gateway.store.redis_conn import RedisConn
 from gateway.store.redis_support import _mapped, _text
 
-__all__ = ["RedisFind", "created_score"]
+__all__ = ["RedisFind", "created_score", "read_session"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -34,11 +37,23 @@ def created_score(created_at: datetime) -> int:
     return (created_at - _EPOCH) // _MICROSECOND
 
 
+async def read_session(conn: RedisConn, keys: RedisKeys, session_id: str) -> SessionRecord | None:
+    """The stored session (an idempotent read), or None when unknown or expired."""
+    key = keys.session(session_id)
+
+    async def read() -> Any:
+        return await conn.client.get(key)
+
+    with _mapped("get_session"):
+        payload = await conn.read(read)
+    return None if payload is None else stored_session(payload, repr(session_id))
+
+
 class RedisFind:
-    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``client``)."""
+    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``conn``)."""
 
     keys: RedisKeys
-    client: aioredis.Redis
+    conn: RedisConn
 
     async def find_sessions(
         self,
@@ -58,34 +73,56 @@ class RedisFind:
             if not ids:
                 break
             with _mapped("find_sessions"):
-                payloads = await self.client.mget([self.keys.session(i) for _, i in ids])
+                payloads = await self._sessions([i for _, i in ids])
             gone = [i for (_, i), payload in zip(ids, payloads, strict=True) if payload is None]
             found += [stored_session(p, "of an order") for p in payloads if p is not None]
             if gone:
                 with _mapped("find_sessions"):
-                    await self.client.zrem(index, *gone)
+                    await self.conn.client.zrem(index, *gone)
             if len(ids) < wanted:
                 break
             after = ids[-1]
         return found
 
+    async def _sessions(self, session_ids: list[str]) -> list[Any]:
+        """The stored payloads of ``session_ids`` (None where gone), in order."""
+
+        async def read() -> list[Any]:
+            async with self.conn.client.pipeline(transaction=False) as pipe:
+                for session_id in session_ids:
+                    pipe.get(self.keys.session(session_id))
+                result: list[Any] = await pipe.execute()
+                return result
+
+        return await self.conn.read(read)
+
     async def _index_page(
         self, index: str, after: tuple[int, str] | None, wanted: int
     ) -> list[tuple[int, str]]:
         """Up to ``wanted`` (score, id) entries of ``index`` after ``after``, newest first."""
+        client = self.conn.client
         with _mapped("find_sessions"):
             if after is None:
-                rows = await self.client.zrevrangebyscore(
-                    index, "+inf", "-inf", start=0, num=wanted, withscores=True
-                )
+
+                async def first() -> Any:
+                    return await client.zrevrangebyscore(
+                        index, "+inf", "-inf", start=0, num=wanted, withscores=True
+                    )
+
+                rows = await self.conn.read(first)
                 return [(int(score), _text(member)) for member, score in _pairs(rows)]
             score, session_id = after
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.zrevrangebyscore(index, score, score)
-                pipe.zrevrangebyscore(
-                    index, f"({score}", "-inf", start=0, num=wanted, withscores=True
-                )
-                ties, older = await pipe.execute()
+
+            async def further() -> list[Any]:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.zrevrangebyscore(index, score, score)
+                    pipe.zrevrangebyscore(
+                        index, f"({score}", "-inf", start=0, num=wanted, withscores=True
+                    )
+                    result: list[Any] = await pipe.execute()
+                    return result
+
+            ties, older = await self.conn.read(further)
         cut = session_id.encode()
         page = [(score, _text(member)) for member in ties if bytes(member) < cut][:wanted]
         page += [(int(s), _text(member)) for member, s in _pairs(older)]

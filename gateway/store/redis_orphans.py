@@ -1,26 +1,30 @@
 """The orphan queue of :class:`gateway.store.redis.RedisStore`: orphan provider sessions to
 expire, leased to one process at a time and retried by any (:mod:`gateway.orphans`).
 
-Its three keys share a hash tag, so each script below touches one Redis Cluster slot. Jobs are
-enqueued by the create's commit script (:mod:`gateway.store.redis_create`), with their session.
+It has one set of keys per bucket (a job lives in its session's bucket: the create's commit
+script enqueues it with the session, :mod:`gateway.store.redis_create`); each script below
+touches one bucket, so one Redis Cluster slot. A lease token names its bucket.
 """
 
 from __future__ import annotations
 
-import uuid
-
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-
 from gateway.store.base import OrphanJob, StoreUnavailable
-from gateway.store.keys import RedisKeys
-from gateway.store.redis_support import LEASED_QUEUE_CLAIM, _leased, _mapped
+from gateway.store.keys import QUEUE_BUCKETS, RedisKeys
+from gateway.store.redis_conn import LuaScript, RedisConn
+from gateway.store.redis_support import (
+    LEASED_QUEUE_CLAIM,
+    _leased,
+    _mapped,
+    claim_in_due_order,
+    lease_bucket,
+    lease_prefix,
+)
 
 __all__ = ["RedisOrphans"]
 
 
-# KEYS due, items, leases; ARGV id, token, action ('done' | 'retry'), json, due
-_FINISH = """
+# KEYS due, items, leases (one bucket); ARGV id, token, action ('done' | 'retry'), json, due
+_FINISH = LuaScript("""
 if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 if ARGV[3] == 'retry' then
@@ -31,43 +35,54 @@ else
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 return 1
-"""
+""")
 
 
 class RedisOrphans:
-    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``client``)."""
+    """Mixed into :class:`~gateway.store.redis.RedisStore` (which sets ``keys`` and ``conn``)."""
 
     keys: RedisKeys
-    client: aioredis.Redis
-    _orphan_claim: AsyncScript
-    _orphan_finish: AsyncScript
+    conn: RedisConn
 
-    def _register_orphan_scripts(self, client: aioredis.Redis) -> None:
-        self._orphan_claim = client.register_script(LEASED_QUEUE_CLAIM)
-        self._orphan_finish = client.register_script(_FINISH)
-
-    def _orphan_keys(self) -> list[str]:
-        return [self.keys.orphans_due(), self.keys.orphans_items(), self.keys.orphans_leases()]
+    def _orphan_keys(self, n: int) -> list[str]:
+        k = self.keys
+        return [k.orphans_due(n), k.orphans_items(n), k.orphans_leases(n)]
 
     async def orphan_claim(self, *, now: float, lease_s: float, limit: int) -> list[OrphanJob]:
-        """Due jobs, each leased for ``lease_s`` with a fresh token (one script, one slot)."""
-        prefix = uuid.uuid4().hex + ":"
-        with _mapped("orphan_claim"):
-            reply = await self._orphan_claim(
-                keys=self._orphan_keys(), args=[repr(now), repr(now + lease_s), limit, prefix]
+        """Due jobs, earliest first across the buckets, each leased for ``lease_s`` with a
+        fresh token naming its bucket (a peek at every bucket, then a script per bucket holding
+        some)."""
+
+        async def claim(n: int, count: int) -> list[OrphanJob]:
+            reply = await self.conn.script(
+                LEASED_QUEUE_CLAIM,
+                self._orphan_keys(n),
+                [repr(now), repr(now + lease_s), count, lease_prefix(n)],
             )
-        try:
-            return [OrphanJob.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreUnavailable(f"an orphan job is unreadable: {exc}") from exc
+            try:
+                return [OrphanJob.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreUnavailable(f"an orphan job is unreadable: {exc}") from exc
+
+        with _mapped("orphan_claim"):
+            return await claim_in_due_order(
+                self.conn,
+                [self.keys.orphans_due(n) for n in range(QUEUE_BUCKETS)],
+                now=now,
+                limit=limit,
+                claim=claim,
+                ident=lambda job: job.id,
+            )
 
     async def _orphan_finish_as(self, job: OrphanJob, action: str, due: float) -> bool:
-        if job.lease is None:
+        n = lease_bucket(job.lease) if job.lease is not None else None
+        if job.lease is None or n is None:
             return False
         with _mapped(f"orphan_{action}"):
-            done = await self._orphan_finish(
-                keys=self._orphan_keys(),
-                args=[job.id, job.lease, action, job.to_json(), repr(due)],
+            done = await self.conn.script(
+                _FINISH,
+                self._orphan_keys(n),
+                [job.id, job.lease, action, job.to_json(), repr(due)],
             )
         return bool(done)
 

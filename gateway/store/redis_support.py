@@ -1,23 +1,39 @@
-"""Helpers shared by the Redis store modules: the one error mapping and reply conversions."""
+"""Helpers shared by the Redis store modules: the one error mapping, reply conversions and the
+leased-queue claim over the queue buckets (:data:`gateway.store.keys.QUEUE_BUCKETS`), in due
+order across them."""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from gateway.store.base import StoreUnavailable
+from gateway.store.keys import QUEUE_BUCKETS
+from gateway.store.redis_conn import LuaScript, RedisConn
 
-__all__ = ["LEASED_QUEUE_CLAIM", "_leased", "_mapped", "_ms", "_text"]
+__all__ = [
+    "LEASED_QUEUE_CLAIM",
+    "_leased",
+    "_mapped",
+    "_ms",
+    "_text",
+    "claim_in_due_order",
+    "lease_bucket",
+    "lease_prefix",
+]
 
-#: Claims up to ARGV[3] due items of a leased queue (the outbox, the orphan queue): each is
-#: pushed back to ARGV[2] (its lease) and given a token. KEYS due (sorted set), items (hash),
-#: leases (hash); ARGV now, lease_until, limit, token prefix. Returns id, json, token triples;
-#: an id without an item is dropped.
-LEASED_QUEUE_CLAIM = """
+#: Claims up to ARGV[3] due items of one bucket of a leased queue (the outbox, the orphan
+#: queue): each is pushed back to ARGV[2] (its lease) and given a token. KEYS due (sorted set),
+#: items (hash), leases (hash), all of one bucket; ARGV now, lease_until, limit, token prefix
+#: (:func:`lease_prefix`: it names the bucket). Returns id, json, token triples; an id without
+#: an item is dropped.
+LEASED_QUEUE_CLAIM = LuaScript("""
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local out = {}
 for i, id in ipairs(ids) do
@@ -34,7 +50,7 @@ for i, id in ipairs(ids) do
   end
 end
 return out
-"""
+""")
 
 
 @contextmanager
@@ -58,3 +74,58 @@ def _text(value: Any) -> str:
 def _leased(reply: Any) -> list[tuple[bytes, str]]:
     """The (json, lease token) pairs of a :data:`LEASED_QUEUE_CLAIM` reply."""
     return [(bytes(reply[i + 1]), _text(reply[i + 2])) for i in range(0, len(reply), 3)]
+
+
+T = TypeVar("T")
+
+
+def lease_prefix(n: int) -> str:
+    """A fresh lease-token prefix for claims from bucket ``n``: ``"<n>:<hex>"`` (the claim
+    script appends the item's position)."""
+    return f"{n}:{uuid.uuid4().hex}"
+
+
+def lease_bucket(token: str) -> int | None:
+    """The bucket a lease token was handed out from; None for a token no claim made."""
+    head, _, _ = token.partition(":")
+    if not head.isdigit() or int(head) >= QUEUE_BUCKETS:
+        return None
+    return int(head)
+
+
+async def claim_in_due_order(
+    conn: RedisConn,
+    due_keys: Sequence[str],
+    *,
+    now: float,
+    limit: int,
+    claim: Callable[[int, int], Awaitable[list[T]]],
+    ident: Callable[[T], str],
+) -> list[T]:
+    """Claim up to ``limit`` due members of a bucketed queue, earliest due first across the
+    buckets (ties by id), like one queue would: one pipelined peek at every bucket's earliest
+    due members (``due_keys[n]``: bucket ``n``'s sorted set; an idempotent read), then
+    ``claim(n, count)`` (a one-slot script) for each bucket holding some of the earliest
+    ``limit``, concurrently. A member claimed meanwhile by another worker is simply not
+    returned; the answer is in due order."""
+
+    async def peek() -> list[Any]:
+        async with conn.client.pipeline(transaction=False) as pipe:
+            for key in due_keys:
+                pipe.zrangebyscore(key, "-inf", repr(now), start=0, num=limit, withscores=True)
+            result: list[Any] = await pipe.execute()
+            return result
+
+    per_bucket = await conn.read(peek)
+    earliest = sorted(
+        (float(score), _text(member), n)
+        for n, rows in enumerate(per_bucket)
+        for member, score in rows
+    )[:limit]
+    counts: dict[int, int] = {}
+    for _, _, n in earliest:
+        counts[n] = counts.get(n, 0) + 1
+    rank = {member: i for i, (_, member, _) in enumerate(earliest)}
+    batches = await asyncio.gather(*(claim(n, count) for n, count in counts.items()))
+    claimed = [one for batch in batches for one in batch]
+    return sorted(claimed, key=lambda one: rank.get(ident(one), len(rank)))

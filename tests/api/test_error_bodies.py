@@ -154,9 +154,9 @@ async def test_502_when_every_provider_fails(gateway: GatewayFactory, sandbox: A
 
 
 async def test_503_when_the_store_is_down(gateway: GatewayFactory) -> None:
-    from gateway.store.redis import RedisStore
+    from tests.redis_stores import redis_store
 
-    dead = RedisStore("redis://127.0.0.1:1/0", "test:dead:")
+    dead = redis_store("redis://127.0.0.1:1/0", "test:dead:")
     client = await gateway(store=dead)
     response = await client.post("/api/v1/sessions", data=SEED_BYTES, headers=headers("k503"))
     body = await envelope(response, 503)

@@ -334,12 +334,12 @@ async def test_an_order_reference_with_reserved_characters_round_trips(
 @pytest.mark.parametrize("kind", ["redis", "postgres"])
 async def test_the_store_down_is_a_503(gateway: GatewayFactory, kind: str) -> None:
     from gateway.store.postgres import PostgresStore
-    from gateway.store.redis import RedisStore
+    from tests.redis_stores import redis_store
     from tests.store.test_redis_specific import closed_port
 
     port = closed_port()
     store: RecordStore = (
-        RedisStore(f"redis://127.0.0.1:{port}/0", "gw:")
+        redis_store(f"redis://127.0.0.1:{port}/0", "gw:")
         if kind == "redis"
         else PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/gateway")
     )

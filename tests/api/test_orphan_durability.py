@@ -20,12 +20,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.idempotency import session_id_for
-from gateway.store.keys import RedisKeys
-from gateway.store.redis import RedisStore
+from gateway.store.keys import RedisKeys, bucket
 from tests.api.conftest import headers
 from tests.api.test_failover import card_order, sandbox_state
 from tests.api.test_retry_after_timeout import held_by, until
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
+from tests.redis_stores import redis_store
 
 
 @pytest.mark.redis
@@ -67,13 +67,13 @@ async def test_an_orphan_left_by_a_killed_process_is_expired_by_the_next_one(
         ]
 
         # what the dead process left: the orphan open on the record, its job queued
-        store = RedisStore(redis_url, redis_prefix)
+        store = redis_store(redis_url, redis_prefix)
         try:
             record = await store.get_session(session_id)
             assert record is not None
             assert [(o.provider, o.status) for o in record.orphans] == [("stripe", "open")]
             keys = RedisKeys(redis_prefix)
-            assert await store.client.hkeys(keys.orphans_items()) == [
+            assert await store.client.hkeys(keys.orphans_items(bucket(session_id))) == [
                 f"{session_id}:stripe".encode()
             ]
         finally:
@@ -118,6 +118,6 @@ async def test_an_orphan_left_by_a_killed_process_is_expired_by_the_next_one(
         # the job is done: nothing left in the queue
         client = aioredis.Redis.from_url(redis_url)
         try:
-            assert await client.zcard(RedisKeys(redis_prefix).orphans_due()) == 0
+            assert await client.zcard(RedisKeys(redis_prefix).orphans_due(bucket(session_id))) == 0
         finally:
             await client.aclose()

@@ -96,11 +96,11 @@ async def test_a_request_no_provider_could_ever_take_stays_422_while_circuits_ar
 async def test_a_503_for_an_unreachable_store_names_its_cause_in_the_log(
     gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from gateway.store.redis import RedisStore
     from tests.gateway_processes import free_port
+    from tests.redis_stores import redis_store
 
     caplog.set_level(logging.INFO)
-    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "nothing:")  # nobody listens
+    store = redis_store(f"redis://127.0.0.1:{free_port()}/0", "nothing:")  # nobody listens
     try:
         client = await gateway(store=store)
         answer = await client.post(

@@ -21,10 +21,10 @@ import pytest
 from gateway.idempotency import session_id_for
 from gateway.metrics import ORPHAN_SESSIONS
 from gateway.store.base import RecordStore
-from gateway.store.redis import RedisStore
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_failover import admin, card_order, fault, sandbox_state
 from tests.lifecycle.conftest import pinned_rules
+from tests.redis_stores import redis_store
 from tests.tcp_proxy import TcpProxy
 
 PROVIDERS = ("stripe", "adyen", "paypal")
@@ -245,7 +245,7 @@ async def test_a_retry_after_a_redis_outage_mid_create_gets_the_providers_sessio
     target = urlsplit(redis_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await proxy.start()
-    store = RedisStore(f"redis://127.0.0.1:{proxy.port}{target.path}", redis_prefix)
+    store = redis_store(f"redis://127.0.0.1:{proxy.port}{target.path}", redis_prefix)
     try:
         client = await gateway(
             store=store,

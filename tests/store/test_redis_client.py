@@ -11,8 +11,8 @@ import pytest
 
 from gateway.settings import Settings
 from gateway.store.base import StoreUnavailable
-from gateway.store.redis import RedisStore
 from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
+from tests.redis_stores import redis_store
 
 
 @dataclass
@@ -58,8 +58,9 @@ async def fake_redis() -> AsyncIterator[FakeRedis]:
 
 
 async def test_a_script_that_timed_out_is_never_sent_again(fake_redis: FakeRedis) -> None:
-    conf = RedisClientSettings(socket_timeout_s=0.3, connect_retries=3)
-    store = RedisStore(f"redis://127.0.0.1:{fake_redis.port}/0", "gw:", conf=conf)
+    store = redis_store(
+        f"redis://127.0.0.1:{fake_redis.port}/0", "gw:", socket_timeout_s=0.3, connect_retries=3
+    )
     try:
         with pytest.raises(StoreUnavailable, match="begin_create"):
             await store.begin_create("m", "k", "fp", token="t", lease_ms=1000, order_ref=None)
@@ -83,9 +84,7 @@ async def test_opening_a_connection_is_retried(fake_redis: FakeRedis) -> None:
 
 async def test_connect_retries_give_up_after_the_configured_tries(fake_redis: FakeRedis) -> None:
     fake_redis.refuse_first = 10
-    store = RedisStore(
-        f"redis://127.0.0.1:{fake_redis.port}/0", "gw:", conf=RedisClientSettings(connect_retries=1)
-    )
+    store = redis_store(f"redis://127.0.0.1:{fake_redis.port}/0", "gw:", connect_retries=1)
     try:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="ping"):

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from gateway.store.base import ClaimKind, Completion, StoredResponse, StoreUnavailable
 from gateway.store.keys import RedisKeys
 from gateway.store.redis import RedisStore
+from tests.redis_stores import redis_store as open_redis_store
 from tests.store.samples import make_session
 from tests.store.test_redis_specific import closed_port
 
@@ -74,7 +75,7 @@ async def test_an_unreadable_session_is_a_store_error(
 
 
 async def test_a_dead_redis_is_a_store_error() -> None:
-    store = RedisStore(f"redis://127.0.0.1:{closed_port()}/0", "gw:")
+    store = open_redis_store(f"redis://127.0.0.1:{closed_port()}/0", "gw:")
     try:
         with pytest.raises(StoreUnavailable, match="find_sessions"):
             await store.find_sessions("merchant-1", "ORD-1", limit=2)

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 
+from gateway.idempotency import session_id_for
 from gateway.store.base import (
     ClaimKind,
     Completion,
@@ -26,8 +27,10 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.circuits_redis import RedisCircuits
+from gateway.store.keys import RedisKeys
 from gateway.store.redis import RedisStore
-from gateway.store.redis_client import RedisClientSettings
+from gateway.store.redis_client import RedisClientSettings, StandaloneConn
+from tests.redis_stores import redis_store
 
 from .samples import make_session
 from .test_lifecycle_contract import item
@@ -84,7 +87,7 @@ OPERATIONS: list[tuple[str, Operation]] = [
 async def test_unreachable_redis_is_store_unavailable_and_fast(
     name: str, operation: Operation
 ) -> None:
-    store = RedisStore(f"redis://127.0.0.1:{closed_port()}/0", "gw:")
+    store = redis_store(f"redis://127.0.0.1:{closed_port()}/0", "gw:")
     circuits = RedisCircuits(store.client, "gw:")
     try:
         started = time.monotonic()
@@ -116,7 +119,7 @@ async def silent_server() -> AsyncIterator[int]:
 
 
 async def test_hung_redis_times_out_into_store_unavailable(silent_server: int) -> None:
-    store = RedisStore(f"redis://127.0.0.1:{silent_server}/0", "gw:")  # default timeouts
+    store = redis_store(f"redis://127.0.0.1:{silent_server}/0", "gw:")  # default timeouts
     conf = RedisClientSettings()
     # every try to open a connection hangs in its handshake until the socket timeout
     bound = (conf.connect_retries + 1) * (conf.socket_timeout_s + 0.4) + 1.0
@@ -171,14 +174,15 @@ async def test_every_key_has_a_ttl_and_follows_the_layout(
     store: RedisStore = await store_factory("redis")
     await exercise_everything(store, RedisCircuits(store.client, redis_prefix))
 
+    keys = RedisKeys(redis_prefix)
     found = {key.decode() async for key in redis_client.scan_iter(match=redis_prefix + "*")}
     assert found == {
-        f"{redis_prefix}idem:m:in-flight",
-        f"{redis_prefix}idem:m:done",
-        f"{redis_prefix}order:m:O1",
-        f"{redis_prefix}order:m:O2",
-        f"{redis_prefix}session:s_1",
-        f"{redis_prefix}order_sessions:merchant-1:ORD-2024-001",
+        keys.idempotency("m", "in-flight"),
+        keys.idempotency("m", "done"),
+        keys.order("m", "O1"),
+        keys.order("m", "O2"),
+        keys.session("s_1"),
+        keys.order_sessions("merchant-1", "ORD-2024-001"),
         f"{redis_prefix}webhook:stripe:evt_1",
         f"{redis_prefix}webhook:stripe:evt_2",
         f"{redis_prefix}circuit:{{adyen}}",
@@ -190,6 +194,8 @@ async def test_every_key_has_a_ttl_and_follows_the_layout(
         ttl = await redis_client.pttl(key)
         assert ttl > 0, f"{key} has no TTL ({ttl})"
     assert await redis_client.pttl(f"{redis_prefix}circuit:{{stripe}}:probes") <= 5_000
+    # a running create's reservation lives as long as a bound one, its lease is in its value
+    assert await redis_client.pttl(keys.order("m", "O1")) > 29 * 86_400_000
 
 
 async def test_records_are_visible_across_stores_sharing_a_prefix(store_factory: Any) -> None:
@@ -211,8 +217,8 @@ async def test_records_are_visible_across_stores_sharing_a_prefix(store_factory:
 
 
 async def test_prefixes_isolate_gateways(redis_url: str, redis_prefix: str) -> None:
-    one = RedisStore(redis_url, redis_prefix + "one:")
-    two = RedisStore(redis_url, redis_prefix + "two:")
+    one = redis_store(redis_url, redis_prefix + "one:")
+    two = redis_store(redis_url, redis_prefix + "two:")
     try:
         for store in (one, two):
             begun = await store.begin_create(
@@ -224,9 +230,9 @@ async def test_prefixes_isolate_gateways(redis_url: str, redis_prefix: str) -> N
         await two.close()
 
 
-async def test_hot_path_is_one_round_trip_each(
-    store_factory: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_hot_path_round_trips(store_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guarded create costs four scripts (claim, reservation, session, order binding), a
+    replay one, a read one GET."""
     store: RedisStore = await store_factory("redis")
     await exercise_everything(store, RedisCircuits(store.client, "unused:"))  # scripts loaded
     commands: list[str] = []
@@ -238,12 +244,22 @@ async def test_hot_path_is_one_round_trip_each(
 
     monkeypatch.setattr(store.client, "execute_command", counting)
 
-    await store.begin_create("m", "hot", "fp", token="t", lease_ms=5_000, order_ref="O-hot")
-    completion = Completion("m", "hot", "t", StoredResponse(201, b"{}"), 60, "O-hot", 60)
-    await store.commit_create(make_session("s_hot"), completion, ttl_s=60, expires_at=1.0)
-    await store.begin_create("m", "hot", "fp", token="t2", lease_ms=5_000, order_ref="O-hot")
-    await store.get_session("s_hot")
-    assert commands == ["EVALSHA", "EVALSHA", "EVALSHA", "GET"]
+    scope, order = "merchant-1", "ORD-2024-001"
+    session_id = session_id_for(scope, "hot")
+    await store.begin_create(scope, "hot", "fp", token="t", lease_ms=5_000, order_ref=order)
+    completion = Completion(scope, "hot", "t", StoredResponse(201, b"{}"), 60, order, 60)
+    await store.commit_create(make_session(session_id), completion, ttl_s=60, expires_at=1.0)
+    assert commands == ["EVALSHA"] * 4
+    await store.begin_create(scope, "hot", "fp", token="t2", lease_ms=5_000, order_ref=order)
+    await store.get_session(session_id)
+    assert commands == ["EVALSHA"] * 5 + ["GET"]
+    # without the order guard a create is two scripts, as before
+    await store.begin_create(scope, "plain", "fp", token="t", lease_ms=5_000, order_ref=None)
+    plain = Completion(scope, "plain", "t", StoredResponse(201, b"{}"), 60)
+    await store.commit_create(
+        make_session(session_id_for(scope, "plain")), plain, ttl_s=60, expires_at=None
+    )
+    assert commands == ["EVALSHA"] * 5 + ["GET"] + ["EVALSHA"] * 3  # + the index of B
 
 
 async def test_pool_is_sized_bounded_and_uses_hiredis(store_factory: Any) -> None:
@@ -276,15 +292,15 @@ async def test_more_concurrent_requests_than_connections_wait_for_one(
     assert all(b.claim.kind is ClaimKind.CLAIMED for b in begun)
 
 
-async def test_close_leaves_a_given_client_open(redis_url: str, redis_prefix: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+async def test_close_leaves_a_given_conn_open(redis_url: str, redis_prefix: str) -> None:
+    conn = StandaloneConn(aioredis.Redis.from_url(redis_url), wait_replicas=0, wait_timeout_ms=1)
     try:
-        store = RedisStore(redis_url, redis_prefix, client=client)
+        store = RedisStore(conn, redis_prefix)
         await store.ping()
         await store.close()
-        assert await client.ping() is True
+        assert await conn.client.ping() is True
     finally:
-        await client.aclose()
+        await conn.close()
 
 
 # two OS processes race for one key ---------------------------------------------------------
@@ -292,11 +308,11 @@ async def test_close_leaves_a_given_client_open(redis_url: str, redis_prefix: st
 WORKER = r"""
 import asyncio, json, os, sys
 
-from gateway.store.redis import RedisStore
+from tests.redis_stores import redis_store
 
 
 async def main(url: str, prefix: str, key: str, count: int) -> None:
-    store = RedisStore(url, prefix)
+    store = redis_store(url, prefix)
     try:
         # open all connections first, so the burst races on Redis, not on connecting
         await asyncio.gather(*(store.ping() for _ in range(count)))
@@ -369,7 +385,7 @@ async def test_two_processes_fifty_claims_one_winner(redis_url: str, redis_prefi
     assert sum(kind == "in_flight" for kind, _ in results) == 49
 
     # the winner really holds the key and the order: only its token completes and binds them
-    store = RedisStore(redis_url, redis_prefix)
+    store = redis_store(redis_url, redis_prefix)
     try:
         assert winners[0] is not None
 
@@ -390,7 +406,7 @@ async def test_two_processes_fifty_claims_one_winner(redis_url: str, redis_prefi
         await store.close()
 
 
-async def test_a_pinned_create_costs_one_round_trip_per_step(
+async def test_a_pinned_create_costs_one_script_per_step(
     store_factory: Any, monkeypatch: pytest.MonkeyPatch, redis_client: aioredis.Redis
 ) -> None:
     store: RedisStore = await store_factory("redis")
@@ -403,7 +419,7 @@ async def test_a_pinned_create_costs_one_round_trip_per_step(
             "fp",
             token=token,
             lease_ms=5_000,
-            order_ref="ORD-P",
+            order_ref=None,
             pin=pin,
             pin_ttl_ms=600_000,
         )
@@ -422,9 +438,11 @@ async def test_a_pinned_create_costs_one_round_trip_per_step(
     assert resumed.resumed
     await store.abandon_create("m", "pinned", "t1", sent=["adyen"])
     again = await begin("t2")
-    completion = Completion("m", "pinned", "t2", StoredResponse(201, b"{}"), 60, "ORD-P", 60)
-    assert await store.commit_create(make_session(), completion, ttl_s=60, expires_at=None)
-    assert commands == ["EVALSHA"] * 4
+    completion = Completion("m", "pinned", "t2", StoredResponse(201, b"{}"), 60)
+    record = make_session(session_id_for("m", "pinned"))
+    assert await store.commit_create(record, completion, ttl_s=60, expires_at=None)
+    # begin, abandon, begin, then the session (A) and its orderReference index (B)
+    assert commands == ["EVALSHA"] * 5
     assert again.pin is not None
     assert again.pin.sent == ("stripe", "adyen")
     # while pinned, the record outlives the lease (it holds the lease in a field)
