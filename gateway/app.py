@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.api.health import setup_health_routes
@@ -26,6 +25,7 @@ from gateway.appkeys import (
     LIFECYCLE,
     MERCHANTS,
     RATE_LIMITS,
+    REDIS_STARTUPS,
     RETURN_WAITERS,
     ROUTER,
     SERVICES,
@@ -41,12 +41,14 @@ from gateway.middleware import request_context_middleware
 from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.events import Notifier
 from gateway.notifications.merchants import load_merchants
+from gateway.redis_startup import RedisStartup
 from gateway.retention import run_retention
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
 from gateway.settings import Settings, SettingsError
 from gateway.store.base import RecordStore
 from gateway.store.coordination import Coordination, open_coordination
+from gateway.store.redis_conn import RedisConn
 from gateway.store.timing import instrument_coordination, instrument_store
 from providers.base import ProviderAdapter
 from providers.http import new_client_session
@@ -92,18 +94,19 @@ def _check_shared(settings: Settings) -> None:
         )
 
 
-def open_store(settings: Settings, *, redis_client: aioredis.Redis | None = None) -> RecordStore:
-    """The configured record store (not yet connected). A Redis store uses ``redis_client``
-    when given (it stays the caller's to close), else opens and owns a client of its own."""
+def open_store(settings: Settings, *, conn: RedisConn | None = None) -> RecordStore:
+    """The configured record store (not yet started). A Redis store uses ``conn`` when given
+    (it stays the caller's to close), else opens and owns one of its own
+    (:func:`~gateway.store.redis_client.open_redis`)."""
     if settings.store == "redis":
         from gateway.store.redis import RedisStore
-        from gateway.store.redis_client import RedisClientSettings
+        from gateway.store.redis_client import open_redis
 
+        opened_here = conn is None
         return RedisStore(
-            settings.redis_url,
+            conn if conn is not None else open_redis(settings),
             settings.redis_prefix,
-            client=redis_client,
-            conf=RedisClientSettings.from_settings(settings),
+            owns_conn=opened_here,
         )
     if settings.store == "postgres":
         from gateway.store.postgres import PostgresSettings, PostgresStore
@@ -115,17 +118,17 @@ def open_store(settings: Settings, *, redis_client: aioredis.Redis | None = None
 
 
 def open_backends(settings: Settings) -> tuple[RecordStore, Coordination]:
-    """The configured records and coordination. When both are in Redis they share one client
-    (one pool, :mod:`gateway.store.redis_client`): the coordination closes it, so close the
-    store first."""
-    shared: aioredis.Redis | None = None
+    """The configured records and coordination. When both are in Redis they share one
+    connection (one pool, :func:`~gateway.store.redis_client.open_redis`): the coordination
+    closes it, so close the store first."""
+    shared: RedisConn | None = None
     if settings.store == "redis" and settings.coordination_backend == "redis":
-        from gateway.store.redis_client import RedisClientSettings, open_redis_client
+        from gateway.store.redis_client import open_redis
 
-        shared = open_redis_client(settings.redis_url, RedisClientSettings.from_settings(settings))
+        shared = open_redis(settings)
     return (
-        open_store(settings, redis_client=shared),
-        open_coordination(settings, redis_client=shared),
+        open_store(settings, conn=shared),
+        open_coordination(settings, conn=shared),
     )
 
 
@@ -156,12 +159,15 @@ def create_app(
         app[STORE] = opened
         app[COORDINATION] = instrument_coordination(coordinated)
         app[HTTP_CLIENT] = http
+        app[REDIS_STARTUPS] = []
         try:
             async with _wired(app, records, opened, app[COORDINATION], http):
                 yield
         finally:
             # also when start-up failed half-way: no client session or pool is left open (the
-            # store first: the coordination closes a Redis client they share)
+            # store first: the coordination closes a Redis connection they share)
+            for startup in app[REDIS_STARTUPS]:
+                await startup.close()
             await http.close()
             if store is None:
                 await opened.close()
@@ -176,7 +182,7 @@ def create_app(
         coordinated: Coordination,
         http: aiohttp.ClientSession,
     ) -> AsyncIterator[None]:
-        await _warm_up(raw, coordinated)
+        await _start_backends(app, settings, raw, coordinated)
         app[RATE_LIMITS] = coordinated.buckets
         adapters: dict[str, ProviderAdapter] = {
             name: build_adapter(settings.provider(name), http) for name in providers
@@ -239,16 +245,30 @@ def create_app(
     return app
 
 
-async def _warm_up(store: RecordStore, coordination: Coordination) -> None:
-    """Open the pooled connections (Redis, PostgreSQL) before the server listens, so a burst
-    right after start does not open them all at once; a backend that is down is only logged."""
+async def _start_backends(
+    app: web.Application, settings: Settings, store: RecordStore, coordination: Coordination
+) -> None:
+    """Before the server listens: start each Redis connection once (:mod:`gateway.
+    redis_startup`: connect, check, durability warnings, then warm the pool; retried in the
+    background while Redis is down) and warm the other pools, so a burst right after start
+    does not open them all at once; a backend that is down is only logged."""
+    store_conn: RedisConn | None = getattr(store, "conn", None)
+    conns: list[RedisConn] = []
+    for conn in (store_conn, coordination.conn):
+        if conn is not None and all(conn is not seen for seen in conns):
+            conns.append(conn)
+    for conn in conns:
+        startup = RedisStartup(
+            conn,
+            warm_connections=settings.redis_warm_connections,
+            serves_records=conn is store_conn,
+        )
+        app[REDIS_STARTUPS].append(startup)
+        await startup.start()
     warm = getattr(store, "warm_up", None)
-    if warm is not None:
+    if store_conn is None and warm is not None:
         opened = await warm()
         log.info("store connection pool warmed: %d connections open", opened)
-    opened = await coordination.warm_up()
-    if opened:
-        log.info("coordination connection pool warmed: %d connections open", opened)
 
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:

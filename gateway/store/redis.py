@@ -14,14 +14,10 @@ leased.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import redis.asyncio as aioredis
-
 from gateway.domain.session import SessionRecord
 from gateway.store.base import ORDER_CLAIM_PREFIX, stored_session
 from gateway.store.keys import RedisKeys
-from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
+from gateway.store.redis_conn import RedisConn
 from gateway.store.redis_create import RedisCreate
 from gateway.store.redis_find import RedisFind
 from gateway.store.redis_lifecycle import RedisLifecycle
@@ -52,48 +48,29 @@ return 1
 class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
     """The :class:`~gateway.store.base.RecordStore` on Redis (``redis.asyncio`` with hiredis).
 
-    ``url`` is a redis URL (``redis://host:port/db``, ``rediss://`` for TLS); ``prefix`` is the
-    root of every key (``Settings.redis_prefix``). Unless ``client`` is given, the store opens a
-    client per ``conf`` (:mod:`gateway.store.redis_client`: a blocking pool, connect retries,
-    never a re-sent command; ``max_connections`` overrides the pool size) and owns it:
-    :meth:`close` closes it. A given ``client`` (``decode_responses=False``) stays the caller's
-    to close.
+    ``conn`` is the Redis deployment (:func:`gateway.store.redis_client.open_redis`: a blocking
+    pool, connect retries, never a re-sent command); ``prefix`` is the root of every key
+    (``Settings.redis_prefix``). :meth:`close` closes ``conn`` only with ``owns_conn``.
     """
 
     name = "redis"
 
-    def __init__(
-        self,
-        url: str,
-        prefix: str,
-        *,
-        client: aioredis.Redis | None = None,
-        conf: RedisClientSettings | None = None,
-        max_connections: int | None = None,
-    ) -> None:
+    def __init__(self, conn: RedisConn, prefix: str, *, owns_conn: bool = False) -> None:
         self.keys = RedisKeys(prefix)
-        self._owns_client = client is None
-        if client is None:
-            conf = conf or RedisClientSettings()
-            if max_connections is not None:
-                conf = replace(conf, max_connections=max_connections)
-            client = open_redis_client(url, conf)
-        self.warm_connections = conf.warm_connections if conf is not None else 0
-        self.client = client
+        self.conn = conn
+        self.client = conn.client
+        self._owns_client = owns_conn
+        client = conn.client
         self._release = client.register_script(_RELEASE)
         self._order_cas = client.register_script(_ORDER_CAS)
         self._register_lifecycle_scripts(client)
         self._register_create_scripts(client)
         self._register_orphan_scripts(client)
 
-    async def warm_up(self) -> int:
-        """Open the configured number of pooled connections now (best effort); how many."""
-        return await warm_up(self.client, self.warm_connections) if self.warm_connections else 0
-
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless Redis answers."""
         with _mapped("ping"):
-            await self.client.ping()
+            await self.conn.ping()
 
     async def purge(self, *, now: float, limit: int) -> int:
         """Nothing to do: every record carries its own TTL and expires by itself."""
@@ -103,7 +80,7 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         """Close the connection pool (when this store opened it)."""
         if self._owns_client:
             with _mapped("close"):
-                await self.client.aclose()
+                await self.conn.close()
 
     # the create path beside begin_create/commit_create (gateway.store.redis_create)
     async def release(self, scope: str, key: str, token: str) -> None:
