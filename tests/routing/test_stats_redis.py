@@ -10,15 +10,23 @@ import redis.asyncio as aioredis
 from gateway.routing.service import Router
 from gateway.routing.stats import Counters
 from gateway.routing.stats_redis import RedisStatsStore
+from gateway.settings import Settings
+from gateway.store.redis_client import open_redis
 from tests.routing.helpers import OPEN, request, rules_yaml
 
 ALL = ("stripe", "all", "")
 
 
+def stats_store(url: str, prefix: str) -> RedisStatsStore:
+    """A store on a connection of its own (closed with it)."""
+    conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
+    return RedisStatsStore(conn, prefix, owns_conn=True)
+
+
 @pytest.fixture
 async def stores(redis_url: str, redis_prefix: str):  # type: ignore[no-untyped-def]
     """Two stores on separate connections: two gateway processes sharing one Redis."""
-    made = [RedisStatsStore.from_url(redis_url, redis_prefix) for _ in range(2)]
+    made = [stats_store(redis_url, redis_prefix) for _ in range(2)]
     yield made
     for store in made:
         await store.close()
@@ -84,7 +92,7 @@ async def test_routers_in_two_processes_learn_from_each_other(
     path.write_text(rules_yaml({"stripe": {}, "adyen": {}}))
     caps = {"stripe": OPEN, "adyen": OPEN}
     routers = [
-        Router(path, caps, RedisStatsStore.from_url(redis_url, redis_prefix), owns_stats_store=True)
+        Router(path, caps, stats_store(redis_url, redis_prefix), owns_stats_store=True)
         for _ in range(2)
     ]
     writer, reader = routers
@@ -103,7 +111,7 @@ async def test_routers_in_two_processes_learn_from_each_other(
     assert writer.counters["outcome_not_counted"] == 60
 
 
-async def test_the_router_learns_into_the_coordination_sharing_the_stores_client(
+async def test_the_router_learns_into_the_coordination_sharing_the_stores_conn(
     tmp_path, redis_url: str, redis_prefix: str
 ) -> None:  # type: ignore[no-untyped-def]
     from gateway.app import open_backends
@@ -120,7 +128,7 @@ async def test_the_router_learns_into_the_coordination_sharing_the_stores_client
     )
     store, coordination = open_backends(settings)
     assert coordination.name == "redis"
-    assert coordination.stats._client is store.client  # type: ignore[attr-defined]
+    assert coordination.stats._conn is store.conn  # type: ignore[attr-defined]
     try:
         router = Router.from_settings(settings, {"stripe": OPEN, "adyen": OPEN}, coordination.stats)
         async with router.running():
@@ -133,6 +141,6 @@ async def test_the_router_learns_into_the_coordination_sharing_the_stores_client
         assert counters.payment_fail == pytest.approx(1.0, rel=1e-3)
         await store.ping()  # the router closed nothing it does not own
         await store.close()
-        await coordination.ping()  # the store left the shared client to the coordination
+        await coordination.ping()  # the store left the shared conn to the coordination
     finally:
         await coordination.close()
