@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.routing.service import Router
 from gateway.routing.stats import Counters
-from gateway.routing.stats_redis import RedisStatsStore
+from gateway.routing.stats_redis import _ADD, RedisStatsStore
 from gateway.settings import Settings
+from gateway.store.base import StoreUnavailable
 from gateway.store.redis_client import open_redis
+from tests.fault_proxy import FaultProxy
 from tests.routing.helpers import OPEN, request, rules_yaml
 
 ALL = ("stripe", "all", "")
@@ -55,6 +58,30 @@ async def test_concurrent_writers_lose_no_update(stores: list[RedisStatsStore]) 
     await asyncio.gather(*writes)
     loaded = await two.load(providers=["stripe"], now=5000.0, half_life_s=3600)
     assert loaded[ALL].creation_ok == pytest.approx(200.0)
+
+
+async def test_an_increment_whose_reply_is_lost_is_applied_once(
+    redis_url: str, redis_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    """The script reached Redis and ran, its reply was cut: the write fails (and is counted as
+    failed by the feed) but is never re-sent, so the counter moved by exactly one."""
+    await redis_client.script_load(_ADD.source)  # EVALSHA runs at once (no NOSCRIPT round)
+    parts = urlsplit(redis_url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    through = stats_store(f"redis://127.0.0.1:{proxy.port}{parts.path}", redis_prefix)
+    direct = stats_store(redis_url, redis_prefix)
+    try:
+        proxy.cut_after = b"EVALSHA"
+        with pytest.raises(StoreUnavailable, match="stats_add"):
+            await through.add([ALL], Counters(creation_ok=1), now=5000.0, half_life_s=3600)
+        assert proxy.cuts == 1
+        loaded = await direct.load(providers=["stripe"], now=5000.0, half_life_s=3600)
+        assert loaded[ALL].creation_ok == 1.0
+    finally:
+        await through.close()
+        await direct.close()
+        await proxy.close()
 
 
 async def test_every_key_is_under_the_prefix_and_has_a_ttl(
