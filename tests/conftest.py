@@ -31,7 +31,6 @@ from gateway.store.coordination import (
 from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
-from gateway.store.redis_client import open_redis
 
 pytest_plugins = ["tests.postgres_support", "tests.pg_instance"]
 
@@ -168,6 +167,8 @@ async def coordination_factory(
         elif kind == "redis":
             url: str = request.getfixturevalue("redis_url")
             prefix: str = request.getfixturevalue("redis_prefix")
+            from gateway.store.redis_client import open_redis
+
             conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
             bundle = redis_coordination(conn, prefix, owns_conn=True)
         else:
