@@ -53,8 +53,10 @@ def redis_port(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[byte
 
 def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-        + ["--save", "", "--appendonly", "no"],
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--dir", str(directory), "--save", "", "--appendonly", "no"),
+        ],
         stdout=subprocess.DEVNULL,
     )
 

@@ -41,7 +41,7 @@ async def remaining_ms(store: Any, area: str, *parts: str) -> int:
     webhook_dedup or circuit."""
     if isinstance(store, (RedisStore, RedisCircuits)):
         key: str = getattr(store.keys, area)(*parts)
-        return int(await store.client.pttl(key))
+        return int(await store.conn.client.pttl(key))
     if isinstance(store, MemoryCircuits):
         return _memory_left(store._circuits, parts[0])
     if isinstance(store, PostgresStore):
