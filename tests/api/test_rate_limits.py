@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 
 from gateway.notifications.merchants import load_merchants
-from gateway.ratelimit import MemoryTokenBuckets, RateLimit, RedisTokenBuckets
+from gateway.ratelimit import MemoryTokenBuckets, RateLimit, RedisTokenBuckets, enforce
 from gateway.settings import Settings
+from gateway.store.base import StoreUnavailable
 from gateway.store.keys import RedisKeys
 from gateway.store.redis_client import open_redis
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers
@@ -141,6 +142,21 @@ async def test_a_bucket_refills_at_its_rate(kind: str, request: pytest.FixtureRe
     finally:
         if kind == "redis":
             await conn.close()
+
+
+async def test_an_unreachable_bucket_store_lets_the_request_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
+    buckets = RedisTokenBuckets(conn, RedisKeys("gw:"))
+    try:
+        with pytest.raises(StoreUnavailable, match="rate_limit"):
+            await buckets.take("merchant", "m-1", RateLimit(per_second=1.0, burst=1))
+        await enforce(buckets, "merchant", "m-1", RateLimit(per_second=1.0, burst=1))
+    finally:
+        await conn.close()
+    assert "rate limit merchant not checked: StoreUnavailable" in caplog.text
 
 
 async def test_the_return_page_is_rate_limited_for_the_whole_gateway(
