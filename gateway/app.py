@@ -25,6 +25,7 @@ from gateway.appkeys import (
     LIFECYCLE,
     MERCHANTS,
     RATE_LIMITS,
+    REDIS_STARTUPS,
     RETURN_WAITERS,
     ROUTER,
     SERVICES,
@@ -40,6 +41,7 @@ from gateway.middleware import request_context_middleware
 from gateway.notifications.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.notifications.events import Notifier
 from gateway.notifications.merchants import load_merchants
+from gateway.redis_startup import RedisStartup
 from gateway.retention import run_retention
 from gateway.routing.service import Router, enabled_providers
 from gateway.sessions import SessionService
@@ -93,20 +95,19 @@ def _check_shared(settings: Settings) -> None:
 
 
 def open_store(settings: Settings, *, conn: RedisConn | None = None) -> RecordStore:
-    """The configured record store (not yet connected). A Redis store uses ``conn`` when given
-    (it stays the caller's to start and close), else opens and owns one of its own."""
+    """The configured record store (not yet started). A Redis store uses ``conn`` when given
+    (it stays the caller's to close), else opens and owns one of its own
+    (:func:`~gateway.store.redis_client.open_redis`)."""
     if settings.store == "redis":
         from gateway.store.redis import RedisStore
-        from gateway.store.redis_client import RedisClientSettings, open_redis
+        from gateway.store.redis_client import open_redis
 
-        owns_conn = conn is None
-        conf = RedisClientSettings.from_settings(settings)
+        opened_here = conn is None
         return RedisStore(
-            conn if conn is not None else open_redis(settings, conf),
+            conn if conn is not None else open_redis(settings),
             settings.redis_prefix,
-            owns_conn=owns_conn,
+            owns_conn=opened_here,
             order_ttl_s=settings.session_retention_seconds,
-            warm_connections=conf.warm_connections if owns_conn else 0,
         )
     if settings.store == "postgres":
         from gateway.store.postgres import PostgresSettings, PostgresStore
@@ -119,8 +120,8 @@ def open_store(settings: Settings, *, conn: RedisConn | None = None) -> RecordSt
 
 def open_backends(settings: Settings) -> tuple[RecordStore, Coordination]:
     """The configured records and coordination. When both are in Redis they share one
-    connection (one pool, :mod:`gateway.store.redis_client`): the coordination closes it, so
-    close the store first."""
+    connection (one pool, :func:`~gateway.store.redis_client.open_redis`): the coordination
+    closes it, so close the store first."""
     shared: RedisConn | None = None
     if settings.store == "redis" and settings.coordination_backend == "redis":
         from gateway.store.redis_client import open_redis
@@ -128,7 +129,7 @@ def open_backends(settings: Settings) -> tuple[RecordStore, Coordination]:
         shared = open_redis(settings)
     return (
         open_store(settings, conn=shared),
-        open_coordination(settings, redis_client=shared.client if shared is not None else None),
+        open_coordination(settings, conn=shared),
     )
 
 
@@ -159,12 +160,15 @@ def create_app(
         app[STORE] = opened
         app[COORDINATION] = instrument_coordination(coordinated)
         app[HTTP_CLIENT] = http
+        app[REDIS_STARTUPS] = []
         try:
             async with _wired(app, records, opened, app[COORDINATION], http):
                 yield
         finally:
             # also when start-up failed half-way: no client session or pool is left open (the
-            # store first: the coordination closes a Redis client they share)
+            # store first: the coordination closes a Redis connection they share)
+            for startup in app[REDIS_STARTUPS]:
+                await startup.close()
             await http.close()
             if store is None:
                 await opened.close()
@@ -179,7 +183,7 @@ def create_app(
         coordinated: Coordination,
         http: aiohttp.ClientSession,
     ) -> AsyncIterator[None]:
-        await _warm_up(raw, coordinated)
+        await _start_backends(app, settings, raw, coordinated)
         app[RATE_LIMITS] = coordinated.buckets
         adapters: dict[str, ProviderAdapter] = {
             name: build_adapter(settings.provider(name), http) for name in providers
@@ -242,16 +246,30 @@ def create_app(
     return app
 
 
-async def _warm_up(store: RecordStore, coordination: Coordination) -> None:
-    """Open the pooled connections (Redis, PostgreSQL) before the server listens, so a burst
-    right after start does not open them all at once; a backend that is down is only logged."""
+async def _start_backends(
+    app: web.Application, settings: Settings, store: RecordStore, coordination: Coordination
+) -> None:
+    """Before the server listens: start each Redis connection once (:mod:`gateway.
+    redis_startup`: connect, check, durability warnings, then warm the pool; retried in the
+    background while Redis is down) and warm the other pools, so a burst right after start
+    does not open them all at once; a backend that is down is only logged."""
+    store_conn: RedisConn | None = getattr(store, "conn", None)
+    conns: list[RedisConn] = []
+    for conn in (store_conn, coordination.conn):
+        if conn is not None and all(conn is not seen for seen in conns):
+            conns.append(conn)
+    for conn in conns:
+        startup = RedisStartup(
+            conn,
+            warm_connections=settings.redis_warm_connections,
+            serves_records=conn is store_conn,
+        )
+        app[REDIS_STARTUPS].append(startup)
+        await startup.start()
     warm = getattr(store, "warm_up", None)
-    if warm is not None:
+    if store_conn is None and warm is not None:
         opened = await warm()
         log.info("store connection pool warmed: %d connections open", opened)
-    opened = await coordination.warm_up()
-    if opened:
-        log.info("coordination connection pool warmed: %d connections open", opened)
 
 
 async def _lifecycle_tasks(app: web.Application) -> AsyncIterator[None]:

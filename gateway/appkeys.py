@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.lifecycle import LifecycleService
     from gateway.notifications.merchants import MerchantDirectory
     from gateway.ratelimit import TokenBuckets
+    from gateway.redis_startup import RedisStartup
     from gateway.settings import Settings
     from gateway.store.base import RecordStore
     from gateway.store.coordination import Coordination
@@ -30,6 +31,7 @@ __all__ = [
     "LIFECYCLE",
     "MERCHANTS",
     "RATE_LIMITS",
+    "REDIS_STARTUPS",
     "RETURN_WAITERS",
     "ROUTER",
     "SERVICES",
@@ -62,3 +64,5 @@ RATE_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("rate_limits")
 RETURN_WAITERS: web.AppKey[asyncio.Semaphore] = web.AppKey("return_waiters")
 #: the demo merchant's received notifications (sandbox mode only)
 DEMO_INBOX: web.AppKey[Inbox] = web.AppKey("demo_inbox")
+#: the start of each Redis connection (the records' and the coordination's, or one shared)
+REDIS_STARTUPS: web.AppKey[list[RedisStartup]] = web.AppKey("redis_startups")

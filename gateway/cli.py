@@ -85,10 +85,15 @@ def _serve_one(
     def announce() -> None:
         print(
             f"gateway: listening on {settings.base_url} (env={settings.env}, "
-            f"store={settings.store}, workers={settings.workers})",
+            f"store={settings.store}, coordination={settings.coordination_backend}, "
+            f"workers={settings.workers})",
             file=sys.stderr,
             flush=True,
         )
+        if "redis" in (settings.store, settings.coordination_backend):
+            from gateway.redis_startup import describe_redis
+
+            print(f"gateway: redis {describe_redis(settings)}", file=sys.stderr, flush=True)
         if print_curl:
             if settings.is_sandbox:
                 print(f"\nThe demo shop: {settings.base_url}/demo", flush=True)

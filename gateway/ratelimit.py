@@ -2,10 +2,11 @@
 
 A bucket holds up to ``burst`` tokens and refills at ``per_second``; each request takes one, and
 a request that finds less than one token is refused with 429 and ``Retry-After`` (the whole
-seconds until a token is back). :class:`RedisTokenBuckets` keeps one hash per bucket and does
-refill-and-take in one Lua script timed by the Redis server's clock, so every process and
-machine draws from the same bucket; :class:`MemoryTokenBuckets` is the same arithmetic for the
-one-process memory store.
+seconds until a token is back). :class:`RedisTokenBuckets` keeps one hash per bucket (one key,
+so one Redis Cluster slot) and does refill-and-take in one Lua script timed by the Redis
+server's clock, so every process and machine draws from the same bucket; the script is never
+re-sent (a take is not idempotent) and waits for no replica (a bucket is advisory).
+:class:`MemoryTokenBuckets` is the same arithmetic for the one-process memory store.
 
 Limits in use (see the README, "Rate limits"):
 
@@ -26,12 +27,14 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.domain.errors import TooManyRequests
 from gateway.metrics import RATE_LIMITED, merchant_label
+from gateway.store.base import StoreUnavailable
 from gateway.store.keys import RedisKeys
+from gateway.store.redis_conn import LuaScript, RedisConn
+from gateway.store.redis_support import _mapped
 
 __all__ = [
     "MemoryTokenBuckets",
@@ -89,7 +92,7 @@ class MemoryTokenBuckets:
 
 
 # KEYS[1] bucket hash {tok, ts}; ARGV per_second, burst. Returns the wait in microseconds (0: go).
-_TAKE = """
+_TAKE = LuaScript("""
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local clock = redis.call('TIME')
@@ -104,19 +107,22 @@ local fmt = '%.17g'
 redis.call('HSET', KEYS[1], 'tok', string.format(fmt, tokens), 'ts', string.format(fmt, now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return wait
-"""
+""")
 
 
 class RedisTokenBuckets:
     """Buckets in Redis, one hash per (limit, subject), shared by every process."""
 
-    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, conn: RedisConn, keys: RedisKeys) -> None:
+        self._conn = conn
         self._keys = keys
-        self._script = client.register_script(_TAKE)
 
     async def take(self, limit_name: str, subject: str, limit: RateLimit) -> float | None:
+        """None when the request may go; else the seconds until a token is back. Raises
+        :class:`StoreUnavailable` when Redis fails."""
         key = self._keys.rate_limit(limit_name, subject)
-        wait_us = await self._script(keys=[key], args=[repr(limit.per_second), limit.burst])
+        with _mapped("rate_limit"):
+            wait_us = await self._conn.script(_TAKE, [key], [repr(limit.per_second), limit.burst])
         return None if int(wait_us) == 0 else int(wait_us) / 1_000_000
 
 
@@ -129,7 +135,7 @@ async def enforce(
         return
     try:
         wait = await buckets.take(limit_name, subject, limit)
-    except (RedisError, OSError) as exc:
+    except (StoreUnavailable, RedisError, OSError) as exc:
         log.warning("rate limit %s not checked: %s: %s", limit_name, type(exc).__name__, exc)
         return
     if wait is None:

@@ -20,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from gateway.settings import Settings
 from gateway.store.base import RecordStore
 from gateway.store.coordination import (
     CircuitStore,
@@ -167,7 +168,10 @@ async def coordination_factory(
         elif kind == "redis":
             url: str = request.getfixturevalue("redis_url")
             prefix: str = request.getfixturevalue("redis_prefix")
-            bundle = redis_coordination(aioredis.Redis.from_url(url), prefix, owns_client=True)
+            from gateway.store.redis_client import open_redis
+
+            conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
+            bundle = redis_coordination(conn, prefix, owns_conn=True)
         else:
             raise ValueError(f"unknown coordination kind {kind!r}")
         created.append(bundle)

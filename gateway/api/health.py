@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import COORDINATION, ROUTER, STORE, WORKER_STATE
+from gateway.appkeys import COORDINATION, REDIS_STARTUPS, ROUTER, STORE, WORKER_STATE
 from gateway.store.base import StoreUnavailable
 from gateway.supervisor import read_worker_state
 
@@ -24,7 +24,10 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready: the record store answers, routing rules are loaded and, under ``--workers N``,
     all N workers are alive (503 with details otherwise). The coordination (circuits,
     statistics, rate limits) is reported but does not decide: without it the gateway still
-    answers correctly (circuits read closed, limits let requests through)."""
+    answers correctly (circuits read closed, limits let requests through). ``redis`` tells
+    whether the Redis connection has started (:mod:`gateway.redis_startup`: topology checked,
+    replicas to wait for resolved), its mode and durability warnings; it decides only when
+    the records live there."""
     checks: dict[str, Any] = {}
     ready = True
     store = request.app.get(STORE)
@@ -46,6 +49,20 @@ async def readyz(request: web.Request) -> web.Response:
         except StoreUnavailable as exc:
             problem = str(exc)[:200]
             checks["coordination"] = {"ok": False, "backend": coordination.name, "error": problem}
+    startups = request.app.get(REDIS_STARTUPS) or []
+    if startups:
+        started = all(s.started for s in startups)
+        redis: dict[str, Any] = {
+            "ok": started,
+            "mode": startups[0].conn.mode,
+            "waitReplicas": max(s.conn.wait_replicas for s in startups),
+        }
+        warnings = [w for s in startups for w in s.warnings]
+        if warnings:
+            redis["warnings"] = warnings
+        checks["redis"] = redis
+        if any(s.serves_records and not s.started for s in startups):
+            ready = False
     router = request.app.get(ROUTER)
     if router is None:
         checks["rules"] = {"ok": False, "error": "not loaded"}

@@ -32,6 +32,7 @@ from gateway.routing.stats import (
     payment_delta,
     segments_for,
 )
+from gateway.store.base import StoreUnavailable
 
 __all__ = ["OutcomeFeed"]
 
@@ -152,9 +153,10 @@ class OutcomeFeed:
 def _log_failure(message: str, exc: Exception) -> None:
     """One line for a store outage (it repeats every batch while it lasts); the traceback only
     for anything else, which is a bug."""
-    outage = isinstance(exc, RedisError | OSError)
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) and exc.__cause__ else exc
+    outage = isinstance(exc, StoreUnavailable | RedisError | OSError)
     log.warning(
         message,
-        extra={"exception_type": type(exc).__name__},
+        extra={"exception_type": type(cause).__name__},
         exc_info=None if outage else exc,
     )

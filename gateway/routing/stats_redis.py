@@ -8,8 +8,12 @@ script that updates a provider's segments stays in one Redis Cluster slot::
 
 ``t`` is the time the counters were last decayed to; ``cs``/``cf`` creation successes and
 failures, ``ls``/``ln`` latency sum and count, ``ps``/``pf`` payment outcomes. Every update
-decays and adds in one script (atomic even with many writers); every key has a TTL refreshed
-on each write, so a provider that is gone leaves nothing behind.
+decays and adds in one script (atomic even with many writers) run through
+:meth:`~gateway.store.redis_conn.RedisConn.script`, which never re-sends it, so an increment is
+never applied twice; every key has a TTL refreshed on each write, so a provider that is gone
+leaves nothing behind. Reads are non-transactional pipelines (a cluster client splits them per
+node), retried once on a connection error (they only read, or trim expired index entries).
+Errors become :class:`~gateway.store.base.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from gateway.routing.stats import Counters, SegmentKey, decay
 from gateway.store.keys import RedisKeys
+from gateway.store.redis_conn import LuaScript, RedisConn
+from gateway.store.redis_support import _mapped
 
 __all__ = ["RedisStatsStore"]
 
@@ -30,7 +34,7 @@ _FIELDS = ("cs", "cf", "ls", "ln", "ps", "pf")
 
 # KEYS[1] = index, KEYS[2..] = segment hashes
 # ARGV = now, half_life_s, ttl_ms, six deltas, then one index member per segment hash
-_ADD = """
+_ADD = LuaScript("""
 local now = tonumber(ARGV[1])
 local half_life = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -60,28 +64,20 @@ for i = 2, #KEYS do
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 return #KEYS - 1
-"""
+""")
 
 
 class RedisStatsStore:
-    """:class:`gateway.routing.stats.StatsStore` over ``redis.asyncio``."""
+    """:class:`gateway.routing.stats.StatsStore` on ``conn`` (closed by :meth:`close` only
+    with ``owns_conn``)."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, *, ttl_s: float = 7 * 86_400, owns: bool = False
+        self, conn: RedisConn, prefix: str, *, ttl_s: float = 7 * 86_400, owns_conn: bool = False
     ) -> None:
-        self._client = client
+        self._conn = conn
         self._keys = RedisKeys(prefix)
         self._ttl_s = ttl_s
-        self._owns = owns
-        self._script = client.register_script(_ADD)
-
-    @classmethod
-    def from_url(cls, url: str, prefix: str, *, ttl_s: float = 7 * 86_400) -> RedisStatsStore:
-        """A store with its own connection pool, closed by :meth:`close`."""
-        from gateway.store.redis_client import RedisClientSettings, open_redis_client
-
-        client = open_redis_client(url, RedisClientSettings())
-        return cls(client, prefix, ttl_s=ttl_s, owns=True)
+        self._owns_conn = owns_conn
 
     def _base(self, provider: str) -> str:
         if not _SAFE.match(provider) or not provider:
@@ -110,16 +106,23 @@ class RedisStatsStore:
             members = [f"{k[1]}:{k[2]}" for k in keys]
             args: list[Any] = [repr(now), repr(half_life_s), int(self._ttl_s * 1000)]
             args += [repr(v) for v in delta.as_tuple()]
-            await self._script(keys=[self.index_key(provider), *hashes], args=[*args, *members])
+            script_keys = [self.index_key(provider), *hashes]
+            with _mapped("stats_add"):
+                await self._conn.script(_ADD, script_keys, [*args, *members])
 
     async def load(
         self, *, providers: Sequence[str], now: float, half_life_s: float
     ) -> dict[SegmentKey, Counters]:
-        pipe = self._client.pipeline(transaction=False)
-        for provider in providers:
-            pipe.zremrangebyscore(self.index_key(provider), "-inf", repr(now - self._ttl_s))
-            pipe.zrange(self.index_key(provider), 0, -1)
-        answers = await pipe.execute()
+        async def live_segments() -> list[Any]:
+            async with self._conn.client.pipeline(transaction=False) as pipe:
+                for provider in providers:
+                    pipe.zremrangebyscore(self.index_key(provider), "-inf", repr(now - self._ttl_s))
+                    pipe.zrange(self.index_key(provider), 0, -1)
+                replies: list[Any] = await pipe.execute()
+            return replies
+
+        with _mapped("stats_load"):
+            answers = await self._conn.read(live_segments)
         wanted: list[SegmentKey] = []
         for provider, members in zip(providers, answers[1::2], strict=True):
             for raw in members:
@@ -127,10 +130,16 @@ class RedisStatsStore:
                 wanted.append((provider, kind, value))
         if not wanted:
             return {}
-        pipe = self._client.pipeline(transaction=False)
-        for key in wanted:
-            pipe.hmget(self.segment_key(key), "t", *_FIELDS)
-        rows = await pipe.execute()
+
+        async def segments() -> list[Any]:
+            async with self._conn.client.pipeline(transaction=False) as pipe:
+                for key in wanted:
+                    pipe.hmget(self.segment_key(key), "t", *_FIELDS)
+                replies: list[Any] = await pipe.execute()
+            return replies
+
+        with _mapped("stats_load"):
+            rows = await self._conn.read(segments)
         out: dict[SegmentKey, Counters] = {}
         for key, row in zip(wanted, rows, strict=True):
             if row[0] is None:
@@ -140,5 +149,6 @@ class RedisStatsStore:
         return out
 
     async def close(self) -> None:
-        if self._owns:
-            await self._client.aclose()
+        """Close the connection when this store owns it."""
+        if self._owns_conn:
+            await self._conn.close()

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
     from gateway.ratelimit import TokenBuckets
     from gateway.routing.stats import StatsStore
     from gateway.settings import Settings
+    from gateway.store.redis_conn import RedisConn
 
 __all__ = [
     "CircuitState",
@@ -74,7 +73,7 @@ class Coordination:
 
     Made by :func:`memory_coordination` or :func:`redis_coordination`; :meth:`close` closes
     what the bundle owns (the statistics store and, when it opened or was handed it, the Redis
-    client).
+    connection ``conn``).
     """
 
     def __init__(
@@ -84,42 +83,39 @@ class Coordination:
         circuits: CircuitStore,
         stats: StatsStore,
         buckets: TokenBuckets,
-        redis: aioredis.Redis | None = None,
-        owns_client: bool = False,
-        warm_connections: int = 0,
+        conn: RedisConn | None = None,
+        owns_conn: bool = False,
     ) -> None:
         self.name = name
         self.circuits = circuits
         self.stats = stats
         self.buckets = buckets
-        self._redis = redis
-        self._owns_client = owns_client
-        self._warm_connections = warm_connections
+        #: The Redis deployment the bundle lives in (None in memory).
+        self.conn = conn
+        self._owns_conn = owns_conn
 
     async def ping(self) -> None:
         """Raise :class:`~gateway.store.base.StoreUnavailable` unless the backend answers."""
-        if self._redis is not None:
+        if self.conn is not None:
             from gateway.store.redis_support import _mapped
 
             with _mapped("ping"):
-                await self._redis.ping()
+                await self.conn.ping()
 
-    async def warm_up(self) -> int:
-        """Open the pooled Redis connections of a client of its own (best effort); how many."""
-        if self._redis is None or not self._warm_connections:
+    async def warm_up(self, connections: int) -> int:
+        """Open up to ``connections`` pooled Redis connections now (best effort); how many."""
+        if self.conn is None or not connections:
             return 0
-        from gateway.store.redis_client import warm_up
-
-        return await warm_up(self._redis, self._warm_connections)
+        return await self.conn.warm_up(connections)
 
     async def close(self) -> None:
         """Release what this bundle owns."""
         await self.stats.close()
-        if self._redis is not None and self._owns_client:
+        if self.conn is not None and self._owns_conn:
             from gateway.store.redis_support import _mapped
 
             with _mapped("close"):
-                await self._redis.aclose()
+                await self.conn.close()
 
 
 def memory_coordination() -> Coordination:
@@ -133,11 +129,9 @@ def memory_coordination() -> Coordination:
     )
 
 
-def redis_coordination(
-    client: aioredis.Redis, prefix: str, *, owns_client: bool = False, warm_connections: int = 0
-) -> Coordination:
-    """Coordination in Redis under ``prefix``, on ``client`` (closed by :meth:`Coordination.
-    close` only with ``owns_client``), shared by every process that uses the same prefix."""
+def redis_coordination(conn: RedisConn, prefix: str, *, owns_conn: bool = False) -> Coordination:
+    """Coordination in Redis under ``prefix``, on ``conn`` (closed by :meth:`Coordination.
+    close` only with ``owns_conn``), shared by every process that uses the same prefix."""
     from gateway.ratelimit import RedisTokenBuckets
     from gateway.routing.stats_redis import RedisStatsStore
     from gateway.store.circuits_redis import RedisCircuits
@@ -145,31 +139,23 @@ def redis_coordination(
 
     return Coordination(
         "redis",
-        circuits=RedisCircuits(client, prefix),
-        stats=RedisStatsStore(client, prefix),
-        buckets=RedisTokenBuckets(client, RedisKeys(prefix)),
-        redis=client,
-        owns_client=owns_client,
-        warm_connections=warm_connections,
+        circuits=RedisCircuits(conn, prefix),
+        stats=RedisStatsStore(conn, prefix),
+        buckets=RedisTokenBuckets(conn, RedisKeys(prefix)),
+        conn=conn,
+        owns_conn=owns_conn,
     )
 
 
-def open_coordination(
-    settings: Settings, *, redis_client: aioredis.Redis | None = None
-) -> Coordination:
-    """The coordination ``settings`` ask for (``Settings.coordination_backend``). In Redis it
-    uses ``redis_client`` when given (the record store's: one pool for both; the bundle then
-    closes it) or opens a client of its own per ``GATEWAY_REDIS_*``."""
+def open_coordination(settings: Settings, *, conn: RedisConn | None = None) -> Coordination:
+    """The coordination ``settings`` ask for (``Settings.coordination_backend``), not yet
+    started. In Redis it uses ``conn`` when given (the record store's: one pool for both; the
+    bundle then closes it) or opens one of its own per ``GATEWAY_REDIS_*``
+    (:func:`~gateway.store.redis_client.open_redis`)."""
     if settings.coordination_backend == "memory":
         return memory_coordination()
-    if redis_client is not None:
-        return redis_coordination(redis_client, settings.redis_prefix, owns_client=True)
-    from gateway.store.redis_client import RedisClientSettings, open_redis_client
+    if conn is None:
+        from gateway.store.redis_client import open_redis
 
-    conf = RedisClientSettings.from_settings(settings)
-    return redis_coordination(
-        open_redis_client(settings.redis_url, conf),
-        settings.redis_prefix,
-        owns_client=True,
-        warm_connections=conf.warm_connections,
-    )
+        conn = open_redis(settings)
+    return redis_coordination(conn, settings.redis_prefix, owns_conn=True)

@@ -13,8 +13,11 @@ import aiohttp
 import pytest
 
 from gateway.notifications.merchants import load_merchants
-from gateway.ratelimit import MemoryTokenBuckets, RateLimit, RedisTokenBuckets
+from gateway.ratelimit import MemoryTokenBuckets, RateLimit, RedisTokenBuckets, enforce
+from gateway.settings import Settings
+from gateway.store.base import StoreUnavailable
 from gateway.store.keys import RedisKeys
+from gateway.store.redis_client import open_redis
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 
@@ -121,10 +124,9 @@ def test_limits_come_from_merchants_yaml_with_a_default(merchants_file: Path) ->
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 async def test_a_bucket_refills_at_its_rate(kind: str, request: pytest.FixtureRequest) -> None:
     if kind == "redis":
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-        buckets: Any = RedisTokenBuckets(client, RedisKeys(request.getfixturevalue("redis_prefix")))
+        url = request.getfixturevalue("redis_url")
+        conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
+        buckets: Any = RedisTokenBuckets(conn, RedisKeys(request.getfixturevalue("redis_prefix")))
     else:
         buckets = MemoryTokenBuckets()
     limit = RateLimit(per_second=5.0, burst=2)
@@ -139,7 +141,22 @@ async def test_a_bucket_refills_at_its_rate(kind: str, request: pytest.FixtureRe
         assert await buckets.take("t", "other", limit) is None  # one bucket per subject
     finally:
         if kind == "redis":
-            await client.aclose()
+            await conn.close()
+
+
+async def test_an_unreachable_bucket_store_lets_the_request_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
+    buckets = RedisTokenBuckets(conn, RedisKeys("gw:"))
+    try:
+        with pytest.raises(StoreUnavailable, match="rate_limit"):
+            await buckets.take("merchant", "m-1", RateLimit(per_second=1.0, burst=1))
+        await enforce(buckets, "merchant", "m-1", RateLimit(per_second=1.0, burst=1))
+    finally:
+        await conn.close()
+    assert "rate limit merchant not checked: StoreUnavailable" in caplog.text
 
 
 async def test_the_return_page_is_rate_limited_for_the_whole_gateway(

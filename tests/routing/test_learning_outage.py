@@ -11,6 +11,8 @@ import pytest
 
 from gateway.routing.learning import OutcomeFeed
 from gateway.routing.stats_redis import RedisStatsStore
+from gateway.settings import Settings
+from gateway.store.redis_client import open_redis
 from tests.gateway_processes import free_port
 
 
@@ -18,7 +20,9 @@ async def test_a_stats_outage_is_one_line_without_a_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="gateway.routing")
-    store = RedisStatsStore.from_url(f"redis://127.0.0.1:{free_port()}/0", "nothing:")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
+    store = RedisStatsStore(conn, "nothing:", owns_conn=True)
     counters: Counter[str] = Counter()
     feed = OutcomeFeed(store, owns_store=True, clock=lambda: 1_000.0, counters=counters)
     try:

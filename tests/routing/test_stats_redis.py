@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.routing.service import Router
 from gateway.routing.stats import Counters
-from gateway.routing.stats_redis import RedisStatsStore
+from gateway.routing.stats_redis import _ADD, RedisStatsStore
+from gateway.settings import Settings
+from gateway.store.base import StoreUnavailable
+from gateway.store.redis_client import open_redis
+from tests.fault_proxy import FaultProxy
 from tests.routing.helpers import OPEN, request, rules_yaml
 
 ALL = ("stripe", "all", "")
 
 
+def stats_store(url: str, prefix: str) -> RedisStatsStore:
+    """A store on a connection of its own (closed with it)."""
+    conn = open_redis(Settings(_env_file=None, redis_url=url))  # type: ignore[call-arg]
+    return RedisStatsStore(conn, prefix, owns_conn=True)
+
+
 @pytest.fixture
 async def stores(redis_url: str, redis_prefix: str):  # type: ignore[no-untyped-def]
     """Two stores on separate connections: two gateway processes sharing one Redis."""
-    made = [RedisStatsStore.from_url(redis_url, redis_prefix) for _ in range(2)]
+    made = [stats_store(redis_url, redis_prefix) for _ in range(2)]
     yield made
     for store in made:
         await store.close()
@@ -47,6 +58,30 @@ async def test_concurrent_writers_lose_no_update(stores: list[RedisStatsStore]) 
     await asyncio.gather(*writes)
     loaded = await two.load(providers=["stripe"], now=5000.0, half_life_s=3600)
     assert loaded[ALL].creation_ok == pytest.approx(200.0)
+
+
+async def test_an_increment_whose_reply_is_lost_is_applied_once(
+    redis_url: str, redis_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    """The script reached Redis and ran, its reply was cut: the write fails (and is counted as
+    failed by the feed) but is never re-sent, so the counter moved by exactly one."""
+    await redis_client.script_load(_ADD.source)  # EVALSHA runs at once (no NOSCRIPT round)
+    parts = urlsplit(redis_url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    through = stats_store(f"redis://127.0.0.1:{proxy.port}{parts.path}", redis_prefix)
+    direct = stats_store(redis_url, redis_prefix)
+    try:
+        proxy.cut_after = b"EVALSHA"
+        with pytest.raises(StoreUnavailable, match="stats_add"):
+            await through.add([ALL], Counters(creation_ok=1), now=5000.0, half_life_s=3600)
+        assert proxy.cuts == 1
+        loaded = await direct.load(providers=["stripe"], now=5000.0, half_life_s=3600)
+        assert loaded[ALL].creation_ok == 1.0
+    finally:
+        await through.close()
+        await direct.close()
+        await proxy.close()
 
 
 async def test_every_key_is_under_the_prefix_and_has_a_ttl(
@@ -84,7 +119,7 @@ async def test_routers_in_two_processes_learn_from_each_other(
     path.write_text(rules_yaml({"stripe": {}, "adyen": {}}))
     caps = {"stripe": OPEN, "adyen": OPEN}
     routers = [
-        Router(path, caps, RedisStatsStore.from_url(redis_url, redis_prefix), owns_stats_store=True)
+        Router(path, caps, stats_store(redis_url, redis_prefix), owns_stats_store=True)
         for _ in range(2)
     ]
     writer, reader = routers
@@ -103,7 +138,7 @@ async def test_routers_in_two_processes_learn_from_each_other(
     assert writer.counters["outcome_not_counted"] == 60
 
 
-async def test_the_router_learns_into_the_coordination_sharing_the_stores_client(
+async def test_the_router_learns_into_the_coordination_sharing_the_stores_conn(
     tmp_path, redis_url: str, redis_prefix: str
 ) -> None:  # type: ignore[no-untyped-def]
     from gateway.app import open_backends
@@ -120,7 +155,7 @@ async def test_the_router_learns_into_the_coordination_sharing_the_stores_client
     )
     store, coordination = open_backends(settings)
     assert coordination.name == "redis"
-    assert coordination.stats._client is store.client  # type: ignore[attr-defined]
+    assert coordination.stats._conn is store.conn  # type: ignore[attr-defined]
     try:
         router = Router.from_settings(settings, {"stripe": OPEN, "adyen": OPEN}, coordination.stats)
         async with router.running():
@@ -133,6 +168,6 @@ async def test_the_router_learns_into_the_coordination_sharing_the_stores_client
         assert counters.payment_fail == pytest.approx(1.0, rel=1e-3)
         await store.ping()  # the router closed nothing it does not own
         await store.close()
-        await coordination.ping()  # the store left the shared client to the coordination
+        await coordination.ping()  # the store left the shared conn to the coordination
     finally:
         await coordination.close()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.app import create_app, open_backends
 from gateway.circuit import CircuitBreakers, CircuitPolicy
@@ -19,12 +18,17 @@ from gateway.store.base import StoreUnavailable
 from gateway.store.circuits_redis import RedisCircuits
 from gateway.store.coordination import open_coordination, redis_coordination
 from gateway.store.memory import MemoryStore
+from gateway.store.redis_client import StandaloneConn, open_redis
 from tests.api.conftest import JWT_SECRET, ROOT
 from tests.gateway_processes import free_port
 
 
 def settings_for(**values: Any) -> Settings:
     return Settings(_env_file=None, jwt_secret=JWT_SECRET, **values)  # type: ignore[call-arg]
+
+
+def open_conn(url: str) -> StandaloneConn:
+    return open_redis(settings_for(redis_url=url))
 
 
 async def test_memory_records_with_redis_coordination_share_circuits_and_limits(
@@ -57,17 +61,44 @@ async def test_memory_records_with_redis_coordination_share_circuits_and_limits(
         await two.close()
 
 
-async def test_a_bundle_leaves_a_client_it_does_not_own_open(
+async def test_a_bundle_leaves_a_conn_it_does_not_own_open(
     redis_url: str, redis_prefix: str
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+    conn = open_conn(redis_url)
     try:
-        bundle = redis_coordination(client, redis_prefix)
+        bundle = redis_coordination(conn, redis_prefix)
         await bundle.ping()
         await bundle.close()
-        assert await client.ping() is True
+        assert await conn.client.ping() is True
     finally:
-        await client.aclose()
+        await conn.close()
+
+
+async def test_a_bundle_closes_the_conn_it_owns(redis_url: str, redis_prefix: str) -> None:
+    conn = open_conn(redis_url)
+    bundle = redis_coordination(conn, redis_prefix, owns_conn=True)
+    assert await bundle.warm_up(3) == 3
+    pool = conn.client.connection_pool
+    assert len(pool._available_connections) + len(pool._in_use_connections) >= 3
+    await bundle.close()
+    assert not pool._in_use_connections
+    assert all(not c.is_connected for c in pool._available_connections)
+
+
+async def test_the_redis_store_and_coordination_share_one_conn(
+    redis_url: str, redis_prefix: str
+) -> None:
+    settings = settings_for(store="redis", redis_url=redis_url, redis_prefix=redis_prefix)
+    store, bundle = open_backends(settings)
+    try:
+        conn = bundle.conn
+        assert conn is not None
+        assert store.conn is conn  # type: ignore[attr-defined]
+        assert bundle.circuits.conn is conn  # type: ignore[attr-defined]
+        await store.close()  # not its to close
+        await bundle.circuits.circuit_failure("stripe", now=1.0, window_s=10, threshold=5, open_s=1)
+    finally:
+        await bundle.close()
 
 
 async def test_memory_coordination_is_the_default_of_the_memory_store() -> None:
@@ -79,9 +110,9 @@ async def test_memory_coordination_is_the_default_of_the_memory_store() -> None:
 
 
 async def test_an_unreachable_circuit_store_never_fails_a_checkout() -> None:
-    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    conn = open_conn(f"redis://127.0.0.1:{free_port()}/0")
     try:
-        circuits = RedisCircuits(client, "gw:")
+        circuits = RedisCircuits(conn, "gw:")
         breakers = CircuitBreakers(circuits, ["stripe"], CircuitPolicy(threshold=1))
         with pytest.raises(StoreUnavailable):
             await circuits.circuit_failure("stripe", now=1.0, window_s=10, threshold=1, open_s=30)
@@ -90,7 +121,7 @@ async def test_an_unreachable_circuit_store_never_fails_a_checkout() -> None:
         assert await breakers.admit("stripe") is True
         assert breakers.unavailable() == {}
     finally:
-        await client.aclose()
+        await conn.close()
 
 
 async def test_readyz_reports_an_unreachable_coordination_without_failing_readiness(

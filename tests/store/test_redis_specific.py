@@ -88,7 +88,7 @@ async def test_unreachable_redis_is_store_unavailable_and_fast(
     name: str, operation: Operation
 ) -> None:
     store = redis_store(f"redis://127.0.0.1:{closed_port()}/0", "gw:")
-    circuits = RedisCircuits(store.client, "gw:")
+    circuits = RedisCircuits(store.conn, "gw:")
     try:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=name) as caught:
@@ -172,7 +172,7 @@ async def test_every_key_has_a_ttl_and_follows_the_layout(
     store_factory: Any, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     store: RedisStore = await store_factory("redis")
-    await exercise_everything(store, RedisCircuits(store.client, redis_prefix))
+    await exercise_everything(store, RedisCircuits(store.conn, redis_prefix))
 
     keys = RedisKeys(redis_prefix)
     found = {key.decode() async for key in redis_client.scan_iter(match=redis_prefix + "*")}
@@ -234,7 +234,7 @@ async def test_hot_path_round_trips(store_factory: Any, monkeypatch: pytest.Monk
     """A guarded create costs four scripts (claim, reservation, session, order binding), a
     replay one, a read one GET."""
     store: RedisStore = await store_factory("redis")
-    await exercise_everything(store, RedisCircuits(store.client, "unused:"))  # scripts loaded
+    await exercise_everything(store, RedisCircuits(store.conn, "unused:"))  # scripts loaded
     commands: list[str] = []
     original = store.client.execute_command
 
