@@ -42,11 +42,11 @@ async def remaining_ms(store: Any, area: str, *parts: str) -> int:
     if isinstance(store, (RedisStore, RedisCircuits)):
         key: str = getattr(store.keys, area)(*parts)
         if area == "order":  # a running create's claim is kept long: its lease is its value's
-            value = await store.client.get(key)
+            value = await store.conn.client.get(key)
             if value is not None and value.startswith(b"claim:") and b"|" in value:
-                seconds, micros = await store.client.time()
+                seconds, micros = await store.conn.client.time()
                 return int(value.rsplit(b"|", 1)[1]) - (seconds * 1000 + micros // 1000)
-        return int(await store.client.pttl(key))
+        return int(await store.conn.client.pttl(key))
     if isinstance(store, MemoryCircuits):
         return _memory_left(store._circuits, parts[0])
     if isinstance(store, PostgresStore):
