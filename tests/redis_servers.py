@@ -370,6 +370,8 @@ class SentinelGroup(_Deployment):
             info = primary.server.info("replication")
             if int(info.get("connected_slaves", 0)) < len(others):
                 return False
+            if others and not _replicated_promptly(primary, "gw-servers:probe", len(others)):
+                return False
             settled[:] = [primary]
             return True
 
@@ -378,6 +380,28 @@ class SentinelGroup(_Deployment):
 
     def __enter__(self) -> SentinelGroup:
         return self
+
+
+def _replicated_promptly(primary: RedisNode, key: str, replicas: int) -> bool:
+    """Whether a write of ``key`` on ``primary`` reaches ``replicas`` replicas within 200 ms
+    (right after a full sync a replica acknowledges late for a moment: wait that out, so a
+    test's first confirmed write does not fail for it). The key is deleted again."""
+    with primary.server.client() as client:
+        client.set(key, b"1")
+        acked = int(client.execute_command("WAIT", replicas, 200))
+        client.delete(key)
+    return acked >= replicas
+
+
+def _key_on(slot_range: tuple[int, int]) -> str:
+    """A probe key whose slot lies in ``slot_range``."""
+    from redis.crc import key_slot
+
+    for index in range(100_000):
+        key = f"gw-servers:probe:{{{index}}}"
+        if slot_range[0] <= key_slot(key.encode()) <= slot_range[1]:
+            return key
+    raise RuntimeError(f"no probe key for slots {slot_range}")
 
 
 def _cluster_info(node: RedisNode) -> dict[str, str]:
@@ -429,10 +453,12 @@ def start_cluster(
             server.start()
         primaries, replicas = cluster.primaries, cluster.replicas
         per_master = 16384 // masters
+        ranges: list[tuple[int, int]] = []
         for index, node in enumerate(primaries):
             first = index * per_master
             last = 16383 if index == masters - 1 else first + per_master - 1
             node.server.command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            ranges.append((first, last))
         first_node = cluster.nodes[0]
         for node in cluster.nodes[1:]:
             node.server.command("CLUSTER", "MEET", HOST, first_node.port, buses[first_node.port])
@@ -463,6 +489,10 @@ def start_cluster(
                 shards = node.server.command("CLUSTER", "SHARDS")
                 if sum(len(_field(shard, "nodes")) for shard in shards) != len(cluster.nodes):
                     return False
+            if replicas_per_master:
+                for node, slots in zip(primaries, ranges, strict=True):
+                    if not _replicated_promptly(node, _key_on(slots), replicas_per_master):
+                        return False
             return True
 
         _wait_for("cluster_state:ok on every node", ready, 60, cluster.server_logs)

@@ -11,7 +11,12 @@ released, the primary's address forgotten) as soon as either
 
 Writes that must survive a failover run with ``confirm=True``: ``WAIT`` in the same pipeline,
 so a write that no replica acknowledged (a demoted primary has none) raises
-:class:`~gateway.store.base.StoreUnavailable` instead of being answered 201.
+:class:`~gateway.store.base.StoreUnavailable` instead of being answered 201. ``WAIT`` alone is
+not enough with two replicas or more: once Sentinel promoted one, the old primary still has
+the others until Sentinel re-points them, and their acknowledgements are worthless (they resync
+from the new primary). So from ``+try-failover`` (published at least one Sentinel tick, 100
+ms, before the promotion) until ``+switch-master``, a confirmed write is refused even when
+``WAIT`` succeeded: it may have happened, as after any 503, and the caller's retry decides.
 ``wait_replicas=auto`` is 1 here: a Sentinel deployment has replicas by definition.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -33,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.store.base import StoreUnavailable
 from gateway.store.redis_client import RedisClientSettings, run_script, warm_up
 from gateway.store.redis_conn import LuaScript, RedisMode, ScriptArg
 from gateway.store.redis_durability import durability_warnings, replica_count
@@ -44,7 +51,16 @@ log = logging.getLogger("gateway.store.redis")
 T = TypeVar("T")
 
 _LISTEN_PAUSE_S = 0.5
-_SWITCH_CHANNEL = "+switch-master"
+_SWITCH = "+switch-master"
+#: a Sentinel starts a failover (automatic or SENTINEL FAILOVER), or gives one up
+_STARTS = "+try-failover"
+_ABORTS = (
+    "-failover-abort-not-elected",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-slave-timeout",
+)
+#: a failover whose end was never heard of stops holding back confirmations after this
+_FAILOVER_HOLD_S = 60.0
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -101,6 +117,9 @@ class SentinelConn:
         self._wait_replicas = wait_replicas if isinstance(wait_replicas, int) else 1
         self._wait_timeout_ms = wait_timeout_ms
         self._listeners: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._subscribed = asyncio.Event()
+        self._failover_since: float | None = None
         self.resets = 0
 
     @property
@@ -117,6 +136,15 @@ class SentinelConn:
         self.resets += 1
         log.warning("redis sentinel %s: %s; connection pool reset", self._service, why)
 
+    def _failover_under_way(self) -> bool:
+        since = self._failover_since
+        if since is None:
+            return False
+        if time.monotonic() - since > _FAILOVER_HOLD_S:
+            self._failover_since = None
+            return False
+        return True
+
     async def script(
         self,
         script: LuaScript,
@@ -125,9 +153,11 @@ class SentinelConn:
         *,
         confirm: bool = False,
     ) -> Any:
+        if confirm and self._failover_under_way():
+            raise StoreUnavailable(f"redis sentinel {self._service}: failover under way")
         with _mapped("script"):
             try:
-                return await run_script(
+                reply = await run_script(
                     self.client,
                     script,
                     keys,
@@ -135,6 +165,13 @@ class SentinelConn:
                     wait_replicas=self._wait_replicas if confirm else 0,
                     wait_timeout_ms=self._wait_timeout_ms,
                 )
+                if confirm and self._failover_under_way():
+                    # the replica that acknowledged may be re-pointed to the new primary
+                    raise StoreUnavailable(
+                        f"redis sentinel {self._service}: failover started before the write "
+                        "was confirmed (it may have happened)"
+                    )
+                return reply
             except (ReadOnlyError, RedisConnectionError) as exc:
                 # READONLY (redis-py turns it into "The previous master is now a slave") or
                 # a broken link: the primary may have changed; never re-sent
@@ -176,6 +213,15 @@ class SentinelConn:
                 asyncio.create_task(self._listen(host, port), name=f"sentinel-{host}:{port}")
                 for host, port in self._addresses
             ]
+            try:
+                await asyncio.wait_for(self._subscribed.wait(), _LISTEN_PAUSE_S * 4)
+            except TimeoutError:
+                line = (
+                    f"redis sentinel {self._service}: no Sentinel accepted the failover "
+                    "subscription yet: a switch-over is noticed late"
+                )
+                log.warning("REDIS DURABILITY: %s", line)
+                warnings.append(line)
         log.info(
             "redis sentinel %s: primary %s:%s, %d replicas, writes wait for %d",
             self._service,
@@ -187,29 +233,50 @@ class SentinelConn:
         return warnings
 
     async def _listen(self, host: str, port: int) -> None:
-        """Follow ``+switch-master`` on one Sentinel, reconnecting until cancelled."""
-        while True:
+        """Follow the failover events on one Sentinel, reconnecting until closed (redis-py
+        may turn a cancellation inside ``get_message`` into a timeout: the flag ends it)."""
+        while not self._closing:
             sentinel = aioredis.Redis(host=host, port=port, **self._sentinel_kwargs)
             try:
                 async with sentinel.pubsub() as pubsub:
-                    await pubsub.subscribe(_SWITCH_CHANNEL)
-                    while True:
+                    await pubsub.subscribe(_SWITCH, _STARTS, *_ABORTS)
+                    self._subscribed.set()
+                    while not self._closing:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=1.0
                         )
-                        if message is None:
-                            continue
-                        data = message.get("data")
-                        text = data.decode() if isinstance(data, bytes) else str(data)
-                        name, _, where = text.partition(" ")
-                        if name == self._service:
-                            await self.reset(f"+switch-master {where}")
+                        if message is not None:
+                            await self._on_event(message)
             except (RedisError, OSError) as exc:
                 log.debug("sentinel %s:%s listener: %s", host, port, type(exc).__name__)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await sentinel.aclose()
-            await asyncio.sleep(_LISTEN_PAUSE_S)
+            if not self._closing:
+                await asyncio.sleep(_LISTEN_PAUSE_S)
+
+    async def _on_event(self, message: dict[str, Any]) -> None:
+        channel, data = (
+            value.decode() if isinstance(value, bytes) else str(value)
+            for value in (message.get("channel"), message.get("data"))
+        )
+        words = data.split()
+        if channel == _SWITCH:
+            if words[:1] == [self._service]:
+                await self.reset(f"+switch-master to {':'.join(words[3:5])}")
+                self._failover_since = None
+        elif words[:2] == ["master", self._service]:
+            if channel == _STARTS:
+                if self._failover_since is None:
+                    self._failover_since = time.monotonic()
+                    log.warning(
+                        "redis sentinel %s: failover started; confirmed writes are refused "
+                        "until the new primary is announced",
+                        self._service,
+                    )
+            elif channel in _ABORTS:
+                self._failover_since = None
+                log.warning("redis sentinel %s: failover abandoned (%s)", self._service, channel)
 
     async def warm_up(self, connections: int) -> int:
         return await warm_up(self.client, connections)
@@ -218,6 +285,7 @@ class SentinelConn:
         return [self.client]
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._listeners:
             task.cancel()
         for task in self._listeners:
