@@ -258,3 +258,7 @@ class ClusterConn:
             await client.aclose()
         self._nodes.clear()
         await self.client.aclose()
+        # RedisCluster.aclose() does nothing while the client waits to re-learn the topology
+        # (after a connection error): close its nodes' connections ourselves
+        await self.client.nodes_manager.aclose()
+        await self.client.nodes_manager.aclose("startup_nodes")
