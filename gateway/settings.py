@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,33 @@ def _database_url_problem(url: str) -> str | None:
         match = _DATABASE_HOST.fullmatch(host)
         if match is None or not 0 < int(match[3] or 5432) <= 65535:
             return "has a malformed host or port (host:port, ports 1 to 65535)"
+    return None
+
+
+def _redis_mode_problem(settings: Settings) -> str | None:
+    """What is wrong with the Redis mode settings, in words that never quote the URL (it may
+    hold a password) nor a password; None when they fit together."""
+    if settings.redis_mode == "cluster":
+        url = settings.redis_url
+        if not url.startswith(("redis://", "rediss://")):
+            return "redis_url must start with redis:// or rediss:// in cluster mode"
+        path = urlsplit(url).path.strip("/")
+        if path not in ("", "0"):
+            return (
+                "redis_url must name database 0 (or none) in cluster mode: "
+                "a Redis Cluster has no other database"
+            )
+        if "db=" in urlsplit(url).query:
+            return "redis_url must not choose a database (db=) in cluster mode"
+    if settings.redis_mode == "sentinel":
+        if not settings.redis_sentinels.strip():
+            return "redis_sentinels (host:port,host:port) is required in sentinel mode"
+        if not settings.redis_sentinel_service.strip():
+            return "redis_sentinel_service (the master's name) is required in sentinel mode"
+        for item in settings.redis_sentinels.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                return "redis_sentinels must be host:port pairs separated by commas"
     return None
 
 
@@ -261,6 +289,9 @@ class Settings(BaseSettings):
         problem = _database_url_problem(self.database_url.get_secret_value())
         if problem is not None:
             raise ValueError(f"database_url {problem}")
+        problem = _redis_mode_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property

@@ -32,7 +32,7 @@ from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
 from tests.redis_stores import redis_store
 
-pytest_plugins = ["tests.postgres_support", "tests.pg_instance"]
+pytest_plugins = ["tests.postgres_support", "tests.pg_instance", "tests.redis_cluster_support"]
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 

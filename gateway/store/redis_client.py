@@ -31,9 +31,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.settings import Settings
 from gateway.store.base import StoreUnavailable
-from gateway.store.redis_conn import LuaScript, RedisMode, ScriptArg
+from gateway.store.redis_conn import LuaScript, RedisConn, RedisMode, ScriptArg
+from gateway.store.redis_durability import durability_warnings, replica_count
+from gateway.store.redis_support import _mapped
 
-__all__ = ["RedisClientSettings", "StandaloneConn", "open_redis", "open_redis_client", "warm_up"]
+__all__ = [
+    "RedisClientSettings",
+    "StandaloneConn",
+    "open_node_client",
+    "open_redis",
+    "open_redis_client",
+    "parse_sentinels",
+    "run_script",
+    "warm_up",
+]
 
 log = logging.getLogger("gateway.store.redis")
 
@@ -84,20 +95,41 @@ def _retrying_connect(base: type[AbstractConnection], retries: int) -> type[Abst
     return RetryingConnect
 
 
-def open_redis_client(url: str, conf: RedisClientSettings) -> aioredis.Redis:
-    """A client on a pool made per ``conf`` (bytes replies); the caller closes it."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=conf.max_connections,
-        timeout=conf.pool_timeout_s,
-        socket_timeout=conf.socket_timeout_s,
-        socket_connect_timeout=conf.connect_timeout_s,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-    )
+def _pool_options(conf: RedisClientSettings) -> dict[str, Any]:
+    return {
+        "max_connections": conf.max_connections,
+        "timeout": conf.pool_timeout_s,
+        "socket_timeout": conf.socket_timeout_s,
+        "socket_connect_timeout": conf.connect_timeout_s,
+        "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+    }
+
+
+def _client_on(pool: aioredis.BlockingConnectionPool, conf: RedisClientSettings) -> aioredis.Redis:
     pool.connection_class = _retrying_connect(pool.connection_class, conf.connect_retries)
     return aioredis.Redis.from_pool(pool)
+
+
+def open_redis_client(url: str, conf: RedisClientSettings) -> aioredis.Redis:
+    """A client on a pool made per ``conf`` (bytes replies); the caller closes it."""
+    return _client_on(aioredis.BlockingConnectionPool.from_url(url, **_pool_options(conf)), conf)
+
+
+def open_node_client(
+    host: str,
+    port: int,
+    conf: RedisClientSettings,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+) -> aioredis.Redis:
+    """Like :func:`open_redis_client`, for one node named by address (a cluster primary)."""
+    pool = aioredis.BlockingConnectionPool(
+        host=host, port=port, username=username, password=password, **_pool_options(conf)
+    )
+    return _client_on(pool, conf)
 
 
 async def warm_up(client: aioredis.Redis, connections: int) -> int:
@@ -134,6 +166,69 @@ async def warm_up(client: aioredis.Redis, connections: int) -> int:
 T = TypeVar("T")
 
 
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as address pairs (``GATEWAY_REDIS_SENTINELS``); ValueError
+    (quoting nothing) when one is malformed."""
+    found: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError("redis_sentinels must be host:port pairs separated by commas")
+        found.append((host.strip("[]"), int(port)))
+    return found
+
+
+async def run_script(
+    client: aioredis.Redis,
+    script: LuaScript,
+    keys: Sequence[str],
+    args: Sequence[ScriptArg],
+    *,
+    wait_replicas: int,
+    wait_timeout_ms: int,
+    asking: bool = False,
+) -> Any:
+    """``script`` once on ``client``'s server (``EVALSHA``, then ``EVAL`` after
+    ``NOSCRIPT``: it did not run). ``wait_replicas`` > 0: ``WAIT`` follows in the same
+    pipeline, on the same connection, and fewer acknowledgements raise
+    :class:`StoreUnavailable`. ``asking``: ``ASKING`` first (a slot being migrated). An error
+    reply is raised as redis-py's exception (``MovedError``...); nothing is re-sent."""
+    for command in ("EVALSHA", "EVAL"):
+        body = script.sha if command == "EVALSHA" else script.source
+        if wait_replicas <= 0 and not asking:
+            try:
+                return await client.execute_command(  # type: ignore[no-untyped-call]
+                    command, body, len(keys), *keys, *args
+                )
+            except NoScriptError:
+                continue
+        async with client.pipeline(transaction=False) as pipe:
+            if asking:
+                pipe.execute_command("ASKING")
+            pipe.execute_command(command, body, len(keys), *keys, *args)
+            if wait_replicas > 0:
+                pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
+            replies = await pipe.execute(raise_on_error=False)
+        reply = replies[1 if asking else 0]
+        if isinstance(reply, NoScriptError):
+            continue
+        if isinstance(reply, BaseException):
+            raise reply
+        if wait_replicas > 0:
+            acked = replies[-1]
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < wait_replicas:
+                raise StoreUnavailable(
+                    f"redis write reached {int(acked)} of {wait_replicas} replicas "
+                    f"within {wait_timeout_ms} ms"
+                )
+        return reply
+    raise StoreUnavailable("redis refused the script twice (NOSCRIPT after EVAL)")
+
+
 class StandaloneConn:
     """:class:`~gateway.store.redis_conn.RedisConn` on one server (``GATEWAY_REDIS_MODE=
     standalone``): ``WAIT`` rides in the write's pipeline, on its connection."""
@@ -158,33 +253,14 @@ class StandaloneConn:
         *,
         confirm: bool = False,
     ) -> Any:
-        confirm = confirm and self._wait_replicas > 0
-        for command in ("EVALSHA", "EVAL"):
-            body = script.sha if command == "EVALSHA" else script.source
-            if not confirm:
-                try:
-                    return await self.client.execute_command(  # type: ignore[no-untyped-call]
-                        command, body, len(keys), *keys, *args
-                    )
-                except NoScriptError:
-                    continue
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.execute_command(command, body, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(reply, NoScriptError):
-                continue
-            if isinstance(reply, BaseException):
-                raise reply
-            if isinstance(acked, BaseException):
-                raise acked
-            if int(acked) < self._wait_replicas:
-                raise StoreUnavailable(
-                    f"redis write reached {int(acked)} of {self._wait_replicas} replicas "
-                    f"within {self._wait_timeout_ms} ms"
-                )
-            return reply
-        raise StoreUnavailable("redis refused the script twice (NOSCRIPT after EVAL)")
+        return await run_script(
+            self.client,
+            script,
+            keys,
+            args,
+            wait_replicas=self._wait_replicas if confirm else 0,
+            wait_timeout_ms=self._wait_timeout_ms,
+        )
 
     async def read(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -196,10 +272,15 @@ class StandaloneConn:
         await self.client.ping()
 
     async def start(self) -> list[str]:
-        if self._wanted == "auto":
-            info = await self.client.info("replication")
-            self._wait_replicas = 1 if int(info.get("connected_slaves", 0)) > 0 else 0
-        return []
+        with _mapped("start"):
+            replicas = await replica_count(self.client)
+            if self._wanted == "auto":
+                self._wait_replicas = 1 if replicas > 0 else 0
+            address = self.client.connection_pool.connection_kwargs
+            name = f"{address.get('host', '?')}:{address.get('port', '?')}"
+            return await durability_warnings(
+                [(name, self.client)], wait_replicas=self._wait_replicas, mode=self.mode
+            )
 
     async def warm_up(self, connections: int) -> int:
         return await warm_up(self.client, connections)
@@ -211,10 +292,32 @@ class StandaloneConn:
         await self.client.aclose()
 
 
-def open_redis(settings: Settings, conf: RedisClientSettings | None = None) -> StandaloneConn:
+def open_redis(settings: Settings, conf: RedisClientSettings | None = None) -> RedisConn:
     """The :class:`~gateway.store.redis_conn.RedisConn` ``GATEWAY_REDIS_MODE`` asks for (not
     yet started: call :meth:`start` before traffic)."""
     conf = conf or RedisClientSettings.from_settings(settings)
+    if settings.redis_mode == "cluster":
+        from gateway.store.redis_cluster import ClusterConn
+
+        return ClusterConn(
+            settings.redis_url,
+            conf,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
+    if settings.redis_mode == "sentinel":
+        from gateway.store.redis_sentinel import SentinelConn
+
+        password = settings.redis_sentinel_password
+        return SentinelConn(
+            sentinels=parse_sentinels(settings.redis_sentinels),
+            service=settings.redis_sentinel_service,
+            sentinel_password=password.get_secret_value() if password else None,
+            data_url=settings.redis_url,
+            conf=conf,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
     return StandaloneConn(
         open_redis_client(settings.redis_url, conf),
         wait_replicas=settings.redis_wait_replicas,

@@ -14,7 +14,15 @@ through one :class:`RedisConn` made by :func:`gateway.store.redis_client.open_re
 - :meth:`RedisConn.read` runs an idempotent read, retried once after a connection error.
 - :attr:`RedisConn.client` serves the plain single-slot commands (``GET``, ``ZADD``...): a
   ``redis.asyncio.Redis`` (standalone, Sentinel) or ``redis.asyncio.RedisCluster``; neither
-  re-sends a command by itself.
+  re-sends a command by itself. Wrap its calls in ``_mapped`` (redis_support): in cluster mode
+  it raises ``RedisClusterException`` (not a ``RedisError``) for unroutable commands, and its
+  per-node pools do not wait for a free connection (``MaxConnectionsError`` beyond
+  ``GATEWAY_REDIS_MAX_CONNECTIONS`` per node), unlike the scripts' pools.
+
+Implementations: ``StandaloneConn`` (redis_client), ``ClusterConn`` (redis_cluster: scripts on
+the slot owner's own connection, MOVED followed once), ``SentinelConn`` (redis_sentinel: the
+pool follows ``+switch-master`` and READONLY; confirmed writes are refused while a failover is
+under way). Each ``start()`` checks the durability settings (redis_durability).
 """
 
 from __future__ import annotations

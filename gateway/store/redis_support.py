@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.store.base import StoreUnavailable
 from gateway.store.keys import QUEUE_BUCKETS
@@ -55,10 +55,17 @@ return out
 
 @contextmanager
 def _mapped(operation: str) -> Iterator[None]:
-    """Map every lower-layer failure of ``operation`` to :class:`StoreUnavailable`, once."""
+    """Map every lower-layer failure of ``operation`` to :class:`StoreUnavailable`, once:
+    connection errors and timeouts, error replies (``READONLY`` from a demoted primary,
+    ``NOREPLICAS``, ``CLUSTERDOWN``, ``CROSSSLOT``, ``MOVED`` after the topology refresh) and
+    redis-py's cluster errors, which are not ``RedisError`` (``RedisClusterException``: a
+    slot not covered, keys in several slots). The message names the cause for the log;
+    redis-py's messages hold addresses, never passwords."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except StoreUnavailable:
+        raise
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise StoreUnavailable(f"redis {operation} failed: {type(exc).__name__}: {exc}") from exc
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from gateway.settings import Settings
 from gateway.store.base import StoreUnavailable
-from gateway.store.redis_client import RedisClientSettings, open_redis_client, warm_up
+from gateway.store.redis_client import (
+    RedisClientSettings,
+    open_redis,
+    open_redis_client,
+    warm_up,
+)
+from gateway.store.redis_conn import LuaScript
+from tests.redis_servers import SentinelGroup
 from tests.redis_stores import redis_store
 
 
@@ -137,3 +144,35 @@ def test_the_settings_reach_the_client() -> None:
     assert (pool.max_connections, pool.timeout) == (7, 3.5)  # type: ignore[attr-defined]
     assert pool.connection_kwargs["socket_connect_timeout"] == 0.7
     assert pool.connection_kwargs["socket_timeout"] == 0.9
+
+
+async def test_a_standalone_primary_with_replicas_is_checked_for_durability(
+    redis_sentinel_group_factory: Callable[..., SentinelGroup],
+) -> None:
+    """auto: 1 replica found, so writes wait for it; the primary lacks min-replicas-to-write
+    and AOF: a loud warning each. The durable group's primary draws none."""
+    loose = redis_sentinel_group_factory(replicas=1, sentinels=1, durable=False)
+    durable = redis_sentinel_group_factory(replicas=1, sentinels=1)
+    for group, expected in ((loose, 2), (durable, 0)):
+        conn = open_redis(Settings(redis_url=group.primary.url))  # type: ignore[call-arg]
+        try:
+            warnings = await conn.start()
+            assert conn.wait_replicas == 1
+        finally:
+            await conn.close()
+        assert len(warnings) == expected, warnings
+    conn = open_redis(Settings(redis_url=loose.primary.url))  # type: ignore[call-arg]
+    try:
+        await conn.start()
+        assert await conn.script(LuaScript("return 1"), ["k"], [], confirm=True) == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_standalone_redis_without_replicas_draws_no_warning(redis_url: str) -> None:
+    conn = open_redis(Settings(redis_url=redis_url))  # type: ignore[call-arg]
+    try:
+        assert await conn.start() == []
+        assert conn.wait_replicas == 0
+    finally:
+        await conn.close()
