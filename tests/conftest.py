@@ -30,6 +30,7 @@ from gateway.store.coordination import (
 )
 from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
+from tests.redis_cleanup import delete_matching_at
 from tests.redis_stores import redis_store
 
 pytest_plugins = ["tests.postgres_support", "tests.pg_instance", "tests.redis_cluster_support"]
@@ -84,21 +85,11 @@ def _redis_marker_gate(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix unique to this test; teardown deletes (SCAN + UNLINK) only its keys."""
+    """A key prefix unique to this test; teardown deletes only its keys (SCAN, UNLINK per
+    slot: :func:`tests.redis_cleanup.delete_matching`)."""
     prefix = f"test:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url, socket_timeout=5.0)
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=RedisKeys(prefix).match_all(), count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-    finally:
-        client.close()
+    delete_matching_at([redis_url], RedisKeys(prefix).match_all())
 
 
 @pytest.fixture
