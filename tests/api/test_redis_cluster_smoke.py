@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,22 +49,9 @@ def primary_clients(cluster: RedisCluster) -> list[redis.Redis]:
 
 
 @pytest.fixture
-def cluster_prefix(redis_cluster: RedisCluster) -> Iterator[str]:
-    """A key prefix of this test's own on the cluster; its keys are deleted on every master."""
-    prefix = f"smoke:{uuid.uuid4().hex}:"
-    yield prefix
-    clients = primary_clients(redis_cluster)
-    try:
-        delete_matching(clients, f"{prefix}*")
-    finally:
-        for client in clients:
-            client.close()
-
-
-@pytest.fixture
 async def cluster_gateway(
     redis_cluster: RedisCluster,
-    cluster_prefix: str,
+    redis_cluster_prefix: str,
     aiohttp_server: Any,
     processes: list[Any],
     tmp_path: Path,
@@ -87,7 +73,7 @@ async def cluster_gateway(
         "GATEWAY_STORE": "redis",
         "GATEWAY_REDIS_MODE": "cluster",
         "GATEWAY_REDIS_URL": redis_cluster.seed_url,
-        "GATEWAY_REDIS_PREFIX": cluster_prefix,
+        "GATEWAY_REDIS_PREFIX": redis_cluster_prefix,
         "GATEWAY_MERCHANTS_PATH": str(merchants_file(tmp_path, str(receiver.make_url("")))),
         "GATEWAY_RULES_PATH": str(pinned_rules(tmp_path, "stripe")),
         "GATEWAY_NOTIFICATION_POLL_INTERVAL_SECONDS": "0.05",
@@ -95,7 +81,7 @@ async def cluster_gateway(
     processes.append(start_gateway(port, env, output=tmp_path / "gateway.log"))
     await wait_ready(port, processes[-1], timeout=60)
     return ClusterGateway(
-        f"http://127.0.0.1:{port}/api/v1/sessions", sandbox, notified, cluster_prefix
+        f"http://127.0.0.1:{port}/api/v1/sessions", sandbox, notified, redis_cluster_prefix
     )
 
 
