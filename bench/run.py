@@ -494,7 +494,7 @@ def main() -> int:
             result.extra["sandbox_cpu_ms_per_request"] = result_provider_cpu
         results.append(result)
         print(
-            f"  {name:<42} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
+            f"  {name:<44} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
             f"p99 {result.p99_ms:>7.2f} ms  errors {result.errors}",
             flush=True,
         )
@@ -662,7 +662,7 @@ def main() -> int:
             results.append(result)
             out[name] = result
             print(
-                f"  {result.scenario:<42} {result.requests_per_s:>9.1f} req/s  "
+                f"  {result.scenario:<44} {result.requests_per_s:>9.1f} req/s  "
                 f"p50 {result.p50_ms:>7.2f} ms  p99 {result.p99_ms:>7.2f} ms  "
                 f"errors {result.errors}",
                 flush=True,
@@ -833,7 +833,7 @@ def report(
         result.ratio_to_baseline = round(result.requests_per_s / base.requests_per_s, 3)
     duplicates_ok = True
     print(
-        "\nscenario                                     req/s   ratio   p50 ms   p99 ms  errors"
+        "\nscenario                                       req/s   ratio   p50 ms   p99 ms  errors"
         "  cpu ms/req  notes"
     )
     for r in results:
@@ -856,7 +856,7 @@ def report(
             parts.append(f"database cpu {r.extra['database_cpu_ms_per_request']} ms/req")
         notes = "; ".join(parts)
         print(
-            f"{r.scenario[:42]:<42} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
+            f"{r.scenario[:44]:<44} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
             f"  {r.extra['server_cpu_ms_per_request']:>10.3f}  {notes}"
         )

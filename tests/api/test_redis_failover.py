@@ -54,17 +54,21 @@ class SwitchFigures:
     unavailable: int
     recovered_after_s: float
     longest_gap_s: float
+    promoted_after_s: float
 
     def line(self, how: str) -> str:
         return (
             f"redis failover ({how}): {self.keys} keys, {self.acknowledged} acknowledged, "
-            f"{self.unavailable} answered 503 around the switch; creates answered 201 again "
+            f"{self.unavailable} answered 503 around the switch; the Sentinels named the new "
+            f"primary {self.promoted_after_s:.2f} s after the switch, creates answered 201 again "
             f"{self.recovered_after_s:.2f} s after the switch (longest run without a 201: "
             f"{self.longest_gap_s:.2f} s)"
         )
 
 
-def switch_figures(answers: list[Answer], switched_at: float) -> SwitchFigures:
+def switch_figures(
+    answers: list[Answer], switched_at: float, promoted_after: float
+) -> SwitchFigures:
     """Recovery: the first 201 of a create started after the last failed create began
     (measured from the switch); the longest interval between two 201s finishing."""
     failures = [a for a in answers if a.status != 201]
@@ -82,6 +86,7 @@ def switch_figures(answers: list[Answer], switched_at: float) -> SwitchFigures:
         unavailable=sum(1 for a in answers if a.status == 503),
         recovered_after_s=recovered - switched_at,
         longest_gap_s=max(gaps, default=0.0),
+        promoted_after_s=promoted_after,
     )
 
 
@@ -100,6 +105,14 @@ def gateway_env(sandbox: Any, group: SentinelGroup, prefix: str) -> dict[str, st
         "GATEWAY_REQUEST_DEADLINE_SECONDS": "4.5",
         "GATEWAY_IDEMPOTENCY_LEASE_SECONDS": "5",
     }
+
+
+async def until_promoted(group: SentinelGroup, old: RedisNode, timeout: float = 30.0) -> None:
+    """Wait until the Sentinels name another primary than ``old``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await asyncio.to_thread(group.current_primary) is old:
+        assert asyncio.get_running_loop().time() < deadline, "no failover happened"
+        await asyncio.sleep(0.05)
 
 
 def gateway_logs(directory: Path) -> str:
@@ -145,8 +158,10 @@ async def failover_under_load(
             await load.until(lambda: load.count(201) >= BEFORE, timeout=60)
             switched_at = loop.time()
             await switch(old_primary)
+            await until_promoted(group, old_primary)
             new_primary = await asyncio.to_thread(group.wait_until_settled, 60)
             assert new_primary is not old_primary
+            promoted_after = loop.time() - switched_at
 
             def answered_since_switch() -> int:
                 return sum(1 for a in load.answers if a.status == 201 and a.started > switched_at)
@@ -154,7 +169,7 @@ async def failover_under_load(
             await load.until(lambda: answered_since_switch() >= AFTER, timeout=60)
         finally:
             await load.stop()
-        figures = switch_figures(load.answers, switched_at)
+        figures = switch_figures(load.answers, switched_at, promoted_after)
         print(f"\n{figures.line(how)}")
         logs = await asyncio.to_thread(gateway_logs, tmp_path)
 
