@@ -12,6 +12,10 @@ an orderReference of its own, as a shop does) and prints:
   outbox, orphans) per entry they hold;
 - how many keys a session leaves.
 
+The first ``--cancel`` sessions are then cancelled while the merchant's receiver is down, so
+their notifications stay in the outbox and its entries can be measured too (the used_memory
+figure is taken before).
+
 ``.venv/bin/python bench/redis_sizing.py [--sessions 2000] [--json out.json]``
 """
 
@@ -67,9 +71,11 @@ def kind_of(key: str) -> str:
     return "other"
 
 
-async def create_sessions(url: str, token: str, first: int, count: int) -> None:
+async def create_sessions(url: str, token: str, first: int, count: int) -> list[str]:
+    """Create ``count`` sessions; their ids."""
     text = SEED_REQUEST_JSON
     numbers = iter(range(first, first + count))
+    ids: list[str] = []
     async with aiohttp.ClientSession() as http:
 
         async def client() -> None:
@@ -86,8 +92,24 @@ async def create_sessions(url: str, token: str, first: int, count: int) -> None:
                 ) as answer:
                     if answer.status != 201:
                         raise SystemExit(f"create {n}: {answer.status} {await answer.text()}")
+                    ids.append((await answer.json())["sessionId"])
 
         await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    return ids
+
+
+async def cancel_sessions(url: str, token: str, ids: list[str]) -> None:
+    """Cancel each session: one merchant notification queued per session (its receiver is
+    down, so the notifications stay in the outbox)."""
+    async with aiohttp.ClientSession() as http:
+        for session_id in ids:
+            async with http.post(
+                f"{url}/api/v1/sessions/{session_id}/cancel",
+                json={"cancellationReason": "abandoned"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as answer:
+                if answer.status != 200:
+                    raise SystemExit(f"cancel: {answer.status} {await answer.text()}")
 
 
 def measure(server: RedisServer) -> dict[str, Any]:
@@ -119,6 +141,9 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--cancel", type=int, default=200, help="sessions cancelled (outbox entries queued)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -126,7 +151,13 @@ async def main() -> int:
     server = RedisServer(root, "redis", ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
     try:
         server.start()
-        ports = {name: free_port() for name in ("sandbox", "gateway")}
+        ports = {name: free_port() for name in ("sandbox", "gateway", "receiver")}
+        merchants = root / "merchants.yaml"
+        merchants.write_text(
+            "merchants:\n  sizing-merchant:\n    webhook:\n"
+            f"      url: http://127.0.0.1:{ports['receiver']}/hooks\n"
+            "      secret: whsec_sizing_0123456789abcdef\n"
+        )
         sandbox = f"http://127.0.0.1:{ports['sandbox']}"
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         env = {
@@ -137,14 +168,18 @@ async def main() -> int:
             "GATEWAY_STORE": "redis",
             "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
             "GATEWAY_REDIS_PREFIX": PREFIX,
-            "GATEWAY_LOG_LEVEL": "WARNING",
+            "GATEWAY_LOG_LEVEL": "ERROR",
+            # the merchant's receiver is down: its notifications stay queued
+            "GATEWAY_MERCHANTS_PATH": str(merchants),
             **{
                 f"GATEWAY_PROVIDER_{p.upper()}_BASE_URL": f"{sandbox}/sandbox/{p}"
                 for p in ("stripe", "adyen", "paypal")
             },
         }
         settings = Settings(_env_file=None, jwt_secret=JWT_SECRET)  # type: ignore[call-arg]
-        token = Authenticator(settings).issue("sizing-merchant", ["sessions:write"], 3600)
+        token = Authenticator(settings).issue(
+            "sizing-merchant", ["sessions:write", "sessions:read"], 3600
+        )
         py = sys.executable
         with (
             process(
@@ -156,8 +191,9 @@ async def main() -> int:
         ):
             await create_sessions(gateway, token, 0, args.warmup)
             before = int(server.info("memory")["used_memory"])
-            await create_sessions(gateway, token, args.warmup, args.sessions)
+            ids = await create_sessions(gateway, token, args.warmup, args.sessions)
             after = int(server.info("memory")["used_memory"])
+            await cancel_sessions(gateway, token, ids[: args.cancel])
             kinds = await asyncio.to_thread(measure, server)
         total = args.warmup + args.sessions
         figures = {
