@@ -12,9 +12,9 @@ an orderReference of its own, as a shop does) and prints:
   outbox, orphans) per entry they hold;
 - how many keys a session leaves.
 
-The first ``--cancel`` sessions are then cancelled while the merchant's receiver is down, so
-their notifications stay in the outbox and its entries can be measured too (the used_memory
-figure is taken before).
+The measured sessions belong to a merchant without a webhook (nothing queued for them). Then
+``--cancel`` more sessions of a merchant whose receiver is down are created and cancelled: their
+notifications (created, cancelled) stay in the outbox, whose entries are measured too.
 
 ``.venv/bin/python bench/redis_sizing.py [--sessions 2000] [--json out.json]``
 """
@@ -44,6 +44,11 @@ from gateway.settings import Settings  # noqa: E402
 from tests.redis_servers import RedisServer  # noqa: E402
 
 PREFIX = "size:"
+#: the zset of each queue that names every entry once
+QUEUE_INDEXES = (":expiry", ":outbox:due", ":orphans:due")
+#: the merchant whose sessions are measured (no webhook: nothing queued for it) and the one
+#: whose notifications stay queued (its receiver is down)
+MEASURED, NOTIFIED = "sizing-merchant", "sizing-notified"
 CONCURRENCY = 16
 
 #: key kind by the part after the prefix (and the bucket tag, when there is one)
@@ -125,11 +130,12 @@ def measure(server: RedisServer) -> dict[str, Any]:
             entry["keys"] += 1
             entry["bytes"] += usage
             kind = client.type(raw).decode()
-            if kind == "zset":
+            if key.endswith(QUEUE_INDEXES):
+                # a queue's entries: its due index (its items hash holds the same ids)
                 entry["entries"] += int(client.zcard(raw))
-            elif kind == "hash":
+            elif kind == "hash" and "queue" not in kind_of(key):
                 entry["entries"] += int(client.hlen(raw))
-            else:
+            elif "queue" not in kind_of(key):
                 entry["entries"] += 1
             if entry["example"] is None:
                 entry["example"] = f"{key} ({kind})"
@@ -142,7 +148,10 @@ async def main() -> int:
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument(
-        "--cancel", type=int, default=200, help="sessions cancelled (outbox entries queued)"
+        "--cancel",
+        type=int,
+        default=200,
+        help="sessions of a merchant whose receiver is down, created and cancelled",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
@@ -154,7 +163,7 @@ async def main() -> int:
         ports = {name: free_port() for name in ("sandbox", "gateway", "receiver")}
         merchants = root / "merchants.yaml"
         merchants.write_text(
-            "merchants:\n  sizing-merchant:\n    webhook:\n"
+            f"merchants:\n  {NOTIFIED}:\n    webhook:\n"
             f"      url: http://127.0.0.1:{ports['receiver']}/hooks\n"
             "      secret: whsec_sizing_0123456789abcdef\n"
         )
@@ -177,9 +186,9 @@ async def main() -> int:
             },
         }
         settings = Settings(_env_file=None, jwt_secret=JWT_SECRET)  # type: ignore[call-arg]
-        token = Authenticator(settings).issue(
-            "sizing-merchant", ["sessions:write", "sessions:read"], 3600
-        )
+        scopes = ["sessions:write", "sessions:read"]
+        token = Authenticator(settings).issue(MEASURED, scopes, 3600)
+        notified = Authenticator(settings).issue(NOTIFIED, scopes, 3600)
         py = sys.executable
         with (
             process(
@@ -191,11 +200,13 @@ async def main() -> int:
         ):
             await create_sessions(gateway, token, 0, args.warmup)
             before = int(server.info("memory")["used_memory"])
-            ids = await create_sessions(gateway, token, args.warmup, args.sessions)
+            await create_sessions(gateway, token, args.warmup, args.sessions)
             after = int(server.info("memory")["used_memory"])
-            await cancel_sessions(gateway, token, ids[: args.cancel])
+            first = args.warmup + args.sessions
+            ids = await create_sessions(gateway, notified, first, args.cancel)
+            await cancel_sessions(gateway, notified, ids)
             kinds = await asyncio.to_thread(measure, server)
-        total = args.warmup + args.sessions
+        total = args.warmup + args.sessions + args.cancel
         figures = {
             "sessions": total,
             "measured_sessions": args.sessions,
@@ -215,6 +226,10 @@ async def main() -> int:
             f"redis sizing: {args.sessions} sessions (after {args.warmup} warm-up), "
             f"used_memory +{after - before} bytes = "
             f"{figures['used_memory_per_session_bytes']} bytes per session"
+        )
+        print(
+            f"({total} sessions in all; queues: entries = ids in their due index, bytes = "
+            "the index and the items together)"
         )
         print(f"{'kind':<22}{'keys':>7}{'entries':>9}{'bytes/key':>11}{'bytes/entry':>13}  example")
         for name, k in sorted(kinds.items()):
