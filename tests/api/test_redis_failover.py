@@ -59,7 +59,7 @@ class SwitchFigures:
     def line(self, how: str) -> str:
         return (
             f"redis failover ({how}): {self.keys} keys, {self.acknowledged} acknowledged, "
-            f"{self.unavailable} answered 503 around the switch; the Sentinels named the new "
+            f"{self.unavailable} answered 503 around the switch; a Sentinel named the new "
             f"primary {self.promoted_after_s:.2f} s after the switch, creates answered 201 again "
             f"{self.recovered_after_s:.2f} s after the switch (longest run without a 201: "
             f"{self.longest_gap_s:.2f} s)"
@@ -159,9 +159,9 @@ async def failover_under_load(
             switched_at = loop.time()
             await switch(old_primary)
             await until_promoted(group, old_primary)
+            promoted_after = loop.time() - switched_at
             new_primary = await asyncio.to_thread(group.wait_until_settled, 60)
             assert new_primary is not old_primary
-            promoted_after = loop.time() - switched_at
 
             def answered_since_switch() -> int:
                 return sum(1 for a in load.answers if a.status == 201 and a.started > switched_at)
