@@ -1,4 +1,5 @@
-"""A real ``gateway serve`` on a 3-master Redis Cluster (``GATEWAY_REDIS_MODE=cluster``).
+"""A real ``gateway serve`` on a 3-master Redis Cluster (``GATEWAY_REDIS_MODE=cluster``),
+without replicas and with one replica per master (durable settings: writes wait for it).
 
 The whole path of a payment: create, read, the customer pays on the sandbox's hosted page,
 the provider's webhook reaches the gateway, the session is COMPLETED and the merchant is
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,20 +44,38 @@ class ClusterGateway:
     sandbox: Any
     notified: list[dict[str, Any]]
     prefix: str
+    cluster: RedisCluster
 
 
 def primary_clients(cluster: RedisCluster) -> list[redis.Redis]:
     return [node.server.client() for node in cluster.primaries]
 
 
+@pytest.fixture(params=["3 masters", "3 masters + replicas"])
+def smoke_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[RedisCluster, str]]:
+    """The cluster under test (without replicas; with one replica per master, durable: every
+    create and lifecycle write waits for a replica) and a key prefix of the test's own,
+    deleted on every primary afterwards."""
+    fixture = "redis_cluster" if request.param == "3 masters" else "redis_cluster_replicated"
+    cluster: RedisCluster = request.getfixturevalue(fixture)
+    prefix = f"smoke:{uuid.uuid4().hex}:"
+    yield cluster, prefix
+    clients = primary_clients(cluster)
+    try:
+        delete_matching(clients, f"{prefix}*")
+    finally:
+        for client in clients:
+            client.close()
+
+
 @pytest.fixture
 async def cluster_gateway(
-    redis_cluster: RedisCluster,
-    redis_cluster_prefix: str,
+    smoke_cluster: tuple[RedisCluster, str],
     aiohttp_server: Any,
     processes: list[Any],
     tmp_path: Path,
 ) -> ClusterGateway:
+    cluster, prefix = smoke_cluster
     notified, receiver = await notification_receiver(aiohttp_server)
     port = free_port()
     # the sandbox's webhooks go straight to the gateway process
@@ -72,8 +92,8 @@ async def cluster_gateway(
         **base_env(sandbox),
         "GATEWAY_STORE": "redis",
         "GATEWAY_REDIS_MODE": "cluster",
-        "GATEWAY_REDIS_URL": redis_cluster.seed_url,
-        "GATEWAY_REDIS_PREFIX": redis_cluster_prefix,
+        "GATEWAY_REDIS_URL": cluster.seed_url,
+        "GATEWAY_REDIS_PREFIX": prefix,
         "GATEWAY_MERCHANTS_PATH": str(merchants_file(tmp_path, str(receiver.make_url("")))),
         "GATEWAY_RULES_PATH": str(pinned_rules(tmp_path, "stripe")),
         "GATEWAY_NOTIFICATION_POLL_INTERVAL_SECONDS": "0.05",
@@ -81,7 +101,7 @@ async def cluster_gateway(
     processes.append(start_gateway(port, env, output=tmp_path / "gateway.log"))
     await wait_ready(port, processes[-1], timeout=60)
     return ClusterGateway(
-        f"http://127.0.0.1:{port}/api/v1/sessions", sandbox, notified, redis_cluster_prefix
+        f"http://127.0.0.1:{port}/api/v1/sessions", sandbox, notified, prefix, cluster
     )
 
 
@@ -97,7 +117,7 @@ def created_at_sandbox(sandbox: Any) -> int:
 
 
 async def test_create_pay_webhook_notification_and_order_search_on_a_cluster(
-    cluster_gateway: ClusterGateway, redis_cluster: RedisCluster
+    cluster_gateway: ClusterGateway,
 ) -> None:
     gw = cluster_gateway
     async with aiohttp.ClientSession() as http:
@@ -140,7 +160,7 @@ async def test_create_pay_webhook_notification_and_order_search_on_a_cluster(
             async with http.post(gw.sessions, json=body, headers=headers(f"spread-{i}")) as made:
                 assert made.status == 201, await made.text()
     per_master = {}
-    for node in redis_cluster.primaries:
+    for node in gw.cluster.primaries:
         with node.server.client() as client:
             per_master[node.port] = sum(1 for _ in client.scan_iter(match=f"{gw.prefix}*"))
     print(f"\nkeys per master after 31 sessions: {per_master}")
