@@ -31,6 +31,7 @@ from gateway.store.coordination import (
 from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
 from tests.redis_cleanup import delete_matching_at
+from tests.redis_servers import RedisCluster
 from tests.redis_stores import redis_store
 
 pytest_plugins = ["tests.postgres_support", "tests.pg_instance", "tests.redis_cluster_support"]
@@ -102,9 +103,10 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """``await store_factory("memory" | "redis" | "postgres", **store_kwargs)``; every store
-    made is closed at teardown. Redis stores of one test share its ``redis_prefix`` (like
-    several gateway processes sharing one Redis), so their keys are deleted with it; PostgreSQL
+    """``await store_factory("memory" | "redis" | "redis_cluster" | "postgres", **kwargs)``;
+    every store made is closed at teardown. Redis stores of one test share its ``redis_prefix``
+    (like several gateway processes sharing one Redis), so their keys are deleted with it
+    (``redis_cluster``: its ``redis_cluster_prefix``, deleted on every primary); PostgreSQL
     stores of one test share the session's database, emptied before the test."""
     created: list[RecordStore] = []
 
@@ -116,6 +118,11 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
             url: str = request.getfixturevalue("redis_url")
             prefix: str = request.getfixturevalue("redis_prefix")
             store = redis_store(url, prefix, **kwargs)
+            await store.conn.start()
+        elif kind == "redis_cluster":
+            cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+            prefix = request.getfixturevalue("redis_cluster_prefix")
+            store = redis_store(cluster.seed_url, prefix, mode="cluster", **kwargs)
             await store.conn.start()
         elif kind == "postgres":
             from gateway.store.postgres import PostgresStore
@@ -136,11 +143,13 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis_cluster", marks=pytest.mark.redis),
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RecordStore:
-    """The record store under test, once per backend: memory, Redis and PostgreSQL."""
+    """The record store under test, once per backend: memory, Redis (standalone, and a
+    3-master Redis Cluster of the test session's own) and PostgreSQL."""
     kind: str = request.param
     return await store_factory(kind)
 
