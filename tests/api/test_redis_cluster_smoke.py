@@ -27,7 +27,13 @@ from providers.sandbox.state import SandboxConfig
 from tests.api.conftest import headers, seed
 from tests.api.test_failover import sandbox_state
 from tests.api.test_postgres_lifecycle_races import notification_receiver
-from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
+from tests.gateway_processes import (
+    base_env,
+    free_port,
+    readyz_checks,
+    start_gateway,
+    wait_ready,
+)
 from tests.lifecycle.conftest import merchants_file, pinned_rules
 from tests.providers.hosted_inputs import press
 from tests.redis_cleanup import delete_matching
@@ -100,6 +106,14 @@ async def cluster_gateway(
     }
     processes.append(start_gateway(port, env, output=tmp_path / "gateway.log"))
     await wait_ready(port, processes[-1], timeout=60)
+    # with replicas (durable settings) every write waits for one, and nothing is missing
+    redis_check = (await readyz_checks(port))["redis"]
+    assert (redis_check["mode"], redis_check["waitReplicas"]) == (
+        "cluster",
+        1 if cluster.replicas else 0,
+    ), redis_check
+    if cluster.replicas:
+        assert "warnings" not in redis_check, redis_check
     return ClusterGateway(
         f"http://127.0.0.1:{port}/api/v1/sessions", sandbox, notified, prefix, cluster
     )

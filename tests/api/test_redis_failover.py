@@ -32,7 +32,13 @@ import pytest
 from tests.api.conftest import headers
 from tests.api.create_load import Answer, CreateLoad, settle
 from tests.api.test_failover import sandbox_state
-from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
+from tests.gateway_processes import (
+    base_env,
+    free_port,
+    readyz_checks,
+    start_gateway,
+    wait_ready,
+)
 from tests.redis_servers import RedisNode, SentinelGroup
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
@@ -147,6 +153,9 @@ async def failover_under_load(
         processes.append(start_gateway(port, env, output=tmp_path / f"gateway{i}.log"))
     for proc, port in zip(processes[-GATEWAYS:], ports, strict=True):
         await wait_ready(port, proc, timeout=60)
+        # behind Sentinel every create waits for a replica; the durable settings are found
+        redis_check = (await readyz_checks(port))["redis"]
+        assert redis_check == {"ok": True, "mode": "sentinel", "waitReplicas": 1}, redis_check
     turn = itertools.cycle(ports)
     load = CreateLoad(lambda: f"http://127.0.0.1:{next(turn)}/api/v1/sessions", how)
     old_primary = group.current_primary()
