@@ -2,7 +2,7 @@
 ``redis://127.0.0.1:6379/14``): ``begin_create`` + ``commit_create`` as the gateway makes them
 (a pin, the order guard on and off, one notification, an expiry). Prints the median of three
 runs: sequential latency (p50/p99 of 2,000 creates) and creates/s with 64 in flight. Deletes its
-keys afterwards (SCAN of its own prefix on that one server).
+keys afterwards (SCAN of its own prefix, UNLINK per slot).
 
     .venv/bin/python bench/redis_create.py
 """
@@ -21,13 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
-
 from gateway.idempotency import session_id_for  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from gateway.store.base import Completion, CreatePin, OutboxItem, StoredResponse  # noqa: E402
 from gateway.store.redis import RedisStore  # noqa: E402
 from gateway.store.redis_client import RedisClientSettings, open_redis  # noqa: E402
+from tests.redis_cleanup import delete_matching_at  # noqa: E402
 from tests.store.samples import make_session  # noqa: E402
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -84,11 +83,7 @@ async def run(guard: bool, n_seq: int, n_conc: int) -> dict[str, float]:
         rate = n_conc / (time.perf_counter() - started)
     finally:
         await store.close()
-        client = redis.Redis.from_url(URL)
-        batch = list(client.scan_iter(match=prefix + "*", count=1000))
-        for i in range(0, len(batch), 500):
-            client.unlink(*batch[i : i + 500])
-        client.close()
+        delete_matching_at([URL], prefix + "*")
     lat.sort()
     return {
         "p50_ms": statistics.median(lat) * 1000,

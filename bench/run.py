@@ -13,6 +13,13 @@ migrated with ``gateway db upgrade`` and dropped at the end; coordination (circu
 statistics, rate limits) stays in Redis, as in production. They also report the CPU the
 database's backends spent per request, and the ratios PostgreSQL / Redis of creates/s and of
 the gateway's CPU per create (targets: at least 0.8, at most 1.2).
+
+"create session, Redis Cluster (3 masters)" runs on a cluster the bench starts itself
+(:func:`tests.redis_servers.start_cluster`: private redis-server processes on free ports, no
+replicas), alternating with the standalone Redis at ``BENCH_REDIS_URL``; it reports the ratios
+cluster / standalone of creates/s, of the gateway's CPU per create and of Redis's CPU per create
+(every primary's against the one server's). ``--only redis`` runs just the baseline and that
+comparison. The run's keys are deleted on every node (SCAN MATCH per node, UNLINK per slot).
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.auth import Authenticator  # noqa: E402
 from gateway.examples import SEED_REQUEST_JSON  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
+from tests.redis_servers import start_cluster  # noqa: E402
 
 JWT_SECRET = "bench-secret-0123456789-0123456789-abcdef"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -125,6 +133,18 @@ class Result:
     statuses: dict[str, int]
     ratio_to_baseline: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Setup:
+    """One side of an alternating create comparison: its gateway's environment and URL, and
+    where its store's CPU is spent (a PostgreSQL database's backends, or Redis servers)."""
+
+    label: str
+    env: dict[str, str]
+    url: str
+    database: str | None = None
+    store_pids: Callable[[], list[int]] = list
 
 
 def wrk(
@@ -249,14 +269,12 @@ def metric_sum(gateway: str, name: str) -> float:
     return total
 
 
-def cleanup_redis(prefix: str) -> None:
-    import redis
+def cleanup_redis(prefix: str, urls: list[str]) -> None:
+    """Delete the run's keys on every node named (the standalone server, each cluster
+    primary): SCAN MATCH per node, UNLINK per slot."""
+    from tests.redis_cleanup import delete_matching_at
 
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.unlink(*keys[i : i + 500])
-    client.close()
+    delete_matching_at(urls, f"{prefix}*")
 
 
 def redis_server_pid() -> int:
@@ -354,6 +372,25 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cluster_vs_standalone(cluster: Result, standalone: Result) -> dict[str, Any]:
+    """The ratios Redis Cluster / standalone Redis of creates/s, gateway CPU per create and
+    Redis CPU per create (all the cluster's primaries against the one server)."""
+    redis_cpu = "redis_server_cpu_ms_per_request"
+    return {
+        "creates_per_s_ratio": round(
+            cluster.requests_per_s / max(standalone.requests_per_s, 1e-9), 3
+        ),
+        "cpu_per_create_ratio": round(
+            cluster.extra["server_cpu_ms_per_request"]
+            / max(standalone.extra["server_cpu_ms_per_request"], 1e-9),
+            3,
+        ),
+        "redis_cpu_per_create_ratio": round(
+            cluster.extra[redis_cpu] / max(standalone.extra[redis_cpu], 1e-9), 3
+        ),
+    }
+
+
 def postgres_vs_redis(postgres: Result, redis: Result) -> dict[str, Any]:
     """The ratios PostgreSQL / Redis of creates/s and gateway CPU per create, and whether
     each meets its target."""
@@ -377,6 +414,12 @@ def main() -> int:
         "--stores-only",
         action="store_true",
         help="only the baseline and the Redis / PostgreSQL create comparison (and its ratios)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["redis"],
+        help="redis: only the baseline and the create comparison standalone Redis / Redis "
+        "Cluster (3 masters, started by the bench)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -451,7 +494,7 @@ def main() -> int:
             result.extra["sandbox_cpu_ms_per_request"] = result_provider_cpu
         results.append(result)
         print(
-            f"  {name:<34} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
+            f"  {name:<44} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  "
             f"p99 {result.p99_ms:>7.2f} ms  errors {result.errors}",
             flush=True,
         )
@@ -489,45 +532,84 @@ def main() -> int:
         return result
 
     def compare_creates(postgres_env: dict[str, str], database: str) -> dict[str, Result]:
-        """Creates on the Redis store and on PostgreSQL, both gateways up at once and driven
-        in alternating slices (redis, postgres, postgres, redis, ...), so the background load
-        of a shared machine falls on both alike; each store's figures add up its slices (p50:
-        the median of the slices', p99: the highest)."""
+        """Creates on the Redis store and on PostgreSQL (see :func:`alternate_creates`)."""
         second = free_port()
-        setups = {
-            "redis": ({**gw_env, "GATEWAY_STORE": "redis"}, gateway, None),
-            "postgres": (
-                {**gw_env, **postgres_env, "GATEWAY_PORT": str(second)},
-                f"http://127.0.0.1:{second}",
-                database,
-            ),
+        return alternate_creates(
+            {
+                "redis": Setup(
+                    "create session (redis, 1 worker)",
+                    {**gw_env, "GATEWAY_STORE": "redis"},
+                    gateway,
+                    store_pids=lambda: [redis_server_pid()],
+                ),
+                "postgres": Setup(
+                    "create session (postgres, 1 worker)",
+                    {**gw_env, **postgres_env, "GATEWAY_PORT": str(second)},
+                    f"http://127.0.0.1:{second}",
+                    database=database,
+                ),
+            }
+        )
+
+    def compare_redis_modes(cluster: Any) -> dict[str, Result]:
+        """Creates on standalone Redis and on a 3-master Redis Cluster (see
+        :func:`alternate_creates`); the Redis CPU of the cluster is its primaries' sum."""
+        second = free_port()
+        cluster_env = {
+            **gw_env,
+            "GATEWAY_STORE": "redis",
+            "GATEWAY_REDIS_MODE": "cluster",
+            "GATEWAY_REDIS_URL": cluster.seed_url,
+            "GATEWAY_PORT": str(second),
         }
+        return alternate_creates(
+            {
+                "redis": Setup(
+                    "create session (redis standalone, 1 worker)",
+                    {**gw_env, "GATEWAY_STORE": "redis"},
+                    gateway,
+                    store_pids=lambda: [redis_server_pid()],
+                ),
+                "cluster": Setup(
+                    "create session, Redis Cluster (3 masters)",
+                    cluster_env,
+                    f"http://127.0.0.1:{second}",
+                    store_pids=lambda: [n.pid for n in cluster.primaries],
+                ),
+            }
+        )
+
+    def alternate_creates(setups: dict[str, Setup]) -> dict[str, Result]:
+        """Creates on two setups, both gateways up at once and driven in alternating slices
+        (a, b, b, a, ...), so the background load of a shared machine falls on both alike;
+        each setup's figures add up its slices (p50: the median of the slices', p99: the
+        highest)."""
         # one-second slices: the shorter, the more evenly a passing load falls on both
         slice_s = 1
         slices = max(2, args.seconds // 2 * 2)  # per store, even: the order is r p p r ...
         before = sandbox_created(sandbox)
         serve = [py, "-m", "gateway", "serve"]
-        redis_env, redis_url, _ = setups["redis"]
-        postgres_env_full, postgres_gateway, _ = setups["postgres"]
+        first, second = list(setups)
         with (
-            process(serve, redis_env, f"{redis_url}/readyz") as redis_proc,
-            process(serve, postgres_env_full, f"{postgres_gateway}/readyz") as postgres_proc,
+            process(serve, setups[first].env, f"{setups[first].url}/readyz") as first_proc,
+            process(serve, setups[second].env, f"{setups[second].url}/readyz") as second_proc,
         ):
-            pids = {"redis": redis_proc.pid, "postgres": postgres_proc.pid}
+            pids = {first: first_proc.pid, second: second_proc.pid}
             body = {**common, "BENCH_BODY": text}
-            for name, (_, url, _) in setups.items():
-                wrk(url, "create.lua", {**body, "BENCH_RUN": f"{run_id}w{name}"}, args.warmup)
+            for name, setup in setups.items():
+                wrk(setup.url, "create.lua", {**body, "BENCH_RUN": f"{run_id}w{name}"}, args.warmup)
             totals: dict[str, dict[str, Any]] = {
                 name: {"requests": 0, "duration_us": 0, "errors": 0, "statuses": {}}
                 | {"p50": [], "p99": [], "cpu": 0.0, "database": 0.0, "sandbox": 0.0}
                 for name in setups
             }
-            order = ["redis", "postgres", "postgres", "redis"] * (slices // 2)
+            order = [first, second, second, first] * (slices // 2)
             for i, name in enumerate(order):
-                _, url, db = setups[name]
+                url, db = setups[name].url, setups[name].database
                 # the store server's own CPU: PostgreSQL's backends of this database; the
-                # Redis server as a whole (shared with anything else using it: an upper bound)
-                backends = postgres_backends(db) if db else [redis_server_pid()]
+                # Redis servers as a whole (shared with anything else using them: an upper
+                # bound)
+                backends = postgres_backends(db) if db else setups[name].store_pids()
                 cpu_before = cpu_seconds(pids[name])
                 db_before = sum(cpu_seconds(pid) for pid in backends)
                 sandbox_before = cpu_seconds(sandbox_proc.pid)
@@ -546,10 +628,10 @@ def main() -> int:
             # gateways created with what the sandbox created
             time.sleep(1.0)
             answered = {
-                name: int(metric_sum(url, "gateway_sessions_created_total"))
-                for name, (_, url, _) in setups.items()
+                name: int(metric_sum(setup.url, "gateway_sessions_created_total"))
+                for name, setup in setups.items()
             }
-            overheads = {name: overhead_quantiles(url) for name, (_, url, _) in setups.items()}
+            overheads = {name: overhead_quantiles(setup.url) for name, setup in setups.items()}
         created = sandbox_created(sandbox) - before
         out: dict[str, Result] = {}
         for name, total in totals.items():
@@ -563,13 +645,13 @@ def main() -> int:
                 "errors": total["errors"],
                 "statuses": total["statuses"],
             }
-            result = summarize(f"create session ({name}, 1 worker)", merged, {201})
+            result = summarize(setups[name].label, merged, {201})
             result.extra["server_cpu_ms_per_request"] = round(1000 * total["cpu"] / requests, 3)
             result.extra["sandbox_cpu_ms_per_request"] = round(
                 1000 * total["sandbox"] / requests, 3
             )
             store_cpu = round(1000 * total["database"] / requests, 3)
-            if setups[name][2]:
+            if setups[name].database:
                 result.extra["database_cpu_ms_per_request"] = store_cpu
             else:
                 result.extra["redis_server_cpu_ms_per_request"] = store_cpu
@@ -580,15 +662,15 @@ def main() -> int:
             results.append(result)
             out[name] = result
             print(
-                f"  {result.scenario:<34} {result.requests_per_s:>9.1f} req/s  "
+                f"  {result.scenario:<44} {result.requests_per_s:>9.1f} req/s  "
                 f"p50 {result.p50_ms:>7.2f} ms  p99 {result.p99_ms:>7.2f} ms  "
                 f"errors {result.errors}",
                 flush=True,
             )
         # the sandbox cannot tell the two gateways apart: one check for both
-        out["postgres"].extra["answered_201"] = sum(answered.values())
-        out["postgres"].extra["sandbox_sessions_created"] = created
-        out["postgres"].extra["answered_201_by"] = "both stores"
+        out[second].extra["answered_201"] = sum(answered.values())
+        out[second].extra["sandbox_sessions_created"] = created
+        out[second].extra["answered_201_by"] = "both setups"
         return out
 
     def read_scenarios(
@@ -662,29 +744,37 @@ def main() -> int:
         f"bench: run {run_id}, {CONNECTIONS} connections, {args.seconds}s per scenario", flush=True
     )
     database_name = f"gateway_bench_{run_id}"
+    only_redis = args.only == "redis"
+    redis_nodes = [REDIS_URL]
+    creates: dict[str, Result] = {}
     try:
-        with (
-            postgres_database(database_name) as database_url,
-            process(
-                [
-                    py,
-                    "-m",
-                    "gateway",
-                    "sandbox",
-                    "--port",
-                    str(ports["sandbox"]),
-                    "--gateway-url",
-                    gateway,
-                ],
-                {"GATEWAY_LOG_LEVEL": "WARNING"},
-                f"{sandbox}/sandbox/admin/stats",
-            ) as sandbox_proc,
-            process(
-                [py, "bench/baseline_server.py", "--port", str(ports["baseline"])],
-                {},
-                f"{baseline}/",
-            ) as baseline_proc,
-        ):
+        with ExitStack() as stack:
+            database_url = (
+                "" if only_redis else stack.enter_context(postgres_database(database_name))
+            )
+            cluster = None
+            if only_redis or not args.stores_only:
+                cluster = stack.enter_context(start_cluster(masters=3))
+                redis_nodes += [node.url for node in cluster.primaries]
+                print(
+                    f"bench: Redis Cluster (3 masters) up in {cluster.startup_seconds:.1f}s",
+                    flush=True,
+                )
+            sandbox_command = [py, "-m", "gateway", "sandbox", "--port", str(ports["sandbox"])]
+            sandbox_proc = stack.enter_context(
+                process(
+                    [*sandbox_command, "--gateway-url", gateway],
+                    {"GATEWAY_LOG_LEVEL": "WARNING"},
+                    f"{sandbox}/sandbox/admin/stats",
+                )
+            )
+            baseline_proc = stack.enter_context(
+                process(
+                    [py, "bench/baseline_server.py", "--port", str(ports["baseline"])],
+                    {},
+                    f"{baseline}/",
+                )
+            )
             base = run(
                 "baseline (bare aiohttp, fixed JSON)",
                 baseline,
@@ -693,14 +783,19 @@ def main() -> int:
                 {200},
                 baseline_proc.pid,
             )
-            # the records in PostgreSQL, coordination in Redis (the production pairing)
-            postgres_env = {
-                "GATEWAY_STORE": "postgres",
-                "GATEWAY_COORDINATION": "redis",
-                "GATEWAY_DATABASE_URL": database_url,
-            }
-            creates = compare_creates(postgres_env, database_name)
-            if not args.stores_only:
+            if cluster is not None:
+                creates.update(
+                    {f"redis_modes_{k}": v for k, v in compare_redis_modes(cluster).items()}
+                )
+            if not only_redis:
+                # the records in PostgreSQL, coordination in Redis (the production pairing)
+                postgres_env = {
+                    "GATEWAY_STORE": "postgres",
+                    "GATEWAY_COORDINATION": "redis",
+                    "GATEWAY_DATABASE_URL": database_url,
+                }
+                creates.update(compare_creates(postgres_env, database_name))
+            if not only_redis and not args.stores_only:
                 create_scenario(
                     "create session (redis, 1 connection)",
                     {"GATEWAY_STORE": "redis"},
@@ -721,21 +816,24 @@ def main() -> int:
                     {"GATEWAY_STORE": "redis", "GATEWAY_WORKERS": "2"},
                 )
                 read_scenarios(2, with_reads=False)
+            # while the cluster still runs
+            cleanup_redis(prefix, redis_nodes)
     finally:
-        cleanup_redis(prefix)
+        cleanup_redis(prefix, [REDIS_URL])
     return report(results, base, creates, run_id, args.seconds)
 
 
 def report(
     results: list[Result], base: Result, creates: dict[str, Result], run_id: str, seconds: int
 ) -> int:
-    """Print the table and the PostgreSQL / Redis ratios, write the run's JSON; the exit
+    """Print the table and the ratios (Redis Cluster / standalone, PostgreSQL / Redis), write
+    the run's JSON; the exit
     status (1 when the sandbox created a different number of sessions than were answered)."""
     for result in results:
         result.ratio_to_baseline = round(result.requests_per_s / base.requests_per_s, 3)
     duplicates_ok = True
     print(
-        "\nscenario                             req/s   ratio   p50 ms   p99 ms  errors"
+        "\nscenario                                       req/s   ratio   p50 ms   p99 ms  errors"
         "  cpu ms/req  notes"
     )
     for r in results:
@@ -758,27 +856,37 @@ def report(
             parts.append(f"database cpu {r.extra['database_cpu_ms_per_request']} ms/req")
         notes = "; ".join(parts)
         print(
-            f"{r.scenario[:34]:<34} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
+            f"{r.scenario[:44]:<44} {r.requests_per_s:>8.1f} {r.ratio_to_baseline:>7.3f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
             f"  {r.extra['server_cpu_ms_per_request']:>10.3f}  {notes}"
         )
-    comparison = postgres_vs_redis(creates["postgres"], creates["redis"])
-    print(
-        f"\nPostgreSQL / Redis, create session (1 worker): creates/s "
-        f"{comparison['creates_per_s_ratio']:.3f} (target >= {TARGET_RATE_RATIO}: "
-        f"{'met' if comparison['creates_per_s_met'] else 'MISSED'}), gateway cpu per create "
-        f"{comparison['cpu_per_create_ratio']:.3f} (target <= {TARGET_CPU_RATIO}: "
-        f"{'met' if comparison['cpu_per_create_met'] else 'MISSED'})"
-    )
-    out = {
+    out: dict[str, Any] = {
         "run": run_id,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "connections": CONNECTIONS,
         "seconds": seconds,
         "results": [asdict(r) for r in results],
-        "postgres_vs_redis": comparison,
     }
+    if "redis_modes_cluster" in creates:
+        modes = cluster_vs_standalone(creates["redis_modes_cluster"], creates["redis_modes_redis"])
+        print(
+            f"\nRedis Cluster (3 masters) / standalone Redis, create session (1 worker): "
+            f"creates/s {modes['creates_per_s_ratio']:.3f}, gateway cpu per create "
+            f"{modes['cpu_per_create_ratio']:.3f}, redis cpu per create "
+            f"{modes['redis_cpu_per_create_ratio']:.3f}"
+        )
+        out["cluster_vs_standalone"] = modes
+    if "postgres" in creates:
+        comparison = postgres_vs_redis(creates["postgres"], creates["redis"])
+        print(
+            f"\nPostgreSQL / Redis, create session (1 worker): creates/s "
+            f"{comparison['creates_per_s_ratio']:.3f} (target >= {TARGET_RATE_RATIO}: "
+            f"{'met' if comparison['creates_per_s_met'] else 'MISSED'}), gateway cpu per "
+            f"create {comparison['cpu_per_create_ratio']:.3f} (target <= {TARGET_CPU_RATIO}: "
+            f"{'met' if comparison['cpu_per_create_met'] else 'MISSED'})"
+        )
+        out["postgres_vs_redis"] = comparison
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"bench-{out['when'].replace(':', '')}-{run_id}.json"

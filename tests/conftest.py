@@ -30,6 +30,8 @@ from gateway.store.coordination import (
 )
 from gateway.store.keys import RedisKeys
 from gateway.store.memory import MemoryStore
+from tests.redis_cleanup import delete_matching_at
+from tests.redis_servers import RedisCluster
 from tests.redis_stores import redis_store
 
 pytest_plugins = ["tests.postgres_support", "tests.pg_instance", "tests.redis_cluster_support"]
@@ -84,21 +86,11 @@ def _redis_marker_gate(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix unique to this test; teardown deletes (SCAN + UNLINK) only its keys."""
+    """A key prefix unique to this test; teardown deletes only its keys (SCAN, UNLINK per
+    slot: :func:`tests.redis_cleanup.delete_matching`)."""
     prefix = f"test:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url, socket_timeout=5.0)
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=RedisKeys(prefix).match_all(), count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-    finally:
-        client.close()
+    delete_matching_at([redis_url], RedisKeys(prefix).match_all())
 
 
 @pytest.fixture
@@ -111,9 +103,10 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """``await store_factory("memory" | "redis" | "postgres", **store_kwargs)``; every store
-    made is closed at teardown. Redis stores of one test share its ``redis_prefix`` (like
-    several gateway processes sharing one Redis), so their keys are deleted with it; PostgreSQL
+    """``await store_factory("memory" | "redis" | "redis_cluster" | "postgres", **kwargs)``;
+    every store made is closed at teardown. Redis stores of one test share its ``redis_prefix``
+    (like several gateway processes sharing one Redis), so their keys are deleted with it
+    (``redis_cluster``: its ``redis_cluster_prefix``, deleted on every primary); PostgreSQL
     stores of one test share the session's database, emptied before the test."""
     created: list[RecordStore] = []
 
@@ -125,6 +118,11 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
             url: str = request.getfixturevalue("redis_url")
             prefix: str = request.getfixturevalue("redis_prefix")
             store = redis_store(url, prefix, **kwargs)
+            await store.conn.start()
+        elif kind == "redis_cluster":
+            cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+            prefix = request.getfixturevalue("redis_cluster_prefix")
+            store = redis_store(cluster.seed_url, prefix, mode="cluster", **kwargs)
             await store.conn.start()
         elif kind == "postgres":
             from gateway.store.postgres import PostgresStore
@@ -145,11 +143,13 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis_cluster", marks=pytest.mark.redis),
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RecordStore:
-    """The record store under test, once per backend: memory, Redis and PostgreSQL."""
+    """The record store under test, once per backend: memory, Redis (standalone, and a
+    3-master Redis Cluster of the test session's own) and PostgreSQL."""
     kind: str = request.param
     return await store_factory(kind)
 

@@ -64,6 +64,16 @@ async def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 20
     raise AssertionError("gateway did not become ready")
 
 
+async def readyz_checks(port: int) -> dict[str, Any]:
+    """The ``checks`` of the gateway's ``/readyz`` on ``port``."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/readyz") as answer,
+    ):
+        checks: dict[str, Any] = (await answer.json())["checks"]
+        return checks
+
+
 def stop_process(proc: subprocess.Popen[str]) -> None:
     """Kill ``proc`` if it still runs, reap it and close its pipes."""
     if proc.poll() is None:

@@ -7,7 +7,9 @@
   test may fail it over with ``SENTINEL FAILOVER`` but must not kill or reconfigure its nodes:
   ask :meth:`~tests.redis_servers.SentinelGroup.current_primary`, not ``primary``);
 - ``redis_sentinel_group_factory``: ``make(replicas=..., sentinels=..., durable=...)`` for a
-  group of the test's own (kill it at will; stopped at teardown).
+  group of the test's own (kill it at will; stopped at teardown);
+- ``redis_cluster_prefix``: a key prefix of the test's own on ``redis_cluster``; teardown
+  deletes its keys on every primary (:func:`tests.redis_cleanup.delete_matching`).
 
 A test using them is skipped when redis-server is not installed, except under ``CI=true``
 where that is a failure.
@@ -16,11 +18,13 @@ where that is a failure.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tests.redis_cleanup import delete_matching
 from tests.redis_servers import (
     RedisCluster,
     SentinelGroup,
@@ -31,6 +35,7 @@ from tests.redis_servers import (
 
 __all__ = [
     "redis_cluster",
+    "redis_cluster_prefix",
     "redis_cluster_replicated",
     "redis_sentinel_group",
     "redis_sentinel_group_factory",
@@ -62,6 +67,20 @@ def redis_cluster(redis_server_installed: str) -> Iterator[RedisCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_prefix(redis_cluster: RedisCluster) -> Iterator[str]:
+    """A key prefix unique to this test on ``redis_cluster``; teardown deletes its keys on
+    every primary (SCAN MATCH per primary, UNLINK per slot)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield prefix
+    clients = [node.server.client() for node in redis_cluster.primaries]
+    try:
+        delete_matching(clients, f"{prefix}*")
+    finally:
+        for client in clients:
+            client.close()
 
 
 @pytest.fixture(scope="session")
