@@ -62,11 +62,14 @@ pytest: install
 docs: install
 	README_EXAMPLES=update $(BIN)/pytest -q tests/api/test_readme_examples.py
 
-## Load benchmark (wrk vs a bare aiohttp baseline) and the routing micro benchmark.
+## Load benchmark (wrk vs a bare aiohttp baseline) and the routing micro benchmark; both run
+## even when the first misses its target, and make fails if either did.
 bench: install
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python bench/routing_micro.py
-	$(BIN)/python bench/run.py
+	@status=0; \
+	$(BIN)/python bench/routing_micro.py || status=$$?; \
+	$(BIN)/python bench/run.py || status=$$?; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
