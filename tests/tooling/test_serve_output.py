@@ -20,6 +20,7 @@ async def test_serve_announces_itself_once() -> None:
     assert err.count("DEVELOPMENT secret") == 1, err
     listening = [line for line in err.splitlines() if line.startswith("gateway: ")]
     assert listening == [
-        f"gateway: listening on http://127.0.0.1:{port} (env=sandbox, store=memory, coordination=memory, workers=1)"
+        f"gateway: listening on http://127.0.0.1:{port} "
+        "(env=sandbox, store=memory, coordination=memory, workers=1)"
     ]
     assert "curl -sS -X POST" in out
