@@ -282,13 +282,19 @@ class RedisCreate:
         """Claim the key (resuming a pinned one), then, when claimed, reserve the order: one
         round trip each, both answered once a replica has them."""
         proposed = pin.to_json() if pin is not None else b""
-        with _mapped("begin_create"):
-            reply = await self.conn.script(
-                _CLAIM,
-                [self.keys.idempotency(scope, key)],
-                [fingerprint, token, lease_ms, proposed, pin_ttl_ms],
-                confirm=True,
-            )
+        try:
+            with _mapped("begin_create"):
+                reply = await self.conn.script(
+                    _CLAIM,
+                    [self.keys.idempotency(scope, key)],
+                    [fingerprint, token, lease_ms, proposed, pin_ttl_ms],
+                    confirm=True,
+                )
+        except StoreUnavailable:
+            # the claim may have run (WAIT fell short, or no reply): give it up again so the
+            # client's retry is not told 409 for the whole lease
+            await self._abandon_quietly(scope, key, token)
+            raise
         kind = _text(reply[0])
         if kind == "claimed":
             holder = None
@@ -351,6 +357,12 @@ class RedisCreate:
             await self.conn.script(
                 _RELEASE_ORDER, [self.keys.order(scope, order_ref)], [token, "drop"]
             )
+        await self._abandon_quietly(scope, key, token)
+
+    async def _abandon_quietly(self, scope: str, key: str, token: str) -> None:
+        """Give the key up if ``token`` holds it, keeping its pin (best effort: a claim not
+        given up frees when its lease ends)."""
+        with contextlib.suppress(StoreUnavailable), _mapped("begin_create"):
             await self.conn.script(_ABANDON, [self.keys.idempotency(scope, key)], [token, ""])
 
     async def abandon_create(
