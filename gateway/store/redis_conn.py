@@ -32,11 +32,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
-__all__ = ["LuaScript", "RedisConn", "RedisMode", "ScriptArg"]
+from gateway.store.base import StoreUnavailable
+
+__all__ = ["LuaScript", "RedisConn", "RedisMode", "ScriptArg", "Unconfirmed"]
 
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 ScriptArg = str | int | float | bytes
 T = TypeVar("T")
+
+
+class Unconfirmed(StoreUnavailable):
+    """A confirmed write ran on the primary, but its acknowledgement is refused (``WAIT``
+    short of replicas, or a Sentinel failover under way meanwhile): the caller may undo it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.keys import RedisKeys, bucket
-from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg
+from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg, Unconfirmed
 from gateway.store.redis_find import created_score, read_session
 from gateway.store.redis_lifecycle import ENQUEUE, RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
@@ -290,9 +290,10 @@ class RedisCreate:
                     [fingerprint, token, lease_ms, proposed, pin_ttl_ms],
                     confirm=True,
                 )
-        except StoreUnavailable:
-            # the claim may have run (WAIT fell short, or no reply): give it up again so the
-            # client's retry is not told 409 for the whole lease
+        except Unconfirmed:
+            # the claim ran, but no replica confirmed it: give it up again so the client's
+            # retry is not told 409 for the whole lease (a Redis that does not answer is not
+            # asked again: the 503 must not wait for it twice)
             await self._abandon_quietly(scope, key, token)
             raise
         kind = _text(reply[0])

@@ -45,7 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store.base import StoreUnavailable
 from gateway.store.redis_client import RedisClientSettings, run_script, warm_up
-from gateway.store.redis_conn import LuaScript, RedisMode, ScriptArg
+from gateway.store.redis_conn import LuaScript, RedisMode, ScriptArg, Unconfirmed
 from gateway.store.redis_durability import durability_warnings, replica_count
 from gateway.store.redis_support import _mapped
 
@@ -174,7 +174,7 @@ class SentinelConn:
                 if confirm and (self._failover_under_way() or self._failover_epoch != epoch):
                     # a failover started (or even ended) meanwhile: the replica that
                     # acknowledged may be re-pointed to the new primary
-                    raise StoreUnavailable(
+                    raise Unconfirmed(
                         f"redis sentinel {self._service}: failover started before the write "
                         "was confirmed (it may have happened)"
                     )

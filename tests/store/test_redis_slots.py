@@ -18,7 +18,7 @@ from gateway.idempotency import session_id_for
 from gateway.store.base import ClaimKind, Completion, OrphanJob, StoredResponse, StoreUnavailable
 from gateway.store.keys import QUEUE_BUCKETS, bucket
 from gateway.store.redis import RedisStore
-from gateway.store.redis_conn import LuaScript, ScriptArg
+from gateway.store.redis_conn import LuaScript, ScriptArg, Unconfirmed
 from tests.redis_slot_node import slot_checking_redis
 from tests.redis_stores import redis_store
 from tests.store import (
@@ -377,7 +377,7 @@ async def test_a_claim_that_no_replica_confirmed_gives_the_key_up_again(
     async def unconfirmed(script: LuaScript, *args: Any, **options: Any) -> Any:
         reply = await run(script, *args, **options)
         if script is _CLAIM:
-            raise StoreUnavailable("redis write reached 0 of 1 replicas within 500 ms")
+            raise Unconfirmed("redis write reached 0 of 1 replicas within 500 ms")
         return reply
 
     monkeypatch.setattr(store.conn, "script", unconfirmed)
