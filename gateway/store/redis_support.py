@@ -95,7 +95,7 @@ def lease_prefix(n: int) -> str:
 def lease_bucket(token: str) -> int | None:
     """The bucket a lease token was handed out from; None for a token no claim made."""
     head, _, _ = token.partition(":")
-    if not head.isdigit() or int(head) >= QUEUE_BUCKETS:
+    if not (head.isascii() and head.isdigit()) or int(head) >= QUEUE_BUCKETS:
         return None
     return int(head)
 

@@ -195,6 +195,7 @@ async def test_a_lease_of_one_bucket_never_finishes_an_item_of_another(
         replace(claimed[a], lease=f"{bucket(a)}:{lease_b.split(':', 1)[1]}"),  # a's bucket, not a's
         replace(claimed[a], lease=f"{QUEUE_BUCKETS}:x1"),  # no such bucket
         replace(claimed[a], lease="not-a-lease"),
+        replace(claimed[a], lease="\u00b2:x1"),  # a digit to str.isdigit, not to int()
     ]
     for wrong in forged:
         assert await store.outbox_done(wrong) is False
