@@ -388,3 +388,20 @@ async def test_a_claim_that_no_replica_confirmed_gives_the_key_up_again(
     monkeypatch.setattr(store.conn, "script", run)
     retry = await begin(store, "k1", "t2")
     assert (retry.claim.kind, retry.order_holder) == (ClaimKind.CLAIMED, None)
+
+
+async def test_an_unreadable_outbox_item_does_not_hold_back_the_others(
+    store: RedisStore,
+) -> None:
+    """A corrupted item (not JSON) is due with others, in its bucket and in others: the claim
+    hands the readable ones out instead of failing the whole batch (which leased them all
+    without handing them out, so they waited a lease, again at every lease end)."""
+    a, b, c = ids_in_distinct_buckets(3)
+    await store.outbox_add([item(a), item(b)], due=1.0)
+    n = bucket(c)
+    await store.client.hset(store.keys.outbox_items(n), c, b"not json")
+    await store.client.zadd(store.keys.outbox_due(n), {c: 0.5})
+    same = next(f"x{i}" for i in range(1000) if bucket(f"x{i}") == n)
+    await store.outbox_add([item(same)], due=1.0)
+    claimed = await store.outbox_claim(now=2.0, lease_s=30, limit=10)
+    assert sorted(i.id for i in claimed) == sorted([a, b, same])
