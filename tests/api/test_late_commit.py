@@ -24,6 +24,7 @@ LEASE_S = 5  # the smallest lease the settings allow
     [
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ],
 )
 async def test_a_create_stalled_past_its_lease_never_gives_its_order_a_second_session(
