@@ -85,6 +85,10 @@ log = logging.getLogger("gateway.sessions")
 #: how long a failed create waits to give its claim up even past its deadline: a store that
 #: answers does it in milliseconds, so a retry right after the answer finds the key free
 _GIVE_UP_GRACE_S = 0.25
+#: the share of the claim's lease a create must have left to write its session: past it, its
+#: order reservation may have lapsed and been taken over by another key (no store can refuse
+#: the late session: it lies elsewhere than the reservation), so it answers 503 instead
+_COMMIT_LEASE_MARGIN = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,8 @@ class SessionService:
     ) -> CreateOutcome:
         """Create a session, or replay / refuse per the idempotency rules."""
         started = time.perf_counter()
+        # measured from before the claim, so the leases (on the store's clock) end later
+        commit_by = time.monotonic() + self._lease_ms / 1000 * (1 - _COMMIT_LEASE_MARGIN)
         scope = merchant.merchant_id
         token = os.urandom(16).hex()  # unique per attempt: only its holder completes or releases
         guarded = request.orderReference if self.settings.order_reference_guard else None
@@ -226,6 +232,7 @@ class SessionService:
                 pin,
                 tries,
                 routed,
+                commit_by,
             )
         except BaseException:
             # a provider may hold this key's parameters: keep the pin for the retry
@@ -358,6 +365,7 @@ class SessionService:
         pin: CreatePin,
         tries: Attempts,
         routed: _Routed,
+        commit_by: float,
     ) -> CreateOutcome:
         settings = self.settings
         started = time.monotonic()
@@ -388,6 +396,14 @@ class SessionService:
             raise tries.failure(decision, deadline)
         orphans = _orphans(tries, pin)
         jobs = self.orphans.jobs(session_id, orphans, inputs)
+        if time.monotonic() > commit_by:
+            # stalled (a pause of the process): the order may have another session by now.
+            # The key keeps its pin and providers: a retry replays this provider session.
+            log.error(
+                "a create outlived its lease before writing its session; answered 503",
+                extra={"merchant": merchant.merchant_id, "session_id": session_id},
+            )
+            raise StoreUnavailable("the create outlived its claim's lease before its commit")
         outcome = await self._finish(
             merchant,
             request,

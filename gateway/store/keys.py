@@ -16,7 +16,9 @@ jobs and its key completion all share a slot (the idempotency record is tagged b
 Layout (``n``: a bucket, 0..15)::
 
     {root}{s<n>}:idem:{scope}:{key}          hash    idempotency record: lease (a pinned create:
-                                                     the pin's ttl), then completion.ttl_s
+                                                     the pin's ttl), then completion.ttl_s; a
+                                                     completed create's order binding calls
+                                                     (``ob``) until its first replay
     {root}{s<n>}:session:{session_id}        string  SessionRecord JSON, ttl_s
     {root}{s<n>}:expiry                      zset    expirable session ids by expiresAt
     {root}{s<n>}:outbox:due                  zset    notification ids by due time (or lease end)
@@ -57,10 +59,12 @@ them with one script per bucket holding some; a lease token names its bucket
 session (:meth:`~gateway.store.redis.RedisStore.outbox_add`) goes to the bucket of its id.
 
 The order reservation of a running create is ``claim:<token>|<session id>|<lease end, ms on
-the Redis clock>``, kept as long as a bound reservation (the session's retention), so it can never
-lapse while the session it guards may exist: the create writes its session first, then binds
+the Redis clock>``, kept as long as a bound reservation (the session's retention), so it does
+not lapse while the session it guards exists: the create writes its session first, then binds
 the reservation, and a crash in between leaves a claim whose lease ends and then reads as that
-session id. A plain value is a bound session id.
+session id. A plain value is a bound session id. A lapsed claim whose session is not written is
+taken over; so a create must not write its session after its lease: it answers 503 instead
+once 90% of the lease has passed (:mod:`gateway.sessions`), and its retry finds the order taken.
 
 Every key carries a TTL except the durable queues (``expiry``, ``outbox:*``, ``orphans:*``):
 their entries are removed when handled, and the dead letters are capped in number (across the

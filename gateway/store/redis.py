@@ -3,7 +3,7 @@
 through one :class:`~gateway.store.redis_conn.RedisConn`.
 
 Every operation that reads and then writes runs as a Lua script whose keys share one cluster
-slot, so it is atomic across processes; a create costs two round trips, four with the order
+slot, so it is atomic across processes; a create costs three round trips, four with the order
 guard (:mod:`gateway.store.redis_create`). Key layout and lifetimes: :mod:`gateway.store.keys`.
 Creates and lifecycle changes are answered once a replica has them (``confirm=True``: ``WAIT``);
 reads retry once after a connection error (:meth:`RedisConn.read`); nothing else is re-sent.

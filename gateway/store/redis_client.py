@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.settings import Settings
 from gateway.store.base import StoreUnavailable
-from gateway.store.redis_conn import LuaScript, RedisConn, RedisMode, ScriptArg
+from gateway.store.redis_conn import LuaScript, RedisConn, RedisMode, ScriptArg, Unconfirmed
 from gateway.store.redis_durability import durability_warnings, replica_count
 from gateway.store.redis_support import _mapped
 
@@ -221,7 +221,7 @@ async def run_script(
             if isinstance(acked, BaseException):
                 raise acked
             if int(acked) < wait_replicas:
-                raise StoreUnavailable(
+                raise Unconfirmed(
                     f"redis write reached {int(acked)} of {wait_replicas} replicas "
                     f"within {wait_timeout_ms} ms"
                 )

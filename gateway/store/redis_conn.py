@@ -9,7 +9,8 @@ through one :class:`RedisConn` made by :func:`gateway.store.redis_client.open_re
   that timed out may have happened, and only its caller may decide what comes next.
 - ``confirm=True`` answers only once the write reached :attr:`RedisConn.wait_replicas`
   replicas (``WAIT`` on the connection that wrote, in the same round trip); fewer within
-  ``GATEWAY_REDIS_WAIT_TIMEOUT_MS`` raise :class:`~gateway.store.base.StoreUnavailable`, so
+  ``GATEWAY_REDIS_WAIT_TIMEOUT_MS`` raise :class:`Unconfirmed` (a
+  :class:`~gateway.store.base.StoreUnavailable`: the write ran, and the caller may undo it), so
   the caller answers 503 instead of acknowledging a write a failover could lose.
 - :meth:`RedisConn.read` runs an idempotent read, retried once after a connection error.
 - :attr:`RedisConn.client` serves the plain single-slot commands (``GET``, ``ZADD``...): a
@@ -32,11 +33,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
-__all__ = ["LuaScript", "RedisConn", "RedisMode", "ScriptArg"]
+from gateway.store.base import StoreUnavailable
+
+__all__ = ["LuaScript", "RedisConn", "RedisMode", "ScriptArg", "Unconfirmed"]
 
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 ScriptArg = str | int | float | bytes
 T = TypeVar("T")
+
+
+class Unconfirmed(StoreUnavailable):
+    """A confirmed write ran on the primary, but its acknowledgement is refused (``WAIT``
+    short of replicas, or a Sentinel failover under way meanwhile): the caller may undo it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,13 @@ claimed the key and the order guard is on, reserves the order reference (one scr
 order's slot). ``commit_create`` writes the session with its expiry entry, notifications and
 orphan jobs and completes the key (A: one script on the session's bucket, which is the key's),
 then binds the order reservation to the session and indexes it by orderReference (B: one script
-on the order's slot). So a create costs two round trips without the order guard and four with
-it (the reservation's and B's: B always runs, for the index).
+on the order's slot). So a create costs three round trips without the order guard (B always
+runs, for the index) and four with it.
+
+A completes the key before B runs, so a B that fails (a crash, a ``WAIT`` short of replicas, a
+Sentinel failover hold) leaves a key whose replay answers 201 for a session neither bound nor
+indexed. A therefore stores B's calls in the idempotency record (``ob``), and the first replay of
+the key runs them again (they are safe to repeat) and clears them: two round trips more, once.
 
 A and B are not one transaction, so the reservation is written to survive a crash between them:
 it names its session from the start (``claim:<token>|<session id>|<lease end>``, on the Redis
@@ -24,7 +29,8 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+
+import orjson
 
 from gateway.domain.session import SessionRecord
 from gateway.idempotency import session_id_for
@@ -41,7 +47,7 @@ from gateway.store.base import (
     StoreUnavailable,
 )
 from gateway.store.keys import RedisKeys, bucket
-from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg
+from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg, Unconfirmed
 from gateway.store.redis_find import created_score, read_session
 from gateway.store.redis_lifecycle import ENQUEUE, RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
@@ -64,16 +70,18 @@ end
 # KEYS idempotency record; ARGV 1 fingerprint, 2 token, 3 lease_ms, 4 pin JSON ('' for none),
 # 5 pin ttl_ms. A pinned record lives for the pin's ttl and holds its lease in 'until' (Redis
 # clock, ms): a lapsed lease or a given-up claim ('tok' gone) is claimed again with the stored
-# pin. Replies {'mismatch'}, {'replay', status, body, location}, {'in_flight', ms left} or
+# pin. Replies {'mismatch'}, {'replay', status, body, location, order binding}, {'in_flight', ms
+# left} or
 # {'claimed', pin, sent, resumed}.
 _CLAIM = LuaScript("""
-local rec = redis.call('HMGET', KEYS[1], 'fp', 'tok', 'st', 'body', 'loc', 'until', 'pin', 'sent')
+local rec = redis.call(
+  'HMGET', KEYS[1], 'fp', 'tok', 'st', 'body', 'loc', 'until', 'pin', 'sent', 'ob')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pin, resumed = ARGV[4], '0'
 if rec[1] then
   if rec[1] ~= ARGV[1] then return {'mismatch'} end
-  if rec[3] then return {'replay', rec[3], rec[4], rec[5]} end
+  if rec[3] then return {'replay', rec[3], rec[4], rec[5], rec[9]} end
   if rec[2] then
     if not rec[6] then return {'in_flight', redis.call('PTTL', KEYS[1])} end
     local left = tonumber(rec[6]) - now
@@ -187,25 +195,29 @@ redis.call('HSET', KEYS[1], 'sent', sent)
 return 1
 """)
 
-# Completes the key at KEYS[k] from ARGV[a..a+4]: token, status, body, ttl_ms, location ('').
+# Completes the key at KEYS[k] from ARGV[a..a+5]: token, status, body, ttl_ms, location (''),
+# order binding ('': none; else B's calls as JSON, re-run by a replay until it clears them, so a
+# session whose B failed after this completion is still bound and indexed)
 _COMPLETE_FN = """
 local function complete(k, a)
   if redis.call('HGET', KEYS[k], 'tok') ~= ARGV[a] then return 0 end
   redis.call('HDEL', KEYS[k], 'tok', 'until')
   redis.call('HSET', KEYS[k], 'st', ARGV[a + 1], 'body', ARGV[a + 2])
   if ARGV[a + 4] ~= '' then redis.call('HSET', KEYS[k], 'loc', ARGV[a + 4]) end
+  if ARGV[a + 5] ~= '' then redis.call('HSET', KEYS[k], 'ob', ARGV[a + 5]) end
   redis.call('PEXPIRE', KEYS[k], ARGV[a + 3])
   return 1
 end
 """
 
-# KEYS idempotency record; ARGV token, status, body, ttl_ms, location
+# KEYS idempotency record; ARGV token, status, body, ttl_ms, location, order binding
 _COMPLETE = LuaScript(_COMPLETE_FN + "return complete(1, 1)\n")
 
 # A: KEYS session, expiry, outbox due, outbox items, orphan due, orphan items, idempotency record
 # (all of the session's bucket; the session key again when the key lies elsewhere);
 # ARGV 1 payload, 2 ttl_ms, 3 expiry_at ('' for none), 4 session id, 5 complete here ('1'|'0'),
-# 6..10 completion (token, status, body, ttl_ms, location), 11 number of orphan jobs n, then
+# 6..11 completion (token, status, body, ttl_ms, location, order binding), 12 number of orphan
+# jobs n, then
 # n id/json pairs, then the due time (of the jobs and the notifications), then the
 # notifications' id/json pairs
 _COMMIT_SESSION = LuaScript(
@@ -215,9 +227,9 @@ _COMMIT_SESSION = LuaScript(
 -- a session an earlier attempt of the key stored is never overwritten (it may have moved on)
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
   if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
-  local jobs = tonumber(ARGV[11])
-  local due = 12 + 2 * jobs
-  for i = 12, due - 1, 2 do
+  local jobs = tonumber(ARGV[12])
+  local due = 13 + 2 * jobs
+  for i = 13, due - 1, 2 do
     redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1])
     redis.call('ZADD', KEYS[5], ARGV[due], ARGV[i])
   end
@@ -282,13 +294,20 @@ class RedisCreate:
         """Claim the key (resuming a pinned one), then, when claimed, reserve the order: one
         round trip each, both answered once a replica has them."""
         proposed = pin.to_json() if pin is not None else b""
-        with _mapped("begin_create"):
-            reply = await self.conn.script(
-                _CLAIM,
-                [self.keys.idempotency(scope, key)],
-                [fingerprint, token, lease_ms, proposed, pin_ttl_ms],
-                confirm=True,
-            )
+        try:
+            with _mapped("begin_create"):
+                reply = await self.conn.script(
+                    _CLAIM,
+                    [self.keys.idempotency(scope, key)],
+                    [fingerprint, token, lease_ms, proposed, pin_ttl_ms],
+                    confirm=True,
+                )
+        except Unconfirmed:
+            # the claim ran, but no replica confirmed it: give it up again so the client's
+            # retry is not told 409 for the whole lease (a Redis that does not answer is not
+            # asked again: the 503 must not wait for it twice)
+            await self._abandon_quietly(scope, key, token)
+            raise
         kind = _text(reply[0])
         if kind == "claimed":
             holder = None
@@ -304,6 +323,8 @@ class RedisCreate:
             return Begun(claim, holder, begun_pin, _text(reply[3]) == "1")
         if kind == "replay":
             location = _text(reply[3]) if len(reply) > 3 and reply[3] is not None else None
+            if len(reply) > 4 and reply[4]:
+                await self._rebind(scope, key, bytes(reply[4]))
             return Begun(
                 Claim(
                     ClaimKind.REPLAY,
@@ -351,6 +372,12 @@ class RedisCreate:
             await self.conn.script(
                 _RELEASE_ORDER, [self.keys.order(scope, order_ref)], [token, "drop"]
             )
+        await self._abandon_quietly(scope, key, token)
+
+    async def _abandon_quietly(self, scope: str, key: str, token: str) -> None:
+        """Give the key up if ``token`` holds it, keeping its pin (best effort: a claim not
+        given up frees when its lease ends)."""
+        with contextlib.suppress(StoreUnavailable), _mapped("begin_create"):
             await self.conn.script(_ABANDON, [self.keys.idempotency(scope, key)], [token, ""])
 
     async def abandon_create(
@@ -407,6 +434,7 @@ class RedisCreate:
         (A, one script in the session's bucket), then bind the order and index the session (B,
         one script in the order's slot); each answered once a replica has it."""
         c = completion
+        binding = _dump_calls(self._order_calls(record, c, ttl_s))
         n = bucket(record.sessionId)
         idem = self.keys.idempotency(c.scope, c.key)
         session = self.keys.session(record.sessionId)
@@ -417,6 +445,7 @@ class RedisCreate:
             c.response.body,
             _ms(c.ttl_s),
             c.response.location or "",
+            binding,
         ]
         keys = [
             session,
@@ -453,20 +482,43 @@ class RedisCreate:
     async def _commit_order(self, record: SessionRecord, c: Completion, ttl_s: int) -> None:
         """B: bind the reservation held by ``c.token`` to the session and index the session by
         its merchant and orderReference (one script; two when they lie in different slots)."""
+        for keys, args in self._order_calls(record, c, ttl_s):
+            await self.conn.script(_COMMIT_ORDER, keys, args, confirm=True)
+
+    def _order_calls(self, record: SessionRecord, c: Completion, ttl_s: int) -> list[_Call]:
+        """The keys and arguments of B's scripts (safe to run again: they bind only a
+        reservation naming this token or session, and index the session with its own score)."""
         index = self.keys.order_sessions(record.merchantId, record.orderReference)
         indexing: list[ScriptArg] = ["1", created_score(record.createdAt), _ms(ttl_s)]
         if c.order_ref is None:
-            await self._order_script([index, index], ["0", "", record.sessionId, 0], indexing)
-            return
+            return [([index, index], ["0", "", record.sessionId, 0, *indexing])]
         order = self.keys.order(c.scope, c.order_ref)
         binding: list[ScriptArg] = ["1", c.token, record.sessionId, _ms(max(1, c.order_ttl_s))]
         if (c.scope, c.order_ref) == (record.merchantId, record.orderReference):
-            await self._order_script([order, index], binding, indexing)
-            return
-        await self._order_script([order, order], binding, ["0", 0, 0])
-        await self._order_script([index, index], ["0", "", record.sessionId, 0], indexing)
+            return [([order, index], [*binding, *indexing])]
+        return [
+            ([order, order], [*binding, "0", 0, 0]),
+            ([index, index], ["0", "", record.sessionId, 0, *indexing]),
+        ]
 
-    async def _order_script(
-        self, keys: list[str], binding: list[ScriptArg], indexing: list[ScriptArg]
-    ) -> Any:
-        return await self.conn.script(_COMMIT_ORDER, keys, [*binding, *indexing], confirm=True)
+    async def _rebind(self, scope: str, key: str, stored: bytes) -> None:
+        """A replay of a completed create: run its B again (it may have failed after the key
+        was completed: a crash, a WAIT short of replicas, a failover hold), then forget it, so
+        the session answered 201 is bound and found by its orderReference."""
+        try:
+            calls = [(list(keys), list(args)) for keys, args in orjson.loads(stored)]
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            raise StoreUnavailable(f"a stored order binding is unreadable: {exc}") from exc
+        with _mapped("begin_create"):
+            for keys, args in calls:
+                await self.conn.script(_COMMIT_ORDER, keys, args, confirm=True)
+            await self.conn.client.hdel(self.keys.idempotency(scope, key), "ob")
+
+
+_Call = tuple[list[str], list[ScriptArg]]
+
+
+def _dump_calls(calls: list[_Call]) -> bytes:
+    return orjson.dumps(
+        [[keys, [a.decode() if isinstance(a, bytes) else a for a in args]] for keys, args in calls]
+    )

@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import BACKLOG_COUNT_LIMIT, OutboxItem, StoreUnavailable
+from gateway.store.base import BACKLOG_COUNT_LIMIT, OutboxItem
 from gateway.store.keys import QUEUE_BUCKETS, RedisKeys, bucket
 from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg
 from gateway.store.redis_support import (
     LEASED_QUEUE_CLAIM,
-    _leased,
     _mapped,
     _ms,
+    _readable,
     _text,
     claim_in_due_order,
     lease_bucket,
@@ -235,10 +235,7 @@ class RedisLifecycle:
                 self._outbox_keys(n)[:3],
                 [repr(now), repr(now + lease_s), count, lease_prefix(n)],
             )
-            try:
-                return [OutboxItem.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StoreUnavailable(f"an outbox item is unreadable: {exc}") from exc
+            return _readable(reply, OutboxItem.from_json, "outbox item")
 
         with _mapped("outbox_claim"):
             return await claim_in_due_order(

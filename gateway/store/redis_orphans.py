@@ -8,13 +8,13 @@ touches one bucket, so one Redis Cluster slot. A lease token names its bucket.
 
 from __future__ import annotations
 
-from gateway.store.base import OrphanJob, StoreUnavailable
+from gateway.store.base import OrphanJob
 from gateway.store.keys import QUEUE_BUCKETS, RedisKeys
 from gateway.store.redis_conn import LuaScript, RedisConn
 from gateway.store.redis_support import (
     LEASED_QUEUE_CLAIM,
-    _leased,
     _mapped,
+    _readable,
     claim_in_due_order,
     lease_bucket,
     lease_prefix,
@@ -59,10 +59,7 @@ class RedisOrphans:
                 self._orphan_keys(n),
                 [repr(now), repr(now + lease_s), count, lease_prefix(n)],
             )
-            try:
-                return [OrphanJob.from_json(raw, lease=lease) for raw, lease in _leased(reply)]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StoreUnavailable(f"an orphan job is unreadable: {exc}") from exc
+            return _readable(reply, OrphanJob.from_json, "orphan job")
 
         with _mapped("orphan_claim"):
             return await claim_in_due_order(

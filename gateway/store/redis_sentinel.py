@@ -17,6 +17,10 @@ the others until Sentinel re-points them, and their acknowledgements are worthle
 from the new primary). So from ``+try-failover`` (published at least one Sentinel tick, 100
 ms, before the promotion) until ``+switch-master``, a confirmed write is refused even when
 ``WAIT`` succeeded: it may have happened, as after any 503, and the caller's retry decides.
+Each Sentinel's attempt is held until that Sentinel gives it up (``-failover-abort-*``: a
+Sentinel not elected gives up while the elected one promotes), and a write during which a
+failover started or a switch-over was announced is refused as well, however quickly the
+failover ended.
 ``wait_replicas=auto`` is 1 here: a Sentinel deployment has replicas by definition.
 """
 
@@ -41,7 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store.base import StoreUnavailable
 from gateway.store.redis_client import RedisClientSettings, run_script, warm_up
-from gateway.store.redis_conn import LuaScript, RedisMode, ScriptArg
+from gateway.store.redis_conn import LuaScript, RedisMode, ScriptArg, Unconfirmed
 from gateway.store.redis_durability import durability_warnings, replica_count
 from gateway.store.redis_support import _mapped
 
@@ -119,7 +123,10 @@ class SentinelConn:
         self._listeners: list[asyncio.Task[None]] = []
         self._closing = False
         self._subscribed = asyncio.Event()
-        self._failover_since: float | None = None
+        #: the failovers under way: when each Sentinel that announced one started it
+        self._failovers: dict[str, float] = {}
+        #: counts failover starts and switch-overs, so a write spanning one is never confirmed
+        self._failover_epoch = 0
         self.resets = 0
 
     @property
@@ -137,13 +144,11 @@ class SentinelConn:
         log.warning("redis sentinel %s: %s; connection pool reset", self._service, why)
 
     def _failover_under_way(self) -> bool:
-        since = self._failover_since
-        if since is None:
-            return False
-        if time.monotonic() - since > _FAILOVER_HOLD_S:
-            self._failover_since = None
-            return False
-        return True
+        now = time.monotonic()
+        for source, since in list(self._failovers.items()):
+            if now - since > _FAILOVER_HOLD_S:
+                del self._failovers[source]
+        return bool(self._failovers)
 
     async def script(
         self,
@@ -155,6 +160,7 @@ class SentinelConn:
     ) -> Any:
         if confirm and self._failover_under_way():
             raise StoreUnavailable(f"redis sentinel {self._service}: failover under way")
+        epoch = self._failover_epoch
         with _mapped("script"):
             try:
                 reply = await run_script(
@@ -165,9 +171,10 @@ class SentinelConn:
                     wait_replicas=self._wait_replicas if confirm else 0,
                     wait_timeout_ms=self._wait_timeout_ms,
                 )
-                if confirm and self._failover_under_way():
-                    # the replica that acknowledged may be re-pointed to the new primary
-                    raise StoreUnavailable(
+                if confirm and (self._failover_under_way() or self._failover_epoch != epoch):
+                    # a failover started (or even ended) meanwhile: the replica that
+                    # acknowledged may be re-pointed to the new primary
+                    raise Unconfirmed(
                         f"redis sentinel {self._service}: failover started before the write "
                         "was confirmed (it may have happened)"
                     )
@@ -246,7 +253,7 @@ class SentinelConn:
                             ignore_subscribe_messages=True, timeout=1.0
                         )
                         if message is not None:
-                            await self._on_event(message)
+                            await self._on_event(message, f"{host}:{port}")
             except (RedisError, OSError) as exc:
                 log.debug("sentinel %s:%s listener: %s", host, port, type(exc).__name__)
             finally:
@@ -255,7 +262,9 @@ class SentinelConn:
             if not self._closing:
                 await asyncio.sleep(_LISTEN_PAUSE_S)
 
-    async def _on_event(self, message: dict[str, Any]) -> None:
+    async def _on_event(self, message: dict[str, Any], source: str) -> None:
+        """Apply one failover event that the Sentinel at ``source`` published: each Sentinel's
+        attempt is held until that Sentinel gives it up, or any announces the new primary."""
         channel, data = (
             value.decode() if isinstance(value, bytes) else str(value)
             for value in (message.get("channel"), message.get("data"))
@@ -263,19 +272,20 @@ class SentinelConn:
         words = data.split()
         if channel == _SWITCH:
             if words[:1] == [self._service]:
+                self._failover_epoch += 1
                 await self.reset(f"+switch-master to {':'.join(words[3:5])}")
-                self._failover_since = None
+                self._failovers.clear()
         elif words[:2] == ["master", self._service]:
             if channel == _STARTS:
-                if self._failover_since is None:
-                    self._failover_since = time.monotonic()
+                self._failover_epoch += 1
+                if source not in self._failovers:
+                    self._failovers[source] = time.monotonic()
                     log.warning(
                         "redis sentinel %s: failover started; confirmed writes are refused "
                         "until the new primary is announced",
                         self._service,
                     )
-            elif channel in _ABORTS:
-                self._failover_since = None
+            elif channel in _ABORTS and self._failovers.pop(source, None) is not None:
                 log.warning("redis sentinel %s: failover abandoned (%s)", self._service, channel)
 
     async def warm_up(self, connections: int) -> int:

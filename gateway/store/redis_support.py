@@ -5,6 +5,7 @@ order across them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -17,11 +18,14 @@ from gateway.store.base import StoreUnavailable
 from gateway.store.keys import QUEUE_BUCKETS
 from gateway.store.redis_conn import LuaScript, RedisConn
 
+T = TypeVar("T")
+log = logging.getLogger("gateway.store.redis")
+
 __all__ = [
     "LEASED_QUEUE_CLAIM",
-    "_leased",
     "_mapped",
     "_ms",
+    "_readable",
     "_text",
     "claim_in_due_order",
     "lease_bucket",
@@ -78,12 +82,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _leased(reply: Any) -> list[tuple[bytes, str]]:
-    """The (json, lease token) pairs of a :data:`LEASED_QUEUE_CLAIM` reply."""
-    return [(bytes(reply[i + 1]), _text(reply[i + 2])) for i in range(0, len(reply), 3)]
-
-
-T = TypeVar("T")
+def _readable(reply: Any, parse: Callable[..., T], what: str) -> list[T]:
+    """The items of a :data:`LEASED_QUEUE_CLAIM` reply that parse (``parse(json, lease=)``).
+    One that does not (a corrupted record) is logged by id and left leased, so it never holds
+    back the items claimed with it; it comes back when its lease ends."""
+    found: list[T] = []
+    for i in range(0, len(reply), 3):
+        try:
+            found.append(parse(bytes(reply[i + 1]), lease=_text(reply[i + 2])))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable %s %r skipped: %s", what, _text(reply[i]), type(exc).__name__)
+    return found
 
 
 def lease_prefix(n: int) -> str:
@@ -95,7 +104,7 @@ def lease_prefix(n: int) -> str:
 def lease_bucket(token: str) -> int | None:
     """The bucket a lease token was handed out from; None for a token no claim made."""
     head, _, _ = token.partition(":")
-    if not head.isdigit() or int(head) >= QUEUE_BUCKETS:
+    if not (head.isascii() and head.isdigit()) or int(head) >= QUEUE_BUCKETS:
         return None
     return int(head)
 

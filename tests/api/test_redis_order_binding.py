@@ -51,3 +51,34 @@ async def test_a_failed_binding_leaves_the_order_guarded_by_the_written_session(
         for s in sessions.values()
     ]
     assert created == [written]  # one provider session for the order
+
+
+@pytest.mark.redis
+async def test_a_session_answered_201_after_a_failed_binding_is_found_by_its_order(
+    gateway: GatewayFactory, sandbox: Any, store_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B (the order binding and the orderReference index) is refused after A wrote the
+    session and completed the key (a WAIT short of replicas, a Sentinel failover hold, a
+    crash): the merchant's retry is answered 201 from the key, and the session must then be
+    listed by ``GET /api/v1/sessions?orderReference=`` like every session of the order."""
+    store: RedisStore = await store_factory("redis")
+    client = await gateway(store=store)
+    binding = store._commit_order
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("redis write reached 0 of 1 replicas within 500 ms")
+
+    monkeypatch.setattr(store, "_commit_order", refused)
+    body = card_order("ORD-INDEX")
+    first = await client.post("/api/v1/sessions", json=body, headers=headers("index-1"))
+    assert first.status == 503, await first.text()
+    monkeypatch.setattr(store, "_commit_order", binding)
+    retry = await client.post("/api/v1/sessions", json=body, headers=headers("index-1"))
+    assert retry.status == 201, await retry.text()
+    written = (await retry.json())["sessionId"]
+
+    found = await client.get(
+        "/api/v1/sessions", params={"orderReference": "ORD-INDEX"}, headers=headers(None)
+    )
+    assert found.status == 200, await found.text()
+    assert [s["sessionId"] for s in (await found.json())["data"]] == [written]

@@ -208,3 +208,67 @@ async def test_a_demoted_primary_never_acknowledges_a_write(
         assert conn.resets >= 1  # type: ignore[attr-defined]
     finally:
         await conn.close()
+
+
+#: sets KEYS[1] after busy-waiting ARGV[2] ms on the server (a write still in flight)
+SLOW_SET = LuaScript("""
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+repeat
+  t = redis.call('TIME')
+until tonumber(t[1]) * 1000000 + tonumber(t[2]) - start > tonumber(ARGV[2]) * 1000
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+""")
+
+
+def _event(channel: str, data: str) -> dict[str, bytes]:
+    return {"channel": channel.encode(), "data": data.encode()}
+
+
+async def test_a_write_in_flight_across_a_whole_failover_is_not_confirmed(
+    redis_sentinel_group: SentinelGroup,
+) -> None:
+    """+try-failover and +switch-master both arrive while a confirmed write is in flight (it
+    was sent to the old primary, and a replica still following it acknowledged it): the
+    write is refused, though no failover is under way by the time its reply is read."""
+    conn = _conn(redis_sentinel_group)
+    service = redis_sentinel_group.master_name
+    try:
+        await conn.start()
+        write = asyncio.ensure_future(
+            conn.script(SLOW_SET, [f"gw-test:{uuid.uuid4().hex}"], ["v", 400], confirm=True)
+        )
+        await asyncio.sleep(0.15)
+        on_event = conn._on_event  # type: ignore[attr-defined]
+        source = "127.0.0.1:1"
+        await on_event(_event("+try-failover", f"master {service} 127.0.0.1 1 #quorum 2/2"), source)
+        await on_event(_event("+switch-master", f"{service} 127.0.0.1 1 127.0.0.1 2"), source)
+        with pytest.raises(StoreUnavailable, match="failover"):
+            await write
+    finally:
+        await conn.close()
+
+
+async def test_one_sentinels_abandoned_attempt_does_not_end_anothers_failover_hold(
+    redis_sentinel_group: SentinelGroup,
+) -> None:
+    """Two Sentinels start a failover; the one not elected gives up (-failover-abort-not-
+    elected) while the elected one is still promoting: confirmed writes stay refused."""
+    conn = _conn(redis_sentinel_group)
+    service = redis_sentinel_group.master_name
+    started = _event("+try-failover", f"master {service} 127.0.0.1 1 #quorum 2/2")
+    try:
+        await conn.start()
+        on_event = conn._on_event  # type: ignore[attr-defined]
+        await on_event(started, "127.0.0.1:1")
+        await on_event(started, "127.0.0.1:2")
+        await on_event(
+            _event("-failover-abort-not-elected", f"master {service} 127.0.0.1 1"), "127.0.0.1:2"
+        )
+        with pytest.raises(StoreUnavailable, match="failover under way"):
+            await conn.script(SET_GET, [f"gw-test:{uuid.uuid4().hex}"], ["v"], confirm=True)
+        await on_event(_event("+switch-master", f"{service} 127.0.0.1 1 127.0.0.1 2"), "x:3")
+        await conn.script(SET_GET, [f"gw-test:{uuid.uuid4().hex}"], ["v"], confirm=True)
+    finally:
+        await conn.close()

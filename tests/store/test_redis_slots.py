@@ -18,7 +18,7 @@ from gateway.idempotency import session_id_for
 from gateway.store.base import ClaimKind, Completion, OrphanJob, StoredResponse, StoreUnavailable
 from gateway.store.keys import QUEUE_BUCKETS, bucket
 from gateway.store.redis import RedisStore
-from gateway.store.redis_conn import LuaScript, ScriptArg
+from gateway.store.redis_conn import LuaScript, ScriptArg, Unconfirmed
 from tests.redis_slot_node import slot_checking_redis
 from tests.redis_stores import redis_store
 from tests.store import (
@@ -195,6 +195,7 @@ async def test_a_lease_of_one_bucket_never_finishes_an_item_of_another(
         replace(claimed[a], lease=f"{bucket(a)}:{lease_b.split(':', 1)[1]}"),  # a's bucket, not a's
         replace(claimed[a], lease=f"{QUEUE_BUCKETS}:x1"),  # no such bucket
         replace(claimed[a], lease="not-a-lease"),
+        replace(claimed[a], lease="\u00b2:x1"),  # a digit to str.isdigit, not to int()
     ]
     for wrong in forged:
         assert await store.outbox_done(wrong) is False
@@ -310,6 +311,7 @@ def _only_session_write(
             b"{}",
             600_000,
             "",
+            "",
             0,
             "1.0",
         ],
@@ -363,3 +365,43 @@ async def test_a_reservation_that_fails_gives_the_key_and_the_order_up_again(
     # the client's retry runs at once instead of waiting out the lease
     retry = await begin(store, "k1", "t2")
     assert (retry.claim.kind, retry.order_holder) == (ClaimKind.CLAIMED, None)
+
+
+async def test_a_claim_that_no_replica_confirmed_gives_the_key_up_again(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim ran on the primary but WAIT fell short (503): the key is given up (its pin
+    kept), so the client's retry is not told 409 for the whole lease."""
+    from gateway.store.redis_create import _CLAIM
+
+    run = store.conn.script
+
+    async def unconfirmed(script: LuaScript, *args: Any, **options: Any) -> Any:
+        reply = await run(script, *args, **options)
+        if script is _CLAIM:
+            raise Unconfirmed("redis write reached 0 of 1 replicas within 500 ms")
+        return reply
+
+    monkeypatch.setattr(store.conn, "script", unconfirmed)
+    with pytest.raises(StoreUnavailable):
+        await begin(store, "k1", "t1")
+    monkeypatch.setattr(store.conn, "script", run)
+    retry = await begin(store, "k1", "t2")
+    assert (retry.claim.kind, retry.order_holder) == (ClaimKind.CLAIMED, None)
+
+
+async def test_an_unreadable_outbox_item_does_not_hold_back_the_others(
+    store: RedisStore,
+) -> None:
+    """A corrupted item (not JSON) is due with others, in its bucket and in others: the claim
+    hands the readable ones out instead of failing the whole batch (which leased them all
+    without handing them out, so they waited a lease, again at every lease end)."""
+    a, b, c = ids_in_distinct_buckets(3)
+    await store.outbox_add([item(a), item(b)], due=1.0)
+    n = bucket(c)
+    await store.client.hset(store.keys.outbox_items(n), c, b"not json")
+    await store.client.zadd(store.keys.outbox_due(n), {c: 0.5})
+    same = next(f"x{i}" for i in range(1000) if bucket(f"x{i}") == n)
+    await store.outbox_add([item(same)], due=1.0)
+    claimed = await store.outbox_claim(now=2.0, lease_s=30, limit=10)
+    assert sorted(i.id for i in claimed) == sorted([a, b, same])

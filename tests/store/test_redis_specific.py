@@ -231,8 +231,9 @@ async def test_prefixes_isolate_gateways(redis_url: str, redis_prefix: str) -> N
 
 
 async def test_hot_path_round_trips(store_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A guarded create costs four scripts (claim, reservation, session, order binding), a
-    replay one, a read one GET."""
+    """A guarded create costs four scripts (claim, reservation, session, order binding); its
+    first replay three (the claim, the order binding run again, its record cleared: B may have
+    failed after the key was completed), later replays one; a read one GET."""
     store: RedisStore = await store_factory("redis")
     await exercise_everything(store, RedisCircuits(store.conn, "unused:"))  # scripts loaded
     commands: list[str] = []
@@ -251,15 +252,18 @@ async def test_hot_path_round_trips(store_factory: Any, monkeypatch: pytest.Monk
     await store.commit_create(make_session(session_id), completion, ttl_s=60, expires_at=1.0)
     assert commands == ["EVALSHA"] * 4
     await store.begin_create(scope, "hot", "fp", token="t2", lease_ms=5_000, order_ref=order)
+    assert commands == ["EVALSHA"] * 6 + ["HDEL"]
+    commands.clear()
+    await store.begin_create(scope, "hot", "fp", token="t3", lease_ms=5_000, order_ref=order)
     await store.get_session(session_id)
-    assert commands == ["EVALSHA"] * 5 + ["GET"]
+    assert commands == ["EVALSHA", "GET"]
     # without the order guard a create is two scripts, as before
     await store.begin_create(scope, "plain", "fp", token="t", lease_ms=5_000, order_ref=None)
     plain = Completion(scope, "plain", "t", StoredResponse(201, b"{}"), 60)
     await store.commit_create(
         make_session(session_id_for(scope, "plain")), plain, ttl_s=60, expires_at=None
     )
-    assert commands == ["EVALSHA"] * 5 + ["GET"] + ["EVALSHA"] * 3  # + the index of B
+    assert commands == ["EVALSHA", "GET"] + ["EVALSHA"] * 3  # + the index of B
 
 
 async def test_pool_is_sized_bounded_and_uses_hiredis(store_factory: Any) -> None:
