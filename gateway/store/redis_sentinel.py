@@ -40,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store.base import StoreUnavailable
@@ -247,6 +247,7 @@ class SentinelConn:
             try:
                 async with sentinel.pubsub() as pubsub:
                     await pubsub.subscribe(_SWITCH, _STARTS, *_ABORTS)
+                    await self._catch_up(sentinel, f"{host}:{port}")
                     self._subscribed.set()
                     while not self._closing:
                         message = await pubsub.get_message(
@@ -261,6 +262,26 @@ class SentinelConn:
                     await sentinel.aclose()
             if not self._closing:
                 await asyncio.sleep(_LISTEN_PAUSE_S)
+
+    async def _catch_up(self, sentinel: aioredis.Redis, source: str) -> None:
+        """Hold confirmations for a failover this Sentinel started while nobody listened (before
+        the first subscription, or while its listener reconnected): its ``+try-failover`` was
+        missed, but the master still carries ``failover_in_progress`` until it ends."""
+        try:
+            state = await sentinel.sentinel_master(self._service)
+        except ResponseError:  # this Sentinel does not monitor the service: nothing to hold
+            return
+        flags = state.get("flags", "") if isinstance(state, dict) else ""
+        text = flags.decode() if isinstance(flags, bytes) else str(flags)
+        if "failover_in_progress" in text.split(","):
+            self._failover_epoch += 1
+            if source not in self._failovers:
+                self._failovers[source] = time.monotonic()
+                log.warning(
+                    "redis sentinel %s: a failover is under way; confirmed writes are refused "
+                    "until the new primary is announced",
+                    self._service,
+                )
 
     async def _on_event(self, message: dict[str, Any], source: str) -> None:
         """Apply one failover event that the Sentinel at ``source`` published: each Sentinel's

@@ -272,3 +272,27 @@ async def test_one_sentinels_abandoned_attempt_does_not_end_anothers_failover_ho
         await conn.script(SET_GET, [f"gw-test:{uuid.uuid4().hex}"], ["v"], confirm=True)
     finally:
         await conn.close()
+
+
+async def test_a_failover_started_before_the_listener_subscribed_holds_confirmations(
+    redis_sentinel_group: SentinelGroup,
+) -> None:
+    """The ``+try-failover`` of a failover that began before the conn listened was never heard:
+    the master's ``failover_in_progress`` flag, read on subscribing, holds confirmed writes
+    until the new primary is announced, so no write is confirmed by the primary being demoted."""
+    group = redis_sentinel_group
+    old = group.current_primary()
+    group.sentinels[0].server.command("SENTINEL", "FAILOVER", group.master_name)
+    conn = _conn(group)
+    try:
+        await conn.start()
+        with pytest.raises(StoreUnavailable, match="failover"):
+            await conn.script(SET_GET, [f"gw-test:{uuid.uuid4().hex}"], ["during"], confirm=True)
+        key = f"gw-test:{uuid.uuid4().hex}"
+        await _write_until_confirmed(conn, key)
+        new = group.current_primary()
+        assert new is not old
+        assert _get(new, key) == b"after"
+    finally:
+        await conn.close()
+        group.wait_until_settled()
