@@ -6,6 +6,12 @@ scores ``createdAt`` in epoch microseconds (exact in a double until the year 225
 equal scores by member, byte by byte, which for UTF-8 is the order of Python's ``str``; read in
 reverse that is the contract's order: ``createdAt``, then ``sessionId``, both descending.
 
+A create that died between writing its session and indexing it (its merchant never got the
+201, so searching by orderReference is how they find it) left the session out of the index,
+but the order's reservation, in the index's slot, still names it: the first page of a search
+asks one script whether the reservation names a session missing from the index, and indexes it
+(one more round trip per search; two more in the rare case it does).
+
 A page costs two round trips: the index (the ties of the cursor's instant and the ids after it,
 two reads of the one index key in one pipeline), then the sessions (a pipeline of ``GET``: the
 sessions lie in several slots, so no ``MGET``; a cluster client sends each node its share).
@@ -23,10 +29,36 @@ from typing import Any
 from gateway.domain.session import SessionRecord
 from gateway.store.base import SessionCursor, stored_session
 from gateway.store.keys import RedisKeys
-from gateway.store.redis_conn import RedisConn
+from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg
 from gateway.store.redis_support import _mapped, _text
 
 __all__ = ["RedisFind", "created_score", "read_session"]
+
+# KEYS reservation, the index (one slot). The session id the reservation names (bound, or in a
+# create's claim 'claim:<token>|<session id>|<lease end>') when the index lacks it, else ''.
+_UNINDEXED = LuaScript(
+    """
+local v = redis.call('GET', KEYS[1])
+if not v then return '' end
+local sid = v
+if string.sub(v, 1, 6) == 'claim:' then
+  sid = string.match(v, '^claim:[^|]*|([^|]*)|%d+$') or ''
+end
+if sid == '' or redis.call('ZSCORE', KEYS[2], sid) then return '' end
+return sid
+"""
+)
+
+# KEYS the index; ARGV session id, createdAt (epoch µs), ttl_ms: index it, outliving it.
+_INDEX = LuaScript(
+    """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -66,6 +98,8 @@ class RedisFind:
         """The merchant's sessions of ``order_reference``, newest first, after ``before``."""
         index = self.keys.order_sessions(merchant_id, order_reference)
         after = (created_score(before.created_at), before.session_id) if before else None
+        if before is None:
+            await self._index_reserved(merchant_id, order_reference, index)
         found: list[SessionRecord] = []
         while len(found) < limit:
             wanted = limit - len(found)
@@ -83,6 +117,26 @@ class RedisFind:
                 break
             after = ids[-1]
         return found
+
+    async def _index_reserved(self, merchant_id: str, order_reference: str, index: str) -> None:
+        """Index the session the order's reservation names if the index lacks it (see the
+        module docstring)."""
+        reservation = self.keys.order(merchant_id, order_reference)
+        with _mapped("find_sessions"):
+            missing = _text(await self.conn.script(_UNINDEXED, [reservation, index], []))
+        if not missing:
+            return
+        record = await read_session(self.conn, self.keys, missing)
+        if record is None or (record.merchantId, record.orderReference) != (
+            merchant_id,
+            order_reference,
+        ):
+            return
+        with _mapped("find_sessions"):
+            ttl_ms = int(await self.conn.client.pttl(self.keys.session(missing)))
+            if ttl_ms > 0:
+                args: list[ScriptArg] = [missing, created_score(record.createdAt), ttl_ms]
+                await self.conn.script(_INDEX, [index], args)
 
     async def _sessions(self, session_ids: list[str]) -> list[Any]:
         """The stored payloads of ``session_ids`` (None where gone), in order."""

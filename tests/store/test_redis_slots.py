@@ -259,6 +259,23 @@ async def test_a_crash_between_session_and_binding_keeps_the_order_reserved(
     assert await order_holder(store, SCOPE, ORDER) == session
 
 
+async def test_a_session_whose_create_died_before_indexing_it_is_found_by_its_order(
+    store: RedisStore,
+) -> None:
+    """The merchant never got that create's 201: searching the orderReference finds it (the
+    reservation names it), and indexes it for the searches after."""
+    await begin(store, "k1", "t1")
+    written = await crash_before_binding(store, "k1", "t1")
+    index = store.keys.order_sessions(SCOPE, ORDER)
+    assert await store.client.zscore(index, written) is None
+    found = await store.find_sessions(SCOPE, ORDER, limit=10)
+    assert [s.sessionId for s in found] == [written]
+    assert await store.client.zscore(index, written) is not None
+    assert await store.client.pttl(index) > 0
+    # another merchant's search of the same reference finds nothing of it
+    assert await store.find_sessions("merchant-2", ORDER, limit=10) == []
+
+
 async def test_a_crash_without_release_reads_as_its_session_once_the_lease_is_over(
     store: RedisStore,
 ) -> None:
