@@ -273,11 +273,17 @@ class StandaloneConn:
 
     async def start(self) -> list[str]:
         with _mapped("start"):
+            address = self.client.connection_pool.connection_kwargs
+            name = f"{address.get('host', '?')}:{address.get('port', '?')}"
+            cluster = await self.client.info("cluster")
+            if int(cluster.get("cluster_enabled", 0)):
+                # it answers for its own slots only: every other key is MOVED (a 503)
+                raise StoreUnavailable(
+                    f"redis {name} is a Redis Cluster node: set GATEWAY_REDIS_MODE=cluster"
+                )
             replicas = await replica_count(self.client)
             if self._wanted == "auto":
                 self._wait_replicas = 1 if replicas > 0 else 0
-            address = self.client.connection_pool.connection_kwargs
-            name = f"{address.get('host', '?')}:{address.get('port', '?')}"
             return await durability_warnings(
                 [(name, self.client)], wait_replicas=self._wait_replicas, mode=self.mode
             )
