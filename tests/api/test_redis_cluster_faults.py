@@ -1,0 +1,243 @@
+"""Attacks on a ``gateway serve`` process whose records live in a Redis Cluster of 3 primaries
+with one replica each (durable: every create waits for a replica), from outside: a primary
+killed, failed over by hand or frozen (SIGSTOP) under create load. Every answer is defined
+(201, 409 for a key still leased, 503 + Retry-After), never a 500; every session answered 201
+reads back once the replica took over; every key ends in its one session (the client retries
+what was 503 or 409), and no key made two provider sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.api.conftest import headers, seed
+from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
+from tests.redis_servers import RedisCluster, RedisNode, redis_server_binary, start_cluster
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(150)]
+
+
+def own_cluster(replicas_per_master: int) -> RedisCluster:
+    """A durable cluster of 3 primaries of this test's own (its nodes get killed)."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    return start_cluster(
+        masters=3, replicas_per_master=replicas_per_master, durable=True, node_timeout_ms=2000
+    )
+
+
+async def serve(
+    sandbox: Any, cluster: RedisCluster, processes: list[Any], tmp_path: Path, **extra: str
+) -> str:
+    port = free_port()
+    env = {
+        **base_env(sandbox),
+        "GATEWAY_STORE": "redis",
+        "GATEWAY_REDIS_MODE": "cluster",
+        "GATEWAY_REDIS_URL": cluster.seed_url,
+        "GATEWAY_REDIS_PREFIX": f"atk:{uuid.uuid4().hex[:8]}:",
+        "GATEWAY_IDEMPOTENCY_LEASE_SECONDS": "10",
+        "GATEWAY_REQUEST_DEADLINE_SECONDS": "8",
+        **extra,
+    }
+    processes.append(start_gateway(port, env, output=tmp_path / f"gateway-{port}.log"))
+    await wait_ready(port, processes[-1], timeout=60)
+    return f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Load:
+    """Create load: each worker sends fresh keys, retrying a key after 503/409 until 201."""
+
+    base: str
+    statuses: Counter[int] = field(default_factory=Counter)
+    created: dict[str, str] = field(default_factory=dict)  # key -> session id
+    first_201: dict[str, float] = field(default_factory=dict)
+    slowest: float = 0.0
+    failures_at: list[tuple[float, int]] = field(default_factory=list)
+    success_at: list[float] = field(default_factory=list)
+    stop: bool = False
+    bad: list[str] = field(default_factory=list)
+
+    async def worker(self, http: aiohttp.ClientSession, name: str, keys_left: int) -> None:
+        for i in range(keys_left):
+            if self.stop:
+                return
+            key = f"{name}-{i}"
+            body = seed(orderReference=f"ORD-{key}")
+            began = time.monotonic()
+            while True:
+                sent = time.monotonic()
+                try:
+                    async with http.post(
+                        f"{self.base}/api/v1/sessions", json=body, headers=headers(key)
+                    ) as answer:
+                        status = answer.status
+                        text = await answer.text()
+                        retry_after = answer.headers.get("Retry-After")
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    self.bad.append(f"{key}: {type(exc).__name__}")
+                    return
+                took = time.monotonic() - sent
+                self.slowest = max(self.slowest, took)
+                self.statuses[status] += 1
+                if status == 201:
+                    import json
+
+                    self.created[key] = json.loads(text)["sessionId"]
+                    self.success_at.append(time.monotonic())
+                    break
+                self.failures_at.append((time.monotonic(), status))
+                if status not in (503, 409) or retry_after is None:
+                    self.bad.append(f"{key}: {status} {text[:300]}")
+                    return
+                if time.monotonic() - began > 30:
+                    self.bad.append(f"{key}: no 201 within 30 s (last {status})")
+                    return
+                await asyncio.sleep(min(float(retry_after), 0.5))
+
+
+async def sandbox_created(sandbox: Any) -> int:
+    url = str(sandbox.make_url("/sandbox/admin/stats"))
+    async with aiohttp.ClientSession() as http, http.get(url) as answer:
+        stats = await answer.json()
+    return int(sum(stats["sessionsCreated"].values()))
+
+
+async def read_back(base: str, created: dict[str, str]) -> list[str]:
+    missing: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        for key, session_id in created.items():
+            async with http.get(
+                f"{base}/api/v1/sessions/{session_id}", headers=headers(None)
+            ) as answer:
+                if answer.status != 200:
+                    missing.append(f"{key} {session_id}: {answer.status}")
+    return missing
+
+
+def wait_promoted(replicas: list[RedisNode], timeout: float = 30) -> float:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        for replica in replicas:
+            try:
+                if replica.role_now() == "master":
+                    return time.monotonic() - began
+            except Exception:  # noqa: S110 - still failing over
+                pass
+        time.sleep(0.05)
+    raise AssertionError("the replica was not promoted")
+
+
+def replicas_of(cluster: RedisCluster, primary: RedisNode) -> list[RedisNode]:
+    return [
+        node
+        for node in cluster.replicas
+        if int(node.server.info("replication").get("master_port", 0)) == primary.port
+    ]
+
+
+async def run_load_around(
+    base: str,
+    fault: Any,
+    *,
+    workers: int = 8,
+    keys: int = 400,
+    before_s: float = 1.5,
+    after_s: float = 8,
+) -> tuple[Load, float]:
+    load = Load(base)
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        tasks = [asyncio.create_task(load.worker(http, f"w{w}", keys)) for w in range(workers)]
+        await asyncio.sleep(before_s)
+        fault_at = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, fault)
+        await asyncio.sleep(after_s)
+        load.stop = True
+        await asyncio.gather(*tasks)
+    return load, fault_at
+
+
+def report(name: str, load: Load, fault_at: float) -> dict[str, Any]:
+    after = [t for t in load.success_at if t > fault_at]
+    unavailable = [t for t, status in load.failures_at if t > fault_at and status == 503]
+    leased = [t for t, status in load.failures_at if t > fault_at and status == 409]
+    figures = {
+        "answers": dict(load.statuses),
+        "sessions": len(load.created),
+        "slowest_answer_s": round(load.slowest, 2),
+        "last_503_after_fault_s": round(max(unavailable) - fault_at, 2) if unavailable else 0.0,
+        "last_409_after_fault_s": round(max(leased) - fault_at, 2) if leased else 0.0,
+        "first_201_after_fault_s": round(min(after) - fault_at, 2) if after else None,
+    }
+    print(f"\n{name}: {figures}")
+    return figures
+
+
+async def test_a_primary_killed_under_create_load_with_two_replicas_each(
+    sandbox: Any, processes: list[Any], tmp_path: Path
+) -> None:
+    cluster = own_cluster(2)
+    try:
+        base = await serve(sandbox, cluster, processes, tmp_path)
+        victim = cluster.primaries[1]
+        heirs = replicas_of(cluster, victim)
+        promoted: list[float] = []
+
+        def kill() -> None:
+            victim.server.kill()
+            promoted.append(wait_promoted(heirs))
+
+        load, fault_at = await run_load_around(base, kill)
+        figures = report("killed primary, 2 replicas each", load, fault_at)
+        print(f"a replica was promoted after {promoted[0]:.2f} s")
+        assert not load.bad, load.bad[:10]
+        assert set(load.statuses) <= {201, 409, 503}, load.statuses
+        assert await read_back(base, load.created) == []
+        assert await sandbox_created(sandbox) == len(load.created)
+        assert figures["last_503_after_fault_s"] < promoted[0] + 3, figures
+    finally:
+        cluster.stop()
+
+
+async def test_a_primary_killed_with_one_replica_each_keeps_its_slots_503_until_it_returns(
+    sandbox: Any, processes: list[Any], tmp_path: Path
+) -> None:
+    """min-replicas-to-write 1: the promoted replica has no replica of its own, so it refuses
+    every write (NOREPLICAS, a 503) until the old primary comes back as its replica; with one
+    replica per primary a lost node makes a third of the creates fail until it is replaced."""
+    cluster = own_cluster(1)
+    try:
+        base = await serve(sandbox, cluster, processes, tmp_path)
+        victim = cluster.primaries[1]
+        heirs = replicas_of(cluster, victim)
+        marks: dict[str, float] = {}
+
+        def kill_then_restart() -> None:
+            began = time.monotonic()
+            victim.server.kill()
+            marks["promoted"] = wait_promoted(heirs)
+            time.sleep(5)
+            marks["restarted"] = time.monotonic() - began
+            victim.server.start()
+
+        load, fault_at = await run_load_around(base, kill_then_restart)
+        figures = report("killed primary, 1 replica each, restarted", load, fault_at)
+        print(f"marks: {marks}")
+        assert not load.bad, load.bad[:10]
+        assert set(load.statuses) <= {201, 409, 503}, load.statuses
+        # still failing well after the promotion: the promoted primary has no replica
+        assert figures["last_503_after_fault_s"] > marks["promoted"] + 4, figures
+        assert await read_back(base, load.created) == []
+        assert await sandbox_created(sandbox) == len(load.created)
+    finally:
+        cluster.stop()
