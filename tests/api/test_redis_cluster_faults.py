@@ -241,3 +241,78 @@ async def test_a_primary_killed_with_one_replica_each_keeps_its_slots_503_until_
         assert await sandbox_created(sandbox) == len(load.created)
     finally:
         cluster.stop()
+
+
+def node_id(node: RedisNode) -> str:
+    reply = node.server.command("CLUSTER", "MYID")
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def slot_owner(cluster: RedisCluster, slot: int) -> RedisNode:
+    for node in cluster.primaries:
+        for first, last, *_ in node.server.command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return next(n for n in cluster.primaries if n.port == int(_[0][1]))
+    raise AssertionError(f"nobody owns slot {slot}")
+
+
+def migrate_slot_slowly(
+    cluster: RedisCluster, slot: int, counts: dict[str, int], *, pause_s: float = 0.02
+) -> None:
+    """Move ``slot`` to another primary the way redis-cli does (IMPORTING, MIGRATING, MIGRATE
+    key by key, NODE), one key per ``pause_s``, so the slot stays half-migrated a while."""
+    source = slot_owner(cluster, slot)
+    target = next(n for n in cluster.primaries if n is not source)
+    source_id, target_id = node_id(source), node_id(target)
+    target.server.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.server.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    began = time.monotonic()
+    while True:
+        keys = source.server.command("CLUSTER", "GETKEYSINSLOT", slot, 1)
+        if not keys:
+            if time.monotonic() - began > 3:
+                break
+            time.sleep(pause_s)
+            continue
+        source.server.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        counts["migrated"] = counts.get("migrated", 0) + len(keys)
+        time.sleep(pause_s)
+    for node in cluster.primaries:
+        node.server.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+async def test_a_bucket_slot_migrated_under_create_load(
+    sandbox: Any, processes: list[Any], tmp_path: Path
+) -> None:
+    """The slot of a session bucket (its claims, sessions, expiry and outbox keys) moves to
+    another primary while creates land in it: ASK, TRYAGAIN (a script whose keys are split
+    between the two nodes) and MOVED all answer 201 or 503, never 500, and no create runs
+    twice."""
+    from tests.redis_servers import start_cluster as start
+
+    cluster = start(masters=3, replicas_per_master=0)
+    try:
+        base = await serve(sandbox, cluster, processes, tmp_path)
+        from gateway.store.redis_cluster import cluster_key_slot
+
+        slots = [cluster_key_slot(f"{{s{n}}}") for n in range(16)]
+        counts: dict[str, int] = {}
+
+        def migrate() -> None:
+            migrate_slot_slowly(cluster, slots[3], counts)
+            migrate_slot_slowly(cluster, slots[7], counts)
+
+        load, fault_at = await run_load_around(base, migrate, after_s=3)
+        figures = report("bucket slots migrated", load, fault_at)
+        print(f"keys migrated: {counts}")
+        log = next(tmp_path.glob("gateway-*.log")).read_text()
+        causes = Counter(
+            line.split('"errors":"', 1)[1][:90] for line in log.splitlines() if '"errors":"' in line
+        )
+        print(f"503 causes: {causes.most_common(6)}")
+        assert not load.bad, load.bad[:10]
+        assert set(load.statuses) <= {201, 409, 503}, load.statuses
+        assert await read_back(base, load.created) == []
+        assert await sandbox_created(sandbox) == len(load.created)
+    finally:
+        cluster.stop()
