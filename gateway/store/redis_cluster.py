@@ -207,8 +207,22 @@ class ClusterConn:
         return [(node.name, self._node_client(node)) for node in self.client.get_primaries()]
 
     async def ping(self) -> None:
+        """Every primary answers within the socket timeout. A failed ping marks the topology
+        stale, so the next one (and the next script) pings the primaries the cluster has then:
+        after a failover ``/readyz`` must not keep pinging the dead one."""
+        if self._stale:
+            await self._refresh(self._topology_epoch)
         primaries = await self._primaries()
-        await asyncio.gather(*(client.ping() for _, client in primaries))
+        try:
+            # bounded as a whole: a frozen node's new connection would cost a socket timeout
+            # per connect attempt
+            await asyncio.wait_for(
+                asyncio.gather(*(client.ping() for _, client in primaries)),
+                self._conf.socket_timeout_s,
+            )
+        except (*_READ_RETRY_ERRORS, TimeoutError):
+            self._stale = True
+            raise
 
     async def start(self) -> list[str]:
         with _mapped("start"):
