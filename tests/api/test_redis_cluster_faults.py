@@ -8,6 +8,9 @@ what was 503 or 409), and no key made two provider sessions."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -18,11 +21,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.store.redis_cluster import cluster_key_slot
 from tests.api.conftest import headers, seed
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 from tests.redis_servers import RedisCluster, RedisNode, redis_server_binary, start_cluster
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(150)]
+
+FREEZE_S = 15
 
 
 def own_cluster(replicas_per_master: int) -> RedisCluster:
@@ -90,8 +96,6 @@ class Load:
                 self.slowest = max(self.slowest, took)
                 self.statuses[status] += 1
                 if status == 201:
-                    import json
-
                     self.created[key] = json.loads(text)["sessionId"]
                     self.success_at.append(time.monotonic())
                     break
@@ -243,6 +247,16 @@ async def test_a_primary_killed_with_one_replica_each_keeps_its_slots_503_until_
         cluster.stop()
 
 
+def store_errors(directory: Path) -> Counter[str]:
+    """The store errors the gateways in ``directory`` logged, by their start."""
+    found: Counter[str] = Counter()
+    for log in directory.glob("gateway-*.log"):
+        for line in log.read_text().splitlines():
+            if '"errors":"' in line:
+                found[line.split('"errors":"', 1)[1][:90]] += 1
+    return found
+
+
 def node_id(node: RedisNode) -> str:
     reply = node.server.command("CLUSTER", "MYID")
     return reply.decode() if isinstance(reply, bytes) else str(reply)
@@ -288,13 +302,9 @@ async def test_a_bucket_slot_migrated_under_create_load(
     another primary while creates land in it: ASK, TRYAGAIN (a script whose keys are split
     between the two nodes) and MOVED all answer 201 or 503, never 500, and no create runs
     twice."""
-    from tests.redis_servers import start_cluster as start
-
-    cluster = start(masters=3, replicas_per_master=0)
+    cluster = start_cluster(masters=3, replicas_per_master=0)
     try:
         base = await serve(sandbox, cluster, processes, tmp_path)
-        from gateway.store.redis_cluster import cluster_key_slot
-
         slots = [cluster_key_slot(f"{{s{n}}}") for n in range(16)]
         counts: dict[str, int] = {}
 
@@ -303,15 +313,65 @@ async def test_a_bucket_slot_migrated_under_create_load(
             migrate_slot_slowly(cluster, slots[7], counts)
 
         load, fault_at = await run_load_around(base, migrate, after_s=3)
-        figures = report("bucket slots migrated", load, fault_at)
+        report("bucket slots migrated", load, fault_at)
         print(f"keys migrated: {counts}")
-        log = next(tmp_path.glob("gateway-*.log")).read_text()
-        causes = Counter(
-            line.split('"errors":"', 1)[1][:90] for line in log.splitlines() if '"errors":"' in line
-        )
+        causes = store_errors(tmp_path)
         print(f"503 causes: {causes.most_common(6)}")
         assert not load.bad, load.bad[:10]
         assert set(load.statuses) <= {201, 409, 503}, load.statuses
+        assert await read_back(base, load.created) == []
+        assert await sandbox_created(sandbox) == len(load.created)
+    finally:
+        cluster.stop()
+
+
+async def poll_readyz(base: str, seen: list[tuple[float, int, float]], stop: asyncio.Event) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        while not stop.is_set():
+            sent = time.monotonic()
+            async with http.get(f"{base}/readyz") as answer:
+                seen.append((sent, answer.status, time.monotonic() - sent))
+            await asyncio.sleep(0.2)
+
+
+async def test_a_frozen_primary_under_create_load(
+    sandbox: Any, processes: list[Any], tmp_path: Path
+) -> None:
+    """SIGSTOP a primary for FREEZE_S s (its replica is promoted meanwhile), then SIGCONT: every
+    request ends within the deadline with 201 or 503, /readyz reads 503 while a primary does
+    not answer and ready again afterwards; creates recover once the old primary is back as the
+    promoted one's replica."""
+    cluster = own_cluster(1)
+    try:
+        base = await serve(sandbox, cluster, processes, tmp_path)
+        victim = cluster.primaries[2]
+        heirs = replicas_of(cluster, victim)
+        marks: dict[str, float] = {}
+        ready: list[tuple[float, int, float]] = []
+        stop = asyncio.Event()
+        poller = asyncio.create_task(poll_readyz(base, ready, stop))
+
+        def freeze() -> None:
+            began = time.monotonic()
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGSTOP)
+            marks["promoted"] = wait_promoted(heirs)
+            time.sleep(max(0.0, FREEZE_S - (time.monotonic() - began)))
+            os.kill(victim.pid, signal.SIGCONT)
+            marks["continued"] = time.monotonic() - began
+
+        load, fault_at = await run_load_around(base, freeze, after_s=8)
+        stop.set()
+        await poller
+        figures = report(f"frozen primary (SIGSTOP {FREEZE_S} s)", load, fault_at)
+        statuses = [(round(t - fault_at, 1), s, round(d, 2)) for t, s, d in ready if t > fault_at]
+        print(f"marks: {marks}\nreadyz after the fault: {statuses}")
+        assert not load.bad, load.bad[:10]
+        assert set(load.statuses) <= {201, 409, 503}, load.statuses
+        assert figures["slowest_answer_s"] < 8, figures
+        assert any(s == 503 for _, s, _ in statuses), statuses
+        assert all(d < 3.5 for _, _, d in statuses), statuses
+        assert statuses[-1][1] == 200, statuses
         assert await read_back(base, load.created) == []
         assert await sandbox_created(sandbox) == len(load.created)
     finally:
