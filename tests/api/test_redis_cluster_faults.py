@@ -422,3 +422,36 @@ async def test_a_frozen_primary_under_create_load(
         await assert_one_provider_session_per_key(sandbox, load)
     finally:
         cluster.stop()
+
+
+async def test_a_manual_cluster_failover_under_create_load(
+    sandbox: Any, processes: list[Any], tmp_path: Path
+) -> None:
+    """CLUSTER FAILOVER on a replica (the primary hands over: no write lost by Redis) while
+    creates land: the demoted primary answers MOVED (or READONLY) to scripts already routed to
+    it; every answer is 201 or 503, every 201 reads back."""
+    cluster = own_cluster(1)
+    try:
+        base = await serve(sandbox, cluster, processes, tmp_path)
+        victim = cluster.primaries[0]
+        heir = replicas_of(cluster, victim)[0]
+        marks: dict[str, float] = {}
+
+        def failover() -> None:
+            began = time.monotonic()
+            heir.server.command("CLUSTER", "FAILOVER")
+            marks["promoted"] = wait_promoted([heir])
+            marks["took"] = time.monotonic() - began
+
+        load, fault_at = await run_load_around(base, failover, after_s=5)
+        figures = report("CLUSTER FAILOVER", load, fault_at)
+        print(f"marks: {marks}; 503 causes: {store_errors(tmp_path).most_common(4)}")
+        assert not load.bad, load.bad[:10]
+        assert set(load.statuses) <= {201, 409, 503}, load.statuses
+        assert await read_back(base, load.created) == []
+        await assert_one_provider_session_per_key(sandbox, load)
+        assert figures["fresh_201_again_after_s"] is not None
+        assert figures["fresh_201_again_after_s"] < marks["promoted"] + 2, figures
+        assert victim.role_now() == "slave"
+    finally:
+        cluster.stop()
