@@ -8,7 +8,8 @@
   slot and runs the script on that primary's own pooled client, with ``WAIT`` in the same
   pipeline when confirmed (so the acknowledgement is about that write's connection). A ``MOVED``
   reply (the slot moved: the script did not run) refreshes the topology and runs it once more;
-  ``ASK`` runs it once on the importing node after ``ASKING``. Anything else is raised as
+  ``ASK`` runs it once on the importing node after ``ASKING``; ``TRYAGAIN`` (keys split by a
+  migration) runs it again after a pause, for up to 0.75 s. Anything else is raised as
   :class:`~gateway.store.base.StoreUnavailable`, never retried.
 - :meth:`ClusterConn.read` retries an idempotent read once, after a refresh of the topology.
 """
@@ -51,7 +52,9 @@ __all__ = ["ClusterConn", "cluster_key_slot"]
 log = logging.getLogger("gateway.store.redis")
 T = TypeVar("T")
 
-_TRYAGAIN_PAUSE_S = 0.05
+#: pauses before re-sending a script refused with TRYAGAIN (its keys are split between the two
+#: nodes of a slot migration; it did not run): 0.75 s in all, then 503
+_TRYAGAIN_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
 _READ_RETRY_ERRORS = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -152,47 +155,51 @@ class ClusterConn:
             await self.client.initialize()
             if self._stale:
                 await self._refresh(self._topology_epoch)
-            for attempt in range(2):
+            moved = False
+            pauses = iter(_TRYAGAIN_PAUSES_S)
+            while True:
                 epoch = self._topology_epoch
                 node = self.client.nodes_manager.get_node_from_slot(slot)
                 try:
-                    return await run_script(
-                        self._node_client(node),
-                        script,
-                        keys,
-                        args,
-                        wait_replicas=wait,
-                        wait_timeout_ms=self._wait_timeout_ms,
-                    )
+                    try:
+                        return await run_script(
+                            self._node_client(node),
+                            script,
+                            keys,
+                            args,
+                            wait_replicas=wait,
+                            wait_timeout_ms=self._wait_timeout_ms,
+                        )
+                    except AskError as exc:
+                        # the slot is being migrated and these keys already left
+                        target = self.client.nodes_manager.get_node(exc.host, exc.port)
+                        if target is None:
+                            target = ClusterNode(exc.host, exc.port)
+                        return await run_script(
+                            self._node_client(target),
+                            script,
+                            keys,
+                            args,
+                            wait_replicas=wait,
+                            wait_timeout_ms=self._wait_timeout_ms,
+                            asking=True,
+                        )
                 except MovedError:
                     # the slot lives elsewhere now; the script did not run
-                    if attempt == 1:
+                    if moved:
                         raise
+                    moved = True
                     await self._refresh(epoch)
-                except AskError as exc:
-                    # the slot is being migrated and these keys already left
-                    target = self.client.nodes_manager.get_node(exc.host, exc.port)
-                    if target is None:
-                        target = ClusterNode(exc.host, exc.port)
-                    return await run_script(
-                        self._node_client(target),
-                        script,
-                        keys,
-                        args,
-                        wait_replicas=wait,
-                        wait_timeout_ms=self._wait_timeout_ms,
-                        asking=True,
-                    )
                 except TryAgainError:
-                    # a multi-key command on a slot under migration; it did not run
-                    if attempt == 1:
+                    # the keys are split between the two nodes of a migration; it did not run
+                    pause = next(pauses, None)
+                    if pause is None:
                         raise
-                    await asyncio.sleep(_TRYAGAIN_PAUSE_S)
+                    await asyncio.sleep(pause)
                 except (RedisConnectionError, RedisTimeoutError):
                     # may have run: never again; the next call re-learns the topology
                     self._stale = True
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def read(self, operation: Callable[[], Awaitable[T]]) -> T:
         epoch = self._topology_epoch
