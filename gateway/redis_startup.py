@@ -109,5 +109,7 @@ def describe_redis(settings: Settings) -> str:
             f"{','.join(s for s in sentinels if s)}"
         )
     if settings.redis_mode == "cluster":
-        return f"cluster, seed {_endpoint(settings.redis_url)}"
+        more = [s.strip() for s in settings.redis_cluster_nodes.split(",") if s.strip()]
+        seeds = f" (and {','.join(more)})" if more else ""
+        return f"cluster, seed {_endpoint(settings.redis_url)}{seeds}"
     return f"standalone, {_endpoint(settings.redis_url)}"

@@ -167,8 +167,8 @@ T = TypeVar("T")
 
 
 def parse_sentinels(text: str) -> list[tuple[str, int]]:
-    """``host:port,host:port`` as address pairs (``GATEWAY_REDIS_SENTINELS``); ValueError
-    (quoting nothing) when one is malformed."""
+    """``host:port,host:port`` as address pairs (``GATEWAY_REDIS_SENTINELS``,
+    ``GATEWAY_REDIS_CLUSTER_NODES``); ValueError (quoting nothing) when one is malformed."""
     found: list[tuple[str, int]] = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -308,6 +308,7 @@ def open_redis(settings: Settings, conf: RedisClientSettings | None = None) -> R
         return ClusterConn(
             settings.redis_url,
             conf,
+            more_seeds=parse_sentinels(settings.redis_cluster_nodes),
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
         )

@@ -82,6 +82,7 @@ class ClusterConn:
         *,
         wait_replicas: int | str,
         wait_timeout_ms: int,
+        more_seeds: Sequence[tuple[str, int]] = (),
     ) -> None:
         parts = urlsplit(seed_url)
         self._username = unquote(parts.username) if parts.username else None
@@ -89,6 +90,8 @@ class ClusterConn:
         self._conf = conf
         self.client = RedisCluster.from_url(
             seed_url,
+            # without them, a start while the URL's node is down never finds the cluster
+            startup_nodes=[ClusterNode(host, port) for host, port in more_seeds] or None,
             retry=Retry(NoBackoff(), 0),
             max_connections=conf.max_connections,
             socket_timeout=conf.socket_timeout_s,
