@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    MaxConnectionsError,
     MovedError,
     RedisClusterException,
     TryAgainError,
@@ -55,6 +56,9 @@ T = TypeVar("T")
 #: pauses before re-sending a script refused with TRYAGAIN (its keys are split between the two
 #: nodes of a slot migration; it did not run): 0.75 s in all, then 503
 _TRYAGAIN_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
+#: the first and the longest pause of a read waiting for a free connection to its node
+_BUSY_PAUSE_S = 0.002
+_BUSY_PAUSE_MAX_S = 0.05
 _READ_RETRY_ERRORS = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -205,12 +209,27 @@ class ClusterConn:
                     raise
 
     async def read(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation()``, retried once after a topology refresh; while every connection to
+        its node is busy (``MaxConnectionsError``: nothing was sent) it waits for one, up to
+        the pool timeout, as the scripts' blocking pools do, instead of answering 503."""
         epoch = self._topology_epoch
-        try:
-            return await operation()
-        except _READ_RETRY_ERRORS:
-            await self._refresh(epoch)
-            return await operation()
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._conf.pool_timeout_s
+        pause = _BUSY_PAUSE_S
+        refreshed = False
+        while True:
+            try:
+                return await operation()
+            except MaxConnectionsError:
+                if loop.time() >= give_up_at:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _BUSY_PAUSE_MAX_S)
+            except _READ_RETRY_ERRORS:
+                if refreshed:
+                    raise
+                refreshed = True
+                await self._refresh(epoch)
 
     async def _primaries(self) -> list[tuple[str, aioredis.Redis]]:
         await self.client.initialize()
