@@ -20,6 +20,7 @@ from gateway.store.keys import QUEUE_BUCKETS, bucket
 from gateway.store.redis import RedisStore
 from gateway.store.redis_client import RedisClientSettings, open_redis
 from tests.api.conftest import headers, seed
+from tests.api.test_failover import card_order
 from tests.api.test_postgres_lifecycle_races import notification_receiver
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 from tests.lifecycle.conftest import merchants_file
@@ -118,5 +119,73 @@ async def test_two_gateways_expire_and_notify_sessions_of_every_bucket(
                 await conn.client.zcard(keys.outbox_dead(n)),
             )
         assert all(counts == (0, 0, 0, 0) for counts in left.values()), left
+    finally:
+        await store.close()
+
+
+async def test_two_gateways_expire_the_orphans_of_every_bucket(
+    redis_cluster: RedisCluster, sandbox: Any, processes: list[Any], tmp_path: Path
+) -> None:
+    """Stripe times out (it creates each session 1.5 s late), Adyen creates it: each create
+    leaves a Stripe orphan whose job sits in its session's bucket; the two processes' workers
+    find the jobs of every bucket, expire every orphan and leave no job behind."""
+    prefix = f"orphans:{uuid.uuid4().hex[:8]}:"
+    env = {
+        **base_env(sandbox),
+        "GATEWAY_STORE": "redis",
+        "GATEWAY_REDIS_MODE": "cluster",
+        "GATEWAY_REDIS_URL": redis_cluster.seed_url,
+        "GATEWAY_REDIS_PREFIX": prefix,
+        "GATEWAY_PROVIDER_TIMEOUT_SECONDS": "0.5",
+        "GATEWAY_REQUEST_DEADLINE_SECONDS": "4",
+    }
+    bases = []
+    for _ in range(2):
+        port = free_port()
+        processes.append(start_gateway(port, env, output=tmp_path / f"gateway-{port}.log"))
+        await wait_ready(port, processes[-1], timeout=60)
+        bases.append(f"http://127.0.0.1:{port}")
+    conn = open_redis(
+        Settings(redis_mode="cluster", redis_url=redis_cluster.seed_url),  # type: ignore[call-arg]
+        RedisClientSettings(),
+    )
+    await conn.start()
+    store = RedisStore(conn, prefix, owns_conn=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            admin = str(sandbox.make_url("/sandbox/admin/faults"))
+            await http.post(admin, json={"provider": "stripe", "processingMs": 1500})
+
+            async def create(i: int) -> str | None:
+                body = card_order(f"ORD-ORPHAN-{i}")
+                async with http.post(
+                    f"{bases[i % 2]}/api/v1/sessions", json=body, headers=headers(f"orph-{i}")
+                ) as made:
+                    assert made.status == 201, await made.text()
+                    created = await made.json()
+                outcomes = [a["outcome"] for a in created["routing"]["attempts"]]
+                # the routing statistics soon send creates straight to Adyen: no orphan
+                if outcomes != ["timeout", "created"]:
+                    return None
+                return str(created["sessionId"])
+
+            made = await asyncio.gather(*(create(i) for i in range(32)))
+        ids = [session_id for session_id in made if session_id is not None]
+        assert len(ids) >= 8, len(ids)
+        covered = {bucket(s) for s in ids}
+        deadline = asyncio.get_running_loop().time() + 45
+        while True:
+            statuses = Counter()
+            for session_id in ids:
+                record = await store.get_session(session_id)
+                assert record is not None
+                statuses.update(o.status for o in record.orphans)
+            if statuses == Counter({"expired": len(ids)}):
+                break
+            assert asyncio.get_running_loop().time() < deadline, statuses
+            await asyncio.sleep(0.5)
+        print(f"\n{len(ids)} orphans in {len(covered)} buckets, all expired")
+        left = [await conn.client.hlen(store.keys.orphans_items(n)) for n in range(QUEUE_BUCKETS)]
+        assert left == [0] * QUEUE_BUCKETS, left
     finally:
         await store.close()
