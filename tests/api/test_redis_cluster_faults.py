@@ -72,6 +72,9 @@ class Load:
     success_at: list[float] = field(default_factory=list)
     fresh_201_at: list[float] = field(default_factory=list)
     fresh_failed_at: list[float] = field(default_factory=list)
+    #: how long each key that answered 409 kept answering it (until its 201)
+    held_409: dict[str, float] = field(default_factory=dict)
+    give_up_s: float = 30.0
     stop: bool = False
     bad: list[str] = field(default_factory=list)
 
@@ -120,7 +123,11 @@ class Load:
                 took = time.monotonic() - sent
                 self.slowest = max(self.slowest, took)
                 self.statuses[status] += 1
+                if status == 409:
+                    self.held_409.setdefault(key, time.monotonic())
                 if status == 201:
+                    if key in self.held_409:
+                        self.held_409[key] = time.monotonic() - self.held_409[key]
                     self.created[key] = json.loads(text)["sessionId"]
                     self.success_at.append(time.monotonic())
                     break
@@ -128,8 +135,8 @@ class Load:
                 if status not in (503, 409) or retry_after is None:
                     self.bad.append(f"{key}: {status} {text[:300]}")
                     return
-                if time.monotonic() - began > 30:
-                    self.bad.append(f"{key}: no 201 within 30 s (last {status})")
+                if time.monotonic() - began > self.give_up_s:
+                    self.bad.append(f"{key}: no 201 within {self.give_up_s} s (last {status})")
                     return
                 await asyncio.sleep(min(float(retry_after), 0.5))
 
@@ -193,8 +200,9 @@ async def run_load_around(
     keys: int = 400,
     before_s: float = 1.5,
     after_s: float = 8,
+    give_up_s: float = 30,
 ) -> tuple[Load, float]:
-    load = Load(base)
+    load = Load(base, give_up_s=give_up_s)
     timeout = aiohttp.ClientTimeout(total=20)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         tasks = [asyncio.create_task(load.worker(http, f"w{w}", keys)) for w in range(workers)]
@@ -414,7 +422,9 @@ async def test_a_frozen_primary_under_create_load(
         print(f"marks: {marks}\nreadyz after the fault: {statuses}")
         assert not load.bad, load.bad[:10]
         assert set(load.statuses) <= {201, 409, 503}, load.statuses
-        assert figures["slowest_answer_s"] < 8, figures
+        # the request deadline (8 s): a read waiting for a connection to the frozen node
+        # (up to the 5 s pool timeout) may take a create up to it, never past it
+        assert figures["slowest_answer_s"] < 8.5, figures
         assert any(s == 503 for _, s, _ in statuses), statuses
         assert all(d < 3.5 for _, _, d in statuses), statuses
         assert statuses[-1][1] == 200, statuses
