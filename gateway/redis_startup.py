@@ -39,6 +39,8 @@ class RedisStartup:
         self.serves_records = serves_records
         self.started = False
         self.warnings: list[str] = []
+        #: why the last start failed (no secret: StoreUnavailable messages name no password)
+        self.error: str | None = None
         self._warm_connections = warm_connections
         self._retry: asyncio.Task[None] | None = None
 
@@ -48,6 +50,7 @@ class RedisStartup:
         try:
             await self._start_once()
         except StoreUnavailable as exc:
+            self.error = str(exc)[:200]
             log.warning("redis not started, retrying in the background: %s", exc)
             self._retry = asyncio.create_task(self._retry_until_started(), name="redis-start")
             return False
@@ -69,9 +72,11 @@ class RedisStartup:
             attempts += 1
             try:
                 await self._start_once()
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self.error = str(exc)[:200]
                 delay = min(delay * 2, _RETRY_MAX_S)
                 continue
+            self.error = None
             log.info("redis started after %d attempts", attempts)
             return
 
@@ -104,5 +109,7 @@ def describe_redis(settings: Settings) -> str:
             f"{','.join(s for s in sentinels if s)}"
         )
     if settings.redis_mode == "cluster":
-        return f"cluster, seed {_endpoint(settings.redis_url)}"
+        more = [s.strip() for s in settings.redis_cluster_nodes.split(",") if s.strip()]
+        seeds = f" (and {','.join(more)})" if more else ""
+        return f"cluster, seed {_endpoint(settings.redis_url)}{seeds}"
     return f"standalone, {_endpoint(settings.redis_url)}"

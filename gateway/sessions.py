@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -89,6 +90,33 @@ _GIVE_UP_GRACE_S = 0.25
 #: order reservation may have lapsed and been taken over by another key (no store can refuse
 #: the late session: it lies elsewhere than the reservation), so it answers 503 instead
 _COMMIT_LEASE_MARGIN = 0.1
+
+
+#: pauses between the attempts to give a failed create's claim up while the store does not
+#: answer: a Redis failover or a database restart takes seconds, and every attempt only drops
+#: what the request's own token still holds. A claim not given up by then (7.5 s) is kept
+#: until its lease ends, and the merchant's retry answers 409 meanwhile.
+_GIVE_UP_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
+
+
+async def _persist(step: Callable[[], Awaitable[None]], failure: str) -> None:
+    """``step()`` (giving a claim up: safe to repeat), again after each pause of
+    :data:`_GIVE_UP_PAUSES_S` while the store is unavailable; ``failure`` is logged at the end
+    (or when cancelled: the process is stopping)."""
+    for pause in (*_GIVE_UP_PAUSES_S, None):
+        try:
+            await asyncio.shield(step())
+            return
+        except StoreUnavailable:
+            if pause is None:
+                break
+            try:
+                await asyncio.sleep(pause)
+            except asyncio.CancelledError:
+                break
+        except asyncio.CancelledError:
+            break
+    log.warning(failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,22 +345,22 @@ class SessionService:
         await self.orphans.close(timeout)
 
     async def _release_quietly(self, scope: str, key: str, token: str) -> None:
-        try:
-            await asyncio.shield(self.store.release(scope, key, token))
-        except (StoreUnavailable, asyncio.CancelledError):
-            log.warning("could not release an idempotency claim; its lease will expire")
+        await _persist(
+            lambda: self.store.release(scope, key, token),
+            "could not release an idempotency claim; its lease will expire",
+        )
 
     async def _abandon_quietly(self, scope: str, key: str, token: str, sent: list[str]) -> None:
-        try:
-            await asyncio.shield(self.store.abandon_create(scope, key, token, sent=sent))
-        except (StoreUnavailable, asyncio.CancelledError):
-            log.warning("could not give up an idempotency claim; its lease will expire")
+        await _persist(
+            lambda: self.store.abandon_create(scope, key, token, sent=sent),
+            "could not give up an idempotency claim; its lease will expire",
+        )
 
     async def _release_order_quietly(self, scope: str, order_ref: str, token: str) -> None:
-        try:
-            await asyncio.shield(self.store.release_order(scope, order_ref, token))
-        except (StoreUnavailable, asyncio.CancelledError):
-            log.warning("could not release an order reservation; its lease will expire")
+        await _persist(
+            lambda: self.store.release_order(scope, order_ref, token),
+            "could not release an order reservation; its lease will expire",
+        )
 
     async def _take_over_order(self, scope: str, order_ref: str, holder: str, token: str) -> None:
         """The order is reserved by ``holder``: a request in flight or an earlier session.

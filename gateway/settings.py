@@ -96,6 +96,12 @@ def _redis_mode_problem(settings: Settings) -> str | None:
             )
         if "db=" in urlsplit(url).query:
             return "redis_url must not choose a database (db=) in cluster mode"
+        for item in settings.redis_cluster_nodes.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if item.strip() and (
+                not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535
+            ):
+                return "redis_cluster_nodes must be host:port pairs separated by commas"
     if settings.redis_mode == "sentinel":
         if not settings.redis_sentinels.strip():
             return "redis_sentinels (host:port,host:port) is required in sentinel mode"
@@ -146,6 +152,11 @@ class Settings(BaseSettings):
         description="standalone: the server; cluster: one seed node (database 0)",
     )
     redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_cluster_nodes: str = Field(
+        "",
+        description="cluster mode: more seed nodes, comma-separated host:port (asked with the "
+        "URL's credentials), so a gateway starts while the URL's node is down",
+    )
     redis_sentinels: str = Field(
         "", description="sentinel mode: comma-separated host:port of the Sentinels"
     )

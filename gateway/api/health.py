@@ -57,6 +57,9 @@ async def readyz(request: web.Request) -> web.Response:
             "mode": startups[0].conn.mode,
             "waitReplicas": max(s.conn.wait_replicas for s in startups),
         }
+        errors = [s.error for s in startups if not s.started and s.error]
+        if errors:
+            redis["error"] = errors[0]
         warnings = [w for s in startups for w in s.warnings]
         if warnings:
             redis["warnings"] = warnings

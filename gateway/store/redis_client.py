@@ -167,8 +167,8 @@ T = TypeVar("T")
 
 
 def parse_sentinels(text: str) -> list[tuple[str, int]]:
-    """``host:port,host:port`` as address pairs (``GATEWAY_REDIS_SENTINELS``); ValueError
-    (quoting nothing) when one is malformed."""
+    """``host:port,host:port`` as address pairs (``GATEWAY_REDIS_SENTINELS``,
+    ``GATEWAY_REDIS_CLUSTER_NODES``); ValueError (quoting nothing) when one is malformed."""
     found: list[tuple[str, int]] = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -273,11 +273,17 @@ class StandaloneConn:
 
     async def start(self) -> list[str]:
         with _mapped("start"):
+            address = self.client.connection_pool.connection_kwargs
+            name = f"{address.get('host', '?')}:{address.get('port', '?')}"
+            cluster = await self.client.info("cluster")
+            if int(cluster.get("cluster_enabled", 0)):
+                # it answers for its own slots only: every other key is MOVED (a 503)
+                raise StoreUnavailable(
+                    f"redis {name} is a Redis Cluster node: set GATEWAY_REDIS_MODE=cluster"
+                )
             replicas = await replica_count(self.client)
             if self._wanted == "auto":
                 self._wait_replicas = 1 if replicas > 0 else 0
-            address = self.client.connection_pool.connection_kwargs
-            name = f"{address.get('host', '?')}:{address.get('port', '?')}"
             return await durability_warnings(
                 [(name, self.client)], wait_replicas=self._wait_replicas, mode=self.mode
             )
@@ -302,6 +308,7 @@ def open_redis(settings: Settings, conf: RedisClientSettings | None = None) -> R
         return ClusterConn(
             settings.redis_url,
             conf,
+            more_seeds=parse_sentinels(settings.redis_cluster_nodes),
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
         )

@@ -8,7 +8,8 @@
   slot and runs the script on that primary's own pooled client, with ``WAIT`` in the same
   pipeline when confirmed (so the acknowledgement is about that write's connection). A ``MOVED``
   reply (the slot moved: the script did not run) refreshes the topology and runs it once more;
-  ``ASK`` runs it once on the importing node after ``ASKING``. Anything else is raised as
+  ``ASK`` runs it once on the importing node after ``ASKING``; ``TRYAGAIN`` (keys split by a
+  migration) runs it again after a pause, for up to 0.75 s. Anything else is raised as
   :class:`~gateway.store.base.StoreUnavailable`, never retried.
 - :meth:`ClusterConn.read` retries an idempotent read once, after a refresh of the topology.
 """
@@ -28,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    MaxConnectionsError,
     MovedError,
     RedisClusterException,
     TryAgainError,
@@ -51,7 +53,12 @@ __all__ = ["ClusterConn", "cluster_key_slot"]
 log = logging.getLogger("gateway.store.redis")
 T = TypeVar("T")
 
-_TRYAGAIN_PAUSE_S = 0.05
+#: pauses before re-sending a script refused with TRYAGAIN (its keys are split between the two
+#: nodes of a slot migration; it did not run): 0.75 s in all, then 503
+_TRYAGAIN_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
+#: the first and the longest pause of a read waiting for a free connection to its node
+_BUSY_PAUSE_S = 0.002
+_BUSY_PAUSE_MAX_S = 0.05
 _READ_RETRY_ERRORS = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -79,6 +86,7 @@ class ClusterConn:
         *,
         wait_replicas: int | str,
         wait_timeout_ms: int,
+        more_seeds: Sequence[tuple[str, int]] = (),
     ) -> None:
         parts = urlsplit(seed_url)
         self._username = unquote(parts.username) if parts.username else None
@@ -86,6 +94,8 @@ class ClusterConn:
         self._conf = conf
         self.client = RedisCluster.from_url(
             seed_url,
+            # without them, a start while the URL's node is down never finds the cluster
+            startup_nodes=[ClusterNode(host, port) for host, port in more_seeds] or None,
             retry=Retry(NoBackoff(), 0),
             max_connections=conf.max_connections,
             socket_timeout=conf.socket_timeout_s,
@@ -152,63 +162,96 @@ class ClusterConn:
             await self.client.initialize()
             if self._stale:
                 await self._refresh(self._topology_epoch)
-            for attempt in range(2):
+            moved = False
+            pauses = iter(_TRYAGAIN_PAUSES_S)
+            while True:
                 epoch = self._topology_epoch
                 node = self.client.nodes_manager.get_node_from_slot(slot)
                 try:
-                    return await run_script(
-                        self._node_client(node),
-                        script,
-                        keys,
-                        args,
-                        wait_replicas=wait,
-                        wait_timeout_ms=self._wait_timeout_ms,
-                    )
+                    try:
+                        return await run_script(
+                            self._node_client(node),
+                            script,
+                            keys,
+                            args,
+                            wait_replicas=wait,
+                            wait_timeout_ms=self._wait_timeout_ms,
+                        )
+                    except AskError as exc:
+                        # the slot is being migrated and these keys already left
+                        target = self.client.nodes_manager.get_node(exc.host, exc.port)
+                        if target is None:
+                            target = ClusterNode(exc.host, exc.port)
+                        return await run_script(
+                            self._node_client(target),
+                            script,
+                            keys,
+                            args,
+                            wait_replicas=wait,
+                            wait_timeout_ms=self._wait_timeout_ms,
+                            asking=True,
+                        )
                 except MovedError:
                     # the slot lives elsewhere now; the script did not run
-                    if attempt == 1:
+                    if moved:
                         raise
+                    moved = True
                     await self._refresh(epoch)
-                except AskError as exc:
-                    # the slot is being migrated and these keys already left
-                    target = self.client.nodes_manager.get_node(exc.host, exc.port)
-                    if target is None:
-                        target = ClusterNode(exc.host, exc.port)
-                    return await run_script(
-                        self._node_client(target),
-                        script,
-                        keys,
-                        args,
-                        wait_replicas=wait,
-                        wait_timeout_ms=self._wait_timeout_ms,
-                        asking=True,
-                    )
                 except TryAgainError:
-                    # a multi-key command on a slot under migration; it did not run
-                    if attempt == 1:
+                    # the keys are split between the two nodes of a migration; it did not run
+                    pause = next(pauses, None)
+                    if pause is None:
                         raise
-                    await asyncio.sleep(_TRYAGAIN_PAUSE_S)
+                    await asyncio.sleep(pause)
                 except (RedisConnectionError, RedisTimeoutError):
                     # may have run: never again; the next call re-learns the topology
                     self._stale = True
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def read(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation()``, retried once after a topology refresh; while every connection to
+        its node is busy (``MaxConnectionsError``: nothing was sent) it waits for one, up to
+        the pool timeout, as the scripts' blocking pools do, instead of answering 503."""
         epoch = self._topology_epoch
-        try:
-            return await operation()
-        except _READ_RETRY_ERRORS:
-            await self._refresh(epoch)
-            return await operation()
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._conf.pool_timeout_s
+        pause = _BUSY_PAUSE_S
+        refreshed = False
+        while True:
+            try:
+                return await operation()
+            except MaxConnectionsError:
+                if loop.time() >= give_up_at:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _BUSY_PAUSE_MAX_S)
+            except _READ_RETRY_ERRORS:
+                if refreshed:
+                    raise
+                refreshed = True
+                await self._refresh(epoch)
 
     async def _primaries(self) -> list[tuple[str, aioredis.Redis]]:
         await self.client.initialize()
         return [(node.name, self._node_client(node)) for node in self.client.get_primaries()]
 
     async def ping(self) -> None:
+        """Every primary answers within the socket timeout. A failed ping marks the topology
+        stale, so the next one (and the next script) pings the primaries the cluster has then:
+        after a failover ``/readyz`` must not keep pinging the dead one."""
+        if self._stale:
+            await self._refresh(self._topology_epoch)
         primaries = await self._primaries()
-        await asyncio.gather(*(client.ping() for _, client in primaries))
+        try:
+            # bounded as a whole: a frozen node's new connection would cost a socket timeout
+            # per connect attempt
+            await asyncio.wait_for(
+                asyncio.gather(*(client.ping() for _, client in primaries)),
+                self._conf.socket_timeout_s,
+            )
+        except (*_READ_RETRY_ERRORS, TimeoutError):
+            self._stale = True
+            raise
 
     async def start(self) -> list[str]:
         with _mapped("start"):

@@ -18,7 +18,8 @@ through one :class:`RedisConn` made by :func:`gateway.store.redis_client.open_re
   re-sends a command by itself. Wrap its calls in ``_mapped`` (redis_support): in cluster mode
   it raises ``RedisClusterException`` (not a ``RedisError``) for unroutable commands, and its
   per-node pools do not wait for a free connection (``MaxConnectionsError`` beyond
-  ``GATEWAY_REDIS_MAX_CONNECTIONS`` per node), unlike the scripts' pools.
+  ``GATEWAY_REDIS_MAX_CONNECTIONS`` per node), unlike the scripts' pools; a command run
+  through :meth:`RedisConn.read` waits for one, up to the pool timeout.
 
 Implementations: ``StandaloneConn`` (redis_client), ``ClusterConn`` (redis_cluster: scripts on
 the slot owner's own connection, MOVED followed once), ``SentinelConn`` (redis_sentinel: the
