@@ -17,6 +17,7 @@ claim is leased.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -68,6 +69,7 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         self.warm_connections = warm_connections
         self._owns_conn = owns_conn
         self._committing: OrderedDict[str, None] = OrderedDict()
+        self._undoing: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> Any:
@@ -97,7 +99,11 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         return 0
 
     async def close(self) -> None:
-        """Close the conn (when this store owns it)."""
+        """Stop giving failed claims up in the background (their leases free them), then close
+        the conn (when this store owns it)."""
+        for task in list(self._undoing):
+            task.cancel()
+        await asyncio.gather(*self._undoing, return_exceptions=True)
         if self._owns_conn:
             with _mapped("close"):
                 await self.conn.close()

@@ -26,7 +26,8 @@ written is taken over at once (the create sees no holder), exactly as
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -51,6 +52,12 @@ from gateway.store.redis_conn import LuaScript, RedisConn, ScriptArg, Unconfirme
 from gateway.store.redis_find import created_score, read_session
 from gateway.store.redis_lifecycle import ENQUEUE, RedisLifecycle
 from gateway.store.redis_support import _mapped, _ms, _text
+
+log = logging.getLogger("gateway.store.redis")
+
+#: when a failed create's claim (and reservation) is tried to be given up again, after the
+#: first try failed: Redis is often back (a failover takes seconds) well before the lease ends
+_UNDO_RETRIES_S = (0.5, 1.0, 2.0, 4.0)
 
 __all__ = ["RedisCreate"]
 
@@ -278,6 +285,7 @@ class RedisCreate:
     conn: RedisConn
     order_ttl_ms: int
     _committing: OrderedDict[str, None]
+    _undoing: set[asyncio.Task[None]]
 
     async def begin_create(
         self,
@@ -366,19 +374,42 @@ class RedisCreate:
 
     async def _undo_quietly(self, scope: str, key: str, order_ref: str, token: str) -> None:
         """Give the order (if the reservation was made) and the key (keeping its pin) up again
-        after the reservation failed, so a retry need not wait out the lease. Best effort: what
-        is not undone frees when its lease ends."""
-        with contextlib.suppress(StoreUnavailable), _mapped("begin_create"):
-            await self.conn.script(
-                _RELEASE_ORDER, [self.keys.order(scope, order_ref)], [token, "drop"]
-            )
-        await self._abandon_quietly(scope, key, token)
+        after the reservation failed, so a retry need not wait out the lease."""
+        await self._undo(scope, key, order_ref, token)
 
     async def _abandon_quietly(self, scope: str, key: str, token: str) -> None:
-        """Give the key up if ``token`` holds it, keeping its pin (best effort: a claim not
-        given up frees when its lease ends)."""
-        with contextlib.suppress(StoreUnavailable), _mapped("begin_create"):
-            await self.conn.script(_ABANDON, [self.keys.idempotency(scope, key)], [token, ""])
+        """Give the key up if ``token`` holds it, keeping its pin."""
+        await self._undo(scope, key, None, token)
+
+    async def _undo(self, scope: str, key: str, order_ref: str | None, token: str) -> None:
+        """Try once now (a Redis that does not answer is not waited for twice: the caller's
+        503 must not wait), then again in the background after :data:`_UNDO_RETRIES_S`, as
+        the Redis that failed is often back (a failover) well before the lease ends. Each step
+        touches only what ``token`` still holds; what is never undone frees with its lease."""
+        if await self._undo_once(scope, key, order_ref, token):
+            return
+        task = asyncio.ensure_future(self._undo_later(scope, key, order_ref, token))
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
+
+    async def _undo_once(self, scope: str, key: str, order_ref: str | None, token: str) -> bool:
+        try:
+            with _mapped("begin_create"):
+                if order_ref is not None:
+                    await self.conn.script(
+                        _RELEASE_ORDER, [self.keys.order(scope, order_ref)], [token, "drop"]
+                    )
+                await self.conn.script(_ABANDON, [self.keys.idempotency(scope, key)], [token, ""])
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def _undo_later(self, scope: str, key: str, order_ref: str | None, token: str) -> None:
+        for delay in _UNDO_RETRIES_S:
+            await asyncio.sleep(delay)
+            if await self._undo_once(scope, key, order_ref, token):
+                return
+        log.warning("could not give a failed create's claim up; its lease will expire")
 
     async def abandon_create(
         self, scope: str, key: str, token: str, *, sent: Sequence[str]

@@ -56,8 +56,9 @@ def slot_url() -> Iterator[str]:
 
 @pytest.fixture
 async def store(slot_url: str) -> AsyncIterator[RedisStore]:
-    """A Redis store (its own prefix) on the one-node cluster."""
-    made = redis_store(slot_url, f"t{uuid.uuid4().hex[:8]}:")
+    """A Redis store (its own prefix) on the one-node cluster, in cluster mode (a standalone
+    conn refuses a cluster node)."""
+    made = redis_store(slot_url, f"t{uuid.uuid4().hex[:8]}:", mode="cluster")
     await made.conn.start()
     yield made
     await made.close()
@@ -422,3 +423,30 @@ async def test_an_unreadable_outbox_item_does_not_hold_back_the_others(
     await store.outbox_add([item(same)], due=1.0)
     claimed = await store.outbox_claim(now=2.0, lease_s=30, limit=10)
     assert sorted(i.id for i in claimed) == sorted([a, b, same])
+
+
+async def test_a_failed_create_whose_undo_fails_too_gives_the_key_up_in_the_background(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reservation and the one give-up try right after it both fail (Redis frozen, then
+    failing over): the key is given up again in the background once Redis answers, instead of
+    answering 409 for the whole lease."""
+    from gateway.store.redis_create import _ABANDON, _RELEASE_ORDER, _RESERVE
+
+    run = store.conn.script
+    down = True
+
+    async def failing(script: LuaScript, *args: Any, **options: Any) -> Any:
+        if down and script in (_RESERVE, _RELEASE_ORDER, _ABANDON):
+            raise StoreUnavailable("redis begin_create failed: TimeoutError")
+        return await run(script, *args, **options)
+
+    monkeypatch.setattr(store.conn, "script", failing)
+    with pytest.raises(StoreUnavailable):
+        await begin(store, "k1", "t1", lease_ms=60_000)
+    assert (await begin(store, "k1", "t2", lease_ms=60_000)).claim.kind is ClaimKind.IN_FLIGHT
+    down = False
+    deadline = asyncio.get_running_loop().time() + 3.0
+    while (await begin(store, "k1", "t3", lease_ms=60_000)).claim.kind is ClaimKind.IN_FLIGHT:
+        assert asyncio.get_running_loop().time() < deadline, "the key stayed claimed"
+        await asyncio.sleep(0.1)
