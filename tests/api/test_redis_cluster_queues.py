@@ -39,6 +39,27 @@ async def backdate(store: RedisStore, session_id: str) -> None:
     await store.schedule_expiry(session_id, past.timestamp())
 
 
+async def two_gateways(env: dict[str, str], processes: list[Any], tmp_path: Path) -> list[str]:
+    """Two ``gateway serve`` processes on ``env`` (kept in ``processes``); their base URLs."""
+    bases = []
+    for _ in range(2):
+        port = free_port()
+        processes.append(start_gateway(port, env, output=tmp_path / f"gateway-{port}.log"))
+        await wait_ready(port, processes[-1], timeout=60)
+        bases.append(f"http://127.0.0.1:{port}")
+    return bases
+
+
+async def cluster_store(seed_url: str, prefix: str) -> RedisStore:
+    """A started store on the cluster under ``prefix``, to look at what the gateways wrote."""
+    conn = open_redis(
+        Settings(redis_mode="cluster", redis_url=seed_url),  # type: ignore[call-arg]
+        RedisClientSettings(),
+    )
+    await conn.start()
+    return RedisStore(conn, prefix, owns_conn=True)
+
+
 async def test_two_gateways_expire_and_notify_sessions_of_every_bucket(
     redis_cluster: RedisCluster,
     sandbox: Any,
@@ -58,18 +79,8 @@ async def test_two_gateways_expire_and_notify_sessions_of_every_bucket(
         "GATEWAY_EXPIRY_SWEEP_INTERVAL_SECONDS": "0.2",
         "GATEWAY_NOTIFICATION_POLL_INTERVAL_SECONDS": "0.1",
     }
-    bases = []
-    for _ in range(2):
-        port = free_port()
-        processes.append(start_gateway(port, env, output=tmp_path / f"gateway-{port}.log"))
-        await wait_ready(port, processes[-1], timeout=60)
-        bases.append(f"http://127.0.0.1:{port}")
-    conn = open_redis(
-        Settings(redis_mode="cluster", redis_url=redis_cluster.seed_url),  # type: ignore[call-arg]
-        RedisClientSettings(),
-    )
-    store = RedisStore(conn, prefix, owns_conn=True)
-    await conn.start()
+    bases = await two_gateways(env, processes, tmp_path)
+    store = await cluster_store(redis_cluster.seed_url, prefix)
     try:
         ids: list[str] = []
         async with aiohttp.ClientSession() as http:
@@ -113,10 +124,10 @@ async def test_two_gateways_expire_and_notify_sessions_of_every_bucket(
         for n in range(QUEUE_BUCKETS):
             keys = store.keys
             left[n] = (
-                await conn.client.zcard(keys.expiry_index(n)),
-                await conn.client.zcard(keys.outbox_due(n)),
-                await conn.client.hlen(keys.outbox_items(n)),
-                await conn.client.zcard(keys.outbox_dead(n)),
+                await store.client.zcard(keys.expiry_index(n)),
+                await store.client.zcard(keys.outbox_due(n)),
+                await store.client.hlen(keys.outbox_items(n)),
+                await store.client.zcard(keys.outbox_dead(n)),
             )
         assert all(counts == (0, 0, 0, 0) for counts in left.values()), left
     finally:
@@ -139,18 +150,8 @@ async def test_two_gateways_expire_the_orphans_of_every_bucket(
         "GATEWAY_PROVIDER_TIMEOUT_SECONDS": "0.5",
         "GATEWAY_REQUEST_DEADLINE_SECONDS": "4",
     }
-    bases = []
-    for _ in range(2):
-        port = free_port()
-        processes.append(start_gateway(port, env, output=tmp_path / f"gateway-{port}.log"))
-        await wait_ready(port, processes[-1], timeout=60)
-        bases.append(f"http://127.0.0.1:{port}")
-    conn = open_redis(
-        Settings(redis_mode="cluster", redis_url=redis_cluster.seed_url),  # type: ignore[call-arg]
-        RedisClientSettings(),
-    )
-    await conn.start()
-    store = RedisStore(conn, prefix, owns_conn=True)
+    bases = await two_gateways(env, processes, tmp_path)
+    store = await cluster_store(redis_cluster.seed_url, prefix)
     try:
         async with aiohttp.ClientSession() as http:
             admin = str(sandbox.make_url("/sandbox/admin/faults"))
@@ -185,7 +186,7 @@ async def test_two_gateways_expire_the_orphans_of_every_bucket(
             assert asyncio.get_running_loop().time() < deadline, statuses
             await asyncio.sleep(0.5)
         print(f"\n{len(ids)} orphans in {len(covered)} buckets, all expired")
-        left = [await conn.client.hlen(store.keys.orphans_items(n)) for n in range(QUEUE_BUCKETS)]
+        left = [await store.client.hlen(store.keys.orphans_items(n)) for n in range(QUEUE_BUCKETS)]
         assert left == [0] * QUEUE_BUCKETS, left
     finally:
         await store.close()

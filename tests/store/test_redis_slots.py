@@ -363,40 +363,21 @@ async def test_replace_order_takes_a_lapsed_claim_over_from_its_session_only(
     assert not await store.replace_order(SCOPE, ORDER, session_id, "t3", lease_ms=5_000)
 
 
-async def test_a_reservation_that_fails_gives_the_key_and_the_order_up_again(
-    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("failing", ["_RESERVE", "_CLAIM"])
+async def test_a_write_that_no_replica_confirmed_gives_the_key_and_the_order_up_again(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    from gateway.store.redis_create import _RESERVE
+    """The claim or the reservation ran on the primary but WAIT fell short (503): the key is
+    given up (its pin kept) and the order released, so the client's retry runs at once instead
+    of being told 409 for the whole lease."""
+    from gateway.store import redis_create
 
+    unconfirmed_script = getattr(redis_create, failing)
     run = store.conn.script
 
     async def unconfirmed(script: LuaScript, *args: Any, **options: Any) -> Any:
         reply = await run(script, *args, **options)
-        if script is _RESERVE:
-            raise StoreUnavailable("redis write reached 0 of 1 replicas within 500 ms")
-        return reply
-
-    monkeypatch.setattr(store.conn, "script", unconfirmed)
-    with pytest.raises(StoreUnavailable):
-        await begin(store, "k1", "t1")
-    monkeypatch.setattr(store.conn, "script", run)
-    # the client's retry runs at once instead of waiting out the lease
-    retry = await begin(store, "k1", "t2")
-    assert (retry.claim.kind, retry.order_holder) == (ClaimKind.CLAIMED, None)
-
-
-async def test_a_claim_that_no_replica_confirmed_gives_the_key_up_again(
-    store: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The claim ran on the primary but WAIT fell short (503): the key is given up (its pin
-    kept), so the client's retry is not told 409 for the whole lease."""
-    from gateway.store.redis_create import _CLAIM
-
-    run = store.conn.script
-
-    async def unconfirmed(script: LuaScript, *args: Any, **options: Any) -> Any:
-        reply = await run(script, *args, **options)
-        if script is _CLAIM:
+        if script is unconfirmed_script:
             raise Unconfirmed("redis write reached 0 of 1 replicas within 500 ms")
         return reply
 
