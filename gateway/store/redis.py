@@ -18,12 +18,10 @@ claim is leased.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from typing import Any
 
 from gateway.domain.session import SessionRecord
-from gateway.store.base import StoreUnavailable
 from gateway.store.keys import RedisKeys
 from gateway.store.redis_conn import RedisConn
 from gateway.store.redis_create import RedisCreate
@@ -38,15 +36,13 @@ __all__ = ["DEFAULT_ORDER_TTL_S", "RedisStore"]
 #: session retention (``Settings.session_retention_seconds``'s default)
 DEFAULT_ORDER_TTL_S = 30 * 86_400
 
-log = logging.getLogger("gateway.store.redis")
-
 
 class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
     """The :class:`~gateway.store.base.RecordStore` on Redis.
 
     ``conn`` is the deployment (:func:`gateway.store.redis_client.open_redis`); ``prefix`` is
-    the root of every key (``Settings.redis_prefix``). With ``owns_conn`` the store starts it
-    in :meth:`warm_up` and closes it in :meth:`close`; otherwise both stay the caller's.
+    the root of every key (``Settings.redis_prefix``). The conn is started by whoever made it
+    (the app: :mod:`gateway.redis_startup`); with ``owns_conn`` :meth:`close` closes it.
     ``order_ttl_s`` is how long a running create's order reservation is kept, so that it
     outlives the session it guards if the create dies between writing that session and binding
     the reservation: the session retention (``Settings.session_retention_seconds``).
@@ -61,12 +57,10 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
         *,
         owns_conn: bool = False,
         order_ttl_s: int = DEFAULT_ORDER_TTL_S,
-        warm_connections: int = 0,
     ) -> None:
         self.conn = conn
         self.keys = RedisKeys(prefix)
         self.order_ttl_ms = order_ttl_s * 1000
-        self.warm_connections = warm_connections
         self._owns_conn = owns_conn
         self._committing: OrderedDict[str, None] = OrderedDict()
         self._undoing: set[asyncio.Task[None]] = set()
@@ -75,19 +69,6 @@ class RedisStore(RedisLifecycle, RedisCreate, RedisFind, RedisOrphans):
     def client(self) -> Any:
         """The deployment's client for plain single-slot commands (``conn.client``)."""
         return self.conn.client
-
-    async def warm_up(self) -> int:
-        """Start an owned conn and open its configured pooled connections (best effort); how
-        many opened. A conn the caller gave is the caller's to start."""
-        if not self._owns_conn:
-            return 0
-        try:
-            with _mapped("start"):
-                await self.conn.start()
-        except StoreUnavailable as exc:
-            log.warning("redis store could not start its connection: %s", exc)
-            return 0
-        return await self.conn.warm_up(self.warm_connections) if self.warm_connections else 0
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless every Redis node written to answers."""
