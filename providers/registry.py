@@ -12,9 +12,9 @@ from providers.base import ProviderAdapter
 __all__ = ["KNOWN_PROVIDERS", "build_adapter"]
 
 KNOWN_PROVIDERS: dict[str, str] = {
-    "stripe": "providers.stripe:StripeAdapter",
-    "adyen": "providers.adyen:AdyenAdapter",
-    "paypal": "providers.paypal:PayPalAdapter",
+    "stripe": "providers.stripe.adapter:StripeAdapter",
+    "adyen": "providers.adyen.adapter:AdyenAdapter",
+    "paypal": "providers.paypal.adapter:PayPalAdapter",
 }
 
 

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.domain.money import is_active_currency
-from providers.adyen_transformers import (
+from providers.adyen.transformers import (
     IDEMPOTENCY_KEY_MAX,
     METADATA_KEY_MAX,
     METADATA_MAX_PAIRS,

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlencode
 import orjson
 from aiohttp import web
 
-from providers.paypal_transformers import REQUEST_ID_MAX
+from providers.paypal.transformers import REQUEST_ID_MAX
 from providers.sandbox.paypal_payments import complete_order, now_iso, paypal_id
 from providers.sandbox.paypal_rules import (
     PayPalError,

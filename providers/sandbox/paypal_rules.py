@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from providers.paypal_transformers import PAYPAL_CURRENCIES, paypal_decimals
+from providers.paypal.transformers import PAYPAL_CURRENCIES, paypal_decimals
 
 __all__ = ["PayPalError", "check_order", "check_verify_request", "error_body"]
 

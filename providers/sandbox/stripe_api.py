@@ -30,8 +30,8 @@ from providers.sandbox.stripe_wire import (
     token,
     validate_params,
 )
-from providers.stripe import sign_payload
-from providers.stripe_transformers import STRIPE_API_VERSION, stripe_exponent
+from providers.stripe.adapter import sign_payload
+from providers.stripe.transformers import STRIPE_API_VERSION, stripe_exponent
 
 __all__ = ["error_body", "notify", "register"]
 

@@ -1,6 +1,6 @@
 """Stripe wire details for the sandbox: form decoding, parameter checks, ``checkout.session``.
 
-Deliberately independent of the adapter's encoder (:mod:`providers.stripe_transformers`), so the
+Deliberately independent of the adapter's encoder (:mod:`providers.stripe.transformers`), so the
 adapter's requests are checked by a second reading of Stripe's rules, not by its own.
 """
 
@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from gateway.domain.money import is_active_currency
 from providers.sandbox.state import SandboxSession
-from providers.stripe_transformers import STRIPE_LOCALES
+from providers.stripe.transformers import STRIPE_LOCALES
 
 __all__ = [
     "StripeError",

@@ -23,7 +23,7 @@ from gateway.idempotency import derived_provider_key, fingerprint, session_id_fo
 from gateway.orphans import decode_input, encode_input
 from gateway.store.base import ClaimKind, Completion, CreatePin, OrphanJob, StoredResponse
 from providers.base import CreateSessionInput
-from providers.stripe_transformers import build_create_params, encode_form
+from providers.stripe.transformers import build_create_params, encode_form
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_failover import card_order, sandbox_state
 from tests.api.test_retry_after_timeout import until

@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 
 from gateway.appkeys import ADAPTERS
 from providers.base import ProviderEvent
-from providers.paypal import PayPalAdapter
-from providers.stripe import StripeAdapter
+from providers.paypal.adapter import PayPalAdapter
+from providers.stripe.adapter import StripeAdapter
 from tests.api.conftest import headers, seed
 from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import Env, EnvFactory

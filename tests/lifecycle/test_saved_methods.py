@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from gateway.routing.service import Router
-from providers.adyen import AdyenAdapter
+from providers.adyen.adapter import AdyenAdapter
 from providers.base import Capabilities, ProviderAdapter
 from providers.http import new_client_session
-from providers.paypal import PayPalAdapter
+from providers.paypal.adapter import PayPalAdapter
 from providers.sandbox.stripe_wire import decode_form
-from providers.stripe import StripeAdapter
+from providers.stripe.adapter import StripeAdapter
 from tests.api.conftest import ROOT, headers, seed
 from tests.contracts.spec_validator import validate_request
 from tests.contracts.strict_sandbox import ServerFactory

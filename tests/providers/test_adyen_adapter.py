@@ -17,8 +17,8 @@ import pytest
 
 from gateway.domain.session import SessionStatus
 from gateway.settings import SANDBOX_SECRETS, ProviderConfig
-from providers.adyen import AdyenAdapter, event_from_item
-from providers.adyen_transformers import (
+from providers.adyen.adapter import AdyenAdapter, event_from_item
+from providers.adyen.transformers import (
     build_metadata,
     hmac_signature,
     signing_string,

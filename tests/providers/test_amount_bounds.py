@@ -9,12 +9,12 @@ from decimal import Decimal
 import pytest
 
 from gateway.domain.money import MAX_AMOUNT
-from providers.adyen import AdyenAdapter
-from providers.adyen_transformers import build_session_request
-from providers.paypal import PayPalAdapter
-from providers.paypal_transformers import build_order_request
-from providers.stripe import StripeAdapter
-from providers.stripe_transformers import STRIPE_MAX_MINOR
+from providers.adyen.adapter import AdyenAdapter
+from providers.adyen.transformers import build_session_request
+from providers.paypal.adapter import PayPalAdapter
+from providers.paypal.transformers import build_order_request
+from providers.stripe.adapter import StripeAdapter
+from providers.stripe.transformers import STRIPE_MAX_MINOR
 from tests.providers.hosted_inputs import checkout_input, order
 
 _PAYPAL_VALUE = re.compile(r"^((-?[0-9]+)|(-?([0-9]+)?[.][0-9]+))$")

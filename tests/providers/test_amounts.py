@@ -10,21 +10,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.domain.money import exponent
-from providers.adyen_transformers import (
+from providers.adyen.transformers import (
     adyen_exponent,
     build_session_request,
     from_adyen_minor,
     to_adyen_minor,
 )
-from providers.adyen_transformers import (
+from providers.adyen.transformers import (
     amount_problem as adyen_amount_problem,
 )
-from providers.paypal_transformers import (
+from providers.paypal.transformers import (
     PAYPAL_CURRENCIES,
     build_order_request,
     paypal_value,
 )
-from providers.paypal_transformers import (
+from providers.paypal.transformers import (
     amount_problem as paypal_amount_problem,
 )
 from tests.providers.hosted_inputs import checkout_input, order, seed_request

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from gateway.domain.session import SessionStatus
-from providers.adyen import event_from_item
+from providers.adyen.adapter import event_from_item
 from providers.base import AUTHORIZE, CAPTURE
-from providers.paypal_transformers import PAYMENT_STATUS, completion_event, event_from_paypal
-from providers.stripe import event_from_payload
+from providers.paypal.transformers import PAYMENT_STATUS, completion_event, event_from_paypal
+from providers.stripe.adapter import event_from_payload
 
 S = SessionStatus
 

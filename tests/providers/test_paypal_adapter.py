@@ -25,8 +25,8 @@ from providers.base import (
     ProviderUnavailable,
     WebhookVerificationError,
 )
-from providers.paypal import PayPalAdapter
-from providers.paypal_transformers import event_from_paypal
+from providers.paypal.adapter import PayPalAdapter
+from providers.paypal.transformers import event_from_paypal
 from providers.sandbox.paypal_api import paypal_sandbox
 from tests.contracts.spec_validator import validate_request
 from tests.contracts.strict_sandbox import StrictSandbox

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from gateway.domain.session import SessionStatus
-from providers.adyen import AdyenAdapter
+from providers.adyen.adapter import AdyenAdapter
 from providers.base import (
     AUTHORIZE,
     CAPTURE,
@@ -24,10 +24,10 @@ from providers.base import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.paypal import PayPalAdapter
-from providers.paypal_transformers import completion_event
+from providers.paypal.adapter import PayPalAdapter
+from providers.paypal.transformers import completion_event
 from providers.sandbox.paypal_api import PayPalSandbox, paypal_sandbox
-from providers.stripe import StripeAdapter
+from providers.stripe.adapter import StripeAdapter
 from tests.contracts.strict_sandbox import StrictSandbox
 from tests.lifecycle.test_loop import wait_for
 from tests.providers.hosted_inputs import (

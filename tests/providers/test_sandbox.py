@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from gateway.domain.session import SessionStatus
 from providers.sandbox.app import create_sandbox_root
 from providers.sandbox.state import FaultSettings, SandboxConfig
-from providers.stripe import StripeAdapter
-from providers.stripe_transformers import encode_form
+from providers.stripe.adapter import StripeAdapter
+from providers.stripe.transformers import encode_form
 from tests.contracts.spec_validator import validate_response
 from tests.contracts.strict_sandbox import ServerFactory, StrictSandbox, start_strict_sandbox
 from tests.providers.stripe_support import session_input

@@ -25,8 +25,8 @@ from providers.base import (
     ProviderUnavailable,
     WebhookVerificationError,
 )
-from providers.stripe import StripeAdapter, sign_payload, verify_signature
-from providers.stripe_transformers import (
+from providers.stripe.adapter import StripeAdapter, sign_payload, verify_signature
+from providers.stripe.transformers import (
     STRIPE_API_VERSION,
     clamp_expiry,
     stripe_locale,
@@ -506,7 +506,7 @@ async def test_event_status_mapping(
 
 
 def test_merchant_metadata_stays_within_stripe_limits() -> None:
-    from providers.stripe_transformers import _merchant_metadata
+    from providers.stripe.transformers import _merchant_metadata
 
     info = {f"k{i:02d}": "v" * 600 for i in range(60)}
     info["x" * 41] = "too long a key"

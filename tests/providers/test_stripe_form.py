@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlencode
 from hypothesis import given
 from hypothesis import strategies as st
 
-from providers.stripe_transformers import _flatten, encode_form
+from providers.stripe.transformers import _flatten, encode_form
 
 _text = st.text(max_size=20)
 _params = st.dictionaries(

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.models import RequestProblems, parse_checkout_request
 from providers.sandbox.stripe_wire import decode_form
-from providers.stripe_transformers import build_create_params, encode_form
+from providers.stripe.transformers import build_create_params, encode_form
 from tests.contracts.spec_validator import stripe_form_to_dict, validate_request
 from tests.providers.hosted_inputs import SEED_PATH, checkout_input
 

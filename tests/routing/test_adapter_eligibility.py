@@ -19,9 +19,9 @@ from gateway.domain.models import CheckoutRequest, semantic_problems
 from gateway.domain.money import exponent
 from gateway.routing.service import Router
 from gateway.routing.simulate import read_samples, simulate
-from providers.adyen import AdyenAdapter
-from providers.paypal import PayPalAdapter
-from providers.stripe import StripeAdapter
+from providers.adyen.adapter import AdyenAdapter
+from providers.paypal.adapter import PayPalAdapter
+from providers.stripe.adapter import StripeAdapter
 from tests.api.conftest import GatewayFactory, headers, seed
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -36,7 +36,7 @@ from providers.base import (
     WebhookVerificationError,
 )
 from providers.http import HttpResult, ProviderHttp
-from providers.paypal_transformers import (
+from providers.paypal.transformers import (
     DECLINE_ISSUES,
     PAYPAL_CURRENCIES,
     REQUEST_ID_MAX,

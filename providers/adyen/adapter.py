@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from gateway.domain.session import SessionStatus
-from providers.adyen_transformers import (
+from providers.adyen.transformers import (
     ADYEN_PAYMENT_METHODS,
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_REFUSED,

@@ -3,7 +3,7 @@
 Requests are form-encoded with bracketed keys, authenticated with ``Authorization: Bearer``,
 pinned to ``Stripe-Version: 2026-09-30.endive`` (the version of the contract in
 ``tests/specs/``) and carry the gateway's per-provider idempotency key. The wire conversions live
-in :mod:`providers.stripe_transformers`; HTTP failures are mapped by :mod:`providers.http`.
+in :mod:`providers.stripe.transformers`; HTTP failures are mapped by :mod:`providers.http`.
 
 Webhooks: ``Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`` where each ``v1`` is
 HMAC-SHA256 (key: the endpoint secret) over ``"<t>." + raw body``. Any matching ``v1`` is
@@ -40,7 +40,7 @@ from providers.base import (
     WebhookVerificationError,
 )
 from providers.http import ProviderHttp
-from providers.stripe_transformers import (
+from providers.stripe.transformers import (
     AUTOMATIC_CAPTURE_ONLY,
     IDEMPOTENCY_KEY_MAX,
     METHOD_CURRENCIES,
