@@ -509,8 +509,8 @@ class SessionService:
             sessionType=request.sessionType,
             savePaymentMethod=request.saves_payment_method,
             customerReference=request.customerReference,
-            successUrl=request.redirectUrls.success,
-            failureUrl=request.redirectUrls.failure,
+            successUrl=request.redirectUrls.success if request.redirectUrls else None,
+            failureUrl=request.redirectUrls.failure if request.redirectUrls else None,
             orphans=orphans,
         )
         body = _created_body(record)

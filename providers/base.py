@@ -22,6 +22,13 @@ rejection is not (the request is wrong), unless the gateway is configured otherw
 :class:`AdapterFault` is made at one boundary only, where the gateway calls the adapter
 (:func:`adapter_fault`); adapters never raise it themselves.
 
+After the checkout (``sessionType`` setup / next_in_series, ``captureMethod`` manual, refunds)
+every adapter also implements :class:`PaymentOperations`: charge a saved method with the customer
+absent, capture or void an authorization, refund a captured payment. Those calls answer a
+:class:`PaymentOutcome` or :class:`RefundOutcome`; a provider's *decline* is an outcome
+(``FAILED`` with ``failure_reason``), never an exception. Refund webhooks come back as a
+:class:`ProviderEvent` with ``refund`` set.
+
 Most providers charge the payer during their hosted checkout. Some only record the payer's
 *approval* there and move no money until the merchant's server asks (PayPal Orders v2: capture
 or authorize the approved order). Their adapters also implement the optional
@@ -38,7 +45,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
-    from gateway.domain.session import SessionStatus
+    from gateway.domain.session import RefundStatus, SessionStatus
 
 __all__ = [
     "AUTHORIZE",
@@ -46,9 +53,13 @@ __all__ = [
     "AdapterFault",
     "ApprovalCompleter",
     "Capabilities",
+    "ChargeInput",
     "CreateSessionInput",
     "EligibilityCheck",
     "FlowNotSupported",
+    "PaymentOperations",
+    "PaymentOutcome",
+    "PaymentReference",
     "ProviderAdapter",
     "ProviderError",
     "ProviderEvent",
@@ -58,6 +69,9 @@ __all__ = [
     "ProviderSession",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "RefundInput",
+    "RefundOutcome",
+    "RefundUpdate",
     "RequestExpired",
     "WebhookAnswer",
     "WebhookVerificationError",
@@ -177,7 +191,13 @@ class Capabilities:
     min_amount: Decimal | None = None
     max_amount: Decimal | None = None
     capture_methods: frozenset[str] = frozenset({"automatic", "manual"})
+    #: ``one_time``, ``first_in_series``, ``setup`` (save a method, charge nothing) and
+    #: ``next_in_series`` (charge a saved method, customer absent: :class:`PaymentOperations`)
     session_types: frozenset[str] = frozenset({"one_time"})
+    #: a manual-capture authorization may be captured for less than it holds
+    partial_capture: bool = True
+    #: days an authorization stays capturable at the provider (the gateway warns before)
+    authorization_days: int = 7
     #: :meth:`ProviderAdapter.cancel_session` makes an open session unpayable (Stripe's expire)
     cancels_sessions: bool = False
 
@@ -244,6 +264,110 @@ class ProviderEvent:
     #: the payer approved, but no money moves until the gateway completes the approval through
     #: :meth:`ApprovalCompleter.complete_approved` (PayPal's ``CHECKOUT.ORDER.APPROVED``)
     awaits_completion: bool = False
+    #: the provider's reference of a capture of the payment, when it has its own (PayPal
+    #: capture id, Adyen capture pspReference): refunds of it name it
+    capture_id: str | None = None
+    #: a refund's progress (``status`` is then None: a refund moves no session status)
+    refund: RefundUpdate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundUpdate:
+    """What a provider's webhook says about one refund.
+
+    The gateway finds its refund by ``refund_id`` (its own id, which the adapter sent with the
+    refund call and the provider echoes: metadata, merchant reference or custom id) or else by
+    ``provider_refund_id``. ``amount`` is exact (major units) when the event carries one.
+    """
+
+    status: RefundStatus
+    provider_refund_id: str | None = None
+    refund_id: str | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentReference:
+    """The provider's handles on one payment, as the gateway stored them on the session."""
+
+    #: the provider session the payment came from (Checkout Session, Adyen session, PayPal
+    #: order); for a customer-absent charge the payment itself
+    session_reference: str
+    #: the payment: Stripe PaymentIntent, Adyen pspReference, PayPal authorization (manual
+    #: capture) or capture (automatic) id
+    payment_id: str | None
+    #: the capture of it, when the provider gives captures their own id (PayPal, Adyen)
+    capture_id: str | None
+    currency: str
+    #: what the payment holds (authorized or charged), major units, exact
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeInput:
+    """A customer-absent charge of a saved payment method (``sessionType: next_in_series``)."""
+
+    session_id: str
+    merchant_id: str
+    #: derived from (merchant, Idempotency-Key, provider): the same on every retry
+    idempotency_key: str
+    request: CheckoutRequest
+    #: the provider's customer and saved method (or mandate / recurring detail / vault token)
+    #: from the mandate session
+    customer_id: str | None
+    payment_method_id: str
+    #: the mandate session's own provider payment (Adyen: the first payment's pspReference as
+    #: ``networkTxReference`` source; Stripe/PayPal ignore it)
+    mandate_payment_id: str | None = None
+    request_id: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentOutcome:
+    """The provider's answer to a charge, capture or void.
+
+    ``status``: ``COMPLETED`` (captured), ``AUTHORIZED`` (held for a manual capture),
+    ``PROCESSING`` (the provider has not decided; its webhook will), ``FAILED`` (declined:
+    ``failure_reason`` says why, never card data), ``CANCELLED`` (voided).
+    """
+
+    provider: str
+    status: SessionStatus
+    payment_id: str | None = None
+    capture_id: str | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    failure_reason: str | None = None
+    raw_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundInput:
+    """One refund of a captured payment."""
+
+    payment: PaymentReference
+    #: the gateway's own refund id: sent along so the provider's webhooks name it
+    refund_id: str
+    session_id: str
+    amount: Decimal
+    currency: str
+    reason: str | None
+    #: derived from (merchant, session, Idempotency-Key, provider)
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundOutcome:
+    """The provider's answer to a refund call (most decide later, by webhook)."""
+
+    provider: str
+    status: RefundStatus
+    provider_refund_id: str | None = None
+    failure_reason: str | None = None
+    raw_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,4 +449,39 @@ class ApprovalCompleter(Protocol):
         :class:`ProviderError` tree: a retryable error means "retry later with the same key",
         a rejection that the call cannot succeed as asked.
         """
+        ...
+
+
+@runtime_checkable
+class PaymentOperations(Protocol):
+    """The calls after the checkout. Every method is idempotent on its ``idempotency_key``
+    (a retry never moves money twice) and raises only the :class:`ProviderError` tree; a
+    decline is a ``FAILED`` outcome, not an exception. An adapter whose provider cannot do one
+    of them raises :class:`FlowNotSupported` naming what is missing."""
+
+    async def charge_saved(self, data: ChargeInput, *, timeout: float) -> PaymentOutcome:
+        """Charge (or, with ``captureMethod`` manual, authorize) the saved method of
+        ``data`` with the customer absent."""
+        ...
+
+    async def capture_payment(
+        self,
+        payment: PaymentReference,
+        amount: Decimal,
+        *,
+        idempotency_key: str,
+        timeout: float,
+    ) -> PaymentOutcome:
+        """Capture ``amount`` (at most ``payment.amount``; less is a partial capture and the
+        rest of the authorization is released) of an authorized payment."""
+        ...
+
+    async def void_payment(
+        self, payment: PaymentReference, *, idempotency_key: str, timeout: float
+    ) -> PaymentOutcome:
+        """Release an authorization that was not captured (``CANCELLED``)."""
+        ...
+
+    async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
+        """Refund ``data.amount`` of a captured payment."""
         ...

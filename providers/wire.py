@@ -78,5 +78,5 @@ def json_object(result: HttpResult, provider: str) -> dict[str, Any]:
 def amount_places(request: CheckoutRequest) -> int:
     """The most decimal places any amount of ``request`` has (totals and unit prices)."""
     amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
-    amounts += [item.unitPrice for item in request.orderItems]
+    amounts += [item.unitPrice for item in request.lines]
     return max(scale_of(value) for value in amounts)

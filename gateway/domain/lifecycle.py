@@ -3,10 +3,14 @@
 ::
 
     PENDING ──▶ REQUIRES_ACTION ──▶ PROCESSING ──▶ COMPLETED | FAILED
-       │               │                               (final)
+       │               │                  │            (final)
+       │               │                  ▼
+       │               │              AUTHORIZED ──▶ COMPLETED (captured) | CANCELLED (voided)
+       │               │                  ▲              | FAILED
+       ├───────────────┴──────────────────┘
        └───────────────┴──▶ COMPLETED | FAILED | EXPIRED | CANCELLED (final)
 
-    CANCELLED | EXPIRED ──(provider reports money)──▶ PROCESSING | COMPLETED
+    CANCELLED | EXPIRED ──(provider reports money)──▶ PROCESSING | AUTHORIZED | COMPLETED
 
 Rules, all enforced by :func:`apply`:
 
@@ -25,7 +29,12 @@ Rules, all enforced by :func:`apply`:
   notified) rather than swallow it. Such a move clears ``cancellationReason`` and
   ``payableUntil``; the ``CANCELLED``/``EXPIRED`` transition stays in the history;
 * ``PROCESSING`` (money is moving) neither expires nor is cancelled by the merchant: only the
-  provider's verdict ends it.
+  provider's verdict ends it;
+* ``AUTHORIZED`` (``captureMethod`` manual: the money is held, not taken) does not expire with
+  the session; the merchant captures it (COMPLETED) or voids it (CANCELLED), and a provider
+  that lets the authorization lapse reports it cancelled. A report of an authorization never
+  reopens a session that was AUTHORIZED before (a late duplicate after a void);
+* a move to ``COMPLETED`` records ``amountCaptured`` (the total unless the move sets it).
 
 Every applied move appends a :class:`~gateway.domain.session.Transition` (time, source, event id)
 and bumps ``version``, the compare-and-set token of the store.
@@ -59,10 +68,11 @@ RANK: Mapping[SessionStatus, int] = MappingProxyType(
         S.PENDING: 0,
         S.REQUIRES_ACTION: 1,
         S.PROCESSING: 2,
-        S.COMPLETED: 3,
-        S.FAILED: 3,
-        S.EXPIRED: 3,
-        S.CANCELLED: 3,
+        S.AUTHORIZED: 3,
+        S.COMPLETED: 4,
+        S.FAILED: 4,
+        S.EXPIRED: 4,
+        S.CANCELLED: 4,
     }
 )
 
@@ -70,10 +80,21 @@ RANK: Mapping[SessionStatus, int] = MappingProxyType(
 ALLOWED: Mapping[SessionStatus, frozenset[SessionStatus]] = MappingProxyType(
     {
         S.PENDING: frozenset(
-            {S.REQUIRES_ACTION, S.PROCESSING, S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}
+            {
+                S.REQUIRES_ACTION,
+                S.PROCESSING,
+                S.AUTHORIZED,
+                S.COMPLETED,
+                S.FAILED,
+                S.EXPIRED,
+                S.CANCELLED,
+            }
         ),
-        S.REQUIRES_ACTION: frozenset({S.PROCESSING, S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}),
-        S.PROCESSING: frozenset({S.COMPLETED, S.FAILED}),
+        S.REQUIRES_ACTION: frozenset(
+            {S.PROCESSING, S.AUTHORIZED, S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}
+        ),
+        S.PROCESSING: frozenset({S.AUTHORIZED, S.COMPLETED, S.FAILED}),
+        S.AUTHORIZED: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED}),
         S.COMPLETED: frozenset(),
         S.FAILED: frozenset(),
         S.EXPIRED: frozenset(),
@@ -84,14 +105,14 @@ ALLOWED: Mapping[SessionStatus, frozenset[SessionStatus]] = MappingProxyType(
 #: The only moves out of a final status: the provider's report of money (``money=True``).
 MONEY_OVERRIDES: Mapping[SessionStatus, frozenset[SessionStatus]] = MappingProxyType(
     {
-        S.CANCELLED: frozenset({S.PROCESSING, S.COMPLETED}),
-        S.EXPIRED: frozenset({S.PROCESSING, S.COMPLETED}),
+        S.CANCELLED: frozenset({S.PROCESSING, S.AUTHORIZED, S.COMPLETED}),
+        S.EXPIRED: frozenset({S.PROCESSING, S.AUTHORIZED, S.COMPLETED}),
     }
 )
 
 #: Statuses a session may expire from (the customer has not paid yet).
 EXPIRABLE = frozenset(s for s, targets in ALLOWED.items() if S.EXPIRED in targets)
-#: Statuses the merchant may cancel from.
+#: Statuses the merchant may cancel from (AUTHORIZED: a void of the authorization).
 CANCELLABLE = frozenset(s for s, targets in ALLOWED.items() if S.CANCELLED in targets)
 
 
@@ -125,6 +146,8 @@ def apply(
     CANCELLED or EXPIRED: :data:`MONEY_OVERRIDES`). The input record is never modified.
     """
     overrides = money and status in MONEY_OVERRIDES.get(record.status, frozenset())
+    if overrides and status is S.AUTHORIZED and _was_authorized(record):
+        return None
     if not overrides and (record.status in FINAL_STATUSES or not can_move(record.status, status)):
         return None
     if event_id is not None and any(t.eventId == event_id for t in record.transitions):
@@ -138,6 +161,8 @@ def apply(
         update["payableUntil"] = None
     if status in FINAL_STATUSES and status is not S.CANCELLED:
         update["cancelClaim"] = None  # no cancel is in progress on a session that ended
+    if status is S.COMPLETED and "amountCaptured" not in update:
+        update["amountCaptured"] = record.amount.total
     update.update(
         status=status,
         updatedAt=max(at, record.updatedAt),
@@ -145,3 +170,7 @@ def apply(
         version=record.version + 1,
     )
     return record.model_copy(update=update)
+
+
+def _was_authorized(record: SessionRecord) -> bool:
+    return any(t.status is S.AUTHORIZED for t in record.transitions)

@@ -46,18 +46,22 @@ from gateway.domain.titles import field_title
 __all__ = [
     "CANCELLATION_REASONS",
     "PAYMENT_METHODS",
+    "REFUND_REASONS",
     "Address",
     "Amount",
     "CancelRequest",
+    "CaptureRequest",
     "CheckoutRequest",
     "Customer",
     "OrderItem",
     "RedirectUrls",
+    "RefundRequest",
     "RequestProblems",
     "ShippingInfo",
     "describe_errors",
     "parse_checkout_request",
     "semantic_problems",
+    "session_type_problems",
 ]
 
 PAYMENT_METHODS = ("card", "paypal", "apple_pay", "google_pay", "ideal", "klarna", "sepa_debit")
@@ -69,6 +73,7 @@ TOTAL_MISMATCH = "amount.total does not match the sum of line items, shipping, a
 _LOCALE = re.compile(r"^[a-z]{2}(?:[_-][A-Z]{2})?$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _MAX_ITEMS = 100
+_SESSION_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -257,8 +262,10 @@ class CheckoutRequest(_Strict):
         description="A language (fr) or language and region (en_AU or en-AU) for the checkout page",
     )
     amount: Amount
-    orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=_MAX_ITEMS)] = Field(
-        description="1 to 100 order lines"
+    orderItems: Annotated[list[OrderItem], Field(min_length=1, max_length=_MAX_ITEMS)] | None = (
+        Field(
+            default=None, description="1 to 100 order lines; required unless sessionType is setup"
+        )
     )
     customer: Customer | None = None
     shipping: ShippingInfo | None = None
@@ -276,18 +283,33 @@ class CheckoutRequest(_Strict):
         description="Up to 50 text pairs passed to the provider as metadata; keys up to 64 "
         "characters without [ or ], values up to 512",
     )
-    redirectUrls: RedirectUrls
+    redirectUrls: RedirectUrls | None = Field(
+        default=None,
+        description="Required, except for next_in_series (no customer is present: refused there)",
+    )
     expiresIn: Annotated[StrictInt, Field(ge=300, le=86_400)] = Field(
         default=3600, description="Seconds until the session expires"
     )
     captureMethod: Literal["automatic", "manual"] = Field(
         default="automatic", description="manual: the payment is only authorised"
     )
-    sessionType: Literal["one_time", "first_in_series"] = Field(
+    sessionType: Literal["one_time", "first_in_series", "setup", "next_in_series"] = Field(
         default="one_time",
         description="one_time: the customer pays now (optionally saving the method for their "
         "next payments); first_in_series: also creates a mandate for later customer-absent "
-        "payments (routed only to providers that support it)",
+        "payments (routed only to providers that support it); setup: the customer saves a "
+        "payment method and is charged nothing (amount.total 0); next_in_series: charge the "
+        "method saved by mandateSessionId, customer absent (no redirectUrls, no checkoutUrl)",
+    )
+    mandateSessionId: (
+        Annotated[
+            str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="next_in_series only: the sessionId of this merchant's COMPLETED "
+        "first_in_series or setup session whose saved method is charged",
     )
     savePaymentMethod: StrictBool = Field(
         default=False, description="Keep the payment method for the customer's next payments"
@@ -309,8 +331,26 @@ class CheckoutRequest(_Strict):
 
     @property
     def saves_payment_method(self) -> bool:
-        """Whether the provider must keep the payment method (always for a series)."""
-        return self.sessionType == "first_in_series" or self.savePaymentMethod
+        """Whether the provider must keep the payment method (always for a series or a
+        setup session)."""
+        return self.sessionType in ("first_in_series", "setup") or self.savePaymentMethod
+
+    @property
+    def lines(self) -> list[OrderItem]:
+        """The order lines (none for a setup session that sent none)."""
+        return self.orderItems or []
+
+    @property
+    def return_urls(self) -> RedirectUrls:
+        """The redirect URLs of a customer-present session (validation requires them there)."""
+        if self.redirectUrls is None:
+            raise ValueError("a next_in_series request has no redirectUrls")
+        return self.redirectUrls
+
+    @property
+    def customer_present(self) -> bool:
+        """False for a customer-absent charge (``next_in_series``): no hosted page."""
+        return self.sessionType != "next_in_series"
 
     @property
     def billing_country(self) -> str | None:
@@ -330,6 +370,26 @@ class CancelRequest(_Strict):
     """The body of POST /api/v1/sessions/{sessionId}/cancel."""
 
     cancellationReason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"]
+
+
+class CaptureRequest(_Strict):
+    """The body of POST /api/v1/sessions/{sessionId}/capture (may be empty: ``{}``)."""
+
+    amount: Money | None = Field(
+        default=None,
+        description="Major units, at most the authorized amount; default: all of it. Less is "
+        "a partial capture (where the provider allows it) and releases the rest",
+    )
+
+
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+
+
+class RefundRequest(_Strict):
+    """The body of POST /api/v1/sessions/{sessionId}/refunds."""
+
+    amount: Money = Field(description="Major units, more than 0, at most what is refundable")
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
 
 
 class RequestProblems(Exception):
@@ -451,11 +511,37 @@ def semantic_problems(request: CheckoutRequest) -> list[str]:
     amount bounded, the sum is exact in :data:`gateway.domain.money.MONEY_CONTEXT`.
     """
     amount = request.amount
-    return _money_problems(
+    return session_type_problems(request) + _money_problems(
         request.currency,
         {"total": amount.total, "shipping": amount.shipping, "tax": amount.tax},
-        [(item.unitPrice, item.quantity) for item in request.orderItems],
+        [(item.unitPrice, item.quantity) for item in request.lines],
     )
+
+
+def session_type_problems(request: CheckoutRequest) -> list[str]:
+    """What ``sessionType`` requires or refuses of the other fields."""
+    problems: list[str] = []
+    kind = request.sessionType
+    if kind == "setup":
+        if request.amount.total != 0:
+            problems.append("amount.total: must be 0 for a setup session (it charges nothing)")
+        if request.captureMethod == "manual":
+            problems.append("captureMethod: a setup session charges nothing; must be automatic")
+    elif request.orderItems is None:
+        problems.append("orderItems: Field required")
+    if kind == "next_in_series":
+        if request.mandateSessionId is None:
+            problems.append("mandateSessionId: Field required for next_in_series")
+        if request.redirectUrls is not None:
+            problems.append(
+                "redirectUrls: not allowed for next_in_series (the customer is not present)"
+            )
+    else:
+        if request.mandateSessionId is not None:
+            problems.append("mandateSessionId: only allowed for next_in_series")
+        if request.redirectUrls is None:
+            problems.append("redirectUrls: Field required")
+    return problems
 
 
 _Line = tuple[Decimal | None, int | None]

@@ -17,7 +17,10 @@ __all__ = [
     "AmountMismatch",
     "Attempt",
     "CancelClaim",
+    "Operation",
     "OrphanSession",
+    "Refund",
+    "RefundStatus",
     "RoutingSummary",
     "SessionAmount",
     "SessionRecord",
@@ -34,6 +37,9 @@ class SessionStatus(StrEnum):
     PENDING = "PENDING"
     REQUIRES_ACTION = "REQUIRES_ACTION"
     PROCESSING = "PROCESSING"
+    #: the payment is authorized and waits for the merchant's capture (``captureMethod``
+    #: manual); a capture completes it, a void (cancel) cancels it
+    AUTHORIZED = "AUTHORIZED"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     EXPIRED = "EXPIRED"
@@ -43,6 +49,14 @@ class SessionStatus(StrEnum):
 FINAL_STATUSES = frozenset(
     {SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.EXPIRED, SessionStatus.CANCELLED}
 )
+
+
+class RefundStatus(StrEnum):
+    """Where a refund is: asked of the provider (PENDING), done, or refused by it."""
+
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
 
 
 def utcnow() -> datetime:
@@ -162,6 +176,58 @@ class AmountMismatch(_Record):
         }
 
 
+class Refund(_Record):
+    """One refund of the session's captured money. ``amount`` counts against the refundable
+    amount from the moment it is recorded (before the provider is asked) until it FAILED."""
+
+    refundId: str
+    amount: Decimal
+    currency: str
+    reason: str | None = None
+    status: RefundStatus = RefundStatus.PENDING
+    createdAt: datetime
+    updatedAt: datetime
+    #: the provider's id of the refund, once it answered
+    providerRefundId: str | None = None
+    failureReason: str | None = None
+    #: internal: False until the provider acknowledged the call (a retry of the same
+    #: Idempotency-Key re-sends it with the same provider key)
+    submitted: bool = False
+
+    def public(self, session_id: str) -> dict[str, Any]:
+        """The JSON form answered by the refund calls and sent in ``refund.*`` notifications."""
+        return {
+            "refundId": self.refundId,
+            "sessionId": session_id,
+            "amount": format_amount(self.amount, self.currency),
+            "currency": self.currency,
+            "reason": self.reason,
+            "status": self.status.value,
+            "providerRefundId": self.providerRefundId,
+            "failureReason": self.failureReason,
+            "createdAt": isoformat(self.createdAt),
+            "updatedAt": isoformat(self.updatedAt),
+        }
+
+
+class Operation(_Record):
+    """Internal: one merchant POST on the session under an ``Idempotency-Key`` (capture,
+    cancel, refund), kept on the session so that a retry replays its answer (or learns it is
+    still in flight) on every store without a separate key space."""
+
+    #: the merchant's Idempotency-Key, and what it was sent with
+    key: str
+    kind: str
+    fingerprint: str
+    #: set while the call runs; a holder that died frees it when ``leaseUntil`` passes
+    token: str | None = None
+    leaseUntil: datetime | None = None
+    #: the answer, once there is one (replayed byte for byte)
+    status: int | None = None
+    body: str | None = None
+    at: datetime
+
+
 class SessionRecord(_Record):
     """A checkout session as the gateway stores it."""
 
@@ -171,7 +237,8 @@ class SessionRecord(_Record):
     status: SessionStatus
     provider: str
     providerSessionId: str
-    checkoutUrl: str
+    #: the hosted page; None for a customer-absent charge (``next_in_series``)
+    checkoutUrl: str | None
     currency: str
     amount: SessionAmount
     paymentMethod: str
@@ -212,6 +279,30 @@ class SessionRecord(_Record):
     amountMismatch: AmountMismatch | None = None
     #: sessions other providers may hold for this key (see :class:`OrphanSession`)
     orphans: list[OrphanSession] = Field(default_factory=list)
+    #: ``next_in_series``: the session whose saved method (mandate) this one charged
+    mandateSessionId: str | None = None
+    #: the provider's id of the capture, where captures have their own (PayPal, Adyen)
+    captureId: str | None = None
+    #: money taken so far (set when the session completes: the total, or a manual capture's
+    #: amount) and refunds of it
+    amountCaptured: Decimal = Decimal(0)
+    refunds: list[Refund] = Field(default_factory=list)
+    #: when the authorization of a manual-capture session lapses at the provider
+    authorizationExpiresAt: datetime | None = None
+    #: internal: the merchant calls made on this session (:class:`Operation`)
+    operations: list[Operation] = Field(default_factory=list)
+
+    @property
+    def amount_refunded(self) -> Decimal:
+        """Refunded or being refunded: every refund that has not FAILED."""
+        return sum(
+            (r.amount for r in self.refunds if r.status is not RefundStatus.FAILED), Decimal(0)
+        )
+
+    @property
+    def refundable(self) -> Decimal:
+        """What may still be refunded: captured minus every refund that has not FAILED."""
+        return self.amountCaptured - self.amount_refunded
 
     def public(self) -> dict[str, Any]:
         """The representation answered by ``GET /api/v1/sessions/{id}``."""
@@ -236,6 +327,12 @@ class SessionRecord(_Record):
             "customerId": self.customerId,
             "paymentMethodId": self.paymentMethodId,
             "paymentId": self.paymentId,
+            "mandateSessionId": self.mandateSessionId,
+            "amountCaptured": format_amount(self.amountCaptured, self.currency),
+            "amountRefunded": format_amount(self.amount_refunded, self.currency),
+            "authorizationExpiresAt": (
+                isoformat(self.authorizationExpiresAt) if self.authorizationExpiresAt else None
+            ),
             "failureReason": self.failureReason,
             "cancellationReason": self.cancellationReason,
             "payableUntil": isoformat(self.payableUntil) if self.payableUntil else None,

@@ -51,7 +51,7 @@ def extract_features(request: CheckoutRequest, merchant_id: str) -> Features:
         capture_method=request.captureMethod,
         session_type=request.sessionType,
         locale=locale,
-        item_count=len(request.orderItems),
-        quantity=sum(item.quantity for item in request.orderItems),
+        item_count=len(request.lines),
+        quantity=sum(item.quantity for item in request.lines),
         info=MappingProxyType(dict(info)) if info else _NO_INFO,
     )

@@ -161,7 +161,7 @@ def _line_items(request: CheckoutRequest) -> list[dict[str, Any]]:
     """
     cur = request.currency
     lines: list[dict[str, Any]] = []
-    for index, item in enumerate(request.orderItems, start=1):
+    for index, item in enumerate(request.lines, start=1):
         line = _line_item(
             item.sku or f"item-{index}",
             item.name,
@@ -219,7 +219,7 @@ def build_session_request(data: CreateSessionInput, merchant_account: str) -> di
             "currency": request.currency,
         },
         "reference": request.orderReference,
-        "returnUrl": data.return_url or request.redirectUrls.success,
+        "returnUrl": data.return_url or request.return_urls.success,
         "expiresAt": _expires_at(data.expires_at),
         "channel": "Web",
         "shopperInteraction": "Ecommerce",

@@ -141,7 +141,7 @@ def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
     request = data.request
     cur = request.currency
     amount = request.amount
-    item_total = add(multiply(item.unitPrice, item.quantity) for item in request.orderItems)
+    item_total = add(multiply(item.unitPrice, item.quantity) for item in request.lines)
     unit: dict[str, Any] = {
         "reference_id": data.session_id,
         "custom_id": data.session_id,
@@ -160,7 +160,7 @@ def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
                 "unit_amount": _money(item.unitPrice, cur),
                 **({"sku": item.sku} if item.sku and len(item.sku) <= _ID_MAX else {}),
             }
-            for item in request.orderItems
+            for item in request.lines
         ],
     }
     if len(request.orderReference) <= _ID_MAX:
@@ -169,8 +169,8 @@ def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
     if shipping is not None:
         unit["shipping"] = shipping
     experience: dict[str, Any] = {
-        "return_url": request.redirectUrls.success,
-        "cancel_url": request.redirectUrls.failure,
+        "return_url": request.return_urls.success,
+        "cancel_url": request.return_urls.failure,
         "user_action": "PAY_NOW",
         "shipping_preference": "SET_PROVIDED_ADDRESS" if shipping else "GET_FROM_FILE",
     }

@@ -218,7 +218,7 @@ class StripeAdapter:
         if request.captureMethod == "manual" and method in AUTOMATIC_CAPTURE_ONLY:
             return f"Stripe cannot capture {method} payments manually"
         amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
-        amounts += [item.unitPrice for item in request.orderItems]
+        amounts += [item.unitPrice for item in request.lines]
         return amount_problem(request.currency, amounts)
 
     async def create_session(

@@ -203,7 +203,7 @@ def build_create_params(data: CreateSessionInput, now: datetime) -> dict[str, An
 
     items = [
         _line_item(item.name, minor(item.unitPrice), item.quantity, currency)
-        for item in request.orderItems
+        for item in request.lines
     ]
     tax = minor(request.amount.tax)
     if tax:
@@ -222,8 +222,8 @@ def build_create_params(data: CreateSessionInput, now: datetime) -> dict[str, An
         "client_reference_id": request.orderReference,
         "metadata": metadata,
         "payment_intent_data": {"metadata": dict(metadata)},
-        "success_url": request.redirectUrls.success,
-        "cancel_url": request.redirectUrls.failure,
+        "success_url": request.return_urls.success,
+        "cancel_url": request.return_urls.failure,
         "expires_at": int(clamp_expiry(data.expires_at, now).timestamp()),
         "locale": stripe_locale(request.locale),
         "allowed_payment_method_types": [STRIPE_PAYMENT_METHODS[request.paymentMethod]],

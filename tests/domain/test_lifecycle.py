@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -29,6 +30,12 @@ LEGAL = {
     (S.REQUIRES_ACTION, S.CANCELLED),
     (S.PROCESSING, S.COMPLETED),
     (S.PROCESSING, S.FAILED),
+    (S.PENDING, S.AUTHORIZED),
+    (S.REQUIRES_ACTION, S.AUTHORIZED),
+    (S.PROCESSING, S.AUTHORIZED),
+    (S.AUTHORIZED, S.COMPLETED),
+    (S.AUTHORIZED, S.FAILED),
+    (S.AUTHORIZED, S.CANCELLED),
 }
 
 
@@ -67,6 +74,8 @@ MONEY_WINS = {
     (S.CANCELLED, S.COMPLETED),
     (S.EXPIRED, S.PROCESSING),
     (S.EXPIRED, S.COMPLETED),
+    (S.CANCELLED, S.AUTHORIZED),
+    (S.EXPIRED, S.AUTHORIZED),
 }
 
 
@@ -157,9 +166,35 @@ def test_updated_at_never_goes_back() -> None:
     assert moved.transitions[-1].at == earlier
 
 
+def test_a_voided_authorization_is_not_reopened_by_a_late_report() -> None:
+    """A void (AUTHORIZED -> CANCELLED) followed by a late or repeated authorization report:
+    the session stays CANCELLED; a first authorization after a cancel still wins (money)."""
+    authorized = apply(make_session(), S.AUTHORIZED, T0, "webhook:adyen", "psp:AUTH")
+    assert authorized is not None
+    voided = apply(authorized, S.CANCELLED, T0, "merchant")
+    assert voided is not None
+    assert apply(voided, S.AUTHORIZED, T0, "webhook:adyen", "psp:AUTH2", money=True) is None
+    cancelled = apply(make_session(), S.CANCELLED, T0, "merchant")
+    assert cancelled is not None
+    reopened = apply(cancelled, S.AUTHORIZED, T0, "webhook:adyen", "psp:AUTH", money=True)
+    assert reopened is not None and reopened.status is S.AUTHORIZED
+
+
+def test_completion_records_the_captured_amount() -> None:
+    """A move to COMPLETED captures the total unless the move names the captured amount."""
+    record = make_session()
+    done = apply(record, S.COMPLETED, T0, "webhook:stripe", "evt_1")
+    assert done is not None and done.amountCaptured == record.amount.total
+    authorized = apply(record, S.AUTHORIZED, T0, "webhook:stripe", "evt_1")
+    assert authorized is not None and authorized.amountCaptured == 0
+    part = Decimal("1.50")
+    captured = apply(authorized, S.COMPLETED, T0, "api:stripe", changes={"amountCaptured": part})
+    assert captured is not None and captured.amountCaptured == part
+
+
 def test_expiry_and_cancel_sets() -> None:
     assert {S.PENDING, S.REQUIRES_ACTION} == EXPIRABLE
-    assert {S.PENDING, S.REQUIRES_ACTION} == CANCELLABLE
+    assert {S.PENDING, S.REQUIRES_ACTION, S.AUTHORIZED} == CANCELLABLE
     record = make_session()
     assert not is_expired(record, record.expiresAt - timedelta(seconds=1))
     assert is_expired(record, record.expiresAt)

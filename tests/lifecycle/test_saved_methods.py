@@ -16,7 +16,7 @@ from providers.http import new_client_session
 from providers.paypal.adapter import PayPalAdapter
 from providers.sandbox.stripe_wire import decode_form
 from providers.stripe.adapter import StripeAdapter
-from tests.api.conftest import ROOT, headers, seed
+from tests.api.conftest import ROOT
 from tests.contracts.spec_validator import validate_request
 from tests.contracts.strict_sandbox import ServerFactory
 from tests.lifecycle.conftest import EnvFactory
@@ -149,13 +149,3 @@ async def test_the_saved_method_comes_back_with_its_provider(
         view["customerId"],
         view["paymentMethodId"],
     )
-
-
-async def test_next_in_series_is_refused_by_name(lifecycle_env: EnvFactory) -> None:
-    """Customer-absent charges have no checkout page: not a session type of this endpoint."""
-    env = await lifecycle_env("stripe")
-    response = await env.client.post(
-        "/api/v1/sessions", json=seed(sessionType="next_in_series"), headers=headers("k-series")
-    )
-    assert response.status == 400
-    assert any(p.startswith("sessionType:") for p in (await response.json())["message"])
