@@ -177,19 +177,23 @@ def test_a_voided_authorization_is_not_reopened_by_a_late_report() -> None:
     cancelled = apply(make_session(), S.CANCELLED, T0, "merchant")
     assert cancelled is not None
     reopened = apply(cancelled, S.AUTHORIZED, T0, "webhook:adyen", "psp:AUTH", money=True)
-    assert reopened is not None and reopened.status is S.AUTHORIZED
+    assert reopened is not None
+    assert reopened.status is S.AUTHORIZED
 
 
 def test_completion_records_the_captured_amount() -> None:
     """A move to COMPLETED captures the total unless the move names the captured amount."""
     record = make_session()
     done = apply(record, S.COMPLETED, T0, "webhook:stripe", "evt_1")
-    assert done is not None and done.amountCaptured == record.amount.total
+    assert done is not None
+    assert done.amountCaptured == record.amount.total
     authorized = apply(record, S.AUTHORIZED, T0, "webhook:stripe", "evt_1")
-    assert authorized is not None and authorized.amountCaptured == 0
+    assert authorized is not None
+    assert authorized.amountCaptured == 0
     part = Decimal("1.50")
     captured = apply(authorized, S.COMPLETED, T0, "api:stripe", changes={"amountCaptured": part})
-    assert captured is not None and captured.amountCaptured == part
+    assert captured is not None
+    assert captured.amountCaptured == part
 
 
 def test_expiry_and_cancel_sets() -> None:
