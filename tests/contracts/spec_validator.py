@@ -1,9 +1,13 @@
 """Validate provider requests against the trimmed official API specs in ``tests/specs/``.
 
-Each spec file holds one operation: ``operation.request.schema`` (JSON Schema in the OpenAPI 3.0
-flavour: ``nullable``, ``readOnly``), ``operation.request.headers`` and the provider's
-idempotency rules (``x-idempotency``). :func:`validate_request` reports every problem it finds;
-an empty list means the request is valid.
+A spec file holds one operation (``operation``) or several (``operations.<name>``), each with
+``request.schema`` (JSON Schema in the OpenAPI 3.0 flavour: ``nullable``, ``readOnly``),
+``request.headers`` and the provider's idempotency rules (``x-idempotency``).
+:func:`validate_request` reports every problem it finds; an empty list means the request is
+valid. Functions take the provider and optionally ``operation``, named ``"<file stem>:<name>"``
+(``"stripe_payment_intents:capture"``; a one-operation file's is ``create``); without it they
+check the provider's hosted-checkout create call (the first file of :data:`OPERATION_FILES`).
+:func:`find_operation` names the operation a (method, path) calls.
 
 Stripe takes ``application/x-www-form-urlencoded`` bodies with bracketed keys;
 :func:`stripe_form_to_dict` turns such a body into the nested JSON the schema describes (integer
@@ -21,14 +25,18 @@ from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from jsonschema import Draft7Validator, ValidationError, validators
 
 __all__ = [
+    "OPERATION_FILES",
     "SEMANTIC_RULES",
     "SPEC_FILES",
+    "find_operation",
     "load_spec",
+    "operation_spec",
+    "operations",
     "request_schema",
     "stripe_form_to_dict",
     "validate_body",
@@ -43,17 +51,78 @@ SPEC_FILES = {
     "adyen": "adyen_sessions.json",
     "paypal": "paypal_orders_v2.json",
 }
+#: every spec file of a provider, its hosted-checkout create first
+OPERATION_FILES = {
+    "stripe": (
+        "stripe_checkout_sessions.json",
+        "stripe_payment_intents.json",
+        "stripe_refunds.json",
+    ),
+    "adyen": ("adyen_sessions.json", "adyen_payments.json"),
+    "paypal": ("paypal_orders_v2.json", "paypal_payments_v2.json", "paypal_vault_v3.json"),
+}
 
 
 @cache
-def load_spec(provider: str) -> dict[str, Any]:
-    """The parsed spec file of ``provider``."""
-    try:
-        name = SPEC_FILES[provider]
-    except KeyError:
-        raise ValueError(f"no spec for provider {provider!r}") from None
+def _spec_file(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((SPEC_DIR / name).read_text(encoding="utf-8"))
     return data
+
+
+def load_spec(provider: str, operation: str | None = None) -> dict[str, Any]:
+    """The parsed spec file of ``provider``'s create call, or of the file holding
+    ``operation``."""
+    if provider not in SPEC_FILES:
+        raise ValueError(f"no spec for provider {provider!r}")
+    if operation is None:
+        return _spec_file(SPEC_FILES[provider])
+    stem = operation.partition(":")[0]
+    return _spec_file(f"{stem}.json")
+
+
+def operations(provider: str) -> list[str]:
+    """Every operation of ``provider``'s spec files, as ``"<file stem>:<name>"``."""
+    found: list[str] = []
+    for name in OPERATION_FILES[provider]:
+        data = _spec_file(name)
+        stem = name.removesuffix(".json")
+        names = list(data["operations"]) if "operations" in data else ["create"]
+        found.extend(f"{stem}:{op}" for op in names)
+    return found
+
+
+def operation_spec(provider: str, operation: str | None = None) -> dict[str, Any]:
+    """The ``operation`` node (method, path, request, responses) of one operation."""
+    if operation is None:
+        return dict(load_spec(provider)["operation"])
+    stem, _, name = operation.partition(":")
+    if f"{stem}.json" not in OPERATION_FILES[provider]:
+        raise ValueError(f"{operation!r} is not an operation of {provider}")
+    data = _spec_file(f"{stem}.json")
+    node = data["operations"][name] if "operations" in data else data["operation"]
+    return dict(node)
+
+
+def _server_prefix(data: Mapping[str, Any]) -> str:
+    servers = data.get("servers") or []
+    return urlsplit(servers[0]["url"]).path.rstrip("/") if servers else ""
+
+
+def find_operation(provider: str, method: str, path: str, body: Any = None) -> str | None:
+    """The operation ``method path`` (relative to the provider's API base, without the
+    server's own path prefix such as Adyen's ``/v71``) calls, or None. Where two operations
+    share a path (PayPal's order create with a vault ``payment_source``), ``body`` decides."""
+    matches: list[str] = []
+    for operation in operations(provider):
+        node = operation_spec(provider, operation)
+        prefix = _server_prefix(load_spec(provider, operation))
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(prefix + node["path"]))
+        if node["method"].upper() == method.upper() and re.fullmatch(pattern, path):
+            matches.append(operation)
+    if len(matches) > 1 and provider == "paypal":
+        vaulted = isinstance(body, Mapping) and "payment_source" in body
+        return next((m for m in matches if m.endswith("_with_vault") == vaulted), matches[0])
+    return matches[0] if matches else None
 
 
 # schema normalisation (OAS 3.0 -> JSON Schema draft 7) ---------------------------------------
@@ -97,9 +166,9 @@ _RequestValidator = validators.extend(Draft7Validator, {"readOnly": _read_only})
 
 
 @cache
-def request_schema(provider: str) -> dict[str, Any]:
-    """The normalised request body schema of ``provider``."""
-    schema = copy.deepcopy(load_spec(provider)["operation"]["request"]["schema"])
+def request_schema(provider: str, operation: str | None = None) -> dict[str, Any]:
+    """The normalised request body schema of one operation (an empty body: ``{}``)."""
+    schema = copy.deepcopy(operation_spec(provider, operation)["request"].get("schema") or {})
     normalised: dict[str, Any] = _normalise(schema)
     if provider == "stripe":
         # The listed top-level params are the closed set (the spec says so, made explicit).
@@ -108,15 +177,17 @@ def request_schema(provider: str) -> dict[str, Any]:
 
 
 @cache
-def _validator(provider: str) -> Any:
-    return _RequestValidator(request_schema(provider))
+def _validator(provider: str, operation: str | None = None) -> Any:
+    return _RequestValidator(request_schema(provider, operation))
 
 
 # headers ------------------------------------------------------------------------------------
 
 
-def _header_rules(provider: str) -> list[tuple[str, dict[str, Any], bool]]:
-    request = load_spec(provider)["operation"]["request"]
+def _header_rules(
+    provider: str, operation: str | None = None
+) -> list[tuple[str, dict[str, Any], bool]]:
+    request = operation_spec(provider, operation)["request"]
     rules: list[tuple[str, dict[str, Any], bool]] = []
     for key, spec in request.get("headers", {}).items():
         name = spec.get("name", key)
@@ -125,7 +196,7 @@ def _header_rules(provider: str) -> list[tuple[str, dict[str, Any], bool]]:
             if keyword in spec:
                 schema[keyword] = spec[keyword]
         rules.append((name, schema, bool(spec.get("required", False))))
-    idem = load_spec(provider).get("x-idempotency", {})
+    idem = load_spec(provider, operation).get("x-idempotency", {})
     limit = idem.get("max_length", idem.get("maxLength"))
     if idem.get("header") and limit is not None:
         for name, schema, _ in rules:
@@ -148,15 +219,17 @@ def _auth_problem(provider: str, headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def validate_headers(provider: str, headers: Mapping[str, str]) -> list[str]:
+def validate_headers(
+    provider: str, headers: Mapping[str, str], operation: str | None = None
+) -> list[str]:
     """Problems with the request headers: Content-Type, idempotency key length, auth."""
     lowered = {k.lower(): v for k, v in headers.items()}
     problems: list[str] = []
-    content_type = load_spec(provider)["operation"]["request"]["contentType"]
+    content_type = operation_spec(provider, operation)["request"].get("contentType")
     sent = lowered.get("content-type", "").split(";")[0].strip().lower()
-    if sent != content_type:
+    if content_type is not None and sent != content_type:
         problems.append(f"header Content-Type: must be {content_type}, got {sent or 'nothing'}")
-    for name, schema, required in _header_rules(provider):
+    for name, schema, required in _header_rules(provider, operation):
         if name.lower() == "content-type":
             continue  # checked above, parameters (charset) allowed
         value = lowered.get(name.lower())
@@ -187,14 +260,20 @@ def _path(provider: str, parts: Iterator[Any] | list[Any]) -> str:
 
 
 def validate_body(
-    provider: str, body: Mapping[str, Any], *, now: datetime | None = None
+    provider: str,
+    body: Mapping[str, Any],
+    *,
+    now: datetime | None = None,
+    operation: str | None = None,
 ) -> list[str]:
-    """Schema problems plus the provider's semantic rules (:data:`SEMANTIC_RULES`)."""
+    """Schema problems plus, for the create call, the provider's semantic rules
+    (:data:`SEMANTIC_RULES`)."""
+    validator = _validator(provider, operation)
     problems = [
         f"{_path(provider, error.absolute_path)}: {error.message}"
-        for error in sorted(_validator(provider).iter_errors(body), key=lambda e: list(e.path))
+        for error in sorted(validator.iter_errors(body), key=lambda e: list(e.path))
     ]
-    rule = SEMANTIC_RULES.get(provider)
+    rule = SEMANTIC_RULES.get(provider) if operation is None else None
     if rule is not None and not problems:
         problems.extend(rule(body, now or datetime.now(UTC)))
     return problems
@@ -206,16 +285,21 @@ def validate_request(
     body: Mapping[str, Any] | str | bytes,
     *,
     now: datetime | None = None,
+    operation: str | None = None,
 ) -> list[str]:
-    """Every problem with one create request; an empty list means valid.
+    """Every problem with one request (the create call unless ``operation`` names another);
+    an empty list means valid.
 
-    ``body`` is the parsed body, or the raw text (form-decoded for Stripe, JSON otherwise).
+    ``body`` is the parsed body, or the raw text (form-decoded for Stripe, JSON otherwise; an
+    empty text is an empty object).
     """
-    problems = validate_headers(provider, headers)
+    problems = validate_headers(provider, headers, operation)
     if isinstance(body, bytes | str):
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         if provider == "stripe":
-            parsed: Any = stripe_form_to_dict(text)
+            parsed: Any = stripe_form_to_dict(text, request_schema(provider, operation))
+        elif not text.strip():
+            parsed = {}
         else:
             try:
                 parsed = json.loads(text, parse_float=Decimal)
@@ -224,12 +308,12 @@ def validate_request(
         if not isinstance(parsed, dict):
             return [*problems, "body: must be an object"]
         body = parsed
-    return problems + validate_body(provider, body, now=now)
+    return problems + validate_body(provider, body, now=now, operation=operation)
 
 
 @cache
-def _response_validator(provider: str, status: str) -> Any:
-    responses = load_spec(provider)["operation"]["responses"]
+def _response_validator(provider: str, status: str, operation: str | None = None) -> Any:
+    responses = operation_spec(provider, operation)["responses"]
     answer = responses.get(status) or responses["default"]
     schema = answer.get("schema")
     if schema is None:  # PayPal-style {"content": {"application/json": {"schema": ...}}}
@@ -237,9 +321,11 @@ def _response_validator(provider: str, status: str) -> Any:
     return Draft7Validator(_normalise(copy.deepcopy(schema)))
 
 
-def validate_response(provider: str, status: int, body: Any) -> list[str]:
+def validate_response(
+    provider: str, status: int, body: Any, operation: str | None = None
+) -> list[str]:
     """Problems of a response body against the spec's schema for ``status`` (or ``default``)."""
-    validator = _response_validator(provider, str(status))
+    validator = _response_validator(provider, str(status), operation)
     return [
         f"{_path(provider, error.absolute_path)}: {error.message}"
         for error in sorted(validator.iter_errors(body), key=lambda e: list(e.path))

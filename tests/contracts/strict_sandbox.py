@@ -1,9 +1,10 @@
 """The sandbox on a real test server, behind a middleware that enforces the official contract.
 
-Every create call (``POST /sandbox/{provider}{operation.path}`` of the provider's spec) is
-validated with :func:`validate_request` before the emulator sees it; a violation answers 400 with
-the problems (in an ``{"error": {...}}`` body the adapters' error mapping understands) and is
-recorded, so an adapter test proves conformance simply by succeeding. Usage::
+Every call to an operation of the provider's spec files (``POST /sandbox/{provider}<path>``:
+the hosted-checkout create and the calls after the checkout) is validated with
+:func:`validate_request` before the emulator sees it; a violation answers 400 with the problems
+(in an ``{"error": {...}}`` body the adapters' error mapping understands) and is recorded, so an
+adapter test proves conformance simply by succeeding. Usage::
 
     @pytest.fixture
     async def sandbox(aiohttp_server):
@@ -15,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -25,7 +25,12 @@ from aiohttp.typedefs import Handler
 from gateway.settings import SANDBOX_SECRETS, ProviderConfig
 from providers.sandbox.app import create_sandbox_app
 from providers.sandbox.state import SANDBOX_STATE, SandboxConfig, SandboxState
-from tests.contracts.spec_validator import SPEC_FILES, load_spec, validate_request
+from tests.contracts.spec_validator import (
+    SPEC_FILES,
+    find_operation,
+    operations,
+    validate_request,
+)
 
 __all__ = ["RecordedRequest", "StrictSandbox", "start_strict_sandbox"]
 
@@ -34,12 +39,14 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One create call the strict middleware saw."""
+    """One provider call the strict middleware saw."""
 
     provider: str
     headers: dict[str, str]
     body: bytes
     problems: list[str]
+    #: the spec operation called (``"<file stem>:<name>"``)
+    operation: str = ""
 
 
 @dataclass
@@ -84,29 +91,40 @@ class StrictSandbox:
 
     @property
     def violations(self) -> list[RecordedRequest]:
-        """The create calls that broke the contract."""
+        """The calls that broke the contract."""
         return [r for r in self.requests if r.problems]
 
 
-def _create_path(provider: str) -> str:
-    spec = load_spec(provider)
-    # the server URL may carry a path of its own (Adyen: .../v71)
-    prefix = urlsplit(spec["servers"][0]["url"]).path.rstrip("/") if spec.get("servers") else ""
-    return f"/sandbox/{provider}{prefix}{spec['operation']['path']}"
+def _parsed(provider: str, body: bytes) -> Any:
+    """The JSON body (for choosing between operations that share a path), or None."""
+    if provider == "stripe" or not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def strict_contract_middleware(sandbox: StrictSandbox) -> Any:
-    """Validate every create call against the provider's spec; 400 with the problems if not."""
-    create_paths = {_create_path(p): p for p in SPEC_FILES}
+    """Validate every POST to an operation of a provider's spec files (the hosted-checkout
+    create and every call after the checkout); 400 with the problems if it breaks them."""
 
     @web.middleware
     async def strict(request: web.Request, handler: Handler) -> web.StreamResponse:
-        provider = create_paths.get(request.path) if request.method == "POST" else None
-        if provider is None:
+        provider, _, rest = request.path.removeprefix("/sandbox/").partition("/")
+        if request.method != "POST" or provider not in SPEC_FILES:
             return await handler(request)
         body = await request.read()  # cached: the emulator reads it again
-        problems = validate_request(provider, request.headers, body)
-        sandbox.requests.append(RecordedRequest(provider, dict(request.headers), body, problems))
+        operation = find_operation(provider, "POST", "/" + rest, _parsed(provider, body))
+        if operation is None:
+            return await handler(request)
+        create = operation == operations(provider)[0]
+        problems = validate_request(
+            provider, request.headers, body, operation=None if create else operation
+        )
+        sandbox.requests.append(
+            RecordedRequest(provider, dict(request.headers), body, problems, operation)
+        )
         if not problems:
             return await handler(request)
         payload = {

@@ -10,6 +10,7 @@ import pytest
 
 from tests.contracts.spec_validator import (
     _normalise,
+    find_operation,
     load_spec,
     stripe_form_to_dict,
     validate_body,
@@ -181,3 +182,54 @@ async def test_strict_sandbox_refuses_a_non_conforming_create_call(
     assert any("'bogus' was unexpected" in p for p in payload["contractViolations"])
     assert len(strict_sandbox.violations) == 1
     assert strict_sandbox.state.sessions_created["stripe"] == 0
+
+
+@pytest.mark.parametrize(
+    ("provider", "path", "body", "expected"),
+    [
+        ("stripe", "/v1/checkout/sessions", None, "stripe_checkout_sessions:create"),
+        ("stripe", "/v1/payment_intents", None, "stripe_payment_intents:create"),
+        ("stripe", "/v1/payment_intents/pi_1/capture", None, "stripe_payment_intents:capture"),
+        ("stripe", "/v1/payment_intents/pi_1/cancel", None, "stripe_payment_intents:cancel"),
+        ("stripe", "/v1/refunds", None, "stripe_refunds:create"),
+        ("stripe", "/v1/payment_intents/pi_1", None, None),
+        ("adyen", "/v71/sessions", None, "adyen_sessions:create"),
+        ("adyen", "/v71/payments", None, "adyen_payments:payments"),
+        ("adyen", "/v71/payments/PSP1/captures", None, "adyen_payments:captures"),
+        ("adyen", "/v71/payments/PSP1/refunds", None, "adyen_payments:refunds"),
+        ("adyen", "/payments", None, None),
+        ("paypal", "/v2/checkout/orders", {}, "paypal_orders_v2:create"),
+        (
+            "paypal",
+            "/v2/checkout/orders",
+            {"payment_source": {}},
+            "paypal_vault_v3:orders_create_with_vault",
+        ),
+        (
+            "paypal",
+            "/v2/payments/authorizations/A1/void",
+            None,
+            "paypal_payments_v2:authorizations_void",
+        ),
+        ("paypal", "/v3/vault/setup-tokens", {}, "paypal_vault_v3:setup_tokens_create"),
+        ("paypal", "/v2/checkout/orders/O1/capture", {}, None),
+    ],
+)
+def test_find_operation_names_the_spec_operation_of_a_call(
+    provider: str, path: str, body: object, expected: str | None
+) -> None:
+    assert find_operation(provider, "POST", path, body) == expected
+
+
+def test_an_operation_is_checked_against_its_own_schema() -> None:
+    """A refund body is valid for the refund operation and not for the checkout create."""
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Authorization": "Bearer sk_test_x",
+        "Idempotency-Key": "k1",
+    }
+    body = "payment_intent=pi_1&amount=100&reason=requested_by_customer"
+    assert validate_request("stripe", headers, body, operation="stripe_refunds:create") == []
+    assert validate_request("stripe", headers, body) != []
+    bad = "payment_intent=pi_1&amount=100&reason=because"
+    assert validate_request("stripe", headers, bad, operation="stripe_refunds:create") != []
