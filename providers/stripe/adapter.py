@@ -1,45 +1,55 @@
-"""The Stripe adapter: hosted Checkout Sessions and ``Stripe-Signature`` verified webhooks.
+"""The Stripe adapter: hosted Checkout Sessions, the PaymentIntent and Refund calls after the
+checkout, and ``Stripe-Signature`` verified webhooks.
 
 Requests are form-encoded with bracketed keys, authenticated with ``Authorization: Bearer``,
 pinned to ``Stripe-Version: 2026-09-30.endive`` (the version of the contract in
-``tests/specs/``) and carry the gateway's per-provider idempotency key. The wire conversions live
-in :mod:`providers.stripe.transformers`; HTTP failures are mapped by :mod:`providers.http`.
-
-Webhooks: ``Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`` where each ``v1`` is
-HMAC-SHA256 (key: the endpoint secret) over ``"<t>." + raw body``. Any matching ``v1`` is
-accepted; a timestamp more than 300 s away from now is refused (replay protection).
+``tests/specs/``) and carry the gateway's per-provider idempotency key. The adapter is thin: the
+wire conversions live in :mod:`providers.stripe.transformers` (hosted sessions),
+:mod:`providers.stripe.payments` (charges, captures, cancels, refunds) and
+:mod:`providers.stripe.webhooks` (signatures and events); HTTP failures are mapped by
+:mod:`providers.http`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from gateway.domain.session import SessionStatus
 from providers.base import (
     Capabilities,
+    ChargeInput,
     CreateSessionInput,
     FlowNotSupported,
+    PaymentOutcome,
+    PaymentReference,
     ProviderEvent,
     ProviderKeyConflict,
     ProviderRejected,
     ProviderSession,
     ProviderUnavailable,
+    RefundInput,
+    RefundOutcome,
     RequestExpired,
     WebhookAnswer,
     WebhookVerificationError,
 )
-from providers.http import ProviderHttp
+from providers.http import HttpResult, ProviderHttp
+from providers.stripe.payments import (
+    capture_params,
+    charge_params,
+    decline_outcome,
+    intent_outcome,
+    refund_outcome,
+    refund_params,
+)
 from providers.stripe.transformers import (
     AUTOMATIC_CAPTURE_ONLY,
     IDEMPOTENCY_KEY_MAX,
@@ -49,7 +59,14 @@ from providers.stripe.transformers import (
     amount_problem,
     build_create_params,
     encode_form,
-    from_stripe_minor,
+)
+from providers.stripe.webhooks import (
+    SIGNATURE_TOLERANCE_SECONDS,
+    event_from_payload,
+    events_from_payload,
+    id_of,
+    sign_payload,
+    verify_signature,
 )
 from providers.wire import bounded_key, header
 
@@ -66,115 +83,23 @@ __all__ = [
     "verify_signature",
 ]
 
-SIGNATURE_TOLERANCE_SECONDS = 300
-
 #: Any ISO 4217 currency Stripe's table knows (``None``); per-method limits (iDEAL and SEPA in
 #: EUR, Klarna in its markets) are checked by :meth:`StripeAdapter.eligibility_problem`.
+#: Authorizations (manual capture) may be captured partially and hold for 7 days.
 STRIPE_CAPABILITIES = Capabilities(
     payment_methods=frozenset(STRIPE_PAYMENT_METHODS),
     currencies=None,
-    session_types=frozenset({"one_time", "first_in_series"}),
+    session_types=frozenset({"one_time", "first_in_series", "setup", "next_in_series"}),
+    partial_capture=True,
+    authorization_days=7,
     cancels_sessions=True,
 )
 
-#: checkout.session event type -> lifecycle status (``completed`` depends on payment_status).
-_EVENT_STATUS: dict[str, SessionStatus] = {
-    "checkout.session.async_payment_succeeded": SessionStatus.COMPLETED,
-    "checkout.session.async_payment_failed": SessionStatus.FAILED,
-    "checkout.session.expired": SessionStatus.EXPIRED,
-}
+#: gateway methods whose Stripe method can be saved and charged with the customer absent
+SAVABLE_METHODS = frozenset({"card", "apple_pay", "google_pay", "sepa_debit"})
 
-
-def sign_payload(secret: str, timestamp: int, raw_body: bytes) -> str:
-    """The hex ``v1`` signature of ``raw_body`` sent at ``timestamp``."""
-    signed = str(timestamp).encode() + b"." + raw_body
-    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-
-
-def verify_signature(
-    secret: str,
-    signature_header: str,
-    raw_body: bytes,
-    *,
-    now: float,
-    tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
-) -> int:
-    """Check a ``Stripe-Signature`` header against ``raw_body``; returns its timestamp.
-
-    Accepts when any ``v1`` matches (constant-time compare) and the timestamp is within
-    ``tolerance`` seconds of ``now`` (either side); raises WebhookVerificationError otherwise.
-    """
-    timestamp, signatures = _parse_signature_header(signature_header)
-    if abs(now - timestamp) > tolerance:
-        raise WebhookVerificationError("stripe", "signature timestamp outside tolerance")
-    expected = sign_payload(secret, timestamp, raw_body)
-    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
-        raise WebhookVerificationError("stripe", "no matching v1 signature")
-    return timestamp
-
-
-def _id_of(value: Any) -> str | None:
-    """An expandable field: an id string, or an expanded object's ``id``."""
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, Mapping) and isinstance(value.get("id"), str):
-        return str(value["id"])
-    return None
-
-
-def _status(event_type: str, session: Mapping[str, Any]) -> SessionStatus | None:
-    if event_type == "checkout.session.completed":
-        # paid = money is there; unpaid (async methods) or no_payment_required stay pending.
-        paid = session.get("payment_status") == "paid"
-        return SessionStatus.COMPLETED if paid else SessionStatus.PROCESSING
-    return _EVENT_STATUS.get(event_type)
-
-
-def event_from_payload(payload: Mapping[str, Any]) -> ProviderEvent:
-    """Map a verified Stripe event onto a :class:`ProviderEvent`."""
-    event_id, event_type = payload.get("id"), payload.get("type")
-    if not isinstance(event_id, str) or not isinstance(event_type, str):
-        raise WebhookVerificationError("stripe", "event lacks id or type")
-    data = payload.get("data")
-    obj = data.get("object") if isinstance(data, Mapping) else None
-    obj = obj if isinstance(obj, Mapping) else {}
-    is_session = obj.get("object") == "checkout.session"
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    assert isinstance(metadata, Mapping)
-    intent = obj.get("payment_intent")
-    payment_method = _id_of(intent.get("payment_method")) if isinstance(intent, Mapping) else None
-    created = payload.get("created")
-    extra = {
-        key: str(value)
-        for key, value in (
-            ("payment_status", obj.get("payment_status")),
-            ("payment_intent", _id_of(intent)),
-            ("order_reference", metadata.get("order_reference")),
-            ("saved_method", metadata.get("gateway_saved_method")),
-            ("livemode", payload.get("livemode")),
-        )
-        if value is not None
-    }
-    failure = "async_payment_failed" if event_type.endswith("async_payment_failed") else None
-    money = from_stripe_minor(obj.get("amount_total"), obj.get("currency")) if is_session else None
-    return ProviderEvent(
-        provider="stripe",
-        event_id=event_id,
-        event_type=event_type,
-        reference=_id_of(obj.get("id")) if is_session else None,
-        session_id=str(metadata["gateway_session_id"])
-        if isinstance(metadata.get("gateway_session_id"), str)
-        else None,
-        status=_status(event_type, obj) if is_session else None,
-        occurred_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
-        failure_reason=failure,
-        customer_id=_id_of(obj.get("customer")),
-        payment_id=_id_of(intent),
-        payment_method_id=payment_method,
-        extra=extra,
-        amount=money[0] if money else None,
-        currency=money[1] if money else None,
-    )
+#: what a PaymentIntent create may answer besides 200: 402, a card decline (an outcome)
+_DECLINE = 402
 
 
 class StripeAdapter:
@@ -217,6 +142,8 @@ class StripeAdapter:
             return f"Stripe offers {method} only in {', '.join(sorted(allowed))}"
         if request.captureMethod == "manual" and method in AUTOMATIC_CAPTURE_ONLY:
             return f"Stripe cannot capture {method} payments manually"
+        if request.sessionType in ("setup", "next_in_series") and method not in SAVABLE_METHODS:
+            return f"Stripe cannot save {method} for payments without the customer"
         amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
         amounts += [item.unitPrice for item in request.lines]
         return amount_problem(request.currency, amounts)
@@ -237,19 +164,15 @@ class StripeAdapter:
         except ValueError as exc:
             raise FlowNotSupported(self.name, str(exc)) from None
         try:
-            result = await self._http.request(
-                "POST",
-                f"{self.config.base_url}/v1/checkout/sessions",
+            result = await self._post(
+                "/v1/checkout/sessions",
+                params,
+                idempotency_key=data.idempotency_key,
                 timeout=timeout,
-                headers=self._headers(data.idempotency_key),
-                data=encode_form(params),
                 operation="create_session",
                 request_id=data.request_id,
             )
         except ProviderRejected as exc:
-            if exc.code == "idempotency_key_in_use" or exc.code == "idempotency_error":
-                in_flight = exc.code == "idempotency_key_in_use"
-                raise ProviderKeyConflict(self.name, exc.reason, in_flight=in_flight) from exc
             if exc.status == 400 and exc.issue == "expires_at":
                 raise RequestExpired(self.name, exc.reason, exc.status, exc.code) from exc
             raise
@@ -288,7 +211,9 @@ class StripeAdapter:
     async def parse_webhook(
         self, headers: Mapping[str, str], raw_body: bytes
     ) -> list[ProviderEvent]:
-        """Verify ``Stripe-Signature`` over the raw body and map the event."""
+        """Verify ``Stripe-Signature`` over the raw body and map the event
+        (:mod:`providers.stripe.webhooks`); a saved method the event only names through its
+        PaymentIntent or SetupIntent is looked up."""
         secret = self.config.webhook_secret
         if not secret:
             raise WebhookVerificationError(self.name, "no webhook secret configured")
@@ -302,29 +227,154 @@ class StripeAdapter:
             raise WebhookVerificationError(self.name, "body is not JSON") from None
         if not isinstance(payload, dict):
             raise WebhookVerificationError(self.name, "body is not a JSON object")
-        event = event_from_payload(payload)
+        return [await self._with_saved_method(event) for event in events_from_payload(payload)]
+
+    async def _with_saved_method(self, event: ProviderEvent) -> ProviderEvent:
         wanted = event.extra.get("saved_method") and event.customer_id
-        if wanted and event.payment_method_id is None and event.payment_id:
-            method = await self._payment_method_of(event.payment_id)
-            event = replace(event, payment_method_id=method)
-        return [event]
+        if not wanted or event.payment_method_id is not None:
+            return event
+        setup_intent = event.extra.get("setup_intent")
+        if setup_intent:
+            method = await self._payment_method_of("setup_intents", setup_intent)
+        elif event.payment_id:
+            method = await self._payment_method_of("payment_intents", event.payment_id)
+        else:
+            return event
+        return replace(event, payment_method_id=method)
 
-    async def _payment_method_of(self, intent_id: str) -> str | None:
-        """``GET /v1/payment_intents/{id}``: the (saved) payment method of a PaymentIntent.
+    async def _payment_method_of(self, kind: str, intent_id: str) -> str | None:
+        """``GET /v1/{payment_intents|setup_intents}/{id}``: the (saved) payment method.
 
-        Checkout Session events name the PaymentIntent only; a failure here is retryable
-        (the webhook answers 503 and Stripe sends it again).
+        Checkout Session events name the intent only; a failure here is retryable (the webhook
+        answers 503 and Stripe sends it again).
         """
         result = await self._http.request(
             "GET",
-            f"{self.config.base_url}/v1/payment_intents/{quote(intent_id, safe='')}",
+            f"{self.config.base_url}/v1/{kind}/{quote(intent_id, safe='')}",
             timeout=self.webhook_lookup_timeout,
             headers={
                 "Authorization": f"Bearer {self.config.api_key}",
                 "Stripe-Version": STRIPE_API_VERSION,
             },
+            operation="webhook_lookup",
         )
-        return _id_of(self._object(result.body, result.status).get("payment_method"))
+        return id_of(self._object(result.body, result.status).get("payment_method"))
+
+    # after the checkout (PaymentOperations) ---------------------------------------------------
+
+    async def charge_saved(self, data: ChargeInput, *, timeout: float) -> PaymentOutcome:
+        """``POST /v1/payment_intents`` with ``confirm=true, off_session=true``: charge (or,
+        with ``captureMethod`` manual, authorize) the saved method; a card decline is a FAILED
+        outcome with Stripe's ``decline_code`` (or ``code``)."""
+        problem = self.eligibility_problem(data.request)
+        if problem:
+            raise FlowNotSupported(self.name, problem)
+        result = await self._post(
+            "/v1/payment_intents",
+            charge_params(data),
+            idempotency_key=data.idempotency_key,
+            timeout=timeout,
+            operation="charge_saved",
+            request_id=data.request_id,
+            expected=(200, _DECLINE),
+        )
+        payload = self._object(result.body, result.status)
+        if result.status == _DECLINE:
+            error = payload.get("error")
+            outcome = decline_outcome(error) if isinstance(error, dict) else None
+            if outcome is None:  # a 402 that is not a card decline: a refusal as any other
+                self._http.check(result, (200,))
+                raise ProviderUnavailable(self.name, "unreadable 402 answer", result.status)
+            return outcome
+        return self._intent(payload, result.status)
+
+    async def capture_payment(
+        self,
+        payment: PaymentReference,
+        amount: Decimal,
+        *,
+        idempotency_key: str,
+        timeout: float,
+    ) -> PaymentOutcome:
+        """``POST /v1/payment_intents/{id}/capture`` with ``amount_to_capture`` (Stripe releases
+        the rest of a partial capture)."""
+        result = await self._post(
+            f"/v1/payment_intents/{self._intent_id(payment)}/capture",
+            capture_params(amount, payment.currency),
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            operation="capture_payment",
+        )
+        return self._intent(self._object(result.body, result.status), result.status)
+
+    async def void_payment(
+        self, payment: PaymentReference, *, idempotency_key: str, timeout: float
+    ) -> PaymentOutcome:
+        """``POST /v1/payment_intents/{id}/cancel``: release the authorization."""
+        result = await self._post(
+            f"/v1/payment_intents/{self._intent_id(payment)}/cancel",
+            {},
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            operation="void_payment",
+        )
+        return self._intent(self._object(result.body, result.status), result.status)
+
+    async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
+        """``POST /v1/refunds`` of the PaymentIntent, with the gateway's refund and session ids
+        in ``metadata`` (the refund webhooks echo them)."""
+        result = await self._post(
+            "/v1/refunds",
+            refund_params(data),
+            idempotency_key=data.idempotency_key,
+            timeout=timeout,
+            operation="refund_payment",
+        )
+        payload = self._object(result.body, result.status)
+        if not isinstance(payload.get("id"), str):
+            raise ProviderUnavailable(self.name, "refund answer lacks an id", result.status)
+        return refund_outcome(payload)
+
+    def _intent_id(self, payment: PaymentReference) -> str:
+        intent = payment.payment_id or payment.session_reference
+        if not intent or not intent.startswith("pi_"):
+            raise FlowNotSupported(self.name, "the payment has no Stripe PaymentIntent")
+        return quote(intent, safe="")
+
+    def _intent(self, payload: dict[str, Any], status: int) -> PaymentOutcome:
+        if not isinstance(payload.get("id"), str) or not isinstance(payload.get("status"), str):
+            raise ProviderUnavailable(self.name, "PaymentIntent answer lacks id or status", status)
+        return intent_outcome(payload)
+
+    async def _post(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        *,
+        idempotency_key: str,
+        timeout: float,
+        operation: str,
+        request_id: str | None = None,
+        expected: tuple[int, ...] = (200,),
+    ) -> HttpResult:
+        """One form POST under ``idempotency_key``; Stripe's refusals of the key itself are
+        :class:`ProviderKeyConflict` (in flight: 409 ``idempotency_key_in_use``)."""
+        try:
+            return await self._http.request(
+                "POST",
+                f"{self.config.base_url}{path}",
+                timeout=timeout,
+                headers=self._headers(idempotency_key),
+                data=encode_form(params),
+                operation=operation,
+                request_id=request_id,
+                expected=expected,
+            )
+        except ProviderRejected as exc:
+            if exc.code in ("idempotency_key_in_use", "idempotency_error"):
+                in_flight = exc.code == "idempotency_key_in_use"
+                raise ProviderKeyConflict(self.name, exc.reason, in_flight=in_flight) from exc
+            raise
 
     def webhook_answer(self) -> WebhookAnswer:
         """Stripe only needs a 2xx; it shows the body in the dashboard."""
@@ -338,33 +388,3 @@ class StripeAdapter:
         if not isinstance(payload, dict):
             raise ProviderUnavailable(self.name, "answer is not a JSON object", status)
         return payload
-
-
-#: a Unix time of at most 12 ASCII digits: int() alone takes 4,000 digits (and Unicode digits),
-#: and a number that large cannot be compared with the clock
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
-_HEX = re.compile(r"[0-9a-fA-F]{1,128}")
-
-
-def _parse_signature_header(value: str) -> tuple[int, list[str]]:
-    """The timestamp and the ``v1`` signatures; any malformed part is a verification error."""
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in value.split(","):
-        key, sep, item = part.strip().partition("=")
-        if not sep:
-            continue
-        item = item.strip()
-        if key == "t":
-            if not _TIMESTAMP.fullmatch(item):
-                raise WebhookVerificationError("stripe", "malformed timestamp")
-            timestamp = int(item)
-        elif key == "v1" and item:
-            if not _HEX.fullmatch(item):
-                raise WebhookVerificationError("stripe", "malformed v1 signature")
-            signatures.append(item)
-    if timestamp is None:
-        raise WebhookVerificationError("stripe", "signature header lacks a timestamp")
-    if not signatures:
-        raise WebhookVerificationError("stripe", "signature header lacks a v1 signature")
-    return timestamp, signatures

@@ -215,6 +215,8 @@ def build_create_params(data: CreateSessionInput, now: datetime) -> dict[str, An
         "merchant_id": data.merchant_id,
     }
     metadata.update(_merchant_metadata(request.additionalInformation, len(metadata)))
+    if request.sessionType == "setup":
+        return _setup_params(data, metadata, now)
     params: dict[str, Any] = {
         "mode": "payment",
         "ui_mode": "hosted_page",
@@ -254,6 +256,34 @@ def build_create_params(data: CreateSessionInput, now: datetime) -> dict[str, An
     total = sum(i["price_data"]["unit_amount"] * i["quantity"] for i in items) + shipping
     if total != minor(request.amount.total):
         raise ValueError("Stripe line items would not add up to amount.total")
+    return params
+
+
+def _setup_params(
+    data: CreateSessionInput, metadata: dict[str, str], now: datetime
+) -> dict[str, Any]:
+    """``mode=setup``: the hosted page saves a method for customer-absent use and charges
+    nothing (no line items; ``currency`` names the currency of the later charges)."""
+    request = data.request
+    if request.amount.total != 0:
+        raise ValueError("a Stripe setup session charges nothing: amount.total must be 0")
+    metadata["gateway_saved_method"] = "off_session"
+    params: dict[str, Any] = {
+        "mode": "setup",
+        "ui_mode": "hosted_page",
+        "currency": request.currency.lower(),
+        "client_reference_id": request.orderReference,
+        "metadata": metadata,
+        "setup_intent_data": {"metadata": dict(metadata)},
+        "customer_creation": "always",
+        "success_url": request.return_urls.success,
+        "cancel_url": request.return_urls.failure,
+        "expires_at": int(clamp_expiry(data.expires_at, now).timestamp()),
+        "locale": stripe_locale(request.locale),
+        "allowed_payment_method_types": [STRIPE_PAYMENT_METHODS[request.paymentMethod]],
+    }
+    if request.customer is not None and request.customer.email:
+        params["customer_email"] = str(request.customer.email)
     return params
 
 

@@ -17,6 +17,7 @@ from gateway.domain.session import SessionStatus
 from gateway.settings import SANDBOX_SECRETS
 from providers.base import (
     FlowNotSupported,
+    PaymentOperations,
     ProviderAdapter,
     ProviderKeyConflict,
     ProviderRateLimited,
@@ -75,7 +76,15 @@ def test_implements_the_adapter_protocol(adapter: StripeAdapter) -> None:
         "ideal",
         "sepa_debit",
     }
-    assert adapter.capabilities.session_types == {"one_time", "first_in_series"}
+    assert adapter.capabilities.session_types == {
+        "one_time",
+        "first_in_series",
+        "setup",
+        "next_in_series",
+    }
+    assert isinstance(adapter, PaymentOperations)
+    assert adapter.capabilities.partial_capture is True
+    assert adapter.capabilities.authorization_days == 7
 
 
 async def test_seed_request_conforms_to_the_spec_and_serves_a_pay_page(
