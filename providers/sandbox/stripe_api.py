@@ -1,18 +1,23 @@
-"""Stripe emulation: ``/stripe/v1/checkout/sessions`` close enough that the adapter cannot tell.
+"""Stripe emulation: ``/stripe/v1/...`` close enough that the adapter cannot tell.
 
 Implements Bearer (or Basic) secret-key auth, bracketed form bodies, Stripe's idempotency rules
-(same key + same parameters replays the saved answer with ``Idempotent-Replayed: true``; other
-parameters -> 400 ``idempotency_error``; a concurrent request with the key -> 409; answers that
-failed validation are not saved), errors in Stripe's ``{"error": {...}}`` shape, the
-``checkout.session`` object, ``/expire``, and signed ``checkout.session.*`` webhooks.
+on every POST (same key + same parameters replays the saved answer with
+``Idempotent-Replayed: true``; other parameters -> 400 ``idempotency_error``; a concurrent
+request with the key -> 409; answers that failed validation are not saved), errors in Stripe's
+``{"error": {...}}`` shape, the ``checkout.session`` object (``mode`` payment or setup),
+``/expire``, the PaymentIntent, SetupIntent and Refund calls of
+:mod:`providers.sandbox.stripe_payments`, and signed webhooks (``checkout.session.*``,
+``payment_intent.*``, ``refund.updated``, ``charge.refunded``), delivered in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,6 +26,18 @@ import orjson
 from aiohttp import web
 
 from providers.sandbox.state import SandboxSession, SandboxState
+from providers.sandbox.stripe_payments import (
+    cancel_intent,
+    capture_intent,
+    charge_object,
+    create_intent,
+    create_refund,
+    intent_of,
+    ledger,
+    record_hosted_payment,
+    refunds_of,
+    setup_intent_of,
+)
 from providers.sandbox.stripe_wire import (
     StripeError,
     create_object,
@@ -30,8 +47,8 @@ from providers.sandbox.stripe_wire import (
     token,
     validate_params,
 )
-from providers.stripe.adapter import sign_payload
 from providers.stripe.transformers import STRIPE_API_VERSION, stripe_exponent
+from providers.stripe.webhooks import sign_payload
 
 __all__ = ["error_body", "notify", "register"]
 
@@ -77,21 +94,68 @@ def _authorised(request: web.Request, api_key: str) -> bool:
     return False
 
 
+#: a POST handler behind :meth:`_Api._idempotent`: (request, form body) -> answer
+_Action = Callable[[web.Request, str], Awaitable[web.Response]]
+
+
 def _fingerprint(request: web.Request, body: str) -> str:
     pairs = sorted(parse_qsl(body, keep_blank_values=True))
     canon = orjson.dumps([request.method, request.path, pairs])
     return hashlib.sha256(canon).hexdigest()
 
 
+class _Events:
+    """Signed Stripe events, delivered one after the other in the order they were made (a
+    capture's event never overtakes the authorization's), after the answer that caused them."""
+
+    def __init__(self, state: SandboxState) -> None:
+        self.state = state
+        self._last: asyncio.Future[None] | None = None
+
+    def send(self, event_type: str, obj: dict[str, Any]) -> None:
+        """Deliver ``obj`` as it is now as an event of ``event_type``."""
+        body = orjson.dumps(_event(event_type, obj))
+
+        async def deliver() -> None:
+            await _post_event(self.state, body)
+
+        self.later(deliver)
+
+    def later(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` after every step queued before it has finished (or failed)."""
+        previous = self._last
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last = done
+
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    await asyncio.shield(previous)
+                await step()
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        self.state.send_later(PROVIDER, run)
+
+
 class _Api:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
+        self.events = _Events(state)
+        state.extensions[f"{PROVIDER}_events"] = self.events
 
     def _check_auth(self, request: web.Request) -> None:
         if not _authorised(request, self.state.config.secret(PROVIDER, "api_key")):
             raise StripeError(401, "Invalid API Key provided.", code="api_key_invalid")
 
     async def create(self, request: web.Request) -> web.Response:
+        """``POST /v1/checkout/sessions``."""
+        return await self._idempotent(request, self._create)
+
+    async def _idempotent(self, request: web.Request, action: _Action) -> web.Response:
+        """Authenticate, read the form body and run ``action`` under Stripe's idempotency
+        rules (the ``Idempotency-Key`` header)."""
         try:
             self._check_auth(request)
             if request.content_type != "application/x-www-form-urlencoded":
@@ -103,7 +167,7 @@ class _Api:
             return _error(StripeError(400, "Request body is not valid UTF-8"))
         key = request.headers.get("Idempotency-Key")
         if key is None:
-            return await self._create(request, body)
+            return await action(request, body)
         if len(key) > 255:
             return _error(
                 StripeError(400, "Idempotency-Key is too long (max 255)", type_="idempotency_error")
@@ -143,11 +207,13 @@ class _Api:
                 headers={**record.headers, "Idempotent-Replayed": "true"},
             )
         self.state.idempotency_begin(PROVIDER, key, fingerprint)
-        return await self.state.detached(self._create_keyed(request, body, key))
+        return await self.state.detached(self._keyed(request, body, key, action))
 
-    async def _create_keyed(self, request: web.Request, body: str, key: str) -> web.Response:
+    async def _keyed(
+        self, request: web.Request, body: str, key: str, action: _Action
+    ) -> web.Response:
         try:
-            response = await self._create(request, body)
+            response = await action(request, body)
         except BaseException:
             self.state.idempotency_abandon(PROVIDER, key)
             raise
@@ -184,7 +250,7 @@ class _Api:
             SandboxSession(
                 provider=PROVIDER,
                 id=session_id,
-                amount=obj["amount_total"],
+                amount=obj["amount_total"] or 0,
                 currency=obj["currency"],
                 success_url=str(params["success_url"]),
                 failure_url=str(params.get("cancel_url") or params["success_url"]),
@@ -194,6 +260,7 @@ class _Api:
                 raw_request=params,
                 minor_exponent=stripe_exponent(obj["currency"]),
                 extra={"object": obj},
+                saves_only=obj["mode"] == "setup",
             )
         )
         return _answer(200, obj)
@@ -217,21 +284,91 @@ class _Api:
             return _error(exc)
 
     async def payment_intent(self, request: web.Request) -> web.Response:
-        """``GET /v1/payment_intents/{id}`` of a paid or declined checkout session."""
+        """``GET /v1/payment_intents/{id}``: of the ledger, or of a declined checkout."""
         try:
             self._check_auth(request)
             wanted = request.match_info["id"]
+            found = ledger(self.state).intents.get(wanted)
+            if found is not None:
+                return _answer(200, found)
             for session in self.state.sessions.get(PROVIDER, {}).values():
                 if session.extra.get("payment_intent") == wanted:
                     return _answer(200, payment_intent_object(session))
-            raise StripeError(
-                404,
-                f"No such payment_intent: '{wanted}'",
-                code="resource_missing",
-                param="intent",
-            )
+            return _answer(200, intent_of(self.state, wanted))
         except StripeError as exc:
             return _error(exc)
+
+    async def setup_intent(self, request: web.Request) -> web.Response:
+        """``GET /v1/setup_intents/{id}`` of a completed setup session."""
+        try:
+            self._check_auth(request)
+            return _answer(200, setup_intent_of(self.state, request.match_info["id"]))
+        except StripeError as exc:
+            return _error(exc)
+
+    # after the checkout ---------------------------------------------------------------------
+
+    async def _run(
+        self, work: Callable[[dict[str, Any]], dict[str, Any]], body: str
+    ) -> web.Response:
+        await self.state.processing_delay(PROVIDER)
+        try:
+            return _answer(200, work(decode_form(body)))
+        except StripeError as exc:
+            return _error(exc)
+
+    async def create_intent(self, request: web.Request) -> web.Response:
+        """``POST /v1/payment_intents`` (confirm, off_session)."""
+
+        async def act(request: web.Request, body: str) -> web.Response:
+            return await self._run(lambda p: create_intent(self.state, p, self.events.send), body)
+
+        return await self._idempotent(request, act)
+
+    async def capture(self, request: web.Request) -> web.Response:
+        """``POST /v1/payment_intents/{id}/capture``."""
+        intent = request.match_info["id"]
+
+        async def act(request: web.Request, body: str) -> web.Response:
+            return await self._run(
+                lambda p: capture_intent(self.state, intent, p, self.events.send), body
+            )
+
+        return await self._idempotent(request, act)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """``POST /v1/payment_intents/{id}/cancel``."""
+        intent = request.match_info["id"]
+
+        async def act(request: web.Request, body: str) -> web.Response:
+            return await self._run(
+                lambda p: cancel_intent(self.state, intent, p, self.events.send), body
+            )
+
+        return await self._idempotent(request, act)
+
+    async def refund(self, request: web.Request) -> web.Response:
+        """``POST /v1/refunds``: pending now; it succeeds a moment later (by webhook)."""
+
+        async def act(request: web.Request, body: str) -> web.Response:
+            return await self._run(lambda p: create_refund(self.state, p, self._settle), body)
+
+        return await self._idempotent(request, act)
+
+    def _settle(self, refund: dict[str, Any]) -> None:
+        """Let a pending refund succeed after the answer, and report it."""
+        state = self.state
+
+        async def settle() -> None:
+            stored = ledger(state).refunds[refund["id"]]
+            stored["status"] = "succeeded"
+            intent = ledger(state).intents[stored["payment_intent"]]
+            self.events.send("refund.updated", stored)
+            self.events.send(
+                "charge.refunded", charge_object(intent, refunds_of(state, intent["id"]))
+            )
+
+        self.events.later(settle)
 
     async def expire(self, request: web.Request) -> web.Response:
         try:
@@ -252,6 +389,11 @@ def register(app: web.Application, state: SandboxState) -> None:
     """Add the Stripe routes under ``/stripe/v1/...``."""
     api = _Api(state)
     app.router.add_get("/stripe/v1/payment_intents/{id}", api.payment_intent)
+    app.router.add_get("/stripe/v1/setup_intents/{id}", api.setup_intent)
+    app.router.add_post("/stripe/v1/payment_intents", api.create_intent)
+    app.router.add_post("/stripe/v1/payment_intents/{id}/capture", api.capture)
+    app.router.add_post("/stripe/v1/payment_intents/{id}/cancel", api.cancel)
+    app.router.add_post("/stripe/v1/refunds", api.refund)
     app.router.add_post("/stripe/v1/checkout/sessions", api.create)
     app.router.add_get("/stripe/v1/checkout/sessions/{id}", api.retrieve)
     app.router.add_post("/stripe/v1/checkout/sessions/{id}/expire", api.expire)
@@ -265,28 +407,26 @@ _EVENT_TYPES = {
 }
 
 
-def event_payload(session: SandboxSession, outcome: str) -> dict[str, Any]:
-    """The Stripe event the sandbox sends for ``outcome``."""
+def _event(event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": token("evt_test_"),
         "object": "event",
         "api_version": STRIPE_API_VERSION,
         "created": int(time.time()),
-        "data": {"object": session_object(session)},
+        "data": {"object": obj},
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
-        "type": _EVENT_TYPES[outcome],
+        "type": event_type,
     }
 
 
-async def notify(state: SandboxState, session: SandboxSession, outcome: str) -> None:
-    """Sign (``Stripe-Signature``) and POST the event for ``outcome`` to the gateway.
+def event_payload(session: SandboxSession, outcome: str) -> dict[str, Any]:
+    """The Stripe event the sandbox sends for ``outcome``."""
+    return _event(_EVENT_TYPES[outcome], session_object(session))
 
-    Stripe has no "cancelled" session event: a cancelled (abandoned) session is expired, as a
-    merchant's cancel page would do with ``/expire``, and ``checkout.session.expired`` is sent.
-    """
-    body = orjson.dumps(event_payload(session, outcome))
+
+async def _post_event(state: SandboxState, body: bytes) -> None:
     timestamp = int(time.time())
     signature = sign_payload(state.config.secret(PROVIDER, "webhook_secret"), timestamp, body)
     headers = {
@@ -295,3 +435,21 @@ async def notify(state: SandboxState, session: SandboxSession, outcome: str) -> 
         "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
     }
     await state.send_webhook(PROVIDER, body, headers)
+
+
+async def notify(state: SandboxState, session: SandboxSession, outcome: str) -> None:
+    """Sign (``Stripe-Signature``) and POST the event for ``outcome`` to the gateway.
+
+    Stripe has no "cancelled" session event: a cancelled (abandoned) session is expired, as a
+    merchant's cancel page would do with ``/expire``, and ``checkout.session.expired`` is sent.
+    A paid session's PaymentIntent (or a saved setup's SetupIntent) is recorded first; an
+    authorization for a manual capture is then reported by
+    ``payment_intent.amount_capturable_updated``, after the session's own event.
+    """
+    follow = record_hosted_payment(state, session) if outcome == "paid" else []
+    await _post_event(state, orjson.dumps(event_payload(session, outcome)))
+    intent_id = session.extra.get("payment_intent")
+    for event_type in follow:
+        intent = ledger(state).intents.get(str(intent_id))
+        if intent is not None:
+            await _post_event(state, orjson.dumps(_event(event_type, intent)))

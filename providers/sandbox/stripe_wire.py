@@ -55,6 +55,7 @@ class StripeError(Exception):
         type_: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -63,6 +64,8 @@ class StripeError(Exception):
             self.body["code"] = code
         if param:
             self.body["param"] = param
+        #: further error fields (a decline's ``decline_code``, ``charge``, ``payment_intent``)
+        self.body.update(extra or {})
 
 
 def token(prefix: str, length: int = 24) -> str:
@@ -189,8 +192,18 @@ def validate_params(params: dict[str, Any], now: int) -> None:
             code="parameter_unknown",
             param=unknown[0],
         )
-    if params.get("mode", "payment") != "payment":
-        raise StripeError(400, "The sandbox emulates mode=payment only.", param="mode")
+    mode = params.get("mode", "payment")
+    if mode not in ("payment", "setup"):
+        raise StripeError(400, "The sandbox emulates mode=payment and mode=setup.", param="mode")
+    if mode == "setup":
+        for name in ("line_items", "payment_intent_data", "shipping_options"):
+            if name in params:
+                raise StripeError(400, f"You cannot pass `{name}` in `setup` mode.", param=name)
+        _require(params, "currency", "currency")
+    elif "setup_intent_data" in params:
+        raise StripeError(
+            400, "You can only pass `setup_intent_data` in `setup` mode.", param="setup_intent_data"
+        )
     if params.get("ui_mode", "hosted_page") != "hosted_page":
         raise StripeError(400, "The sandbox emulates ui_mode=hosted_page only.", param="ui_mode")
     _require(params, "success_url", "success_url")
@@ -217,18 +230,26 @@ def validate_params(params: dict[str, Any], now: int) -> None:
 def session_object(session: SandboxSession) -> dict[str, Any]:
     """The ``checkout.session`` object as it is now."""
     obj: dict[str, Any] = dict(session.extra["object"])
+    unpaid = "no_payment_required" if obj.get("mode") == "setup" else "unpaid"
     if session.status == "open":
-        obj["status"], obj["payment_status"] = "open", "unpaid"
+        obj["status"], obj["payment_status"] = "open", unpaid
+    elif session.status == "paid" and obj.get("mode") == "setup":
+        obj["status"], obj["payment_status"] = "complete", "no_payment_required"
+        obj["setup_intent"] = session.extra.setdefault("setup_intent", token("seti_"))
+        obj["customer"] = session.extra.setdefault("customer", token("cus_"))
     elif session.status == "paid":
-        obj["status"], obj["payment_status"] = "complete", "paid"
+        intent_data = (session.raw_request or {}).get("payment_intent_data") or {}
+        # an authorization for a manual capture is not money in the account yet
+        manual = intent_data.get("capture_method") == "manual"
+        obj["status"], obj["payment_status"] = "complete", "unpaid" if manual else "paid"
         obj["payment_intent"] = session.extra.setdefault("payment_intent", token("pi_"))
         if (session.raw_request or {}).get("customer_creation") == "always":
             obj["customer"] = session.extra.setdefault("customer", token("cus_"))
     elif session.status == "declined":
-        obj["status"], obj["payment_status"] = "complete", "unpaid"
+        obj["status"], obj["payment_status"] = "complete", unpaid
         obj["payment_intent"] = session.extra.setdefault("payment_intent", token("pi_"))
     else:  # cancelled or expired: Stripe has no "cancelled", the session is expired
-        obj["status"], obj["payment_status"], obj["url"] = "expired", "unpaid", None
+        obj["status"], obj["payment_status"], obj["url"] = "expired", unpaid, None
     return obj
 
 
@@ -255,7 +276,13 @@ def payment_intent_object(session: SandboxSession) -> dict[str, Any]:
 
 
 def create_object(session_id: str, params: dict[str, Any], url: str, now: int) -> dict[str, Any]:
-    currency, subtotal, shipping = _amounts(params)
+    setup = params.get("mode") == "setup"
+    if setup:
+        currency, subtotal, shipping = str(params["currency"]), 0, 0
+        if not re.fullmatch(r"[a-z]{3}", currency) or not is_active_currency(currency.upper()):
+            raise StripeError(400, f"Invalid currency: {currency}.", param="currency")
+    else:
+        currency, subtotal, shipping = _amounts(params)
     allowed = params.get("allowed_payment_method_types") or ["card"]
     option = (params.get("shipping_options") or [None])[0]
     rate = token("shr_") if option else None
@@ -266,8 +293,8 @@ def create_object(session_id: str, params: dict[str, Any], url: str, now: int) -
         "after_expiration": None,
         "allow_promotion_codes": None,
         "allowed_payment_method_types": allowed,
-        "amount_subtotal": subtotal,
-        "amount_total": subtotal + shipping,
+        "amount_subtotal": None if setup else subtotal,
+        "amount_total": None if setup else subtotal + shipping,
         "automatic_tax": {"enabled": False, "liability": None, "status": None, "provider": None},
         "billing_address_collection": None,
         "cancel_url": params.get("cancel_url"),
@@ -297,14 +324,14 @@ def create_object(session_id: str, params: dict[str, Any], url: str, now: int) -
         "livemode": False,
         "locale": params.get("locale"),
         "metadata": params.get("metadata") or {},
-        "mode": "payment",
+        "mode": "setup" if setup else "payment",
         "payment_intent": None,
         "payment_link": None,
         "payment_method_collection": "if_required",
         "payment_method_configuration_details": None,
         "payment_method_options": {},
         "payment_method_types": allowed,
-        "payment_status": "unpaid",
+        "payment_status": "no_payment_required" if setup else "unpaid",
         "phone_number_collection": {"enabled": False},
         "recovered_from": None,
         "saved_payment_method_options": None,
