@@ -144,6 +144,8 @@ class StripeAdapter:
             return f"Stripe cannot capture {method} payments manually"
         if request.sessionType in ("setup", "next_in_series") and method not in SAVABLE_METHODS:
             return f"Stripe cannot save {method} for payments without the customer"
+        if request.sessionType == "next_in_series" and request.amount.total <= 0:
+            return "Stripe charges a saved method only for a positive amount"
         amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
         amounts += [item.unitPrice for item in request.lines]
         return amount_problem(request.currency, amounts)

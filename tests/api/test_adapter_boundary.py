@@ -18,7 +18,7 @@ from gateway.appkeys import ADAPTERS
 from gateway.idempotency import session_id_for
 from gateway.settings import SANDBOX_SECRETS
 from providers.base import AdapterFault, ProviderTimeout, adapter_fault
-from providers.stripe.adapter import sign_payload
+from providers.stripe.webhooks import sign_payload
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_failover import admin, fault
 from tests.api.test_retry_after_timeout import until

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from gateway.settings import SANDBOX_SECRETS
 from providers.sandbox.paypal_api import send_event
 from providers.sandbox.state import FaultSettings
-from providers.stripe.adapter import sign_payload
+from providers.stripe.webhooks import sign_payload
 from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_loop import payment_counts, wait_for

@@ -20,7 +20,7 @@ from gateway.settings import SANDBOX_SECRETS
 from providers.adyen.transformers import hmac_signature
 from providers.base import CAPTURE, ApprovalCompleter, WebhookVerificationError
 from providers.sandbox.paypal_api import paypal_sandbox
-from providers.stripe.adapter import sign_payload, verify_signature
+from providers.stripe.webhooks import sign_payload, verify_signature
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_loop import read_when, wait_for
 from tests.providers.hosted_inputs import Received, press

@@ -13,7 +13,7 @@ import orjson
 
 from gateway.domain.models import CheckoutRequest, parse_checkout_request, semantic_problems
 from providers.base import CreateSessionInput
-from providers.stripe.adapter import sign_payload
+from providers.stripe.webhooks import sign_payload
 
 SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed_request.json"
 

@@ -14,7 +14,7 @@ from gateway.domain.session import SessionStatus
 from providers.adyen.adapter import event_from_item
 from providers.base import AUTHORIZE, CAPTURE
 from providers.paypal.transformers import PAYMENT_STATUS, completion_event, event_from_paypal
-from providers.stripe.adapter import event_from_payload
+from providers.stripe.webhooks import event_from_payload
 
 S = SessionStatus
 

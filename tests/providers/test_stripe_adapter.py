@@ -26,13 +26,14 @@ from providers.base import (
     ProviderUnavailable,
     WebhookVerificationError,
 )
-from providers.stripe.adapter import StripeAdapter, sign_payload, verify_signature
+from providers.stripe.adapter import StripeAdapter
 from providers.stripe.transformers import (
     STRIPE_API_VERSION,
     clamp_expiry,
     stripe_locale,
     to_stripe_minor,
 )
+from providers.stripe.webhooks import sign_payload, verify_signature
 from tests.contracts.spec_validator import load_spec, stripe_form_to_dict
 from tests.contracts.strict_sandbox import ServerFactory, StrictSandbox, start_strict_sandbox
 from tests.providers.stripe_support import (

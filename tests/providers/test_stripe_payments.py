@@ -281,9 +281,37 @@ async def test_idempotent_charge_retry_charges_once(
     assert len(ledger(sandbox.state).intents) == 1
 
 
-async def test_next_in_series_needs_a_savable_method(adapter: StripeAdapter) -> None:
-    with pytest.raises(FlowNotSupported):
-        await adapter.charge_saved(charge("cus_1", "pm_1", paymentMethod="ideal"), timeout=5)
+async def test_concurrent_retry_meets_the_charge_in_flight(
+    sandbox: StrictSandbox, adapter: StripeAdapter, sink: WebhookSink
+) -> None:
+    customer, method = await mandate(adapter, sink)
+    await set_fault(sandbox, "stripe", processingMs=300)
+    data = charge(customer, method, key="gw:concurrent")
+    first = asyncio.create_task(adapter.charge_saved(data, timeout=5))
+    await asyncio.sleep(0.1)
+    with pytest.raises(ProviderKeyConflict) as caught:
+        await adapter.charge_saved(data, timeout=5)
+    assert caught.value.in_flight is True
+    outcome = await first
+    assert outcome.status is SessionStatus.COMPLETED
+    assert await adapter.charge_saved(data, timeout=5) == outcome
+    assert len(ledger(sandbox.state).intents) == 1
+
+
+async def test_next_in_series_needs_a_savable_method_and_an_amount(
+    sandbox: StrictSandbox, adapter: StripeAdapter
+) -> None:
+    with pytest.raises(FlowNotSupported, match="cannot save klarna"):
+        await adapter.charge_saved(charge("cus_1", "pm_1", paymentMethod="klarna"), timeout=5)
+    free = charge(
+        "cus_1",
+        "pm_1",
+        amount={"total": "0", "shipping": "0", "tax": "0"},
+        orderItems=[{"name": "Free", "quantity": 1, "unitPrice": "0"}],
+    )
+    with pytest.raises(FlowNotSupported, match="positive amount"):
+        await adapter.charge_saved(free, timeout=5)
+    assert sandbox.requests == []
 
 
 # manual capture and void ----------------------------------------------------------------------
