@@ -105,7 +105,6 @@ def _intent(
         "payment_method_types": ["card"],
         "status": status,
         "cancellation_reason": None,
-        "amount_refunded": 0,
     }
 
 
@@ -352,7 +351,10 @@ def create_refund(
             f"This PaymentIntent ({intent_id}) does not have a successful charge to refund.",
             code="charge_not_refundable",
         )
-    received, refunded = int(intent["amount_received"]), int(intent["amount_refunded"])
+    received = int(intent["amount_received"])
+    refunded = sum(
+        int(r["amount"]) for r in refunds_of(state, intent_id) if r["status"] != "failed"
+    )
     if refunded >= received:
         raise StripeError(
             400,
@@ -375,13 +377,11 @@ def create_refund(
         "charge": intent["latest_charge"],
         "created": int(time.time()),
         "currency": intent["currency"],
-        "failure_reason": None,
         "metadata": dict(params.get("metadata") or {}),
         "payment_intent": intent_id,
         "reason": params.get("reason"),
         "status": "pending",
     }
-    intent["amount_refunded"] = refunded + amount
     ledger(state).refunds[refund["id"]] = refund
     send_later(refund)
     return dict(refund)

@@ -325,6 +325,7 @@ class StripeAdapter:
     async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
         """``POST /v1/refunds`` of the PaymentIntent, with the gateway's refund and session ids
         in ``metadata`` (the refund webhooks echo them)."""
+        self._intent_id(data.payment)
         result = await self._post(
             "/v1/refunds",
             refund_params(data),

@@ -27,7 +27,12 @@ from providers.base import (
 )
 from providers.sandbox.stripe_payments import ledger
 from providers.stripe.adapter import StripeAdapter
-from tests.contracts.spec_validator import request_schema, stripe_form_to_dict
+from providers.stripe.transformers import encode_form
+from tests.contracts.spec_validator import (
+    request_schema,
+    stripe_form_to_dict,
+    validate_response,
+)
 from tests.contracts.strict_sandbox import StrictSandbox
 from tests.providers.hosted_inputs import WebhookSink, press, set_fault
 from tests.providers.stripe_support import checkout_request, session_input
@@ -543,3 +548,53 @@ async def test_duplicate_webhook_deliveries_map_to_the_same_events(
         first = await adapter.parse_webhook(call.headers, call.body)
         again = await adapter.parse_webhook(call.headers, call.body)
         assert first == again  # same event ids: the gateway applies them once
+
+
+# the emulator answers in Stripe's documented shapes -------------------------------------------
+
+
+async def _raw(
+    http: aiohttp.ClientSession, sandbox: StrictSandbox, path: str, params: dict[str, Any]
+) -> tuple[int, Any]:
+    headers = {
+        "Authorization": "Bearer sk_test_sandbox",
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Idempotency-Key": str(uuid.uuid4()),
+    }
+    url = f"{sandbox.base_url('stripe')}{path}"
+    async with http.post(url, data=encode_form(params), headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_sandbox_answers_match_the_spec_responses(
+    sandbox: StrictSandbox, adapter: StripeAdapter, sink: WebhookSink, http: aiohttp.ClientSession
+) -> None:
+    customer, method = await mandate(adapter, sink)
+    base = {"amount": 5000, "currency": "aud", "confirm": True, "off_session": True}
+    params = {**base, "customer": customer, "payment_method": method, "capture_method": "manual"}
+    status, held = await _raw(http, sandbox, "/v1/payment_intents", params)
+    assert status == 200
+    assert validate_response("stripe", 200, held, PI_CREATE) == []
+    status, captured = await _raw(
+        http, sandbox, f"/v1/payment_intents/{held['id']}/capture", {"amount_to_capture": 4000}
+    )
+    assert (status, captured["status"], captured["amount_received"]) == (200, "succeeded", 4000)
+    assert validate_response("stripe", 200, captured, PI_CAPTURE) == []
+    status, refunded = await _raw(
+        http, sandbox, "/v1/refunds", {"payment_intent": held["id"], "amount": 100}
+    )
+    assert status == 200
+    assert validate_response("stripe", 200, refunded, REFUND) == []
+
+    status, other = await _raw(http, sandbox, "/v1/payment_intents", {**params, "amount": 700})
+    status, cancelled = await _raw(http, sandbox, f"/v1/payment_intents/{other['id']}/cancel", {})
+    assert (status, cancelled["status"]) == (200, "canceled")
+    assert validate_response("stripe", 200, cancelled, PI_CANCEL) == []
+
+    await set_fault(sandbox, "stripe", declineOffSession=True)
+    status, declined = await _raw(http, sandbox, "/v1/payment_intents", params)
+    assert status == 402
+    assert declined["error"]["type"] == "card_error"
+    assert declined["error"]["payment_intent"]["status"] == "requires_payment_method"
+    assert validate_response("stripe", 402, declined, PI_CREATE) == []
+    assert sandbox.violations == []
