@@ -180,7 +180,10 @@ def _session_event(
         if value is not None
     }
     failure = "async_payment_failed" if event_type.endswith("async_payment_failed") else None
-    amount, currency = _money(obj.get("amount_total"), obj.get("currency"))
+    total = obj.get("amount_total")
+    if obj.get("mode") == "setup" and total is None:
+        total = 0  # a setup session charges nothing, in the currency it was opened with
+    amount, currency = _money(total, obj.get("currency"))
     return ProviderEvent(
         provider="stripe",
         event_id=event_id,

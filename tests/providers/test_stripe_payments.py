@@ -170,7 +170,7 @@ async def test_setup_session_saves_a_method_without_charging(
     saved = ledger(sandbox.state).setup_intents[setup_id]
     assert event.payment_method_id == saved["payment_method"]
     assert saved["customer"] == event.customer_id
-    assert event.amount is None
+    assert (event.amount, event.currency) == (Decimal(0), "AUD")  # nothing charged
     assert event.payment_id is None
     assert ledger(sandbox.state).intents == {}  # nothing was charged
 

@@ -187,7 +187,7 @@ def test_setup_session_completion_with_an_expanded_setup_intent() -> None:
     assert event.status is SessionStatus.COMPLETED
     assert (event.customer_id, event.payment_method_id) == ("cus_5", "pm_5")
     assert event.extra["setup_intent"] == "seti_1"
-    assert event.amount is None
+    assert (event.amount, event.currency) == (Decimal(0), "AUD")
 
 
 async def test_setup_lookup_failure_is_retryable(
