@@ -71,6 +71,7 @@ class FaultSettings:
     timeout: bool = False
     down: bool = False
     charge_skew: int = 0
+    decline_off_session: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FaultSettings:
@@ -85,6 +86,7 @@ class FaultSettings:
             "timeout",
             "down",
             "chargeSkew",
+            "declineOffSession",
         }
         unknown = sorted(set(data) - allowed)
         if unknown:
@@ -107,6 +109,10 @@ class FaultSettings:
                 if not isinstance(data[name], bool):
                     raise ValueError(f"{name} must be a boolean")
                 setattr(settings, name, data[name])
+        if "declineOffSession" in data:
+            if not isinstance(data["declineOffSession"], bool):
+                raise ValueError("declineOffSession must be a boolean")
+            settings.decline_off_session = data["declineOffSession"]
         return settings
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +126,7 @@ class FaultSettings:
             "timeout": self.timeout,
             "down": self.down,
             "chargeSkew": self.charge_skew,
+            "declineOffSession": self.decline_off_session,
         }
 
     def copy(self) -> FaultSettings:
@@ -133,6 +140,7 @@ class FaultSettings:
             self.timeout,
             self.down,
             self.charge_skew,
+            self.decline_off_session,
         )
 
     @property
@@ -146,6 +154,7 @@ class FaultSettings:
             or self.timeout
             or self.down
             or self.charge_skew
+            or self.decline_off_session
         )
 
 
@@ -213,6 +222,8 @@ class SandboxSession:
     minor_exponent: int | None = None
     #: provider-specific extras (e.g. the stored response object of Stripe)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: a setup session: the payer saves a method and is charged nothing (the pay page says Save)
+    saves_only: bool = False
 
     @property
     def gateway_session_id(self) -> str | None:
