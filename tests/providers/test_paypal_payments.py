@@ -30,6 +30,7 @@ from providers.base import (
 )
 from providers.paypal.adapter import PAYPAL_CAPABILITIES, PayPalAdapter
 from providers.paypal.transformers import session_of_customer, setup_customer_id
+from providers.paypal.webhooks import event_from_paypal
 from providers.sandbox.paypal_api import PayPalSandbox, paypal_sandbox
 from tests.contracts.strict_sandbox import StrictSandbox
 from tests.lifecycle.test_loop import wait_for
@@ -526,3 +527,110 @@ async def test_decline_off_session_is_an_admin_fault(sandbox: StrictSandbox) -> 
         await set_fault(sandbox, "paypal", declineOffSession=True)
         async with client.get(url) as current:
             assert (await current.json())["paypal"]["declineOffSession"] is True
+
+
+# webhook mapping ----------------------------------------------------------------------------
+
+
+def _refund_hook(event_type: str, status: str, **resource: Any) -> dict[str, Any]:
+    return {
+        "id": "WH-R1",
+        "event_type": event_type,
+        "create_time": "2024-05-01T10:00:00Z",
+        "resource": {
+            "id": "REF1",
+            "status": status,
+            "amount": {"currency_code": "JPY", "value": "1000"},
+            "custom_id": "ses_9",
+            "invoice_id": "rf_9",
+            **resource,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("event_type", "status", "expected"),
+    [
+        ("PAYMENT.CAPTURE.REFUNDED", "COMPLETED", RefundStatus.SUCCEEDED),
+        ("PAYMENT.REFUND.PENDING", "PENDING", RefundStatus.PENDING),
+        ("PAYMENT.REFUND.FAILED", "FAILED", RefundStatus.FAILED),
+        ("PAYMENT.REFUND.CANCELLED", "CANCELLED", RefundStatus.FAILED),
+        ("PAYMENT.REFUND.PENDING", "SOMETHING_NEW", RefundStatus.PENDING),
+    ],
+)
+def test_refund_events_move_refunds_not_sessions(
+    event_type: str, status: str, expected: RefundStatus
+) -> None:
+    event = event_from_paypal(_refund_hook(event_type, status))
+    assert (event.status, event.session_id, event.reference) == (None, "ses_9", None)
+    assert event.refund is not None
+    assert (event.refund.status, event.refund.refund_id, event.refund.provider_refund_id) == (
+        expected,
+        "rf_9",
+        "REF1",
+    )
+    assert (event.refund.amount, event.refund.currency) == (Decimal(1000), "JPY")
+    assert (event.refund.failure_reason is None) is (expected is not RefundStatus.FAILED)
+    assert event_from_paypal(_refund_hook(event_type, status)) == event  # duplicates agree
+
+
+def test_a_failed_refund_reports_paypals_reason() -> None:
+    hook = _refund_hook("PAYMENT.REFUND.FAILED", "FAILED", status_details={"reason": "ECHECK"})
+    event = event_from_paypal(hook)
+    assert event.refund is not None
+    assert event.refund.failure_reason == "ECHECK"
+
+
+def test_a_capture_of_an_authorization_names_both() -> None:
+    event = event_from_paypal(
+        {
+            "id": "WH-C1",
+            "event_type": "PAYMENT.CAPTURE.COMPLETED",
+            "resource": {
+                "id": "CAP9",
+                "status": "COMPLETED",
+                "custom_id": "ses_9",
+                "amount": {"currency_code": "USD", "value": "40.00"},
+                "supplementary_data": {
+                    "related_ids": {"order_id": "ORD9", "authorization_id": "AUTH9"}
+                },
+            },
+        }
+    )
+    assert (event.status, event.payment_id, event.capture_id, event.reference) == (
+        SessionStatus.COMPLETED,
+        "AUTH9",
+        "CAP9",
+        "ORD9",
+    )
+    assert event.amount == Decimal("40.00")
+
+
+@pytest.mark.parametrize(
+    ("event_type", "status", "expected"),
+    [
+        ("PAYMENT.AUTHORIZATION.CREATED", "CREATED", SessionStatus.AUTHORIZED),
+        ("PAYMENT.AUTHORIZATION.CREATED", "PENDING", SessionStatus.PROCESSING),
+        ("PAYMENT.AUTHORIZATION.VOIDED", "VOIDED", SessionStatus.CANCELLED),
+    ],
+)
+def test_authorization_events(event_type: str, status: str, expected: SessionStatus) -> None:
+    event = event_from_paypal(
+        {
+            "id": "WH-A1",
+            "event_type": event_type,
+            "resource": {"id": "AUTH9", "status": status, "custom_id": "ses_9"},
+        }
+    )
+    assert (event.status, event.payment_id, event.capture_id) == (expected, "AUTH9", None)
+
+
+def test_a_setup_token_of_an_unknown_customer_names_no_session() -> None:
+    event = event_from_paypal(
+        {
+            "id": "WH-S1",
+            "event_type": "VAULT.SETUP-TOKEN.APPROVED",
+            "resource": {"id": "TOK1", "status": "APPROVED", "customer": {"id": "merchant-cust"}},
+        }
+    )
+    assert (event.session_id, event.reference, event.awaits_completion) == (None, "TOK1", True)
