@@ -26,6 +26,7 @@ from providers.base import (
     ProviderKeyConflict,
     ProviderRejected,
     ProviderTimeout,
+    ProviderUnavailable,
     RefundInput,
 )
 from providers.paypal.adapter import PAYPAL_CAPABILITIES, PayPalAdapter
@@ -634,3 +635,23 @@ def test_a_setup_token_of_an_unknown_customer_names_no_session() -> None:
         }
     )
     assert (event.session_id, event.reference, event.awaits_completion) == (None, "TOK1", True)
+
+
+async def test_a_pending_capture_is_processing(adapter: PayPalAdapter, pp: PayPalSandbox) -> None:
+    payment = reference_of(await paid_order(adapter, AUTHORIZE))
+    pp.capture_status = "PENDING"
+    outcome = await adapter.capture_payment(payment, payment.amount, idempotency_key="p", timeout=5)
+    assert (outcome.status, outcome.raw_status) == (SessionStatus.PROCESSING, "PENDING")
+    assert outcome.capture_id in pp.payments
+
+
+async def test_injected_faults_apply_to_the_calls_after_the_checkout(
+    sandbox: StrictSandbox, adapter: PayPalAdapter, pp: PayPalSandbox
+) -> None:
+    payment = reference_of(await paid_order(adapter, AUTHORIZE))
+    await set_fault(sandbox, "paypal", errorRate=1)
+    with pytest.raises(ProviderUnavailable):
+        await adapter.capture_payment(payment, payment.amount, idempotency_key="f", timeout=5)
+    with pytest.raises(ProviderUnavailable):
+        await adapter.void_payment(payment, idempotency_key="f", timeout=5)
+    assert pp.payments[payment.payment_id or ""].resource["status"] == "CREATED"
