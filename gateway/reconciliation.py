@@ -37,8 +37,10 @@ def mismatch(
     record: SessionRecord, event: ProviderEvent, *, source: str, at: datetime
 ) -> AmountMismatch | None:
     """The mismatch between ``event`` and ``record``, or None when they agree (or the event
-    moves no money and so needs no reconciling, as no event of a setup session does)."""
-    if event.status not in MONEY_STATUSES or record.sessionType == "setup":
+    moves no money and so needs no reconciling)."""
+    if record.sessionType == "setup":  # it saves a method and moves no money
+        return None
+    if event.status not in MONEY_STATUSES:
         return None
     currency = event.currency.upper() if event.currency else None
     agreed = currency == record.currency and event.amount == record.amount.total

@@ -66,11 +66,6 @@ _ACTIONS = {"pay": "paid", "decline": "declined", "cancel": "cancelled"}
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _label(action: str, session: SandboxSession) -> str:
-    """The pay page's button text: "Save" instead of "Pay" for a setup session."""
-    return "Save" if action == "pay" and session.saves_only else action.capitalize()
-
-
 class ProviderEmulator(Protocol):
     """What a provider module of the sandbox exposes."""
 
@@ -277,6 +272,11 @@ class _Admin:
 # pay page -----------------------------------------------------------------------------------
 
 
+def _label(session: SandboxSession, action: str) -> str:
+    """A pay page button's text: a setup session's "pay" saves the method."""
+    return "Save" if action == "pay" and session.saves_only else action.capitalize()
+
+
 class _PayPages:
     def __init__(self, state: SandboxState, page: Template) -> None:
         self.state = state
@@ -319,7 +319,7 @@ class _PayPages:
         base = html.escape(f"{request.path.rstrip('/')}/", quote=True)
         forms = "".join(
             f'<form method="post" action="{base}{action}">'
-            f'<button type="submit" id="{action}">{_label(action, session)}</button></form>'
+            f'<button type="submit" id="{action}">{_label(session, action)}</button></form>'
             for action in _ACTIONS
         )
         return self._render(session, f'<div class="actions">{forms}</div>', 200)

@@ -71,6 +71,8 @@ class FaultSettings:
     timeout: bool = False
     down: bool = False
     charge_skew: int = 0
+    #: customer-absent charges (Stripe off-session PaymentIntents, Adyen ContAuth, PayPal vault
+    #: charges) are declined by the issuer
     decline_off_session: bool = False
 
     @classmethod
@@ -154,7 +156,6 @@ class FaultSettings:
             or self.timeout
             or self.down
             or self.charge_skew
-            or self.decline_off_session
         )
 
 
@@ -222,7 +223,7 @@ class SandboxSession:
     minor_exponent: int | None = None
     #: provider-specific extras (e.g. the stored response object of Stripe)
     extra: dict[str, Any] = field(default_factory=dict)
-    #: a setup session: the payer saves a method and is charged nothing (the pay page says Save)
+    #: a setup session: saves a payment method and charges nothing (the pay page says "Save")
     saves_only: bool = False
 
     @property
