@@ -50,6 +50,7 @@ from gateway.store.base import SessionLifecycleStore, StoreUnavailable
 from providers.base import (
     AUTHORIZE,
     CAPTURE,
+    VAULT,
     ApprovalCompleter,
     ProviderAdapter,
     ProviderError,
@@ -74,7 +75,7 @@ __all__ = [
 log = logging.getLogger("gateway.completion")
 
 #: the transition sources of a completion's outcome
-COMPLETION_SOURCES = frozenset({f"gateway:{CAPTURE}", f"gateway:{AUTHORIZE}"})
+COMPLETION_SOURCES = frozenset({f"gateway:{i}" for i in (CAPTURE, AUTHORIZE, VAULT)})
 _RETRY_MIN_S = 1.0
 _RETRY_MAX_S = 60.0
 #: PayPal reverses an approval nobody captured after three hours by default
@@ -97,7 +98,10 @@ class Mover(Protocol):
 
 
 def intent_for(record: SessionRecord) -> str:
-    """Capture for automatic capture, authorize for manual capture."""
+    """Vault for a setup session (it saves a method and charges nothing), else capture for
+    automatic capture, authorize for manual capture."""
+    if record.sessionType == "setup":
+        return VAULT
     return AUTHORIZE if record.captureMethod == "manual" else CAPTURE
 
 

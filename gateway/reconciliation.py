@@ -38,6 +38,8 @@ def mismatch(
 ) -> AmountMismatch | None:
     """The mismatch between ``event`` and ``record``, or None when they agree (or the event
     moves no money and so needs no reconciling)."""
+    if record.sessionType == "setup":  # it saves a method and moves no money
+        return None
     if event.status not in MONEY_STATUSES:
         return None
     currency = event.currency.upper() if event.currency else None

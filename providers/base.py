@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTHORIZE",
     "CAPTURE",
+    "VAULT",
     "AdapterFault",
     "ApprovalCompleter",
     "Capabilities",
@@ -342,6 +343,9 @@ class PaymentOutcome:
     currency: str | None = None
     failure_reason: str | None = None
     raw_status: str | None = None
+    #: the provider session a customer-absent charge made, when the provider has one beside
+    #: the payment (PayPal: the order; its webhooks name it as their ``reference``)
+    reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +429,10 @@ class ProviderAdapter(Protocol):
 #: automatic), or only reserve it for a later capture by the merchant (``captureMethod`` manual).
 CAPTURE = "capture"
 AUTHORIZE = "authorize"
+#: the intent of a setup session's approval: vault the approved method (PayPal: create the
+#: payment token from the approved setup token); the event reports it COMPLETED with
+#: ``customer_id`` and ``payment_method_id``
+VAULT = "vault"
 
 
 @runtime_checkable
@@ -440,7 +448,8 @@ class ApprovalCompleter(Protocol):
         self, reference: str, *, intent: str, idempotency_key: str, timeout: float
     ) -> ProviderEvent | None:
         """Capture (:data:`CAPTURE`) or authorize (:data:`AUTHORIZE`) the approved payment of
-        the provider session ``reference``.
+        the provider session ``reference``, or vault the approved method of a setup session
+        (:data:`VAULT`).
 
         Idempotent on ``idempotency_key``: a retry with the same key never moves money twice.
         Returns the outcome as an event (``COMPLETED``; ``PROCESSING`` while the provider's

@@ -1,7 +1,13 @@
-"""The PayPal adapter: Orders v2 hosted approval (``POST /v2/checkout/orders``) behind an
-OAuth2 client-credentials token, webhooks verified through PayPal's
-``POST /v1/notifications/verify-webhook-signature``, and the capture (or authorization) of an
-approved order (``POST /v2/checkout/orders/{id}/capture`` | ``/authorize``) that moves the money.
+"""The PayPal adapter: Orders v2 hosted approval (``POST /v2/checkout/orders``) and Vault v3
+setup tokens (``POST /v3/vault/setup-tokens``) behind an OAuth2 client-credentials token, webhooks
+verified through PayPal's ``POST /v1/notifications/verify-webhook-signature``
+(:mod:`providers.paypal.webhooks`), the completion of an approval (the order's capture or
+authorization, or the payment token of a setup token) and the calls after the checkout
+(:mod:`providers.paypal.payments`): vaulted charges, authorization capture and void, refunds.
+
+Manual capture: PayPal honours an authorization for 3 days and lets it be captured (after a
+reauthorization where needed) for 29 days, so ``authorization_days`` is 29; partial captures are
+allowed (``final_capture`` releases the rest).
 
 Tokens are cached until shortly before ``expires_in``; concurrent callers share one in-flight
 fetch, and a 401 from the API refreshes the token once and retries the call once.
@@ -11,42 +17,71 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import time
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from gateway.domain.session import SessionStatus
 from providers.base import (
     AUTHORIZE,
     CAPTURE,
+    VAULT,
     Capabilities,
+    ChargeInput,
     CreateSessionInput,
     FlowNotSupported,
+    PaymentOutcome,
+    PaymentReference,
+    ProviderError,
     ProviderEvent,
     ProviderKeyConflict,
     ProviderRejected,
     ProviderSession,
     ProviderTimeout,
     ProviderUnavailable,
+    RefundInput,
+    RefundOutcome,
     WebhookAnswer,
     WebhookVerificationError,
 )
 from providers.http import HttpResult, ProviderHttp
+from providers.paypal.payments import (
+    VOID_DONE,
+    capture_outcome,
+    capture_refused,
+    capture_request,
+    charge_intent,
+    charge_outcome,
+    completion_event,
+    declined_event,
+    payment_token_request,
+    refund_outcome,
+    refund_refused,
+    refund_request,
+    vault_event,
+    vault_order_request,
+    void_outcome,
+)
 from providers.paypal.transformers import (
     DECLINE_ISSUES,
     PAYPAL_CURRENCIES,
     REQUEST_ID_MAX,
     amount_problem,
     build_order_request,
-    completion_event,
-    declined_event,
-    event_from_paypal,
+    build_setup_token_request,
 )
-from providers.wire import bounded_key, header, json_object
+from providers.paypal.webhooks import (
+    TRANSMISSION_HEADERS,
+    event_from_paypal,
+    verification_body,
+    verified,
+)
+from providers.wire import bounded_key, json_object
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -57,20 +92,13 @@ __all__ = ["PAYPAL_CAPABILITIES", "TRANSMISSION_HEADERS", "PayPalAdapter", "Toke
 PAYPAL_CAPABILITIES = Capabilities(
     payment_methods=frozenset({"paypal"}),
     currencies=PAYPAL_CURRENCIES,
-    #: both through PayPal's vault (``payment_source.paypal.attributes.vault``)
-    session_types=frozenset({"one_time", "first_in_series"}),
+    #: first_in_series through the order's vault attributes, setup through Vault v3 setup
+    #: tokens, next_in_series as an order paid by the vault id
+    session_types=frozenset({"one_time", "first_in_series", "setup", "next_in_series"}),
+    partial_capture=True,
+    #: honoured for 3 days, capturable (reauthorized) for 29
+    authorization_days=29,
 )
-
-#: Webhook header -> field of the verify-webhook-signature request.
-TRANSMISSION_HEADERS = {
-    "PAYPAL-AUTH-ALGO": "auth_algo",
-    "PAYPAL-CERT-URL": "cert_url",
-    "PAYPAL-TRANSMISSION-ID": "transmission_id",
-    "PAYPAL-TRANSMISSION-SIG": "transmission_sig",
-    "PAYPAL-TRANSMISSION-TIME": "transmission_time",
-}
-
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]{1,2048}")
 
 #: completion intent -> the Orders v2 action and the 422 issue saying it was done already
 _COMPLETIONS = {
@@ -240,46 +268,76 @@ class PayPalAdapter:
                 self._tokens.invalidate(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _configured(self) -> None:
+        if not self.config.client_id or not self.config.client_secret:
+            raise FlowNotSupported(self.name, "client id and secret are not configured")
+
+    async def _post(
+        self,
+        path: str,
+        body: Mapping[str, Any] | None,
+        timeout: float,
+        *,
+        operation: str,
+        idempotency_key: str | None,
+        request_id: str | None = None,
+    ) -> HttpResult:
+        """POST a JSON body (none at all for ``body`` None) with ``PayPal-Request-Id`` (a
+        digest when longer than PayPal's 108 characters) when a key is given."""
+        headers: dict[str, str] = {"Prefer": "return=representation"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if idempotency_key is not None:
+            headers["PayPal-Request-Id"] = bounded_key(idempotency_key, REQUEST_ID_MAX)
+        return await self._call(
+            f"{self.config.base_url}{path}",
+            None if body is None else orjson.dumps(body),
+            headers,
+            timeout,
+            operation=operation,
+            request_id=request_id,
+        )
+
+    def _key_conflict(self, exc: ProviderRejected) -> ProviderError | None:
+        """The same request id still running (409) or used with another body."""
+        if exc.status == 409 or exc.issue == "DUPLICATE_REQUEST_ID":
+            return ProviderKeyConflict(self.name, exc.reason, in_flight=exc.status == 409)
+        return None
+
     async def create_session(
         self,
         data: CreateSessionInput,
         *,
         timeout: float,
     ) -> ProviderSession:
-        """Create an order awaiting the payer's approval; idempotent via ``PayPal-Request-Id``."""
+        """Create an order awaiting the payer's approval (a setup session: a Vault v3 setup
+        token); idempotent via ``PayPal-Request-Id``."""
         problem = self.eligibility_problem(data.request)
         if problem:
             raise FlowNotSupported(self.name, problem)
-        if not self.config.client_id or not self.config.client_secret:
-            raise FlowNotSupported(self.name, "client id and secret are not configured")
+        self._configured()
+        setup = data.request.sessionType == "setup"
         try:
-            result = await self._call(
-                f"{self.config.base_url}/v2/checkout/orders",
-                orjson.dumps(build_order_request(data)),
-                {
-                    "Content-Type": "application/json",
-                    "PayPal-Request-Id": bounded_key(data.idempotency_key, REQUEST_ID_MAX),
-                    "Prefer": "return=representation",
-                },
+            result = await self._post(
+                "/v3/vault/setup-tokens" if setup else "/v2/checkout/orders",
+                build_setup_token_request(data) if setup else build_order_request(data),
                 timeout,
-                operation="create_session",
+                operation="create_setup_token" if setup else "create_session",
+                idempotency_key=data.idempotency_key,
                 request_id=data.request_id,
             )
         except ProviderRejected as exc:
-            if exc.status == 409 or exc.issue == "DUPLICATE_REQUEST_ID":
-                in_flight = exc.status == 409
-                raise ProviderKeyConflict(self.name, exc.reason, in_flight=in_flight) from exc
-            raise
+            raise (self._key_conflict(exc) or exc) from exc
         payload = json_object(result, self.name)
-        order_id, url = payload.get("id"), _checkout_url(payload)
-        if not isinstance(order_id, str) or not order_id or url is None:
-            raise ProviderUnavailable(self.name, "order answer lacks id or approval link", 200)
+        reference, url = payload.get("id"), _checkout_url(payload)
+        if not isinstance(reference, str) or not reference or url is None:
+            raise ProviderUnavailable(self.name, "answer lacks id or approval link", 200)
         status = payload.get("status")
         return ProviderSession(
             provider=self.name,
-            reference=order_id,
+            reference=reference,
             checkout_url=url,
-            expires_at=None,  # PayPal orders carry no expiry; the gateway keeps its own
+            expires_at=None,  # orders and setup tokens carry no expiry; the gateway keeps its own
             raw_status=status if isinstance(status, str) else None,
         )
 
@@ -299,40 +357,41 @@ class PayPalAdapter:
         self, reference: str, *, intent: str, idempotency_key: str, timeout: float
     ) -> ProviderEvent | None:
         """Capture (intent ``capture``) or authorize (``authorize``) the order ``reference``
-        the payer approved: the call that moves the money (:class:`providers.base.
-        ApprovalCompleter`). ``timeout`` bounds the whole call, an order read included.
+        the payer approved, or vault (``vault``) the wallet of the approved setup token
+        ``reference``: the call that moves the money or saves the method
+        (:class:`providers.base.ApprovalCompleter`). ``timeout`` bounds the whole call, an
+        order read included.
 
         ``PayPal-Request-Id`` is ``idempotency_key`` (a digest when longer than PayPal's 108
         characters): a retry after a timeout or a 5xx gets PayPal's first answer again and never
-        captures twice. The answer maps through :func:`completion_event` (capture COMPLETED ->
-        COMPLETED, PENDING -> PROCESSING, DECLINED/FAILED -> FAILED; authorization CREATED ->
-        COMPLETED). 422s: ORDER_ALREADY_CAPTURED / ORDER_ALREADY_AUTHORIZED (done under another
-        request id) reads the order (``GET /v2/checkout/orders/{id}``) and maps the payment it
-        holds, None when it holds none; a decline (:data:`DECLINE_ISSUES`) is a FAILED event;
-        ORDER_COMPLETION_IN_PROGRESS and a 409 (the same request id still in flight) are
-        ProviderUnavailable, to be retried; any other refusal (ORDER_NOT_APPROVED,
+        captures twice. The answer maps through :func:`~providers.paypal.payments.
+        completion_event` (capture COMPLETED -> COMPLETED, PENDING -> PROCESSING,
+        DECLINED/FAILED -> FAILED; authorization CREATED -> AUTHORIZED with ``payment_id`` the
+        authorization). 422s: ORDER_ALREADY_CAPTURED / ORDER_ALREADY_AUTHORIZED (done under
+        another request id) reads the order (``GET /v2/checkout/orders/{id}``) and maps the
+        payment it holds, None when it holds none; a decline (:data:`DECLINE_ISSUES`) is a
+        FAILED event; ORDER_COMPLETION_IN_PROGRESS and a 409 (the same request id still in
+        flight) are ProviderUnavailable, to be retried; any other refusal (ORDER_NOT_APPROVED,
         ACTION_DOES_NOT_MATCH_INTENT, ...) is raised as ProviderRejected.
         """
+        if intent == VAULT:
+            self._configured()
+            return await self._vault(reference, idempotency_key=idempotency_key, timeout=timeout)
         known = _COMPLETIONS.get(intent)
         if known is None:
             raise FlowNotSupported(self.name, f"unknown completion intent {intent!r}")
-        if not self.config.client_id or not self.config.client_secret:
-            raise FlowNotSupported(self.name, "client id and secret are not configured")
+        self._configured()
         action, already = known
         deadline = time.monotonic() + timeout
         request_id = bounded_key(idempotency_key, REQUEST_ID_MAX)
-        order_url = f"{self.config.base_url}/v2/checkout/orders/{quote(reference, safe='')}"
+        order_path = f"/v2/checkout/orders/{quote(reference, safe='')}"
         try:
-            result = await self._call(
-                f"{order_url}/{action}",
-                b"{}",
-                {
-                    "Content-Type": "application/json",
-                    "PayPal-Request-Id": request_id,
-                    "Prefer": "return=representation",
-                },
+            result = await self._post(
+                f"{order_path}/{action}",
+                {},
                 timeout,
                 operation=f"{action}_order",
+                idempotency_key=idempotency_key,
             )
         except ProviderRejected as exc:
             if exc.status == 409 or exc.issue == "ORDER_COMPLETION_IN_PROGRESS":
@@ -346,7 +405,7 @@ class PayPalAdapter:
             if exc.issue != already:
                 raise
             result = await self._call(
-                order_url,
+                f"{self.config.base_url}{order_path}",
                 None,
                 {"Accept": "application/json"},
                 max(0.001, deadline - time.monotonic()),
@@ -357,35 +416,163 @@ class PayPalAdapter:
             json_object(result, self.name), intent=intent, request_id=request_id
         )
 
+    async def _vault(
+        self, setup_token_id: str, *, idempotency_key: str, timeout: float
+    ) -> ProviderEvent | None:
+        """Create the payment token of an approved setup token (``POST
+        /v3/vault/payment-tokens``): COMPLETED with the token and its customer. A 409 (the
+        same request id in flight) is retryable; any other refusal is raised."""
+        try:
+            result = await self._post(
+                "/v3/vault/payment-tokens",
+                payment_token_request(setup_token_id),
+                timeout,
+                operation="create_payment_token",
+                idempotency_key=idempotency_key,
+            )
+        except ProviderRejected as exc:
+            if exc.status == 409:
+                raise ProviderUnavailable(
+                    self.name, f"payment token still in progress: {exc.reason}", 409
+                ) from exc
+            raise
+        return vault_event(json_object(result, self.name), setup_token_id=setup_token_id)
+
+    # after the checkout ---------------------------------------------------------------------
+
+    async def charge_saved(self, data: ChargeInput, *, timeout: float) -> PaymentOutcome:
+        """Charge the vaulted wallet ``data.payment_method_id`` with the payer absent: an order
+        paid by its ``vault_id`` (``custom_id`` the gateway session id), which PayPal captures
+        (or, for a manual capture, authorizes) at once. A decline (a DECLINED capture, or a 422
+        with one of :data:`DECLINE_ISSUES`) is a FAILED outcome."""
+        problem = amount_problem(data.request)
+        if problem:
+            raise FlowNotSupported(self.name, problem)
+        self._configured()
+        intent = charge_intent(data)
+        try:
+            result = await self._post(
+                "/v2/checkout/orders",
+                vault_order_request(data),
+                timeout,
+                operation="charge_saved",
+                idempotency_key=data.idempotency_key,
+                request_id=data.request_id,
+            )
+        except ProviderRejected as exc:
+            conflict = self._key_conflict(exc)
+            if conflict is not None:
+                raise conflict from exc
+            if exc.issue in DECLINE_ISSUES:
+                return PaymentOutcome(
+                    provider=self.name,
+                    status=SessionStatus.FAILED,
+                    failure_reason=exc.issue,
+                    raw_status=exc.issue,
+                )
+            raise
+        return charge_outcome(json_object(result, self.name), intent=intent)
+
+    async def capture_payment(
+        self,
+        payment: PaymentReference,
+        amount: Decimal,
+        *,
+        idempotency_key: str,
+        timeout: float,
+    ) -> PaymentOutcome:
+        """Capture ``amount`` of the authorization ``payment.payment_id`` (``final_capture``:
+        the rest of a partial capture is released). COMPLETED with ``capture_id``, PENDING ->
+        PROCESSING; a refusal in :data:`~providers.paypal.payments.CAPTURE_DECLINES` is an
+        outcome (FAILED, or CANCELLED for an expired or voided authorization)."""
+        authorization_id = self._authorization(payment)
+        self._configured()
+        try:
+            result = await self._post(
+                f"/v2/payments/authorizations/{quote(authorization_id, safe='')}/capture",
+                capture_request(amount, payment.currency),
+                timeout,
+                operation="capture_payment",
+                idempotency_key=idempotency_key,
+            )
+        except ProviderRejected as exc:
+            conflict = self._key_conflict(exc)
+            if conflict is not None:
+                raise conflict from exc
+            refused = capture_refused(exc.issue or "", authorization_id=authorization_id)
+            if refused is None:
+                raise
+            return refused
+        return capture_outcome(json_object(result, self.name), authorization_id=authorization_id)
+
+    async def void_payment(
+        self, payment: PaymentReference, *, idempotency_key: str, timeout: float
+    ) -> PaymentOutcome:
+        """Void the authorization ``payment.payment_id``: CANCELLED. PayPal's void takes no
+        ``PayPal-Request-Id`` (``idempotency_key`` is not sent); it is naturally idempotent:
+        a repeat answers 422 PREVIOUSLY_VOIDED, which is CANCELLED too."""
+        authorization_id = self._authorization(payment)
+        self._configured()
+        try:
+            result = await self._post(
+                f"/v2/payments/authorizations/{quote(authorization_id, safe='')}/void",
+                None,
+                timeout,
+                operation="void_payment",
+                idempotency_key=None,
+            )
+        except ProviderRejected as exc:
+            if exc.issue in VOID_DONE:
+                return void_outcome(None, authorization_id=authorization_id)
+            raise
+        answer = json_object(result, self.name) if result.body.strip() else None
+        return void_outcome(answer, authorization_id=authorization_id)
+
+    async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
+        """Refund ``data.amount`` of the capture (``capture_id``, else ``payment_id``):
+        ``invoice_id`` the gateway refund id and ``custom_id`` the session id, echoed by the
+        refund webhooks. COMPLETED -> SUCCEEDED, PENDING -> PENDING, FAILED/CANCELLED ->
+        FAILED; a refusal in :data:`~providers.paypal.payments.REFUND_DECLINES` is FAILED."""
+        capture_id = data.payment.capture_id or data.payment.payment_id
+        if not capture_id:
+            raise FlowNotSupported(self.name, "the payment has no capture to refund")
+        self._configured()
+        try:
+            result = await self._post(
+                f"/v2/payments/captures/{quote(capture_id, safe='')}/refund",
+                refund_request(data),
+                timeout,
+                operation="refund_payment",
+                idempotency_key=data.idempotency_key,
+            )
+        except ProviderRejected as exc:
+            conflict = self._key_conflict(exc)
+            if conflict is not None:
+                raise conflict from exc
+            refused = refund_refused(exc.issue or "")
+            if refused is None:
+                raise
+            return refused
+        return refund_outcome(json_object(result, self.name))
+
+    def _authorization(self, payment: PaymentReference) -> str:
+        if not payment.payment_id:
+            raise FlowNotSupported(self.name, "the payment has no PayPal authorization id")
+        return payment.payment_id
+
+    # webhooks -------------------------------------------------------------------------------
+
     async def parse_webhook(
         self, headers: Mapping[str, str], raw_body: bytes
     ) -> list[ProviderEvent]:
-        """Verify the call through PayPal's verify-webhook-signature API, then map the event.
+        """Verify the call through PayPal's verify-webhook-signature API, then map the event
+        (:mod:`providers.paypal.webhooks`).
 
         Missing transmission headers fail without a call. A verification answer other than
         SUCCESS, or a verify request PayPal refuses, raises WebhookVerificationError; a
         timeout or an unavailable PayPal raises the retryable ProviderError so PayPal resends.
         """
-        fields: dict[str, str] = {}
-        for name, field in TRANSMISSION_HEADERS.items():
-            value = header(headers, name)
-            if not value:
-                raise WebhookVerificationError(self.name, f"missing header {name}")
-            if not _PRINTABLE_ASCII.fullmatch(value):
-                # PayPal sends ids, base64, URLs and times; other bytes cannot be forwarded
-                raise WebhookVerificationError(self.name, f"header {name} is not printable ASCII")
-            fields[field] = value
-        if not self.config.webhook_id:
-            raise WebhookVerificationError(self.name, "no webhook id configured")
-        try:
-            event = orjson.loads(raw_body)
-        except orjson.JSONDecodeError:
-            raise WebhookVerificationError(self.name, "body is not JSON") from None
-        if not isinstance(event, dict):
-            raise WebhookVerificationError(self.name, "body is not a JSON object")
-        fields["webhook_id"] = self.config.webhook_id
-        # The event is spliced in byte for byte: re-serialising could change what was signed.
-        body = orjson.dumps(fields)[:-1] + b',"webhook_event":' + raw_body.strip() + b"}"
+        body = verification_body(headers, raw_body, self.config.webhook_id)
         try:
             result = await self._call(
                 f"{self.config.base_url}/v1/notifications/verify-webhook-signature",
@@ -398,10 +585,7 @@ class PayPalAdapter:
             raise WebhookVerificationError(
                 self.name, f"verification refused: {exc.reason}"
             ) from exc
-        verdict = json_object(result, self.name).get("verification_status")
-        if verdict != "SUCCESS":
-            raise WebhookVerificationError(self.name, f"verification_status {verdict!r}")
-        return [event_from_paypal(event)]
+        return [event_from_paypal(verified(json_object(result, self.name), raw_body))]
 
     def webhook_answer(self) -> WebhookAnswer:
         """PayPal only needs a 2xx; the body is empty."""

@@ -1,22 +1,26 @@
-"""PayPal Orders v2 wire types and conversions: the ``POST /v2/checkout/orders`` body with
-decimal-string amounts in PayPal's decimals, webhook events mapped onto the lifecycle, and the
-answers of ``POST /v2/checkout/orders/{id}/capture`` and ``/authorize`` mapped the same way.
+"""PayPal wire types and the hosted-session bodies: the Orders v2 ``POST /v2/checkout/orders``
+body with decimal-string amounts in PayPal's decimals, the Vault v3 ``POST /v3/vault/setup-tokens``
+body of a setup session, and the status tables every PayPal answer and webhook maps through
+(:data:`PAYMENT_STATUS`, :data:`REFUND_STATUS`).
 
-Pure functions only: the adapter, the sandbox emulation and the tests share them.
+Webhook mapping lives in :mod:`providers.paypal.webhooks`, the bodies and answers of the calls
+after the checkout in :mod:`providers.paypal.payments`. Pure functions only: the adapter, the
+sandbox emulation and the tests share them.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from gateway.domain.money import add, exponent, format_major, multiply, scale_of
-from gateway.domain.session import SessionStatus
-from providers.base import CAPTURE, ProviderEvent
-from providers.wire import amount_places, parse_datetime
+from gateway.domain.session import RefundStatus, SessionStatus
+from providers.wire import amount_places
 
 if TYPE_CHECKING:
     from gateway.domain.models import Address, CheckoutRequest, Customer
@@ -27,17 +31,26 @@ __all__ = [
     "PAYMENT_STATUS",
     "PAYPAL_CURRENCIES",
     "PAYPAL_ZERO_DECIMAL",
+    "REFUND_STATUS",
     "REQUEST_ID_MAX",
     "amount_problem",
     "build_order_request",
-    "completion_event",
-    "declined_event",
-    "event_from_paypal",
+    "build_setup_token_request",
+    "custom_id_of",
+    "first_payment",
+    "order_payment_status",
+    "order_payments",
     "payment_status",
     "paypal_decimals",
     "paypal_locale",
     "paypal_money",
     "paypal_value",
+    "purchase_unit",
+    "refund_status",
+    "session_of_customer",
+    "setup_customer_id",
+    "text",
+    "vault_of",
 ]
 
 #: Currencies PayPal accepts for payments (developer.paypal.com currency codes).
@@ -93,11 +106,14 @@ def amount_problem(request: CheckoutRequest) -> str | None:
     """Why PayPal cannot take the request's amounts, or None.
 
     PayPal refuses currencies outside its list, a zero total, and fractions in HUF/TWD (whole
-    amounts in those currencies are fine: they are sent without decimals).
+    amounts in those currencies are fine: they are sent without decimals). A setup session
+    charges nothing: its zero total is what it must have.
     """
     currency = request.currency
     if currency not in PAYPAL_CURRENCIES:
         return f"PayPal does not accept {currency}"
+    if request.sessionType == "setup":
+        return None
     if request.amount.total <= 0:
         return "PayPal needs an amount greater than zero"
     places = paypal_decimals(currency)
@@ -132,39 +148,46 @@ def _shipping(customer: Customer | None) -> dict[str, Any] | None:
     return shipping
 
 
-def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
-    """The ``POST /v2/checkout/orders`` body for a hosted PayPal checkout of ``data``.
-
-    ``custom_id`` and ``reference_id`` carry the gateway session id (capture events only echo
-    ``custom_id``); ``invoice_id`` carries the order reference when it fits PayPal's 127 chars.
-    """
-    request = data.request
+def purchase_unit(session_id: str, request: CheckoutRequest) -> dict[str, Any]:
+    """The one purchase unit of an order for ``request``: its amount (with the breakdown and
+    items when the request has order lines), ``custom_id`` and ``reference_id`` carrying the
+    gateway session id (payment events only echo ``custom_id``) and ``invoice_id`` the order
+    reference when it fits PayPal's 127 characters."""
     cur = request.currency
     amount = request.amount
-    item_total = add(multiply(item.unitPrice, item.quantity) for item in request.lines)
     unit: dict[str, Any] = {
-        "reference_id": data.session_id,
-        "custom_id": data.session_id,
-        "amount": {
-            **_money(amount.total, cur),
-            "breakdown": {
-                "item_total": _money(item_total, cur),
-                "shipping": _money(amount.shipping, cur),
-                "tax_total": _money(amount.tax, cur),
-            },
-        },
-        "items": [
+        "reference_id": session_id,
+        "custom_id": session_id,
+        "amount": _money(amount.total, cur),
+    }
+    lines = request.lines
+    if lines:
+        item_total = add(multiply(item.unitPrice, item.quantity) for item in lines)
+        unit["amount"]["breakdown"] = {
+            "item_total": _money(item_total, cur),
+            "shipping": _money(amount.shipping, cur),
+            "tax_total": _money(amount.tax, cur),
+        }
+        unit["items"] = [
             {
                 "name": item.name[:_NAME_MAX],
                 "quantity": str(item.quantity),
                 "unit_amount": _money(item.unitPrice, cur),
                 **({"sku": item.sku} if item.sku and len(item.sku) <= _ID_MAX else {}),
             }
-            for item in request.lines
-        ],
-    }
+            for item in lines
+        ]
     if len(request.orderReference) <= _ID_MAX:
         unit["invoice_id"] = request.orderReference
+    return unit
+
+
+def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
+    """The ``POST /v2/checkout/orders`` body for a hosted PayPal checkout of ``data``
+    (:func:`purchase_unit`, the wallet's experience context and, for a session that saves the
+    method, the vault attributes)."""
+    request = data.request
+    unit = purchase_unit(data.session_id, request)
     shipping = _shipping(request.customer)
     if shipping is not None:
         unit["shipping"] = shipping
@@ -203,34 +226,87 @@ def build_order_request(data: CreateSessionInput) -> dict[str, Any]:
     }
 
 
-def _str(value: Any) -> str | None:
+def setup_customer_id(session_id: str) -> str | None:
+    """The gateway session id (a UUID) as a Vault ``customer.id`` (22 characters of
+    ``[0-9a-zA-Z_-]``, PayPal's limit): setup-token webhooks carry no custom id, so the
+    customer the token is vaulted for names the session. None when the id is not a UUID."""
+    try:
+        raw = uuid.UUID(session_id).bytes
+    except ValueError:
+        return None
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def session_of_customer(customer_id: str | None) -> str | None:
+    """The gateway session id :func:`setup_customer_id` put into ``customer_id``, or None."""
+    if not customer_id or len(customer_id) != 22:
+        return None
+    try:
+        return str(uuid.UUID(bytes=base64.urlsafe_b64decode(customer_id + "==")))
+    except (ValueError, TypeError):
+        return None
+
+
+def build_setup_token_request(data: CreateSessionInput) -> dict[str, Any]:
+    """The ``POST /v3/vault/setup-tokens`` body of a setup session: the PayPal wallet, saved
+    for merchant-initiated charges, with the payer's return and cancel URLs."""
+    request = data.request
+    experience: dict[str, Any] = {
+        "return_url": request.return_urls.success,
+        "cancel_url": request.return_urls.failure,
+        "shipping_preference": "NO_SHIPPING",
+        "vault_instruction": "ON_CREATE_PAYMENT_TOKENS",
+    }
+    locale = paypal_locale(request.locale)
+    if locale:
+        experience["locale"] = locale
+    body: dict[str, Any] = {
+        "payment_source": {
+            "paypal": {
+                "usage_type": "MERCHANT",
+                "customer_type": "CONSUMER",
+                "permit_multiple_payment_tokens": True,
+                "experience_context": experience,
+            }
+        }
+    }
+    customer = setup_customer_id(data.session_id)
+    if customer is not None:
+        body["customer"] = {"id": customer}
+    return body
+
+
+def text(value: Any) -> str | None:
+    """``value`` when it is a non-empty string, else None."""
     return value if isinstance(value, str) and value else None
 
 
 #: The one table of PayPal payment statuses, for captures and authorizations wherever they
 #: appear (an order's ``purchase_units[].payments``, a capture/authorization webhook resource,
-#: the answer of the gateway's capture/authorize call). Success only when the money is taken
-#: (capture COMPLETED) or reserved (authorization CREATED, or captured since); every status not
-#: listed (PENDING, refunds, voids, anything unknown) is PROCESSING: never success.
+#: the answer of a capture, authorize, void or vaulted charge). Success only when the money is
+#: taken (capture COMPLETED); an authorization that holds it is AUTHORIZED (captured since:
+#: COMPLETED). Every status not listed (PENDING, refunds, anything unknown) is PROCESSING:
+#: never success.
 PAYMENT_STATUS: Mapping[tuple[str, str], SessionStatus] = MappingProxyType(
     {
         ("captures", "COMPLETED"): SessionStatus.COMPLETED,
         ("captures", "DECLINED"): SessionStatus.FAILED,
         ("captures", "FAILED"): SessionStatus.FAILED,
-        ("authorizations", "CREATED"): SessionStatus.COMPLETED,
+        ("authorizations", "CREATED"): SessionStatus.AUTHORIZED,
         ("authorizations", "CAPTURED"): SessionStatus.COMPLETED,
         ("authorizations", "PARTIALLY_CAPTURED"): SessionStatus.COMPLETED,
         ("authorizations", "DENIED"): SessionStatus.FAILED,
+        ("authorizations", "VOIDED"): SessionStatus.CANCELLED,
+        ("authorizations", "EXPIRED"): SessionStatus.CANCELLED,
     }
 )
-#: webhook event types whose resource is one capture or authorization, by payment kind
-_PAYMENT_EVENTS: Mapping[str, str] = MappingProxyType(
+#: PayPal refund status -> the gateway refund's (anything unknown stays PENDING)
+REFUND_STATUS: Mapping[str, RefundStatus] = MappingProxyType(
     {
-        "PAYMENT.CAPTURE.COMPLETED": "captures",
-        "PAYMENT.CAPTURE.PENDING": "captures",
-        "PAYMENT.CAPTURE.DENIED": "captures",
-        "PAYMENT.CAPTURE.DECLINED": "captures",
-        "PAYMENT.AUTHORIZATION.CREATED": "authorizations",
+        "COMPLETED": RefundStatus.SUCCEEDED,
+        "PENDING": RefundStatus.PENDING,
+        "FAILED": RefundStatus.FAILED,
+        "CANCELLED": RefundStatus.FAILED,
     }
 )
 #: a PayPal ``amount.value``: a plain decimal string (the Orders v2 ``money`` pattern)
@@ -242,7 +318,12 @@ def payment_status(kind: str, state: str | None) -> SessionStatus:
     return PAYMENT_STATUS.get((kind, state or ""), SessionStatus.PROCESSING)
 
 
-def _payments(order: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+def refund_status(state: str | None) -> RefundStatus:
+    """The gateway refund status a PayPal refund status justifies (:data:`REFUND_STATUS`)."""
+    return REFUND_STATUS.get(state or "", RefundStatus.PENDING)
+
+
+def order_payments(order: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every ``purchase_units[].payments.<kind>[]`` entry of an order, with its kind."""
     found: list[tuple[str, Mapping[str, Any]]] = []
     for unit in order.get("purchase_units") or []:
@@ -257,30 +338,34 @@ def _payments(order: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     return found
 
 
-def _order_payment_status(resource: Mapping[str, Any]) -> SessionStatus:
+def first_payment(order: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The first ``purchase_units[].payments.<kind>[]`` entry of an order, or None."""
+    return next((entry for found, entry in order_payments(order) if found == kind), None)
+
+
+def order_payment_status(order: Mapping[str, Any]) -> SessionStatus:
     """The status a COMPLETED order's payments justify (:data:`PAYMENT_STATUS` per payment):
-    success when any payment secured the money, else failure when any failed."""
+    captured when any capture took the money, else authorized, else failed when any failed,
+    else cancelled when an authorization was voided or expired."""
     statuses = {
-        payment_status(kind, _str(entry.get("status"))) for kind, entry in _payments(resource)
+        payment_status(kind, text(entry.get("status"))) for kind, entry in order_payments(order)
     }
-    for status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+    for status in (
+        SessionStatus.COMPLETED,
+        SessionStatus.AUTHORIZED,
+        SessionStatus.FAILED,
+        SessionStatus.CANCELLED,
+    ):
         if status in statuses:
             return status
     return SessionStatus.PROCESSING
 
 
-def _status(event_type: str, resource: Mapping[str, Any]) -> SessionStatus | None:
-    """Lifecycle status of an event; approval is not payment, so it is PROCESSING only."""
-    if event_type == "CHECKOUT.ORDER.APPROVED":
-        return SessionStatus.PROCESSING
-    if event_type == "CHECKOUT.ORDER.COMPLETED":
-        return _order_payment_status(resource)
-    if event_type in ("CHECKOUT.ORDER.VOIDED", "PAYMENT.AUTHORIZATION.VOIDED"):
-        return SessionStatus.CANCELLED
-    if event_type == "CHECKOUT.PAYMENT-APPROVAL.REVERSED":
-        return SessionStatus.FAILED
-    kind = _PAYMENT_EVENTS.get(event_type)
-    return payment_status(kind, _str(resource.get("status"))) if kind else None
+def custom_id_of(order: Mapping[str, Any]) -> str | None:
+    """``purchase_units[0].custom_id`` of an order (the gateway session id)."""
+    units = order.get("purchase_units")
+    first = units[0] if isinstance(units, list) and units else None
+    return text(first.get("custom_id")) if isinstance(first, Mapping) else None
 
 
 def paypal_money(amount: Any) -> tuple[Decimal, str] | None:
@@ -294,31 +379,9 @@ def paypal_money(amount: Any) -> tuple[Decimal, str] | None:
     return Decimal(value), currency
 
 
-def _event_money(event_type: str, resource: Mapping[str, Any]) -> tuple[Decimal, str] | None:
-    """What an event says was paid: the order's amount (summed over its purchase units) for an
-    order event, the payment's own amount for a capture or authorization event."""
-    if not event_type.startswith("CHECKOUT."):
-        return paypal_money(resource.get("amount"))
-    units = resource.get("purchase_units")
-    amounts = [
-        paypal_money(unit.get("amount"))
-        for unit in (units if isinstance(units, list) else [])
-        if isinstance(unit, Mapping)
-    ]
-    if not amounts or any(a is None for a in amounts):
-        return None
-    currencies = {a[1] for a in amounts if a is not None}
-    if len(currencies) != 1:
-        return None
-    try:
-        total = add(a[0] for a in amounts if a is not None)
-    except ArithmeticError:  # more digits than the money context holds: never a rounded sum
-        return None
-    return total, currencies.pop()
-
-
-def _vault(resource: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``payment_source.paypal.attributes.vault`` of a resource (empty when absent)."""
+def vault_of(resource: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``payment_source.paypal.attributes.vault`` of a resource (empty when absent), its
+    ``customer`` always a mapping."""
     node: Any = resource
     for key in ("payment_source", "paypal", "attributes", "vault"):
         node = node.get(key) if isinstance(node, Mapping) else None
@@ -326,125 +389,3 @@ def _vault(resource: Mapping[str, Any]) -> Mapping[str, Any]:
         return {}
     customer = node.get("customer")
     return {**node, "customer": customer if isinstance(customer, Mapping) else {}}
-
-
-def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
-    """Map one (already verified) PayPal webhook event onto the gateway lifecycle.
-
-    Order events carry the order as ``resource``; capture and authorization events carry the
-    payment, which names its order in ``supplementary_data.related_ids.order_id``.
-    """
-    event_type = str(event.get("event_type", ""))
-    raw = event.get("resource")
-    resource: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    if event_type.startswith("CHECKOUT."):
-        order_id = _str(resource.get("id"))
-        units = resource.get("purchase_units")
-        first = units[0] if isinstance(units, list) and units else {}
-        session_id = _str(first.get("custom_id")) if isinstance(first, Mapping) else None
-    else:
-        supplementary = resource.get("supplementary_data")
-        related = supplementary.get("related_ids") if isinstance(supplementary, Mapping) else None
-        order_id = _str(related.get("order_id")) if isinstance(related, Mapping) else None
-        session_id = _str(resource.get("custom_id"))
-    status = _status(event_type, resource)
-    reason = None
-    if status is SessionStatus.FAILED:
-        details = resource.get("status_details")
-        detail = _str(details.get("reason")) if isinstance(details, Mapping) else None
-        reason = detail or _str(event.get("summary")) or event_type
-    extra = {"resourceStatus": _str(resource.get("status")) or ""}
-    amount = resource.get("amount")
-    if isinstance(amount, Mapping) and _str(amount.get("value")):
-        extra["amount"] = str(amount["value"])
-        extra["currency"] = str(amount.get("currency_code", ""))
-    money = _event_money(event_type, resource)
-    return ProviderEvent(
-        provider="paypal",
-        event_id=str(event.get("id", "")),
-        event_type=event_type,
-        reference=order_id,
-        session_id=session_id,
-        status=status,
-        occurred_at=parse_datetime(event.get("create_time")),
-        failure_reason=reason,
-        payment_id=None if event_type.startswith("CHECKOUT.") else _str(resource.get("id")),
-        customer_id=_str(_vault(resource).get("customer", {}).get("id")),
-        payment_method_id=_str(_vault(resource).get("id")),
-        extra=extra,
-        amount=money[0] if money else None,
-        currency=money[1] if money else None,
-        awaits_completion=event_type == "CHECKOUT.ORDER.APPROVED",
-    )
-
-
-def _first_payment(order: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    """The first ``purchase_units[].payments.<kind>[]`` entry of an order, or None."""
-    return next((entry for found, entry in _payments(order) if found == kind), None)
-
-
-def _custom_id(order: Mapping[str, Any]) -> str | None:
-    units = order.get("purchase_units")
-    first = units[0] if isinstance(units, list) and units else None
-    return _str(first.get("custom_id")) if isinstance(first, Mapping) else None
-
-
-def completion_event(
-    order: Mapping[str, Any], *, intent: str, request_id: str
-) -> ProviderEvent | None:
-    """The outcome of capturing (or authorizing) ``order``, from the order PayPal answers.
-
-    Judged by ``purchase_units[0].payments.captures[0]`` (``authorizations[0]`` for the
-    ``authorize`` intent); None when the order carries no such payment (nothing is settled).
-    An authorization counts as COMPLETED: for a manual-capture session the checkout is done
-    once the money is reserved; capturing it later is the merchant's business.
-    """
-    kind = "captures" if intent == CAPTURE else "authorizations"
-    payment = _first_payment(order, kind)
-    if payment is None:
-        return None
-    state = _str(payment.get("status"))
-    status = payment_status(kind, state)
-    reason = None
-    if status is SessionStatus.FAILED:
-        details = payment.get("status_details")
-        detail = _str(details.get("reason")) if isinstance(details, Mapping) else None
-        reason = detail or f"{kind[:-1]} {state}".lower()
-    payment_id = _str(payment.get("id"))
-    money = paypal_money(payment.get("amount"))
-    vault = _vault(order) or _vault(payment)
-    extra = {"resourceStatus": state or ""}
-    amount = payment.get("amount")
-    if isinstance(amount, Mapping) and _str(amount.get("value")):
-        extra["amount"] = str(amount["value"])
-        extra["currency"] = str(amount.get("currency_code", ""))
-    return ProviderEvent(
-        provider="paypal",
-        event_id=payment_id or request_id,
-        event_type=f"ORDER.{intent.upper()}",
-        reference=_str(order.get("id")),
-        session_id=_custom_id(order),
-        status=status,
-        occurred_at=parse_datetime(payment.get("create_time")),
-        failure_reason=reason,
-        payment_id=payment_id,
-        customer_id=_str(vault.get("customer", {}).get("id")),
-        payment_method_id=_str(vault.get("id")),
-        extra=extra,
-        amount=money[0] if money else None,
-        currency=money[1] if money else None,
-    )
-
-
-def declined_event(order_id: str, *, intent: str, issue: str, request_id: str) -> ProviderEvent:
-    """A capture/authorize call PayPal refused with one of :data:`DECLINE_ISSUES`."""
-    return ProviderEvent(
-        provider="paypal",
-        event_id=request_id,
-        event_type=f"ORDER.{intent.upper()}",
-        reference=order_id,
-        session_id=None,
-        status=SessionStatus.FAILED,
-        failure_reason=issue,
-        extra={"issue": issue},
-    )

@@ -13,9 +13,13 @@ verification, close enough that :class:`providers.paypal.PayPalAdapter` cannot t
 - ``POST /paypal/v1/notifications/verify-webhook-signature``: SUCCESS only for a transmission
   this sandbox really sent, with the same headers, webhook id and event.
 
+The calls after the checkout (vaulted charges, authorization capture and void, refunds, Vault
+v3 tokens) are :mod:`providers.sandbox.paypal_operations`.
+
 ``notify`` sends what PayPal sends when the payer acts on the pay page: Pay and Decline both
 *approve* the order (CHECKOUT.ORDER.APPROVED; no money moves until the merchant captures, and a
 payer who declined gets a declined capture), Cancel and expiry void it (CHECKOUT.ORDER.VOIDED).
+For a setup token, Save approves it (VAULT.SETUP-TOKEN.APPROVED); anything else sends nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -37,7 +42,7 @@ import orjson
 from aiohttp import web
 
 from providers.paypal.transformers import REQUEST_ID_MAX
-from providers.sandbox.paypal_payments import complete_order, now_iso, paypal_id
+from providers.sandbox.paypal_payments import PaymentRecord, complete_order, now_iso, paypal_id
 from providers.sandbox.paypal_rules import (
     PayPalError,
     check_order,
@@ -91,6 +96,21 @@ class PayPalSandbox:
     lose_completion_answers: int = 0
     #: how long after a capture/authorization its webhook is sent
     payment_webhook_delay_seconds: float = 0.2
+    #: authorizations and captures by id (for the payments API: capture, void, refund)
+    payments: dict[str, PaymentRecord] = field(default_factory=dict)
+    #: vaulted wallets by payment token / vault id: their vault customer id
+    vault: dict[str, str] = field(default_factory=dict)
+    #: ids of the orders made by vaulted (payer-absent) charges, and of the refunds made
+    charges: list[str] = field(default_factory=list)
+    refunds: list[str] = field(default_factory=list)
+    #: the status a new refund gets (COMPLETED, PENDING, FAILED), and a new authorization capture
+    refund_status: str = "COMPLETED"
+    capture_status: str = "COMPLETED"
+
+    def remember(self, kind: str, resource: dict[str, Any], session: SandboxSession) -> None:
+        """Keep an authorization or capture the emulator made, for the payments API."""
+        value = str((resource.get("amount") or {}).get("value", "0"))
+        self.payments[resource["id"]] = PaymentRecord(kind, resource, session, Decimal(value))
 
     def revoke_tokens(self) -> None:
         """Invalidate every issued token (as if they had expired)."""
@@ -150,6 +170,12 @@ async def _complete(
     if key is not None:
         state.idempotency_finish(PROVIDER, key, status, answer)
     pp.completions.append(CompletionCall(session.id, action, key, done.status))
+    if done.refusal is None:
+        for kind, entries in done.order["purchase_units"][0].get("payments", {}).items():
+            for entry in entries:
+                pp.remember(kind, entry, session)
+        if "vault_id" in session.extra:  # the wallet was vaulted with the payment
+            pp.vault[session.extra["vault_id"]] = session.extra["vault_customer"]
     state.send_later(
         PROVIDER, lambda: _send_all(state, session, done.events), pp.payment_webhook_delay_seconds
     )
@@ -261,6 +287,12 @@ def register(app: web.Application, state: SandboxState) -> None:
         earlier = _request_id_answer(state, key, fingerprint)
         if earlier is not None:
             return earlier
+        wallet = (body.get("payment_source") or {}).get("paypal")
+        if isinstance(wallet, dict) and wallet.get("vault_id"):
+            # the payer is absent: PayPal pays the order with the saved wallet at once
+            from providers.sandbox.paypal_operations import charge_vaulted
+
+            return await charge_vaulted(state, request, body, key, fingerprint)
         try:
             return_url, cancel_url = check_order(body)
         except PayPalError as exc:
@@ -402,6 +434,10 @@ def register(app: web.Application, state: SandboxState) -> None:
         f"/{PROVIDER}/v2/checkout/orders/{{id}}/{{action:capture|authorize}}", complete
     )
     app.router.add_post(f"/{PROVIDER}/v1/notifications/verify-webhook-signature", verify)
+    # the calls after the checkout live in their own module, which builds on this one
+    from providers.sandbox import paypal_operations
+
+    paypal_operations.register(app, state)
 
 
 def events_for(session: SandboxSession, outcome: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -411,6 +447,12 @@ def events_for(session: SandboxSession, outcome: str) -> list[tuple[str, str, di
     the merchant's capture (or authorization) call moves the money, or fails for a payer who
     declined (:func:`~providers.sandbox.paypal_payments.complete_order`).
     """
+    setup = session.extra.get("setup_token")
+    if setup is not None:  # a setup token: only the payer's Save says anything
+        if outcome != "paid":
+            return []
+        setup["status"] = "APPROVED"
+        return [("VAULT.SETUP-TOKEN.APPROVED", "setup-token", dict(setup))]
     order = session.extra["order"]
     if outcome in ("cancelled", "expired"):
         order["status"] = "VOIDED"

@@ -14,12 +14,21 @@ import secrets
 import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from providers.sandbox.paypal_rules import PayPalError
 from providers.sandbox.state import SandboxSession
 
-__all__ = ["ACTIONS", "Completed", "complete_order", "now_iso", "payment_resource", "paypal_id"]
+__all__ = [
+    "ACTIONS",
+    "Completed",
+    "PaymentRecord",
+    "complete_order",
+    "now_iso",
+    "payment_resource",
+    "paypal_id",
+]
 
 _ID_CHARS = string.ascii_uppercase + string.digits
 
@@ -73,6 +82,24 @@ def payment_resource(session: SandboxSession, kind: str, status: str) -> dict[st
     if vault is not None:  # ON_SUCCESS: the wallet is vaulted with the successful payment
         resource["payment_source"] = {"paypal": {"attributes": {"vault": vault}}}
     return resource
+
+
+@dataclass(slots=True)
+class PaymentRecord:
+    """One authorization or capture the emulated PayPal holds (for the payments API calls):
+    its resource as last shown, the order session it belongs to, and what was taken from it
+    since (captured from an authorization, refunded from a capture)."""
+
+    kind: str
+    resource: dict[str, Any]
+    session: SandboxSession
+    amount: Decimal
+    taken: Decimal = Decimal(0)
+
+    @property
+    def remaining(self) -> Decimal:
+        """What may still be captured (an authorization) or refunded (a capture)."""
+        return self.amount - self.taken
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,14 @@ from aiohttp import web
 
 from providers.paypal.transformers import PAYPAL_CURRENCIES, paypal_decimals
 
-__all__ = ["PayPalError", "check_order", "check_verify_request", "error_body"]
+__all__ = [
+    "PayPalError",
+    "check_money",
+    "check_order",
+    "check_order_units",
+    "check_verify_request",
+    "error_body",
+]
 
 _NAMES = {
     400: (
@@ -91,6 +98,11 @@ class PayPalError(Exception):
     def response(self) -> web.Response:
         """The error as PayPal answers it."""
         return web.Response(status=self.status, body=self.body(), content_type="application/json")
+
+
+def check_money(node: Any, field: str, currency: str | None = None) -> tuple[str, Decimal]:
+    """A money object's (currency, value) per PayPal's amount rules; raises PayPalError."""
+    return _money(node, field, currency)
 
 
 def _money(node: Any, field: str, currency: str | None = None) -> tuple[str, Decimal]:
@@ -193,12 +205,9 @@ def _check_unit(unit: Any, index: int) -> None:
             )
 
 
-def check_order(body: dict[str, Any]) -> tuple[str, str]:
-    """Validate an order request; returns its (return_url, cancel_url) or raises PayPalError.
-
-    The sandbox needs somewhere to send the payer back, so a return URL (in
-    ``payment_source.paypal.experience_context`` or ``application_context``) is required here.
-    """
+def check_order_units(body: dict[str, Any]) -> None:
+    """Validate an order's intent and purchase units (amounts, breakdown, items); raises
+    PayPalError. An order paid by a vault id needs nothing more."""
     intent = body.get("intent")
     if intent is None:
         raise PayPalError(400, "MISSING_REQUIRED_PARAMETER", "/intent", "Required.")
@@ -213,6 +222,15 @@ def check_order(body: dict[str, Any]) -> tuple[str, str]:
         raise PayPalError(400, "INVALID_ARRAY_MAX_ITEMS", "/purchase_units", "At most 10.")
     for index, unit in enumerate(units):
         _check_unit(unit, index)
+
+
+def check_order(body: dict[str, Any]) -> tuple[str, str]:
+    """Validate an order request; returns its (return_url, cancel_url) or raises PayPalError.
+
+    The sandbox needs somewhere to send the payer back, so a return URL (in
+    ``payment_source.paypal.experience_context`` or ``application_context``) is required here.
+    """
+    check_order_units(body)
     source = body.get("payment_source") or {}
     context = (source.get("paypal") or {}).get("experience_context") or body.get(
         "application_context"

@@ -32,6 +32,7 @@ from jsonschema import Draft7Validator, ValidationError, validators
 __all__ = [
     "OPERATION_FILES",
     "SEMANTIC_RULES",
+    "SPEC_AMENDMENTS",
     "SPEC_FILES",
     "find_operation",
     "load_spec",
@@ -165,11 +166,37 @@ def _read_only(
 _RequestValidator = validators.extend(Draft7Validator, {"readOnly": _read_only})
 
 
+#: Enum values a spec excerpt lacks because it is older than the API it describes, each added
+#: to exactly one place (operation -> [(path of the enum list in the request schema, value)]).
+#: Vault v3 3.1 (the stored blob) only knows ``BILLING_AGREEMENT`` for a payment token's
+#: ``payment_source.token.type``; PayPal's current API makes a payment token from an approved
+#: setup token with ``type: SETUP_TOKEN`` (``token_id_request``), the only way to finish a
+#: setup-token flow. The file's own ``x-spec-notes`` records the gap.
+SPEC_AMENDMENTS: dict[str, list[tuple[tuple[str, ...], str]]] = {
+    "paypal_vault_v3:payment_tokens_create": [
+        (
+            ("properties", "payment_source", "properties", "token", "properties", "type"),
+            "SETUP_TOKEN",
+        )
+    ],
+}
+
+
+def _amend(schema: dict[str, Any], operation: str | None) -> dict[str, Any]:
+    for path, value in SPEC_AMENDMENTS.get(operation or "", []):
+        node: Any = schema
+        for key in path:
+            node = node[key]
+        node["enum"] = [*node["enum"], value]
+    return schema
+
+
 @cache
 def request_schema(provider: str, operation: str | None = None) -> dict[str, Any]:
-    """The normalised request body schema of one operation (an empty body: ``{}``)."""
+    """The normalised request body schema of one operation (an empty body: ``{}``), with the
+    :data:`SPEC_AMENDMENTS` of that operation."""
     schema = copy.deepcopy(operation_spec(provider, operation)["request"].get("schema") or {})
-    normalised: dict[str, Any] = _normalise(schema)
+    normalised: dict[str, Any] = _amend(_normalise(schema), operation)
     if provider == "stripe":
         # The listed top-level params are the closed set (the spec says so, made explicit).
         normalised["additionalProperties"] = False

@@ -233,3 +233,26 @@ def test_an_operation_is_checked_against_its_own_schema() -> None:
     assert validate_request("stripe", headers, body) != []
     bad = "payment_intent=pi_1&amount=100&reason=because"
     assert validate_request("stripe", headers, bad, operation="stripe_refunds:create") != []
+
+
+@pytest.mark.parametrize(
+    ("token_type", "valid"),
+    [("SETUP_TOKEN", True), ("BILLING_AGREEMENT", True), ("SOMETHING_ELSE", False)],
+)
+def test_the_vault_spec_amendment_adds_setup_tokens_only(token_type: str, valid: bool) -> None:
+    """The Vault v3 excerpt predates ``SETUP_TOKEN``: the one amended enum takes it, and still
+    refuses anything else (and the unamended create order is untouched)."""
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Bearer A21AA-token",
+        "PayPal-Request-Id": "vault-1",
+    }
+    body = {"payment_source": {"token": {"id": "5C991763VB2781612", "type": token_type}}}
+    problems = validate_request(
+        "paypal", headers, body, operation="paypal_vault_v3:payment_tokens_create"
+    )
+    assert (problems == []) is valid
+    missing_key = {k: v for k, v in headers.items() if k != "PayPal-Request-Id"}
+    assert "header PayPal-Request-Id: required" in validate_request(
+        "paypal", missing_key, body, operation="paypal_vault_v3:payment_tokens_create"
+    )

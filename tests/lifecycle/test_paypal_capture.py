@@ -98,7 +98,8 @@ async def test_manual_capture_is_authorized(lifecycle_env: EnvFactory) -> None:
     env = await lifecycle_env("paypal", sink=True)
     session_id, order_id, approved = await approval(env, captureMethod="manual")
     assert (await deliver(env, "paypal", approved.body, approved.headers))[0] == 200
-    view = await read_when(env, session_id, "COMPLETED")
+    # the money is held, not taken: AUTHORIZED until the merchant captures or voids it
+    view = await read_when(env, session_id, "AUTHORIZED")
     assert view["transitions"][-1]["source"] == "gateway:authorize"
     assert view["captureMethod"] == "manual"
     [made] = pp_of(env).completions

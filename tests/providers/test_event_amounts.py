@@ -13,7 +13,9 @@ import pytest
 from gateway.domain.session import SessionStatus
 from providers.adyen.adapter import event_from_item
 from providers.base import AUTHORIZE, CAPTURE
-from providers.paypal.transformers import PAYMENT_STATUS, completion_event, event_from_paypal
+from providers.paypal.payments import completion_event
+from providers.paypal.transformers import PAYMENT_STATUS
+from providers.paypal.webhooks import event_from_paypal
 from providers.stripe.webhooks import event_from_payload
 
 S = SessionStatus
@@ -193,10 +195,12 @@ def test_paypal_success_only_when_money_is_secured() -> None:
     successes = {key for key, status in PAYMENT_STATUS.items() if status is S.COMPLETED}
     assert successes == {
         ("captures", "COMPLETED"),
-        ("authorizations", "CREATED"),
         ("authorizations", "CAPTURED"),
         ("authorizations", "PARTIALLY_CAPTURED"),
     }
+    # money held, not taken: AUTHORIZED (the merchant captures or voids it)
+    held = {key for key, status in PAYMENT_STATUS.items() if status is S.AUTHORIZED}
+    assert held == {("authorizations", "CREATED")}
     # an order whose authorization has been captured since is paid (both paths agree)
     order = _order("authorizations", "CAPTURED")
     hook = {"id": "WH-4", "event_type": "CHECKOUT.ORDER.COMPLETED", "resource": order}

@@ -25,7 +25,7 @@ from providers.base import (
     ProviderUnavailable,
 )
 from providers.paypal.adapter import PayPalAdapter
-from providers.paypal.transformers import completion_event
+from providers.paypal.payments import completion_event
 from providers.sandbox.paypal_api import PayPalSandbox, paypal_sandbox
 from providers.stripe.adapter import StripeAdapter
 from tests.contracts.strict_sandbox import StrictSandbox
@@ -118,7 +118,7 @@ async def test_capture_moves_the_money(
     assert (hook.payment_id, hook.status) == (capture["id"], SessionStatus.COMPLETED)
 
 
-async def test_manual_capture_authorizes_and_counts_as_completed(
+async def test_manual_capture_authorizes_and_reads_authorized(
     env: tuple[StrictSandbox, WebhookSink], adapter: PayPalAdapter
 ) -> None:
     sandbox, sink = env
@@ -131,7 +131,8 @@ async def test_manual_capture_authorizes_and_counts_as_completed(
         "authorizations"
     ]
     assert authorization["status"] == "CREATED"
-    assert (event.status, event.payment_id) == (SessionStatus.COMPLETED, authorization["id"])
+    assert (event.status, event.payment_id) == (SessionStatus.AUTHORIZED, authorization["id"])
+    assert event.capture_id is None
     assert event.event_type == "ORDER.AUTHORIZE"
     assert (await webhook_types(sink, 2))[1] == "PAYMENT.AUTHORIZATION.CREATED"
 
@@ -363,7 +364,7 @@ def _order(kind: str, status: str, **payment: Any) -> dict[str, Any]:
         (CAPTURE, "captures", "DECLINED", SessionStatus.FAILED),
         (CAPTURE, "captures", "FAILED", SessionStatus.FAILED),
         (CAPTURE, "captures", "SOMETHING_NEW", SessionStatus.PROCESSING),
-        (AUTHORIZE, "authorizations", "CREATED", SessionStatus.COMPLETED),
+        (AUTHORIZE, "authorizations", "CREATED", SessionStatus.AUTHORIZED),
         (AUTHORIZE, "authorizations", "PENDING", SessionStatus.PROCESSING),
         (AUTHORIZE, "authorizations", "DENIED", SessionStatus.FAILED),
     ],
