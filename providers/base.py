@@ -304,6 +304,10 @@ class PaymentReference:
     currency: str
     #: what the payment holds (authorized or charged), major units, exact
     amount: Decimal
+    #: the gateway session the payment belongs to: adapters send it with captures and voids
+    #: where the provider's notification of the outcome names nothing else (Adyen's
+    #: modification ``reference``)
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

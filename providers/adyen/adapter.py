@@ -1,16 +1,22 @@
-"""The Adyen adapter: hosted Checkout sessions (``POST /v71/sessions``) and standard
-notifications verified by their per-item HMAC signature.
+"""The Adyen adapter: hosted Checkout sessions (``POST /v71/sessions``), the calls after the
+checkout (``/payments`` with a stored method, ``/captures``, ``/cancels``, ``/refunds``:
+:mod:`providers.adyen.payments`) and standard notifications verified by their per-item HMAC
+signature (:mod:`providers.adyen.webhooks`).
 
 Return URL: Adyen's hosted checkout sends the shopper back to one ``returnUrl`` whatever the
 outcome (with ``sessionId`` and ``sessionResult`` appended). The adapter gives it the gateway's
 return page, which waits briefly for the AUTHORISATION notification and then sends the shopper
 to the merchant's success or failure URL.
+
+Session types: ``setup`` is a zero-value session that stores the card under the shopper
+(``storePaymentMethodMode`` enabled, ``recurringProcessingModel`` Subscription); its
+AUTHORISATION reports the token. ``next_in_series`` charges the token through ``/payments``
+(cards and card wallets only). Manual capture: an authorization stays capturable for 7 days
+(Adyen's default for cards; other methods differ), and may be captured partially.
 """
 
 from __future__ import annotations
 
-import binascii
-import contextlib
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -18,29 +24,32 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from gateway.domain.session import SessionStatus
+from providers.adyen import payments
 from providers.adyen.transformers import (
     ADYEN_PAYMENT_METHODS,
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_REFUSED,
     amount_problem,
     build_session_request,
-    from_adyen_minor,
-    verify_hmac,
 )
+from providers.adyen.webhooks import event_from_item, parse_notification
 from providers.base import (
     Capabilities,
+    ChargeInput,
     CreateSessionInput,
     FlowNotSupported,
+    PaymentOutcome,
+    PaymentReference,
     ProviderEvent,
     ProviderKeyConflict,
     ProviderRejected,
     ProviderSession,
     ProviderUnavailable,
+    RefundInput,
+    RefundOutcome,
     WebhookAnswer,
-    WebhookVerificationError,
 )
-from providers.http import ProviderHttp
+from providers.http import HttpResult, ProviderHttp
 from providers.wire import bounded_key, json_object, parse_datetime
 
 if TYPE_CHECKING:
@@ -51,89 +60,10 @@ __all__ = ["ADYEN_CAPABILITIES", "AdyenAdapter", "event_from_item"]
 
 ADYEN_CAPABILITIES = Capabilities(
     payment_methods=frozenset(ADYEN_PAYMENT_METHODS),
-    session_types=frozenset({"one_time", "first_in_series"}),
+    session_types=frozenset({"one_time", "first_in_series", "setup", "next_in_series"}),
+    partial_capture=True,
+    authorization_days=7,
 )
-
-#: (eventCode, success) -> lifecycle status; anything not listed does not move the session.
-_STATUS: dict[tuple[str, bool], SessionStatus] = {
-    ("AUTHORISATION", True): SessionStatus.COMPLETED,
-    ("AUTHORISATION", False): SessionStatus.FAILED,
-    ("CANCELLATION", True): SessionStatus.CANCELLED,
-    ("TECHNICAL_CANCEL", True): SessionStatus.CANCELLED,
-    ("OFFER_CLOSED", True): SessionStatus.EXPIRED,
-}
-
-
-def _text(additional: Mapping[str, Any], *keys: str) -> str | None:
-    """The first non-empty string among ``additionalData[key]``."""
-    for key in keys:
-        value = additional.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _metadata(additional: Mapping[str, Any], key: str) -> str | None:
-    """A session metadata value as notifications carry it: ``metadata.<key>`` (or nested)."""
-    value = additional.get(f"metadata.{key}")
-    if value is None:
-        nested = additional.get("metadata")
-        value = nested.get(key) if isinstance(nested, Mapping) else None
-    return value if isinstance(value, str) and value else None
-
-
-def event_from_item(item: Mapping[str, Any]) -> ProviderEvent:
-    """Map one (already verified) NotificationRequestItem onto the gateway lifecycle.
-
-    AUTHORISATION success -> COMPLETED, failure -> FAILED; CANCELLATION/TECHNICAL_CANCEL ->
-    CANCELLED; OFFER_CLOSED -> EXPIRED. Every other code (CAPTURE, REFUND, unknown ones, or a
-    failed modification) leaves the status alone (``None``), never reports success.
-    """
-    code = str(item.get("eventCode", ""))
-    success = str(item.get("success", "")).lower() == "true"
-    psp = str(item.get("pspReference", ""))
-    raw_additional = item.get("additionalData")
-    additional: Mapping[str, Any] = raw_additional if isinstance(raw_additional, Mapping) else {}
-    extra: dict[str, str] = {"success": "true" if success else "false"}
-    amount = item.get("amount")
-    money: Decimal | None = None
-    currency: str | None = None
-    if isinstance(amount, Mapping):
-        unit, value = amount.get("currency"), amount.get("value")
-        if isinstance(unit, str) and isinstance(value, int) and not isinstance(value, bool):
-            currency = unit
-            with contextlib.suppress(ValueError):  # unknown currency: keep event, drop amount
-                money = from_adyen_minor(value, unit)
-                extra["amount"] = str(money)
-            extra["currency"] = unit
-    for source, target in (
-        ("merchantReference", "merchantReference"),
-        ("paymentMethod", "paymentMethod"),
-        ("originalReference", "originalReference"),
-    ):
-        if isinstance(item.get(source), str) and item[source]:
-            extra[target] = item[source]
-    reference = additional.get("checkoutSessionId")
-    return ProviderEvent(
-        provider="adyen",
-        event_id=f"{psp}:{code}",
-        event_type=code,
-        reference=reference if isinstance(reference, str) and reference else None,
-        session_id=_metadata(additional, "gatewaySessionId"),
-        status=_STATUS.get((code, success)),
-        occurred_at=parse_datetime(item.get("eventDate")),
-        failure_reason=str(item.get("reason") or "refused") if not success else None,
-        payment_id=psp if code == "AUTHORISATION" and psp else None,
-        customer_id=_text(
-            additional, "tokenization.shopperReference", "recurring.shopperReference"
-        ),
-        payment_method_id=_text(
-            additional, "tokenization.storedPaymentMethodId", "recurring.recurringDetailReference"
-        ),
-        extra=extra,
-        amount=money,
-        currency=currency,
-    )
 
 
 class AdyenAdapter:
@@ -166,26 +96,14 @@ class AdyenAdapter:
         if not self.config.api_key or not self.config.merchant_account:
             raise FlowNotSupported(self.name, "API key and merchant account are not configured")
         body = build_session_request(data, self.config.merchant_account)
-        headers = {
-            "Content-Type": "application/json",
-            "X-API-Key": self.config.api_key,
-            "Idempotency-Key": bounded_key(data.idempotency_key, IDEMPOTENCY_KEY_MAX),
-        }
-        try:
-            result = await self._http.request(
-                "POST",
-                f"{self.config.base_url}/v71/sessions",
-                timeout=timeout,
-                headers=headers,
-                data=orjson.dumps(body),
-                operation="create_session",
-                request_id=data.request_id,
-            )
-        except ProviderRejected as exc:
-            if exc.code == IDEMPOTENCY_REFUSED:
-                # "request already processed or in progress": Adyen does not say which
-                raise ProviderKeyConflict(self.name, exc.reason, in_flight=False) from exc
-            raise
+        result = await self._post(
+            "/sessions",
+            body,
+            data.idempotency_key,
+            timeout=timeout,
+            operation="create_session",
+            request_id=data.request_id,
+        )
         payload = json_object(result, self.name)
         session_id, url = payload.get("id"), payload.get("url")
         if not isinstance(session_id, str) or not isinstance(url, str):
@@ -215,35 +133,131 @@ class AdyenAdapter:
     async def parse_webhook(
         self, headers: Mapping[str, str], raw_body: bytes
     ) -> list[ProviderEvent]:
-        """Verify every item's HMAC signature and map the items to events.
-
-        One bad item rejects the whole call (Adyen then retries it), so a forged item can
-        never ride along with genuine ones.
-        """
-        hex_key = self.config.hmac_key
-        if not hex_key:
-            raise WebhookVerificationError(self.name, "no HMAC key configured")
-        try:
-            binascii.a2b_hex(hex_key)
-        except (binascii.Error, ValueError):
-            raise WebhookVerificationError(self.name, "configured HMAC key is not hex") from None
-        try:
-            payload = orjson.loads(raw_body)
-        except orjson.JSONDecodeError:
-            raise WebhookVerificationError(self.name, "body is not JSON") from None
-        wrappers = payload.get("notificationItems") if isinstance(payload, dict) else None
-        if not isinstance(wrappers, list) or not wrappers:
-            raise WebhookVerificationError(self.name, "no notificationItems")
-        events: list[ProviderEvent] = []
-        for index, wrapper in enumerate(wrappers):
-            item = wrapper.get("NotificationRequestItem") if isinstance(wrapper, dict) else None
-            if not isinstance(item, dict):
-                raise WebhookVerificationError(self.name, f"item {index} is malformed")
-            if not verify_hmac(item, hex_key):
-                raise WebhookVerificationError(self.name, f"item {index}: HMAC signature invalid")
-            events.append(event_from_item(item))
-        return events
+        """Verify every item's HMAC signature and map the items to events (one bad item
+        rejects the whole call: :func:`providers.adyen.webhooks.parse_notification`)."""
+        return parse_notification(raw_body, self.config.hmac_key)
 
     def webhook_answer(self) -> WebhookAnswer:
         """Adyen expects HTTP 200 with the body ``[accepted]``."""
         return WebhookAnswer(status=200, body=b"[accepted]", content_type="text/plain")
+
+    # after the checkout -----------------------------------------------------------------------
+
+    def _credentials(self) -> tuple[str, str]:
+        if not self.config.api_key or not self.config.merchant_account:
+            raise FlowNotSupported(self.name, "API key and merchant account are not configured")
+        return self.config.api_key, self.config.merchant_account
+
+    async def _post(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        idempotency_key: str,
+        *,
+        timeout: float,
+        operation: str,
+        request_id: str | None = None,
+    ) -> HttpResult:
+        """POST ``body`` to ``/v71{path}`` with the API key and the idempotency key.
+
+        Adyen's refusal of a reused key (errorCode 704: "already processed or in progress",
+        without saying which) is a :class:`ProviderKeyConflict`; the rest of the error mapping
+        is :class:`ProviderHttp`'s.
+        """
+        api_key, _ = self._credentials()
+        headers = {
+            "Content-Type": "application/json",
+            "X-API-Key": api_key,
+            "Idempotency-Key": bounded_key(idempotency_key, IDEMPOTENCY_KEY_MAX),
+        }
+        try:
+            return await self._http.request(
+                "POST",
+                f"{self.config.base_url}/v71{path}",
+                timeout=timeout,
+                headers=headers,
+                data=orjson.dumps(body),
+                operation=operation,
+                request_id=request_id,
+            )
+        except ProviderRejected as exc:
+            if exc.code == IDEMPOTENCY_REFUSED:
+                raise ProviderKeyConflict(self.name, exc.reason, in_flight=False) from exc
+            raise
+
+    @staticmethod
+    def _payment_path(payment: PaymentReference, action: str) -> str:
+        if not payment.payment_id:
+            raise FlowNotSupported("adyen", f"no pspReference to {action}: the payment is unknown")
+        return f"/payments/{payment.payment_id}/{action}"
+
+    async def charge_saved(self, data: ChargeInput, *, timeout: float) -> PaymentOutcome:
+        """Charge the stored method with the shopper absent (``/payments``, ContAuth).
+
+        A refusal answers 200 ``resultCode: Refused``: a FAILED outcome, not an exception.
+        """
+        request = data.request
+        problem = self.eligibility_problem(request)
+        if problem is None and request.paymentMethod not in payments.STORED_METHOD_TYPES:
+            problem = f"Adyen has no customer-absent charge of {request.paymentMethod!r}"
+        if problem:
+            raise FlowNotSupported(self.name, problem)
+        _, merchant_account = self._credentials()
+        result = await self._post(
+            "/payments",
+            payments.charge_body(data, merchant_account),
+            data.idempotency_key,
+            timeout=timeout,
+            operation="charge_saved",
+            request_id=data.request_id,
+        )
+        return payments.charge_outcome(
+            json_object(result, self.name),
+            manual=request.captureMethod == "manual",
+            currency=request.currency,
+        )
+
+    async def capture_payment(
+        self,
+        payment: PaymentReference,
+        amount: Decimal,
+        *,
+        idempotency_key: str,
+        timeout: float,
+    ) -> PaymentOutcome:
+        """Ask for a (possibly partial) capture: PROCESSING until the CAPTURE notification."""
+        _, merchant_account = self._credentials()
+        result = await self._post(
+            self._payment_path(payment, "captures"),
+            payments.capture_body(payment, amount, merchant_account),
+            idempotency_key,
+            timeout=timeout,
+            operation="capture_payment",
+        )
+        return payments.modification_outcome(json_object(result, self.name), payment, amount)
+
+    async def void_payment(
+        self, payment: PaymentReference, *, idempotency_key: str, timeout: float
+    ) -> PaymentOutcome:
+        """Ask to cancel the authorization: PROCESSING until the CANCELLATION notification."""
+        _, merchant_account = self._credentials()
+        result = await self._post(
+            self._payment_path(payment, "cancels"),
+            payments.cancel_body(payment, merchant_account),
+            idempotency_key,
+            timeout=timeout,
+            operation="void_payment",
+        )
+        return payments.modification_outcome(json_object(result, self.name), payment, None)
+
+    async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
+        """Ask for a refund: PENDING until the REFUND (or REFUND_FAILED) notification."""
+        _, merchant_account = self._credentials()
+        result = await self._post(
+            self._payment_path(data.payment, "refunds"),
+            payments.refund_body(data, merchant_account),
+            data.idempotency_key,
+            timeout=timeout,
+            operation="refund_payment",
+        )
+        return payments.refund_outcome(json_object(result, self.name))

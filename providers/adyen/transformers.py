@@ -26,18 +26,24 @@ __all__ = [
     "ADYEN_EXPONENT_OVERRIDES",
     "ADYEN_MAX_MINOR",
     "ADYEN_PAYMENT_METHODS",
+    "CAPTURE_METHOD_KEY",
     "IDEMPOTENCY_KEY_MAX",
     "IDEMPOTENCY_REFUSED",
     "METADATA_KEY_MAX",
     "METADATA_MAX_PAIRS",
     "METADATA_VALUE_MAX",
+    "RECURRING_MODEL",
+    "SESSION_ID_KEY",
     "adyen_exponent",
     "amount_problem",
     "build_metadata",
     "build_session_request",
     "from_adyen_minor",
+    "gateway_metadata",
     "hmac_signature",
+    "line_items",
     "shopper_locale",
+    "shopper_reference",
     "signing_string",
     "to_adyen_minor",
     "verify_hmac",
@@ -66,6 +72,15 @@ IDEMPOTENCY_REFUSED = "704"
 METADATA_MAX_PAIRS = 20
 METADATA_KEY_MAX = 20
 METADATA_VALUE_MAX = 80
+#: metadata keys the adapter reads back from notifications (never taken from the merchant's
+#: ``additionalInformation``: a merchant value must not pose as the session or its mode)
+SESSION_ID_KEY = "gatewaySessionId"
+CAPTURE_METHOD_KEY = "captureMethod"
+SESSION_TYPE_KEY = "sessionType"
+#: the ``recurringProcessingModel`` of every token the gateway saves for customer-absent
+#: charges (first_in_series and setup) and of the charges themselves: Adyen wants the model a
+#: token was created with on the payments made with it
+RECURRING_MODEL = "Subscription"
 
 #: Fields of a NotificationRequestItem signed by its ``hmacSignature``, in signing order.
 _SIGNED_FIELDS = (
@@ -115,31 +130,48 @@ def shopper_locale(locale: str | None) -> str | None:
     return locale.replace("_", "-") if locale else None
 
 
-def build_metadata(data: CreateSessionInput) -> dict[str, str]:
-    """Session metadata within Adyen's limits (20 pairs, keys <= 20, values <= 80 chars).
+def gateway_metadata(session_id: str, merchant_id: str, request: CheckoutRequest) -> dict[str, str]:
+    """Payment metadata within Adyen's limits (20 pairs, keys <= 20, values <= 80 chars).
 
     The gateway's identifiers come first and are never truncated (a clipped identifier would
-    point at something else): one that does not fit is left out. The merchant's
+    point at something else): one that does not fit is left out. ``captureMethod`` (manual
+    only) and ``sessionType`` (setup only) follow: notifications echo them, so the adapter knows
+    an AUTHORISATION holds the money rather than takes it. The merchant's
     ``additionalInformation`` fills the remaining pairs in order; keys that are too long or
     that clash with the gateway's are skipped, values longer than 80 characters are clipped.
     """
     metadata: dict[str, str] = {}
     identifiers = (
-        ("gatewaySessionId", data.session_id),
-        ("orderReference", data.request.orderReference),
-        ("merchantId", data.merchant_id),
+        (SESSION_ID_KEY, session_id),
+        ("orderReference", request.orderReference),
+        ("merchantId", merchant_id),
     )
     for key, value in identifiers:
         if len(value) <= METADATA_VALUE_MAX:
             metadata[key] = value
-    reserved = {key for key, _ in identifiers}
-    for key, value in (data.request.additionalInformation or {}).items():
+    if request.captureMethod == "manual":
+        metadata[CAPTURE_METHOD_KEY] = "manual"
+    if request.sessionType == "setup":
+        metadata[SESSION_TYPE_KEY] = "setup"
+    reserved = {key for key, _ in identifiers} | {CAPTURE_METHOD_KEY, SESSION_TYPE_KEY}
+    for key, value in (request.additionalInformation or {}).items():
         if len(metadata) >= METADATA_MAX_PAIRS:
             break
         if len(key) > METADATA_KEY_MAX or key in reserved:
             continue
         metadata[key] = value[:METADATA_VALUE_MAX]
     return metadata
+
+
+def build_metadata(data: CreateSessionInput) -> dict[str, str]:
+    """:func:`gateway_metadata` of a hosted checkout session."""
+    return gateway_metadata(data.session_id, data.merchant_id, data.request)
+
+
+def shopper_reference(request: CheckoutRequest, session_id: str) -> str:
+    """The ``shopperReference`` a saved method is kept under: the merchant's own customer
+    reference, or one derived from the session (never personal data)."""
+    return request.customerReference or f"gw-{session_id}"
 
 
 def _line_item(item_id: str, description: str, quantity: int, net: int, tax: int) -> dict[str, Any]:
@@ -153,7 +185,7 @@ def _line_item(item_id: str, description: str, quantity: int, net: int, tax: int
     }
 
 
-def _line_items(request: CheckoutRequest) -> list[dict[str, Any]]:
+def line_items(request: CheckoutRequest) -> list[dict[str, Any]]:
     """Order lines whose ``amountIncludingTax * quantity`` add up to the session amount.
 
     The gateway's order carries one tax amount for the whole order, so items are sent net of
@@ -224,16 +256,19 @@ def build_session_request(data: CreateSessionInput, merchant_account: str) -> di
         "channel": "Web",
         "shopperInteraction": "Ecommerce",
         "allowedPaymentMethods": [ADYEN_PAYMENT_METHODS[request.paymentMethod]],
-        "lineItems": _line_items(request),
         "metadata": build_metadata(data),
     }
+    lines = line_items(request)
+    if lines:  # a setup session may have none
+        body["lineItems"] = lines
     if request.saves_payment_method:
-        # a token kept under shopperReference: for customer-absent charges (Subscription) or
-        # for the shopper's next visits (CardOnFile, with the shopper's consent)
-        series = request.sessionType == "first_in_series"
-        body["shopperReference"] = request.customerReference or f"gw-{data.session_id}"
-        body["recurringProcessingModel"] = "Subscription" if series else "CardOnFile"
-        body["storePaymentMethodMode"] = "enabled" if series else "askForConsent"
+        # a token kept under shopperReference: for customer-absent charges (Subscription:
+        # first_in_series, and setup, a zero-value authorisation that only saves the method)
+        # or for the shopper's next visits (CardOnFile, with the shopper's consent)
+        mandate = request.sessionType in ("first_in_series", "setup")
+        body["shopperReference"] = shopper_reference(request, data.session_id)
+        body["recurringProcessingModel"] = RECURRING_MODEL if mandate else "CardOnFile"
+        body["storePaymentMethodMode"] = "enabled" if mandate else "askForConsent"
     if request.captureMethod == "manual":
         # captureDelayHours schedules an *automatic* capture; manual capture is the
         # AdditionalDataCommon flag.

@@ -27,6 +27,7 @@ from providers.adyen.transformers import (
     adyen_exponent,
     hmac_signature,
 )
+from providers.sandbox import adyen_payments
 from providers.sandbox.state import SandboxSession, SandboxState
 
 __all__ = ["error_body", "notify", "register"]
@@ -178,6 +179,7 @@ def register(app: web.Application, state: SandboxState) -> None:
                     raw_request=body,
                     minor_exponent=adyen_exponent(currency),
                     extra={"merchantAccount": body["merchantAccount"]},
+                    saves_only=_saves_only(body),
                 )
             )
             raw = orjson.dumps(answer)
@@ -191,6 +193,13 @@ def register(app: web.Application, state: SandboxState) -> None:
         return await state.detached(work())
 
     app.router.add_post(f"/{PROVIDER}/v71/sessions", create_session)
+    adyen_payments.register(app, state)
+
+
+def _saves_only(body: dict[str, Any]) -> bool:
+    """A zero-value session that stores the method: its pay page saves, charging nothing."""
+    stores = body.get("storePaymentMethodMode") == "enabled" and body.get("shopperReference")
+    return bool(stores) and body["amount"]["value"] == 0
 
 
 #: outcome -> (eventCode, success, reason). Adyen's ``CANCELLATION`` is a merchant cancelling
@@ -205,8 +214,7 @@ _EVENTS = {
 }
 
 
-def _psp_reference() -> str:
-    return "".join(secrets.choice("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(16))
+_psp_reference = adyen_payments.psp_reference
 
 
 def notification_for(state: SandboxState, session: SandboxSession, outcome: str) -> bytes:
@@ -240,6 +248,11 @@ def notification_for(state: SandboxState, session: SandboxSession, outcome: str)
         additional["tokenization.storedPaymentMethodId"] = token
         additional["tokenization.shopperReference"] = str(request["shopperReference"])
         additional["recurringProcessingModel"] = str(request.get("recurringProcessingModel", ""))
+    if code == "AUTHORISATION" and success and isinstance(session.amount, int):
+        token = session.extra.get("storedPaymentMethodId")
+        adyen_payments.record_session_payment(
+            state, payment_psp, request, session.amount, session.currency, token
+        )
     item["additionalData"] = additional
     additional["hmacSignature"] = hmac_signature(item, state.config.secret(PROVIDER, "hmac_key"))
     return orjson.dumps({"live": "false", "notificationItems": [{"NotificationRequestItem": item}]})

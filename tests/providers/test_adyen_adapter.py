@@ -17,7 +17,8 @@ import pytest
 
 from gateway.domain.session import SessionStatus
 from gateway.settings import SANDBOX_SECRETS, ProviderConfig
-from providers.adyen.adapter import AdyenAdapter, event_from_item
+from providers.adyen.adapter import AdyenAdapter
+from providers.adyen.webhooks import event_from_item
 from providers.adyen.transformers import (
     build_metadata,
     hmac_signature,
@@ -438,7 +439,8 @@ def _item(code: str, success: str, **extra: Any) -> dict[str, Any]:
         ("CANCELLATION", "true", SessionStatus.CANCELLED),
         ("CANCELLATION", "false", None),
         ("OFFER_CLOSED", "true", SessionStatus.EXPIRED),
-        ("CAPTURE", "true", None),
+        ("CAPTURE", "true", SessionStatus.COMPLETED),
+        ("CAPTURE", "false", None),
         ("CAPTURE_FAILED", "true", None),
         ("REFUND", "true", None),
         ("SOMETHING_NEW", "true", None),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.domain.session import SessionStatus
-from providers.adyen.adapter import event_from_item
+from providers.adyen.webhooks import event_from_item
 from providers.base import AUTHORIZE, CAPTURE
 from providers.paypal.payments import completion_event
 from providers.paypal.transformers import PAYMENT_STATUS
