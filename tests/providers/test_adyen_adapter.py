@@ -18,13 +18,13 @@ import pytest
 from gateway.domain.session import SessionStatus
 from gateway.settings import SANDBOX_SECRETS, ProviderConfig
 from providers.adyen.adapter import AdyenAdapter
-from providers.adyen.webhooks import event_from_item
 from providers.adyen.transformers import (
     build_metadata,
     hmac_signature,
     signing_string,
     verify_hmac,
 )
+from providers.adyen.webhooks import event_from_item
 from providers.base import (
     FlowNotSupported,
     ProviderKeyConflict,
