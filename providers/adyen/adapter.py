@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -189,7 +190,7 @@ class AdyenAdapter:
     def _payment_path(payment: PaymentReference, action: str) -> str:
         if not payment.payment_id:
             raise FlowNotSupported("adyen", f"no pspReference to {action}: the payment is unknown")
-        return f"/payments/{payment.payment_id}/{action}"
+        return f"/payments/{quote(payment.payment_id, safe='')}/{action}"
 
     async def charge_saved(self, data: ChargeInput, *, timeout: float) -> PaymentOutcome:
         """Charge the stored method with the shopper absent (``/payments``, ContAuth).

@@ -231,6 +231,37 @@ async def test_charge_retry_with_the_key_charges_once(env: Env, adapter: AdyenAd
         await adapter.charge_saved(other, timeout=5)
 
 
+async def test_a_concurrent_charge_retry_meets_the_first_in_flight(
+    env: Env, adapter: AdyenAdapter
+) -> None:
+    sandbox, _ = env
+    saved = await _saved_method(env, adapter)
+    assert saved.payment_method_id is not None
+    await set_fault(sandbox, "adyen", processingMs=300)
+    data = _charge(saved.payment_method_id)
+    first = asyncio.create_task(adapter.charge_saved(data, timeout=5))
+    await asyncio.sleep(0.1)
+    with pytest.raises(ProviderKeyConflict):
+        await adapter.charge_saved(data, timeout=5)
+    assert (await first).status is SessionStatus.COMPLETED
+    assert (await adapter.charge_saved(data, timeout=5)) == await first
+
+
+async def test_decline_off_session_is_an_admin_setting(
+    sandbox: StrictSandbox, http: aiohttp.ClientSession
+) -> None:
+    url = sandbox.url("/sandbox/admin/faults")
+    async with http.post(url, json={"provider": "adyen", "declineOffSession": "yes"}) as bad:
+        assert bad.status == 400
+        assert "declineOffSession" in (await bad.json())["error"]
+    async with http.post(url, json={"provider": "adyen", "declineOffSession": True}) as ok:
+        assert (await ok.json())["adyen"]["declineOffSession"] is True
+    async with http.get(url) as listed:
+        faults = await listed.json()
+    assert faults["adyen"]["declineOffSession"] is True
+    assert faults["stripe"]["declineOffSession"] is False
+
+
 async def test_no_customer_absent_charge_of_sepa(adapter: AdyenAdapter) -> None:
     data = _charge("TOKEN0000000000X", paymentMethod="sepa_debit")
     with pytest.raises(FlowNotSupported, match="customer-absent"):
