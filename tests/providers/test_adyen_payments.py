@@ -14,6 +14,7 @@ import pytest
 
 from gateway.domain.session import RefundStatus, SessionStatus
 from gateway.settings import SANDBOX_SECRETS
+from providers.adyen import payments
 from providers.adyen.adapter import AdyenAdapter
 from providers.adyen.transformers import hmac_signature
 from providers.base import (
@@ -28,6 +29,7 @@ from providers.base import (
     RefundInput,
 )
 from providers.sandbox.adyen_payments import ledger
+from tests.contracts.spec_validator import validate_response
 from tests.contracts.strict_sandbox import StrictSandbox
 from tests.providers.hosted_inputs import (
     WebhookSink,
@@ -531,3 +533,44 @@ def test_capabilities_name_the_new_session_types() -> None:
     assert {"setup", "next_in_series"} <= caps.session_types
     assert caps.partial_capture
     assert caps.authorization_days == 7
+
+
+# the sandbox's answers ----------------------------------------------------------------------
+
+
+async def test_sandbox_answers_conform_to_the_spec_responses(
+    env: Env, adapter: AdyenAdapter, http: aiohttp.ClientSession
+) -> None:
+    sandbox, _ = env
+    saved = await _saved_method(env, adapter)
+    assert saved.payment_method_id is not None
+    api = sandbox.base_url("adyen") + "/v71/payments"
+    headers = {"X-API-Key": SANDBOX_SECRETS["adyen"]["api_key"]}
+    charge = _charge(saved.payment_method_id, captureMethod="manual")
+    body = payments.charge_body(charge, "SandboxMerchantECOM")
+    async with http.post(api, json=body, headers=headers) as answer:
+        paid = await answer.json()
+        assert answer.status == 200
+    assert validate_response("adyen", 200, paid, "adyen_payments:payments") == []
+    unknown = {**body, "paymentMethod": {"type": "scheme", "storedPaymentMethodId": "NOPE"}}
+    async with http.post(api, json=unknown, headers=headers) as answer:
+        assert answer.status == 422
+        refused = await answer.json()
+    assert validate_response("adyen", 422, refused, "adyen_payments:payments") == []
+    payment = _reference(paid["pspReference"])
+    calls = {
+        "captures": payments.capture_body(payment, Decimal("1.00"), "SandboxMerchantECOM"),
+        "refunds": payments.refund_body(
+            _refund(paid["pspReference"], "1.00", "k"), "SandboxMerchantECOM"
+        ),
+        "cancels": payments.cancel_body(payment, "SandboxMerchantECOM"),
+    }
+    for name, sent in calls.items():
+        async with http.post(
+            f"{api}/{paid['pspReference']}/{name}", json=sent, headers=headers
+        ) as answer:
+            assert answer.status == 201
+            received = await answer.json()
+        assert received["status"] == "received"
+        assert validate_response("adyen", 201, received, f"adyen_payments:{name}") == []
+    assert sandbox.violations == []
