@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.api.health import setup_health_routes
 from gateway.api.metrics import setup_metrics_routes
 from gateway.api.openapi import setup_openapi_routes
+from gateway.api.payments import setup_payment_routes
 from gateway.api.routing import setup_routing_routes
 from gateway.api.sessions import setup_session_routes
 from gateway.api.webhooks import setup_webhook_routes
@@ -231,6 +232,7 @@ def create_app(
     setup_metrics_routes(app)
     setup_openapi_routes(app)
     setup_session_routes(app)
+    setup_payment_routes(app)
     setup_routing_routes(app)
     setup_webhook_routes(app)
     if settings.is_sandbox and settings.sandbox_embedded:

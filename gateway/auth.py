@@ -25,7 +25,9 @@ __all__ = ["SCOPES", "Authenticator", "Merchant", "require"]
 
 log = logging.getLogger("gateway.auth")
 
-SCOPES = ("sessions:write", "sessions:read", "routing:read", "routing:admin")
+#: sessions:write creates, captures and cancels (voids) sessions; refunds:write refunds them;
+#: sessions:read reads sessions and their refunds; routing:* the routing endpoints
+SCOPES = ("sessions:write", "sessions:read", "refunds:write", "routing:read", "routing:admin")
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.authorizations import warning_at
 from gateway.background import drain
 from gateway.domain.lifecycle import can_move
 from gateway.domain.session import AmountMismatch, SessionRecord, SessionStatus
@@ -124,13 +125,14 @@ def _approved_at(record: SessionRecord) -> datetime:
 
 def event_changes(event: ProviderEvent) -> dict[str, Any]:
     """What a provider event records on its session besides the status: the saved-method
-    references, the payment id and, for a failure, its reason."""
+    references, the payment id, the capture id and, for a failure, its reason."""
     return {
         key: value
         for key, value in (
             ("customerId", event.customer_id),
             ("paymentMethodId", event.payment_method_id),
             ("paymentId", event.payment_id),
+            ("captureId", event.capture_id),
             (
                 "failureReason",
                 event.failure_reason if event.status is SessionStatus.FAILED else None,
@@ -263,8 +265,18 @@ class Completions:
             await self.store.drop_expiry(record.sessionId)
             return True
         await self._apply(record, intent, event, context)
-        await self.store.drop_expiry(record.sessionId)
+        await self._leave_index(record.sessionId)
         return True
+
+    async def _leave_index(self, session_id: str) -> None:
+        """Out of the sweeper's index, unless the completion authorized the payment: then
+        indexed for the warning before the authorization lapses (:mod:`gateway.authorizations`)."""
+        current = await self.store.get_session(session_id)
+        warn_at = warning_at(current) if current is not None else None
+        if warn_at is None:
+            await self.store.drop_expiry(session_id)
+        else:
+            await self.store.schedule_expiry(session_id, warn_at.timestamp())
 
     async def _retry_later(
         self, record: SessionRecord, exc: ProviderError, context: dict[str, Any]

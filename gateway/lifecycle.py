@@ -35,9 +35,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from gateway.adapter_boundary import AdapterBoundary
+from gateway.authorizations import expires_at, warning_at
 from gateway.circuit import CircuitBreakers
 from gateway.completion import COMPLETION_SOURCES, Completions, event_changes
-from gateway.domain.errors import BadGateway, Conflict, NotFound
+from gateway.domain.errors import ApiError, BadGateway, Conflict, NotFound
 from gateway.domain.lifecycle import CANCELLABLE, EXPIRABLE, apply, is_expired
 from gateway.domain.session import (
     FINAL_STATUSES,
@@ -47,9 +48,17 @@ from gateway.domain.session import (
     SessionStatus,
     utcnow,
 )
-from gateway.metrics import AMOUNT_MISMATCHES, ORPHAN_SESSIONS, SESSION_TRANSITIONS
-from gateway.notifications.events import CREATED, UPDATED, Notifier
+from gateway.metrics import (
+    AMOUNT_MISMATCHES,
+    AUTHORIZATIONS_EXPIRING,
+    ORPHAN_SESSIONS,
+    SESSION_TRANSITIONS,
+)
+from gateway.notifications.events import AUTHORIZATION_EXPIRING, CREATED, UPDATED, Notifier
+from gateway.payment_calls import operations_of, payment_reference, provider_key
+from gateway.provider_answers import api_error
 from gateway.reconciliation import mismatch, reports_money
+from gateway.refunds import refund_event
 from gateway.settings import Settings
 from gateway.store.base import OutboxItem, SessionLifecycleStore, StoreUnavailable
 from providers.base import (
@@ -125,6 +134,10 @@ class LifecycleService:
             settings, store, adapters, self.boundary, self.move, self.record_mismatch, clock
         )
 
+    def clock(self) -> datetime:
+        """The lifecycle's current time (tests move it)."""
+        return self._clock()
+
     def creation_outbox(self, record: SessionRecord) -> list[OutboxItem]:
         """The ``payment_session.created`` notification of a new session."""
         return self.notifier.items(record, CREATED, at=record.createdAt)
@@ -140,12 +153,15 @@ class LifecycleService:
         money: bool = False,
         guard: Callable[[SessionRecord], bool] | None = None,
         confirmed_by: str | None = None,
+        amend: Callable[[SessionRecord], SessionRecord] | None = None,
     ) -> Moved:
         """Apply one transition with compare-and-set, retrying on a concurrent change.
 
         ``money``: the provider reports money taken or moving (may leave CANCELLED/EXPIRED,
         :func:`gateway.domain.lifecycle.apply`); ``guard``: the move applies only to a record
-        for which it is true (checked on every fresh read).
+        for which it is true (checked on every fresh read); ``amend``: what else the same
+        write records on the moved session (the answer of the merchant call that moved it:
+        :func:`gateway.operation_keys.finished`).
         """
         for _ in range(_CAS_TRIES):
             record = await self.store.get_session(session_id)
@@ -160,12 +176,14 @@ class LifecycleService:
                 now,
                 source,
                 event_id,
-                changes=changes,
+                changes=self._authorization_changes(record, status, now, changes),
                 money=money,
                 confirmed_by=confirmed_by,
             )
             if moved is None:
                 return Moved(record, False)
+            if amend is not None:
+                moved = amend(moved)
             outbox = self.notifier.items(moved, UPDATED, at=now, previous=record.status)
             if await self.store.update_session(
                 moved, expected_version=record.version, outbox=outbox
@@ -173,6 +191,23 @@ class LifecycleService:
                 await self._after(record, moved, source)
                 return Moved(moved, True, record.status)
         raise StoreUnavailable(f"session {session_id} kept changing; gave up after retries")
+
+    def _authorization_changes(
+        self,
+        record: SessionRecord,
+        status: SessionStatus,
+        now: datetime,
+        changes: Mapping[str, Any] | None,
+    ) -> Mapping[str, Any] | None:
+        """``changes``, with when the authorization lapses for a move to AUTHORIZED (now plus
+        the provider's ``authorization_days``)."""
+        if status is not SessionStatus.AUTHORIZED or record.status is SessionStatus.AUTHORIZED:
+            return changes
+        if changes is not None and "authorizationExpiresAt" in changes:
+            return changes
+        adapter = self.adapters.get(record.provider)
+        days = adapter.capabilities.authorization_days if adapter is not None else 7
+        return {**dict(changes or {}), "authorizationExpiresAt": expires_at(now, days)}
 
     async def _after(self, before: SessionRecord, after: SessionRecord, source: str) -> None:
         kind = _source_kind(source)
@@ -196,18 +231,29 @@ class LifecycleService:
             )
         if after.status in FINAL_STATUSES and kind != EXPIRY:
             await self.store.drop_expiry(after.sessionId)
+        warn_at = warning_at(after)
+        if warn_at is not None and before.status is not SessionStatus.AUTHORIZED:
+            await self.store.schedule_expiry(after.sessionId, warn_at.timestamp())
 
     # provider webhooks ---------------------------------------------------------------------
     async def handle_event(self, event: ProviderEvent) -> str:
         """Apply one verified provider event: ``applied``, ``ignored``, ``unknown_session`` or
         ``amount_mismatch`` (recorded on the session, not applied)."""
         context = {"provider": event.provider, "event_id": event.event_id}
-        if event.status is None:
+        if event.status is None and event.refund is None:
             return "ignored"
         record = await self.store.get_session(event.session_id) if event.session_id else None
         if record is None:
             log.info("webhook event for an unknown session acknowledged", extra=context)
             return "unknown_session"
+        if event.refund is not None:
+            if record.provider != event.provider:
+                log.warning("refund event from another provider than the session's", extra=context)
+                return "ignored"
+            return await refund_event(self, record.sessionId, event.provider, event.refund)
+        if _capture_failed(record, event):
+            await self._capture_failed(record.sessionId, event)
+            return "applied"
         context["session_id"] = record.sessionId
         foreign = record.provider != event.provider or (
             event.reference is not None and event.reference != record.providerSessionId
@@ -230,7 +276,11 @@ class LifecycleService:
             await self.record_mismatch(record.sessionId, found)
             return "amount_mismatch"
         status = event.status
+        assert status is not None
         changes = event_changes(event)
+        if record.status is SessionStatus.AUTHORIZED and status is SessionStatus.COMPLETED:
+            # the provider's capture: what it took (reconciled against the capture asked)
+            changes.update(amountCaptured=event.amount, captureRequested=None, failureReason=None)
         source, confirmed_by = f"webhook:{event.provider}", None
         if status in _CLOSED_AT_PROVIDER and record.cancelClaim is not None:
             status = SessionStatus.CANCELLED  # the provider confirms the merchant's cancel
@@ -273,6 +323,36 @@ class LifecycleService:
                 extra=context,
             )
         return "ignored"
+
+    async def _capture_failed(self, session_id: str, event: ProviderEvent) -> None:
+        """The provider could not capture: the session stays AUTHORIZED (capturable again)
+        with ``failureReason``, and the merchant is notified (``payment_session.updated``)."""
+        reason = event.failure_reason or "capture_failed"
+        for _ in range(_CAS_TRIES):
+            record = await self.store.get_session(session_id)
+            if record is None or record.status is not SessionStatus.AUTHORIZED:
+                return
+            if record.captureRequested is None and record.failureReason == reason:
+                return  # a duplicate
+            now = self._clock()
+            updated = record.model_copy(
+                update={
+                    "captureRequested": None,
+                    "failureReason": reason,
+                    "updatedAt": max(now, record.updatedAt),
+                    "version": record.version + 1,
+                }
+            )
+            outbox = self.notifier.items(updated, UPDATED, at=now, previous=record.status)
+            if await self.store.update_session(
+                updated, expected_version=record.version, outbox=outbox
+            ):
+                log.warning(
+                    "the provider failed to capture; the session stays AUTHORIZED",
+                    extra={"session_id": session_id, "provider": event.provider},
+                )
+                return
+        raise StoreUnavailable(f"session {session_id} kept changing; gave up after retries")
 
     async def record_mismatch(
         self,
@@ -351,6 +431,9 @@ class LifecycleService:
         if self.completions.owes(record):
             await self.completions.attempt(record)  # reschedules itself or leaves the index
             return
+        if record.status is SessionStatus.AUTHORIZED:
+            await self._warn_authorization(record, now)
+            return
         if record.status in EXPIRABLE:
             if record.expiresAt > now:
                 await self.store.schedule_expiry(session_id, record.expiresAt.timestamp())
@@ -364,6 +447,38 @@ class LifecycleService:
             await self.store.schedule_expiry(session_id, retry_at)
             return
         await self.store.drop_expiry(session_id)
+
+    async def _warn_authorization(self, record: SessionRecord, now: datetime) -> None:
+        """Notify the merchant once that ``record``'s authorization lapses soon (or re-index
+        it for when that is due)."""
+        for _ in range(_CAS_TRIES):
+            warn_at = warning_at(record)
+            if warn_at is None:
+                await self.store.drop_expiry(record.sessionId)
+                return
+            if warn_at > now:
+                await self.store.schedule_expiry(record.sessionId, warn_at.timestamp())
+                return
+            updated = record.model_copy(
+                update={"authorizationExpiryNotified": True, "version": record.version + 1}
+            )
+            outbox = self.notifier.items(updated, AUTHORIZATION_EXPIRING, at=now)
+            if await self.store.update_session(
+                updated, expected_version=record.version, outbox=outbox
+            ):
+                AUTHORIZATIONS_EXPIRING.labels(record.provider).inc()
+                log.warning(
+                    "authorization lapses at the provider soon; the merchant is notified",
+                    extra={"session_id": record.sessionId, "provider": record.provider},
+                )
+                await self.store.drop_expiry(record.sessionId)
+                return
+            fresh = await self.store.get_session(record.sessionId)
+            if fresh is None:
+                await self.store.drop_expiry(record.sessionId)
+                return
+            record = fresh
+        raise StoreUnavailable(f"session {record.sessionId} kept changing; gave up after retries")
 
     async def _cancel_at_provider(self, record: SessionRecord, now: datetime) -> bool:
         """True when nothing more is to be done at the provider for this expired session."""
@@ -420,10 +535,25 @@ class LifecycleService:
         """How long a cancel in progress keeps others out (then a crashed one is taken over)."""
         return timedelta(seconds=2 * self.settings.provider_timeout_seconds + 1.0)
 
-    async def cancel(self, merchant_id: str, session_id: str, reason: str) -> SessionRecord:
+    async def cancel(
+        self,
+        merchant_id: str,
+        session_id: str,
+        reason: str,
+        *,
+        idempotency_key: str | None = None,
+        amend: Callable[[SessionRecord], SessionRecord] | None = None,
+    ) -> SessionRecord:
         """Cancel at the provider, then locally. 404 unknown, 409 not cancellable (or another
         cancel of it in progress), 502 when the provider could not be reached (the session is
         left as it was).
+
+        An AUTHORIZED session (manual capture) is voided: the provider releases the held money
+        (``void_payment``, with a provider key derived from ``idempotency_key`` when given);
+        errors answer per :mod:`gateway.provider_answers`. A provider that only accepts the
+        void (Adyen: received) leaves the session AUTHORIZED with the claim held, and returns
+        it so: its cancellation webhook then moves it to CANCELLED. ``amend``: what the move's
+        write also records (the answer of the merchant's key).
 
         Linearizable: the cancel first claims the session with a compare-and-set
         (``cancelClaim``), so of concurrent cancels exactly one proceeds and answers 200, the
@@ -442,7 +572,11 @@ class LifecycleService:
         record = await self._claim_cancel(record, claim)
         adapter = self.adapters.get(record.provider)
         payable_until = confirmed_by = None
-        if adapter is not None:
+        if record.status is SessionStatus.AUTHORIZED:
+            confirmed_by = await self._void(record, claim, idempotency_key)
+            if confirmed_by is None:
+                return record  # accepted: the provider's webhook confirms the void
+        elif adapter is not None:
             try:
                 await self._cancel_call(adapter, record)
                 confirmed_by = f"api:{record.provider}"
@@ -470,6 +604,7 @@ class LifecycleService:
             changes={"cancellationReason": reason, "payableUntil": payable_until},
             guard=lambda current: _claimed_by(current, claim),
             confirmed_by=confirmed_by,
+            amend=amend,
         )
         current = moved.record or record
         if moved.applied or (
@@ -479,6 +614,43 @@ class LifecycleService:
         await self._release_cancel(session_id, claim)
         raise _not_cancellable(current)
 
+    async def _void(
+        self, record: SessionRecord, claim: CancelClaim, idempotency_key: str | None
+    ) -> str | None:
+        """Void ``record``'s authorization at its provider: ``api:<provider>`` when it is
+        voided, None when the provider accepted the void for later (its webhook confirms). Any
+        failure gives the claim up and raises the API's answer."""
+        try:
+            operations = operations_of(self.adapters, record)
+        except ApiError:
+            await self._release_cancel(record.sessionId, claim)
+            raise
+        key = provider_key(record, "cancel", idempotency_key or claim.token)
+        reference = payment_reference(record, record.amount.total)
+        try:
+            outcome = await self.boundary.call(
+                record.provider,
+                "void_payment",
+                lambda: operations.void_payment(
+                    reference,
+                    idempotency_key=key,
+                    timeout=self.settings.provider_timeout_seconds,
+                ),
+            )
+        except ProviderError as exc:
+            await self._release_cancel(record.sessionId, claim)
+            raise api_error(exc, session_id=record.sessionId) from None
+        if outcome.status is SessionStatus.CANCELLED:
+            return f"api:{record.provider}"
+        if outcome.status is SessionStatus.PROCESSING:
+            return None
+        await self._release_cancel(record.sessionId, claim)
+        raise Conflict(
+            details=f"The provider did not void the authorization: it reports "
+            f"{outcome.status.value}",
+            extra={"sessionId": record.sessionId, "status": record.status.value},
+        )
+
     async def _claim_cancel(self, record: SessionRecord, claim: CancelClaim) -> SessionRecord:
         """Record ``claim`` on the session (compare-and-set, retried on a fresh read); 409 when
         it cannot be cancelled or another cancel holds a live claim."""
@@ -486,9 +658,19 @@ class LifecycleService:
             if record.status not in CANCELLABLE:
                 raise _not_cancellable(record)
             held = record.cancelClaim
-            if held is not None and held.at + self.cancel_claim_ttl > self._clock():
+            now = self._clock()
+            if held is not None and held.at + self.cancel_claim_ttl > now:
                 raise Conflict(
                     details="Another cancel of this session is in progress",
+                    extra={"sessionId": record.sessionId, "status": record.status.value},
+                )
+            capturing = record.captureRequested is not None or any(
+                op.kind == "capture" and op.leaseUntil is not None and op.leaseUntil > now
+                for op in record.operations
+            )
+            if record.status is SessionStatus.AUTHORIZED and capturing:
+                raise Conflict(
+                    details="A capture of this session is in progress; it can no longer be voided",
                     extra={"sessionId": record.sessionId, "status": record.status.value},
                 )
             updated = record.model_copy(
@@ -523,6 +705,17 @@ def _not_cancellable(record: SessionRecord) -> Conflict:
         details=f"The session is {record.status.value} and can no longer be cancelled",
         extra={"sessionId": record.sessionId, "status": record.status.value},
     )
+
+
+def _capture_failed(record: SessionRecord, event: ProviderEvent) -> bool:
+    """Is ``event`` the provider's failure of a capture of an AUTHORIZED session (FAILED while
+    a capture is asked, or an AUTHORIZED report with a failure reason)? It leaves the session
+    AUTHORIZED: the authorization still holds the money."""
+    if record.status is not SessionStatus.AUTHORIZED:
+        return False
+    if event.status is SessionStatus.FAILED:
+        return record.captureRequested is not None
+    return event.status is SessionStatus.AUTHORIZED and event.failure_reason is not None
 
 
 def _orphan_payment(record: SessionRecord, event: ProviderEvent) -> bool:

@@ -54,6 +54,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 __all__ = [
     "ADAPTER_FAULTS",
     "AMOUNT_MISMATCHES",
+    "AUTHORIZATIONS_EXPIRING",
     "CIRCUIT_STATE",
     "CIRCUIT_STATE_VALUES",
     "CONNECTIONS_CUT",
@@ -67,6 +68,7 @@ __all__ = [
     "NOTIFICATION_DURATION",
     "NOTIFICATION_FAILURES",
     "ORPHAN_SESSIONS",
+    "PAYMENT_OPERATIONS",
     "PROVIDER_DURATION",
     "PROVIDER_REQUESTS",
     "RATE_LIMITED",
@@ -155,6 +157,18 @@ ORPHAN_SESSIONS = Counter(
     "not_expirable (the provider refused), absent (none held), lapsed (gave up after a day), "
     "left_open (no cancel call), paid (a payment webhook for one).",
     ["provider", "event"],
+)
+AUTHORIZATIONS_EXPIRING = Counter(
+    "gateway_authorizations_expiring_total",
+    "AUTHORIZED sessions whose authorization lapses at the provider within a day and that were "
+    "not captured or voided yet (each counted once, when the merchant is notified), by provider.",
+    ["provider"],
+)
+PAYMENT_OPERATIONS = Counter(
+    "gateway_payment_operations_total",
+    "Merchant calls after the checkout that reached the provider, by call (capture, void, "
+    "refund), provider and outcome (completed, accepted, failed, rejected, unknown).",
+    ["operation", "provider", "outcome"],
 )
 
 # --- Routing -----------------------------------------------------------------------------------

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from gateway.appkeys import SETTINGS
 from gateway.domain.errors import BadRequest, UnsupportedMediaType
-from gateway.domain.models import CheckoutRequest, RequestProblems, parse_checkout_request
+from gateway.domain.models import (
+    CheckoutRequest,
+    RequestProblems,
+    describe_errors,
+    parse_checkout_request,
+)
 
-__all__ = ["json_response", "read_checkout_request", "require_json"]
+__all__ = ["json_response", "read_checkout_request", "read_model", "require_json"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def require_json(request: web.Request) -> None:
@@ -32,3 +42,31 @@ async def read_checkout_request(request: web.Request) -> CheckoutRequest:
 def json_response(body: Any, status: int = 200) -> web.Response:
     """``body`` serialised with orjson."""
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+async def read_model(request: web.Request, model: type[M], *, optional: bool = False) -> M:
+    """The body as ``model`` (numbers read exactly, as ``Decimal``); 400 listing every problem
+    otherwise. ``optional``: an empty body reads as ``{}`` (then no Content-Type is needed)."""
+    raw = await request.read()
+    if optional and not raw.strip():
+        return model.model_validate({})
+    require_json(request)
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = (
+            f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        )
+        raise BadRequest([f"body: malformed JSON ({reason})"]) from None
+    except RecursionError:
+        raise BadRequest(["body: JSON nested too deeply"]) from None
+    if not isinstance(data, dict):
+        raise BadRequest(["body: must be a JSON object"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(describe_errors(exc)) from None

@@ -9,11 +9,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.api.bodies import json_response, read_checkout_request, require_json
+from gateway.api.payments import cancel_with_key
 from gateway.api.session_query import encode_cursor, parse_session_query
 from gateway.appkeys import LIFECYCLE, MERCHANTS, RATE_LIMITS, RETURN_WAITERS, SERVICES, SETTINGS
 from gateway.auth import require
 from gateway.domain.errors import ApiError, BadRequest, NotFound
 from gateway.domain.models import CancelRequest, describe_errors
+from gateway.domain.session import SessionStatus
 from gateway.idempotency import validate_idempotency_key
 from gateway.middleware import LOG_CONTEXT, REQUEST_ID
 from gateway.ratelimit import RateLimit, enforce
@@ -108,7 +110,8 @@ async def find_sessions(request: web.Request) -> web.Response:
 
 
 async def cancel_session(request: web.Request) -> web.Response:
-    """``POST /api/v1/sessions/{sessionId}/cancel``: cancel at the provider, then locally."""
+    """``POST /api/v1/sessions/{sessionId}/cancel``: cancel at the provider, then locally (an
+    AUTHORIZED session's authorization is voided); an ``Idempotency-Key`` is optional here."""
     merchant = await require(request, "sessions:write")
     request[LOG_CONTEXT]["merchant"] = merchant.merchant_id
     await _merchant_limit(request, merchant.merchant_id)
@@ -118,11 +121,19 @@ async def cancel_session(request: web.Request) -> web.Response:
         body = CancelRequest.model_validate_json(await request.read())
     except ValidationError as exc:
         raise BadRequest(describe_errors(exc)) from None
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        key = validate_idempotency_key(key)
+        return await cancel_with_key(
+            request, merchant.merchant_id, session_id, key, body.cancellationReason
+        )
     record = await request.app[LIFECYCLE].cancel(
         merchant.merchant_id, session_id, body.cancellationReason
     )
     request[LOG_CONTEXT]["provider"] = record.provider
-    return json_response(record.public())
+    # a void the provider accepted for later: its webhook moves the session to CANCELLED
+    accepted = record.status is SessionStatus.AUTHORIZED
+    return json_response(record.public(), status=202 if accepted else 200)
 
 
 async def return_from_provider(request: web.Request) -> web.Response:

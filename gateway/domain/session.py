@@ -289,6 +289,12 @@ class SessionRecord(_Record):
     refunds: list[Refund] = Field(default_factory=list)
     #: when the authorization of a manual-capture session lapses at the provider
     authorizationExpiresAt: datetime | None = None
+    #: internal: the amount of a merchant's capture asked of the provider and not confirmed
+    #: yet (an AUTHORIZED session whose capture the provider's webhook completes); a capture
+    #: event is reconciled against it
+    captureRequested: Decimal | None = None
+    #: internal: ``payment_session.authorization_expiring`` was sent (it is sent once)
+    authorizationExpiryNotified: bool = False
     #: internal: the merchant calls made on this session (:class:`Operation`)
     operations: list[Operation] = Field(default_factory=list)
 

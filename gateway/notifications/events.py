@@ -1,14 +1,22 @@
-"""The ``payment_session.*`` events merchants receive (seed 002), as outbox items.
+"""The events merchants receive (seed 002), as outbox items.
 
 Body of every event (``Content-Type: application/json``)::
 
     {
       "id": "evt_…",                      # unique; the same on every delivery attempt
       "object": "event",
-      "type": "payment_session.created" | "payment_session.updated",
+      "type": "payment_session.created" | "payment_session.updated"
+              | "payment_session.authorization_expiring" | "refund.created" | "refund.updated",
       "createdAt": "2026-11-21T11:00:00.000Z",
       "data": {"payment_session": {…}}    # see session_payload()
     }
+
+``refund.*`` events also carry ``data.refund`` (:meth:`gateway.domain.session.Refund.public`):
+``refund.created`` when a refund is recorded (before the provider is asked), ``refund.updated``
+when its status moves (PENDING -> SUCCEEDED | FAILED). ``payment_session.authorization_expiring``
+is sent once for an AUTHORIZED session whose authorization lapses at the provider within a day
+(``authorizationExpiresAt``). Every event is enqueued in the same write as the change it
+reports.
 
 Deliveries are at least once and may arrive out of order: de-duplicate on ``id`` and order by
 ``data.payment_session.version`` (it grows with every change of the session).
@@ -23,14 +31,26 @@ from typing import Any
 
 import orjson
 
-from gateway.domain.session import SessionRecord, SessionStatus, isoformat
+from gateway.domain.money import format_amount
+from gateway.domain.session import Refund, SessionRecord, SessionStatus, isoformat
 from gateway.notifications.merchants import MerchantDirectory
 from gateway.store.base import OutboxItem
 
-__all__ = ["CREATED", "UPDATED", "Notifier", "session_payload"]
+__all__ = [
+    "AUTHORIZATION_EXPIRING",
+    "CREATED",
+    "REFUND_CREATED",
+    "REFUND_UPDATED",
+    "UPDATED",
+    "Notifier",
+    "session_payload",
+]
 
 CREATED = "payment_session.created"
 UPDATED = "payment_session.updated"
+AUTHORIZATION_EXPIRING = "payment_session.authorization_expiring"
+REFUND_CREATED = "refund.created"
+REFUND_UPDATED = "refund.updated"
 
 
 def session_payload(record: SessionRecord, previous: SessionStatus | None = None) -> dict[str, Any]:
@@ -42,7 +62,9 @@ def session_payload(record: SessionRecord, previous: SessionStatus | None = None
     ``amountMismatch`` is set when a provider verdict was not applied because its amount or
     currency differed (the event then reports no status change: ``status`` equals
     ``previousStatus``); ``payableUntil`` when a session cancelled at the gateway can still be
-    paid at its provider until then.
+    paid at its provider until then. ``amountCaptured`` is the money taken (a manual capture
+    may take less than ``amount.total``), ``amountRefunded`` every refund that has not FAILED,
+    ``authorizationExpiresAt`` when an AUTHORIZED session's authorization lapses.
     """
     return {
         "sessionId": record.sessionId,
@@ -60,6 +82,11 @@ def session_payload(record: SessionRecord, previous: SessionStatus | None = None
         "paymentMethodId": record.paymentMethodId,
         "currency": record.currency,
         "amount": record.amount.rendered(record.currency),
+        "amountCaptured": format_amount(record.amountCaptured, record.currency),
+        "amountRefunded": format_amount(record.amount_refunded, record.currency),
+        "authorizationExpiresAt": (
+            isoformat(record.authorizationExpiresAt) if record.authorizationExpiresAt else None
+        ),
         "paymentMethod": record.paymentMethod,
         "captureMethod": record.captureMethod,
         "failureReason": record.failureReason,
@@ -87,6 +114,23 @@ class Notifier:
         previous: SessionStatus | None = None,
     ) -> list[OutboxItem]:
         """The outbox items for one event (none when the merchant did not subscribe)."""
+        return self._items(
+            record, event_type, at, {"payment_session": session_payload(record, previous)}
+        )
+
+    def refund_items(
+        self, record: SessionRecord, refund: Refund, event_type: str, *, at: datetime
+    ) -> list[OutboxItem]:
+        """The outbox items of a ``refund.*`` event about ``refund`` of ``record``."""
+        data = {
+            "refund": refund.public(record.sessionId),
+            "payment_session": session_payload(record),
+        }
+        return self._items(record, event_type, at, data)
+
+    def _items(
+        self, record: SessionRecord, event_type: str, at: datetime, data: dict[str, Any]
+    ) -> list[OutboxItem]:
         if self.directory.webhook_for(record.merchantId, event_type) is None:
             return []
         event_id = f"evt_{uuid.uuid4().hex}"
@@ -95,7 +139,7 @@ class Notifier:
             "object": "event",
             "type": event_type,
             "createdAt": isoformat(at),
-            "data": {"payment_session": session_payload(record, previous)},
+            "data": data,
         }
         return [
             OutboxItem(

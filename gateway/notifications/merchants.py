@@ -11,7 +11,10 @@
           url: https://shop.example/hooks/payments
           secret_env: MERCHANT_1_WEBHOOK_SECRET  # or ``secret: ...`` inline (>= 24 characters)
           previous_secret_env: ...             # optional, during a rotation both sign
-          events: [payment_session.created, payment_session.updated]   # default: both
+          events: [payment_session.created, payment_session.updated]   # default: all of
+                                               # EVENT_TYPES (also refund.created,
+                                               # refund.updated and
+                                               # payment_session.authorization_expiring)
           enabled: true                        # default
 
 A merchant without an entry (or with ``enabled: false``) gets no notifications. Rate limits:
@@ -36,8 +39,20 @@ from gateway.settings import SettingsError
 
 __all__ = ["EVENT_TYPES", "MerchantDirectory", "MerchantWebhook", "load_merchants"]
 
-EventType = Literal["payment_session.created", "payment_session.updated"]
-EVENT_TYPES: tuple[EventType, ...] = ("payment_session.created", "payment_session.updated")
+EventType = Literal[
+    "payment_session.created",
+    "payment_session.updated",
+    "payment_session.authorization_expiring",
+    "refund.created",
+    "refund.updated",
+]
+EVENT_TYPES: tuple[EventType, ...] = (
+    "payment_session.created",
+    "payment_session.updated",
+    "payment_session.authorization_expiring",
+    "refund.created",
+    "refund.updated",
+)
 _MIN_SECRET = 24
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED = json.loads((ROOT / "tests/fixtures/seed_request.json").read_text())
 SEED_BYTES = (ROOT / "tests/fixtures/seed_request.json").read_bytes()
 JWT_SECRET = "test-secret-0123456789-0123456789-abcdef"
-ALL_SCOPES = ["sessions:write", "sessions:read", "routing:read", "routing:admin"]
+ALL_SCOPES = ["sessions:write", "sessions:read", "refunds:write", "routing:read", "routing:admin"]
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
