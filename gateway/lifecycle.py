@@ -708,13 +708,14 @@ def _not_cancellable(record: SessionRecord) -> Conflict:
 
 
 def _capture_failed(record: SessionRecord, event: ProviderEvent) -> bool:
-    """Is ``event`` the provider's failure of a capture of an AUTHORIZED session (FAILED while
-    a capture is asked, or an AUTHORIZED report with a failure reason)? It leaves the session
-    AUTHORIZED: the authorization still holds the money."""
+    """Is ``event`` the provider's failure of a capture of an AUTHORIZED session (a FAILED
+    report, or an AUTHORIZED one with a failure reason: an authorization that lapses or is
+    voided is reported CANCELLED)? It leaves the session AUTHORIZED: the authorization still
+    holds the money, and the merchant may capture again."""
     if record.status is not SessionStatus.AUTHORIZED:
         return False
     if event.status is SessionStatus.FAILED:
-        return record.captureRequested is not None
+        return True
     return event.status is SessionStatus.AUTHORIZED and event.failure_reason is not None
 
 
