@@ -31,7 +31,8 @@ async def authorized_env(lifecycle_env: EnvFactory) -> tuple[Env, SessionRecord]
     outcome = await env.lifecycle.handle_event(event(record, S.AUTHORIZED, "evt_auth"))
     assert outcome == "applied"
     moved = await env.store.get_session(record.sessionId)
-    assert moved is not None and moved.status is S.AUTHORIZED
+    assert moved is not None
+    assert moved.status is S.AUTHORIZED
     return env, moved
 
 
@@ -122,7 +123,8 @@ async def test_a_partial_capture_webhook_completes_with_the_captured_amount(
     # an authorization report arriving late never moves it back
     assert await env.lifecycle.handle_event(event(record, S.AUTHORIZED, "evt_late")) == "ignored"
     final = await current(env, record.sessionId)
-    assert final.version == done.version and final.status is S.COMPLETED
+    assert final.version == done.version
+    assert final.status is S.COMPLETED
     view = await env.read(record.sessionId)
     assert (view["amountCaptured"], view["amountRefunded"]) == ("60.00", "0.00")
 
@@ -190,7 +192,8 @@ async def test_refund_webhooks_move_refunds_forward_only(
     record = await completed_with_refunds(
         env, refund("r-1", "40.00"), refund("r-2", "10.00", provider_id="re_2")
     )
-    assert record.amountCaptured == TOTAL and record.refundable == Decimal("90.76")
+    assert record.amountCaptured == TOTAL
+    assert record.refundable == Decimal("90.76")
     lifecycle = env.lifecycle
     # the provider's early "pending" names its own id: recorded, no status change
     pending = RefundUpdate(RefundStatus.PENDING, provider_refund_id="re_1", refund_id="r-1")

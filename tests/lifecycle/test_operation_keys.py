@@ -54,7 +54,8 @@ async def claim(
 async def test_replay_mismatch_and_in_flight(store: RecordStore) -> None:
     keys, clock, session_id = await setup(store)
     first = await claim(keys, session_id, "k1")
-    assert isinstance(first, Claimed) and not first.resumed
+    assert isinstance(first, Claimed)
+    assert not first.resumed
     with pytest.raises(Conflict) as busy:
         await claim(keys, session_id, "k1")
     assert busy.value.headers["Retry-After"] == "5"
@@ -83,7 +84,8 @@ async def test_a_dead_holder_frees_the_key_after_its_lease(store: RecordStore) -
     assert isinstance(dead, Claimed)
     clock.now += LEASE + timedelta(milliseconds=1)
     taken = await claim(keys, session_id, "k1")
-    assert isinstance(taken, Claimed) and taken.resumed
+    assert isinstance(taken, Claimed)
+    assert taken.resumed
     # the dead holder's late answer is not stored: the key is no longer its own
     await keys.finish(dead, 201, b'{"late":true}')
     await keys.finish(taken, 201, b'{"ok":true}')
@@ -96,12 +98,14 @@ async def test_release_forgets_or_keeps_the_key(store: RecordStore) -> None:
     assert isinstance(refused, Claimed)
     await keys.release(refused, forget=True)
     again = await claim(keys, session_id, "k1", body="99.00")  # judged afresh: no mismatch
-    assert isinstance(again, Claimed) and not again.resumed
+    assert isinstance(again, Claimed)
+    assert not again.resumed
     await keys.release(again, forget=False)  # unknown outcome: the retry resumes at once
     with pytest.raises(Unprocessable):
         await claim(keys, session_id, "k1", body="40.00")
     resumed = await claim(keys, session_id, "k1", body="99.00")
-    assert isinstance(resumed, Claimed) and resumed.resumed
+    assert isinstance(resumed, Claimed)
+    assert resumed.resumed
 
 
 async def test_concurrent_requests_of_one_key_claim_it_once(store: RecordStore) -> None:
