@@ -98,8 +98,13 @@ class SessionView(_View):
 
     sessionId: str
     orderReference: str
-    status: str
-    checkoutUrl: str
+    status: str = Field(
+        description="PENDING, REQUIRES_ACTION, PROCESSING, AUTHORIZED (manual capture: held, "
+        "waiting for the merchant's capture or void), COMPLETED, FAILED, EXPIRED or CANCELLED"
+    )
+    checkoutUrl: str | None = Field(
+        description="The provider's hosted page; null for a customer-absent charge"
+    )
     provider: str
     providerSessionId: str
     currency: str
@@ -118,6 +123,19 @@ class SessionView(_View):
         description="The saved payment method or mandate reference the provider reported"
     )
     paymentId: str | None = Field(description="The provider's reference of the payment")
+    mandateSessionId: str | None = Field(
+        description="next_in_series: the session whose saved method was charged"
+    )
+    amountCaptured: str = Field(
+        description="Money taken (decimal string): the total once COMPLETED, or what a manual "
+        "capture took"
+    )
+    amountRefunded: str = Field(
+        description="Refunded or being refunded (every refund that has not FAILED)"
+    )
+    authorizationExpiresAt: str | None = Field(
+        description="AUTHORIZED: when the provider lets the authorization lapse"
+    )
     failureReason: str | None
     cancellationReason: str | None
     payableUntil: str | None = Field(
@@ -308,10 +326,13 @@ def _base_paths() -> dict[str, Any]:
         "/api/v1/sessions/{sessionId}/cancel": {
             "post": {
                 "operationId": "cancelSession",
-                "summary": "Cancel a session at its provider and locally",
-                "description": "Only PENDING or REQUIRES_ACTION sessions can be cancelled; any "
-                "other status answers 409. When the provider cannot be reached the answer is "
-                "502 and the session is unchanged.",
+                "summary": "Cancel a session at its provider and locally (void an authorization)",
+                "description": "PENDING or REQUIRES_ACTION sessions are cancelled; an AUTHORIZED "
+                "session's authorization is voided at the provider (CANCELLED; 202 with the "
+                "session still AUTHORIZED when the provider only accepted the void: its webhook "
+                "cancels it). Any other status answers 409. When the provider cannot be reached "
+                "the answer is 502 and the session is unchanged. An Idempotency-Key is optional: "
+                "with one, a retry replays the answer (Idempotent-Replayed: true).",
                 "security": _BEARER,
                 "x-scope": "sessions:write",
                 "parameters": [
@@ -320,7 +341,8 @@ def _base_paths() -> dict[str, Any]:
                         "in": "path",
                         "required": True,
                         "schema": {"type": "string", "format": "uuid"},
-                    }
+                    },
+                    {**idem, "required": False},
                 ],
                 "requestBody": {
                     "required": True,
@@ -331,7 +353,12 @@ def _base_paths() -> dict[str, Any]:
                         "description": "The cancelled session",
                         "content": {"application/json": {"schema": _ref("SessionView")}},
                     },
-                    **_errors(400, 401, 403, 404, 408, 409, 415, 429, 502, 503),
+                    "202": {
+                        "description": "The void was accepted by the provider; the session "
+                        "stays AUTHORIZED until its webhook confirms it",
+                        "content": {"application/json": {"schema": _ref("SessionView")}},
+                    },
+                    **_errors(400, 401, 403, 404, 408, 409, 415, 422, 429, 502, 503, 504),
                 },
             }
         },

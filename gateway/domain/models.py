@@ -373,7 +373,7 @@ class CancelRequest(_Strict):
 
 
 class CaptureRequest(_Strict):
-    """The body of POST /api/v1/sessions/{sessionId}/capture (may be empty: ``{}``)."""
+    """The body of POST /api/v1/sessions/{sessionId}/capture (may be empty, or {})."""
 
     amount: Money | None = Field(
         default=None,
