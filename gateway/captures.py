@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.domain.errors import Conflict, Unprocessable
 from gateway.domain.money import format_amount
 from gateway.domain.session import SessionRecord, SessionStatus
+from gateway.metrics import PAYMENT_OPERATIONS
 from gateway.notifications.events import UPDATED
 from gateway.operation_keys import (
     Claimed,
@@ -131,7 +132,10 @@ class Captures:
                 ),
             )
         except ProviderError as exc:
-            if isinstance(exc, ProviderRejected | FlowNotSupported):
+            definite = isinstance(exc, ProviderRejected | FlowNotSupported)
+            outcome_label = "rejected" if definite else "unknown"
+            PAYMENT_OPERATIONS.labels(CAPTURE, record.provider, outcome_label).inc()
+            if definite:
                 error = api_error(exc, session_id=session_id)
                 await self.keys.release(
                     claimed, forget=True, change=lambda r: ({"captureRequested": None}, ())
@@ -140,6 +144,7 @@ class Captures:
                 await self.keys.release(claimed, forget=False)
                 error = api_error(exc, session_id=session_id)
             raise error from None
+        PAYMENT_OPERATIONS.labels(CAPTURE, record.provider, outcome.status.value.lower()).inc()
         return await self._apply(claimed, outcome, wanted, request_id)
 
     async def _apply(

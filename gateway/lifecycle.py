@@ -52,6 +52,7 @@ from gateway.metrics import (
     AMOUNT_MISMATCHES,
     AUTHORIZATIONS_EXPIRING,
     ORPHAN_SESSIONS,
+    PAYMENT_OPERATIONS,
     SESSION_TRANSITIONS,
 )
 from gateway.notifications.events import AUTHORIZATION_EXPIRING, CREATED, UPDATED, Notifier
@@ -638,8 +639,10 @@ class LifecycleService:
                 ),
             )
         except ProviderError as exc:
+            PAYMENT_OPERATIONS.labels("void", record.provider, exc.outcome).inc()
             await self._release_cancel(record.sessionId, claim)
             raise api_error(exc, session_id=record.sessionId) from None
+        PAYMENT_OPERATIONS.labels("void", record.provider, outcome.status.value.lower()).inc()
         if outcome.status is SessionStatus.CANCELLED:
             return f"api:{record.provider}"
         if outcome.status is SessionStatus.PROCESSING:

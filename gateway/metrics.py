@@ -166,8 +166,10 @@ AUTHORIZATIONS_EXPIRING = Counter(
 )
 PAYMENT_OPERATIONS = Counter(
     "gateway_payment_operations_total",
-    "Merchant calls after the checkout that reached the provider, by call (capture, void, "
-    "refund), provider and outcome (completed, accepted, failed, rejected, unknown).",
+    "Merchant calls after the checkout made to the provider, by call (capture, void, refund), "
+    "provider and outcome (the provider's answer in lower case: completed, processing, "
+    "authorized, cancelled, pending, succeeded, failed; or rejected, unknown, timeout, ... when "
+    "it raised).",
     ["operation", "provider", "outcome"],
 )
 

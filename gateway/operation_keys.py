@@ -25,9 +25,11 @@ and never refunds twice).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import os
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -59,7 +61,9 @@ MAX_OPERATIONS = 128
 #: calls of which one at a time may run on a session, whatever their keys: they move the
 #: authorization (a capture and a void must never both reach the provider)
 EXCLUSIVE_KINDS = frozenset({"capture", "cancel"})
-_CAS_TRIES = 16
+#: compare-and-set attempts per write: many concurrent calls on one session (refunds) each
+#: win a round after a short random pause (:func:`_backoff`)
+_CAS_TRIES = 64
 
 
 class _Store(SessionStore, LifecycleStore):
@@ -152,7 +156,7 @@ class OperationKeys:
     ) -> Claimed | Replay:
         """Claim ``key`` for this call (404 unknown session or another merchant's, 422
         mismatch, 409 in flight), writing what ``prepare`` returns in the same write."""
-        for _ in range(_CAS_TRIES):
+        for attempt in range(_CAS_TRIES):
             record = await self.store.get_session(session_id)
             if record is None or record.merchantId != merchant_id:
                 raise NotFound("Session not found")
@@ -206,6 +210,7 @@ class OperationKeys:
             ):
                 IDEMPOTENCY.labels("resumed" if known is not None else "new").inc()
                 return Claimed(updated, key, token, known is not None)
+            await _backoff(attempt)
         raise StoreUnavailable(f"session {session_id} kept changing; gave up after retries")
 
     async def finish(
@@ -272,7 +277,7 @@ class OperationKeys:
         change: Change | None,
     ) -> SessionRecord | None:
         session_id = claimed.record.sessionId
-        for _ in range(_CAS_TRIES):
+        for attempt in range(_CAS_TRIES):
             record = await self.store.get_session(session_id)
             if record is None or not holds(record, claimed):
                 return None
@@ -287,7 +292,14 @@ class OperationKeys:
                 updated, expected_version=record.version, outbox=outbox
             ):
                 return updated
+            await _backoff(attempt)
         raise StoreUnavailable(f"session {session_id} kept changing; gave up after retries")
+
+
+async def _backoff(attempt: int) -> None:
+    """A short random pause after a lost compare-and-set (growing up to 20 ms), so writers
+    racing on one session do not keep colliding."""
+    await asyncio.sleep(random.uniform(0, min(0.02, 0.001 * 2**attempt)))
 
 
 def holds(record: SessionRecord, claimed: Claimed) -> bool:
