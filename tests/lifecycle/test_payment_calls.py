@@ -1,0 +1,296 @@
+"""Capture, void and refunds through the API, against the real sandbox over real sockets: the
+customer pays a manual-capture session on the sandbox page (AUTHORIZED), the merchant captures
+(all or part), voids, refunds; replays, mismatches, races and the provider's webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.api.conftest import headers
+from tests.conftest import StoreFactory
+from tests.lifecycle.conftest import Env, EnvFactory
+from tests.lifecycle.test_loop import PROVIDERS, read_when, wait_for
+from tests.providers.hosted_inputs import press
+
+TOTAL = Decimal("140.76")
+
+
+async def call(
+    env: Env,
+    path: str,
+    body: Any = None,
+    *,
+    key: str | None = "op-1",
+    scopes: list[str] | None = None,
+    method: str = "POST",
+) -> tuple[int, dict[str, str], bytes]:
+    data = b"" if body is None else json.dumps(body).encode()
+    response = await env.client.request(
+        method, path, data=data, headers=headers(key, scopes=scopes)
+    )
+    return response.status, dict(response.headers), await response.read()
+
+
+async def paid(env: Env, provider: str, key: str, *, manual: bool) -> str:
+    """A session the customer paid on the sandbox page: AUTHORIZED (manual) or COMPLETED."""
+    changes: dict[str, Any] = dict(PROVIDERS[provider])
+    if manual:
+        changes["captureMethod"] = "manual"
+    created = await env.create(key=key, **changes)
+    status, _ = await press(created["checkoutUrl"], "pay")
+    assert status == 303
+    session_id: str = created["sessionId"]
+    await read_when(env, session_id, "AUTHORIZED" if manual else "COMPLETED")
+    return session_id
+
+
+def counted(operation: str, provider: str) -> float:
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name != "gateway_payment_operations":
+            continue
+        for sample in metric.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_total")
+                and labels.get("operation") == operation
+                and labels.get("provider") == provider
+            ):
+                total += sample.value
+    return total
+
+
+# capture ---------------------------------------------------------------------------------------
+
+
+async def test_full_capture_completes_and_replays(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=True)
+    path = f"/api/v1/sessions/{session_id}/capture"
+    status, hdrs, body = await call(env, path, key="cap-1")
+    assert status == 200, body
+    view = json.loads(body)
+    assert view["status"] == "COMPLETED"
+    assert view["amountCaptured"] == "140.76"
+    last = view["transitions"][-1]
+    assert (last["source"], last["confirmedBy"]) == ("merchant", "api:stripe")
+    assert "Idempotent-Replayed" not in hdrs
+    # the same key and body (empty or {}): the first answer, byte for byte
+    again, replay_headers, replayed = await call(env, path, {}, key="cap-1")
+    assert (again, replayed) == (200, body)
+    assert replay_headers["Idempotent-Replayed"] == "true"
+    # the same key with another body: mismatch; a new key: the session is captured already
+    other, _, mismatch = await call(env, path, {"amount": "10.00"}, key="cap-1")
+    assert other == 422
+    assert json.loads(mismatch)["code"] == "IDEMPOTENCY_KEY_MISMATCH"
+    late, _, conflict = await call(env, path, key="cap-2")
+    assert late == 409
+    assert json.loads(conflict)["status"] == "COMPLETED"
+    events = await wait_for(
+        lambda: [
+            e
+            for e in env.receiver.of_session(session_id)
+            if e["data"]["payment_session"]["status"] == "COMPLETED"
+        ]
+    )
+    assert events[0]["type"] == "payment_session.updated"
+    assert events[0]["data"]["payment_session"]["previousStatus"] == "AUTHORIZED"
+    assert events[0]["data"]["payment_session"]["amountCaptured"] == "140.76"
+
+
+async def test_partial_capture_and_refund_bounds(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=True)
+    status, _, body = await call(
+        env, f"/api/v1/sessions/{session_id}/capture", {"amount": "100.00"}, key="cap-1"
+    )
+    assert status == 200, body
+    view = await env.read(session_id)
+    assert (view["status"], view["amountCaptured"]) == ("COMPLETED", "100.00")
+    refunds = f"/api/v1/sessions/{session_id}/refunds"
+    over, _, refused = await call(env, refunds, {"amount": "100.01"}, key="rf-1")
+    assert over == 422
+    assert json.loads(refused)["code"] == "REFUND_AMOUNT_EXCEEDED"
+    done, _, refund = await call(env, refunds, {"amount": "100"}, key="rf-2")
+    assert done == 201, refund
+    assert json.loads(refund)["amount"] == "100.00"
+
+
+async def test_capture_refusals(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=True)
+    path = f"/api/v1/sessions/{session_id}/capture"
+    too_much, _, body = await call(env, path, {"amount": "140.77"}, key="c1")
+    assert too_much == 422
+    assert json.loads(body)["code"] == "CAPTURE_AMOUNT_EXCEEDED"
+    for bad in ("0", "0.00", "1.001", "-1", "abc"):
+        status, _, body = await call(env, path, {"amount": bad}, key="c2")
+        assert status == 400, (bad, body)
+    assert (await call(env, path, key=None))[0] == 400
+    assert (await call(env, path, key="c3", scopes=["sessions:read"]))[0] == 403
+    unknown = "/api/v1/sessions/00000000-0000-4000-8000-000000000000/capture"
+    assert (await call(env, unknown, key="c4"))[0] == 404
+    pending = await env.create(key="k-pending", captureMethod="manual")
+    wrong, _, body = await call(env, f"/api/v1/sessions/{pending['sessionId']}/capture", key="c5")
+    assert wrong == 409
+    assert json.loads(body)["status"] == "PENDING"
+    # nothing was captured by the refusals: a refused key is judged afresh
+    assert (await env.read(session_id))["status"] == "AUTHORIZED"
+    assert (await call(env, path, {"amount": "140.76"}, key="c1"))[0] == 200
+
+
+async def test_concurrent_captures_reach_the_provider_once(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=True)
+    before = counted("capture", "stripe")
+    path = f"/api/v1/sessions/{session_id}/capture"
+    results = await asyncio.gather(*(call(env, path, key=f"cap-{i}") for i in range(20)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses.count(200) == 1, statuses
+    assert set(statuses) == {200, 409}
+    assert counted("capture", "stripe") == before + 1
+    view = await env.read(session_id)
+    assert (view["status"], view["amountCaptured"]) == ("COMPLETED", "140.76")
+
+
+# void ------------------------------------------------------------------------------------------
+
+
+async def test_cancel_of_an_authorized_session_voids_it(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=True)
+    before = counted("void", "stripe")
+    path = f"/api/v1/sessions/{session_id}/cancel"
+    body = {"cancellationReason": "requested_by_customer"}
+    status, _, answer = await call(env, path, body, key="void-1")
+    assert status == 200, answer
+    view = json.loads(answer)
+    assert view["status"] == "CANCELLED"
+    assert view["transitions"][-1]["confirmedBy"] == "api:stripe"
+    assert counted("void", "stripe") == before + 1
+    again, replay_headers, replayed = await call(env, path, body, key="void-1")
+    assert (again, replayed) == (200, answer)
+    assert replay_headers["Idempotent-Replayed"] == "true"
+    other = {"cancellationReason": "fraudulent"}
+    assert (await call(env, path, other, key="void-1"))[0] == 422
+    assert (await call(env, path, body, key="void-2"))[0] == 409
+    capture = await call(env, f"/api/v1/sessions/{session_id}/capture", key="cap-1")
+    assert capture[0] == 409
+    assert counted("void", "stripe") == before + 1
+
+
+# refunds ---------------------------------------------------------------------------------------
+
+
+async def test_refunds_partial_several_listed_and_notified(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=False)
+    path = f"/api/v1/sessions/{session_id}/refunds"
+    first = {"amount": "40.00", "reason": "requested_by_customer"}
+    status, _hdrs, body = await call(env, path, first, key="rf-1")
+    assert status == 201, body
+    refund = json.loads(body)
+    assert refund["sessionId"] == session_id
+    assert (refund["amount"], refund["currency"]) == ("40.00", "AUD")
+    assert refund["reason"] == "requested_by_customer"
+    assert refund["status"] in ("PENDING", "SUCCEEDED")
+    again, replay_headers, replayed = await call(env, path, first, key="rf-1")
+    assert (again, replayed) == (201, body)
+    assert replay_headers["Idempotent-Replayed"] == "true"
+    mismatch, _, refused = await call(env, path, {"amount": "41.00"}, key="rf-1")
+    assert mismatch == 422
+    assert json.loads(refused)["code"] == "IDEMPOTENCY_KEY_MISMATCH"
+    second, _, body2 = await call(env, path, {"amount": "0.76"}, key="rf-2")
+    assert second == 201, body2
+    over, _, body3 = await call(env, path, {"amount": "100.01"}, key="rf-3")
+    assert over == 422
+    assert json.loads(body3)["code"] == "REFUND_AMOUNT_EXCEEDED"
+    for bad in ({"amount": "0"}, {"amount": "1.001"}, {}, {"amount": "1", "reason": "whim"}):
+        assert (await call(env, path, bad, key="rf-4"))[0] == 400
+    assert (await call(env, path, first, key="rf-5", scopes=["sessions:write"]))[0] == 403
+    # the provider's webhooks settle them
+    listed: list[dict[str, Any]] = []
+
+    async def settled() -> bool:
+        status, _, raw = await call(env, path, key=None, method="GET")
+        assert status == 200
+        listed[:] = json.loads(raw)["data"]
+        return all(r["status"] == "SUCCEEDED" for r in listed)
+
+    for _ in range(100):
+        if await settled():
+            break
+        await asyncio.sleep(0.05)
+    assert [(r["refundId"], r["amount"], r["status"]) for r in listed] == [
+        (refund["refundId"], "40.00", "SUCCEEDED"),
+        (json.loads(body2)["refundId"], "0.76", "SUCCEEDED"),
+    ]
+    assert all(r["providerRefundId"] for r in listed)
+    view = await env.read(session_id)
+    assert (view["amountCaptured"], view["amountRefunded"]) == ("140.76", "40.76")
+    # refund.created for each, refund.updated for each that the webhook moved; all signed
+    notes = await wait_for(
+        lambda: (
+            len([e for e in env.receiver.of_session(session_id) if e["type"] == "refund.created"])
+            == 2
+            and [e for e in env.receiver.of_session(session_id) if e["type"].startswith("refund.")]
+        )
+    )
+    created = [e for e in notes if e["type"] == "refund.created"]
+    assert {e["data"]["refund"]["status"] for e in created} == {"PENDING"}
+    assert {e["data"]["refund"]["refundId"] for e in created} == {r["refundId"] for r in listed}
+    assert created[0]["data"]["payment_session"]["sessionId"] == session_id
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
+async def test_racing_refunds_never_refund_more_than_captured(
+    lifecycle_env: EnvFactory, store_factory: StoreFactory, kind: str
+) -> None:
+    env = await lifecycle_env("stripe", store=await store_factory(kind))
+    session_id = await paid(env, "stripe", "k1", manual=False)
+    path = f"/api/v1/sessions/{session_id}/refunds"
+    results = await asyncio.gather(
+        *(call(env, path, {"amount": "10.00"}, key=f"rf-{i}") for i in range(20))
+    )
+    statuses = [status for status, _, _ in results]
+    assert statuses.count(201) == 14, statuses  # 14 x 10.00 <= 140.76 < 15 x 10.00
+    refused = [json.loads(body) for status, _, body in results if status != 201]
+    assert {(r["statusCode"], r["code"]) for r in refused} == {(422, "REFUND_AMOUNT_EXCEEDED")}
+    view = await env.read(session_id)
+    assert Decimal(view["amountRefunded"]) == Decimal("140.00")
+    status, _, raw = await call(env, path, key=None, method="GET")
+    listed = json.loads(raw)["data"]
+    assert len(listed) == 14
+    assert sum(Decimal(r["amount"]) for r in listed if r["status"] != "FAILED") <= TOTAL
+    # every replay answers its own first answer
+    for i, (status, _, body) in enumerate(results):
+        if status == 201:
+            assert (await call(env, path, {"amount": "10.00"}, key=f"rf-{i}"))[2] == body
+
+
+async def test_refund_refusals_by_state(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    pending = await env.create(key="k-pending")
+    path = f"/api/v1/sessions/{pending['sessionId']}/refunds"
+    status, _, body = await call(env, path, {"amount": "1.00"}, key="rf-1")
+    assert status == 409
+    assert json.loads(body)["status"] == "PENDING"
+    authorized = await paid(env, "stripe", "k-auth", manual=True)
+    status, _, body = await call(
+        env, f"/api/v1/sessions/{authorized}/refunds", {"amount": "1.00"}, key="rf-2"
+    )
+    assert status == 409
+    assert json.loads(body)["status"] == "AUTHORIZED"
