@@ -31,7 +31,10 @@ log = logging.getLogger("gateway.webhooks")
 
 
 def _event_label(event: ProviderEvent) -> str:
-    """A bounded metric label: the lifecycle status the event maps to."""
+    """A bounded metric label: the lifecycle status the event maps to (``refund_<status>`` for
+    a refund's progress)."""
+    if event.refund is not None:
+        return f"refund_{event.refund.status.value.lower()}"
     return event.status.value.lower() if event.status is not None else "other"
 
 
