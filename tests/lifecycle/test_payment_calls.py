@@ -37,9 +37,9 @@ async def call(
     return response.status, dict(response.headers), await response.read()
 
 
-async def paid(env: Env, provider: str, key: str, *, manual: bool) -> str:
+async def paid(env: Env, provider: str, key: str, *, manual: bool, **extra: Any) -> str:
     """A session the customer paid on the sandbox page: AUTHORIZED (manual) or COMPLETED."""
-    changes: dict[str, Any] = dict(PROVIDERS[provider])
+    changes: dict[str, Any] = {**PROVIDERS[provider], **extra}
     if manual:
         changes["captureMethod"] = "manual"
     created = await env.create(key=key, **changes)
@@ -136,7 +136,7 @@ async def test_capture_refusals(lifecycle_env: EnvFactory) -> None:
     assert (await call(env, path, key="c3", scopes=["sessions:read"]))[0] == 403
     unknown = "/api/v1/sessions/00000000-0000-4000-8000-000000000000/capture"
     assert (await call(env, unknown, key="c4"))[0] == 404
-    pending = await env.create(key="k-pending", captureMethod="manual")
+    pending = await env.create(key="k-pending", captureMethod="manual", orderReference="ORD-2")
     wrong, _, body = await call(env, f"/api/v1/sessions/{pending['sessionId']}/capture", key="c5")
     assert wrong == 409
     assert json.loads(body)["status"] == "PENDING"
@@ -288,7 +288,7 @@ async def test_refund_refusals_by_state(lifecycle_env: EnvFactory) -> None:
     status, _, body = await call(env, path, {"amount": "1.00"}, key="rf-1")
     assert status == 409
     assert json.loads(body)["status"] == "PENDING"
-    authorized = await paid(env, "stripe", "k-auth", manual=True)
+    authorized = await paid(env, "stripe", "k-auth", manual=True, orderReference="ORD-2")
     status, _, body = await call(
         env, f"/api/v1/sessions/{authorized}/refunds", {"amount": "1.00"}, key="rf-2"
     )
