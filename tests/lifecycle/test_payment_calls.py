@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from gateway.appkeys import ADAPTERS
+from gateway.payment_calls import payment_reference
+from providers.base import RefundInput
+from providers.sandbox.stripe_payments import ledger
 from tests.api.conftest import headers
 from tests.conftest import StoreFactory
 from tests.lifecycle.conftest import Env, EnvFactory
@@ -275,6 +279,8 @@ async def test_racing_refunds_never_refund_more_than_captured(
     listed = json.loads(raw)["data"]
     assert len(listed) == 14
     assert sum(Decimal(r["amount"]) for r in listed if r["status"] != "FAILED") <= TOTAL
+    at_stripe = ledger(env.sandbox_state).refunds.values()
+    assert sorted(r["amount"] for r in at_stripe) == [1000] * 14
     # every replay answers its own first answer
     for i, (status, _, body) in enumerate(results):
         if status == 201:
@@ -294,3 +300,76 @@ async def test_refund_refusals_by_state(lifecycle_env: EnvFactory) -> None:
     )
     assert status == 409
     assert json.loads(body)["status"] == "AUTHORIZED"
+
+
+async def test_a_refund_the_provider_rejects_is_failed_and_released(
+    lifecycle_env: EnvFactory,
+) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=False)
+    record = await env.store.get_session(session_id)
+    assert record is not None
+    # refunded in full at Stripe itself (its dashboard): Stripe refuses the gateway's refund
+    outside = RefundInput(
+        payment=payment_reference(record, TOTAL),
+        refund_id="dashboard",
+        session_id=session_id,
+        amount=TOTAL,
+        currency="AUD",
+        reason=None,
+        idempotency_key="dashboard-refund",
+    )
+    await env.client.app[ADAPTERS]["stripe"].refund_payment(outside, timeout=2)
+    path = f"/api/v1/sessions/{session_id}/refunds"
+    status, _, body = await call(env, path, {"amount": "40.00"}, key="rf-1")
+    assert status == 422
+    error = json.loads(body)
+    assert error["code"] == "PROVIDER_REJECTED"
+    assert error["details"]["providerError"]["provider"] == "stripe"
+    again, replay_headers, replayed = await call(env, path, {"amount": "40.00"}, key="rf-1")
+    assert (again, replayed) == (422, body)
+    assert replay_headers["Idempotent-Replayed"] == "true"
+    _, _, raw = await call(env, path, key=None, method="GET")
+    (failed,) = json.loads(raw)["data"]
+    assert failed["status"] == "FAILED"
+    assert failed["failureReason"]
+    assert (await env.read(session_id))["amountRefunded"] == "0.00"
+    updates = await wait_for(
+        lambda: [e for e in env.receiver.of_session(session_id) if e["type"] == "refund.updated"]
+    )
+    assert updates[0]["data"]["refund"]["status"] == "FAILED"
+
+
+async def test_a_refund_of_unknown_outcome_is_sent_again_with_the_same_key(
+    lifecycle_env: EnvFactory,
+) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=False)
+    path = f"/api/v1/sessions/{session_id}/refunds"
+    faults = str(env.sandbox.make_url("/sandbox/admin/faults"))
+    async with env.client.session.post(
+        faults, json={"provider": "stripe", "processingMs": 2500}
+    ) as answer:
+        assert answer.status == 200
+    status, hdrs, body = await call(env, path, {"amount": "40.00"}, key="rf-1")
+    assert status == 504, body
+    assert json.loads(body)["code"] == "PROVIDER_TIMEOUT"
+    assert hdrs["Retry-After"] == "1"
+    _, _, raw = await call(env, path, key=None, method="GET")
+    (held,) = json.loads(raw)["data"]
+    assert (held["status"], held["amount"]) == ("PENDING", "40.00")
+    # the held amount counts: 100.77 more would exceed what was captured
+    over, _, _ = await call(env, path, {"amount": "100.77"}, key="rf-2")
+    assert over == 422
+    async with env.client.session.post(
+        faults, json={"provider": "stripe", "processingMs": 0}
+    ) as answer:
+        assert answer.status == 200
+    stripe = ledger(env.sandbox_state)
+    await wait_for(lambda: len(stripe.refunds) == 1)  # Stripe finished the first call
+    status, _, body = await call(env, path, {"amount": "40.00"}, key="rf-1")
+    assert status == 201, body
+    assert json.loads(body)["refundId"] == held["refundId"]
+    assert len(stripe.refunds) == 1  # re-sent with the same key, or settled by the webhook: one
+    (only,) = stripe.refunds.values()
+    assert only["amount"] == 4000
