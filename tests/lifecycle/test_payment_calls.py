@@ -199,7 +199,7 @@ async def test_cancel_of_an_authorized_session_voids_it(
 # refunds ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", CAPTURING)
+@pytest.mark.parametrize("provider", [*CAPTURING, "adyen"])
 async def test_refunds_partial_several_listed_and_notified(
     lifecycle_env: EnvFactory, provider: str
 ) -> None:
@@ -383,3 +383,45 @@ async def test_a_refund_of_unknown_outcome_is_sent_again_with_the_same_key(
     assert len(stripe.refunds) == 1  # re-sent with the same key, or settled by the webhook: one
     (only,) = stripe.refunds.values()
     assert only["amount"] == 4000
+
+
+# Adyen: captures and voids are accepted, and its webhook decides -------------------------------
+
+
+@pytest.mark.parametrize(("amount", "captured"), [(None, "140.76"), ("100.00", "100.00")])
+async def test_adyen_capture_is_accepted_then_completed_by_its_webhook(
+    lifecycle_env: EnvFactory, amount: str | None, captured: str
+) -> None:
+    env = await lifecycle_env("adyen")
+    session_id = await paid(env, "adyen", "k1", manual=True)
+    path = f"/api/v1/sessions/{session_id}/capture"
+    body = None if amount is None else {"amount": amount}
+    status, _, answer = await call(env, path, body, key="cap-1")
+    assert status == 202, answer
+    assert json.loads(answer)["status"] == "AUTHORIZED"
+    view = await read_when(env, session_id, "COMPLETED")
+    assert view["amountCaptured"] == captured
+    assert view["amountMismatch"] is None
+    assert view["transitions"][-1]["source"] == "webhook:adyen"
+    # the key replays its own answer (202), and a new capture meets a captured session
+    again, replay_headers, replayed = await call(env, path, body, key="cap-1")
+    assert (again, replayed) == (202, answer)
+    assert replay_headers["Idempotent-Replayed"] == "true"
+    assert (await call(env, path, body, key="cap-2"))[0] == 409
+
+
+async def test_adyen_void_is_accepted_then_cancelled_by_its_webhook(
+    lifecycle_env: EnvFactory,
+) -> None:
+    env = await lifecycle_env("adyen")
+    session_id = await paid(env, "adyen", "k1", manual=True)
+    path = f"/api/v1/sessions/{session_id}/cancel"
+    status, _, answer = await call(env, path, {"cancellationReason": "fraudulent"}, key="v1")
+    assert status == 202, answer
+    assert json.loads(answer)["status"] == "AUTHORIZED"
+    view = await read_when(env, session_id, "CANCELLED")
+    assert view["cancellationReason"] == "fraudulent"
+    last = view["transitions"][-1]
+    assert (last["source"], last["confirmedBy"]) == ("merchant", "webhook:adyen")
+    capture = await call(env, f"/api/v1/sessions/{session_id}/capture", key="cap-1")
+    assert capture[0] == 409
