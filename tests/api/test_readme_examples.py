@@ -71,6 +71,7 @@ EXAMPLES = {
     "access-log",
     "readyz-refused-reload",
     "notification",
+    "refund-notification",
 }
 
 #: the 400 example: the seed order with three mistakes, one of them in the amounts
