@@ -46,6 +46,7 @@ def payment_reference(record: SessionRecord, amount: Decimal) -> PaymentReferenc
         capture_id=record.captureId,
         currency=record.currency,
         amount=amount,
+        session_id=record.sessionId,
     )
 
 
