@@ -25,6 +25,12 @@ from tests.providers.hosted_inputs import press
 TOTAL = Decimal("140.76")
 #: the providers whose adapters capture, void and refund (Adyen: see its own tests below)
 CAPTURING = ["stripe", "paypal"]
+#: the record stores the money races run on
+STORES = [
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
 
 
 async def call(
@@ -153,8 +159,11 @@ async def test_capture_refusals(lifecycle_env: EnvFactory) -> None:
     assert (await call(env, path, {"amount": "140.76"}, key="c1"))[0] == 200
 
 
-async def test_concurrent_captures_reach_the_provider_once(lifecycle_env: EnvFactory) -> None:
-    env = await lifecycle_env("stripe")
+@pytest.mark.parametrize("kind", STORES)
+async def test_concurrent_captures_reach_the_provider_once(
+    lifecycle_env: EnvFactory, store_factory: StoreFactory, kind: str
+) -> None:
+    env = await lifecycle_env("stripe", store=await store_factory(kind))
     session_id = await paid(env, "stripe", "k1", manual=True)
     before = counted("capture", "stripe")
     path = f"/api/v1/sessions/{session_id}/capture"
@@ -262,14 +271,7 @@ async def test_refunds_partial_several_listed_and_notified(
     assert created[0]["data"]["payment_session"]["sessionId"] == session_id
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "memory",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-    ],
-)
+@pytest.mark.parametrize("kind", STORES)
 async def test_racing_refunds_never_refund_more_than_captured(
     lifecycle_env: EnvFactory, store_factory: StoreFactory, kind: str
 ) -> None:
