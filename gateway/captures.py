@@ -102,9 +102,9 @@ class Captures:
             places(record.currency)
             wanted = record.amount.total if amount is None else amount
             check_amount(record, wanted)
-            adapter = operations_of(lifecycle.adapters, record)
-            partial = getattr(adapter, "capabilities", None)
-            if wanted < record.amount.total and not getattr(partial, "partial_capture", True):
+            operations_of(lifecycle.adapters, record)  # 422 unless the adapter can capture
+            partial = lifecycle.adapters[record.provider].capabilities.partial_capture
+            if wanted < record.amount.total and not partial:
                 raise api_error(
                     FlowNotSupported(record.provider, "partial capture"),
                     session_id=record.sessionId,

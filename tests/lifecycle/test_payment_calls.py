@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -154,6 +155,16 @@ async def test_capture_refusals(lifecycle_env: EnvFactory) -> None:
     wrong, _, body = await call(env, f"/api/v1/sessions/{pending['sessionId']}/capture", key="c5")
     assert wrong == 409
     assert json.loads(body)["status"] == "PENDING"
+    # a provider without partial captures (as its adapter declares) refuses less than all
+    adapter = env.client.app[ADAPTERS]["stripe"]
+    declared = adapter.capabilities
+    adapter.capabilities = replace(declared, partial_capture=False)
+    try:
+        partial, _, body = await call(env, path, {"amount": "100.00"}, key="c6")
+    finally:
+        adapter.capabilities = declared
+    assert partial == 422
+    assert json.loads(body)["code"] == "FLOW_NOT_SUPPORTED"
     # nothing was captured by the refusals: a refused key is judged afresh
     assert (await env.read(session_id))["status"] == "AUTHORIZED"
     assert (await call(env, path, {"amount": "140.76"}, key="c1"))[0] == 200
