@@ -122,12 +122,16 @@ async def test_full_capture_completes_and_replays(lifecycle_env: EnvFactory, pro
 async def test_partial_capture_and_refund_bounds(lifecycle_env: EnvFactory, provider: str) -> None:
     env = await lifecycle_env(provider)
     session_id = await paid(env, provider, "k1", manual=True)
+    sent = env.sandbox_state.webhooks_sent[provider]
     status, _, body = await call(
         env, f"/api/v1/sessions/{session_id}/capture", {"amount": "100.00"}, key="cap-1"
     )
     assert status == 200, body
+    # the provider's own report of the capture follows: 100.00 agrees with what was captured
+    await wait_for(lambda: env.sandbox_state.webhooks_sent[provider] > sent)
     view = await env.read(session_id)
     assert (view["status"], view["amountCaptured"]) == ("COMPLETED", "100.00")
+    assert view["amountMismatch"] is None
     refunds = f"/api/v1/sessions/{session_id}/refunds"
     over, _, refused = await call(env, refunds, {"amount": "100.01"}, key="rf-1")
     assert over == 422
