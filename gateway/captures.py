@@ -80,6 +80,8 @@ class Captures:
         lifecycle = self.lifecycle
 
         def prepare(record: SessionRecord, resumed: bool) -> Prepared:
+            if resumed and record.status is SessionStatus.COMPLETED:
+                return Prepared()  # this key's capture reached the provider: its webhook told
             if record.status is not SessionStatus.AUTHORIZED:
                 raise Conflict(
                     details=f"The session is {record.status.value} and cannot be captured; "
@@ -116,6 +118,8 @@ class Captures:
         if isinstance(claimed, Replay):
             return Answer(claimed.status, claimed.body, replayed=True)
         record = claimed.record
+        if record.status is SessionStatus.COMPLETED:
+            return await self._answer_current(claimed, 200)
         wanted = record.captureRequested
         assert wanted is not None
         adapter = operations_of(lifecycle.adapters, record)

@@ -442,3 +442,37 @@ async def test_adyen_void_is_accepted_then_cancelled_by_its_webhook(
     assert (last["source"], last["confirmedBy"]) == ("merchant", "webhook:adyen")
     capture = await call(env, f"/api/v1/sessions/{session_id}/capture", key="cap-1")
     assert capture[0] == 409
+
+
+async def test_a_capture_of_unknown_outcome_is_answered_on_the_retry_of_its_key(
+    lifecycle_env: EnvFactory,
+) -> None:
+    env = await lifecycle_env("stripe")
+    session_id = await paid(env, "stripe", "k1", manual=True)
+    path = f"/api/v1/sessions/{session_id}/capture"
+    faults = str(env.sandbox.make_url("/sandbox/admin/faults"))
+    async with env.client.session.post(
+        faults, json={"provider": "stripe", "processingMs": 2500}
+    ) as answer:
+        assert answer.status == 200
+    status, _, body = await call(env, path, {"amount": "100.00"}, key="cap-1")
+    assert status == 504, body
+    # the capture asked is held: another key may not capture (or void) meanwhile
+    other, _, refused = await call(env, path, key="cap-2")
+    assert other == 409
+    assert "Idempotency-Key" in json.loads(refused)["details"]
+    void = {"cancellationReason": "requested_by_customer"}
+    assert (await call(env, f"/api/v1/sessions/{session_id}/cancel", void, key="v1"))[0] == 409
+    async with env.client.session.post(
+        faults, json={"provider": "stripe", "processingMs": 0}
+    ) as answer:
+        assert answer.status == 200
+    intents = ledger(env.sandbox_state).intents
+    await wait_for(lambda: any(i.get("amount_received") for i in intents.values()))
+    # Stripe captured it after all; the retry of the key answers the capture, once
+    status, _, body = await call(env, path, {"amount": "100.00"}, key="cap-1")
+    assert status == 200, body
+    view = json.loads(body)
+    assert (view["status"], view["amountCaptured"]) == ("COMPLETED", "100.00")
+    (intent,) = [i for i in intents.values() if i.get("amount_received")]
+    assert intent["amount_received"] == 10000
