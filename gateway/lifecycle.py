@@ -91,7 +91,12 @@ class PaymentRecorder(Protocol):
     """What the lifecycle tells routing (:class:`gateway.routing.service.Router`)."""
 
     async def record_payment(
-        self, provider: str, success: bool, currency: str | None, country: str | None
+        self,
+        provider: str,
+        success: bool,
+        currency: str | None,
+        country: str | None,
+        method: str | None = None,
     ) -> None: ...
 
 
@@ -229,6 +234,7 @@ class LifecycleService:
                 after.status is SessionStatus.COMPLETED,
                 after.currency,
                 after.billingCountry,
+                after.paymentMethod,
             )
         if after.status in FINAL_STATUSES and kind != EXPIRY:
             await self.store.drop_expiry(after.sessionId)

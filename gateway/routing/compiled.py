@@ -20,6 +20,7 @@ from gateway.routing.eligibility import CompiledProvider, compile_providers
 from gateway.routing.features import Features
 from gateway.routing.plan import Plan
 from gateway.routing.rules import LatencyScoring, Learning, LoadedRules, RulesFile
+from gateway.routing.stats import Forgetting
 from providers.base import Capabilities
 
 __all__ = [
@@ -145,8 +146,21 @@ class CompiledRules:
         scale = 100.0 / sum(raw)
         #: points of each component at a perfect raw value; they add up to 100
         self.weights = tuple(x * scale for x in raw)
-        self.exploration = model.scoring.exploration
+        explore = model.scoring.exploration
+        #: bounds on the share of orders explored (equal bounds: a fixed share)
+        self.exploration_floor = explore.floor
+        self.exploration_ceiling = explore.ceiling
         self.learning: Learning = model.scoring.learning
+        self.adaptive = self.learning.model == "adaptive"
+        #: how the stats store forgets (None: time only)
+        self.forgetting = Forgetting.of(self.learning)
+        learn_ = self.learning
+        #: how much evidence an estimate holds, for the explanation
+        self.window_text = (
+            f"last ~{learn_.window_outcomes:g} outcomes, half-life {learn_.half_life_seconds:g} s"
+            if self.adaptive
+            else f"half-life {learn_.half_life_seconds:g} s"
+        )
         self.latency: LatencyScoring = model.scoring.latency
         learn, lat = self.learning, self.latency
         #: identifies the parameters the stats estimates depend on (a snapshot memo key)
@@ -156,6 +170,7 @@ class CompiledRules:
             learn.payment_prior.mean,
             learn.payment_prior.strength,
             learn.min_segment_samples,
+            learn.model,
             lat.good_ms,
             lat.bad_ms,
             lat.prior_weight,

@@ -17,7 +17,7 @@ class Candidate:
     score: float
     components: Mapping[str, float] = field(default_factory=dict)
     #: the raw inputs behind the components (success rate, latency ms, fee, rule points)
-    details: Mapping[str, float | str | None] = field(default_factory=dict)
+    details: Mapping[str, float | str | bool | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

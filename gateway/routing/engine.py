@@ -7,11 +7,19 @@
    adapter refuses the request (``refused``), rule ``exclude`` actions and the ``unavailable``
    providers (open circuits), each with its reason;
 2. **scoring**: per candidate, four components each worth ``weight x raw`` points (raw in
-   0-1, weights normalised to 100), their sum the score (0-100);
+   0-1, weights normalised to 100), their sum the score (0-100). With the ``adaptive``
+   learning model the success rate is the Beta posterior mean of the finest segment with
+   enough outcomes, and a rate within ``significance`` standard errors of the best counts as
+   the best (so stationary noise does not move traffic);
 3. **ranking**: score descending; ties by the fallback order, then by name;
 4. **placement**: the highest-priority matching pin or split whose provider is eligible moves
    it first (splits are stable per merchant and orderReference); otherwise, with
-   ``exploration`` set, a stable share of orders promotes a non-first candidate.
+   ``exploration`` set, a stable share of orders promotes a non-first candidate: with the
+   ``adaptive`` model the chance that the candidate's score is really the higher one
+   (probability matching, i.e. Thompson sampling in closed form with a normal approximation
+   of the posteriors), bounded by the floor and ceiling; with ``decayed`` a fixed share.
+
+The draws are stable per (merchant, orderReference): a retry gets the same decision.
 
 The same inputs give the same decision, always; nothing here reads a clock or does I/O.
 """
@@ -19,6 +27,7 @@ The same inputs give the same decision, always; nothing here reads a clock or do
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from operator import itemgetter
 from types import MappingProxyType
@@ -32,6 +41,7 @@ from gateway.routing.stats import (
     LatencyEstimate,
     StatsSnapshot,
     SuccessEstimate,
+    estimate_adaptive,
     estimate_latency,
     estimate_success,
 )
@@ -76,14 +86,88 @@ def _learnt(
     name: str, f: Features, c: CompiledRules, stats: StatsSnapshot, table: dict[Any, Any]
 ) -> _Learnt:
     """The success and latency estimates of a provider for this segment, memoised."""
-    key = (name, f.currency, f.country)
+    key = (name, f.currency, f.country, f.payment_method)
     found: _Learnt | None = table.get(key)
     if found is None:
-        found = table[key] = (
-            estimate_success(stats, name, f.currency, f.country, c.learning),
-            estimate_latency(stats, name, c.latency),
-        )
+        if c.adaptive:
+            success = estimate_adaptive(
+                stats, name, f.currency, f.country, f.payment_method, c.learning
+            )
+        else:
+            success = estimate_success(stats, name, f.currency, f.country, c.learning)
+        found = table[key] = (success, estimate_latency(stats, name, c.latency))
     return found
+
+
+def _ranked_rates(learnt: list[_Learnt], z: float) -> list[float]:
+    """The success rate each candidate is ranked with: a rate within ``z`` standard errors of
+    the best counts as the best (noise is not a reason to move traffic), a rate further off
+    is lowered by the distance beyond that."""
+    best = max(learnt, key=lambda item: item[0].rate)[0]
+    out = []
+    for success, _ in learnt:
+        margin = z * math.sqrt(best.variance + success.variance)
+        gap = best.rate - success.rate - margin
+        out.append(best.rate - gap if gap > 0 else best.rate)
+    return out
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _chances(ranked: list[Candidate], w_success: float) -> list[float]:
+    """Per non-first candidate, the chance that its score is really above the first one's,
+    with each success rate drawn from its posterior (normal approximation)."""
+    lead = ranked[0]
+    lead_score = _raw_score(lead, w_success)
+    lead_var = float(lead.details["successVariance"] or 0.0)
+    out = []
+    for other in ranked[1:]:
+        diff = _raw_score(other, w_success) - lead_score
+        var = lead_var + float(other.details["successVariance"] or 0.0)
+        sd = w_success * math.sqrt(var)
+        out.append(_normal_cdf(diff / sd) if sd > 0 else (1.0 if diff > 0 else 0.0))
+    return out
+
+
+def _raw_score(c: Candidate, w_success: float) -> float:
+    """The candidate's score with its posterior mean in place of its ranked success rate."""
+    return c.score - c.components["success_rate"] + w_success * float(c.details["successRate"] or 0)
+
+
+def _explore(
+    ranked: list[Candidate], f: Features, c: CompiledRules, notes: list[str]
+) -> list[Candidate]:
+    """Probability matching bounded by the rules: promote another candidate with the chance
+    that it is the better one, at least ``floor`` and at most ``ceiling`` of the orders."""
+    chances = _chances(ranked, c.weights[1])
+    total = sum(chances)
+    share = min(max(total, c.exploration_floor), c.exploration_ceiling)
+    explored = share > 0 and stable_unit("explore", f) < share
+    pick = 0
+    if explored:
+        weights = chances if total > 0 else [1.0] * len(chances)
+        point = stable_unit("explore-pick", f) * sum(weights)
+        for index, weight in enumerate(weights):
+            pick = index
+            if point < weight:
+                break
+            point -= weight
+        pick += 1
+        notes.append(
+            f"exploration: {ranked[pick].provider} promoted "
+            f"(chance another candidate is better {total:.3f}, share {share:.3f})"
+        )
+    out = []
+    for index, candidate in enumerate(ranked):
+        details = dict(candidate.details)
+        details["explored"] = explored and index == pick
+        details["betterChance"] = chances[index - 1] if index > 0 else None
+        out.append(Candidate(candidate.provider, candidate.score, candidate.components, details))
+    if explored:
+        out.insert(0, out.pop(pick))
+    return out
 
 
 def _score(
@@ -93,9 +177,11 @@ def _score(
     learnt: _Learnt,
     points: float,
     amount_f: float,
+    ranked_rate: float | None = None,
 ) -> Candidate:
     w_pref, w_success, w_latency, w_cost = c.weights
     success, latency = learnt
+    rate = success.rate if ranked_rate is None else ranked_rate
     preference = p.preference + points
     preference = 0.0 if preference < 0.0 else 100.0 if preference > 100.0 else preference
     fee = p.fee(f.currency, f.amount)  # exact, for the explanation
@@ -108,26 +194,33 @@ def _score(
     else:
         cost = 1.0 if fee == 0 else 0.0
     a = w_pref * preference / 100.0
-    b = w_success * success.rate
+    b = w_success * rate
     d = w_latency * latency.score
     e = w_cost * cost
+    details: dict[str, float | str | bool | None] = {
+        "basePreference": p.preference,
+        "rulePoints": points,
+        "successRate": success.rate,
+        "creationRate": success.creation,
+        "paymentRate": success.payment,
+        "successSamples": success.samples,
+        "successSegment": success.segment,
+        "latencyMs": latency.ms,
+        "latencySamples": latency.samples,
+        "fee": None if fee is None else format(fee, "f"),
+        "costScore": cost,
+    }
+    if c.adaptive:
+        details["successRanked"] = rate
+        details["successVariance"] = success.variance
+        details["successStdDev"] = math.sqrt(success.variance)
+        details["window"] = c.window_text
+        details["changeDetectedAt"] = success.changed_at or None
     return Candidate(
         p.name,
         a + b + d + e,
         {"preference": a, "success_rate": b, "latency": d, "cost": e},
-        {
-            "basePreference": p.preference,
-            "rulePoints": points,
-            "successRate": success.rate,
-            "creationRate": success.creation,
-            "paymentRate": success.payment,
-            "successSamples": success.samples,
-            "successSegment": success.segment,
-            "latencyMs": latency.ms,
-            "latencySamples": latency.samples,
-            "fee": None if fee is None else format(fee, "f"),
-            "costScore": cost,
-        },
+        details,
     )
 
 
@@ -228,6 +321,7 @@ def decide(
     table = stats.estimates(compiled.stats_key)
     amount_f = float(f.amount)
     scored: list[tuple[float, int, str, Candidate]] = []
+    eligible: list[tuple[CompiledProvider, _Learnt]] = []
     for p in plan.providers:
         reason = p.amount_exclusion(f.currency, f.amount)
         if reason is None and p.name in refused:
@@ -239,16 +333,22 @@ def decide(
         if reason is not None:
             excluded.append(Exclusion(p.name, reason))
             continue
-        learnt = _learnt(p.name, f, compiled, stats, table)
-        candidate = _score(p, f, compiled, learnt, points.get(p.name, 0.0), amount_f)
+        eligible.append((p, _learnt(p.name, f, compiled, stats, table)))
+    rates: list[float | None] = [None] * len(eligible)
+    if compiled.adaptive and eligible:
+        rates = list(_ranked_rates([e[1] for e in eligible], compiled.learning.significance))
+    for (p, learnt), rate in zip(eligible, rates, strict=True):
+        candidate = _score(p, f, compiled, learnt, points.get(p.name, 0.0), amount_f, rate)
         scored.append((-round(candidate.score, 9), p.rank, p.name, candidate))
     scored.sort(key=_RANKING)
     ranked = [item[3] for item in scored]
     notes: list[str] = []
     if ranked:
         placed = _place(ranked, placing, f, notes) if placing else None
-        explore = placed is None and len(ranked) > 1 and compiled.exploration > 0
-        if explore and stable_unit("explore", f) < compiled.exploration:
+        explore = placed is None and len(ranked) > 1 and compiled.exploration_ceiling > 0
+        if explore and compiled.adaptive:
+            ranked = _explore(ranked, f, compiled, notes)
+        elif explore and stable_unit("explore", f) < compiled.exploration_ceiling:
             pick = 1 + int(stable_unit("explore-pick", f) * (len(ranked) - 1))
             notes.append(
                 f"exploration: {ranked[pick].provider} promoted to keep its estimate fresh"

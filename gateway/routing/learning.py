@@ -8,7 +8,9 @@ counted in the shared ``counters`` (the metrics hook) and logged.
 Outcomes are summed in memory per set of segments and written together every
 ``batch_seconds`` (one store call per set instead of one per checkout); with half-lives of
 minutes to hours, stamping a batch with its write time changes the decayed counts by a factor
-of at most ``0.5 ** (batch_seconds / half_life)``.
+of at most ``0.5 ** (batch_seconds / half_life)``. With volume forgetting a batch of ``n``
+outcomes is added at once: the old evidence is discounted by ``n`` outcomes, the batch's own
+outcomes are not discounted against each other (a batch is a fraction of a window).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from redis.exceptions import RedisError
 
 from gateway.routing.stats import (
     Counters,
+    Forgetting,
     MemoryStatsStore,
     SegmentKey,
     StatsSnapshot,
@@ -38,6 +41,8 @@ __all__ = ["OutcomeFeed"]
 
 log = logging.getLogger("gateway.routing")
 _MAX_PENDING_WRITES = 1000
+#: what one batch entry sums: the same segments, half-life and forgetting
+_Slot = tuple[tuple[SegmentKey, ...], float, Forgetting | None]
 
 
 class OutcomeFeed:
@@ -54,7 +59,7 @@ class OutcomeFeed:
     ) -> None:
         self.store: StatsStore = store if store is not None else MemoryStatsStore()
         self._batch_s = batch_seconds
-        self._batch: dict[tuple[tuple[SegmentKey, ...], float], Counters] = {}
+        self._batch: dict[_Slot, Counters] = {}
         self._batch_task: asyncio.Task[None] | None = None
         self._flush_now = asyncio.Event()
         self._owns = owns_store or store is None
@@ -71,6 +76,9 @@ class OutcomeFeed:
         currency: str | None,
         country: str | None,
         half_life_s: float,
+        *,
+        method: str | None = None,
+        forgetting: Forgetting | None = None,
     ) -> None:
         """Count one session-creation attempt; outcomes that are not the provider's fault
         (a rejection of our request, an unsupported flow) are skipped."""
@@ -78,7 +86,8 @@ class OutcomeFeed:
         if delta is None:
             self._counters["outcome_not_counted"] += 1
             return
-        self._add(segments_for(provider, currency, country), delta, half_life_s)
+        segments = segments_for(provider, currency, country, method)
+        self._add(segments, delta, half_life_s, forgetting)
 
     def payment(
         self,
@@ -87,12 +96,22 @@ class OutcomeFeed:
         currency: str | None,
         country: str | None,
         half_life_s: float,
+        *,
+        method: str | None = None,
+        forgetting: Forgetting | None = None,
     ) -> None:
         """Count one payment outcome reported by a provider webhook."""
-        self._add(segments_for(provider, currency, country), payment_delta(success), half_life_s)
+        segments = segments_for(provider, currency, country, method)
+        self._add(segments, payment_delta(success), half_life_s, forgetting)
 
-    def _add(self, segments: list[SegmentKey], delta: Counters, half_life_s: float) -> None:
-        slot = (tuple(segments), half_life_s)
+    def _add(
+        self,
+        segments: list[SegmentKey],
+        delta: Counters,
+        half_life_s: float,
+        forgetting: Forgetting | None,
+    ) -> None:
+        slot = (tuple(segments), half_life_s, forgetting)
         current = self._batch.get(slot)
         self._batch[slot] = delta if current is None else current.plus(delta)
         if self._batch_task is None or self._batch_task.done():
@@ -104,8 +123,12 @@ class OutcomeFeed:
         self._flush_now.clear()
         batch, self._batch = self._batch, {}
         now = self._clock()
-        for (segments, half_life_s), delta in batch.items():
-            self._write(self.store.add(list(segments), delta, now=now, half_life_s=half_life_s))
+        for (segments, half_life_s, forgetting), delta in batch.items():
+            self._write(
+                self.store.add(
+                    list(segments), delta, now=now, half_life_s=half_life_s, forgetting=forgetting
+                )
+            )
 
     def _write(self, work: Coroutine[Any, Any, None]) -> None:
         if len(self._pending) >= _MAX_PENDING_WRITES:

@@ -47,6 +47,8 @@ from gateway.routing.yamlsource import Path, YamlProblem, line_for, parse_yaml, 
 __all__ = [
     "Action",
     "AmountLimits",
+    "ChangeDetection",
+    "Exploration",
     "Fees",
     "LoadedRules",
     "ProviderRules",
@@ -181,13 +183,68 @@ class Prior(FrozenModel):
     strength: Annotated[float, Field(gt=0, le=100_000)]
 
 
-class Learning(FrozenModel):
-    """How observed outcomes feed the success-rate and latency components."""
+class ChangeDetection(FrozenModel):
+    """A two-window likelihood-ratio test on each segment's approval and creation rates.
 
+    The last ``fast_window`` outcomes are compared with the rest of the window; when the
+    log-likelihood ratio of "they differ" over "they are the same" exceeds ``threshold`` (with
+    at least ``min_samples`` recent outcomes), the old evidence is dropped and the estimate
+    restarts from the recent outcomes alone.
+    """
+
+    enabled: bool = True
+    fast_window: Annotated[float, Field(ge=2, le=10_000)] = 20.0
+    threshold: Annotated[float, Field(gt=0, le=1000)] = 6.0
+    min_samples: Annotated[float, Field(ge=1)] = 10.0
+
+
+class Learning(FrozenModel):
+    """How observed outcomes feed the success-rate and latency components.
+
+    ``model: adaptive`` (the default) forgets by volume (``window_outcomes``) as well as by
+    time (``half_life_seconds``), detects changes and ranks with the uncertainty of each
+    estimate; ``model: decayed`` is the earlier learner (time decay only, fixed exploration).
+    """
+
+    model: Literal["adaptive", "decayed"] = "adaptive"
     half_life_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    window_outcomes: Annotated[float, Field(ge=10, le=1_000_000)] = 200.0
+    change_detection: ChangeDetection = ChangeDetection()
+    #: z-score under which a difference in success rate is treated as noise when ranking
+    significance: Annotated[float, Field(ge=0, le=10)] = 1.5
     creation_prior: Prior = Prior(mean=0.97, strength=30)
     payment_prior: Prior = Prior(mean=0.75, strength=30)
     min_segment_samples: Annotated[float, Field(ge=1)] = 50.0
+
+    @model_validator(mode="after")
+    def _windows(self) -> Learning:
+        if self.change_detection.fast_window >= self.window_outcomes:
+            raise ValueError("change_detection.fast_window must be smaller than window_outcomes")
+        return self
+
+
+class Exploration(FrozenModel):
+    """Bounds on the share of orders sent to a candidate other than the best-scored one.
+
+    Between them the share follows the uncertainty: the chance, under the Beta posteriors,
+    that another candidate's score is really the higher (probability matching).
+    """
+
+    floor: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    ceiling: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Exploration:
+        if self.floor > self.ceiling:
+            raise ValueError("exploration floor must not exceed the ceiling")
+        return self
+
+
+def _exploration(value: Any) -> Any:
+    """A bare number (the older form) is a fixed share: floor and ceiling both."""
+    if isinstance(value, int | float | Decimal | str) and not isinstance(value, bool):
+        return {"floor": value, "ceiling": value}
+    return value
 
 
 class LatencyScoring(FrozenModel):
@@ -215,7 +272,7 @@ class Scoring(FrozenModel):
 
     weights: Weights = Weights()
     fallback_order: tuple[ProviderName, ...] = ()
-    exploration: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    exploration: Annotated[Exploration, BeforeValidator(_exploration)] = Exploration()
     learning: Learning = Learning()
     latency: LatencyScoring = LatencyScoring()
     cost: CostScoring = CostScoring()

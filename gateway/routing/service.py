@@ -274,16 +274,37 @@ class Router:
     ) -> None:
         """Count one session-creation attempt (``"created"`` or ``ProviderError.outcome``);
         returns at once, the write runs in the background."""
-        half_life = self._active.learning.half_life_seconds
-        country = request.billing_country
-        self._feed.creation(provider, outcome, latency_ms, request.currency, country, half_life)
+        learning = self._active.learning
+        self._feed.creation(
+            provider,
+            outcome,
+            latency_ms,
+            request.currency,
+            request.billing_country,
+            learning.half_life_seconds,
+            method=request.paymentMethod,
+            forgetting=self._active.forgetting,
+        )
 
     async def record_payment(
-        self, provider: str, success: bool, currency: str | None, country: str | None
+        self,
+        provider: str,
+        success: bool,
+        currency: str | None,
+        country: str | None,
+        method: str | None = None,
     ) -> None:
-        """Count one payment outcome reported by a provider webhook."""
-        half_life = self._active.learning.half_life_seconds
-        self._feed.payment(provider, success, currency, country, half_life)
+        """Count one payment outcome reported by a provider webhook (``method``: the session's
+        payment method, for the per-method segments)."""
+        self._feed.payment(
+            provider,
+            success,
+            currency,
+            country,
+            self._active.learning.half_life_seconds,
+            method=method,
+            forgetting=self._active.forgetting,
+        )
 
     async def flush(self) -> None:
         """Wait for the outcome writes in flight."""

@@ -15,6 +15,7 @@ Only the provider's own failures count against it: see :func:`classify_outcome`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -27,16 +28,21 @@ from gateway.routing.rules import LatencyScoring, Learning, Prior
 __all__ = [
     "Counters",
     "Fault",
+    "Forgetting",
     "LatencyEstimate",
     "MemoryStatsStore",
     "SegmentKey",
     "StatsSnapshot",
     "StatsStore",
     "SuccessEstimate",
+    "apply_outcomes",
     "beta_mean",
+    "cell_of",
+    "change_llr",
     "classify_outcome",
     "creation_delta",
     "decay",
+    "estimate_adaptive",
     "estimate_latency",
     "estimate_success",
     "payment_delta",
@@ -83,7 +89,12 @@ def classify_outcome(outcome: str) -> Fault:
 
 @dataclass(frozen=True, slots=True)
 class Counters:
-    """Decayed counts of one segment. Plain floats: these are counts, never money."""
+    """Decayed counts of one segment. Plain floats: these are counts, never money.
+
+    The ``fast_*`` counts forget faster (``Forgetting.fast_window``): change detection compares
+    them with the rest. ``changed_at`` is when a change was last detected (0: never); it is a
+    time, neither scaled nor added.
+    """
 
     creation_ok: float = 0.0
     creation_fail: float = 0.0
@@ -91,9 +102,14 @@ class Counters:
     latency_n: float = 0.0
     payment_ok: float = 0.0
     payment_fail: float = 0.0
+    fast_creation_ok: float = 0.0
+    fast_creation_fail: float = 0.0
+    fast_payment_ok: float = 0.0
+    fast_payment_fail: float = 0.0
+    changed_at: float = 0.0
 
     def as_tuple(self) -> tuple[float, ...]:
-        """The six counts in field order."""
+        """Every field in field order."""
         return (
             self.creation_ok,
             self.creation_fail,
@@ -101,18 +117,128 @@ class Counters:
             self.latency_n,
             self.payment_ok,
             self.payment_fail,
+            self.fast_creation_ok,
+            self.fast_creation_fail,
+            self.fast_payment_ok,
+            self.fast_payment_fail,
+            self.changed_at,
         )
 
     def scaled(self, factor: float) -> Counters:
-        """Every count times ``factor``."""
-        return Counters(*(v * factor for v in self.as_tuple()))
+        """Every count times ``factor`` (``changed_at`` kept)."""
+        *counts, changed_at = self.as_tuple()
+        return Counters(*[*(v * factor for v in counts), changed_at])
 
     def plus(self, other: Counters) -> Counters:
-        """Field-wise sum."""
-        return Counters(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+        """Field-wise sum (the later ``changed_at``)."""
+        pairs = zip(self.as_tuple()[:-1], other.as_tuple()[:-1], strict=True)
+        return Counters(*[*(a + b for a, b in pairs), max(self.changed_at, other.changed_at)])
 
 
 COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
+
+
+@dataclass(frozen=True, slots=True)
+class Forgetting:
+    """Volume-based forgetting and change detection (:class:`~gateway.routing.rules.Learning`).
+
+    Before ``n`` new outcomes are added, a segment's counts are multiplied by
+    ``(1 - 1/window) ** n`` (the fast counts by the same with ``fast_window``), so the
+    evidence is worth about ``window`` outcomes however high the volume. ``threshold`` 0
+    turns change detection off.
+    """
+
+    window: float
+    fast_window: float
+    threshold: float
+    min_samples: float
+
+    @classmethod
+    def of(cls, learning: Learning) -> Forgetting | None:
+        """The forgetting of ``learning`` (None for the time-only ``decayed`` model)."""
+        if learning.model == "decayed":
+            return None
+        cd = learning.change_detection
+        return cls(
+            learning.window_outcomes,
+            cd.fast_window,
+            cd.threshold if cd.enabled else 0.0,
+            cd.min_samples,
+        )
+
+
+def _xlogy(x: float, y: float) -> float:
+    return x * math.log(y) if x > 0 else 0.0
+
+
+def change_llr(ok_a: float, fail_a: float, ok_b: float, fail_b: float) -> float:
+    """Log-likelihood ratio of "two rates" over "one rate" for two binomial samples."""
+    n_a, n_b = ok_a + fail_a, ok_b + fail_b
+    if n_a <= 0 or n_b <= 0:
+        return 0.0
+    p_a, p_b = ok_a / n_a, ok_b / n_b
+    p_0 = (ok_a + ok_b) / (n_a + n_b)
+    if p_0 <= 0.0 or p_0 >= 1.0:
+        return 0.0
+    return (
+        _xlogy(ok_a, p_a / p_0)
+        + _xlogy(fail_a, (1 - p_a) / (1 - p_0))
+        + _xlogy(ok_b, p_b / p_0)
+        + _xlogy(fail_b, (1 - p_b) / (1 - p_0))
+    )
+
+
+def _forget_pair(
+    slow: tuple[float, float],
+    fast: tuple[float, float],
+    added: tuple[float, float],
+    f: Forgetting,
+) -> tuple[float, float, float, float, float, bool]:
+    """(slow ok, slow fail, fast ok, fast fail, slow factor, changed) after adding ``added``."""
+    n = added[0] + added[1]
+    if n <= 0:
+        return (*slow, *fast, 1.0, False)
+    ks = (1.0 - 1.0 / f.window) ** n
+    kf = (1.0 - 1.0 / f.fast_window) ** n
+    so, sf = slow[0] * ks + added[0], slow[1] * ks + added[1]
+    fo, ff = fast[0] * kf + added[0], fast[1] * kf + added[1]
+    if f.threshold > 0 and fo + ff >= f.min_samples:
+        rest_ok, rest_fail = max(so - fo, 0.0), max(sf - ff, 0.0)
+        if change_llr(fo, ff, rest_ok, rest_fail) > f.threshold:
+            return (fo, ff, fo, ff, ks, True)
+    return (so, sf, fo, ff, ks, False)
+
+
+def apply_outcomes(old: Counters, delta: Counters, forgetting: Forgetting, now: float) -> Counters:
+    """``old`` (decayed to ``now``) after ``delta``: volume forgetting and change detection.
+
+    The Redis store's script does exactly this (tests hold them to the same numbers).
+    """
+    c_ok, c_fail, c_fo, c_ff, c_k, c_changed = _forget_pair(
+        (old.creation_ok, old.creation_fail),
+        (old.fast_creation_ok, old.fast_creation_fail),
+        (delta.creation_ok, delta.creation_fail),
+        forgetting,
+    )
+    p_ok, p_fail, p_fo, p_ff, _, p_changed = _forget_pair(
+        (old.payment_ok, old.payment_fail),
+        (old.fast_payment_ok, old.fast_payment_fail),
+        (delta.payment_ok, delta.payment_fail),
+        forgetting,
+    )
+    return Counters(
+        c_ok,
+        c_fail,
+        old.latency_sum * c_k + delta.latency_sum,
+        old.latency_n * c_k + delta.latency_n,
+        p_ok,
+        p_fail,
+        c_fo,
+        c_ff,
+        p_fo,
+        p_ff,
+        now if c_changed or p_changed else old.changed_at,
+    )
 
 
 def decay(elapsed_s: float, half_life_s: float) -> float:
@@ -141,13 +267,24 @@ def payment_delta(success: bool) -> Counters:
     return Counters(payment_ok=1.0 if success else 0.0, payment_fail=0.0 if success else 1.0)
 
 
-def segments_for(provider: str, currency: str | None, country: str | None) -> list[SegmentKey]:
-    """The segments one outcome is counted in."""
+def cell_of(currency: str | None, country: str | None, method: str | None) -> str:
+    """The value of the finest segment: currency, country and payment method together."""
+    return f"{currency or '_'}.{country or '_'}.{method or '_'}"
+
+
+def segments_for(
+    provider: str, currency: str | None, country: str | None, method: str | None = None
+) -> list[SegmentKey]:
+    """The segments one outcome is counted in: overall, each of currency, country and payment
+    method, and (with a method) the cell of all three."""
     out: list[SegmentKey] = [(provider, "all", "")]
     if currency:
         out.append((provider, "currency", currency))
     if country:
         out.append((provider, "country", country))
+    if method:
+        out.append((provider, "method", method))
+        out.append((provider, "cell", cell_of(currency, country, method)))
     return out
 
 
@@ -192,6 +329,10 @@ class SuccessEstimate:
     payment: float
     samples: float
     segment: str
+    #: posterior variance of ``rate`` (0 for the ``decayed`` model, which ignores it)
+    variance: float = 0.0
+    #: when a change was last detected in the segment used (0: never)
+    changed_at: float = 0.0
 
 
 def _one_rate(
@@ -240,6 +381,85 @@ def estimate_success(
     return SuccessEstimate(creation * payment, creation, payment, n, segment)
 
 
+def _posterior(ok: float, fail: float, prior_mean: float, strength: float) -> tuple[float, float]:
+    """Mean and the evidence behind it (observations plus pseudo-observations)."""
+    weight = strength + ok + fail
+    return (prior_mean * strength + ok) / weight, weight
+
+
+def _hierarchical(
+    snap: StatsSnapshot,
+    provider: str,
+    marginals: Sequence[SegmentKey],
+    cell: SegmentKey | None,
+    ok_i: int,
+    prior: Prior,
+    min_samples: float,
+) -> tuple[float, float, float, str, float]:
+    """(mean, evidence, samples, segment name, changed_at): overall, then the rich marginal
+    segments (averaged, each shrunk towards overall), then the cell (shrunk towards those)."""
+    overall = snap.segments.get((provider, "all", ""))
+    row = overall.as_tuple() if overall else (0.0,) * 11
+    mean, weight = _posterior(row[ok_i], row[ok_i + 1], prior.mean, prior.strength)
+    samples, name, changed = row[ok_i] + row[ok_i + 1], "all", row[10]
+    picked: list[tuple[float, float, float, str, float]] = []
+    for key in marginals:
+        seg = snap.segments.get(key)
+        if seg is None:
+            continue
+        t = seg.as_tuple()
+        n = t[ok_i] + t[ok_i + 1]
+        if n >= min_samples:
+            m, w = _posterior(t[ok_i], t[ok_i + 1], mean, prior.strength)
+            picked.append((m, w, n, f"{key[1]}:{key[2]}", t[10]))
+    if picked:
+        mean = sum(p[0] for p in picked) / len(picked)
+        weight = min(p[1] for p in picked)
+        samples = min(p[2] for p in picked)
+        name = "+".join(p[3] for p in picked)
+        changed = max(p[4] for p in picked)
+    seg = snap.segments.get(cell) if cell is not None else None
+    if seg is not None:
+        t = seg.as_tuple()
+        n = t[ok_i] + t[ok_i + 1]
+        if n >= min_samples:
+            mean, weight = _posterior(t[ok_i], t[ok_i + 1], mean, prior.strength)
+            samples, name, changed = n, f"cell:{cell[2]}" if cell else name, t[10]
+    return mean, weight, samples, name, changed
+
+
+def estimate_adaptive(
+    snap: StatsSnapshot,
+    provider: str,
+    currency: str | None,
+    country: str | None,
+    method: str | None,
+    learning: Learning,
+) -> SuccessEstimate:
+    """The ``adaptive`` model's estimate: creation times payment success, each a Beta
+    posterior over the finest segment with enough outcomes (falling back to coarser ones),
+    with the variance of the product for ranking and exploration."""
+    marginals = [
+        (provider, kind, value)
+        for kind, value in (("currency", currency), ("country", country), ("method", method))
+        if value
+    ]
+    cell = (provider, "cell", cell_of(currency, country, method)) if method else None
+    min_n = learning.min_segment_samples
+    c_mean, c_w, _, _, c_changed = _hierarchical(
+        snap, provider, marginals, cell, 0, learning.creation_prior, min_n
+    )
+    p_mean, p_w, samples, segment, p_changed = _hierarchical(
+        snap, provider, marginals, cell, 4, learning.payment_prior, min_n
+    )
+    c_var = c_mean * (1 - c_mean) / (c_w + 1)
+    p_var = p_mean * (1 - p_mean) / (p_w + 1)
+    variance = c_mean * c_mean * p_var + p_mean * p_mean * c_var + c_var * p_var
+    return SuccessEstimate(
+        c_mean * p_mean, c_mean, p_mean, samples, segment, variance, max(c_changed, p_changed)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LatencyEstimate:
     """Smoothed creation latency and its 0-1 score."""
@@ -263,9 +483,16 @@ class StatsStore(Protocol):
     """Where decayed counters live; Redis shares them across processes."""
 
     async def add(
-        self, segments: Sequence[SegmentKey], delta: Counters, *, now: float, half_life_s: float
+        self,
+        segments: Sequence[SegmentKey],
+        delta: Counters,
+        *,
+        now: float,
+        half_life_s: float,
+        forgetting: Forgetting | None = None,
     ) -> None:
-        """Decay each segment to ``now`` and add ``delta``, atomically per segment."""
+        """Decay each segment to ``now`` and add ``delta``, atomically per segment; with
+        ``forgetting``, through :func:`apply_outcomes`."""
         ...
 
     async def load(
@@ -287,12 +514,22 @@ class MemoryStatsStore:
         self._data: dict[SegmentKey, tuple[float, Counters]] = {}
 
     async def add(
-        self, segments: Sequence[SegmentKey], delta: Counters, *, now: float, half_life_s: float
+        self,
+        segments: Sequence[SegmentKey],
+        delta: Counters,
+        *,
+        now: float,
+        half_life_s: float,
+        forgetting: Forgetting | None = None,
     ) -> None:
         for key in segments:
             stamp, old = self._data.get(key, (now, Counters()))
-            factor = decay(now - stamp, half_life_s)
-            self._data[key] = (max(now, stamp), old.scaled(factor).plus(delta))
+            decayed = old.scaled(decay(now - stamp, half_life_s))
+            if forgetting is None:
+                updated = decayed.plus(delta)
+            else:
+                updated = apply_outcomes(decayed, delta, forgetting, max(now, stamp))
+            self._data[key] = (max(now, stamp), updated)
 
     async def load(
         self, *, providers: Sequence[str], now: float, half_life_s: float
