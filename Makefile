@@ -62,12 +62,13 @@ pytest: install
 docs: install
 	README_EXAMPLES=update $(BIN)/pytest -q tests/api/test_readme_examples.py
 
-## Load benchmark (wrk vs a bare aiohttp baseline) and the routing micro benchmark; both run
-## even when the first misses its target, and make fails if either did.
+## Load benchmark (wrk vs a bare aiohttp baseline), the routing micro benchmark and the adaptive
+## routing simulation; all run even when one misses its target, and make fails if any did.
 bench: install
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
 	@status=0; \
 	$(BIN)/python bench/routing_micro.py || status=$$?; \
+	$(BIN)/python bench/routing_adapt.py || status=$$?; \
 	$(BIN)/python bench/run.py || status=$$?; \
 	exit $$status
 

@@ -262,9 +262,9 @@ async def run(scenario: Scenario, model: str) -> list[PhaseResult]:
             del window[:-SHARE_WINDOW]
             for watched, share in phase.watch:
                 key = f"{watched[0]}/{watched[1]}>={share:.0%}"
-                if watched == segment and reached[key] is None and len(window) == SHARE_WINDOW:
-                    if sum(window) >= share * SHARE_WINDOW:
-                        reached[key] = i + 1
+                full = watched == segment and len(window) == SHARE_WINDOW
+                if full and reached[key] is None and sum(window) >= share * SHARE_WINDOW:
+                    reached[key] = i + 1
             if phase.stationary and i >= WARMUP:
                 first = leader(decision)
                 if segment in last_leader:
@@ -300,7 +300,9 @@ async def run(scenario: Scenario, model: str) -> list[PhaseResult]:
 
 
 def _fmt_reached(reached: dict[str, int | None], orders: int) -> str:
-    return ", ".join(f"{k} after {v if v is not None else f'>{orders}'}" for k, v in reached.items())
+    return ", ".join(
+        f"{k} after {v if v is not None else f'>{orders}'}" for k, v in reached.items()
+    )
 
 
 async def main_async(out_path: Path | None) -> int:
@@ -332,13 +334,17 @@ async def main_async(out_path: Path | None) -> int:
     if not failures:
         print("routing_adapt: every target met")
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             name: {model: [vars(r) for r in results] for model, results in runs.items()}
             for name, runs in report.items()
         }
-        out_path.write_text(json.dumps(data, indent=2) + "\n")
+        _write(out_path, json.dumps(data, indent=2) + "\n")
     return 1 if failures else 0
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def check_targets(report: dict[str, Any]) -> list[str]:

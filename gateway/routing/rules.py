@@ -184,17 +184,19 @@ class Prior(FrozenModel):
 
 
 class ChangeDetection(FrozenModel):
-    """A two-window likelihood-ratio test on each segment's approval and creation rates.
+    """CUSUM tests on each segment's approval and creation rates.
 
-    The last ``fast_window`` outcomes are compared with the rest of the window; when the
-    log-likelihood ratio of "they differ" over "they are the same" exceeds ``threshold`` (with
-    at least ``min_samples`` recent outcomes), the old evidence is dropped and the estimate
-    restarts from the recent outcomes alone.
+    Two one-sided CUSUM statistics per rate add up the log-likelihood ratio of each outcome
+    under "the rate moved by ``shift``" (down, and up) over "the rate is the current estimate";
+    when one exceeds ``threshold`` (and the last ``fast_window`` outcomes hold at least
+    ``min_samples``), the old evidence is dropped and the estimate restarts from the recent
+    outcomes (a window of ``fast_window``).
     """
 
     enabled: bool = True
+    shift: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    threshold: Annotated[float, Field(gt=0, le=1000)] = 5.0
     fast_window: Annotated[float, Field(ge=2, le=10_000)] = 20.0
-    threshold: Annotated[float, Field(gt=0, le=1000)] = 6.0
     min_samples: Annotated[float, Field(ge=1)] = 10.0
 
 

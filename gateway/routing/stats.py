@@ -38,9 +38,9 @@ __all__ = [
     "apply_outcomes",
     "beta_mean",
     "cell_of",
-    "change_llr",
     "classify_outcome",
     "creation_delta",
+    "cusum_step",
     "decay",
     "estimate_adaptive",
     "estimate_latency",
@@ -91,9 +91,10 @@ def classify_outcome(outcome: str) -> Fault:
 class Counters:
     """Decayed counts of one segment. Plain floats: these are counts, never money.
 
-    The ``fast_*`` counts forget faster (``Forgetting.fast_window``): change detection compares
-    them with the rest. ``changed_at`` is when a change was last detected (0: never); it is a
-    time, neither scaled nor added.
+    The ``fast_*`` counts forget faster (``Forgetting.fast_window``): after a detected change
+    the estimate restarts from them. ``cusum_*`` are the change detector's statistics.
+    ``changed_at`` is when a change was last detected (0: never); it is a time, neither scaled
+    nor added.
     """
 
     creation_ok: float = 0.0
@@ -106,6 +107,11 @@ class Counters:
     fast_creation_fail: float = 0.0
     fast_payment_ok: float = 0.0
     fast_payment_fail: float = 0.0
+    #: CUSUM statistics of a drop / a rise of the creation and payment rates
+    cusum_creation_down: float = 0.0
+    cusum_creation_up: float = 0.0
+    cusum_payment_down: float = 0.0
+    cusum_payment_up: float = 0.0
     changed_at: float = 0.0
 
     def as_tuple(self) -> tuple[float, ...]:
@@ -121,6 +127,10 @@ class Counters:
             self.fast_creation_fail,
             self.fast_payment_ok,
             self.fast_payment_fail,
+            self.cusum_creation_down,
+            self.cusum_creation_up,
+            self.cusum_payment_down,
+            self.cusum_payment_up,
             self.changed_at,
         )
 
@@ -152,6 +162,7 @@ class Forgetting:
     fast_window: float
     threshold: float
     min_samples: float
+    shift: float = 0.15
 
     @classmethod
     def of(cls, learning: Learning) -> Forgetting | None:
@@ -164,49 +175,47 @@ class Forgetting:
             cd.fast_window,
             cd.threshold if cd.enabled else 0.0,
             cd.min_samples,
+            cd.shift,
         )
 
 
-def _xlogy(x: float, y: float) -> float:
-    return x * math.log(y) if x > 0 else 0.0
-
-
-def change_llr(ok_a: float, fail_a: float, ok_b: float, fail_b: float) -> float:
-    """Log-likelihood ratio of "two rates" over "one rate" for two binomial samples."""
-    n_a, n_b = ok_a + fail_a, ok_b + fail_b
-    if n_a <= 0 or n_b <= 0:
-        return 0.0
-    p_a, p_b = ok_a / n_a, ok_b / n_b
-    p_0 = (ok_a + ok_b) / (n_a + n_b)
-    if p_0 <= 0.0 or p_0 >= 1.0:
-        return 0.0
-    return (
-        _xlogy(ok_a, p_a / p_0)
-        + _xlogy(fail_a, (1 - p_a) / (1 - p_0))
-        + _xlogy(ok_b, p_b / p_0)
-        + _xlogy(fail_b, (1 - p_b) / (1 - p_0))
-    )
+def cusum_step(
+    ok: float, fail: float, rate: float, shift: float, down: float, up: float
+) -> tuple[float, float]:
+    """Both one-sided CUSUM statistics after ``ok``/``fail`` outcomes, against the rate
+    ``rate`` and the alternatives ``rate - shift`` (a drop) and ``rate + shift`` (a rise)."""
+    low = max(rate - shift, 0.01)
+    high = min(rate + shift, 0.99)
+    if low < rate:
+        down = max(0.0, down + ok * math.log(low / rate) + fail * math.log((1 - low) / (1 - rate)))
+    if high > rate:
+        up = max(0.0, up + ok * math.log(high / rate) + fail * math.log((1 - high) / (1 - rate)))
+    return down, up
 
 
 def _forget_pair(
     slow: tuple[float, float],
     fast: tuple[float, float],
+    cusum: tuple[float, float],
     added: tuple[float, float],
     f: Forgetting,
-) -> tuple[float, float, float, float, float, bool]:
-    """(slow ok, slow fail, fast ok, fast fail, slow factor, changed) after adding ``added``."""
+) -> tuple[float, float, float, float, float, float, float, bool]:
+    """(slow ok, slow fail, fast ok, fast fail, cusum down, cusum up, slow factor, changed)
+    after adding ``added``."""
     n = added[0] + added[1]
     if n <= 0:
-        return (*slow, *fast, 1.0, False)
+        return (*slow, *fast, *cusum, 1.0, False)
+    down, up = cusum
+    if f.threshold > 0:
+        rate = (slow[0] + 0.5) / (slow[0] + slow[1] + 1.0)
+        down, up = cusum_step(added[0], added[1], rate, f.shift, down, up)
     ks = (1.0 - 1.0 / f.window) ** n
     kf = (1.0 - 1.0 / f.fast_window) ** n
     so, sf = slow[0] * ks + added[0], slow[1] * ks + added[1]
     fo, ff = fast[0] * kf + added[0], fast[1] * kf + added[1]
-    if f.threshold > 0 and fo + ff >= f.min_samples:
-        rest_ok, rest_fail = max(so - fo, 0.0), max(sf - ff, 0.0)
-        if change_llr(fo, ff, rest_ok, rest_fail) > f.threshold:
-            return (fo, ff, fo, ff, ks, True)
-    return (so, sf, fo, ff, ks, False)
+    if f.threshold > 0 and max(down, up) > f.threshold and fo + ff >= f.min_samples:
+        return (fo, ff, fo, ff, 0.0, 0.0, ks, True)
+    return (so, sf, fo, ff, down, up, ks, False)
 
 
 def apply_outcomes(old: Counters, delta: Counters, forgetting: Forgetting, now: float) -> Counters:
@@ -214,15 +223,17 @@ def apply_outcomes(old: Counters, delta: Counters, forgetting: Forgetting, now: 
 
     The Redis store's script does exactly this (tests hold them to the same numbers).
     """
-    c_ok, c_fail, c_fo, c_ff, c_k, c_changed = _forget_pair(
+    c_ok, c_fail, c_fo, c_ff, c_down, c_up, c_k, c_changed = _forget_pair(
         (old.creation_ok, old.creation_fail),
         (old.fast_creation_ok, old.fast_creation_fail),
+        (old.cusum_creation_down, old.cusum_creation_up),
         (delta.creation_ok, delta.creation_fail),
         forgetting,
     )
-    p_ok, p_fail, p_fo, p_ff, _, p_changed = _forget_pair(
+    p_ok, p_fail, p_fo, p_ff, p_down, p_up, _, p_changed = _forget_pair(
         (old.payment_ok, old.payment_fail),
         (old.fast_payment_ok, old.fast_payment_fail),
+        (old.cusum_payment_down, old.cusum_payment_up),
         (delta.payment_ok, delta.payment_fail),
         forgetting,
     )
@@ -237,6 +248,10 @@ def apply_outcomes(old: Counters, delta: Counters, forgetting: Forgetting, now: 
         c_ff,
         p_fo,
         p_ff,
+        c_down,
+        c_up,
+        p_down,
+        p_up,
         now if c_changed or p_changed else old.changed_at,
     )
 
@@ -399,9 +414,9 @@ def _hierarchical(
     """(mean, evidence, samples, segment name, changed_at): overall, then the rich marginal
     segments (averaged, each shrunk towards overall), then the cell (shrunk towards those)."""
     overall = snap.segments.get((provider, "all", ""))
-    row = overall.as_tuple() if overall else (0.0,) * 11
+    row = overall.as_tuple() if overall else (0.0,) * 15
     mean, weight = _posterior(row[ok_i], row[ok_i + 1], prior.mean, prior.strength)
-    samples, name, changed = row[ok_i] + row[ok_i + 1], "all", row[10]
+    samples, name, changed = row[ok_i] + row[ok_i + 1], "all", row[14]
     picked: list[tuple[float, float, float, str, float]] = []
     for key in marginals:
         seg = snap.segments.get(key)
@@ -411,7 +426,7 @@ def _hierarchical(
         n = t[ok_i] + t[ok_i + 1]
         if n >= min_samples:
             m, w = _posterior(t[ok_i], t[ok_i + 1], mean, prior.strength)
-            picked.append((m, w, n, f"{key[1]}:{key[2]}", t[10]))
+            picked.append((m, w, n, f"{key[1]}:{key[2]}", t[14]))
     if picked:
         mean = sum(p[0] for p in picked) / len(picked)
         weight = min(p[1] for p in picked)
@@ -424,7 +439,7 @@ def _hierarchical(
         n = t[ok_i] + t[ok_i + 1]
         if n >= min_samples:
             mean, weight = _posterior(t[ok_i], t[ok_i + 1], mean, prior.strength)
-            samples, name, changed = n, f"cell:{cell[2]}" if cell else name, t[10]
+            samples, name, changed = n, f"cell:{cell[2]}" if cell else name, t[14]
     return mean, weight, samples, name, changed
 
 

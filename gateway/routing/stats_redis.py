@@ -7,9 +7,9 @@ script that updates a provider's segments stays in one Redis Cluster slot::
     {root}stats:{{provider}}:index                zset  "{kind}:{value}" -> last update time
 
 ``t`` is the time the counters were last decayed to; ``cs``/``cf`` creation successes and
-failures, ``ls``/``ln`` latency sum and count, ``ps``/``pf`` payment outcomes, ``fcs`` ... ``fpf``
-the fast-forgetting counts of change detection and ``ch`` when a change was last detected (see
-:func:`gateway.routing.stats.apply_outcomes`). Every update
+failures, ``ls``/``ln`` latency sum and count, ``ps``/``pf`` payment outcomes, ``fcs`` ...
+``fpf`` the fast-forgetting counts, ``cdn`` ... ``pup`` the CUSUM statistics and ``ch`` when a
+change was last detected (see :func:`gateway.routing.stats.apply_outcomes`). Every update
 decays and adds in one script (atomic even with many writers) run through
 :meth:`~gateway.store.redis_conn.RedisConn.script`, which never re-sends it, so an increment is
 never applied twice; every key has a TTL refreshed on each write, so a provider that is gone
@@ -32,11 +32,13 @@ from gateway.store.redis_support import _mapped
 __all__ = ["RedisStatsStore"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
-_FIELDS = ("cs", "cf", "ls", "ln", "ps", "pf", "fcs", "fcf", "fps", "fpf", "ch")
+_FIELDS = (
+    "cs", "cf", "ls", "ln", "ps", "pf", "fcs", "fcf", "fps", "fpf", "cdn", "cup", "pdn", "pup", "ch"
+)  # fmt: skip
 
 # KEYS[1] = index, KEYS[2..] = segment hashes
 # ARGV = now, half_life_s, ttl_ms, adaptive (0/1), window, fast_window, threshold, min_samples,
-#        six deltas (cs cf ls ln ps pf), then one index member per segment hash.
+#        shift, six deltas (cs cf ls ln ps pf), then one index member per segment hash.
 # The adaptive branch is gateway.routing.stats.apply_outcomes, step for step.
 _ADD = LuaScript("""
 local now = tonumber(ARGV[1])
@@ -47,44 +49,41 @@ local window = tonumber(ARGV[5])
 local fast_window = tonumber(ARGV[6])
 local threshold = tonumber(ARGV[7])
 local min_samples = tonumber(ARGV[8])
+local shift = tonumber(ARGV[9])
 local d = {}
-for j = 1, 6 do d[j] = tonumber(ARGV[8 + j]) end
-local names = {'cs', 'cf', 'ls', 'ln', 'ps', 'pf', 'fcs', 'fcf', 'fps', 'fpf'}
+for j = 1, 6 do d[j] = tonumber(ARGV[9 + j]) end
+local names = {'cs', 'cf', 'ls', 'ln', 'ps', 'pf', 'fcs', 'fcf', 'fps', 'fpf',
+  'cdn', 'cup', 'pdn', 'pup'}
 
-local function xlogy(x, y)
-  if x > 0 then return x * math.log(y) end
-  return 0
-end
-
-local function llr(oa, fa, ob, fb)
-  local na, nb = oa + fa, ob + fb
-  if na <= 0 or nb <= 0 then return 0 end
-  local pa, pb = oa / na, ob / nb
-  local p0 = (oa + ob) / (na + nb)
-  if p0 <= 0 or p0 >= 1 then return 0 end
-  return xlogy(oa, pa / p0) + xlogy(fa, (1 - pa) / (1 - p0))
-    + xlogy(ob, pb / p0) + xlogy(fb, (1 - pb) / (1 - p0))
-end
-
--- returns slow ok, slow fail, fast ok, fast fail, slow factor, changed
-local function forget(so, sf, fo, ff, ao, af)
+-- returns slow ok, slow fail, fast ok, fast fail, cusum down, cusum up, slow factor, changed
+local function forget(so, sf, fo, ff, down, up, ao, af)
   local n = ao + af
-  if n <= 0 then return so, sf, fo, ff, 1, false end
+  if n <= 0 then return so, sf, fo, ff, down, up, 1, false end
+  if threshold > 0 then
+    local rate = (so + 0.5) / (so + sf + 1)
+    local low = math.max(rate - shift, 0.01)
+    local high = math.min(rate + shift, 0.99)
+    if low < rate then
+      down = math.max(0, down + ao * math.log(low / rate) + af * math.log((1 - low) / (1 - rate)))
+    end
+    if high > rate then
+      up = math.max(0, up + ao * math.log(high / rate) + af * math.log((1 - high) / (1 - rate)))
+    end
+  end
   local ks = math.pow(1 - 1 / window, n)
   local kf = math.pow(1 - 1 / fast_window, n)
   so, sf = so * ks + ao, sf * ks + af
   fo, ff = fo * kf + ao, ff * kf + af
-  if threshold > 0 and fo + ff >= min_samples then
-    local ro, rf = math.max(so - fo, 0), math.max(sf - ff, 0)
-    if llr(fo, ff, ro, rf) > threshold then return fo, ff, fo, ff, ks, true end
+  if threshold > 0 and math.max(down, up) > threshold and fo + ff >= min_samples then
+    return fo, ff, fo, ff, 0, 0, ks, true
   end
-  return so, sf, fo, ff, ks, false
+  return so, sf, fo, ff, down, up, ks, false
 end
 
 for i = 2, #KEYS do
   local key = KEYS[i]
   local cur = redis.call('HMGET', key, 't', 'cs', 'cf', 'ls', 'ln', 'ps', 'pf',
-    'fcs', 'fcf', 'fps', 'fpf', 'ch')
+    'fcs', 'fcf', 'fps', 'fpf', 'cdn', 'cup', 'pdn', 'pup', 'ch')
   local t = tonumber(cur[1])
   local factor = 1
   local stamp = now
@@ -96,25 +95,27 @@ for i = 2, #KEYS do
     end
   end
   local v = {}
-  for j = 1, 10 do v[j] = (tonumber(cur[j + 1]) or 0) * factor end
-  local changed_at = tonumber(cur[12]) or 0
+  for j = 1, 14 do v[j] = (tonumber(cur[j + 1]) or 0) * factor end
+  local changed_at = tonumber(cur[16]) or 0
   if adaptive then
     local c_changed, p_changed, k
-    v[1], v[2], v[7], v[8], k, c_changed = forget(v[1], v[2], v[7], v[8], d[1], d[2])
+    v[1], v[2], v[7], v[8], v[11], v[12], k, c_changed =
+      forget(v[1], v[2], v[7], v[8], v[11], v[12], d[1], d[2])
     v[3], v[4] = v[3] * k + d[3], v[4] * k + d[4]
-    v[5], v[6], v[9], v[10], k, p_changed = forget(v[5], v[6], v[9], v[10], d[5], d[6])
+    v[5], v[6], v[9], v[10], v[13], v[14], k, p_changed =
+      forget(v[5], v[6], v[9], v[10], v[13], v[14], d[5], d[6])
     if c_changed or p_changed then changed_at = stamp end
   else
     for j = 1, 6 do v[j] = v[j] + d[j] end
   end
   local out = {'t', string.format('%.17g', stamp), 'ch', string.format('%.17g', changed_at)}
-  for j = 1, 10 do
+  for j = 1, 14 do
     out[#out + 1] = names[j]
     out[#out + 1] = string.format('%.17g', v[j])
   end
   redis.call('HSET', key, unpack(out))
   redis.call('PEXPIRE', key, ttl)
-  redis.call('ZADD', KEYS[1], stamp, ARGV[14 + i])
+  redis.call('ZADD', KEYS[1], stamp, ARGV[15 + i])
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 return #KEYS - 1
@@ -167,10 +168,10 @@ class RedisStatsStore:
             args: list[Any] = [repr(now), repr(half_life_s), int(self._ttl_s * 1000)]
             f = forgetting
             if f is None:
-                args += ["0", "0", "0", "0", "0"]
+                args += ["0"] * 6
             else:
                 args += ["1", repr(f.window), repr(f.fast_window), repr(f.threshold)]
-                args.append(repr(f.min_samples))
+                args += [repr(f.min_samples), repr(f.shift)]
             args += [repr(v) for v in delta.as_tuple()[:6]]
             script_keys = [self.index_key(provider), *hashes]
             with _mapped("stats_add"):
