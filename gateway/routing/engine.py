@@ -211,6 +211,7 @@ def _score(
         "costScore": cost,
     }
     if c.adaptive:
+        details["paymentSamples"] = success.payment_samples
         details["successRanked"] = rate
         details["successVariance"] = success.variance
         details["successStdDev"] = math.sqrt(success.variance)

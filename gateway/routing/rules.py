@@ -195,7 +195,7 @@ class ChangeDetection(FrozenModel):
 
     enabled: bool = True
     shift: Annotated[float, Field(gt=0, lt=1)] = 0.15
-    threshold: Annotated[float, Field(gt=0, le=1000)] = 5.0
+    threshold: Annotated[float, Field(gt=0, le=1000)] = 6.0
     fast_window: Annotated[float, Field(ge=2, le=10_000)] = 20.0
     min_samples: Annotated[float, Field(ge=1)] = 10.0
 
@@ -214,9 +214,9 @@ class Learning(FrozenModel):
     change_detection: ChangeDetection = ChangeDetection()
     #: z-score under which a difference in success rate is treated as noise when ranking
     significance: Annotated[float, Field(ge=0, le=10)] = 1.5
-    creation_prior: Prior = Prior(mean=0.97, strength=30)
-    payment_prior: Prior = Prior(mean=0.75, strength=30)
-    min_segment_samples: Annotated[float, Field(ge=1)] = 50.0
+    creation_prior: Prior = Prior(mean=0.97, strength=10)
+    payment_prior: Prior = Prior(mean=0.75, strength=10)
+    min_segment_samples: Annotated[float, Field(ge=1)] = 20.0
 
     @model_validator(mode="after")
     def _windows(self) -> Learning:

@@ -206,7 +206,7 @@ def _forget_pair(
     if n <= 0:
         return (*slow, *fast, *cusum, 1.0, False)
     down, up = cusum
-    if f.threshold > 0:
+    if f.threshold > 0 and slow[0] + slow[1] >= f.fast_window:  # a rate worth testing against
         rate = (slow[0] + 0.5) / (slow[0] + slow[1] + 1.0)
         down, up = cusum_step(added[0], added[1], rate, f.shift, down, up)
     ks = (1.0 - 1.0 / f.window) ** n
@@ -348,6 +348,8 @@ class SuccessEstimate:
     variance: float = 0.0
     #: when a change was last detected in the segment used (0: never)
     changed_at: float = 0.0
+    #: payment outcomes behind ``payment`` (``samples`` counts creation attempts)
+    payment_samples: float = 0.0
 
 
 def _one_rate(
@@ -461,17 +463,24 @@ def estimate_adaptive(
     ]
     cell = (provider, "cell", cell_of(currency, country, method)) if method else None
     min_n = learning.min_segment_samples
-    c_mean, c_w, _, _, c_changed = _hierarchical(
+    c_mean, c_w, samples, _, c_changed = _hierarchical(
         snap, provider, marginals, cell, 0, learning.creation_prior, min_n
     )
-    p_mean, p_w, samples, segment, p_changed = _hierarchical(
+    p_mean, p_w, p_samples, segment, p_changed = _hierarchical(
         snap, provider, marginals, cell, 4, learning.payment_prior, min_n
     )
     c_var = c_mean * (1 - c_mean) / (c_w + 1)
     p_var = p_mean * (1 - p_mean) / (p_w + 1)
     variance = c_mean * c_mean * p_var + p_mean * p_mean * c_var + c_var * p_var
     return SuccessEstimate(
-        c_mean * p_mean, c_mean, p_mean, samples, segment, variance, max(c_changed, p_changed)
+        c_mean * p_mean,
+        c_mean,
+        p_mean,
+        samples,
+        segment,
+        variance,
+        max(c_changed, p_changed),
+        p_samples,
     )
 
 

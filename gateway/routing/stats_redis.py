@@ -59,7 +59,7 @@ local names = {'cs', 'cf', 'ls', 'ln', 'ps', 'pf', 'fcs', 'fcf', 'fps', 'fpf',
 local function forget(so, sf, fo, ff, down, up, ao, af)
   local n = ao + af
   if n <= 0 then return so, sf, fo, ff, down, up, 1, false end
-  if threshold > 0 then
+  if threshold > 0 and so + sf >= fast_window then
     local rate = (so + 0.5) / (so + sf + 1)
     local low = math.max(rate - shift, 0.01)
     local high = math.min(rate + shift, 0.99)
@@ -115,7 +115,7 @@ for i = 2, #KEYS do
   end
   redis.call('HSET', key, unpack(out))
   redis.call('PEXPIRE', key, ttl)
-  redis.call('ZADD', KEYS[1], stamp, ARGV[15 + i])
+  redis.call('ZADD', KEYS[1], stamp, ARGV[14 + i])
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 return #KEYS - 1
