@@ -58,12 +58,13 @@ def test_volume_forgetting_keeps_about_a_window_of_evidence() -> None:
 def test_cusum_detects_a_drop_within_tens_of_outcomes_and_restarts_the_estimate() -> None:
     rng = random.Random(1)
     c = feed(Counters(), bernoulli(rng, 0.9, 1000), FORGET)
-    assert c.changed_at == 0.0
+    before = c.changed_at
     for n in range(1, 200):
         c = apply_outcomes(c, payment_delta(rng.random() < 0.55), FORGET, 100.0 + n)
-        if c.changed_at:
+        if c.changed_at != before:
             break
-    assert c.changed_at and n <= 60, n
+    assert c.changed_at == 100.0 + n
+    assert n <= 60, n
     assert c.payment_ok + c.payment_fail < 25  # old evidence dropped
     assert payment_rate(c) < 0.8
 
@@ -90,15 +91,18 @@ def test_stationary_noise_rarely_raises_an_alarm(rate: float) -> None:
 
 def test_cusum_step_moves_towards_the_side_the_outcomes_point_to() -> None:
     down, up = cusum_step(0, 10, 0.9, 0.15, 0.0, 0.0)
-    assert down > 5 and up == 0.0
+    assert down > 5
+    assert up == 0.0
     down, up = cusum_step(10, 0, 0.5, 0.15, 3.0, 0.0)
-    assert down == 0.0 and up > 2
+    assert down == 0.0
+    assert up > 2
 
 
 async def test_memory_store_applies_forgetting_per_segment() -> None:
     store = MemoryStatsStore()
     segs = segments_for("p", "EUR", "DE", "card")
-    assert ("p", "cell", "EUR.DE.card") in segs and ("p", "method", "card") in segs
+    assert ("p", "cell", "EUR.DE.card") in segs
+    assert ("p", "method", "card") in segs
     for _ in range(300):
         await store.add(segs, payment_delta(True), now=1.0, half_life_s=3600, forgetting=FORGET)
     loaded = await store.load(providers=["p"], now=1.0, half_life_s=3600)
@@ -169,11 +173,11 @@ def explore_rules(floor: float, ceiling: float) -> object:
 def snapshot(stripe: tuple[float, float], adyen: tuple[float, float]) -> StatsSnapshot:
     return StatsSnapshot.of(
         {
-            ("stripe", "all", ""): Counters(creation_ok=500, payment_ok=stripe[0], payment_fail=stripe[1]),
-            ("adyen", "all", ""): Counters(creation_ok=500, payment_ok=adyen[0], payment_fail=adyen[1]),
+            (name, "all", ""): Counters(creation_ok=500, payment_ok=ok, payment_fail=fail)
+            for name, (ok, fail) in (("stripe", stripe), ("adyen", adyen))
         },
         1.0,
-    )  # fmt: skip
+    )
 
 
 def explored_share(rules: object, snap: StatsSnapshot, n: int = 2000) -> float:
@@ -189,7 +193,7 @@ def test_exploration_follows_uncertainty_within_floor_and_ceiling() -> None:
     assert 0.01 < explored_share(rules, clear) < 0.03  # the floor
     doubtful = snapshot((9, 1), (8, 2))  # 10 outcomes each: could be either
     assert 0.17 < explored_share(rules, doubtful) < 0.23  # the ceiling
-    middle = snapshot((90, 10), (80, 20))
+    middle = snapshot((90, 10), (82, 18))
     share = explored_share(rules, middle)
     assert 0.03 < share < 0.17
 
