@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.bodies import json_response, read_checkout_request, require_json
-from gateway.api.openapi import EXTRA_PATHS
+from gateway.api.openapi import EXTRA_MODELS, EXTRA_PATHS
+from gateway.api.routing_schema import RoutingExplanation
 from gateway.appkeys import ROUTER, SERVICES
 from gateway.auth import require
 from gateway.domain.errors import Unprocessable
@@ -95,6 +96,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 _OBJECT = {"application/json": {"schema": {"type": "object"}}}
+if RoutingExplanation not in EXTRA_MODELS:
+    EXTRA_MODELS.append(RoutingExplanation)
 EXTRA_PATHS.update(
     {
         "/api/v1/routing/rules": {
@@ -121,7 +124,18 @@ EXTRA_PATHS.update(
                         }
                     },
                 },
-                "responses": {"200": {"description": "The explained decision", "content": _OBJECT}}
+                "responses": {
+                    "200": {
+                        "description": "The explained decision: per candidate its score, the "
+                        "success estimate with its samples and window, and whether it was "
+                        "chosen to explore",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RoutingExplanation"}
+                            }
+                        },
+                    }
+                }
                 | _errors(400, 401, 403, 415, 422),
             }
         },

@@ -217,6 +217,8 @@ def _score(
         details["successStdDev"] = math.sqrt(success.variance)
         details["window"] = c.window_text
         details["changeDetectedAt"] = success.changed_at or None
+        details["explored"] = False
+        details["betterChance"] = None
     return Candidate(
         p.name,
         a + b + d + e,

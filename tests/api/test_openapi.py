@@ -100,3 +100,30 @@ async def test_texts_are_written_for_the_api_reader(gateway: GatewayFactory) -> 
         if "description" not in prop and "$ref" not in prop and "anyOf" not in prop
     ]
     assert undocumented == []
+
+
+async def test_simulate_answer_validates_and_explains_the_learning(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway()
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    import json
+
+    body = json.loads(SEED_BYTES)
+    body["paymentMethod"] = "apple_pay"  # no rule places it: the learner ranks and explores
+    answer = await client.post(
+        "/api/v1/routing/simulate", json=body, headers=headers(None, scopes=["routing:read"])
+    )
+    assert answer.status == 200
+    body = await answer.json()
+    jsonschema.validate(body, _resolver_schema(doc, "RoutingExplanation"))
+    for candidate in body["candidates"]:
+        details = candidate["details"]
+        assert details["window"] == "last ~200 outcomes, half-life 3600 s"
+        assert isinstance(details["explored"], bool)
+        assert details["successSamples"] == 0
+        assert details["paymentSamples"] == 0
+    assert body["candidates"][0]["details"]["betterChance"] is None
+    assert 0 <= body["candidates"][1]["details"]["betterChance"] <= 1
+    documented = doc["components"]["schemas"]["RoutingCandidateDetails"]["properties"]
+    assert set(body["candidates"][0]["details"]) <= set(documented)
