@@ -40,6 +40,9 @@ class RoutingCandidateDetails(BaseModel):
     )
     successVariance: float | None = None
     successStdDev: float | None = Field(None, description="Posterior standard deviation")
+    latencyStdDev: float | None = Field(
+        None, description="Doubt about the latency score (0-1): shrinks with latency samples"
+    )
     window: str | None = Field(None, description="How much evidence an estimate keeps")
     changeDetectedAt: float | None = Field(
         None, description="When a change of rate was last detected (epoch seconds)"

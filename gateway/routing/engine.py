@@ -116,19 +116,25 @@ def _normal_cdf(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
-def _chances(ranked: list[Candidate], w_success: float) -> list[float]:
+def _chances(ranked: list[Candidate], c: CompiledRules) -> list[float]:
     """Per non-first candidate, the chance that its score is really above the first one's,
-    with each success rate drawn from its posterior (normal approximation)."""
+    with the success rate and the latency score drawn from their posteriors (normal
+    approximations)."""
+    w_success, w_latency = c.weights[1], c.weights[2]
     lead = ranked[0]
     lead_score = _raw_score(lead, w_success)
-    lead_var = float(lead.details["successVariance"] or 0.0)
     out = []
     for other in ranked[1:]:
         diff = _raw_score(other, w_success) - lead_score
-        var = lead_var + float(other.details["successVariance"] or 0.0)
-        sd = w_success * math.sqrt(var)
+        var = w_success**2 * (_num(lead, "successVariance") + _num(other, "successVariance"))
+        var += w_latency**2 * (_num(lead, "latencyStdDev") ** 2 + _num(other, "latencyStdDev") ** 2)
+        sd = math.sqrt(var)
         out.append(_normal_cdf(diff / sd) if sd > 0 else (1.0 if diff > 0 else 0.0))
     return out
+
+
+def _num(c: Candidate, key: str) -> float:
+    return float(c.details.get(key) or 0.0)
 
 
 def _raw_score(c: Candidate, w_success: float) -> float:
@@ -141,7 +147,7 @@ def _explore(
 ) -> list[Candidate]:
     """Probability matching bounded by the rules: promote another candidate with the chance
     that it is the better one, at least ``floor`` and at most ``ceiling`` of the orders."""
-    chances = _chances(ranked, c.weights[1])
+    chances = _chances(ranked, c)
     total = sum(chances)
     share = min(max(total, c.exploration_floor), c.exploration_ceiling)
     explored = share > 0 and stable_unit("explore", f) < share
@@ -215,6 +221,9 @@ def _score(
         details["successRanked"] = rate
         details["successVariance"] = success.variance
         details["successStdDev"] = math.sqrt(success.variance)
+        # the latency score is the prior's until samples outweigh it: half its range of doubt
+        weight = c.latency.prior_weight
+        details["latencyStdDev"] = 0.5 * weight / (weight + latency.samples)
         details["window"] = c.window_text
         details["changeDetectedAt"] = success.changed_at or None
         details["explored"] = False
