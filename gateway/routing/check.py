@@ -13,7 +13,9 @@ Warnings (exit status 0 unless ``--strict``):
 - a pin or split shadowed by a higher-priority pin that matches whenever it does;
 - a rule acting on a provider that can never take the requests the rule matches;
 - references to disabled providers, providers that can never take any request, disabled
-  providers with no adapter of that name.
+  providers with no adapter of that name;
+- ``exploration`` set to 0 with the adaptive learner: a provider that lost its traffic would
+  never be tried again.
 """
 
 from __future__ import annotations
@@ -218,6 +220,21 @@ def lint(
                 "providers",
                 p.name,
             )
+    scoring = model.scoring
+    enabled = [name for name, conf in model.providers.items() if conf.enabled]
+    if (
+        "exploration" in scoring.model_fields_set
+        and scoring.learning.model == "adaptive"
+        and scoring.exploration.ceiling == 0
+        and len(enabled) > 1
+    ):
+        add(
+            "exploration ceiling is 0: a provider that lost its traffic is never tried again, "
+            "so its recovery goes unnoticed (try exploration: {floor: 0.02, ceiling: 0.2})",
+            "warning",
+            "scoring",
+            "exploration",
+        )
     for index, name in enumerate(model.scoring.fallback_order):
         if not model.providers[name].enabled:
             add(f"provider {name!r} is disabled", "warning", "scoring", "fallback_order", index)

@@ -240,3 +240,19 @@ def test_an_enabled_provider_without_an_adapter_is_an_error(tmp_path: Path) -> N
     done = run("check", str(path))
     assert done.returncode == 1
     assert f"{path}:5: error: providers.strpie: provider 'strpie' is enabled" in done.stderr
+
+
+def test_no_exploration_with_the_adaptive_learner_is_a_warning() -> None:
+    text = """schema_version: 1
+version: v1
+providers: {stripe: {}, adyen: {}}
+scoring:
+  exploration: 0
+"""
+    report = check_rules_text(text, known_adapters=["stripe", "adyen"])
+    assert [(p.line, p.severity) for p in report.problems] == [(5, "warning")]
+    assert "recovery goes unnoticed" in report.problems[0].message
+    fixed = text.replace("exploration: 0", "exploration: {floor: 0.01, ceiling: 0.1}")
+    assert check_rules_text(fixed, known_adapters=["stripe", "adyen"]).problems == ()
+    older = text.replace("exploration: 0", "exploration: 0\n  learning: {model: decayed}")
+    assert check_rules_text(older, known_adapters=["stripe", "adyen"]).problems == ()
