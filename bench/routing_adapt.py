@@ -213,6 +213,7 @@ class PhaseResult:
     name: str
     orders: int
     lost: float
+    lost_by_segment: dict[str, float]
     share_best: float
     reached: dict[str, int | None]
     switches_per_1k: float | None
@@ -235,6 +236,7 @@ async def run(scenario: Scenario, model: str) -> list[PhaseResult]:
         segments = list(phase.mix)
         weights = [phase.mix[s] for s in segments]
         lost = 0.0
+        lost_by: dict[Segment, float] = dict.fromkeys(segments, 0.0)
         on_best = 0
         recent: dict[Segment, list[int]] = {s: [] for s in segments}
         reached: dict[str, int | None] = {f"{s[0]}/{s[1]}>={t:.0%}": None for s, t in phase.watch}
@@ -256,6 +258,7 @@ async def run(scenario: Scenario, model: str) -> list[PhaseResult]:
             decision = decide(f, rules, feed.snapshot)
             chosen = decision.ranked[0].provider
             lost += rates[best] - rates[chosen]
+            lost_by[segment] += rates[best] - rates[chosen]
             on_best += chosen == best
             window = recent[segment]
             window.append(chosen == best)
@@ -290,6 +293,7 @@ async def run(scenario: Scenario, model: str) -> list[PhaseResult]:
                 phase.name,
                 phase.orders,
                 lost,
+                {"/".join(s): round(v, 2) for s, v in lost_by.items()},
                 on_best / phase.orders,
                 reached,
                 1000 * switches / counted if counted else None,
@@ -317,6 +321,10 @@ async def main_async(out_path: Path | None) -> int:
             print(f"  {new.name} ({new.orders} orders)")
             for label, r in (("adaptive", new), ("baseline", old)):
                 parts = [f"lost {r.lost:6.1f}", f"on best {r.share_best:5.1%}"]
+                if len(r.lost_by_segment) > 1:
+                    parts[0] += (
+                        " (" + ", ".join(f"{k} {v:.1f}" for k, v in r.lost_by_segment.items()) + ")"
+                    )
                 if r.reached:
                     parts.append(_fmt_reached(r.reached, r.orders))
                 if r.switches_per_1k is not None:

@@ -213,7 +213,7 @@ class Learning(FrozenModel):
     window_outcomes: Annotated[float, Field(ge=10, le=1_000_000)] = 200.0
     change_detection: ChangeDetection = ChangeDetection()
     #: z-score under which a difference in success rate is treated as noise when ranking
-    significance: Annotated[float, Field(ge=0, le=10)] = 1.5
+    significance: Annotated[float, Field(ge=0, le=10)] = 2.0
     creation_prior: Prior = Prior(mean=0.97, strength=10)
     payment_prior: Prior = Prior(mean=0.75, strength=10)
     min_segment_samples: Annotated[float, Field(ge=1)] = 20.0

@@ -404,6 +404,12 @@ def _posterior(ok: float, fail: float, prior_mean: float, strength: float) -> tu
     return (prior_mean * strength + ok) / weight, weight
 
 
+def _usable(samples: float, changed_at: float, min_samples: float) -> bool:
+    """Whether a segment's own outcomes count: enough of them, or any since a detected change
+    (the coarser segments may not have seen the change yet)."""
+    return samples >= min_samples or (changed_at > 0 and samples > 0)
+
+
 def _hierarchical(
     snap: StatsSnapshot,
     provider: str,
@@ -413,7 +419,7 @@ def _hierarchical(
     prior: Prior,
     min_samples: float,
 ) -> tuple[float, float, float, str, float]:
-    """(mean, evidence, samples, segment name, changed_at): overall, then the rich marginal
+    """(mean, evidence, samples, segment name, changed_at): overall, then the usable marginal
     segments (averaged, each shrunk towards overall), then the cell (shrunk towards those)."""
     overall = snap.segments.get((provider, "all", ""))
     row = overall.as_tuple() if overall else (0.0,) * 15
@@ -426,7 +432,7 @@ def _hierarchical(
             continue
         t = seg.as_tuple()
         n = t[ok_i] + t[ok_i + 1]
-        if n >= min_samples:
+        if _usable(n, t[14], min_samples):
             m, w = _posterior(t[ok_i], t[ok_i + 1], mean, prior.strength)
             picked.append((m, w, n, f"{key[1]}:{key[2]}", t[14]))
     if picked:
@@ -439,7 +445,7 @@ def _hierarchical(
     if seg is not None:
         t = seg.as_tuple()
         n = t[ok_i] + t[ok_i + 1]
-        if n >= min_samples:
+        if _usable(n, t[14], min_samples):
             mean, weight = _posterior(t[ok_i], t[ok_i + 1], mean, prior.strength)
             samples, name, changed = n, f"cell:{cell[2]}" if cell else name, t[14]
     return mean, weight, samples, name, changed
