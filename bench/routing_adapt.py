@@ -277,10 +277,21 @@ async def run(scenario: Scenario, model: str) -> list[PhaseResult]:
             elif phase.stationary:
                 last_leader[segment] = leader(decision)
             paid = rng.random() < rates[chosen]
-            feed.creation(chosen, "created", 200.0, *segment[:2], half_life,
-                          method=segment[2], forgetting=rules.forgetting)  # fmt: skip
-            feed.payment(chosen, paid, *segment[:2], half_life,
-                         method=segment[2], forgetting=rules.forgetting)  # fmt: skip
+            currency, country, method = segment
+            forget = rules.forgetting
+            feed.creation(
+                chosen,
+                "created",
+                200.0,
+                currency,
+                country,
+                half_life,
+                method=method,
+                forgetting=forget,
+            )
+            feed.payment(
+                chosen, paid, currency, country, half_life, method=method, forgetting=forget
+            )
             now[0] += 1.0 / ORDERS_PER_SECOND
             if now[0] >= next_refresh:
                 await feed.flush()

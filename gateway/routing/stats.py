@@ -1,14 +1,21 @@
 """Learning from outcomes: decayed counters, Bayesian success estimates, latency scores.
 
 Counters are kept per *segment*: a provider overall (``(p, "all", "")``), per currency
-(``(p, "currency", "EUR")``) and per billing country (``(p, "country", "NL")``). Every counter
-decays with a half-life, so old outcomes fade and a provider that recovered is trusted again.
+(``(p, "currency", "EUR")``), per billing country (``(p, "country", "NL")``), per payment method
+(``(p, "method", "card")``) and per cell of all three (``(p, "cell", "EUR.NL.card")``). Every
+counter decays with a half-life, so old outcomes fade and a provider that recovered is trusted
+again.
+
+The ``adaptive`` model (:func:`apply_outcomes`, :func:`estimate_adaptive`) also forgets by
+volume (a segment holds about ``window_outcomes`` outcomes) and runs CUSUM change detection per
+segment: on a detected drop or rise the old evidence is dropped and the estimate restarts from
+the recent outcomes. The ``decayed`` model (:func:`estimate_success`) is the earlier learner.
 
 The success estimate is the posterior mean of a Beta prior: a provider with no data sits at the
 prior mean, and ``strength`` pseudo-observations keep a handful of results from swinging it.
 A segment is used only when it holds ``min_segment_samples`` (decayed) outcomes, and is itself
-shrunk towards the provider's overall estimate. Creation and payment outcomes are estimated
-separately and multiplied: the chance a checkout sent there ends paid.
+shrunk towards coarser estimates. Creation and payment outcomes are estimated separately and
+multiplied: the chance a checkout sent there ends paid.
 
 Only the provider's own failures count against it: see :func:`classify_outcome`.
 """

@@ -4,10 +4,12 @@ probability-matching exploration, in memory and in the real Redis (db 13, own pr
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.routing.compiled import CompiledRules
 from gateway.routing.rules import Learning, RulesError, load_rules_text
 from gateway.routing.stats import (
     Counters,
@@ -27,9 +29,21 @@ from gateway.store.redis_client import open_redis
 from tests.routing.helpers import compiled, features, first, route, rules_yaml
 
 LEARN = Learning()
-FORGET = Forgetting.of(LEARN)
+FORGET = Forgetting(
+    LEARN.window_outcomes,
+    LEARN.change_detection.fast_window,
+    LEARN.change_detection.threshold,
+    LEARN.change_detection.min_samples,
+    LEARN.change_detection.shift,
+)
 ALL: SegmentKey = ("p", "all", "")
-assert FORGET is not None
+
+
+def test_forgetting_follows_the_learning_model() -> None:
+    assert Forgetting.of(LEARN) == FORGET
+    assert Forgetting.of(Learning(model="decayed")) is None
+    off = Learning(change_detection={"enabled": False})
+    assert Forgetting.of(off) == replace(FORGET, threshold=0.0)
 
 
 def feed(counters: Counters, outcomes: list[bool], forgetting: Forgetting) -> Counters:
@@ -162,7 +176,7 @@ def test_a_sparse_segment_falls_back_to_coarser_ones() -> None:
     assert est.payment > 0.8
 
 
-def explore_rules(floor: float, ceiling: float) -> object:
+def explore_rules(floor: float, ceiling: float) -> CompiledRules:
     return compiled(
         {"stripe": {}, "adyen": {}, "paypal": {"enabled": False}},
         scoring={
@@ -182,8 +196,8 @@ def snapshot(stripe: tuple[float, float], adyen: tuple[float, float]) -> StatsSn
     )
 
 
-def explored_share(rules: object, snap: StatsSnapshot, n: int = 2000) -> float:
-    picks = [route(rules, features(orderReference=f"x{i}"), snap) for i in range(n)]  # type: ignore[arg-type]
+def explored_share(rules: CompiledRules, snap: StatsSnapshot, n: int = 2000) -> float:
+    picks = [route(rules, features(orderReference=f"x{i}"), snap) for i in range(n)]
     explored = [d for d in picks if d.ranked[0].details.get("explored")]
     assert all(any(note.startswith("exploration:") for note in d.notes) for d in explored)
     return len(explored) / n
@@ -210,8 +224,8 @@ def test_exploration_follows_uncertainty_within_floor_and_ceiling() -> None:
 def test_exploration_is_stable_per_order_and_explained() -> None:
     rules = explore_rules(0.05, 0.3)
     snap = snapshot((9, 1), (8, 2))
-    one = [route(rules, features(orderReference=f"s{i}"), snap) for i in range(200)]  # type: ignore[arg-type]
-    two = [route(rules, features(orderReference=f"s{i}"), snap) for i in range(200)]  # type: ignore[arg-type]
+    one = [route(rules, features(orderReference=f"s{i}"), snap) for i in range(200)]
+    two = [route(rules, features(orderReference=f"s{i}"), snap) for i in range(200)]
     assert [first(d) for d in one] == [first(d) for d in two]
     details = one[0].explain()["candidates"]
     for cand in details:
