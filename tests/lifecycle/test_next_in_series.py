@@ -98,9 +98,7 @@ async def test_a_one_time_session_is_no_mandate(lifecycle_env: EnvFactory) -> No
 
 async def test_an_unpaid_mandate_is_not_usable_yet(lifecycle_env: EnvFactory) -> None:
     env = await lifecycle_env("stripe")
-    created = await env.create(
-        "unpaid", sessionType="first_in_series", orderReference="ORD-unpaid"
-    )
+    created = await env.create("unpaid", sessionType="first_in_series", orderReference="ORD-unpaid")
     status, body, _ = await charge(env, created["sessionId"], "next-unpaid")
     assert status == 422
     assert body["code"] == "MANDATE_NOT_USABLE"

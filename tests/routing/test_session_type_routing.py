@@ -59,9 +59,7 @@ def test_a_zero_total_of_a_paying_session_is_still_bound() -> None:
     data["orderItems"][0]["unitPrice"] = Decimal(0)
     decision = _router().decide(request_from(data), "merchant-1")
     reasons = {e.provider: e.reason for e in decision.excluded}
-    assert reasons["stripe"] == (
-        "amount 0 AUD is below the minimum 0.50 of the routing rules"
-    )
+    assert reasons["stripe"] == ("amount 0 AUD is below the minimum 0.50 of the routing rules")
 
 
 def test_a_next_payment_goes_only_to_the_mandates_provider() -> None:
