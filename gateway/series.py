@@ -210,8 +210,13 @@ class SeriesCharges:
             raise api_error(exc, session_id=data.session_id) from None
         elapsed = time.perf_counter() - began
         tries.waited_s += elapsed
+        declined = outcome.status is SessionStatus.FAILED
         tries.made.append(
-            Attempt(provider=provider, outcome="charged", durationMs=round(elapsed * 1000, 2))
+            Attempt(
+                provider=provider,
+                outcome="declined" if declined else "charged",
+                durationMs=round(elapsed * 1000, 2),
+            )
         )
         if provider not in tries.held:
             tries.held.append(provider)

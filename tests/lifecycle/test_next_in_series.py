@@ -193,6 +193,7 @@ async def test_a_next_payment_completes_at_the_mandates_provider(
     assert await again.read() == raw
     # the merchant hears of the creation and of the outcome
     events = await settled(env, body["sessionId"], 2)
+    events.sort(key=lambda e: e["data"]["payment_session"]["version"])  # delivered in any order
     assert [(e["type"], e["data"]["payment_session"]["status"]) for e in events] == [
         ("payment_session.created", "PENDING"),
         ("payment_session.updated", "COMPLETED"),
@@ -212,6 +213,9 @@ async def test_a_declined_charge_is_a_failed_session_not_an_error(
     status, body, _ = await charge(env, mandate["sessionId"], "next-declined")
     assert status == 201, body
     assert body["status"] == "FAILED"
+    assert [(a["provider"], a["outcome"]) for a in body["routing"]["attempts"]] == [
+        ("stripe", "declined")
+    ]
     ok, fail = await payment_counts(env, "stripe")
     assert (ok - ok_before, fail - fail_before) == pytest.approx((0.0, 1.0), abs=1e-3)
     view = await env.read(body["sessionId"])
