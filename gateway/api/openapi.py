@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway import __version__
 from gateway.api.session_query import SessionQuery
@@ -44,7 +44,7 @@ class ErrorBody(_View):
     requestId: str = Field(description="Equal to the X-Request-ID response header")
 
 
-_STATUSES = [
+_STATUSES: list[JsonValue] = [
     "PENDING",
     "REQUIRES_ACTION",
     "PROCESSING",
