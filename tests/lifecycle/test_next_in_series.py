@@ -308,3 +308,25 @@ async def test_a_timeout_keeps_the_key_for_the_same_provider_request(
         if s.gateway_session_id == body["sessionId"]
     ]
     assert [s.id for s in intents] == [view["paymentId"]]
+
+
+async def test_the_simulated_decision_goes_where_the_mandate_is(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    response = await env.client.post(
+        "/api/v1/routing/simulate", json=series_body(UNKNOWN), headers=headers(None)
+    )
+    assert response.status == 404
+    mandate = await paid_mandate(env)
+    response = await env.client.post(
+        "/api/v1/routing/simulate", json=series_body(mandate["sessionId"]), headers=headers(None)
+    )
+    assert response.status == 200, await response.text()
+    decision = await response.json()
+    assert decision["selectedProvider"] == "stripe"
+    assert [c["provider"] for c in decision["candidates"]] == ["stripe"]
+    assert decision["candidates"][0]["details"]["reason"] == "holds the mandate (stripe)"
+    assert {e["provider"]: e["reason"] for e in decision["excluded"]} == {
+        "adyen": "mandate is held by stripe",
+        "paypal": "mandate is held by stripe",
+    }
+    assert decision["notes"][0] == "next_in_series: routed only to stripe, which holds the mandate"
