@@ -194,6 +194,9 @@ class SeriesCharges:
             )
             if outcome.status not in _OUTCOMES:
                 raise AdapterFault(provider, f"charge answered {outcome.status.value}")
+            if outcome.payment_id is None and outcome.status is not SessionStatus.FAILED:
+                # its webhooks could never be matched to the session
+                raise AdapterFault(provider, "charge answered no payment id")
         except ProviderError as exc:
             elapsed = time.perf_counter() - began
             tries.waited_s += elapsed
