@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.domain.session import SessionStatus
-from providers.sandbox.state import FaultSettings
+from providers.sandbox.stripe_payments import ledger
 from tests.api.conftest import headers, seed
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_loop import payment_counts, read_when, settled
@@ -45,6 +45,25 @@ def series_body(mandate_id: str, **changes: Any) -> dict[str, Any]:
     del body["redirectUrls"]
     body.update(changes)
     return body
+
+
+async def set_faults(env: Env, **faults: Any) -> None:
+    """Replace the sandbox's faults of stripe (``declineOffSession``, ``down``, ...)."""
+    async with aiohttp.ClientSession() as http:
+        answer = await http.post(
+            str(env.sandbox.make_url("/sandbox/admin/faults")),
+            json={"provider": "stripe", **faults},
+        )
+        assert answer.status == 200, await answer.text()
+
+
+def intents_of(env: Env, session_id: str) -> list[dict[str, Any]]:
+    """The PaymentIntents the Stripe sandbox holds for the gateway session."""
+    return [
+        intent
+        for intent in ledger(env.sandbox_state).intents.values()
+        if intent["metadata"].get("gateway_session_id") == session_id
+    ]
 
 
 async def charge(
@@ -208,7 +227,7 @@ async def test_a_declined_charge_is_a_failed_session_not_an_error(
 ) -> None:
     env = await lifecycle_env("stripe")
     mandate = await paid_mandate(env)
-    env.sandbox_state.config.decline_off_session = True  # type: ignore[attr-defined]
+    await set_faults(env, declineOffSession=True)
     ok_before, fail_before = await payment_counts(env, "stripe")
     status, body, _ = await charge(env, mandate["sessionId"], "next-declined")
     assert status == 201, body
@@ -223,7 +242,7 @@ async def test_a_declined_charge_is_a_failed_session_not_an_error(
     assert view["failureReason"]
     assert view["amountCaptured"] == "0.00"
     # a failed charge does not hold its order: the merchant may charge it again
-    env.sandbox_state.config.decline_off_session = False  # type: ignore[attr-defined]
+    await set_faults(env, declineOffSession=False)
     status, retried, _ = await charge(env, mandate["sessionId"], "next-declined-2")
     assert status == 201, retried
     assert retried["status"] == "COMPLETED"
@@ -242,7 +261,7 @@ async def test_a_paid_next_payment_holds_its_order(lifecycle_env: EnvFactory) ->
 async def test_concurrent_retries_make_one_charge(lifecycle_env: EnvFactory) -> None:
     env = await lifecycle_env("stripe")
     mandate = await paid_mandate(env)
-    env.sandbox_state.faults["stripe"] = FaultSettings(processing_ms=300)
+    await set_faults(env, processingMs=300)
     answers = await asyncio.gather(
         *(charge(env, mandate["sessionId"], "next-race") for _ in range(20))
     )
@@ -252,13 +271,7 @@ async def test_concurrent_retries_make_one_charge(lifecycle_env: EnvFactory) -> 
     assert len(set(created)) == 1
     session_id = answers[[s for s, _, _ in answers].index(201)][1]["sessionId"]
     view = await read_when(env, session_id, "COMPLETED")
-    intents = [
-        s
-        for s in env.sandbox_state.sessions.get("stripe", {}).values()
-        if s.gateway_session_id == session_id
-    ]
-    assert len(intents) == 1, intents
-    assert intents[0].id == view["paymentId"]
+    assert [intent["id"] for intent in intents_of(env, session_id)] == [view["paymentId"]]
 
 
 async def test_no_failover_when_the_mandates_provider_is_down(lifecycle_env: EnvFactory) -> None:
@@ -266,11 +279,7 @@ async def test_no_failover_when_the_mandates_provider_is_down(lifecycle_env: Env
     mandate = await paid_mandate(env)
     state = env.sandbox_state
     created_before = dict(state.sessions_created)
-    async with aiohttp.ClientSession() as http:
-        await http.post(
-            str(env.sandbox.make_url("/sandbox/admin/faults")),
-            json={"provider": "stripe", "down": True},
-        )
+    await set_faults(env, down=True)
     status, body, _ = await charge(env, mandate["sessionId"], "next-down")
     assert status == 502, body
     assert body["code"] == "PROVIDER_UNAVAILABLE"
@@ -292,22 +301,17 @@ async def test_a_timeout_keeps_the_key_for_the_same_provider_request(
 ) -> None:
     env = await lifecycle_env("stripe", provider_timeout_seconds=0.5)
     mandate = await paid_mandate(env)
-    env.sandbox_state.faults["stripe"] = FaultSettings(processing_ms=1500)
+    await set_faults(env, processingMs=1500)
     status, body, _ = await charge(env, mandate["sessionId"], "next-slow")
     assert status == 504, body
     assert body["code"] == "PROVIDER_TIMEOUT"
-    env.sandbox_state.faults.pop("stripe")
+    await set_faults(env)
     await asyncio.sleep(1.2)  # the provider finishes the first request meanwhile
     status, body, _ = await charge(env, mandate["sessionId"], "next-slow")
     assert status == 201, body
     assert body["status"] == SessionStatus.COMPLETED.value
     view = await env.read(body["sessionId"])
-    intents = [
-        s
-        for s in env.sandbox_state.sessions.get("stripe", {}).values()
-        if s.gateway_session_id == body["sessionId"]
-    ]
-    assert [s.id for s in intents] == [view["paymentId"]]
+    assert [intent["id"] for intent in intents_of(env, body["sessionId"])] == [view["paymentId"]]
 
 
 async def test_the_simulated_decision_goes_where_the_mandate_is(lifecycle_env: EnvFactory) -> None:
