@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
 from gateway.api.session_query import SessionQuery
@@ -42,18 +42,6 @@ class ErrorBody(_View):
     code: int | str | None = None
     details: Any = None
     requestId: str = Field(description="Equal to the X-Request-ID response header")
-
-
-_STATUSES: list[JsonValue] = [
-    "PENDING",
-    "REQUIRES_ACTION",
-    "PROCESSING",
-    "AUTHORIZED",
-    "COMPLETED",
-    "FAILED",
-    "EXPIRED",
-    "CANCELLED",
-]
 
 
 class SessionCreated(_View):
