@@ -16,7 +16,8 @@ from gateway.domain.session import SessionStatus
 from providers.sandbox.stripe_payments import ledger
 from tests.api.conftest import headers, seed
 from tests.lifecycle.conftest import Env, EnvFactory
-from tests.lifecycle.test_loop import payment_counts, read_when, settled
+from tests.lifecycle.test_loop import payment_counts, read_when, settled, wait_for
+from tests.lifecycle.test_webhook_signatures import deliver
 from tests.providers.hosted_inputs import press
 
 STORES = [
@@ -334,3 +335,40 @@ async def test_the_simulated_decision_goes_where_the_mandate_is(lifecycle_env: E
         "paypal": "mandate is held by stripe",
     }
     assert decision["notes"][0] == "next_in_series: routed only to stripe, which holds the mandate"
+
+
+async def test_a_processing_charge_is_completed_by_the_providers_webhook(
+    lifecycle_env: EnvFactory,
+) -> None:
+    """The provider's webhook about a customer-absent payment names the payment (the session's
+    providerSessionId) and the gateway session: it moves a PROCESSING next payment."""
+    env = await lifecycle_env("stripe", sink=True)
+    assert env.sink is not None
+    created = await env.create(
+        "mandate-sink", sessionType="first_in_series", orderReference="ORD-mandate-sink"
+    )
+    assert (await press(created["checkoutUrl"], "pay"))[0] == 303
+    for call in list(env.sink.calls):  # the sandbox's webhooks reach the gateway by hand here
+        assert (await deliver(env, call.provider, call.body, call.headers))[0] == 200
+    await read_when(env, created["sessionId"], "COMPLETED")
+    seen = len(env.sink.calls)
+    status, body, _ = await charge(env, created["sessionId"], "next-processing")
+    assert (status, body["status"]) == (201, "COMPLETED")
+    # as if Stripe had answered "processing": the session waits for the provider's word
+    record = await env.store.get_session(body["sessionId"])
+    assert record is not None
+    pending, answered = record.transitions
+    await env.rewrite(
+        record,
+        status=SessionStatus.PROCESSING,
+        transitions=[pending, answered.model_copy(update={"status": SessionStatus.PROCESSING})],
+    )
+    calls = await wait_for(lambda: env.sink.calls[seen:] if env.sink else None)
+    assert [call.provider for call in calls] == ["stripe"]
+    assert (await deliver(env, "stripe", calls[0].body, calls[0].headers))[0] == 200
+    view = await read_when(env, body["sessionId"], "COMPLETED")
+    assert [(t["status"], t["source"]) for t in view["transitions"]] == [
+        ("PENDING", "gateway"),
+        ("PROCESSING", "api:stripe"),
+        ("COMPLETED", "webhook:stripe"),
+    ]
