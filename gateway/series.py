@@ -34,7 +34,7 @@ from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import NotFound, ServiceUnavailable, Unprocessable
 from gateway.domain.lifecycle import apply
 from gateway.domain.models import CheckoutRequest
-from gateway.domain.session import Attempt, SessionRecord, SessionStatus
+from gateway.domain.session import AmountMismatch, Attempt, SessionRecord, SessionStatus
 from gateway.provider_answers import api_error
 from gateway.routing.decision import Candidate, RoutingDecision
 from gateway.store.base import SessionStore
@@ -57,6 +57,7 @@ __all__ = [
     "Charged",
     "Mandate",
     "SeriesCharges",
+    "charge_mismatch",
     "find_mandate",
     "settled",
 ]
@@ -233,18 +234,52 @@ async def _charge(adapter: ProviderAdapter, data: ChargeInput, timeout: float) -
     return await adapter.charge_saved(data, timeout=timeout)
 
 
+#: outcomes that say money was taken or is held: reconciled against the session's amount
+_MONEY_OUTCOMES = frozenset({SessionStatus.COMPLETED, SessionStatus.AUTHORIZED})
+
+
+def charge_mismatch(
+    pending: SessionRecord, outcome: PaymentOutcome, at: datetime
+) -> AmountMismatch | None:
+    """The charge's report of money that is not the session's (another amount or currency), or
+    None when it agrees or reports no amount (:mod:`gateway.reconciliation` for webhooks)."""
+    if outcome.status not in _MONEY_OUTCOMES or outcome.amount is None:
+        return None
+    currency = outcome.currency.upper() if outcome.currency else pending.currency
+    if currency == pending.currency and outcome.amount == pending.amount.total:
+        return None
+    return AmountMismatch(
+        provider=outcome.provider,
+        source="charge",
+        eventId=None,
+        eventType="charge_saved",
+        reportedStatus=outcome.status,
+        amount=outcome.amount,
+        currency=currency,
+        at=at,
+    )
+
+
 def settled(pending: SessionRecord, outcome: PaymentOutcome, at: datetime) -> SessionRecord:
     """``pending`` (the new session, PENDING) moved to the charge's outcome, with the payment's
     references: the record the create stores. The provider's payment id is the session's
-    provider reference (its webhooks about the payment name it)."""
+    provider reference (its webhooks about the payment name it). A report of money that is not
+    the session's is recorded as ``amountMismatch`` and not applied: the session reads
+    PROCESSING (money moved, of an amount nobody agreed to) and holds its order until a person
+    decides."""
     changes: dict[str, object] = {
         "paymentId": outcome.payment_id,
         "captureId": outcome.capture_id,
         "providerSessionId": outcome.payment_id or "",
     }
-    if outcome.status is SessionStatus.FAILED:
+    status = outcome.status
+    found = charge_mismatch(pending, outcome, at)
+    if found is not None:
+        changes["amountMismatch"] = found
+        status = SessionStatus.PROCESSING
+    if status is SessionStatus.FAILED:
         changes["failureReason"] = outcome.failure_reason or "declined by the provider"
-    moved = apply(pending, outcome.status, at, f"api:{outcome.provider}", changes=changes)
+    moved = apply(pending, status, at, f"api:{outcome.provider}", changes=changes)
     if moved is None:  # PENDING moves to every outcome the charge may answer
-        raise AssertionError(f"PENDING cannot move to {outcome.status.value}")
+        raise AssertionError(f"PENDING cannot move to {status.value}")
     return moved

@@ -55,6 +55,7 @@ from gateway.idempotency import (
 )
 from gateway.lifecycle import LifecycleService
 from gateway.metrics import (
+    AMOUNT_MISMATCHES,
     IDEMPOTENCY,
     SESSION_CREATE_OVERHEAD,
     SESSION_TRANSITIONS,
@@ -630,6 +631,18 @@ class SessionService:
             merchant, request, idempotency_key, token, decision, tries, record, outbox, []
         )
         SESSION_TRANSITIONS.labels(SessionStatus.PENDING.value, record.status.value, "api").inc()
+        found = record.amountMismatch
+        if found is not None:
+            AMOUNT_MISMATCHES.labels(found.provider, found.source).inc()
+            log.error(
+                "provider charged %s %s for a next payment of %s %s; recorded, not applied: "
+                "reconcile at the provider",
+                found.amount,
+                found.currency,
+                record.amount.total,
+                record.currency,
+                extra={"session_id": record.sessionId, "provider": found.provider},
+            )
         if record.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
             await self.router.record_payment(
                 record.provider,

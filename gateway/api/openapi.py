@@ -94,7 +94,10 @@ class AmountMismatchView(_View):
     """A provider verdict that was not applied: its amount or currency differed."""
 
     provider: str
-    source: str = Field(description="webhook, or the gateway's own capture / authorize call")
+    source: str = Field(
+        description="webhook, or the gateway's own call: capture / authorize, or charge (a "
+        "next_in_series charge)"
+    )
     eventId: str | None
     eventType: str
     reportedStatus: str = Field(description="The status the provider's verdict asked for")

@@ -372,3 +372,30 @@ async def test_a_processing_charge_is_completed_by_the_providers_webhook(
         ("PROCESSING", "api:stripe"),
         ("COMPLETED", "webhook:stripe"),
     ]
+
+
+async def test_a_charge_of_another_amount_is_recorded_not_applied(
+    lifecycle_env: EnvFactory,
+) -> None:
+    env = await lifecycle_env("stripe")
+    mandate = await paid_mandate(env)
+    await set_faults(env, chargeSkew=1)  # the provider takes one cent more than asked
+    status, body, _ = await charge(env, mandate["sessionId"], "next-skew")
+    assert status == 201, body
+    assert body["status"] == "PROCESSING"
+    view = await env.read(body["sessionId"])
+    found = view["amountMismatch"]
+    assert (found["source"], found["reportedStatus"], found["amount"], found["currency"]) == (
+        "charge",
+        "COMPLETED",
+        "140.77",
+        "AUD",
+    )
+    assert view["amountCaptured"] == "0.00"
+    # the provider's webhook reports the same amount: still not applied
+    await asyncio.sleep(0.3)
+    assert (await env.read(body["sessionId"]))["status"] == "PROCESSING"
+    # and the order stays held: money of an amount nobody agreed to moved
+    await set_faults(env)
+    status, again, _ = await charge(env, mandate["sessionId"], "next-skew-2")
+    assert status == 409, again
