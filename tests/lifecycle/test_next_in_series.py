@@ -383,18 +383,21 @@ async def test_a_charge_of_another_amount_is_recorded_not_applied(
     status, body, _ = await charge(env, mandate["sessionId"], "next-skew")
     assert status == 201, body
     assert body["status"] == "PROCESSING"
-    view = await env.read(body["sessionId"])
-    found = view["amountMismatch"]
+    # the merchant is told with the move (the provider's webhook with the same amount follows)
+    events = await settled(env, body["sessionId"], 2)
+    moved = max(events, key=lambda e: e["data"]["payment_session"]["version"])
+    found = moved["data"]["payment_session"]["amountMismatch"]
     assert (found["source"], found["reportedStatus"], found["amount"], found["currency"]) == (
         "charge",
         "COMPLETED",
         "140.77",
         "AUD",
     )
-    assert view["amountCaptured"] == "0.00"
-    # the provider's webhook reports the same amount: still not applied
     await asyncio.sleep(0.3)
-    assert (await env.read(body["sessionId"]))["status"] == "PROCESSING"
+    view = await env.read(body["sessionId"])
+    assert view["status"] == "PROCESSING"  # the webhook's verdict is not applied either
+    assert view["amountMismatch"]["amount"] == "140.77"
+    assert view["amountCaptured"] == "0.00"
     # and the order stays held: money of an amount nobody agreed to moved
     await set_faults(env)
     status, again, _ = await charge(env, mandate["sessionId"], "next-skew-2")
