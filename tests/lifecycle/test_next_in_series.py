@@ -16,7 +16,7 @@ from gateway.domain.session import SessionStatus
 from providers.sandbox.stripe_payments import ledger
 from tests.api.conftest import headers, seed
 from tests.lifecycle.conftest import Env, EnvFactory
-from tests.lifecycle.test_loop import payment_counts, read_when, settled, wait_for
+from tests.lifecycle.test_loop import PROVIDERS, payment_counts, read_when, settled, wait_for
 from tests.lifecycle.test_webhook_signatures import deliver
 from tests.providers.hosted_inputs import press
 
@@ -402,3 +402,18 @@ async def test_a_charge_of_another_amount_is_recorded_not_applied(
     await set_faults(env)
     status, again, _ = await charge(env, mandate["sessionId"], "next-skew-2")
     assert status == 409, again
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+async def test_a_series_is_charged_at_each_provider(
+    lifecycle_env: EnvFactory, provider: str
+) -> None:
+    env = await lifecycle_env(provider)
+    mandate = await paid_mandate(env, **PROVIDERS[provider])
+    assert mandate["provider"] == provider
+    status, body, _ = await charge(env, mandate["sessionId"], "next-each", **PROVIDERS[provider])
+    assert status == 201, body
+    assert body["routing"]["selectedProvider"] == provider
+    view = await read_when(env, body["sessionId"], "COMPLETED")
+    assert view["paymentMethodId"] == mandate["paymentMethodId"]
+    assert view["transitions"][1]["source"] == f"api:{provider}"
