@@ -144,3 +144,20 @@ def test_the_fingerprint_covers_the_session_type_and_the_mandate() -> None:
     first = parse_checkout_request(orjson.dumps(seed(sessionType="first_in_series")))
     assert len({fingerprint(r) for r in (series, other, one_time, first)}) == 4
     assert fingerprint(series) == fingerprint(parse_checkout_request(orjson.dumps(_series())))
+
+
+def test_the_readme_examples_are_valid_requests() -> None:
+    """The curl bodies of the README's "Session types" section parse as the API parses them."""
+    import re
+
+    from tests.api.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Session types") : text.index("## Providers and going live")]
+    bodies = re.findall(r"-d '(\{.*?\})'", section, re.S)
+    assert len(bodies) == 2
+    kinds = []
+    for body in bodies:
+        raw = body.replace("<sessionId of the COMPLETED setup session>", MANDATE)
+        kinds.append(parse_checkout_request(raw.encode()).sessionType)
+    assert kinds == ["setup", "next_in_series"]
