@@ -23,6 +23,7 @@ up.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from gateway.domain.errors import NotFound, ServiceUnavailable, Unprocessable
 from gateway.domain.lifecycle import apply
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import AmountMismatch, Attempt, SessionRecord, SessionStatus
+from gateway.metrics import AMOUNT_MISMATCHES
 from gateway.provider_answers import api_error
 from gateway.routing.decision import Candidate, RoutingDecision
 from gateway.store.base import SessionStore
@@ -59,8 +61,11 @@ __all__ = [
     "SeriesCharges",
     "charge_mismatch",
     "find_mandate",
+    "report_mismatch",
     "settled",
 ]
+
+log = logging.getLogger("gateway.sessions")
 
 MANDATE_NOT_USABLE = "MANDATE_NOT_USABLE"
 #: the session types whose COMPLETED sessions hold a mandate
@@ -283,3 +288,20 @@ def settled(pending: SessionRecord, outcome: PaymentOutcome, at: datetime) -> Se
     if moved is None:  # PENDING moves to every outcome the charge may answer
         raise AssertionError(f"PENDING cannot move to {status.value}")
     return moved
+
+
+def report_mismatch(record: SessionRecord) -> None:
+    """Count and log the charge's amount mismatch recorded on the stored ``record``, if any."""
+    found = record.amountMismatch
+    if found is None:
+        return
+    AMOUNT_MISMATCHES.labels(found.provider, found.source).inc()
+    log.error(
+        "provider charged %s %s for a next payment of %s %s; recorded, not applied: reconcile "
+        "at the provider",
+        found.amount,
+        found.currency,
+        record.amount.total,
+        record.currency,
+        extra={"session_id": record.sessionId, "provider": found.provider},
+    )

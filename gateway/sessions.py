@@ -55,7 +55,6 @@ from gateway.idempotency import (
 )
 from gateway.lifecycle import LifecycleService
 from gateway.metrics import (
-    AMOUNT_MISMATCHES,
     IDEMPOTENCY,
     SESSION_CREATE_OVERHEAD,
     SESSION_TRANSITIONS,
@@ -65,7 +64,14 @@ from gateway.metrics import (
 from gateway.notifications.events import UPDATED
 from gateway.orphans import OrphanCleanup, OrphanCleanupStore
 from gateway.routing.decision import RoutingDecision
-from gateway.series import Charged, Mandate, SeriesCharges, find_mandate, settled
+from gateway.series import (
+    Charged,
+    Mandate,
+    SeriesCharges,
+    find_mandate,
+    report_mismatch,
+    settled,
+)
 from gateway.settings import Settings
 from gateway.store.base import (
     ORDER_CLAIM_PREFIX,
@@ -270,7 +276,15 @@ class SessionService:
                 )
             if mandate is not None:
                 outcome = await self._charge_saved(
-                    merchant, idempotency_key, request, token, pin, tries, routed, mandate
+                    merchant,
+                    idempotency_key,
+                    request,
+                    token,
+                    pin,
+                    tries,
+                    routed,
+                    mandate,
+                    commit_by,
                 )
             else:
                 outcome = await self._route_and_create(
@@ -577,6 +591,7 @@ class SessionService:
         tries: Attempts,
         routed: _Routed,
         mandate: Mandate,
+        commit_by: float,
     ) -> CreateOutcome:
         """A next payment in a series (:mod:`gateway.series`): one charge at the mandate's
         provider, stored with its outcome as the session's status."""
@@ -603,6 +618,13 @@ class SessionService:
         charged: Charged = await self.series.charge(
             decision, routed.unavailable, inputs, deadline, tries
         )
+        if time.monotonic() > commit_by:
+            # as in _route_and_create: the key keeps its pin, a retry replays this charge
+            log.error(
+                "a charge outlived its lease before writing its session; answered 503",
+                extra={"merchant": merchant.merchant_id, "session_id": session_id},
+            )
+            raise StoreUnavailable("the create outlived its claim's lease before its commit")
         pending = _pending(
             merchant,
             request,
@@ -631,18 +653,7 @@ class SessionService:
             merchant, request, idempotency_key, token, decision, tries, record, outbox, []
         )
         SESSION_TRANSITIONS.labels(SessionStatus.PENDING.value, record.status.value, "api").inc()
-        found = record.amountMismatch
-        if found is not None:
-            AMOUNT_MISMATCHES.labels(found.provider, found.source).inc()
-            log.error(
-                "provider charged %s %s for a next payment of %s %s; recorded, not applied: "
-                "reconcile at the provider",
-                found.amount,
-                found.currency,
-                record.amount.total,
-                record.currency,
-                extra={"session_id": record.sessionId, "provider": found.provider},
-            )
+        report_mismatch(record)
         if record.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
             await self.router.record_payment(
                 record.provider,
