@@ -417,3 +417,20 @@ async def test_a_series_is_charged_at_each_provider(
     view = await read_when(env, body["sessionId"], "COMPLETED")
     assert view["paymentMethodId"] == mandate["paymentMethodId"]
     assert view["transitions"][1]["source"] == f"api:{provider}"
+
+
+async def test_a_key_reused_for_another_charge_is_a_mismatch(lifecycle_env: EnvFactory) -> None:
+    env = await lifecycle_env("stripe")
+    mandate = await paid_mandate(env)
+    status, first, _ = await charge(env, mandate["sessionId"], "next-reused")
+    assert status == 201, first
+    status, body, _ = await charge(
+        env,
+        mandate["sessionId"],
+        "next-reused",
+        amount={"total": 119},
+        orderItems=[{"name": "Wireless Headphones", "quantity": 1, "unitPrice": 119}],
+    )
+    assert status == 422
+    assert body["code"] == "IDEMPOTENCY_KEY_MISMATCH"
+    assert len(intents_of(env, first["sessionId"])) == 1
