@@ -61,12 +61,17 @@ class RouterLike(Protocol):
         *,
         unavailable: dict[str, str],
         dry_run: bool = False,
+        held_by: str | None = None,
     ) -> RoutingDecision: ...
 
     def count(self, decision: RoutingDecision, seconds: float) -> None: ...
 
     async def record_creation(
         self, provider: str, outcome: str, latency_ms: float, request: CheckoutRequest
+    ) -> None: ...
+
+    async def record_payment(
+        self, provider: str, success: bool, currency: str | None, country: str | None
     ) -> None: ...
 
 

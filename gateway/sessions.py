@@ -33,6 +33,7 @@ from gateway.domain.errors import (
     Conflict,
     Unprocessable,
 )
+from gateway.domain.lifecycle import EXPIRABLE
 from gateway.domain.models import CheckoutRequest
 from gateway.domain.session import (
     FINAL_STATUSES,
@@ -60,8 +61,17 @@ from gateway.metrics import (
     SESSIONS_CREATED,
     merchant_label,
 )
+from gateway.notifications.events import UPDATED
 from gateway.orphans import OrphanCleanup, OrphanCleanupStore
 from gateway.routing.decision import RoutingDecision
+from gateway.series import (
+    Charged,
+    Mandate,
+    SeriesCharges,
+    find_mandate,
+    report_mismatch,
+    settled,
+)
 from gateway.settings import Settings
 from gateway.store.base import (
     ORDER_CLAIM_PREFIX,
@@ -70,11 +80,13 @@ from gateway.store.base import (
     CreatePin,
     CreationStore,
     OrphanJob,
+    OutboxItem,
     SessionCursor,
     StoredResponse,
     StoreUnavailable,
 )
 from providers.base import (
+    ChargeInput,
     CreateSessionInput,
     ProviderAdapter,
     ProviderSession,
@@ -175,6 +187,13 @@ class SessionService:
         )
         #: expiry on read and the ``payment_session.created`` notification (None: neither)
         self.lifecycle = lifecycle
+        #: next_in_series: the one charge at the mandate's provider
+        self.series = SeriesCharges(
+            adapters,
+            circuits,
+            self.attempts.boundary,
+            provider_timeout_s=settings.provider_timeout_seconds,
+        )
         self.orphans = OrphanCleanup(
             store,
             adapters,
@@ -203,7 +222,10 @@ class SessionService:
         # routed before the claim, so the claim records where the first call will go: if this
         # process dies mid-call, a retry goes back there and the provider replays its session
         # (not counted in the decision metrics unless acted on: a replay acts on none)
-        routed = await self._decide(merchant, request)
+        mandate = None
+        if request.sessionType == "next_in_series":
+            mandate = await find_mandate(self.store, scope, request)
+        routed = await self._decide(merchant, request, mandate)
         first = routed.decision.ranked[0].provider if routed.decision.ranked else None
         proposed = CreatePin(created_at=utcnow(), request_id=request_id, first=first)
         begun = await self.store.begin_create(
@@ -252,16 +274,22 @@ class SessionService:
                 await self._take_over_order(
                     scope, request.orderReference, begun.order_holder, token
                 )
-            outcome = await self._route_and_create(
-                merchant,
-                idempotency_key,
-                request,
-                token,
-                pin,
-                tries,
-                routed,
-                commit_by,
-            )
+            if mandate is not None:
+                outcome = await self._charge_saved(
+                    merchant,
+                    idempotency_key,
+                    request,
+                    token,
+                    pin,
+                    tries,
+                    routed,
+                    mandate,
+                    commit_by,
+                )
+            else:
+                outcome = await self._route_and_create(
+                    merchant, idempotency_key, request, token, pin, tries, routed, commit_by
+                )
         except BaseException:
             # a provider may hold this key's parameters: keep the pin for the retry
             keep_pin = begun.resumed or bool(tries.held)
@@ -451,14 +479,21 @@ class SessionService:
             self.orphans.start(session_id, orphans)
         return outcome
 
-    async def _decide(self, merchant: Merchant, request: CheckoutRequest) -> _Routed:
+    async def _decide(
+        self, merchant: Merchant, request: CheckoutRequest, mandate: Mandate | None = None
+    ) -> _Routed:
         """The routing decision for ``request`` (a dry run: :meth:`create` counts it once it
-        acts on it), and the providers its circuits kept out."""
+        acts on it), and the providers its circuits kept out; a next payment in a series goes
+        to its mandate's provider only."""
         await self.circuits.refresh()
         started = time.perf_counter()
         unavailable = self.circuits.unavailable()
         decision = self.router.decide(
-            request, merchant.merchant_id, unavailable=unavailable, dry_run=True
+            request,
+            merchant.merchant_id,
+            unavailable=unavailable,
+            dry_run=True,
+            held_by=mandate.provider if mandate is not None else None,
         )
         return _Routed(decision, unavailable, time.perf_counter() - started)
 
@@ -478,41 +513,36 @@ class SessionService:
         orphans: list[OrphanSession],
         jobs: list[OrphanJob],
     ) -> CreateOutcome:
-        routing = RoutingSummary(
-            selectedProvider=result.provider,
-            score=round(score, 2),
-            rulesVersion=decision.rules_version,
-            decisionId=decision.decision_id,
-            attempts=tries.made,
-            matchedRules=list(decision.matched_rules),
+        record = _pending(
+            merchant, request, decision, score, tries, session_id, created_at, expires_at
+        ).model_copy(
+            update={
+                "provider": result.provider,
+                "providerSessionId": result.reference,
+                "checkoutUrl": result.checkout_url,
+                "orphans": orphans,
+            }
         )
-        record = SessionRecord(
-            sessionId=session_id,
-            merchantId=merchant.merchant_id,
-            orderReference=request.orderReference,
-            status=SessionStatus.PENDING,
-            provider=result.provider,
-            providerSessionId=result.reference,
-            checkoutUrl=result.checkout_url,
-            currency=request.currency,
-            amount=SessionAmount(
-                total=request.amount.total, shipping=request.amount.shipping, tax=request.amount.tax
-            ),
-            paymentMethod=request.paymentMethod,
-            captureMethod=request.captureMethod,
-            routing=routing,
-            createdAt=created_at,
-            updatedAt=created_at,
-            expiresAt=expires_at,
-            transitions=[Transition(status=SessionStatus.PENDING, at=created_at, source="gateway")],
-            billingCountry=request.billing_country,
-            sessionType=request.sessionType,
-            savePaymentMethod=request.saves_payment_method,
-            customerReference=request.customerReference,
-            successUrl=request.redirectUrls.success if request.redirectUrls else None,
-            failureUrl=request.redirectUrls.failure if request.redirectUrls else None,
-            orphans=orphans,
+        outbox = self.lifecycle.creation_outbox(record) if self.lifecycle else []
+        return await self._commit(
+            merchant, request, idempotency_key, token, decision, tries, record, outbox, jobs
         )
+
+    async def _commit(
+        self,
+        merchant: Merchant,
+        request: CheckoutRequest,
+        idempotency_key: str,
+        token: str,
+        decision: RoutingDecision,
+        tries: Attempts,
+        record: SessionRecord,
+        outbox: list[OutboxItem],
+        jobs: list[OrphanJob],
+    ) -> CreateOutcome:
+        """Store the new session with its notifications and jobs, bind the order and
+        complete the key with the 201 (:func:`_created_body`)."""
+        session_id = record.sessionId
         body = _created_body(record)
         location = f"/api/v1/sessions/{session_id}"
         guarded = self.settings.order_reference_guard
@@ -528,8 +558,8 @@ class SessionService:
                 order_ttl_s=self.settings.session_retention_seconds,
             ),
             ttl_s=self.settings.session_retention_seconds,
-            expires_at=expires_at.timestamp(),
-            outbox=self.lifecycle.creation_outbox(record) if self.lifecycle else (),
+            expires_at=record.expiresAt.timestamp() if record.status in EXPIRABLE else None,
+            outbox=outbox,
             orphans=jobs,
         )
         if not completed:
@@ -538,18 +568,100 @@ class SessionService:
                 extra={"merchant": merchant.merchant_id, "session_id": session_id},
             )
         SESSIONS_CREATED.labels(
-            result.provider, request.currency, merchant_label(merchant.merchant_id)
+            record.provider, request.currency, merchant_label(merchant.merchant_id)
         ).inc()
         SESSION_TRANSITIONS.labels("none", SessionStatus.PENDING.value, "gateway").inc()
         return CreateOutcome(
             201,
             body,
             location=location,
-            provider=result.provider,
+            provider=record.provider,
             decision_id=decision.decision_id,
             attempts=len(tries.made),
             provider_wait_s=tries.waited_s,
         )
+
+    async def _charge_saved(
+        self,
+        merchant: Merchant,
+        idempotency_key: str,
+        request: CheckoutRequest,
+        token: str,
+        pin: CreatePin,
+        tries: Attempts,
+        routed: _Routed,
+        mandate: Mandate,
+        commit_by: float,
+    ) -> CreateOutcome:
+        """A next payment in a series (:mod:`gateway.series`): one charge at the mandate's
+        provider, stored with its outcome as the session's status."""
+        deadline = time.monotonic() + self.settings.request_deadline_seconds
+        session_id = session_id_for(merchant.merchant_id, idempotency_key)
+        created_at = pin.created_at
+
+        def inputs(provider: str) -> ChargeInput:
+            return ChargeInput(
+                session_id=session_id,
+                merchant_id=merchant.merchant_id,
+                idempotency_key=derived_provider_key(
+                    merchant.merchant_id, idempotency_key, provider
+                ),
+                request=request,
+                customer_id=mandate.customer_id,
+                payment_method_id=mandate.payment_method_id,
+                mandate_payment_id=mandate.payment_id,
+                request_id=pin.request_id,
+                created_at=created_at,
+            )
+
+        decision = routed.decision
+        charged: Charged = await self.series.charge(
+            decision, routed.unavailable, inputs, deadline, tries
+        )
+        if time.monotonic() > commit_by:
+            # as in _route_and_create: the key keeps its pin, a retry replays this charge
+            log.error(
+                "a charge outlived its lease before writing its session; answered 503",
+                extra={"merchant": merchant.merchant_id, "session_id": session_id},
+            )
+            raise StoreUnavailable("the create outlived its claim's lease before its commit")
+        pending = _pending(
+            merchant,
+            request,
+            decision,
+            charged.candidate.score,
+            tries,
+            session_id,
+            created_at,
+            created_at + timedelta(seconds=request.expiresIn),
+        ).model_copy(
+            update={
+                "provider": charged.candidate.provider,
+                "mandateSessionId": mandate.session_id,
+                "customerId": mandate.customer_id,
+                "paymentMethodId": mandate.payment_method_id,
+            }
+        )
+        record = settled(pending, charged.outcome, max(utcnow(), created_at))
+        outbox: list[OutboxItem] = []
+        if self.lifecycle is not None:
+            notifier = self.lifecycle.notifier
+            outbox = self.lifecycle.creation_outbox(pending) + notifier.items(
+                record, UPDATED, at=record.updatedAt, previous=SessionStatus.PENDING
+            )
+        outcome = await self._commit(
+            merchant, request, idempotency_key, token, decision, tries, record, outbox, []
+        )
+        SESSION_TRANSITIONS.labels(SessionStatus.PENDING.value, record.status.value, "api").inc()
+        report_mismatch(record)
+        if record.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+            await self.router.record_payment(
+                record.provider,
+                record.status is SessionStatus.COMPLETED,
+                record.currency,
+                record.billingCountry,
+            )
+        return outcome
 
     async def returning(
         self, session_id: str, provider_session_id: str, *, wait: bool = True
@@ -610,16 +722,72 @@ class SessionService:
 
 
 def _created_body(record: SessionRecord) -> bytes:
-    """The 201 body of a create, a function of the stored session alone."""
+    """The 201 body of a create, a function of the stored session alone: the status the create
+    stored it in (PENDING, or a next payment's outcome), whatever happened to it since."""
     return orjson.dumps(
         {
             "sessionId": record.sessionId,
             "checkoutUrl": record.checkoutUrl,
-            "status": SessionStatus.PENDING.value,
+            "status": _created_status(record).value,
             "routing": record.routing.model_dump(mode="json"),
             "expiresAt": isoformat(record.expiresAt),
             "createdAt": isoformat(record.createdAt),
         }
+    )
+
+
+def _created_status(record: SessionRecord) -> SessionStatus:
+    """The status ``record`` was created in: a next payment's first move (the charge's
+    outcome, made by the create itself), PENDING for every other session."""
+    if record.sessionType == "next_in_series" and len(record.transitions) > 1:
+        return record.transitions[1].status
+    return SessionStatus.PENDING
+
+
+def _pending(
+    merchant: Merchant,
+    request: CheckoutRequest,
+    decision: RoutingDecision,
+    score: float,
+    tries: Attempts,
+    session_id: str,
+    created_at: datetime,
+    expires_at: datetime,
+) -> SessionRecord:
+    """The new session as routing left it, PENDING, before any provider reference is set."""
+    routing = RoutingSummary(
+        selectedProvider=tries.chosen.provider if tries.chosen else "",
+        score=round(score, 2),
+        rulesVersion=decision.rules_version,
+        decisionId=decision.decision_id,
+        attempts=tries.made,
+        matchedRules=list(decision.matched_rules),
+    )
+    return SessionRecord(
+        sessionId=session_id,
+        merchantId=merchant.merchant_id,
+        orderReference=request.orderReference,
+        status=SessionStatus.PENDING,
+        provider=routing.selectedProvider,
+        providerSessionId="",
+        checkoutUrl=None,
+        currency=request.currency,
+        amount=SessionAmount(
+            total=request.amount.total, shipping=request.amount.shipping, tax=request.amount.tax
+        ),
+        paymentMethod=request.paymentMethod,
+        captureMethod=request.captureMethod,
+        routing=routing,
+        createdAt=created_at,
+        updatedAt=created_at,
+        expiresAt=expires_at,
+        transitions=[Transition(status=SessionStatus.PENDING, at=created_at, source="gateway")],
+        billingCountry=request.billing_country,
+        sessionType=request.sessionType,
+        savePaymentMethod=request.saves_payment_method,
+        customerReference=request.customerReference,
+        successUrl=request.redirectUrls.success if request.redirectUrls else None,
+        failureUrl=request.redirectUrls.failure if request.redirectUrls else None,
     )
 
 
@@ -635,7 +803,9 @@ def _orphans(tries: Attempts, pin: CreatePin) -> list[OrphanSession]:
     ]
 
 
-_PAID_OR_PAYING = frozenset({SessionStatus.PROCESSING, SessionStatus.COMPLETED})
+_PAID_OR_PAYING = frozenset(
+    {SessionStatus.PROCESSING, SessionStatus.AUTHORIZED, SessionStatus.COMPLETED}
+)
 _OPEN = frozenset({SessionStatus.PENDING, SessionStatus.REQUIRES_ACTION})
 
 

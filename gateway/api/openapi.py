@@ -48,8 +48,18 @@ class SessionCreated(_View):
     """The 201 answer of POST /api/v1/sessions (replayed as is for a retry of its key)."""
 
     sessionId: str = Field(json_schema_extra={"format": "uuid"})
-    checkoutUrl: str = Field(description="The provider's hosted checkout page for the customer")
-    status: str
+    checkoutUrl: str | None = Field(
+        description="The provider's hosted checkout page for the customer; null for "
+        "next_in_series (the customer is not present)"
+    )
+    status: str = Field(
+        description="PENDING for a session the customer still has to pay (one_time, "
+        "first_in_series, setup); for next_in_series the charge's outcome: COMPLETED, "
+        "AUTHORIZED (captureMethod manual), PROCESSING (the provider decides later and the "
+        "session moves when it does) or FAILED with failureReason on the session (a decline is "
+        "a 201, not an error)",
+        json_schema_extra={"enum": ["PENDING", "PROCESSING", "AUTHORIZED", "COMPLETED", "FAILED"]},
+    )
     routing: RoutingSummary
     expiresAt: str = Field(json_schema_extra={"format": "date-time"})
     createdAt: str = Field(json_schema_extra={"format": "date-time"})
@@ -84,7 +94,10 @@ class AmountMismatchView(_View):
     """A provider verdict that was not applied: its amount or currency differed."""
 
     provider: str
-    source: str = Field(description="webhook, or the gateway's own capture / authorize call")
+    source: str = Field(
+        description="webhook, or the gateway's own call: capture / authorize, or charge (a "
+        "next_in_series charge)"
+    )
     eventId: str | None
     eventType: str
     reportedStatus: str = Field(description="The status the provider's verdict asked for")
@@ -206,19 +219,28 @@ _DESCRIPTIONS = {
     400: "Invalid request: every problem listed with its field path",
     401: "Missing or invalid bearer token",
     403: "Token lacks the required scope",
-    404: "Unknown resource (or another merchant's)",
+    404: "Unknown resource (or another merchant's); for a create, an unknown "
+    "mandateSessionId (or another merchant's session)",
     409: "Key in flight (Retry-After), or the order has a pending, paying or paid session",
     413: "Body too large",
     415: "Content-Type is not application/json",
     408: "The request was not received within the read timeouts (the connection is closed)",
-    422: "IDEMPOTENCY_KEY_MISMATCH, NO_AVAILABLE_PROVIDER (no provider could ever take it), "
-    "or IDEMPOTENCY_KEY_EXPIRED (the key's pinned request is too old: use a new key)",
+    422: "IDEMPOTENCY_KEY_MISMATCH, NO_AVAILABLE_PROVIDER (no provider could ever take it; "
+    "for next_in_series: the mandate's provider cannot, the others are excluded as 'mandate "
+    "is held by <provider>'), IDEMPOTENCY_KEY_EXPIRED (the key's pinned request is too old: "
+    "use a new key), MANDATE_NOT_USABLE (mandateSessionId is not a COMPLETED first_in_series "
+    "or setup session with a saved method of this paymentMethod: the message says which), "
+    "PROVIDER_REJECTED or FLOW_NOT_SUPPORTED (next_in_series: the mandate's provider refused "
+    "the charge)",
     429: "Over a rate limit: retry after Retry-After seconds",
     500: "Internal server error",
-    502: "Every provider failed",
+    502: "Every provider failed (next_in_series: code PROVIDER_UNAVAILABLE, the mandate's "
+    "provider could not be reached; it is never failed over: retry with the same key)",
     503: "The store is unavailable, or every provider that could take the request is down "
     "right now (reason PROVIDERS_UNAVAILABLE, Retry-After)",
-    504: "The request deadline passed before any provider created the session",
+    504: "The request deadline passed before any provider created the session "
+    "(next_in_series: code PROVIDER_TIMEOUT, the charge's outcome is unknown: retry with the "
+    "same key, which re-sends the same provider request)",
 }
 
 _BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -258,7 +280,16 @@ def _base_paths() -> dict[str, Any]:
         "/api/v1/sessions": {
             "post": {
                 "operationId": "createSession",
-                "summary": "Create a hosted checkout session",
+                "summary": "Create a hosted checkout session, or charge a saved method",
+                "description": "sessionType one_time or first_in_series: a hosted checkout "
+                "session (status PENDING, checkoutUrl set). setup: a hosted session that saves "
+                "a payment method and charges nothing (amount.total 0, orderItems may be "
+                "omitted); once COMPLETED it carries customerId and paymentMethodId and can "
+                "serve as a mandate. next_in_series: mandateSessionId names the merchant's "
+                "COMPLETED first_in_series or setup session; its saved method is charged at "
+                "the provider that holds it (and only there: no failover), with no customer "
+                "present and no redirectUrls; the 201 carries the outcome as status and "
+                "checkoutUrl null.",
                 "security": _BEARER,
                 "x-scope": "sessions:write",
                 "parameters": [idem],
@@ -276,7 +307,7 @@ def _base_paths() -> dict[str, Any]:
                         },
                         "content": {"application/json": {"schema": _ref("SessionCreated")}},
                     },
-                    **_errors(400, 401, 403, 408, 409, 413, 415, 422, 429, 500, 502, 503, 504),
+                    **_errors(400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 500, 502, 503, 504),
                 },
             },
             "get": {

@@ -2,7 +2,8 @@
 
 - ``GET  /api/v1/routing/rules``     (routing:read)  version, content hash, the rules
 - ``POST /api/v1/routing/simulate``  (routing:read)  a session request's full decision; creates
-  nothing, holds no idempotency key, counts no outcome
+  nothing, holds no idempotency key, counts no outcome (a next_in_series request reads its
+  mandate as a create does: 404 / 422 MANDATE_NOT_USABLE)
 - ``POST /api/v1/routing/reload``    (routing:admin) re-read the file now (422 RULES_INVALID
   when it is refused: the previous rules stay active)
 """
@@ -17,10 +18,11 @@ from aiohttp import web
 from gateway.api.bodies import json_response, read_checkout_request, require_json
 from gateway.api.openapi import EXTRA_MODELS, EXTRA_PATHS
 from gateway.api.routing_schema import RoutingExplanation
-from gateway.appkeys import ROUTER, SERVICES
+from gateway.appkeys import ROUTER, SERVICES, STORE
 from gateway.auth import require
 from gateway.domain.errors import Unprocessable
 from gateway.routing.service import Router
+from gateway.series import find_mandate
 
 __all__ = ["setup_routing_routes"]
 
@@ -58,8 +60,13 @@ async def simulate_route(request: web.Request) -> web.Response:
     if circuits is not None:
         await circuits.refresh()
         unavailable = dict(circuits.unavailable())
+    held_by = None
+    if checkout.sessionType == "next_in_series":  # routed where its mandate is, as a create is
+        held_by = (await find_mandate(request.app[STORE], merchant.merchant_id, checkout)).provider
     router: Router = request.app[ROUTER]
-    decision = router.decide(checkout, merchant.merchant_id, unavailable=unavailable, dry_run=True)
+    decision = router.decide(
+        checkout, merchant.merchant_id, unavailable=unavailable, dry_run=True, held_by=held_by
+    )
     if not decision.ranked:
         raise Unprocessable.no_available_provider(decision.exclusion_details())
     return json_response({**decision.explain(), "simulated": True})
@@ -136,7 +143,7 @@ EXTRA_PATHS.update(
                         },
                     }
                 }
-                | _errors(400, 401, 403, 415, 422),
+                | _errors(400, 401, 403, 404, 415, 422),
             }
         },
         "/api/v1/routing/reload": {

@@ -443,7 +443,10 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
             data, context={"allow_http_localhost": allow_http_localhost}
         )
     except ValidationError as exc:
-        raise RequestProblems(describe_errors(exc) + _partial_money_problems(data)) from None
+        problems = describe_errors(exc)
+        known = set(problems)
+        problems += [p for p in _partial_session_type_problems(data) if p not in known]
+        raise RequestProblems(problems + _partial_money_problems(data)) from None
     problems = semantic_problems(request)
     if problems:
         raise RequestProblems(problems)
@@ -520,28 +523,69 @@ def semantic_problems(request: CheckoutRequest) -> list[str]:
 
 def session_type_problems(request: CheckoutRequest) -> list[str]:
     """What ``sessionType`` requires or refuses of the other fields."""
+    return _session_type_problems(
+        request.sessionType,
+        total=request.amount.total,
+        capture=request.captureMethod,
+        has_items=request.orderItems is not None,
+        has_mandate=request.mandateSessionId is not None,
+        has_redirects=request.redirectUrls is not None,
+    )
+
+
+def _session_type_problems(
+    kind: str,
+    *,
+    total: Decimal | None,
+    capture: object,
+    has_items: bool,
+    has_mandate: bool,
+    has_redirects: bool,
+) -> list[str]:
+    """:func:`session_type_problems` over plain values (``total`` None: not a valid amount,
+    reported elsewhere), so a body that failed validation elsewhere is checked too."""
     problems: list[str] = []
-    kind = request.sessionType
     if kind == "setup":
-        if request.amount.total != 0:
+        if total is not None and total != 0:
             problems.append("amount.total: must be 0 for a setup session (it charges nothing)")
-        if request.captureMethod == "manual":
+        if capture == "manual":
             problems.append("captureMethod: a setup session charges nothing; must be automatic")
-    elif request.orderItems is None:
+    elif not has_items:
         problems.append("orderItems: Field required")
     if kind == "next_in_series":
-        if request.mandateSessionId is None:
+        if not has_mandate:
             problems.append("mandateSessionId: Field required for next_in_series")
-        if request.redirectUrls is not None:
+        if has_redirects:
             problems.append(
                 "redirectUrls: not allowed for next_in_series (the customer is not present)"
             )
     else:
-        if request.mandateSessionId is not None:
+        if has_mandate:
             problems.append("mandateSessionId: only allowed for next_in_series")
-        if request.redirectUrls is None:
+        if not has_redirects:
             problems.append("redirectUrls: Field required")
     return problems
+
+
+_SESSION_TYPES = frozenset({"one_time", "first_in_series", "setup", "next_in_series"})
+
+
+def _partial_session_type_problems(data: dict[str, Any]) -> list[str]:
+    """:func:`session_type_problems` of a body that failed validation elsewhere, on what it
+    holds (nothing when ``sessionType`` itself is invalid: that is reported already)."""
+    kind = data.get("sessionType", "one_time")
+    if not isinstance(kind, str) or kind not in _SESSION_TYPES:
+        return []
+    raw_amount = data.get("amount")
+    total = _valid(_MONEY, raw_amount.get("total")) if isinstance(raw_amount, dict) else None
+    return _session_type_problems(
+        kind,
+        total=total,
+        capture=data.get("captureMethod"),
+        has_items=data.get("orderItems") is not None,
+        has_mandate=data.get("mandateSessionId") is not None,
+        has_redirects=data.get("redirectUrls") is not None,
+    )
 
 
 _Line = tuple[Decimal | None, int | None]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
@@ -46,7 +47,7 @@ from gateway.routing.stats import (
     estimate_success,
 )
 
-__all__ = ["COMPONENTS", "decide", "derive_decision_id", "stable_unit"]
+__all__ = ["COMPONENTS", "decide", "derive_decision_id", "mandate_exclusion", "stable_unit"]
 
 #: the score components, in the order they are listed and added
 COMPONENTS = ("preference", "success_rate", "latency", "cost")
@@ -298,6 +299,26 @@ def _to_front(ranked: list[Candidate], provider: str) -> None:
             return
 
 
+def mandate_exclusion(holder: str) -> str:
+    """Why a provider other than ``holder`` cannot charge a mandate ``holder`` holds."""
+    return f"mandate is held by {holder}"
+
+
+def _only_holder(
+    holder: str,
+    excluded: list[Exclusion],
+    providers: tuple[CompiledProvider, ...],
+) -> tuple[list[Exclusion], tuple[CompiledProvider, ...]]:
+    """The exclusions and eligible providers when only ``holder`` may be charged."""
+    reason = mandate_exclusion(holder)
+    kept = [e for e in excluded if e.provider == holder]
+    names = {e.provider for e in excluded} | {p.name for p in providers}
+    kept += [Exclusion(name, reason) for name in sorted(names) if name != holder]
+    if holder not in names:
+        kept.append(Exclusion(holder, "not configured in the routing rules"))
+    return kept, tuple(p for p in providers if p.name == holder)
+
+
 def decide(
     features: Features,
     compiled: CompiledRules,
@@ -306,12 +327,17 @@ def decide(
     *,
     decision_id: str | None = None,
     refused: Mapping[str, str] = _NONE,
+    held_by: str | None = None,
 ) -> RoutingDecision:
     """Rank the providers for one request; see the module docstring for the steps.
 
     ``unavailable`` maps providers that must not be tried now (an open circuit) to the reason;
     ``refused`` those whose adapter can never take this request
     (:func:`gateway.routing.eligibility.adapter_exclusions`).
+    ``held_by`` (``next_in_series``): the provider that holds the mandate; every other
+    provider is excluded for it (a saved method is charged where it was saved, never failed
+    over), and the holder is ranked only if it is eligible itself.
+    A setup session charges nothing: amount bounds do not apply to it.
     An empty ``ranked`` means no provider can take the request (``excluded`` says why).
     """
     f = features
@@ -330,12 +356,16 @@ def decide(
         if rule.places:
             placing.append(rule)
     excluded = list(plan.excluded)
+    providers = plan.providers
+    if held_by is not None:
+        excluded, providers = _only_holder(held_by, excluded, providers)
     table = stats.estimates(compiled.stats_key)
     amount_f = float(f.amount)
+    bounded = f.session_type != "setup"
     scored: list[tuple[float, int, str, Candidate]] = []
     eligible: list[tuple[CompiledProvider, _Learnt]] = []
-    for p in plan.providers:
-        reason = p.amount_exclusion(f.currency, f.amount)
+    for p in providers:
+        reason = p.amount_exclusion(f.currency, f.amount) if bounded else None
         if reason is None and p.name in refused:
             reason = refused[p.name]
         if reason is None and p.name in ruled_out:
@@ -351,6 +381,10 @@ def decide(
         rates = list(_ranked_rates([e[1] for e in eligible], compiled.learning.significance))
     for (p, learnt), rate in zip(eligible, rates, strict=True):
         candidate = _score(p, f, compiled, learnt, points.get(p.name, 0.0), amount_f, rate)
+        if held_by is not None:
+            candidate = replace(
+                candidate, details={**candidate.details, "reason": f"holds the mandate ({held_by})"}
+            )
         scored.append((-round(candidate.score, 9), p.rank, p.name, candidate))
     scored.sort(key=_RANKING)
     ranked = [item[3] for item in scored]
@@ -366,6 +400,8 @@ def decide(
                 f"exploration: {ranked[pick].provider} promoted to keep its estimate fresh"
             )
             ranked.insert(0, ranked.pop(pick))
+    if held_by is not None:
+        notes.insert(0, f"next_in_series: routed only to {held_by}, which holds the mandate")
     excluded.sort(key=lambda e: e.provider)
     return RoutingDecision(
         decision_id=decision_id or derive_decision_id(f, compiled),

@@ -240,8 +240,11 @@ class Router:
         unavailable: Mapping[str, str] = _NONE,
         decision_id: str | None = None,
         dry_run: bool = False,
+        held_by: str | None = None,
     ) -> RoutingDecision:
-        """Rank the providers for ``request``; ``unavailable`` maps provider -> reason.
+        """Rank the providers for ``request``; ``unavailable`` maps provider -> reason;
+        ``held_by``: the provider holding a ``next_in_series`` request's mandate (the only one
+        it may go to).
 
         Providers whose adapter cannot take the request are excluded with the adapter's
         reason (:func:`gateway.routing.eligibility.adapter_exclusions`), a refusal that no
@@ -256,6 +259,7 @@ class Router:
             unavailable,
             decision_id=decision_id or f"rd_{os.urandom(12).hex()}",
             refused=adapter_exclusions(self._checks, request),
+            held_by=held_by,
         )
         if not dry_run:
             self.count(decision, time.perf_counter() - started)

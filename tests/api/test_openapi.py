@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import jsonschema
+import pytest
 from openapi_spec_validator import validate as validate_spec
 
 from tests.api.conftest import SEED_BYTES, GatewayFactory, headers
@@ -128,3 +129,35 @@ async def test_simulate_answer_validates_and_explains_the_learning(
     assert all(0 <= c <= 1 for c in chances if c is not None)
     documented = doc["components"]["schemas"]["RoutingCandidateDetails"]["properties"]
     assert set(body["candidates"][0]["details"]) <= set(documented)
+
+
+async def test_the_session_types_validate_against_the_document(gateway: GatewayFactory) -> None:
+    import json
+
+    client = await gateway()
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    request_schema = _resolver_schema(doc, "CheckoutRequest")
+    seed = json.loads(SEED_BYTES)
+    setup = {**seed, "sessionType": "setup", "amount": {"total": 0}}
+    del setup["orderItems"]
+    series = {
+        **seed,
+        "sessionType": "next_in_series",
+        "mandateSessionId": "0b6f8c1e-2f4a-4c1d-9e3b-5a7d6c8e9f01",
+    }
+    del series["redirectUrls"]
+    for body in (setup, series):
+        jsonschema.validate(body, request_schema)
+    # a next payment's 201: no hosted page, the charge's outcome as status
+    created = await (
+        await client.post("/api/v1/sessions", data=SEED_BYTES, headers=headers("t"))
+    ).json()
+    charged = {**created, "checkoutUrl": None, "status": "FAILED"}
+    jsonschema.validate(charged, _resolver_schema(doc, "SessionCreated"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {**charged, "status": "EXPIRED"}, _resolver_schema(doc, "SessionCreated")
+        )
+    create = doc["paths"]["/api/v1/sessions"]["post"]
+    assert "MANDATE_NOT_USABLE" in create["responses"]["422"]["description"]
+    assert "mandateSessionId" in create["responses"]["404"]["description"]
