@@ -219,8 +219,10 @@ async def test_a_next_payment_completes_at_the_mandates_provider(
         ("payment_session.updated", "COMPLETED"),
     ]
     # the verdict feeds the routing statistics like a webhook's
+    # one more outcome discounts the older ones by 1/window (the adaptive learner forgets by
+    # volume): a delta within 0.01 of one success and no failure
     ok, fail = await payment_counts(env, "stripe")
-    assert (ok - ok_before, fail - fail_before) == pytest.approx((1.0, 0.0), abs=1e-3)
+    assert (ok - ok_before, fail - fail_before) == pytest.approx((1.0, 0.0), abs=0.01)
 
 
 async def test_a_declined_charge_is_a_failed_session_not_an_error(
@@ -237,7 +239,7 @@ async def test_a_declined_charge_is_a_failed_session_not_an_error(
         ("stripe", "declined")
     ]
     ok, fail = await payment_counts(env, "stripe")
-    assert (ok - ok_before, fail - fail_before) == pytest.approx((0.0, 1.0), abs=1e-3)
+    assert (ok - ok_before, fail - fail_before) == pytest.approx((0.0, 1.0), abs=0.01)
     view = await env.read(body["sessionId"])
     assert view["status"] == "FAILED"
     assert view["failureReason"]
