@@ -31,6 +31,7 @@ from datetime import datetime
 
 from gateway.adapter_boundary import AdapterBoundary
 from gateway.attempts import Attempts, no_candidate_error
+from gateway.authorizations import expires_at
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import NotFound, ServiceUnavailable, Unprocessable
 from gateway.domain.lifecycle import apply
@@ -265,19 +266,25 @@ def charge_mismatch(
     )
 
 
-def settled(pending: SessionRecord, outcome: PaymentOutcome, at: datetime) -> SessionRecord:
+def settled(
+    pending: SessionRecord, outcome: PaymentOutcome, at: datetime, *, authorization_days: int
+) -> SessionRecord:
     """``pending`` (the new session, PENDING) moved to the charge's outcome, with the payment's
-    references: the record the create stores. The provider's payment id is the session's
-    provider reference (its webhooks about the payment name it). A report of money that is not
+    references: the record the create stores. The session's provider reference is what the
+    provider's webhooks about the payment name (``outcome.reference``: PayPal's order), else
+    the payment id. An AUTHORIZED charge records when its authorization lapses
+    (``authorization_days`` after ``at``). A report of money that is not
     the session's is recorded as ``amountMismatch`` and not applied: the session reads
     PROCESSING (money moved, of an amount nobody agreed to) and holds its order until a person
     decides."""
     changes: dict[str, object] = {
         "paymentId": outcome.payment_id,
         "captureId": outcome.capture_id,
-        "providerSessionId": outcome.payment_id or "",
+        "providerSessionId": outcome.reference or outcome.payment_id or "",
     }
     status = outcome.status
+    if status is SessionStatus.AUTHORIZED:
+        changes["authorizationExpiresAt"] = expires_at(at, authorization_days)
     found = charge_mismatch(pending, outcome, at)
     if found is not None:
         changes["amountMismatch"] = found

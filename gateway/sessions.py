@@ -27,6 +27,7 @@ import orjson
 
 from gateway.attempts import Attempts, ProviderAttempts, RouterLike, no_candidate_error, prefer
 from gateway.auth import Merchant
+from gateway.authorizations import warning_at
 from gateway.background import drain
 from gateway.circuit import CircuitBreakers
 from gateway.domain.errors import (
@@ -558,7 +559,7 @@ class SessionService:
                 order_ttl_s=self.settings.session_retention_seconds,
             ),
             ttl_s=self.settings.session_retention_seconds,
-            expires_at=record.expiresAt.timestamp() if record.status in EXPIRABLE else None,
+            expires_at=_sweep_at(record),
             outbox=outbox,
             orphans=jobs,
         )
@@ -642,7 +643,13 @@ class SessionService:
                 "paymentMethodId": mandate.payment_method_id,
             }
         )
-        record = settled(pending, charged.outcome, max(utcnow(), created_at))
+        adapter = self.adapters[charged.candidate.provider]
+        record = settled(
+            pending,
+            charged.outcome,
+            max(utcnow(), created_at),
+            authorization_days=adapter.capabilities.authorization_days,
+        )
         outbox: list[OutboxItem] = []
         if self.lifecycle is not None:
             notifier = self.lifecycle.notifier
@@ -819,3 +826,13 @@ def _holds_order(session: SessionRecord, now: datetime) -> bool:
     if session.payableUntil is not None and session.payableUntil > now:
         return True
     return session.status in _OPEN and session.expiresAt > now
+
+
+def _sweep_at(record: SessionRecord) -> float | None:
+    """When the expiry sweeper must look at a new session: at its expiry while it may still
+    expire, a day before its authorization lapses when it was authorized at once (a
+    customer-absent charge with manual capture), else never."""
+    if record.status in EXPIRABLE:
+        return record.expiresAt.timestamp()
+    warn = warning_at(record)
+    return warn.timestamp() if warn is not None else None

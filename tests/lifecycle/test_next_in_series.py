@@ -7,6 +7,7 @@ names it in ``mandateSessionId`` and is charged at the mandate's provider only."
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -436,3 +437,33 @@ async def test_a_key_reused_for_another_charge_is_a_mismatch(lifecycle_env: EnvF
     assert status == 422
     assert body["code"] == "IDEMPOTENCY_KEY_MISMATCH"
     assert len(intents_of(env, first["sessionId"])) == 1
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+async def test_a_manual_capture_charge_is_authorized_then_captured(
+    lifecycle_env: EnvFactory, provider: str
+) -> None:
+    """captureMethod manual on a next payment: 201 AUTHORIZED with the lapse of the
+    authorization (the provider's authorization_days) and the sweeper's warning scheduled; the
+    merchant's capture completes it at the same provider."""
+    env = await lifecycle_env(provider)
+    mandate = await paid_mandate(env, **PROVIDERS[provider])
+    status, body, _ = await charge(
+        env, mandate["sessionId"], "next-manual", captureMethod="manual", **PROVIDERS[provider]
+    )
+    assert status == 201, body
+    assert body["status"] == "AUTHORIZED"
+    view = await env.read(body["sessionId"])
+    days = env.lifecycle.adapters[provider].capabilities.authorization_days
+    lapse = datetime.fromisoformat(view["authorizationExpiresAt"].replace("Z", "+00:00"))
+    assert abs((lapse - datetime.now(UTC)) - timedelta(days=days)) < timedelta(minutes=1)
+    if provider == "paypal":  # PayPal's payment webhooks name the order, not the payment
+        assert view["providerSessionId"] != view["paymentId"]
+    captured = await env.client.post(
+        f"/api/v1/sessions/{body['sessionId']}/capture",
+        json={},
+        headers=headers("capture-manual"),
+    )
+    assert captured.status in (200, 202), await captured.text()
+    done = await read_when(env, body["sessionId"], "COMPLETED")
+    assert done["amountCaptured"] == done["amount"]["total"]
