@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import headers
+from tests.api.conftest import headers, seed
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_cancel_expiry import backdate
 from tests.lifecycle.test_loop import payment_counts, read_when, settled, wait_for
@@ -144,6 +144,43 @@ async def test_manual_capture_and_refund_in_the_browser(
         "AUTHORIZED",
         "COMPLETED",
     ]
+
+
+async def test_setup_session_saved_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
+    """A setup session's page offers Save (nothing is charged); saving completes the session
+    with the saved method, which then pays a next payment with no customer present."""
+    env = await lifecycle_env("stripe")
+    body = seed(
+        sessionType="setup",
+        orderReference="SETUP-cust-42",
+        amount={"total": 0},
+        customerReference="cust-42",
+        redirectUrls={
+            "success": f"{env.receiver.url}/checkout/success",
+            "failure": f"{env.receiver.url}/checkout/failure",
+        },
+    )
+    del body["orderItems"]
+    status, created = await _post(env, "/api/v1/sessions", body, "setup-1")
+    assert status == 201, created
+    page = await browser.new_page()
+    await page.goto(created["checkoutUrl"])
+    assert (await page.text_content("#pay") or "").strip() == "Save"
+    assert (await page.text_content("#amount") or "").split() == ["0.00", "AUD"]
+    await page.close()
+    assert await _press(browser, env, created["checkoutUrl"], "pay") == "success"
+    view = await read_when(env, created["sessionId"], "COMPLETED")
+    assert view["customerId"].startswith("cus_")
+    assert view["paymentMethodId"].startswith("pm_")
+    assert view["amountCaptured"] == "0.00"
+    events = await settled(env, created["sessionId"], 2)
+    payload = max((e["data"]["payment_session"] for e in events), key=lambda p: p["version"])
+    assert (payload["status"], payload["paymentMethodId"]) == ("COMPLETED", view["paymentMethodId"])
+    series = seed(sessionType="next_in_series", mandateSessionId=created["sessionId"])
+    del series["redirectUrls"]
+    status, charged = await _post(env, "/api/v1/sessions", series, "next-1")
+    assert status == 201, charged
+    assert (charged["checkoutUrl"], charged["status"]) == (None, "COMPLETED")
 
 
 async def test_decline_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
