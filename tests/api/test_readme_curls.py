@@ -30,6 +30,7 @@ README = (ROOT / "README.md").read_text()
 SECTIONS = [
     ("### `POST /api/v1/sessions/{sessionId}/capture`", "### Errors"),
     ("### Capture and void", "### Expiry"),
+    ("### Session types", "## Providers and going live"),
 ]
 END = "__readme_block_done__"
 
@@ -127,7 +128,8 @@ async def test_the_after_checkout_examples_work_against_make_run(
 ) -> None:
     base, shell = make_run
     blocks = [block for start, end in SECTIONS for block in shell_blocks(start, end)]
-    assert len(blocks) == 4  # capture, refund, list refunds, void
+    # capture, refund, list refunds, void, setup, next_in_series
+    assert len(blocks) == 6
     answers: list[list[Any]] = []  # the JSON each command printed, block by block
     async with aiohttp.ClientSession() as http:
         for block in blocks:
@@ -137,7 +139,8 @@ async def test_the_after_checkout_examples_work_against_make_run(
             printed: list[Any] = []
             for chunk in _chunks(block):
                 if chunk.startswith("#"):
-                    assert "press Pay" in chunk, chunk
+                    # Pay authorizes a manual-capture session; Save completes a setup session
+                    assert "press Pay" in chunk or "press Save" in chunk, chunk
                     created = printed[-1]
                     assert "checkoutUrl" in created, created
                     async with http.post(
@@ -146,7 +149,8 @@ async def test_the_after_checkout_examples_work_against_make_run(
                         assert pressed.status == 303
                     token = (await shell.run('printf %s "$TOKEN"')).strip()
                     session = f"{base}/api/v1/sessions/{created['sessionId']}"
-                    await read_until(http, session, token, "AUTHORIZED")
+                    paid = "COMPLETED" if "press Save" in chunk else "AUTHORIZED"
+                    await read_until(http, session, token, paid)
                     continue
                 output = await shell.run(chunk)
                 documents = json_documents(output)
@@ -176,6 +180,18 @@ async def test_the_after_checkout_examples_work_against_make_run(
             http, f"{base}/api/v1/sessions/{created['sessionId']}", token, "CANCELLED"
         )
         assert view["cancellationReason"] == "requested_by_customer"
+
+        [setup] = answers[4]
+        assert setup["status"] == "PENDING"
+        [charged] = answers[5]
+        assert (charged["checkoutUrl"], charged["status"]) == (None, "COMPLETED"), charged
+        async with http.get(
+            f"{base}/api/v1/sessions/{charged['sessionId']}",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as answer:
+            view = await answer.json()
+        assert view["mandateSessionId"] == setup["sessionId"]
+        assert view["paymentMethodId"]
 
 
 def _chunks(block: str) -> list[str]:
