@@ -4,14 +4,17 @@ sandbox's hosted page, the provider's webhook completes the session, then the me
 the saved method with no customer present (``next_in_series``) and refunds part of the charge.
 
 The gateway runs as `make run` does (sandbox mode, the sandbox mounted under ``/sandbox``, its
-webhooks sent back to the same process), on the memory store and on Redis.
+webhooks sent back to the same process), on the memory store, Redis and PostgreSQL: one process
+per store serves the three providers' series.
 """
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.api.conftest import JWT_SECRET, ROOT, headers, processes, seed
-from tests.gateway_processes import free_port, start_gateway, wait_ready
-
-__all__ = ["processes"]
+from gateway.store.keys import RedisKeys
+from tests.api.conftest import JWT_SECRET, ROOT, headers, seed
+from tests.gateway_processes import free_port, start_gateway, stop_process, wait_ready
+from tests.postgres_support import create_database, drop_database, run_sync, unique_name
+from tests.redis_cleanup import delete_matching_at
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,7 +37,13 @@ MANDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "adyen": ("setup", {}),
     "paypal": ("first_in_series", {"paymentMethod": "paypal"}),
 }
-STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+STORES = [
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+#: what `make run` leaves at its defaults, set for the test: its token secret, quiet logs
+SERVE_ENV = {"GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_LOG_LEVEL": "WARNING"}
 
 
 def pinning_rules(tmp_path: Path) -> Path:
@@ -91,29 +101,60 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> A
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture(params=STORES)
-async def gateway(
-    request: pytest.FixtureRequest,
-    processes: list[subprocess.Popen[str]],
-    tmp_path: Path,
-) -> AsyncIterator[Gateway]:
-    """``gateway serve`` in sandbox mode with the embedded sandbox, on the parametrized store."""
+def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], str]:
+    """``gateway serve`` in sandbox mode with the embedded sandbox and ``env``; its base URL."""
     port = free_port()
-    env = {
-        "GATEWAY_JWT_SECRET": JWT_SECRET,
-        "GATEWAY_RULES_PATH": str(pinning_rules(tmp_path)),
-        "GATEWAY_LOG_LEVEL": "WARNING",
-    }
-    if request.param == "redis":
-        env |= {
-            "GATEWAY_STORE": "redis",
-            "GATEWAY_REDIS_URL": request.getfixturevalue("redis_url"),
-            "GATEWAY_REDIS_PREFIX": request.getfixturevalue("redis_prefix"),
-        }
-    processes.append(start_gateway(port, env, output=tmp_path / "gateway.log"))
-    await wait_ready(port, processes[-1])
+    process = start_gateway(port, {**SERVE_ENV, **env}, output=log)
+    try:
+        run_sync(wait_ready(port, process))
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module", params=STORES)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One gateway process per store for the module's series (each provider's sessions have
+    keys and orders of their own); its base URL."""
+    tmp = tmp_path_factory.mktemp(f"series-{request.param}")
+    env = {"GATEWAY_RULES_PATH": str(pinning_rules(tmp))}
+    with ExitStack() as cleanup:
+        if request.param == "redis":
+            url: str = request.getfixturevalue("redis_url")
+            prefix = f"test:{uuid.uuid4().hex}:"
+            cleanup.callback(delete_matching_at, [url], RedisKeys(prefix).match_all())
+            env |= {"GATEWAY_STORE": "redis", "GATEWAY_REDIS_URL": url}
+            env["GATEWAY_REDIS_PREFIX"] = prefix
+        elif request.param == "postgres":
+            request.getfixturevalue("postgres_url")  # skips (fails under CI) without PostgreSQL
+            name = unique_name("series")
+            database = run_sync(create_database(name))
+            cleanup.callback(lambda: run_sync(drop_database(name)))
+            env |= {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": database}
+        process, base = _serve(env, tmp / "gateway.log")
+        cleanup.callback(stop_process, process)  # stopped first: before its store goes
+        yield base
+
+
+@pytest.fixture
+async def gateway(served: str) -> AsyncIterator[Gateway]:
+    """The module's gateway of the store under test, with an HTTP client of this test."""
     async with aiohttp.ClientSession() as http:
-        yield Gateway(f"http://127.0.0.1:{port}", http)
+        yield Gateway(served, http)
+
+
+@pytest.fixture
+async def fresh_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway of this test alone (memory store): its sandbox faults touch no other test."""
+    process, base = _serve({"GATEWAY_RULES_PATH": str(pinning_rules(tmp_path))}, tmp_path / "log")
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Gateway(base, http)
+    finally:
+        stop_process(process)
 
 
 async def saved_mandate(gw: Gateway, provider: str) -> dict[str, Any]:
@@ -219,9 +260,8 @@ async def test_a_series_charged_and_refunded_at_the_mandates_provider(
     )
 
 
-@pytest.mark.parametrize("gateway", ["memory"], indirect=True)
-async def test_a_declined_next_payment_is_a_failed_session(gateway: Gateway) -> None:
-    gw = gateway
+async def test_a_declined_next_payment_is_a_failed_session(fresh_gateway: Gateway) -> None:
+    gw = fresh_gateway
     mandate = await saved_mandate(gw, "adyen")
     await gw.faults(provider="adyen", declineOffSession=True)
     body = next_payment(mandate["sessionId"], "adyen")
