@@ -158,6 +158,6 @@ def test_the_readme_examples_are_valid_requests() -> None:
     assert len(bodies) == 2
     kinds = []
     for body in bodies:
-        raw = body.replace("<sessionId of the COMPLETED setup session>", MANDATE)
+        raw = body.replace("'\"$SETUP_ID\"'", MANDATE)
         kinds.append(parse_checkout_request(raw.encode()).sessionType)
     assert kinds == ["setup", "next_in_series"]

@@ -9,10 +9,13 @@ fails the test; elsewhere it is skipped.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
 
+from tests.api.conftest import headers, seed
 from tests.lifecycle.conftest import Env, EnvFactory
 from tests.lifecycle.test_cancel_expiry import backdate
 from tests.lifecycle.test_loop import payment_counts, read_when, settled, wait_for
@@ -75,6 +78,109 @@ async def test_saved_card_in_the_browser(lifecycle_env: EnvFactory, browser: Any
     assert payload["customerId"].startswith("cus_")
     assert payload["paymentMethodId"].startswith("pm_")
     assert payload["provider"] == "stripe"
+
+
+async def _post(env: Env, path: str, body: dict[str, Any], key: str) -> tuple[int, Any]:
+    response = await env.client.post(path, data=json.dumps(body), headers=headers(key))
+    return response.status, await response.json()
+
+
+async def test_manual_capture_and_refund_in_the_browser(
+    lifecycle_env: EnvFactory, browser: Any
+) -> None:
+    """Pay only authorizes; the merchant's capture moves the money, a refund gives part back and
+    Stripe's webhook settles it."""
+    env = await lifecycle_env("stripe")
+    created = await env.create(captureMethod="manual")
+    assert await _press(browser, env, created["checkoutUrl"], "pay") == "success"
+    session_id = created["sessionId"]
+    authorized = await read_when(env, session_id, "AUTHORIZED")
+    assert authorized["amountCaptured"] == "0.00"
+    path = f"/api/v1/sessions/{session_id}"
+    status, captured = await _post(env, f"{path}/capture", {"amount": "100.00"}, "cap-1")
+    assert status == 200, captured
+    assert (captured["status"], captured["amountCaptured"]) == ("COMPLETED", "100.00")
+    status, refund = await _post(
+        env, f"{path}/refunds", {"amount": "40.00", "reason": "requested_by_customer"}, "rf-1"
+    )
+    assert status == 201, refund
+    assert (refund["amount"], refund["currency"]) == ("40.00", "AUD")
+
+    async def refund_status() -> str:
+        response = await env.client.get(f"{path}/refunds", headers=headers(None))
+        listed = (await response.json())["data"]
+        assert [r["refundId"] for r in listed] == [refund["refundId"]]
+        return str(listed[0]["status"])
+
+    for _ in range(100):  # the sandbox's refund webhook moves it
+        if await refund_status() == "SUCCEEDED":
+            break
+        await asyncio.sleep(0.05)
+    assert await refund_status() == "SUCCEEDED"
+    view = await env.read(session_id)
+    assert (view["status"], view["amountCaptured"], view["amountRefunded"]) == (
+        "COMPLETED",
+        "100.00",
+        "40.00",
+    )
+    events = await wait_for(
+        lambda: [e for e in env.receiver.of_session(session_id) if e["type"] == "refund.updated"]
+    )
+    assert events[0]["data"]["refund"]["status"] == "SUCCEEDED"
+    # Stripe's checkout.session.completed, then its PaymentIntent's amount_capturable_updated
+    assert [(t["status"], t["source"]) for t in view["transitions"]] == [
+        ("PENDING", "gateway"),
+        ("PROCESSING", "webhook:stripe"),
+        ("AUTHORIZED", "webhook:stripe"),
+        ("COMPLETED", "merchant"),
+    ]
+    updates = sorted(
+        (e["data"]["payment_session"] for e in env.receiver.of_session(session_id)),
+        key=lambda p: p["version"],
+    )
+    assert [p["status"] for p in updates][:4] == [
+        "PENDING",
+        "PROCESSING",
+        "AUTHORIZED",
+        "COMPLETED",
+    ]
+
+
+async def test_setup_session_saved_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
+    """A setup session's page offers Save (nothing is charged); saving completes the session
+    with the saved method, which then pays a next payment with no customer present."""
+    env = await lifecycle_env("stripe")
+    body = seed(
+        sessionType="setup",
+        orderReference="SETUP-cust-42",
+        amount={"total": 0},
+        customerReference="cust-42",
+        redirectUrls={
+            "success": f"{env.receiver.url}/checkout/success",
+            "failure": f"{env.receiver.url}/checkout/failure",
+        },
+    )
+    del body["orderItems"]
+    status, created = await _post(env, "/api/v1/sessions", body, "setup-1")
+    assert status == 201, created
+    page = await browser.new_page()
+    await page.goto(created["checkoutUrl"])
+    assert (await page.text_content("#pay") or "").strip() == "Save"
+    assert (await page.text_content("#amount") or "").split() == ["0.00", "AUD"]
+    await page.close()
+    assert await _press(browser, env, created["checkoutUrl"], "pay") == "success"
+    view = await read_when(env, created["sessionId"], "COMPLETED")
+    assert view["customerId"].startswith("cus_")
+    assert view["paymentMethodId"].startswith("pm_")
+    assert view["amountCaptured"] == "0.00"
+    events = await settled(env, created["sessionId"], 2)
+    payload = max((e["data"]["payment_session"] for e in events), key=lambda p: p["version"])
+    assert (payload["status"], payload["paymentMethodId"]) == ("COMPLETED", view["paymentMethodId"])
+    series = seed(sessionType="next_in_series", mandateSessionId=created["sessionId"])
+    del series["redirectUrls"]
+    status, charged = await _post(env, "/api/v1/sessions", series, "next-1")
+    assert status == 201, charged
+    assert (charged["checkoutUrl"], charged["status"]) == (None, "COMPLETED")
 
 
 async def test_decline_in_the_browser(lifecycle_env: EnvFactory, browser: Any) -> None:
