@@ -9,19 +9,29 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
 
 from gateway.domain.money import scale_of
-from providers.base import ProviderUnavailable
+from providers.base import FlowNotSupported, ProviderUnavailable
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
     from providers.http import HttpResult
 
-__all__ = ["amount_places", "bounded_key", "clip", "header", "json_object", "parse_datetime"]
+__all__ = [
+    "amount_places",
+    "bounded_key",
+    "clip",
+    "from_unix",
+    "header",
+    "json_object",
+    "parse_datetime",
+    "path_segment",
+]
 
 
 def bounded_key(key: str, limit: int) -> str:
@@ -35,6 +45,19 @@ def bounded_key(key: str, limit: int) -> str:
     if len(key) <= limit and key.isascii():
         return key
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def path_segment(value: str, provider: str) -> str:
+    """A provider's id quoted as one URL path segment (``/``, ``?``, ``%`` escaped).
+
+    An empty id, ``.`` or ``..`` would be resolved away by the client's URL normalisation and
+    send the call to another resource (``/payments/../captures`` is ``/captures``): refused with
+    :class:`~providers.base.FlowNotSupported` before anything is sent. The id itself is never
+    put in the message.
+    """
+    if value in ("", ".", ".."):
+        raise FlowNotSupported(provider, "the provider's id cannot name a URL path segment")
+    return quote(value, safe="")
 
 
 def clip(text: str, limit: int) -> str:
@@ -61,6 +84,17 @@ def parse_datetime(value: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
+        return None
+
+
+def from_unix(value: Any) -> datetime | None:
+    """A Unix time (integer seconds) from a provider's JSON as an aware UTC datetime; None when
+    absent, not an integer, or outside the years a datetime can hold."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
         return None
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -51,7 +50,7 @@ from providers.base import (
     WebhookAnswer,
 )
 from providers.http import HttpResult, ProviderHttp
-from providers.wire import bounded_key, json_object, parse_datetime
+from providers.wire import bounded_key, json_object, parse_datetime, path_segment
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -190,7 +189,7 @@ class AdyenAdapter:
     def _payment_path(payment: PaymentReference, action: str) -> str:
         if not payment.payment_id:
             raise FlowNotSupported("adyen", f"no pspReference to {action}: the payment is unknown")
-        return f"/payments/{quote(payment.payment_id, safe='')}/{action}"
+        return f"/payments/{path_segment(payment.payment_id, 'adyen')}/{action}"
 
     async def charge_saved(self, data: ChargeInput, *, timeout: float) -> PaymentOutcome:
         """Charge the stored method with the shopper absent (``/payments``, ContAuth).
@@ -216,6 +215,7 @@ class AdyenAdapter:
             json_object(result, self.name),
             manual=request.captureMethod == "manual",
             currency=request.currency,
+            amount=request.amount.total,
         )
 
     async def capture_payment(

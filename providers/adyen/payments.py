@@ -24,6 +24,7 @@ from providers.adyen.transformers import (
     line_items,
     to_adyen_minor,
 )
+from providers.answers import vouched
 from providers.base import PaymentOutcome, RefundOutcome
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "NO_REDIRECT_URL",
     "REFERENCE_MAX",
     "STORED_METHOD_TYPES",
+    "answered_amount",
     "cancel_body",
     "capture_body",
     "charge_body",
@@ -110,22 +112,37 @@ def _text(payload: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def charge_outcome(payload: Mapping[str, Any], *, manual: bool, currency: str) -> PaymentOutcome:
+def answered_amount(answered: Any) -> tuple[Decimal, str] | None:
+    """An Adyen ``{"value", "currency"}`` as the exact amount and currency; None when it is not
+    an integer of minor units at or above zero in a currency with a known exponent."""
+    if not isinstance(answered, Mapping):
+        return None
+    value, unit = answered.get("value"), answered.get("currency")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    if not isinstance(unit, str):
+        return None
+    try:
+        return from_adyen_minor(value, unit), unit
+    except ValueError:  # a currency without a known exponent
+        return None
+
+
+def charge_outcome(
+    payload: Mapping[str, Any], *, manual: bool, currency: str, amount: Decimal | None = None
+) -> PaymentOutcome:
     """The ``/payments`` answer as an outcome.
 
     Authorised -> COMPLETED (AUTHORIZED with manual capture); Refused/Error -> FAILED with
     ``refusalReason``; a resultCode that needs the shopper -> FAILED (the shopper is absent);
     Cancelled -> CANCELLED; anything else (Pending, Received, ...) -> PROCESSING: the
-    AUTHORISATION notification decides.
+    AUTHORISATION notification decides. An answer whose ``amount`` is not ``amount`` in
+    ``currency``, or cannot be read, is PROCESSING too (:func:`providers.answers.vouched`).
     """
     code = _text(payload, "resultCode") or ""
     psp = _text(payload, "pspReference")
-    amount: Decimal | None = None
-    answered = payload.get("amount")
-    if isinstance(answered, Mapping):
-        value, unit = answered.get("value"), answered.get("currency")
-        if isinstance(value, int) and not isinstance(value, bool) and isinstance(unit, str):
-            amount, currency = from_adyen_minor(value, unit), unit
+    money = answered_amount(payload.get("amount"))
+    unreadable = payload.get("amount") is not None and money is None
     failure: str | None = None
     if code == "Authorised":
         status = SessionStatus.AUTHORIZED if manual else SessionStatus.COMPLETED
@@ -138,15 +155,16 @@ def charge_outcome(payload: Mapping[str, Any], *, manual: bool, currency: str) -
         status = SessionStatus.CANCELLED
     else:
         status = SessionStatus.PROCESSING
-    return PaymentOutcome(
+    outcome = PaymentOutcome(
         provider=PROVIDER,
         status=status,
         payment_id=psp,
-        amount=amount,
-        currency=currency,
+        amount=money[0] if money else None,
+        currency=money[1] if money else currency,
         failure_reason=failure,
         raw_status=code or None,
     )
+    return vouched(outcome, currency=currency, amount=amount, unreadable=unreadable)
 
 
 def _reference(payment: PaymentReference) -> dict[str, str]:

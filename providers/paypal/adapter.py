@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -81,7 +80,7 @@ from providers.paypal.webhooks import (
     verification_body,
     verified,
 )
-from providers.wire import bounded_key, json_object
+from providers.wire import bounded_key, json_object, path_segment
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -384,7 +383,7 @@ class PayPalAdapter:
         action, already = known
         deadline = time.monotonic() + timeout
         request_id = bounded_key(idempotency_key, REQUEST_ID_MAX)
-        order_path = f"/v2/checkout/orders/{quote(reference, safe='')}"
+        order_path = f"/v2/checkout/orders/{path_segment(reference, self.name)}"
         try:
             result = await self._post(
                 f"{order_path}/{action}",
@@ -471,7 +470,12 @@ class PayPalAdapter:
                     raw_status=exc.issue,
                 )
             raise
-        return charge_outcome(json_object(result, self.name), intent=intent)
+        return charge_outcome(
+            json_object(result, self.name),
+            intent=intent,
+            currency=data.request.currency,
+            amount=data.request.amount.total,
+        )
 
     async def capture_payment(
         self,
@@ -489,7 +493,7 @@ class PayPalAdapter:
         self._configured()
         try:
             result = await self._post(
-                f"/v2/payments/authorizations/{quote(authorization_id, safe='')}/capture",
+                f"/v2/payments/authorizations/{path_segment(authorization_id, self.name)}/capture",
                 capture_request(amount, payment.currency),
                 timeout,
                 operation="capture_payment",
@@ -503,7 +507,12 @@ class PayPalAdapter:
             if refused is None:
                 raise
             return refused
-        return capture_outcome(json_object(result, self.name), authorization_id=authorization_id)
+        return capture_outcome(
+            json_object(result, self.name),
+            authorization_id=authorization_id,
+            currency=payment.currency,
+            amount=amount,
+        )
 
     async def void_payment(
         self, payment: PaymentReference, *, idempotency_key: str, timeout: float
@@ -515,7 +524,7 @@ class PayPalAdapter:
         self._configured()
         try:
             result = await self._post(
-                f"/v2/payments/authorizations/{quote(authorization_id, safe='')}/void",
+                f"/v2/payments/authorizations/{path_segment(authorization_id, self.name)}/void",
                 None,
                 timeout,
                 operation="void_payment",
@@ -539,7 +548,7 @@ class PayPalAdapter:
         self._configured()
         try:
             result = await self._post(
-                f"/v2/payments/captures/{quote(capture_id, safe='')}/refund",
+                f"/v2/payments/captures/{path_segment(capture_id, self.name)}/refund",
                 refund_request(data),
                 timeout,
                 operation="refund_payment",

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from gateway.domain.session import RefundStatus, SessionStatus
+from providers.answers import vouched
 from providers.base import AUTHORIZE, CAPTURE, PaymentOutcome, ProviderEvent, RefundOutcome
 from providers.paypal.transformers import (
     custom_id_of,
@@ -211,11 +212,19 @@ def vault_order_request(data: ChargeInput) -> dict[str, Any]:
     }
 
 
-def charge_outcome(order: Mapping[str, Any], *, intent: str) -> PaymentOutcome:
+def charge_outcome(
+    order: Mapping[str, Any],
+    *,
+    intent: str,
+    currency: str | None = None,
+    amount: Decimal | None = None,
+) -> PaymentOutcome:
     """The outcome of a vaulted charge from the order PayPal answers: captures[0] COMPLETED ->
     COMPLETED (``payment_id`` and ``capture_id`` the capture), DECLINED/FAILED -> FAILED,
     PENDING -> PROCESSING; an authorization CREATED -> AUTHORIZED (``payment_id`` the
-    authorization). An order without the payment is PROCESSING (its webhooks decide)."""
+    authorization). An order without the payment is PROCESSING (its webhooks decide), and so
+    is a payment whose amount is not ``amount`` in ``currency`` or cannot be read
+    (:func:`providers.answers.vouched`)."""
     kind = "captures" if intent == CAPTURE else "authorizations"
     payment = first_payment(order, kind)
     order_id = text(order.get("id"))
@@ -230,7 +239,7 @@ def charge_outcome(order: Mapping[str, Any], *, intent: str) -> PaymentOutcome:
     status = payment_status(kind, state)
     payment_id = text(payment.get("id"))
     money = paypal_money(payment.get("amount"))
-    return PaymentOutcome(
+    outcome = PaymentOutcome(
         provider=PROVIDER,
         status=status,
         payment_id=payment_id,
@@ -241,6 +250,8 @@ def charge_outcome(order: Mapping[str, Any], *, intent: str) -> PaymentOutcome:
         raw_status=state,
         reference=order_id,
     )
+    unreadable = payment.get("amount") is not None and money is None
+    return vouched(outcome, currency=currency, amount=amount, unreadable=unreadable)
 
 
 def charge_intent(data: ChargeInput) -> str:
@@ -260,13 +271,21 @@ def capture_request(amount: Decimal, currency: str, *, final: bool = True) -> di
     }
 
 
-def capture_outcome(capture: Mapping[str, Any], *, authorization_id: str) -> PaymentOutcome:
+def capture_outcome(
+    capture: Mapping[str, Any],
+    *,
+    authorization_id: str,
+    currency: str | None = None,
+    amount: Decimal | None = None,
+) -> PaymentOutcome:
     """A capture answer: COMPLETED with ``capture_id`` the capture, PENDING -> PROCESSING,
-    DECLINED/FAILED -> FAILED (:data:`~providers.paypal.transformers.PAYMENT_STATUS`)."""
+    DECLINED/FAILED -> FAILED (:data:`~providers.paypal.transformers.PAYMENT_STATUS`); a
+    capture of another currency, or COMPLETED for another amount than ``amount``, or with an
+    amount that cannot be read, is PROCESSING (:func:`providers.answers.vouched`)."""
     state = text(capture.get("status"))
     status = payment_status("captures", state)
     money = paypal_money(capture.get("amount"))
-    return PaymentOutcome(
+    outcome = PaymentOutcome(
         provider=PROVIDER,
         status=status,
         payment_id=authorization_id,
@@ -277,6 +296,13 @@ def capture_outcome(capture: Mapping[str, Any], *, authorization_id: str) -> Pay
         if status is SessionStatus.FAILED
         else None,
         raw_status=state,
+    )
+    captured = status is SessionStatus.COMPLETED
+    return vouched(
+        outcome,
+        currency=currency,
+        amount=amount if captured else None,
+        unreadable=capture.get("amount") is not None and money is None,
     )
 
 

@@ -18,11 +18,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from gateway.domain.session import SessionStatus
+from providers.answers import vouched
 from providers.base import (
     Capabilities,
     ChargeInput,
@@ -68,7 +69,7 @@ from providers.stripe.webhooks import (
     sign_payload,
     verify_signature,
 )
-from providers.wire import bounded_key, header
+from providers.wire import bounded_key, from_unix, header, path_segment
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -187,7 +188,7 @@ class StripeAdapter:
             provider=self.name,
             reference=session_id,
             checkout_url=url,
-            expires_at=datetime.fromtimestamp(expires, UTC) if isinstance(expires, int) else None,
+            expires_at=from_unix(expires),
             raw_status=payload.get("status") if isinstance(payload.get("status"), str) else None,
         )
 
@@ -201,9 +202,10 @@ class StripeAdapter:
 
         Stripe refuses (400, ProviderRejected) when the session is no longer open.
         """
+        session = path_segment(reference, self.name)
         await self._http.request(
             "POST",
-            f"{self.config.base_url}/v1/checkout/sessions/{quote(reference, safe='')}/expire",
+            f"{self.config.base_url}/v1/checkout/sessions/{session}/expire",
             timeout=timeout,
             headers=self._headers(f"expire:{reference}"),
             data="",
@@ -252,7 +254,7 @@ class StripeAdapter:
         """
         result = await self._http.request(
             "GET",
-            f"{self.config.base_url}/v1/{kind}/{quote(intent_id, safe='')}",
+            f"{self.config.base_url}/v1/{kind}/{path_segment(intent_id, self.name)}",
             timeout=self.webhook_lookup_timeout,
             headers={
                 "Authorization": f"Bearer {self.config.api_key}",
@@ -288,7 +290,13 @@ class StripeAdapter:
                 self._http.check(result, (200,))
                 raise ProviderUnavailable(self.name, "unreadable 402 answer", result.status)
             return outcome
-        return self._intent(payload, result.status)
+        answered = self._intent(payload, result.status)
+        return vouched(
+            answered,
+            currency=data.request.currency,
+            amount=data.request.amount.total,
+            unreadable=answered.amount is None,
+        )
 
     async def capture_payment(
         self,
@@ -300,27 +308,38 @@ class StripeAdapter:
     ) -> PaymentOutcome:
         """``POST /v1/payment_intents/{id}/capture`` with ``amount_to_capture`` (Stripe releases
         the rest of a partial capture)."""
+        intent = self._intent_id(payment)
         result = await self._post(
-            f"/v1/payment_intents/{self._intent_id(payment)}/capture",
+            f"/v1/payment_intents/{path_segment(intent, self.name)}/capture",
             capture_params(amount, payment.currency),
             idempotency_key=idempotency_key,
             timeout=timeout,
             operation="capture_payment",
         )
-        return self._intent(self._object(result.body, result.status), result.status)
+        answered = self._intent(self._object(result.body, result.status), result.status)
+        captured = answered.status is SessionStatus.COMPLETED
+        return vouched(
+            answered,
+            payment_id=intent,
+            currency=payment.currency,
+            amount=amount if captured else None,
+            unreadable=answered.amount is None,
+        )
 
     async def void_payment(
         self, payment: PaymentReference, *, idempotency_key: str, timeout: float
     ) -> PaymentOutcome:
         """``POST /v1/payment_intents/{id}/cancel``: release the authorization."""
+        intent = self._intent_id(payment)
         result = await self._post(
-            f"/v1/payment_intents/{self._intent_id(payment)}/cancel",
+            f"/v1/payment_intents/{path_segment(intent, self.name)}/cancel",
             {},
             idempotency_key=idempotency_key,
             timeout=timeout,
             operation="void_payment",
         )
-        return self._intent(self._object(result.body, result.status), result.status)
+        answered = self._intent(self._object(result.body, result.status), result.status)
+        return vouched(answered, payment_id=intent, currency=payment.currency)
 
     async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
         """``POST /v1/refunds`` of the PaymentIntent, with the gateway's refund and session ids
@@ -342,7 +361,7 @@ class StripeAdapter:
         intent = payment.payment_id or payment.session_reference
         if not intent or not intent.startswith("pi_"):
             raise FlowNotSupported(self.name, "the payment has no Stripe PaymentIntent")
-        return quote(intent, safe="")
+        return intent
 
     def _intent(self, payload: dict[str, Any], status: int) -> PaymentOutcome:
         if not isinstance(payload.get("id"), str) or not isinstance(payload.get("status"), str):

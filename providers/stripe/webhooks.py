@@ -26,13 +26,14 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from gateway.domain.session import RefundStatus, SessionStatus
 from providers.base import ProviderEvent, RefundUpdate, WebhookVerificationError
 from providers.stripe.transformers import from_stripe_minor
+from providers.wire import from_unix
 
 __all__ = [
     "REFUND_STATUS",
@@ -149,12 +150,7 @@ def _envelope(payload: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any], 
     data = payload.get("data")
     obj = data.get("object") if isinstance(data, Mapping) else None
     created = payload.get("created")
-    occurred = (
-        datetime.fromtimestamp(created, UTC)
-        if isinstance(created, int) and not isinstance(created, bool)
-        else None
-    )
-    return event_id, event_type, obj if isinstance(obj, Mapping) else {}, occurred
+    return event_id, event_type, obj if isinstance(obj, Mapping) else {}, from_unix(created)
 
 
 def _session_event(

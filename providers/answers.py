@@ -1,0 +1,65 @@
+"""The check every adapter makes of a provider's answer to a charge, capture or void before the
+gateway may act on it: the answer must be about what was asked.
+
+An answer that reports another payment, another currency or another amount than the call asked
+for (or an amount that cannot be read) proves nothing about the call: it is a fault or a lie on
+the provider's side. Its outcome becomes ``PROCESSING`` (the provider's webhooks decide, or a
+retry under the same idempotency key replays the real answer), never ``COMPLETED``,
+``AUTHORIZED``, ``FAILED`` or ``CANCELLED`` on the strength of the wrong payment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+from gateway.domain.session import SessionStatus
+from providers.base import PaymentOutcome
+
+__all__ = ["vouched"]
+
+
+def _mismatch(
+    outcome: PaymentOutcome,
+    *,
+    payment_id: str | None,
+    currency: str | None,
+    amount: Decimal | None,
+    unreadable: bool,
+) -> bool:
+    if unreadable:
+        return True
+    if payment_id is not None and outcome.payment_id not in (None, payment_id):
+        return True
+    if currency is not None and outcome.currency is not None and outcome.currency != currency:
+        return True
+    if outcome.amount is not None and (outcome.amount < 0 or not outcome.amount.is_finite()):
+        return True
+    return amount is not None and outcome.amount is not None and outcome.amount != amount
+
+
+def vouched(
+    outcome: PaymentOutcome,
+    *,
+    payment_id: str | None = None,
+    currency: str | None = None,
+    amount: Decimal | None = None,
+    unreadable: bool = False,
+) -> PaymentOutcome:
+    """``outcome`` when the answer it came from is about the payment asked (``payment_id``), in
+    ``currency`` and for ``amount`` (each checked when given and answered), and ``unreadable``
+    is False (the answer had an amount the adapter could not read); otherwise the same outcome
+    as ``PROCESSING``, naming the payment asked and none of the answer's amount or reason."""
+    if not _mismatch(
+        outcome, payment_id=payment_id, currency=currency, amount=amount, unreadable=unreadable
+    ):
+        return outcome
+    return replace(
+        outcome,
+        status=SessionStatus.PROCESSING,
+        payment_id=payment_id if payment_id is not None else outcome.payment_id,
+        capture_id=None,
+        amount=None,
+        currency=None,
+        failure_reason=None,
+    )

@@ -1,0 +1,291 @@
+"""The calls after the checkout against a provider that lies (issue 13), over real sockets.
+
+A scripted provider answers each capture, charge, void or refund with whatever the test says:
+success for another payment, amount or currency, amounts that are negative, fractional or in
+a currency nobody knows, ids that would walk out of the URL path. Whatever it says, an adapter
+answers an outcome that never reads COMPLETED when the answer is ambiguous, or raises the
+:class:`providers.base.ProviderError` tree; never a ``KeyError``/``ValueError``/``OverflowError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.domain.session import SessionStatus
+from gateway.settings import SANDBOX_SECRETS, ProviderConfig
+from providers.adyen.adapter import AdyenAdapter
+from providers.base import (
+    FlowNotSupported,
+    PaymentOutcome,
+    PaymentReference,
+    ProviderError,
+    ProviderUnavailable,
+)
+from providers.paypal.adapter import PayPalAdapter
+from providers.stripe.adapter import StripeAdapter
+from tests.providers.test_stripe_payments import charge
+
+Answer = tuple[int, Any]
+
+
+@dataclass
+class LyingProvider:
+    """Answers every call with the scripted ``(status, JSON)``; records the paths asked."""
+
+    answer: Answer = (200, {})
+    paths: list[str] = field(default_factory=list)
+    base_url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.paths.append(request.raw_path)
+        if request.path == "/v1/oauth2/token":  # PayPal's token, always honest
+            token = {"access_token": "tok", "token_type": "Bearer", "expires_in": 3600}
+            return web.json_response(token)
+        status, body = self.answer
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        return web.Response(status=status, body=raw, content_type="application/json")
+
+
+@pytest.fixture
+async def liar(aiohttp_server: Any) -> LyingProvider:
+    provider = LyingProvider()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", provider.handle)
+    server = await aiohttp_server(app)
+    provider.base_url = str(server.make_url("")).rstrip("/")
+    return provider
+
+
+def config(name: str, liar: LyingProvider) -> ProviderConfig:
+    secrets = SANDBOX_SECRETS[name]
+    return ProviderConfig(
+        name=name,
+        base_url=liar.base_url,
+        api_key=secrets.get("api_key"),
+        merchant_account=secrets.get("merchant_account"),
+        client_id=secrets.get("client_id"),
+        client_secret=secrets.get("client_secret"),
+        webhook_secret=secrets.get("webhook_secret"),
+        hmac_key=secrets.get("hmac_key"),
+        webhook_id=secrets.get("webhook_id"),
+        sandbox=True,
+    )
+
+
+def payment(payment_id: str, *, capture_id: str | None = None) -> PaymentReference:
+    return PaymentReference(
+        session_reference=payment_id,
+        payment_id=payment_id,
+        capture_id=capture_id,
+        currency="AUD",
+        amount=Decimal("140.76"),
+        session_id="ses_attack",
+    )
+
+
+Call = Callable[[aiohttp.ClientSession, LyingProvider], Awaitable[PaymentOutcome]]
+
+
+async def stripe_capture(http: aiohttp.ClientSession, liar: LyingProvider) -> PaymentOutcome:
+    adapter = StripeAdapter(config("stripe", liar), http)
+    return await adapter.capture_payment(
+        payment("pi_asked"), Decimal("140.76"), idempotency_key="k1", timeout=5
+    )
+
+
+async def stripe_charge(http: aiohttp.ClientSession, liar: LyingProvider) -> PaymentOutcome:
+    adapter = StripeAdapter(config("stripe", liar), http)
+    return await adapter.charge_saved(charge("cus_1", "pm_1"), timeout=5)
+
+
+async def paypal_capture(http: aiohttp.ClientSession, liar: LyingProvider) -> PaymentOutcome:
+    adapter = PayPalAdapter(config("paypal", liar), http)
+    return await adapter.capture_payment(
+        payment("AUTH-ASKED"), Decimal("140.76"), idempotency_key="k1", timeout=5
+    )
+
+
+def _intent(**changes: Any) -> dict[str, Any]:
+    intent: dict[str, Any] = {
+        "id": "pi_asked",
+        "object": "payment_intent",
+        "status": "succeeded",
+        "amount": 14076,
+        "amount_received": 14076,
+        "currency": "aud",
+    }
+    intent.update(changes)
+    return intent
+
+
+def _paypal_capture(**changes: Any) -> dict[str, Any]:
+    capture: dict[str, Any] = {
+        "id": "CAP-1",
+        "status": "COMPLETED",
+        "amount": {"currency_code": "AUD", "value": "140.76"},
+    }
+    capture.update(changes)
+    return capture
+
+
+# success that is not the success asked for ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "answer"),
+    [
+        (stripe_capture, _intent(id="pi_someone_else")),
+        (stripe_capture, _intent(currency="jpy")),
+        (stripe_capture, _intent(amount_received=1407600)),
+        (stripe_capture, _intent(amount_received=-14076)),
+        (stripe_charge, _intent(currency="usd")),
+        (stripe_charge, _intent(amount_received=999_999_999_999_999_999_999)),
+        (paypal_capture, _paypal_capture(amount={"currency_code": "JPY", "value": "140.76"})),
+        (paypal_capture, _paypal_capture(amount={"currency_code": "AUD", "value": "14076"})),
+    ],
+    ids=[
+        "stripe-capture-other-intent",
+        "stripe-capture-other-currency",
+        "stripe-capture-100x-amount",
+        "stripe-capture-negative",
+        "stripe-charge-other-currency",
+        "stripe-charge-huge",
+        "paypal-capture-other-currency",
+        "paypal-capture-100x-amount",
+    ],
+)
+async def test_success_for_something_else_is_never_completed(
+    http: aiohttp.ClientSession, liar: LyingProvider, call: Call, answer: Any
+) -> None:
+    liar.answer = (200, answer)
+    try:
+        outcome = await call(http, liar)
+    except ProviderError:
+        return  # an error is a fine answer to a lie
+    assert outcome.status is not SessionStatus.COMPLETED, outcome
+
+
+async def test_stripe_charge_answer_for_the_asked_payment_is_completed(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    """The checks do not refuse the truth: the same answer, honest, completes."""
+    liar.answer = (200, _intent(id="pi_new"))
+    outcome = await stripe_charge(http, liar)
+    assert outcome.status is SessionStatus.COMPLETED
+    assert (outcome.amount, outcome.currency) == (Decimal("140.76"), "AUD")
+
+
+# unreadable answers ----------------------------------------------------------------------------
+
+
+def _adyen_charge_answer(amount: Any) -> dict[str, Any]:
+    return {"pspReference": "PSP1", "resultCode": "Authorised", "amount": amount}
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        {"currency": "usd", "value": 14076},  # a code Adyen never sends: not ISO 4217
+        {"currency": "XXX", "value": 14076},  # ISO code without a minor unit
+        {"currency": "", "value": 14076},
+        {"currency": "AUD", "value": -14076},
+        {"currency": "AUD", "value": 140.76},
+        {"currency": "AUD", "value": "14076"},
+    ],
+)
+async def test_adyen_charge_with_an_unreadable_amount_is_an_outcome(
+    http: aiohttp.ClientSession, liar: LyingProvider, amount: Any
+) -> None:
+    liar.answer = (200, _adyen_charge_answer(amount))
+    adapter = AdyenAdapter(config("adyen", liar), http)
+    try:
+        outcome = await adapter.charge_saved(charge("shopper-1", "TOKEN1"), timeout=5)
+    except ProviderError:
+        return
+    assert outcome.status is not SessionStatus.COMPLETED or outcome.amount == Decimal("140.76")
+    assert outcome.amount is None or outcome.amount > 0
+
+
+@pytest.mark.parametrize(
+    "created",
+    [10**12 - 1, -(10**12)],  # far beyond datetime's years
+)
+async def test_stripe_webhook_with_an_absurd_time_is_parsed(created: int) -> None:
+    """``created`` (signed by Stripe) beyond year 9999 must not crash the parser."""
+    from providers.stripe.webhooks import events_from_payload
+
+    payload = {
+        "id": "evt_1",
+        "type": "refund.updated",
+        "created": created,
+        "data": {"object": {"object": "refund", "id": "re_1", "status": "succeeded"}},
+    }
+    [event] = events_from_payload(payload)
+    assert event.occurred_at is None
+
+
+async def test_stripe_session_with_an_absurd_expiry_is_parsed(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    from tests.providers.hosted_inputs import checkout_input, seed_request
+
+    liar.answer = (
+        200,
+        {"id": "cs_1", "url": "https://x.test/pay", "status": "open", "expires_at": 10**15},
+    )
+    adapter = StripeAdapter(config("stripe", liar), http)
+    created = await adapter.create_session(checkout_input(seed_request()), timeout=5)
+    assert created.reference == "cs_1"
+    assert created.expires_at is None
+
+
+# ids that walk out of their path segment ---------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_id", ["..", "."])
+@pytest.mark.parametrize("provider", ["adyen", "paypal"])
+async def test_dot_segment_ids_never_reach_another_path(
+    http: aiohttp.ClientSession, liar: LyingProvider, provider: str, bad_id: str
+) -> None:
+    adapter: AdyenAdapter | PayPalAdapter
+    if provider == "adyen":
+        adapter = AdyenAdapter(config("adyen", liar), http)
+    else:
+        adapter = PayPalAdapter(config("paypal", liar), http)
+    liar.answer = (200, {"status": "received", "pspReference": "X", "id": "X"})
+    with pytest.raises(FlowNotSupported):
+        await adapter.capture_payment(
+            payment(bad_id), Decimal("1.00"), idempotency_key="k", timeout=5
+        )
+    with pytest.raises(FlowNotSupported):
+        await adapter.void_payment(payment(bad_id), idempotency_key="k", timeout=5)
+    assert all("/captures" not in p and "/void" not in p for p in liar.paths), liar.paths
+
+
+@pytest.mark.parametrize("reference", ["..", "."])
+async def test_stripe_cancel_of_a_dot_segment_reference_is_refused(
+    http: aiohttp.ClientSession, liar: LyingProvider, reference: str
+) -> None:
+    adapter = StripeAdapter(config("stripe", liar), http)
+    with pytest.raises(FlowNotSupported):
+        await adapter.cancel_session(reference, timeout=5)
+    assert liar.paths == []
+
+
+async def test_a_non_json_capture_answer_is_unavailable(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    liar.answer = (200, b"<html>ok</html>")
+    with pytest.raises(ProviderUnavailable):
+        await stripe_capture(http, liar)
+    with pytest.raises(ProviderUnavailable):
+        await paypal_capture(http, liar)
