@@ -87,6 +87,8 @@ def _amount(item: Mapping[str, Any], extra: dict[str, str]) -> tuple[Decimal | N
     unit, value = amount.get("currency"), amount.get("value")
     if not isinstance(unit, str) or not isinstance(value, int) or isinstance(value, bool):
         return None, None
+    if value < 0:  # no notification of a payment or refund has one: a lie, not an amount
+        return None, None
     money: Decimal | None = None
     with contextlib.suppress(ValueError):  # unknown currency: keep the event, drop the amount
         money = from_adyen_minor(value, unit)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -171,20 +172,51 @@ def _reason(resource: Mapping[str, Any]) -> str | None:
     return text(details.get("reason")) if isinstance(details, Mapping) else None
 
 
+#: the path of the capture a refund's ``up`` link names
+_CAPTURE_PATH = re.compile(r"/v2/payments/captures/([A-Za-z0-9_-]{1,64})")
+
+
+def _refunded_capture(resource: Mapping[str, Any]) -> str | None:
+    """The capture a refund resource refunds (its ``up`` link), or None. A refund made in
+    PayPal's dashboard names neither the gateway's refund nor its session: this is all that
+    ties it to a payment."""
+    links = resource.get("links")
+    for link in links if isinstance(links, list) else []:
+        if not isinstance(link, Mapping) or link.get("rel") != "up":
+            continue
+        href = link.get("href")
+        if not isinstance(href, str):
+            continue
+        found = _CAPTURE_PATH.fullmatch(urlsplit(href).path)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _event_id(event: Mapping[str, Any]) -> str:
+    """The event's id: the deduplication key of every delivery of it."""
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise WebhookVerificationError(PROVIDER, "event lacks an id")
+    return event_id
+
+
 def _refund_event(event: Mapping[str, Any], resource: Mapping[str, Any]) -> ProviderEvent:
     """A refund resource as a refund update (``custom_id``: the gateway session id,
-    ``invoice_id``: the gateway refund id, both sent with the refund call)."""
+    ``invoice_id``: the gateway refund id, both sent with the refund call; ``capture_id``: the
+    capture refunded)."""
     state = text(resource.get("status"))
     status = refund_status(state)
     money = paypal_money(resource.get("amount"))
     failed = status.value == "FAILED"
     return ProviderEvent(
         provider=PROVIDER,
-        event_id=str(event.get("id", "")),
+        event_id=_event_id(event),
         event_type=str(event.get("event_type", "")),
         reference=None,
         session_id=text(resource.get("custom_id")),
         status=None,
+        capture_id=_refunded_capture(resource),
         occurred_at=parse_datetime(event.get("create_time")),
         extra={"resourceStatus": state or ""},
         refund=RefundUpdate(
@@ -204,7 +236,7 @@ def _setup_event(event: Mapping[str, Any], resource: Mapping[str, Any]) -> Provi
     customer_id = text(customer.get("id")) if isinstance(customer, Mapping) else None
     return ProviderEvent(
         provider=PROVIDER,
-        event_id=str(event.get("id", "")),
+        event_id=_event_id(event),
         event_type=str(event.get("event_type", "")),
         reference=text(resource.get("id")),
         session_id=session_of_customer(customer_id),
@@ -258,7 +290,7 @@ def event_from_paypal(event: Mapping[str, Any]) -> ProviderEvent:
     vault = vault_of(resource)
     return ProviderEvent(
         provider=PROVIDER,
-        event_id=str(event.get("id", "")),
+        event_id=_event_id(event),
         event_type=event_type,
         reference=order_id,
         session_id=session_id,

@@ -95,8 +95,11 @@ def stripe_exponent(currency: str) -> int:
 
 def from_stripe_minor(value: Any, currency: Any) -> tuple[Decimal, str] | None:
     """Stripe's ``amount``/``currency`` pair (integer minor units, lower-case code) as the exact
-    major-unit amount and upper-case code; None when either is missing or not understood."""
+    major-unit amount and upper-case code; None when either is missing or not understood (an
+    amount below zero included: no Stripe object this gateway reads has one)."""
     if isinstance(value, bool) or not isinstance(value, int) or not isinstance(currency, str):
+        return None
+    if value < 0:
         return None
     try:
         return from_minor(value, stripe_exponent(currency)), currency.upper()

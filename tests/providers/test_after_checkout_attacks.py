@@ -289,3 +289,93 @@ async def test_a_non_json_capture_answer_is_unavailable(
         await stripe_capture(http, liar)
     with pytest.raises(ProviderUnavailable):
         await paypal_capture(http, liar)
+
+
+# refund webhooks ------------------------------------------------------------------------------
+
+
+def test_stripe_refund_event_with_a_negative_amount_carries_none() -> None:
+    from providers.stripe.webhooks import events_from_payload
+
+    refund = {"object": "refund", "id": "re_1", "status": "succeeded", "amount": -500}
+    refund["currency"] = "aud"
+    payload = {"id": "evt_1", "type": "refund.updated", "data": {"object": refund}}
+    [event] = events_from_payload(payload)
+    assert event.refund is not None
+    assert event.refund.amount is None
+    assert event.amount is None
+
+
+@pytest.mark.parametrize("value", [-14076, 2**70, 140.76, "14076", True])
+def test_adyen_refund_notification_amount_is_exact_or_none(value: Any) -> None:
+    from providers.adyen.webhooks import event_from_item
+
+    item = {
+        "eventCode": "REFUND",
+        "success": "true",
+        "pspReference": "RF1",
+        "originalReference": "PSP1",
+        "merchantReference": "ses_1:ref_1",
+        "amount": {"currency": "AUD", "value": value},
+    }
+    event = event_from_item(item)
+    assert event.refund is not None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        assert event.refund.amount == Decimal(value).scaleb(-2)
+    else:
+        assert event.refund.amount is None
+        assert event.amount is None
+
+
+def _paypal_refund_event(**resource_changes: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "id": "RF-1",
+        "status": "COMPLETED",
+        "amount": {"currency_code": "AUD", "value": "10.00"},
+        "links": [
+            {"href": "https://api.paypal.test/v2/payments/refunds/RF-1", "rel": "self"},
+            {"href": "https://api.paypal.test/v2/payments/captures/CAP-9", "rel": "up"},
+        ],
+    }
+    resource.update(resource_changes)
+    return {"id": "WH-1", "event_type": "PAYMENT.CAPTURE.REFUNDED", "resource": resource}
+
+
+def test_paypal_foreign_refund_names_the_capture_it_refunds() -> None:
+    """A refund made in PayPal's dashboard carries neither the gateway's refund id nor its
+    session id: the capture it refunds is all that ties it to a session."""
+    from providers.paypal.webhooks import event_from_paypal
+
+    event = event_from_paypal(_paypal_refund_event())
+    assert event.refund is not None
+    assert (event.session_id, event.refund.refund_id) == (None, None)
+    assert event.capture_id == "CAP-9"
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        [{"href": "https://api.paypal.test/v2/payments/captures/CAP-9/../x", "rel": "up"}],
+        [{"href": "https://api.paypal.test/v2/payments/authorizations/A-1", "rel": "up"}],
+        [{"href": 5, "rel": "up"}],
+        "not a list",
+        [None],
+    ],
+)
+def test_paypal_refund_up_link_is_read_defensively(links: Any) -> None:
+    from providers.paypal.webhooks import event_from_paypal
+
+    event = event_from_paypal(_paypal_refund_event(links=links))
+    assert event.capture_id is None
+
+
+@pytest.mark.parametrize("event_id", [None, "", 42])
+def test_paypal_event_without_an_id_is_refused(event_id: Any) -> None:
+    """An id-less event would share its deduplication key ("") with every other one."""
+    from providers.base import WebhookVerificationError
+    from providers.paypal.webhooks import event_from_paypal
+
+    event = _paypal_refund_event()
+    event["id"] = event_id
+    with pytest.raises(WebhookVerificationError):
+        event_from_paypal(event)
