@@ -1,6 +1,9 @@
 """The check every adapter makes of a provider's answer to a charge, capture or void before the
 gateway may act on it: the answer must be about what was asked.
 
+A refund answer that reports another payment, currency or amount stays ``PENDING`` the same way
+(:func:`vouched_refund`).
+
 An answer that reports another payment, another currency or another amount than the call asked
 for (or an amount that cannot be read) proves nothing about the call: it is a fault or a lie on
 the provider's side. Its outcome becomes ``PROCESSING`` (the provider's webhooks decide, or a
@@ -13,10 +16,10 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
-from gateway.domain.session import SessionStatus
-from providers.base import PaymentOutcome
+from gateway.domain.session import RefundStatus, SessionStatus
+from providers.base import PaymentOutcome, RefundOutcome
 
-__all__ = ["vouched"]
+__all__ = ["vouched", "vouched_refund"]
 
 
 def _mismatch(
@@ -63,3 +66,24 @@ def vouched(
         currency=None,
         failure_reason=None,
     )
+
+
+def vouched_refund(
+    outcome: RefundOutcome,
+    *,
+    answered: tuple[Decimal, str] | None,
+    amount: Decimal,
+    currency: str,
+    unreadable: bool = False,
+    other_payment: bool = False,
+) -> RefundOutcome:
+    """``outcome`` when the refund answer it came from refunds ``amount`` in ``currency`` (its
+    ``answered`` amount and currency, when it had one) of the payment asked (``other_payment``
+    False) and had no amount the adapter could not read; otherwise the same refund as
+    ``PENDING``, without the answer's failure reason: its webhook decides."""
+    wrong = unreadable or other_payment
+    if answered is not None:
+        wrong = wrong or answered[1] != currency or answered[0] != amount
+    if not wrong:
+        return outcome
+    return replace(outcome, status=RefundStatus.PENDING, failure_reason=None)

@@ -562,7 +562,9 @@ class PayPalAdapter:
             if refused is None:
                 raise
             return refused
-        return refund_outcome(json_object(result, self.name))
+        return refund_outcome(
+            json_object(result, self.name), amount=data.amount, currency=data.currency
+        )
 
     def _authorization(self, payment: PaymentReference) -> str:
         if not payment.payment_id:

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from gateway.domain.session import RefundStatus, SessionStatus
-from providers.answers import vouched
+from providers.answers import vouched, vouched_refund
 from providers.base import AUTHORIZE, CAPTURE, PaymentOutcome, ProviderEvent, RefundOutcome
 from providers.paypal.transformers import (
     custom_id_of,
@@ -352,9 +352,13 @@ def refund_request(data: RefundInput) -> dict[str, Any]:
     return body
 
 
-def refund_outcome(refund: Mapping[str, Any]) -> RefundOutcome:
+def refund_outcome(
+    refund: Mapping[str, Any], *, amount: Decimal | None = None, currency: str | None = None
+) -> RefundOutcome:
     """A refund answer: COMPLETED -> SUCCEEDED, PENDING -> PENDING, FAILED/CANCELLED -> FAILED
-    (:data:`~providers.paypal.transformers.REFUND_STATUS`)."""
+    (:data:`~providers.paypal.transformers.REFUND_STATUS`); PENDING when its ``amount`` is not
+    ``amount`` in ``currency`` or cannot be read (:func:`providers.answers.vouched_refund`).
+    The minimal answer (``Prefer: return=minimal``) has no amount and is taken at its word."""
     state = text(refund.get("status"))
     status = refund_status(state)
     reason = None
@@ -362,12 +366,19 @@ def refund_outcome(refund: Mapping[str, Any]) -> RefundOutcome:
         details = refund.get("status_details")
         detail = text(details.get("reason")) if isinstance(details, Mapping) else None
         reason = detail or f"refund {state}".lower()
-    return RefundOutcome(
+    outcome = RefundOutcome(
         provider=PROVIDER,
         status=status,
         provider_refund_id=text(refund.get("id")),
         failure_reason=reason,
         raw_status=state,
+    )
+    if amount is None or currency is None:
+        return outcome
+    answered = paypal_money(refund.get("amount"))
+    unreadable = refund.get("amount") is not None and answered is None
+    return vouched_refund(
+        outcome, answered=answered, amount=amount, currency=currency, unreadable=unreadable
     )
 
 

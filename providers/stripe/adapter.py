@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from gateway.domain.session import SessionStatus
-from providers.answers import vouched
+from providers.answers import vouched, vouched_refund
 from providers.base import (
     Capabilities,
     ChargeInput,
@@ -60,6 +60,7 @@ from providers.stripe.transformers import (
     amount_problem,
     build_create_params,
     encode_form,
+    from_stripe_minor,
 )
 from providers.stripe.webhooks import (
     SIGNATURE_TOLERANCE_SECONDS,
@@ -344,7 +345,7 @@ class StripeAdapter:
     async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
         """``POST /v1/refunds`` of the PaymentIntent, with the gateway's refund and session ids
         in ``metadata`` (the refund webhooks echo them)."""
-        self._intent_id(data.payment)
+        intent = self._intent_id(data.payment)
         result = await self._post(
             "/v1/refunds",
             refund_params(data),
@@ -355,7 +356,16 @@ class StripeAdapter:
         payload = self._object(result.body, result.status)
         if not isinstance(payload.get("id"), str):
             raise ProviderUnavailable(self.name, "refund answer lacks an id", result.status)
-        return refund_outcome(payload)
+        answered = from_stripe_minor(payload.get("amount"), payload.get("currency"))
+        refunded = id_of(payload.get("payment_intent"))
+        return vouched_refund(
+            refund_outcome(payload),
+            answered=answered,
+            amount=data.amount,
+            currency=data.currency,
+            unreadable=answered is None,
+            other_payment=refunded is not None and refunded != intent,
+        )
 
     def _intent_id(self, payment: PaymentReference) -> str:
         intent = payment.payment_id or payment.session_reference

@@ -130,20 +130,29 @@ def intent_outcome(intent: Mapping[str, Any]) -> PaymentOutcome:
 
 
 def decline_outcome(error: Mapping[str, Any]) -> PaymentOutcome | None:
-    """A ``402`` ``card_error`` body's ``error`` as a FAILED outcome; None if it is not one."""
+    """A ``402`` ``card_error`` body's ``error`` as a FAILED outcome (PROCESSING when its
+    PaymentIntent says the money was taken or held); None if it is not one."""
     if error.get("type") != "card_error":
         return None
     intent = error.get("payment_intent")
     intent = intent if isinstance(intent, Mapping) else {}
     amount, currency = _money(intent.get("amount"), intent.get("currency"))
     raw = intent.get("status")
+    # a decline whose PaymentIntent says it took (or holds, or is taking) the money contradicts
+    # itself: undecided, never FAILED
+    took = INTENT_STATUS.get(raw) if isinstance(raw, str) else None
+    contradicted = took in (
+        SessionStatus.COMPLETED,
+        SessionStatus.AUTHORIZED,
+        SessionStatus.PROCESSING,
+    )
     return PaymentOutcome(
         provider=PROVIDER,
-        status=SessionStatus.FAILED,
+        status=SessionStatus.PROCESSING if contradicted else SessionStatus.FAILED,
         payment_id=id_of(intent.get("id")),
         amount=amount,
         currency=currency,
-        failure_reason=decline_reason(error) or "card_declined",
+        failure_reason=None if contradicted else decline_reason(error) or "card_declined",
         raw_status=raw if isinstance(raw, str) else None,
     )
 

@@ -379,3 +379,105 @@ def test_paypal_event_without_an_id_is_refused(event_id: Any) -> None:
     event["id"] = event_id
     with pytest.raises(WebhookVerificationError):
         event_from_paypal(event)
+
+
+# refund answers and declines that say something else ---------------------------------------
+
+
+def _refund_input(payment_id: str, *, capture_id: str | None = None) -> Any:
+    from providers.base import RefundInput
+
+    return RefundInput(
+        payment=payment(payment_id, capture_id=capture_id),
+        refund_id="ref_1",
+        session_id="ses_attack",
+        amount=Decimal("10.00"),
+        currency="AUD",
+        reason=None,
+        idempotency_key="rk1",
+    )
+
+
+def _stripe_refund(**changes: Any) -> dict[str, Any]:
+    refund: dict[str, Any] = {
+        "id": "re_1",
+        "object": "refund",
+        "status": "succeeded",
+        "amount": 1000,
+        "currency": "aud",
+        "payment_intent": "pi_asked",
+    }
+    refund.update(changes)
+    return refund
+
+
+def _paypal_refund(**changes: Any) -> dict[str, Any]:
+    refund: dict[str, Any] = {
+        "id": "RF-1",
+        "status": "COMPLETED",
+        "amount": {"currency_code": "AUD", "value": "10.00"},
+    }
+    refund.update(changes)
+    return refund
+
+
+@pytest.mark.parametrize(
+    ("provider", "answer"),
+    [
+        ("stripe", _stripe_refund(amount=100000)),
+        ("stripe", _stripe_refund(currency="usd")),
+        ("stripe", _stripe_refund(payment_intent="pi_someone_else")),
+        ("stripe", _stripe_refund(amount=-1000)),
+        ("stripe", _stripe_refund(amount="1000")),
+        ("paypal", _paypal_refund(amount={"currency_code": "AUD", "value": "1000.00"})),
+        ("paypal", _paypal_refund(amount={"currency_code": "EUR", "value": "10.00"})),
+        ("paypal", _paypal_refund(amount={"currency_code": "AUD", "value": "-10.00"})),
+    ],
+)
+async def test_refund_answer_for_something_else_is_pending(
+    http: aiohttp.ClientSession, liar: LyingProvider, provider: str, answer: Any
+) -> None:
+    from gateway.domain.session import RefundStatus
+
+    liar.answer = (201 if provider == "paypal" else 200, answer)
+    adapter: StripeAdapter | PayPalAdapter
+    if provider == "stripe":
+        adapter = StripeAdapter(config("stripe", liar), http)
+        data = _refund_input("pi_asked")
+    else:
+        adapter = PayPalAdapter(config("paypal", liar), http)
+        data = _refund_input("AUTH-1", capture_id="CAP-1")
+    outcome = await adapter.refund_payment(data, timeout=5)
+    assert outcome.status is RefundStatus.PENDING, outcome
+
+
+@pytest.mark.parametrize("provider", ["stripe", "paypal"])
+async def test_an_honest_refund_answer_succeeds(
+    http: aiohttp.ClientSession, liar: LyingProvider, provider: str
+) -> None:
+    from gateway.domain.session import RefundStatus
+
+    adapter: StripeAdapter | PayPalAdapter
+    if provider == "stripe":
+        liar.answer = (200, _stripe_refund())
+        adapter = StripeAdapter(config("stripe", liar), http)
+        data = _refund_input("pi_asked")
+    else:
+        liar.answer = (201, _paypal_refund())
+        adapter = PayPalAdapter(config("paypal", liar), http)
+        data = _refund_input("AUTH-1", capture_id="CAP-1")
+    outcome = await adapter.refund_payment(data, timeout=5)
+    assert outcome.status is RefundStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("intent_status", ["succeeded", "requires_capture", "processing"])
+async def test_a_stripe_decline_whose_intent_took_the_money_is_not_failed(
+    http: aiohttp.ClientSession, liar: LyingProvider, intent_status: str
+) -> None:
+    """A 402 card_error whose PaymentIntent says it succeeded contradicts itself."""
+    intent = _intent(id="pi_new", status=intent_status)
+    error = {"type": "card_error", "code": "card_declined", "payment_intent": intent}
+    liar.answer = (402, {"error": error})
+    outcome = await stripe_charge(http, liar)
+    assert outcome.status is SessionStatus.PROCESSING
+    assert outcome.failure_reason is None
