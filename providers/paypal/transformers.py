@@ -326,7 +326,8 @@ def refund_status(state: str | None) -> RefundStatus:
 def order_payments(order: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every ``purchase_units[].payments.<kind>[]`` entry of an order, with its kind."""
     found: list[tuple[str, Mapping[str, Any]]] = []
-    for unit in order.get("purchase_units") or []:
+    units = order.get("purchase_units")
+    for unit in units if isinstance(units, list) else []:
         payments = unit.get("payments") if isinstance(unit, Mapping) else None
         if not isinstance(payments, Mapping):
             continue

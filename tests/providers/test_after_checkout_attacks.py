@@ -481,3 +481,25 @@ async def test_a_stripe_decline_whose_intent_took_the_money_is_not_failed(
     outcome = await stripe_charge(http, liar)
     assert outcome.status is SessionStatus.PROCESSING
     assert outcome.failure_reason is None
+
+
+@pytest.mark.parametrize("units", [5, True, 1.5, {"payments": {}}])
+async def test_paypal_charge_answer_with_malformed_purchase_units_is_processing(
+    http: aiohttp.ClientSession, liar: LyingProvider, units: Any
+) -> None:
+    from tests.providers.test_stripe_payments import charge as stripe_charge_input
+
+    liar.answer = (201, {"id": "O-1", "status": "COMPLETED", "purchase_units": units})
+    adapter = PayPalAdapter(config("paypal", liar), http)
+    data = stripe_charge_input(None, "VAULT-1", paymentMethod="paypal")
+    outcome = await adapter.charge_saved(data, timeout=5)
+    assert outcome.status is SessionStatus.PROCESSING
+
+
+@pytest.mark.parametrize("units", [5, True])
+def test_paypal_order_webhook_with_malformed_purchase_units_moves_nothing_paid(units: Any) -> None:
+    from providers.paypal.webhooks import event_from_paypal
+
+    resource = {"id": "O-1", "status": "COMPLETED", "purchase_units": units}
+    event = {"id": "WH-1", "event_type": "CHECKOUT.ORDER.COMPLETED", "resource": resource}
+    assert event_from_paypal(event).status is SessionStatus.PROCESSING
