@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
 
-from gateway.domain.money import scale_of
+from gateway.domain.money import scale_of, to_minor
 from providers.base import FlowNotSupported, ProviderUnavailable
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "amount_places",
+    "amount_refusal",
     "bounded_key",
     "clip",
     "from_unix",
@@ -114,3 +116,16 @@ def amount_places(request: CheckoutRequest) -> int:
     amounts = [request.amount.total, request.amount.shipping, request.amount.tax]
     amounts += [item.unitPrice for item in request.lines]
     return max(scale_of(value) for value in amounts)
+
+
+def amount_refusal(amount: Decimal, places: int, *, max_minor: int) -> str | None:
+    """Why a provider cannot be sent ``amount`` for a capture or refund, with ``places``
+    decimals and at most ``max_minor`` minor units: not a finite number above zero, more
+    decimals than the currency has there (never rounded), or too large. None when it can."""
+    if not amount.is_finite() or amount <= 0:
+        return "the amount must be a number greater than zero"
+    if scale_of(amount) > places:
+        return f"the currency takes at most {places} decimal places here"
+    if to_minor(amount, places) > max_minor:
+        return "the amount is larger than the provider accepts"
+    return None

@@ -26,9 +26,11 @@ import orjson
 
 from providers.adyen import payments
 from providers.adyen.transformers import (
+    ADYEN_MAX_MINOR,
     ADYEN_PAYMENT_METHODS,
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_REFUSED,
+    adyen_exponent,
     amount_problem,
     build_session_request,
 )
@@ -50,7 +52,13 @@ from providers.base import (
     WebhookAnswer,
 )
 from providers.http import HttpResult, ProviderHttp
-from providers.wire import bounded_key, json_object, parse_datetime, path_segment
+from providers.wire import (
+    amount_refusal,
+    bounded_key,
+    json_object,
+    parse_datetime,
+    path_segment,
+)
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -185,6 +193,17 @@ class AdyenAdapter:
                 raise ProviderKeyConflict(self.name, exc.reason, in_flight=False) from exc
             raise
 
+    def _sendable(self, amount: Decimal, currency: str) -> None:
+        """Refuse (:class:`FlowNotSupported`) a capture or refund amount Adyen cannot be sent
+        exactly, before anything is sent."""
+        try:
+            places = adyen_exponent(currency)
+        except ValueError:
+            raise FlowNotSupported(self.name, "unknown currency") from None
+        problem = amount_refusal(amount, places, max_minor=ADYEN_MAX_MINOR)
+        if problem:
+            raise FlowNotSupported(self.name, problem)
+
     @staticmethod
     def _payment_path(payment: PaymentReference, action: str) -> str:
         if not payment.payment_id:
@@ -227,6 +246,7 @@ class AdyenAdapter:
         timeout: float,
     ) -> PaymentOutcome:
         """Ask for a (possibly partial) capture: PROCESSING until the CAPTURE notification."""
+        self._sendable(amount, payment.currency)
         _, merchant_account = self._credentials()
         result = await self._post(
             self._payment_path(payment, "captures"),
@@ -253,6 +273,9 @@ class AdyenAdapter:
 
     async def refund_payment(self, data: RefundInput, *, timeout: float) -> RefundOutcome:
         """Ask for a refund: PENDING until the REFUND (or REFUND_FAILED) notification."""
+        if data.currency != data.payment.currency:
+            raise FlowNotSupported(self.name, "a refund is in the currency of its payment")
+        self._sendable(data.amount, data.currency)
         _, merchant_account = self._credentials()
         result = await self._post(
             self._payment_path(data.payment, "refunds"),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from gateway.domain.money import MAX_AMOUNT, to_minor
 from gateway.domain.session import SessionStatus
 from providers.base import (
     AUTHORIZE,
@@ -73,6 +74,7 @@ from providers.paypal.transformers import (
     amount_problem,
     build_order_request,
     build_setup_token_request,
+    paypal_decimals,
 )
 from providers.paypal.webhooks import (
     TRANSMISSION_HEADERS,
@@ -80,7 +82,7 @@ from providers.paypal.webhooks import (
     verification_body,
     verified,
 )
-from providers.wire import bounded_key, json_object, path_segment
+from providers.wire import amount_refusal, bounded_key, json_object, path_segment
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -490,6 +492,7 @@ class PayPalAdapter:
         PROCESSING; a refusal in :data:`~providers.paypal.payments.CAPTURE_DECLINES` is an
         outcome (FAILED, or CANCELLED for an expired or voided authorization)."""
         authorization_id = self._authorization(payment)
+        self._sendable(amount, payment.currency)
         self._configured()
         try:
             result = await self._post(
@@ -545,6 +548,9 @@ class PayPalAdapter:
         capture_id = data.payment.capture_id or data.payment.payment_id
         if not capture_id:
             raise FlowNotSupported(self.name, "the payment has no capture to refund")
+        if data.currency != data.payment.currency:
+            raise FlowNotSupported(self.name, "a refund is in the currency of its payment")
+        self._sendable(data.amount, data.currency)
         self._configured()
         try:
             result = await self._post(
@@ -565,6 +571,17 @@ class PayPalAdapter:
         return refund_outcome(
             json_object(result, self.name), amount=data.amount, currency=data.currency
         )
+
+    def _sendable(self, amount: Decimal, currency: str) -> None:
+        """Refuse (:class:`FlowNotSupported`) a capture or refund amount PayPal cannot be sent
+        exactly (at most ``999999999999999`` major units), before anything is sent."""
+        if currency not in PAYPAL_CURRENCIES:
+            raise FlowNotSupported(self.name, f"PayPal does not accept {currency}")
+        places = paypal_decimals(currency)
+        largest = to_minor(MAX_AMOUNT, places) - 1
+        problem = amount_refusal(amount, places, max_minor=largest)
+        if problem:
+            raise FlowNotSupported(self.name, problem)
 
     def _authorization(self, payment: PaymentReference) -> str:
         if not payment.payment_id:

@@ -56,11 +56,13 @@ from providers.stripe.transformers import (
     IDEMPOTENCY_KEY_MAX,
     METHOD_CURRENCIES,
     STRIPE_API_VERSION,
+    STRIPE_MAX_MINOR,
     STRIPE_PAYMENT_METHODS,
     amount_problem,
     build_create_params,
     encode_form,
     from_stripe_minor,
+    stripe_exponent,
 )
 from providers.stripe.webhooks import (
     SIGNATURE_TOLERANCE_SECONDS,
@@ -70,7 +72,7 @@ from providers.stripe.webhooks import (
     sign_payload,
     verify_signature,
 )
-from providers.wire import bounded_key, from_unix, header, path_segment
+from providers.wire import amount_refusal, bounded_key, from_unix, header, path_segment
 
 if TYPE_CHECKING:
     from gateway.domain.models import CheckoutRequest
@@ -310,6 +312,7 @@ class StripeAdapter:
         """``POST /v1/payment_intents/{id}/capture`` with ``amount_to_capture`` (Stripe releases
         the rest of a partial capture)."""
         intent = self._intent_id(payment)
+        self._sendable(amount, payment.currency)
         result = await self._post(
             f"/v1/payment_intents/{path_segment(intent, self.name)}/capture",
             capture_params(amount, payment.currency),
@@ -346,6 +349,9 @@ class StripeAdapter:
         """``POST /v1/refunds`` of the PaymentIntent, with the gateway's refund and session ids
         in ``metadata`` (the refund webhooks echo them)."""
         intent = self._intent_id(data.payment)
+        if data.currency != data.payment.currency:
+            raise FlowNotSupported(self.name, "a refund is in the currency of its payment")
+        self._sendable(data.amount, data.currency)
         result = await self._post(
             "/v1/refunds",
             refund_params(data),
@@ -366,6 +372,18 @@ class StripeAdapter:
             unreadable=answered is None,
             other_payment=refunded is not None and refunded != intent,
         )
+
+    def _sendable(self, amount: Decimal, currency: str) -> None:
+        """Refuse (:class:`FlowNotSupported`) a capture or refund amount Stripe cannot be sent
+        exactly, before anything is sent."""
+        try:
+            places = stripe_exponent(currency)
+        except ValueError:
+            raise FlowNotSupported(self.name, "unknown currency") from None
+        problem = amount_refusal(amount, places, max_minor=STRIPE_MAX_MINOR)
+        problem = problem or amount_problem(currency, [amount])
+        if problem:
+            raise FlowNotSupported(self.name, problem)
 
     def _intent_id(self, payment: PaymentReference) -> str:
         intent = payment.payment_id or payment.session_reference

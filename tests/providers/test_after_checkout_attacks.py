@@ -503,3 +503,98 @@ def test_paypal_order_webhook_with_malformed_purchase_units_moves_nothing_paid(u
     resource = {"id": "O-1", "status": "COMPLETED", "purchase_units": units}
     event = {"id": "WH-1", "event_type": "CHECKOUT.ORDER.COMPLETED", "resource": resource}
     assert event_from_paypal(event).status is SessionStatus.PROCESSING
+
+
+# amounts the adapters are asked to send -----------------------------------------------------
+
+_BAD_AMOUNTS = [
+    ("JPY", Decimal("10.5")),  # JPY has no minor unit
+    ("KWD", Decimal("1.0005")),  # KWD has three
+    ("AUD", Decimal("-10.00")),
+    ("AUD", Decimal("0")),
+    ("AUD", Decimal("NaN")),
+    ("AUD", Decimal("Infinity")),
+    ("AUD", Decimal("1E+30")),
+]
+
+
+def _in(currency: str, payment_id: str, capture_id: str | None = None) -> PaymentReference:
+    return PaymentReference(
+        session_reference=payment_id,
+        payment_id=payment_id,
+        capture_id=capture_id,
+        currency=currency,
+        amount=Decimal("100"),
+        session_id="ses_attack",
+    )
+
+
+def _adapter(provider: str, http: aiohttp.ClientSession, liar: LyingProvider) -> Any:
+    kinds = {"stripe": StripeAdapter, "adyen": AdyenAdapter, "paypal": PayPalAdapter}
+    return kinds[provider](config(provider, liar), http)
+
+
+_IDS = {"stripe": "pi_1", "adyen": "PSP1", "paypal": "AUTH-1"}
+
+
+@pytest.mark.parametrize(("currency", "amount"), _BAD_AMOUNTS, ids=str)
+@pytest.mark.parametrize("provider", ["stripe", "adyen", "paypal"])
+async def test_a_capture_amount_that_cannot_be_sent_is_refused_before_sending(
+    http: aiohttp.ClientSession,
+    liar: LyingProvider,
+    provider: str,
+    currency: str,
+    amount: Decimal,
+) -> None:
+    adapter = _adapter(provider, http, liar)
+    with pytest.raises(FlowNotSupported):
+        await adapter.capture_payment(
+            _in(currency, _IDS[provider]), amount, idempotency_key="k", timeout=5
+        )
+    assert [p for p in liar.paths if "oauth2" not in p] == []
+
+
+@pytest.mark.parametrize(("currency", "amount"), _BAD_AMOUNTS, ids=str)
+@pytest.mark.parametrize("provider", ["stripe", "adyen", "paypal"])
+async def test_a_refund_amount_that_cannot_be_sent_is_refused_before_sending(
+    http: aiohttp.ClientSession,
+    liar: LyingProvider,
+    provider: str,
+    currency: str,
+    amount: Decimal,
+) -> None:
+    from providers.base import RefundInput
+
+    adapter = _adapter(provider, http, liar)
+    data = RefundInput(
+        payment=_in(currency, _IDS[provider], capture_id="CAP-1"),
+        refund_id="ref_1",
+        session_id="ses_attack",
+        amount=amount,
+        currency=currency,
+        reason=None,
+        idempotency_key="rk",
+    )
+    with pytest.raises(FlowNotSupported):
+        await adapter.refund_payment(data, timeout=5)
+    assert [p for p in liar.paths if "oauth2" not in p] == []
+
+
+@pytest.mark.parametrize("provider", ["stripe", "adyen", "paypal"])
+async def test_a_refund_in_another_currency_than_its_payment_is_refused(
+    http: aiohttp.ClientSession, liar: LyingProvider, provider: str
+) -> None:
+    from providers.base import RefundInput
+
+    data = RefundInput(
+        payment=_in("AUD", _IDS[provider], capture_id="CAP-1"),
+        refund_id="ref_1",
+        session_id="ses_attack",
+        amount=Decimal("10.00"),
+        currency="EUR",
+        reason=None,
+        idempotency_key="rk",
+    )
+    with pytest.raises(FlowNotSupported):
+        await _adapter(provider, http, liar).refund_payment(data, timeout=5)
+    assert [p for p in liar.paths if "oauth2" not in p] == []
