@@ -1,14 +1,13 @@
-"""The check every adapter makes of a provider's answer to a charge, capture or void before the
-gateway may act on it: the answer must be about what was asked.
-
-A refund answer that reports another payment, currency or amount stays ``PENDING`` the same way
-(:func:`vouched_refund`).
+"""The check every adapter makes of a provider's answer to a charge, capture, void or refund
+before the gateway may act on it: the answer must be about what was asked.
 
 An answer that reports another payment, another currency or another amount than the call asked
-for (or an amount that cannot be read) proves nothing about the call: it is a fault or a lie on
-the provider's side. Its outcome becomes ``PROCESSING`` (the provider's webhooks decide, or a
-retry under the same idempotency key replays the real answer), never ``COMPLETED``,
-``AUTHORIZED``, ``FAILED`` or ``CANCELLED`` on the strength of the wrong payment.
+for (or an amount that cannot be read, or money taken without the payment's id) proves nothing
+about the call: it is a fault or a lie on the provider's side. Its outcome becomes
+``PROCESSING`` (the provider's webhooks decide, or a retry under the same idempotency key
+replays the real answer), never ``COMPLETED``, ``AUTHORIZED``, ``FAILED`` or ``CANCELLED`` on
+the strength of the wrong payment (:func:`vouched`). A refund answer of that kind stays
+``PENDING`` (:func:`vouched_refund`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,9 @@ from providers.base import PaymentOutcome, RefundOutcome
 
 __all__ = ["vouched", "vouched_refund"]
 
+#: the statuses that say the provider took or holds the money
+_HELD = frozenset({SessionStatus.COMPLETED, SessionStatus.AUTHORIZED})
+
 
 def _mismatch(
     outcome: PaymentOutcome,
@@ -32,6 +34,8 @@ def _mismatch(
 ) -> bool:
     if unreadable:
         return True
+    if outcome.status in _HELD and outcome.payment_id is None:
+        return True  # money taken or held that nobody can name cannot be captured or refunded
     if payment_id is not None and outcome.payment_id not in (None, payment_id):
         return True
     if currency is not None and outcome.currency is not None and outcome.currency != currency:

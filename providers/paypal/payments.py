@@ -302,7 +302,8 @@ def capture_outcome(
         outcome,
         currency=currency,
         amount=amount if captured else None,
-        unreadable=capture.get("amount") is not None and money is None,
+        unreadable=(capture.get("amount") is not None and money is None)
+        or (captured and outcome.capture_id is None),
     )
 
 

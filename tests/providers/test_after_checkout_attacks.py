@@ -598,3 +598,37 @@ async def test_a_refund_in_another_currency_than_its_payment_is_refused(
     with pytest.raises(FlowNotSupported):
         await _adapter(provider, http, liar).refund_payment(data, timeout=5)
     assert [p for p in liar.paths if "oauth2" not in p] == []
+
+
+# success that names no payment to capture or refund later ---------------------------------
+
+
+async def test_adyen_authorised_charge_without_a_psp_reference_is_processing(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    liar.answer = (200, {"resultCode": "Authorised"})
+    outcome = await _adapter("adyen", http, liar).charge_saved(
+        charge("shopper-1", "TOKEN1"), timeout=5
+    )
+    assert outcome.status is SessionStatus.PROCESSING
+
+
+async def test_paypal_completed_capture_without_an_id_is_processing(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    """A capture nobody can name can never be refunded: the webhook must bring its id."""
+    liar.answer = (201, _paypal_capture(id=None))
+    outcome = await paypal_capture(http, liar)
+    assert outcome.status is SessionStatus.PROCESSING
+
+
+async def test_paypal_vaulted_charge_captured_without_an_id_is_processing(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    capture = _paypal_capture(id=None)
+    order = {"id": "O-1", "status": "COMPLETED", "purchase_units": [{"payments": {}}]}
+    order["purchase_units"][0]["payments"]["captures"] = [capture]
+    liar.answer = (201, order)
+    adapter = _adapter("paypal", http, liar)
+    outcome = await adapter.charge_saved(charge(None, "VAULT-1", paymentMethod="paypal"), timeout=5)
+    assert outcome.status is SessionStatus.PROCESSING
