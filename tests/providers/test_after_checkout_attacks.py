@@ -9,6 +9,7 @@ answers an outcome that never reads COMPLETED when the answer is ambiguous, or r
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -42,11 +43,15 @@ class LyingProvider:
 
     answer: Answer = (200, {})
     paths: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
     base_url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         self.paths.append(request.raw_path)
+        for name in ("Idempotency-Key", "PayPal-Request-Id"):
+            if name in request.headers:
+                self.keys.append(request.headers[name])
         if request.path == "/v1/oauth2/token":  # PayPal's token, always honest
             token = {"access_token": "tok", "token_type": "Bearer", "expires_in": 3600}
             return web.json_response(token)
@@ -626,9 +631,32 @@ async def test_paypal_vaulted_charge_captured_without_an_id_is_processing(
     http: aiohttp.ClientSession, liar: LyingProvider
 ) -> None:
     capture = _paypal_capture(id=None)
-    order = {"id": "O-1", "status": "COMPLETED", "purchase_units": [{"payments": {}}]}
-    order["purchase_units"][0]["payments"]["captures"] = [capture]
+    units = [{"payments": {"captures": [capture]}}]
+    order = {"id": "O-1", "status": "COMPLETED", "purchase_units": units}
     liar.answer = (201, order)
     adapter = _adapter("paypal", http, liar)
     outcome = await adapter.charge_saved(charge(None, "VAULT-1", paymentMethod="paypal"), timeout=5)
     assert outcome.status is SessionStatus.PROCESSING
+
+
+@pytest.mark.parametrize(("provider", "limit"), [("stripe", 255), ("adyen", 64), ("paypal", 108)])
+async def test_idempotency_keys_fit_the_provider_on_every_call(
+    http: aiohttp.ClientSession, liar: LyingProvider, provider: str, limit: int
+) -> None:
+    """The gateway derives keys from the merchant's Idempotency-Key: any length, any script."""
+    from providers.base import RefundInput
+
+    key = "merchant:" + "ключ/ü" * 100
+    liar.answer = (200, {})
+    adapter = _adapter(provider, http, liar)
+    ref = _in("AUD", _IDS[provider], capture_id="CAP-1")
+    for call in (
+        adapter.capture_payment(ref, Decimal("1.00"), idempotency_key=key, timeout=5),
+        adapter.refund_payment(
+            RefundInput(ref, "ref_1", "ses_1", Decimal("1.00"), "AUD", None, key), timeout=5
+        ),
+    ):
+        with contextlib.suppress(ProviderError):  # the liar's empty answer: only what was sent
+            await call
+    assert len(liar.keys) == 2
+    assert all(k.isascii() and 0 < len(k) <= limit for k in liar.keys), liar.keys
