@@ -414,7 +414,10 @@ class PayPalAdapter:
                 method="GET",
             )
         return completion_event(
-            json_object(result, self.name), intent=intent, request_id=request_id
+            json_object(result, self.name),
+            intent=intent,
+            request_id=request_id,
+            reference=reference,
         )
 
     async def _vault(

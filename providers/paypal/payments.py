@@ -118,7 +118,7 @@ def _failure(payment: Mapping[str, Any], kind: str, state: str | None) -> str:
 
 
 def completion_event(
-    order: Mapping[str, Any], *, intent: str, request_id: str
+    order: Mapping[str, Any], *, intent: str, request_id: str, reference: str | None = None
 ) -> ProviderEvent | None:
     """The outcome of capturing (or authorizing) ``order``, from the order PayPal answers.
 
@@ -126,11 +126,13 @@ def completion_event(
     ``authorize`` intent) through :data:`~providers.paypal.transformers.PAYMENT_STATUS`: a
     capture COMPLETED is COMPLETED (``capture_id`` set), an authorization CREATED is
     AUTHORIZED (``payment_id``: the authorization, to capture or void later). None when the
-    order carries no such payment (nothing is settled).
+    order carries no such payment, or is not the order ``reference`` asked about (nothing is
+    settled: the webhooks of the asked order will).
     """
     kind = "captures" if intent == CAPTURE else "authorizations"
     payment = first_payment(order, kind)
-    if payment is None:
+    answered = text(order.get("id"))
+    if payment is None or (reference is not None and answered not in (None, reference)):
         return None
     state = text(payment.get("status"))
     status = payment_status(kind, state)
@@ -141,7 +143,7 @@ def completion_event(
         provider=PROVIDER,
         event_id=payment_id or request_id,
         event_type=f"ORDER.{intent.upper()}",
-        reference=text(order.get("id")),
+        reference=answered or reference,
         session_id=custom_id_of(order),
         status=status,
         occurred_at=parse_datetime(payment.get("create_time")),

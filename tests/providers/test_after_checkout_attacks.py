@@ -660,3 +660,20 @@ async def test_idempotency_keys_fit_the_provider_on_every_call(
             await call
     assert len(liar.keys) == 2
     assert all(k.isascii() and 0 < len(k) <= limit for k in liar.keys), liar.keys
+
+
+async def test_paypal_completion_answer_for_another_order_is_not_completed(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    """Capturing order O-ASKED, PayPal answers O-OTHER captured: that says nothing of O-ASKED."""
+    from providers.base import CAPTURE
+
+    units = [{"custom_id": "ses_other", "payments": {"captures": [_paypal_capture()]}}]
+    liar.answer = (201, {"id": "O-OTHER", "status": "COMPLETED", "purchase_units": units})
+    adapter = _adapter("paypal", http, liar)
+    event = await adapter.complete_approved(
+        "O-ASKED", intent=CAPTURE, idempotency_key="k", timeout=5
+    )
+    assert event is None or event.status is not SessionStatus.COMPLETED, event
+    if event is not None:
+        assert event.reference == "O-ASKED"
