@@ -677,3 +677,31 @@ async def test_paypal_completion_answer_for_another_order_is_not_completed(
     assert event is None or event.status is not SessionStatus.COMPLETED, event
     if event is not None:
         assert event.reference == "O-ASKED"
+
+
+@pytest.mark.parametrize(
+    ("provider", "answer"),
+    [
+        ("stripe", _intent(status=None)),
+        ("stripe", _intent(status="succeeded_maybe")),
+        ("stripe", _intent(status=["succeeded"])),
+        ("paypal", _paypal_capture(status=None)),
+        ("paypal", _paypal_capture(status="completed")),
+        ("paypal", _paypal_capture(status={"value": "COMPLETED"})),
+        ("adyen", {"status": "received"}),
+        ("adyen", {"pspReference": "C1", "status": "authorised"}),
+        ("adyen", {}),
+    ],
+)
+async def test_a_capture_answer_without_a_known_status_is_never_completed(
+    http: aiohttp.ClientSession, liar: LyingProvider, provider: str, answer: Any
+) -> None:
+    liar.answer = (201 if provider != "stripe" else 200, answer)
+    adapter = _adapter(provider, http, liar)
+    try:
+        outcome = await adapter.capture_payment(
+            _in("AUD", _IDS[provider]), Decimal("100"), idempotency_key="k", timeout=5
+        )
+    except ProviderError:
+        return
+    assert outcome.status is SessionStatus.PROCESSING, outcome
