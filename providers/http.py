@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +88,26 @@ class ProviderHttp:
     ``create_session``, never a URL); ``request_id`` goes out as ``X-Request-ID``.
     """
 
-    def __init__(self, provider: str, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        provider: str,
+        session: aiohttp.ClientSession,
+        *,
+        secrets: Iterable[str | None] = (),
+    ) -> None:
         self.provider = provider
         self.session = session
+        #: the adapter's credentials: never repeated in an error, whatever the answer echoes
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def _redacted(self, text: str | None) -> str | None:
+        """``text`` with every credential of the adapter replaced (errors reach attempts and
+        logs: a provider, or whatever answers at its URL, may echo what it was sent)."""
+        if text is None:
+            return None
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
 
     async def request(
         self,
@@ -152,7 +169,13 @@ class ProviderHttp:
         if status >= 500:
             raise ProviderUnavailable(self.provider, f"HTTP {status}", status)
         code, message = self._error_detail(result)
-        raise ProviderRejected(self.provider, message, status, code, self._issue(result))
+        raise ProviderRejected(
+            self.provider,
+            self._redacted(message) or "",
+            status,
+            self._redacted(code),
+            self._redacted(self._issue(result)),
+        )
 
     @staticmethod
     def _issue(result: HttpResult) -> str | None:

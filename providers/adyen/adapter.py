@@ -82,7 +82,7 @@ class AdyenAdapter:
 
     def __init__(self, config: ProviderConfig, http: aiohttp.ClientSession) -> None:
         self.config = config
-        self._http = ProviderHttp(self.name, http)
+        self._http = ProviderHttp(self.name, http, secrets=(config.api_key, config.hmac_key))
 
     @staticmethod
     def eligibility_problem(request: CheckoutRequest) -> str | None:

@@ -216,7 +216,11 @@ class PayPalAdapter:
     ) -> None:
         self.config = config
         self.verify_timeout = verify_timeout
-        self._http = ProviderHttp(self.name, http)
+        secrets = [config.client_secret]
+        if config.client_id and config.client_secret:
+            basic = f"{config.client_id}:{config.client_secret}".encode()
+            secrets.append(base64.b64encode(basic).decode("ascii"))
+        self._http = ProviderHttp(self.name, http, secrets=secrets)
         self._tokens = TokenCache(
             self._http,
             f"{config.base_url}/v1/oauth2/token",

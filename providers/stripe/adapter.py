@@ -122,7 +122,7 @@ class StripeAdapter:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self._http = ProviderHttp(self.name, http)
+        self._http = ProviderHttp(self.name, http, secrets=(config.api_key, config.webhook_secret))
         self._clock = clock
 
     def _headers(self, idempotency_key: str) -> dict[str, str]:

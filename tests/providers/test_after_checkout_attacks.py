@@ -705,3 +705,34 @@ async def test_a_capture_answer_without_a_known_status_is_never_completed(
     except ProviderError:
         return
     assert outcome.status is SessionStatus.PROCESSING, outcome
+
+
+# secrets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["stripe", "adyen", "paypal"])
+async def test_a_provider_echoing_our_secret_never_puts_it_in_an_error(
+    http: aiohttp.ClientSession, liar: LyingProvider, provider: str
+) -> None:
+    """Errors keep the provider's message (it reaches attempts and logs): a provider, or
+    whatever answers at its URL, that echoes the credentials must not carry them along."""
+    secrets = SANDBOX_SECRETS[provider]
+    secret = secrets.get("api_key") or secrets["client_secret"]
+    assert secret
+    message = f"invalid credentials {secret} for request"
+    body = {
+        "error": {"type": "invalid_request_error", "message": message, "param": secret},
+        "errorCode": secret,
+        "message": message,
+        "name": secret,
+        "details": [{"issue": secret}],
+    }
+    liar.answer = (400, body)
+    adapter = _adapter(provider, http, liar)
+    with pytest.raises(ProviderError) as caught:
+        await adapter.capture_payment(
+            _in("AUD", _IDS[provider]), Decimal("1.00"), idempotency_key="k", timeout=5
+        )
+    error = caught.value
+    shown = [str(error), error.reason, getattr(error, "code", None), getattr(error, "issue", None)]
+    assert not any(secret in (text or "") for text in shown), shown
