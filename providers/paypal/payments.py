@@ -328,11 +328,17 @@ def void_outcome(
     authorization: Mapping[str, Any] | None, *, authorization_id: str
 ) -> PaymentOutcome:
     """A void answer (the authorization, or nothing with ``Prefer: return=minimal``'s 204):
-    CANCELLED. A repeated void (:data:`VOID_DONE`) is answered the same."""
+    CANCELLED. A repeated void (:data:`VOID_DONE`) is answered the same. An authorization
+    answered in a status that is not voided (CAPTURED, CREATED, ...), or another authorization,
+    was not voided by the call: PROCESSING, never CANCELLED."""
     state = text(authorization.get("status")) if authorization else None
+    answered = text(authorization.get("id")) if authorization else None
+    voided = state is None or payment_status("authorizations", state) is SessionStatus.CANCELLED
+    if answered not in (None, authorization_id):
+        voided = False
     return PaymentOutcome(
         provider=PROVIDER,
-        status=SessionStatus.CANCELLED,
+        status=SessionStatus.CANCELLED if voided else SessionStatus.PROCESSING,
         payment_id=authorization_id,
         raw_status=state or "VOIDED",
     )

@@ -736,3 +736,38 @@ async def test_a_provider_echoing_our_secret_never_puts_it_in_an_error(
     error = caught.value
     shown = [str(error), error.reason, getattr(error, "code", None), getattr(error, "issue", None)]
     assert not any(secret in (text or "") for text in shown), shown
+
+
+@pytest.mark.parametrize("state", ["CAPTURED", "PARTIALLY_CAPTURED", "CREATED", "PENDING"])
+async def test_paypal_void_answer_that_says_not_voided_is_not_cancelled(
+    http: aiohttp.ClientSession, liar: LyingProvider, state: str
+) -> None:
+    """A void answered with an authorization that was captured (or still stands) did not void
+    it: reading CANCELLED would release a payment whose money was taken."""
+    liar.answer = (200, {"id": "AUTH-1", "status": state})
+    outcome = await _adapter("paypal", http, liar).void_payment(
+        _in("AUD", "AUTH-1"), idempotency_key="k", timeout=5
+    )
+    assert outcome.status is not SessionStatus.CANCELLED, outcome
+    assert outcome.status is not SessionStatus.COMPLETED, outcome
+
+
+@pytest.mark.parametrize("answer", [b"", {"id": "AUTH-1", "status": "VOIDED"}, {"id": "AUTH-1"}])
+async def test_paypal_void_answer_that_says_voided_is_cancelled(
+    http: aiohttp.ClientSession, liar: LyingProvider, answer: Any
+) -> None:
+    liar.answer = (200 if answer else 204, answer)
+    outcome = await _adapter("paypal", http, liar).void_payment(
+        _in("AUD", "AUTH-1"), idempotency_key="k", timeout=5
+    )
+    assert outcome.status is SessionStatus.CANCELLED
+
+
+async def test_paypal_void_answer_for_another_authorization_is_not_cancelled(
+    http: aiohttp.ClientSession, liar: LyingProvider
+) -> None:
+    liar.answer = (200, {"id": "AUTH-OTHER", "status": "VOIDED"})
+    outcome = await _adapter("paypal", http, liar).void_payment(
+        _in("AUD", "AUTH-1"), idempotency_key="k", timeout=5
+    )
+    assert outcome.status is SessionStatus.PROCESSING
