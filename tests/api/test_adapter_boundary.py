@@ -1,13 +1,15 @@
 """The adapter boundary: whatever an adapter raises becomes a typed provider error there.
 
-A provider that lies (a Stripe answer whose ``expires_at`` is in the year 10000) makes the real
-Stripe adapter raise ``ValueError`` while reading it. The gateway records the attempt, counts
-it against Stripe's circuit and fails over; the merchant never sees a 500.
+A bug in an adapter while it reads a provider's answer (here a Stripe adapter whose reading of
+the answer raises ``ValueError``, as the real one once did for an ``expires_at`` in the year
+10000) is recorded as the attempt, counted against Stripe's circuit and failed over; the
+merchant never sees a 500.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -17,12 +19,42 @@ from aiohttp import web
 from gateway.appkeys import ADAPTERS
 from gateway.idempotency import session_id_for
 from gateway.settings import SANDBOX_SECRETS
-from providers.base import AdapterFault, ProviderTimeout, adapter_fault
+from providers.base import (
+    AdapterFault,
+    CreateSessionInput,
+    ProviderEvent,
+    ProviderSession,
+    ProviderTimeout,
+    adapter_fault,
+)
+from providers.stripe.adapter import StripeAdapter
 from providers.stripe.webhooks import sign_payload
 from tests.api.conftest import GatewayFactory, headers, seed
 from tests.api.test_failover import admin, fault
 from tests.api.test_retry_after_timeout import until
 from tests.lifecycle.test_adapter_faults import StripeWithACancelBug, assert_typed_only, faults
+
+
+class StripeWithAReadingBug(StripeAdapter):
+    """Stripe whose reading of an answer or a webhook fails ``bugs`` times, after the call."""
+
+    bugs = 1
+
+    async def create_session(self, data: CreateSessionInput, *, timeout: float) -> ProviderSession:
+        created = await super().create_session(data, timeout=timeout)
+        if self.bugs > 0:
+            self.bugs -= 1
+            raise ValueError(f"year 10000 is out of range ({created.reference})")
+        return created
+
+    async def parse_webhook(
+        self, headers: Mapping[str, str], raw_body: bytes
+    ) -> list[ProviderEvent]:
+        events = await super().parse_webhook(headers, raw_body)
+        if self.bugs > 0:
+            self.bugs -= 1
+            raise ValueError("year 10000 is out of range")
+        return events
 
 
 def card_order(ref: str) -> dict[str, Any]:
@@ -61,6 +93,9 @@ async def test_an_adapter_exception_fails_over_and_opens_the_circuit(
         circuit_failure_threshold=1,
         circuit_open_seconds=60,
     )
+    adapters = client.app[ADAPTERS]
+    real = adapters["stripe"]
+    adapters["stripe"] = StripeWithAReadingBug(real.config, real._http.session)
     body = card_order("ORD-BOUNDARY-1")
     simulated = await client.post("/api/v1/routing/simulate", json=body, headers=headers(None))
     assert (await simulated.json())["selectedProvider"] == "stripe"
@@ -123,14 +158,17 @@ async def test_an_exception_out_of_a_webhook_parser_is_a_503_the_provider_retrie
     gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await gateway()
-    # a genuine, signed event whose ``created`` is in the year 10000: the parser raises
+    adapters = client.app[ADAPTERS]
+    real = adapters["stripe"]
+    adapters["stripe"] = StripeWithAReadingBug(real.config, real._http.session)
+    # a genuine, signed event the parser fails to read
     body, hdrs = _signed_stripe_event(253_402_300_800)
     response = await client.post("/api/v1/webhooks/stripe", data=body, headers=hdrs)
     assert response.status == 503, await response.text()
     assert (await response.json())["error"] == "Service Unavailable"
     faults = [r for r in caplog.records if getattr(r, "exception_type", None)]
     assert [r.exception_type for r in faults] == ["ValueError"]  # type: ignore[attr-defined]
-    # the same event with a sane time is acknowledged (unknown session)
+    # read without the bug, the event is acknowledged (unknown session)
     body, hdrs = _signed_stripe_event(int(time.time()))
     response = await client.post("/api/v1/webhooks/stripe", data=body, headers=hdrs)
     assert response.status == 200, await response.text()
