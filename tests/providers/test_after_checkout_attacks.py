@@ -156,6 +156,10 @@ def _paypal_capture(**changes: Any) -> dict[str, Any]:
         (stripe_charge, _intent(amount_received=999_999_999_999_999_999_999)),
         (paypal_capture, _paypal_capture(amount={"currency_code": "JPY", "value": "140.76"})),
         (paypal_capture, _paypal_capture(amount={"currency_code": "AUD", "value": "14076"})),
+        (stripe_capture, _intent(amount_received=14076.0)),
+        (stripe_charge, _intent(amount_received="14076")),
+        (paypal_capture, _paypal_capture(amount={"currency_code": "AUD", "value": 140.76})),
+        (paypal_capture, _paypal_capture(amount={"currency_code": "AUD", "value": "1.4076e2"})),
     ],
     ids=[
         "stripe-capture-other-intent",
@@ -166,6 +170,10 @@ def _paypal_capture(**changes: Any) -> dict[str, Any]:
         "stripe-charge-huge",
         "paypal-capture-other-currency",
         "paypal-capture-100x-amount",
+        "stripe-capture-float",
+        "stripe-charge-string",
+        "paypal-capture-float",
+        "paypal-capture-exponent",
     ],
 )
 async def test_success_for_something_else_is_never_completed(
