@@ -101,13 +101,18 @@ def _refund_update(
     code: str, success: bool, item: Mapping[str, Any], amount: Decimal | None, unit: str | None
 ) -> RefundUpdate:
     """REFUND success=true -> SUCCEEDED; REFUND success=false and REFUND_FAILED (whose
-    ``success`` only says the failure was recorded) -> FAILED."""
+    ``success`` only says the failure was recorded) -> FAILED; PENDING (moves nothing) when the
+    item's amount is there but cannot be read."""
     reference = item.get("merchantReference")
     _, refund_id = split_refund_reference(reference) if isinstance(reference, str) else (None, "")
     failed = code == "REFUND_FAILED" or not success
     psp = item.get("pspReference")
+    status = RefundStatus.FAILED if failed else RefundStatus.SUCCEEDED
+    if amount is None and item.get("amount") is not None:
+        # there but unreadable: not "no amount", which the gateway applies unchecked
+        status, failed = RefundStatus.PENDING, False
     return RefundUpdate(
-        status=RefundStatus.FAILED if failed else RefundStatus.SUCCEEDED,
+        status=status,
         provider_refund_id=psp if isinstance(psp, str) and psp else None,
         refund_id=refund_id or None,
         amount=amount,

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.domain.money import add
-from gateway.domain.session import SessionStatus
+from gateway.domain.session import RefundStatus, SessionStatus
 from providers.base import ProviderEvent, RefundUpdate, WebhookVerificationError
 from providers.paypal.transformers import (
     order_payment_status,
@@ -208,6 +208,9 @@ def _refund_event(event: Mapping[str, Any], resource: Mapping[str, Any]) -> Prov
     state = text(resource.get("status"))
     status = refund_status(state)
     money = paypal_money(resource.get("amount"))
+    if money is None and resource.get("amount") is not None:
+        # there but unreadable: not "no amount", which the gateway applies unchecked
+        status = RefundStatus.PENDING
     failed = status.value == "FAILED"
     return ProviderEvent(
         provider=PROVIDER,

@@ -244,6 +244,10 @@ def _refund_update(refund: Mapping[str, Any]) -> RefundUpdate | None:
     if status is None:
         return None
     amount, currency = _money(refund.get("amount"), refund.get("currency"))
+    if amount is None and (refund.get("amount"), refund.get("currency")) != (None, None):
+        # an amount that is there but cannot be read (negative, fractional, unknown currency)
+        # must not pass as none: the gateway applies an update without one unchecked
+        status = RefundStatus.PENDING
     failure = _text(refund.get("failure_reason")) if status is RefundStatus.FAILED else None
     if status is RefundStatus.FAILED and failure is None:
         failure = str(refund.get("status"))

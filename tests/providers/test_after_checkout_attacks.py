@@ -307,19 +307,45 @@ async def test_a_non_json_capture_answer_is_unavailable(
 # refund webhooks ------------------------------------------------------------------------------
 
 
-def test_stripe_refund_event_with_a_negative_amount_carries_none() -> None:
+@pytest.mark.parametrize(
+    ("amount", "currency"), [(-500, "aud"), (5.0, "aud"), ("500", "aud"), (500, "zzz"), (500, 5)]
+)
+def test_stripe_refund_event_with_an_unreadable_amount_moves_nothing(
+    amount: Any, currency: Any
+) -> None:
+    """The gateway applies a refund update without an amount unchecked: an amount that is there
+    but cannot be read must not pass as "none", so the update stays PENDING (moves nothing)."""
+    from gateway.domain.session import RefundStatus
     from providers.stripe.webhooks import events_from_payload
 
-    refund = {"object": "refund", "id": "re_1", "status": "succeeded", "amount": -500}
-    refund["currency"] = "aud"
+    refund = {"object": "refund", "id": "re_1", "status": "succeeded", "amount": amount}
+    refund["currency"] = currency
     payload = {"id": "evt_1", "type": "refund.updated", "data": {"object": refund}}
     [event] = events_from_payload(payload)
     assert event.refund is not None
     assert event.refund.amount is None
     assert event.amount is None
+    assert event.refund.status is RefundStatus.PENDING
 
 
-@pytest.mark.parametrize("value", [-14076, 2**70, 140.76, "14076", True])
+def test_stripe_charge_refunded_lists_an_unreadable_refund_as_pending() -> None:
+    from gateway.domain.session import RefundStatus
+    from providers.stripe.webhooks import events_from_payload
+
+    refunds = [
+        {"id": "re_1", "status": "succeeded", "amount": 500, "currency": "aud"},
+        {"id": "re_2", "status": "succeeded", "amount": -500, "currency": "aud"},
+    ]
+    charge = {"object": "charge", "id": "ch_1", "refunds": {"data": refunds}}
+    payload = {"id": "evt_1", "type": "charge.refunded", "data": {"object": charge}}
+    first, second = events_from_payload(payload)
+    assert first.refund is not None
+    assert second.refund is not None
+    assert (first.refund.status, first.refund.amount) == (RefundStatus.SUCCEEDED, Decimal("5"))
+    assert (second.refund.status, second.refund.amount) == (RefundStatus.PENDING, None)
+
+
+@pytest.mark.parametrize("value", [-14076, 2**70, 14076, 140.76, "14076", True, None])
 def test_adyen_refund_notification_amount_is_exact_or_none(value: Any) -> None:
     from providers.adyen.webhooks import event_from_item
 
@@ -331,13 +357,17 @@ def test_adyen_refund_notification_amount_is_exact_or_none(value: Any) -> None:
         "merchantReference": "ses_1:ref_1",
         "amount": {"currency": "AUD", "value": value},
     }
+    from gateway.domain.session import RefundStatus
+
     event = event_from_item(item)
     assert event.refund is not None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         assert event.refund.amount == Decimal(value).scaleb(-2)
+        assert event.refund.status is RefundStatus.SUCCEEDED
     else:
         assert event.refund.amount is None
         assert event.amount is None
+        assert event.refund.status is RefundStatus.PENDING  # moves nothing unchecked
 
 
 def _paypal_refund_event(**resource_changes: Any) -> dict[str, Any]:
@@ -779,3 +809,13 @@ async def test_paypal_void_answer_for_another_authorization_is_not_cancelled(
         _in("AUD", "AUTH-1"), idempotency_key="k", timeout=5
     )
     assert outcome.status is SessionStatus.PROCESSING
+
+
+@pytest.mark.parametrize("value", ["-10.00", "1e1", 10, "ten"])
+def test_paypal_refund_event_with_an_unreadable_amount_moves_nothing(value: Any) -> None:
+    from gateway.domain.session import RefundStatus
+    from providers.paypal.webhooks import event_from_paypal
+
+    event = event_from_paypal(_paypal_refund_event(amount={"currency_code": "AUD", "value": value}))
+    assert event.refund is not None
+    assert (event.refund.status, event.refund.amount) == (RefundStatus.PENDING, None)
