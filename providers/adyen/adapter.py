@@ -234,7 +234,6 @@ class AdyenAdapter:
             json_object(result, self.name),
             manual=request.captureMethod == "manual",
             currency=request.currency,
-            amount=request.amount.total,
         )
 
     async def capture_payment(

@@ -136,8 +136,9 @@ def charge_outcome(
     Authorised -> COMPLETED (AUTHORIZED with manual capture); Refused/Error -> FAILED with
     ``refusalReason``; a resultCode that needs the shopper -> FAILED (the shopper is absent);
     Cancelled -> CANCELLED; anything else (Pending, Received, ...) -> PROCESSING: the
-    AUTHORISATION notification decides. An answer whose ``amount`` is not ``amount`` in
-    ``currency``, or cannot be read, is PROCESSING too (:func:`providers.answers.vouched`).
+    AUTHORISATION notification decides. An answer whose ``amount`` cannot be read (or is not
+    ``amount``, when given) is PROCESSING too (:func:`providers.answers.vouched`); another
+    currency is reported as it is, for the gateway to reconcile.
     """
     code = _text(payload, "resultCode") or ""
     psp = _text(payload, "pspReference")
@@ -164,7 +165,7 @@ def charge_outcome(
         failure_reason=failure,
         raw_status=code or None,
     )
-    return vouched(outcome, currency=currency, amount=amount, unreadable=unreadable)
+    return vouched(outcome, amount=amount, unreadable=unreadable)
 
 
 def _reference(payment: PaymentReference) -> dict[str, str]:

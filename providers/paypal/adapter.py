@@ -479,12 +479,8 @@ class PayPalAdapter:
                     raw_status=exc.issue,
                 )
             raise
-        return charge_outcome(
-            json_object(result, self.name),
-            intent=intent,
-            currency=data.request.currency,
-            amount=data.request.amount.total,
-        )
+        # another amount or currency is reported as it is: the gateway reconciles the charge
+        return charge_outcome(json_object(result, self.name), intent=intent)
 
     async def capture_payment(
         self,

@@ -293,13 +293,10 @@ class StripeAdapter:
                 self._http.check(result, (200,))
                 raise ProviderUnavailable(self.name, "unreadable 402 answer", result.status)
             return outcome
+        # another amount or currency is reported as it is: the gateway reconciles the charge
+        # (gateway.series.charge_mismatch); an amount it cannot see must not pass as agreeing
         answered = self._intent(payload, result.status)
-        return vouched(
-            answered,
-            currency=data.request.currency,
-            amount=data.request.amount.total,
-            unreadable=answered.amount is None,
-        )
+        return vouched(answered, unreadable=answered.amount is None)
 
     async def capture_payment(
         self,
