@@ -39,8 +39,13 @@ MANDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "paypal": ("first_in_series", {"paymentMethod": "paypal"}),
 }
 #: a refund's status in the 201: Stripe and Adyen decide later and their refund webhook settles
-#: it (sent by the sandbox to the gateway process); PayPal's answer is final
-REFUND_ANSWER = {"stripe": "PENDING", "adyen": "PENDING", "paypal": "SUCCEEDED"}
+#: it (sent by the sandbox to the gateway process; it may land before the refund call's answer
+#: is recorded, and then the 201 already reads SUCCEEDED); PayPal's answer is final
+REFUND_ANSWER = {
+    "stripe": {"PENDING", "SUCCEEDED"},
+    "adyen": {"PENDING", "SUCCEEDED"},
+    "paypal": {"SUCCEEDED"},
+}
 STORES = [
     "memory",
     pytest.param("redis", marks=pytest.mark.redis),
@@ -246,7 +251,7 @@ async def test_a_series_charged_and_refunded_at_the_mandates_provider(
     )
     assert status == 201, refund
     assert (refund["amount"], refund["currency"]) == ("12.50", "AUD")
-    assert refund["status"] == REFUND_ANSWER[provider]
+    assert refund["status"] in REFUND_ANSWER[provider]
 
     async def settled() -> list[dict[str, Any]] | None:
         status, listed = await gw.call("GET", refunds)
