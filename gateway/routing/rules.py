@@ -199,6 +199,13 @@ class ChangeDetection(FrozenModel):
     fast_window: Annotated[float, Field(ge=2, le=10_000)] = 20.0
     min_samples: Annotated[float, Field(ge=1)] = 10.0
 
+    @model_validator(mode="after")
+    def _reachable(self) -> ChangeDetection:
+        # the recent counts approach fast_window but never reach it
+        if self.enabled and self.min_samples >= self.fast_window:
+            raise ValueError("change_detection.min_samples must be smaller than fast_window")
+        return self
+
 
 class Learning(FrozenModel):
     """How observed outcomes feed the success-rate and latency components.
@@ -361,7 +368,9 @@ def load_rules_text(raw: str | bytes, *, source: str = "<rules>") -> LoadedRules
     try:
         model = RulesFile.model_validate(data)
     except ValidationError as exc:
-        raise RulesError(source, [_problem(err, marks) for err in exc.errors()]) from None
+        # a bare exploration number is both bounds: one mistake, reported once
+        found = dict.fromkeys(_problem(err, marks) for err in exc.errors())
+        raise RulesError(source, list(found)) from None
     problems = [
         RulesProblem(message, line_for(marks, loc)[0], readable_path(loc))
         for loc, message in reference_errors(model)

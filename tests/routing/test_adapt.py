@@ -249,6 +249,10 @@ def test_a_fixed_exploration_number_still_loads_as_floor_and_ceiling() -> None:
             "fast_window must be smaller than window_outcomes",
         ),
         ({"learning": {"model": "bandit"}}, "'adaptive' or 'decayed'"),
+        (  # the recent counts never reach fast_window: detection would never fire
+            {"learning": {"change_detection": {"fast_window": 20, "min_samples": 20}}},
+            "change_detection.min_samples must be smaller than fast_window",
+        ),
     ],
 )
 def test_bad_learning_knobs_are_refused_with_the_reason(
@@ -257,6 +261,13 @@ def test_bad_learning_knobs_are_refused_with_the_reason(
     with pytest.raises(RulesError) as err:
         load_rules_text(rules_yaml(scoring=scoring))
     assert message in str(err.value)
+
+
+def test_a_bare_exploration_number_out_of_range_is_one_error() -> None:
+    with pytest.raises(RulesError) as err:
+        load_rules_text(rules_yaml(scoring={"exploration": 0.9}))
+    assert len(err.value.problems) == 1, err.value.problems
+    assert "less than or equal to 0.5" in str(err.value)
 
 
 # the shared store ------------------------------------------------------------------------
