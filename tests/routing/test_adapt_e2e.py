@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -29,9 +30,34 @@ def adaptive_rules(tmp_path: Path) -> Path:
     return path
 
 
+class Verdicts:
+    """Counts the payment verdicts the router is given (the real call runs unchanged): a
+    session reads final as soon as it is stored and its verdict is learnt just after that, so
+    the next order waits for it, or what it is routed with would depend on the machine's load."""
+
+    def __init__(self, env: Env) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+        learn = env.router.record_payment
+
+        async def counted(*args: Any, **kwargs: Any) -> None:
+            await learn(*args, **kwargs)
+            self.count += 1
+            self._changed.set()
+
+        env.router.record_payment = counted
+
+    async def reach(self, n: int) -> None:
+        """Wait until ``n`` verdicts were learnt (10 s at most)."""
+        async with asyncio.timeout(10):
+            while self.count < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+
 async def settle(env: Env, session_id: str) -> str:
     """The session's status once the provider's webhook moved it to a final one."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while True:
         view = await env.read(session_id)
         if view["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
@@ -39,8 +65,11 @@ async def settle(env: Env, session_id: str) -> str:
         await asyncio.sleep(0.02)
 
 
-async def checkout(env: Env, n: int, approves: dict[str, list[bool]]) -> tuple[str, str]:
+async def checkout(
+    env: Env, n: int, approves: dict[str, list[bool]], verdicts: Verdicts
+) -> tuple[str, str]:
     """One order: routed, paid or declined by the customer, settled by webhook."""
+    await verdicts.reach(n)  # every earlier order's verdict is learnt
     await env.router.flush()
     await env.router.refresh_stats()  # what the refresh loop does every 1.5 s
     created = await env.create(key=f"adapt-{n}", orderReference=f"ADAPT-{n}")
@@ -59,7 +88,9 @@ async def test_traffic_leaves_a_provider_whose_approvals_drop(
     tmp_path: Path,
 ) -> None:
     env = await lifecycle_env(rules_path=adaptive_rules(tmp_path))
-    steady = [await checkout(env, n, {"stripe": NINETY, "adyen": NINETY}) for n in range(30)]
+    verdicts = Verdicts(env)
+    both = {"stripe": NINETY, "adyen": NINETY}
+    steady = [await checkout(env, n, both, verdicts) for n in range(30)]
     chosen = [p for p, _ in steady]
     top = max(("stripe", "adyen"), key=chosen.count)
     other = "adyen" if top == "stripe" else "stripe"
@@ -69,7 +100,7 @@ async def test_traffic_leaves_a_provider_whose_approvals_drop(
     assert before.payment_ok + before.payment_fail >= 16  # counted from the webhooks
 
     rates = {top: THIRTY, other: NINETY}
-    after = [await checkout(env, 30 + n, rates) for n in range(60)]
+    after = [await checkout(env, 30 + n, rates, verdicts) for n in range(60)]
     providers = [p for p, _ in after]
     moved = next(
         (i for i in range(15, len(providers) + 1) if providers[i - 15 : i].count(other) >= 12),
