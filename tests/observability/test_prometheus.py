@@ -202,10 +202,21 @@ class Load:
             return provider
 
     async def failovers(self, n: int, count: int, provider: str) -> None:
-        """EUR card orders while ``provider`` fails: each fails over to the next candidate."""
-        await self.fault(provider, errorRate=1.0)
+        """EUR card orders while ``provider`` fails: each fails over to the next candidate.
+        Each order is one whose decision ranks ``provider`` first (the learner explores other
+        providers for some orders: the draw is fixed per order, so simulate finds them)."""
+        bodies = []
         for i in range(count):
-            await self.create(f"p{n}-failover-{i}", card_order(f"ORD-{n}-fo-{i}"), 201)
+            for j in range(100):
+                body = card_order(f"ORD-{n}-fo-{i}-{j}")
+                if await self.first_choice(body) == provider:
+                    bodies.append(body)
+                    break
+            else:
+                raise AssertionError(f"no order ranks {provider} first")
+        await self.fault(provider, errorRate=1.0)
+        for i, body in enumerate(bodies):
+            await self.create(f"p{n}-failover-{i}", body, 201)
         await self.fault(provider, errorRate=0.0)
 
     async def reload_unchanged(self) -> None:
