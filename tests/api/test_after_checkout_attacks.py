@@ -11,7 +11,7 @@ import asyncio
 import json
 import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tests.api.test_failover import sandbox_state
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 from tests.lifecycle.conftest import pinned_rules
 from tests.providers.hosted_inputs import press
+from tests.tcp_proxy import TcpProxy
 
 #: the provider timeout of the processes: their key leases last 2 * 1 + 1 = 3 s
 TIMEOUT_S = 1.0
@@ -39,6 +40,8 @@ class Cluster:
     ports: list[int]
     procs: list[subprocess.Popen[str]]
     http: aiohttp.ClientSession
+    #: the headers of the last answer :meth:`call` read
+    last_headers: dict[str, str] = field(default_factory=dict)
 
     def url(self, index: int, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[index]}{path}"
@@ -51,6 +54,7 @@ class Cluster:
             method, self.url(index, path), data=data, headers=headers(key)
         ) as answer:
             raw = await answer.read()
+            self.last_headers = dict(answer.headers)
             return answer.status, (json.loads(raw) if raw else {})
 
     async def faults(self, **faults: Any) -> None:
@@ -66,7 +70,7 @@ class Cluster:
         assert status == 200, view
         return view
 
-    async def paid(self, key: str, *, manual: bool) -> str:
+    async def paid(self, key: str, *, manual: bool, **extra: Any) -> str:
         """A stripe session the payer paid on the sandbox page: AUTHORIZED or COMPLETED."""
         body = seed(
             redirectUrls={
@@ -75,6 +79,7 @@ class Cluster:
             },
             orderReference=f"ORD-{key}",
             **({"captureMethod": "manual"} if manual else {}),
+            **extra,
         )
         status, created = await self.call(0, "/api/v1/sessions", body, key=key)
         assert status == 201, created
@@ -270,6 +275,7 @@ async def test_a_provider_slower_than_the_timeout_is_called_once_over_retries(
     await cluster.faults(provider="stripe", processingMs=2500)
     status, answer = await cluster.call(0, path, body, key="slow")
     assert (status, answer["code"]) == (504, "PROVIDER_TIMEOUT"), answer
+    assert int(cluster.last_headers["Retry-After"]) >= 1
     seen = []
     for attempt in range(40):
         status, answer = await cluster.call(attempt % 2, path, body, key="slow")
@@ -286,3 +292,151 @@ async def test_a_provider_slower_than_the_timeout_is_called_once_over_retries(
         view = await cluster.read(session_id)
         assert (view["status"], view["amountCaptured"]) == ("COMPLETED", "140.76")
         assert book.intents[view["paymentId"]]["amount_received"] == 14076
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", ["capture", "refund"])
+async def test_a_store_outage_after_the_provider_call_answers_503_then_the_retry_once(
+    make_cluster: ClusterFactory, redis_url: str, kind: str
+) -> None:
+    target = redis_url.split("//", 1)[1].split("/", 1)[0]
+    host, port = target.split(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    try:
+        cluster = await make_cluster(store_url=f"redis://127.0.0.1:{proxy.port}/13")
+        session_id = await cluster.paid(f"k-out-{kind}", manual=kind == "capture")
+        path = f"/api/v1/sessions/{session_id}/" + ("capture" if kind == "capture" else "refunds")
+        body = None if kind == "capture" else {"amount": "40.00"}
+        await cluster.faults(provider="stripe", processingMs=500)
+        first = asyncio.create_task(cluster.call(0, path, body, key="out"))
+        await until(lambda: _sent(cluster), timeout=5)
+        await proxy.stop()  # the provider acts; the gateway cannot record it
+        status, answer = await first
+        assert status == 503, answer
+        assert int(cluster.last_headers["Retry-After"]) >= 1
+        await proxy.start()
+        await cluster.faults(provider="stripe")
+        seen = []
+        for attempt in range(60):
+            status, answer = await cluster.call(attempt % 2, path, body, key="out")
+            seen.append(status)
+            assert status in (200, 201, 409, 503), answer
+            if status in (200, 201):
+                break
+            await asyncio.sleep(0.2)
+        assert seen[-1] in (200, 201), seen
+        book = ledger(sandbox_state(cluster.sandbox))
+        view = await cluster.read(session_id)
+        if kind == "refund":
+            assert [r["amount"] for r in book.refunds.values()] == [4000]
+            assert view["amountRefunded"] == "40.00"
+        else:
+            assert (view["status"], view["amountCaptured"]) == ("COMPLETED", "140.76")
+    finally:
+        await proxy.stop()
+
+
+def series_body(mandate_id: str, order: str, **changes: Any) -> dict[str, Any]:
+    body = seed(
+        sessionType="next_in_series", mandateSessionId=mandate_id, orderReference=order, **changes
+    )
+    del body["redirectUrls"]
+    return body
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(40)
+async def test_racing_next_payments_on_one_order_charge_once(cluster: Cluster) -> None:
+    mandate = await cluster.paid("k-mandate", manual=False, sessionType="first_in_series")
+    before = set(ledger(sandbox_state(cluster.sandbox)).intents)
+    body = series_body(mandate, "ORD-NEXT")
+    answers = await asyncio.gather(
+        *(cluster.call(i % 2, "/api/v1/sessions", body, key=f"next-{i}") for i in range(20))
+    )
+    statuses = sorted(status for status, _ in answers)
+    assert statuses.count(201) == 1, answers
+    assert set(statuses) <= {201, 409}, answers
+    made = set(ledger(sandbox_state(cluster.sandbox)).intents) - before
+    assert len(made) == 1, made
+    created = next(view for status, view in answers if status == 201)
+    assert created["status"] == "COMPLETED"
+    # its retry with any of the losing keys still charges nothing more
+    again = await asyncio.gather(
+        *(cluster.call(i % 2, "/api/v1/sessions", body, key=f"next-{i}") for i in range(20))
+    )
+    assert sum(1 for status, _ in again if status == 201) == 1, again
+    assert set(ledger(sandbox_state(cluster.sandbox)).intents) - before == made
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(40)
+async def test_a_next_payment_refuses_unusable_mandates(cluster: Cluster) -> None:
+    mandate = await cluster.paid("k-m2", manual=False, sessionType="first_in_series")
+    one_time = await cluster.paid("k-one", manual=False)
+    before = len(ledger(sandbox_state(cluster.sandbox)).intents)
+    # a FAILED mandate: the payer declined on the page
+    status, declined = await cluster.call(
+        0,
+        "/api/v1/sessions",
+        seed(
+            sessionType="first_in_series",
+            orderReference="ORD-DECL",
+            redirectUrls={"success": "https://shop.example/ok", "failure": "https://shop.example/no"},
+        ),
+        key="k-decl",
+    )
+    assert status == 201, declined
+    pressed, _ = await press(declined["checkoutUrl"], "decline")
+    assert pressed == 303
+    await until(lambda: cluster._status_is(declined["sessionId"], "FAILED"))
+    for mandate_id, wanted in (
+        (declined["sessionId"], (422, "MANDATE_NOT_USABLE")),
+        (one_time, (422, "MANDATE_NOT_USABLE")),
+        ("00000000-0000-4000-8000-000000000000", (404, None)),
+    ):
+        status, refused = await cluster.call(
+            1, "/api/v1/sessions", series_body(mandate_id, f"ORD-{mandate_id}"), key=f"n-{mandate_id}"
+        )
+        assert (status, refused.get("code") if wanted[1] else None) == wanted, refused
+    # another merchant's mandate reads as unknown
+    async with cluster.http.post(
+        cluster.url(1, "/api/v1/sessions"),
+        data=json.dumps(series_body(mandate, "ORD-OTHER")).encode(),
+        headers=headers("n-other", merchant="merchant-2"),
+    ) as answer:
+        assert answer.status == 404, await answer.text()
+    assert len(ledger(sandbox_state(cluster.sandbox)).intents) == before
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(40)
+async def test_hostile_amounts_on_capture_and_refund_are_refused_plainly(cluster: Cluster) -> None:
+    session_id = await cluster.paid("k-amounts", manual=True)
+    capture = f"/api/v1/sessions/{session_id}/capture"
+    refunds = f"/api/v1/sessions/{session_id}/refunds"
+    hostile: list[Any] = [
+        "-0", "0", "0.00", "-1", "0.001", "1e-3", "NaN", "Infinity", "-Infinity", "1e400",
+        "9" * 400, "1E+999999999", True, [], {}, "", " 1", "1,00", "0x10",
+        "١٠", "1_0", "+1", ".5e1", "140.761", "140.77", "1e3",
+    ]
+    seen = []
+    for n, amount in enumerate(hostile):
+        for path in (capture, refunds):
+            status, body = await cluster.call(n % 2, path, {"amount": amount}, key=f"h-{n}-{path[-3:]}")
+            seen.append((amount, path[-7:], status, body.get("code")))
+            assert status in (400, 409, 422), (amount, path, status, body)
+            assert body.get("requestId"), body
+    # the session was never captured by any of them
+    view = await cluster.read(session_id)
+    assert (view["status"], view["amountCaptured"]) == ("AUTHORIZED", "0.00"), seen
+    # "1e2" is 100.00: a partial capture of exactly that
+    status, captured = await cluster.call(0, capture, {"amount": "1e2"}, key="ok")
+    assert (status, captured["amountCaptured"]) == (200, "100.00"), captured
+    status, replay = await cluster.call(1, capture, {"amount": "100.0"}, key="ok")
+    assert (status, replay) == (200, captured)
+    status, refund = await cluster.call(1, refunds, {"amount": "1E+2"}, key="r-ok")
+    assert (status, refund["amount"]) == (201, "100.00"), refund
+    status, over = await cluster.call(0, refunds, {"amount": "0.01"}, key="r-over")
+    assert (status, over["code"]) == (422, "REFUND_AMOUNT_EXCEEDED"), over
