@@ -383,7 +383,10 @@ async def test_a_next_payment_refuses_unusable_mandates(cluster: Cluster) -> Non
         seed(
             sessionType="first_in_series",
             orderReference="ORD-DECL",
-            redirectUrls={"success": "https://shop.example/ok", "failure": "https://shop.example/no"},
+            redirectUrls={
+                "success": "https://shop.example/ok",
+                "failure": "https://shop.example/no",
+            },
         ),
         key="k-decl",
     )
@@ -397,7 +400,10 @@ async def test_a_next_payment_refuses_unusable_mandates(cluster: Cluster) -> Non
         ("00000000-0000-4000-8000-000000000000", (404, None)),
     ):
         status, refused = await cluster.call(
-            1, "/api/v1/sessions", series_body(mandate_id, f"ORD-{mandate_id}"), key=f"n-{mandate_id}"
+            1,
+            "/api/v1/sessions",
+            series_body(mandate_id, f"ORD-{mandate_id}"),
+            key=f"n-{mandate_id}",
         )
         assert (status, refused.get("code") if wanted[1] else None) == wanted, refused
     # another merchant's mandate reads as unknown
@@ -417,17 +423,56 @@ async def test_hostile_amounts_on_capture_and_refund_are_refused_plainly(cluster
     capture = f"/api/v1/sessions/{session_id}/capture"
     refunds = f"/api/v1/sessions/{session_id}/refunds"
     hostile: list[Any] = [
-        "-0", "0", "0.00", "-1", "0.001", "1e-3", "NaN", "Infinity", "-Infinity", "1e400",
-        "9" * 400, "1E+999999999", True, [], {}, "", " 1", "1,00", "0x10",
-        "١٠", "1_0", "+1", ".5e1", "140.761", "140.77", "1e3",
+        "-0",
+        "0",
+        "0.00",
+        "-1",
+        "0.001",
+        "1e-3",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "9" * 400,
+        "1E+999999999",
+        True,
+        [],
+        {},
+        "",
+        " 1",
+        "1,00",
+        "0x10",
+        "١٠",
+        "1_0",
+        "+1",
+        ".5e1",
+        "140.761",
+        "140.77",
+        "1e3",
     ]
     seen = []
     for n, amount in enumerate(hostile):
         for path in (capture, refunds):
-            status, body = await cluster.call(n % 2, path, {"amount": amount}, key=f"h-{n}-{path[-3:]}")
+            status, body = await cluster.call(
+                n % 2, path, {"amount": amount}, key=f"h-{n}-{path[-3:]}"
+            )
             seen.append((amount, path[-7:], status, body.get("code")))
             assert status in (400, 409, 422), (amount, path, status, body)
             assert body.get("requestId"), body
+    # a name given twice: parsers disagree on which amount is meant (first or last wins)
+    for n, (path, raw) in enumerate(
+        [
+            (capture, b'{"amount": "1.00", "amount": "100.00"}'),
+            (refunds, b'{"amount": "1.00", "amount": "2.00"}'),
+            (refunds, b'{"amount": "1.00", "reason": "duplicate", "reason": "fraudulent"}'),
+        ]
+    ):
+        async with cluster.http.post(
+            cluster.url(n % 2, path), data=raw, headers=headers(f"dup-{n}")
+        ) as answer:
+            refused = await answer.json()
+            assert answer.status == 400, refused
+            assert "duplicate key" in refused["message"][0], refused
     # the session was never captured by any of them
     view = await cluster.read(session_id)
     assert (view["status"], view["amountCaptured"]) == ("AUTHORIZED", "0.00"), seen
