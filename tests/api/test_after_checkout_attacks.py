@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -116,7 +117,9 @@ async def make_cluster(
     another URL, such as a proxy's, is given)."""
     async with aiohttp.ClientSession() as http:
 
-        async def factory(*, store_url: str | None = None) -> Cluster:
+        async def factory(
+            *, store_url: str | None = None, store: dict[str, str] | None = None
+        ) -> Cluster:
             ports = [free_port(), free_port()]
             sandbox = await aiohttp_server(
                 create_sandbox_root(
@@ -132,6 +135,7 @@ async def make_cluster(
                 "GATEWAY_STORE": "redis",
                 "GATEWAY_REDIS_URL": store_url or redis_url,
                 "GATEWAY_REDIS_PREFIX": redis_prefix,
+                **(store or {}),
                 "GATEWAY_RULES_PATH": str(pinned_rules(tmp_path, "stripe")),
                 "GATEWAY_PROVIDER_TIMEOUT_SECONDS": str(TIMEOUT_S),
                 "GATEWAY_REQUEST_DEADLINE_SECONDS": "3",
@@ -294,18 +298,39 @@ async def test_a_provider_slower_than_the_timeout_is_called_once_over_retries(
         assert book.intents[view["paymentId"]]["amount_received"] == 14076
 
 
-@pytest.mark.redis
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("kind", ["capture", "refund"])
+@pytest.mark.parametrize(
+    "store_kind",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
 async def test_a_store_outage_after_the_provider_call_answers_503_then_the_retry_once(
-    make_cluster: ClusterFactory, redis_url: str, kind: str
+    make_cluster: ClusterFactory, request: pytest.FixtureRequest, kind: str, store_kind: str
 ) -> None:
-    target = redis_url.split("//", 1)[1].split("/", 1)[0]
-    host, port = target.split(":")
-    proxy = TcpProxy(host, int(port))
+    if store_kind == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = request.getfixturevalue("postgres_database")
+    target = urlsplit(url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 0)
     await proxy.start()
+    proxied = urlunsplit(
+        target._replace(
+            netloc=target.netloc.replace(
+                f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}"
+            )
+        )
+    )
+    store = (
+        {"GATEWAY_STORE": "redis", "GATEWAY_REDIS_URL": proxied}
+        if store_kind == "redis"
+        else {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": proxied}
+    )
     try:
-        cluster = await make_cluster(store_url=f"redis://127.0.0.1:{proxy.port}/13")
+        cluster = await make_cluster(store=store)
         session_id = await cluster.paid(f"k-out-{kind}", manual=kind == "capture")
         path = f"/api/v1/sessions/{session_id}/" + ("capture" if kind == "capture" else "refunds")
         body = None if kind == "capture" else {"amount": "40.00"}
