@@ -550,3 +550,36 @@ async def test_a_next_payment_whose_process_died_mid_charge_is_not_charged_again
 async def _settled(cluster: Cluster) -> bool:
     records = sandbox_state(cluster.sandbox).idempotency.get("stripe", {})
     return bool(records) and not any(record.in_flight for record in records.values())
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(40)
+async def test_scopes_and_merchants_guard_capture_void_and_refunds(cluster: Cluster) -> None:
+    session_id = await cluster.paid("k-scopes", manual=True)
+    base = f"/api/v1/sessions/{session_id}"
+    calls = [
+        ("POST", "capture", None, ["refunds:write", "sessions:read"]),
+        ("POST", "cancel", {"cancellationReason": "abandoned"}, ["refunds:write", "sessions:read"]),
+        ("POST", "refunds", {"amount": "1.00"}, ["sessions:write", "sessions:read"]),
+        ("GET", "refunds", None, ["sessions:write", "refunds:write"]),
+    ]
+    for n, (method, path, body, scopes) in enumerate(calls):
+        data = b"" if body is None else json.dumps(body).encode()
+        async with cluster.http.request(
+            method,
+            cluster.url(n % 2, f"{base}/{path}"),
+            data=data,
+            headers=headers(f"s-{n}", scopes=scopes),
+        ) as answer:
+            assert answer.status == 403, (path, await answer.text())
+        # another merchant with every scope: the session does not exist for it
+        async with cluster.http.request(
+            method,
+            cluster.url(n % 2, f"{base}/{path}"),
+            data=data,
+            headers=headers(f"m-{n}", merchant="merchant-2"),
+        ) as answer:
+            assert answer.status == 404, (path, await answer.text())
+    view = await cluster.read(session_id)
+    assert (view["status"], view["amountCaptured"]) == ("AUTHORIZED", "0.00")
+    assert ledger(sandbox_state(cluster.sandbox)).refunds == {}
