@@ -514,12 +514,6 @@ async def test_hostile_amounts_on_capture_and_refund_are_refused_plainly(cluster
 
 @pytest.mark.redis
 @pytest.mark.timeout(40)
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: the order reservation of a create that died in its customer-absent charge "
-    "lapses with its lease, and a create under another key for the same order charges again "
-    "(the dead key's pin records the provider it called, the order guard does not look at it)",
-)
 async def test_a_next_payment_whose_process_died_mid_charge_is_not_charged_again_by_another_key(
     cluster: Cluster,
 ) -> None:
