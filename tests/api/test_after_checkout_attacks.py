@@ -26,6 +26,7 @@ from tests.api.conftest import headers, seed
 from tests.api.test_failover import sandbox_state
 from tests.gateway_processes import base_env, free_port, start_gateway, wait_ready
 from tests.lifecycle.conftest import pinned_rules
+from tests.lifecycle.test_loop import PROVIDERS
 from tests.providers.hosted_inputs import press
 from tests.tcp_proxy import TcpProxy
 
@@ -41,6 +42,8 @@ class Cluster:
     ports: list[int]
     procs: list[subprocess.Popen[str]]
     http: aiohttp.ClientSession
+    #: the provider every session is pinned to
+    provider: str = "stripe"
     #: the headers of the last answer :meth:`call` read
     last_headers: dict[str, str] = field(default_factory=dict)
 
@@ -80,6 +83,7 @@ class Cluster:
             },
             orderReference=f"ORD-{key}",
             **({"captureMethod": "manual"} if manual else {}),
+            **PROVIDERS[self.provider],
             **extra,
         )
         status, created = await self.call(0, "/api/v1/sessions", body, key=key)
@@ -118,7 +122,10 @@ async def make_cluster(
     async with aiohttp.ClientSession() as http:
 
         async def factory(
-            *, store_url: str | None = None, store: dict[str, str] | None = None
+            *,
+            store_url: str | None = None,
+            store: dict[str, str] | None = None,
+            provider: str = "stripe",
         ) -> Cluster:
             ports = [free_port(), free_port()]
             sandbox = await aiohttp_server(
@@ -136,7 +143,7 @@ async def make_cluster(
                 "GATEWAY_REDIS_URL": store_url or redis_url,
                 "GATEWAY_REDIS_PREFIX": redis_prefix,
                 **(store or {}),
-                "GATEWAY_RULES_PATH": str(pinned_rules(tmp_path, "stripe")),
+                "GATEWAY_RULES_PATH": str(pinned_rules(tmp_path, provider)),
                 "GATEWAY_PROVIDER_TIMEOUT_SECONDS": str(TIMEOUT_S),
                 "GATEWAY_REQUEST_DEADLINE_SECONDS": "3",
                 "GATEWAY_IDEMPOTENCY_LEASE_SECONDS": "5",
@@ -148,7 +155,7 @@ async def make_cluster(
                 procs.append(proc)
             for port, proc in zip(ports, procs, strict=True):
                 await wait_ready(port, proc)
-            return Cluster(sandbox, ports, procs, http)
+            return Cluster(sandbox, ports, procs, http, provider=provider)
 
         yield factory
 
@@ -201,7 +208,7 @@ async def test_a_refund_whose_process_died_in_the_provider_call_is_made_once(
 
 async def _sent(cluster: Cluster) -> bool:
     """Whether a Stripe request is in flight at the sandbox (its key claimed, no answer yet)."""
-    records = sandbox_state(cluster.sandbox).idempotency.get("stripe", {})
+    records = sandbox_state(cluster.sandbox).idempotency.get(cluster.provider, {})
     return any(record.in_flight for record in records.values())
 
 
@@ -514,35 +521,41 @@ async def test_hostile_amounts_on_capture_and_refund_are_refused_plainly(cluster
 
 @pytest.mark.redis
 @pytest.mark.timeout(40)
+@pytest.mark.parametrize("provider", ["stripe", "adyen", "paypal"])
 async def test_a_next_payment_whose_process_died_mid_charge_is_not_charged_again_by_another_key(
-    cluster: Cluster,
+    make_cluster: ClusterFactory, provider: str
 ) -> None:
+    cluster = await make_cluster(provider=provider)
     mandate = await cluster.paid("k-m3", manual=False, sessionType="first_in_series")
     book = ledger(sandbox_state(cluster.sandbox))
     before = set(book.intents)
-    body = series_body(mandate, "ORD-DIED")
-    await cluster.faults(provider="stripe", processingMs=1500)
+    body = series_body(mandate, "ORD-DIED", **PROVIDERS[provider])
+    await cluster.faults(provider=provider, processingMs=1500)
     first = asyncio.create_task(cluster.call(0, "/api/v1/sessions", body, key="next-died"))
     await until(lambda: _sent(cluster), timeout=5)
     cluster.procs[0].kill()
     with pytest.raises(aiohttp.ClientError):
         await first
     await until(lambda: _settled(cluster), timeout=5)  # the provider charged the order
-    await cluster.faults(provider="stripe")
-    assert len(set(book.intents) - before) == 1
-    # past every lease of the dead process, another key for the same order
+    await cluster.faults(provider=provider)
+    charged = set(book.intents) - before
+    # past every lease of the dead process, another key for the same order: the provider
+    # refuses its key (the dead create's) with another body, and charges nothing
     await asyncio.sleep(5.5)
     status, answer = await cluster.call(1, "/api/v1/sessions", body, key="next-other")
-    assert len(set(book.intents) - before) == 1, "the order was charged twice"
-    assert status == 409, answer
+    assert set(book.intents) - before == charged, "the order was charged twice"
+    assert (status, answer.get("code")) == (409, "PROVIDER_KEY_CONFLICT"), answer
     # the dead request's own retry finds its charge at the provider (replayed, not repeated)
     status, answer = await cluster.call(1, "/api/v1/sessions", body, key="next-died")
     assert (status, answer["status"]) == (201, "COMPLETED"), answer
-    assert len(set(book.intents) - before) == 1
+    assert set(book.intents) - before == charged
+    # and the order is paid: any other key answers 409 with the paid session
+    status, answer = await cluster.call(1, "/api/v1/sessions", body, key="next-third")
+    assert status == 409, answer
 
 
 async def _settled(cluster: Cluster) -> bool:
-    records = sandbox_state(cluster.sandbox).idempotency.get("stripe", {})
+    records = sandbox_state(cluster.sandbox).idempotency.get(cluster.provider, {})
     return bool(records) and not any(record.in_flight for record in records.values())
 
 
