@@ -590,3 +590,39 @@ async def test_scopes_and_merchants_guard_capture_void_and_refunds(cluster: Clus
     view = await cluster.read(session_id)
     assert (view["status"], view["amountCaptured"]) == ("AUTHORIZED", "0.00")
     assert ledger(sandbox_state(cluster.sandbox)).refunds == {}
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+async def test_racing_refunds_through_provider_errors_never_refund_more_than_captured(
+    cluster: Cluster,
+) -> None:
+    session_id = await cluster.paid("k-flaky", manual=False)
+    refunds = f"/api/v1/sessions/{session_id}/refunds"
+    await cluster.faults(provider="stripe", errorRate=0.3)
+    keys = [f"flaky-{n}" for n in range(24)]
+    final: dict[str, int] = {}
+
+    async def settle(n: int, key: str) -> None:
+        for attempt in range(40):
+            status, body = await cluster.call(
+                (n + attempt) % 2, refunds, {"amount": "10.00"}, key=key
+            )
+            assert status in (201, 409, 422, 502, 503, 504), body
+            if status in (201, 422):
+                final[key] = status
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{key} never settled")
+
+    await asyncio.gather(*(settle(n, key) for n, key in enumerate(keys)))
+    made = stripe_refunds(cluster)
+    granted = [key for key, status in final.items() if status == 201]
+    assert len(granted) == 14, final  # 14 x 10.00 <= 140.76 < 15 x 10.00
+    assert sum(int(r["amount"]) for r in made) == 14 * 1000, made
+    status, listed = await cluster.call(1, refunds, key=None, method="GET")
+    assert status == 200
+    held = [r for r in listed["data"] if r["status"] != "FAILED"]
+    assert len(held) == 14, listed
+    view = await cluster.read(session_id)
+    assert view["amountRefunded"] == "140.00"
