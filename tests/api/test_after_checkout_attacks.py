@@ -626,3 +626,38 @@ async def test_racing_refunds_through_provider_errors_never_refund_more_than_cap
     assert len(held) == 14, listed
     view = await cluster.read(session_id)
     assert view["amountRefunded"] == "140.00"
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(40)
+async def test_a_capture_whose_process_died_in_the_provider_call_is_made_once(
+    cluster: Cluster,
+) -> None:
+    session_id = await cluster.paid("k-kill-cap", manual=True)
+    path = f"/api/v1/sessions/{session_id}"
+    await cluster.faults(provider="stripe", processingMs=1500)
+    first = asyncio.create_task(cluster.call(0, f"{path}/capture", {"amount": "100.00"}, key="c"))
+    await until(lambda: _sent(cluster), timeout=5)
+    cluster.procs[0].kill()
+    with pytest.raises(aiohttp.ClientError):
+        await first
+    await cluster.faults(provider="stripe")
+    # meanwhile neither another capture nor a void may reach the provider
+    status, body = await cluster.call(1, f"{path}/capture", key="c-other")
+    assert status == 409, body
+    status, body = await cluster.call(
+        1, f"{path}/cancel", {"cancellationReason": "abandoned"}, key="v"
+    )
+    assert status == 409, body
+    seen = []
+    for _ in range(60):  # the dead holder's lease lapses; the retry re-sends the same call
+        status, body = await cluster.call(1, f"{path}/capture", {"amount": "100.00"}, key="c")
+        seen.append(status)
+        assert status in (200, 409), body
+        if status == 200:
+            break
+        await asyncio.sleep(0.25)
+    assert seen[-1] == 200, seen
+    assert (body["status"], body["amountCaptured"]) == ("COMPLETED", "100.00")
+    intent = ledger(sandbox_state(cluster.sandbox)).intents[body["paymentId"]]
+    assert (intent["status"], intent["amount_received"]) == ("succeeded", 10000)
