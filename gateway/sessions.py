@@ -103,6 +103,8 @@ _GIVE_UP_GRACE_S = 0.25
 #: order reservation may have lapsed and been taken over by another key (no store can refuse
 #: the late session: it lies elsewhere than the reservation), so it answers 503 instead
 _COMMIT_LEASE_MARGIN = 0.1
+#: how many of an order's sessions a customer-absent charge counts for its provider key
+_ORDER_SESSIONS_SEEN = 100
 
 
 #: pauses between the attempts to give a failed create's claim up while the store does not
@@ -582,6 +584,28 @@ class SessionService:
             provider_wait_s=tries.waited_s,
         )
 
+    async def _charge_key(
+        self, merchant_id: str, idempotency_key: str, request: CheckoutRequest, begun: datetime
+    ) -> str:
+        """What the provider key of a customer-absent charge derives from. With the order
+        guard: the order and how many of its sessions created before this create ``begun``
+        (its pin's time: the same on every retry of the key) ended without holding it (a
+        decline frees the order for a new charge). A create that died in its charge leaves no
+        session and its order reservation lapses; a create under another key for the same
+        order then sends the same provider key with another body, and the provider refuses it
+        (409 PROVIDER_KEY_CONFLICT) rather than charge the order twice, while the dead
+        create's own retry is replayed. Without the guard: the merchant's key."""
+        if not self.settings.order_reference_guard:
+            return idempotency_key
+        earlier = await self.store.find_sessions(
+            merchant_id, request.orderReference, limit=_ORDER_SESSIONS_SEEN
+        )
+        now = utcnow()
+        ended = sum(
+            1 for session in earlier if session.createdAt < begun and not _holds_order(session, now)
+        )
+        return f"order\x00{request.orderReference}\x00{ended}"
+
     async def _charge_saved(
         self,
         merchant: Merchant,
@@ -599,14 +623,15 @@ class SessionService:
         deadline = time.monotonic() + self.settings.request_deadline_seconds
         session_id = session_id_for(merchant.merchant_id, idempotency_key)
         created_at = pin.created_at
+        charge_key = await self._charge_key(
+            merchant.merchant_id, idempotency_key, request, created_at
+        )
 
         def inputs(provider: str) -> ChargeInput:
             return ChargeInput(
                 session_id=session_id,
                 merchant_id=merchant.merchant_id,
-                idempotency_key=derived_provider_key(
-                    merchant.merchant_id, idempotency_key, provider
-                ),
+                idempotency_key=derived_provider_key(merchant.merchant_id, charge_key, provider),
                 request=request,
                 customer_id=mandate.customer_id,
                 payment_method_id=mandate.payment_method_id,

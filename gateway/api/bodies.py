@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
@@ -16,6 +14,7 @@ from gateway.domain.models import (
     CheckoutRequest,
     RequestProblems,
     describe_errors,
+    load_json_object,
     parse_checkout_request,
 )
 
@@ -44,10 +43,6 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
 async def read_model(request: web.Request, model: type[M], *, optional: bool = False) -> M:
     """The body as ``model`` (numbers read exactly, as ``Decimal``); 400 listing every problem
     otherwise. ``optional``: an empty body reads as ``{}`` (then no Content-Type is needed)."""
@@ -56,16 +51,9 @@ async def read_model(request: web.Request, model: type[M], *, optional: bool = F
         return model.model_validate({})
     require_json(request)
     try:
-        data = json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = (
-            f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        )
-        raise BadRequest([f"body: malformed JSON ({reason})"]) from None
-    except RecursionError:
-        raise BadRequest(["body: JSON nested too deeply"]) from None
-    if not isinstance(data, dict):
-        raise BadRequest(["body: must be a JSON object"])
+        data = load_json_object(raw)
+    except RequestProblems as exc:
+        raise BadRequest(exc.problems) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

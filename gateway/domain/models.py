@@ -59,6 +59,7 @@ __all__ = [
     "RequestProblems",
     "ShippingInfo",
     "describe_errors",
+    "load_json_object",
     "parse_checkout_request",
     "semantic_problems",
     "session_type_problems",
@@ -422,6 +423,26 @@ def _describe(error: Any) -> str:
 
 def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) -> CheckoutRequest:
     """Parse and validate a request body; raises :class:`RequestProblems` listing every problem."""
+    data = load_json_object(raw)
+    try:
+        request = CheckoutRequest.model_validate(
+            data, context={"allow_http_localhost": allow_http_localhost}
+        )
+    except ValidationError as exc:
+        problems = describe_errors(exc)
+        known = set(problems)
+        problems += [p for p in _partial_session_type_problems(data) if p not in known]
+        raise RequestProblems(problems + _partial_money_problems(data)) from None
+    problems = semantic_problems(request)
+    if problems:
+        raise RequestProblems(problems)
+    return request
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object, read the one way every request body is read: UTF-8 only,
+    numbers exactly (``Decimal``), no NaN or Infinity, no name given twice (parsers disagree
+    on which value wins); raises :class:`RequestProblems` otherwise."""
     try:
         # decoding first stops json.loads from guessing UTF-16 or UTF-32 from the bytes
         text = _utf8_text(raw)
@@ -438,19 +459,7 @@ def parse_checkout_request(raw: bytes, *, allow_http_localhost: bool = False) ->
         raise RequestProblems(["body: JSON nested too deeply"]) from None
     if not isinstance(data, dict):
         raise RequestProblems(["body: must be a JSON object"])
-    try:
-        request = CheckoutRequest.model_validate(
-            data, context={"allow_http_localhost": allow_http_localhost}
-        )
-    except ValidationError as exc:
-        problems = describe_errors(exc)
-        known = set(problems)
-        problems += [p for p in _partial_session_type_problems(data) if p not in known]
-        raise RequestProblems(problems + _partial_money_problems(data)) from None
-    problems = semantic_problems(request)
-    if problems:
-        raise RequestProblems(problems)
-    return request
+    return data
 
 
 def _utf8_text(raw: bytes) -> str:
