@@ -37,9 +37,10 @@ async def test_sudden_drop_moves_traffic_and_beats_the_time_decayed_learner() ->
         "sudden_drop": {"adaptive": adaptive, "baseline": baseline},
         "recovery": {"adaptive": [None, None, replace(adaptive[1], reached={"USD/US>=60%": 250})]},
         "equal_providers": {"adaptive": [replace(adaptive[0], switches_per_1k=3.0)]},
+        "equal_providers_90": {"adaptive": [replace(adaptive[0], switches_per_1k=0.5)]},
     }
     failures = bench.check_targets(report)
     assert failures == [
         "recovery: 60% back after 250 orders (target <= 200)",
-        "equal providers: 3.0 switches per 1,000 orders (target <= 1)",
+        "equal_providers: 3.0 switches per 1,000 orders (target <= 1)",
     ]
