@@ -71,6 +71,22 @@ def _mapped(operation: str) -> Iterator[None]:
         raise
     except (RedisError, RedisClusterException, OSError) as exc:
         raise StoreUnavailable(f"redis {operation} failed: {type(exc).__name__}: {exc}") from exc
+    except AttributeError as exc:
+        if not _raised_in_redis_py(exc):
+            raise  # ours: a bug, not an outage
+        # redis-py's asyncio connection loses its writer when another task disconnects it
+        # mid-command (a killed connection): the command may or may not have run
+        raise StoreUnavailable(f"redis {operation} failed: connection lost ({exc})") from exc
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Was ``exc`` raised by redis-py's own code (its innermost frame is in ``redis.*``)?"""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
 
 
 def _ms(seconds: float) -> int:

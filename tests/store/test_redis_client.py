@@ -176,3 +176,18 @@ async def test_a_standalone_redis_without_replicas_draws_no_warning(redis_url: s
         assert conn.wait_replicas == 0
     finally:
         await conn.close()
+
+
+async def test_an_attribute_error_inside_redis_py_is_a_lost_connection() -> None:
+    """redis-py's asyncio connection raises AttributeError ('NoneType' object has no attribute
+    'writelines') when another task disconnected it mid-command (seen in CI while connections
+    were being killed): a store outage (503), not a 500. Our own AttributeErrors stay bugs."""
+    from redis.asyncio.connection import Connection
+
+    from gateway.store.redis_support import _mapped
+
+    connection = Connection()
+    with pytest.raises(StoreUnavailable, match="connection lost"), _mapped("eval"):
+        await connection._send_packed_command([b"x"])  # its writer is gone
+    with pytest.raises(AttributeError), _mapped("eval"):
+        None.writelines([b"x"])  # type: ignore[attr-defined]
