@@ -55,7 +55,7 @@ alerts:
 	fi
 
 pytest: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 ## Rewrite the README's JSON examples from a running gateway's real answers (the test that
 ## checks them: tests/api/test_readme_examples.py).
